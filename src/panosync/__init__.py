@@ -1,0 +1,1 @@
+"""panosync: coherent panoramas with SyncDiffusion."""

@@ -1,0 +1,301 @@
+"""SyncDiffusionPipeline: one joint diffusion over the views of a panorama, kept on one scene by
+gradient descent on the perceptual distance between each view's foreseen image and an anchor's.
+
+The denoising loop reads like section 3 of the paper (docs: ALGORITHM.md). It computes the
+reference implementation's result ("faithful mode") while skipping the work whose result the
+reference throws away: the anchor's gradient (the anchor is never moved) and the anchor's second
+UNet pass (its latent did not move, so the first pass already gave its noise prediction).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DDIMScheduler, DiffusionPipeline
+from diffusers.loaders import FromSingleFileMixin
+from diffusers.utils import BaseOutput
+
+from .sync import SyncSchedule, sync_gradient
+from .views import View, add_view, check_canvas, coverage, crop, views_for_canvas
+
+OUTPUT_TYPES = ("pil", "np", "latent")
+
+
+@dataclass
+class SyncDiffusionOutput(BaseOutput):
+    """images: a list of one PIL image, a (1, H, W, 3) array in [0, 1], or the final latent.
+    seed: the seed of the initial noise (None when `latents` or `generator` was given)."""
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    seed: int | None
+
+
+class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
+    """SyncDiffusion panoramas with any Stable-Diffusion-shaped model.
+
+    Components as in diffusers' StableDiffusionPipeline: vae, text_encoder, tokenizer, unet,
+    scheduler. Loading with `from_pretrained` / `from_single_file` switches the scheduler to DDIM
+    (η = 0, as in the paper) unless a `scheduler` is passed. The models are frozen: the sync step
+    needs gradients with respect to latents only.
+    """
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+
+    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler):
+        super().__init__()
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+        for model in (vae, text_encoder, unet):
+            model.requires_grad_(False)
+        self._perceptual = None
+
+    # ----------------------------------------------------------------------------------- loading
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        pipe = super().from_pretrained(*args, **kwargs)
+        return pipe._with_default_scheduler(kwargs)
+
+    @classmethod
+    def from_single_file(cls, *args, **kwargs):
+        pipe = super().from_single_file(*args, **kwargs)
+        return pipe._with_default_scheduler(kwargs)
+
+    def _with_default_scheduler(self, loading_kwargs: dict):
+        if "scheduler" not in loading_kwargs and not isinstance(self.scheduler, DDIMScheduler):
+            self.scheduler = DDIMScheduler.from_config(self.scheduler.config)
+        return self
+
+    # -------------------------------------------------------------------------------- geometry
+
+    @property
+    def vae_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def window(self) -> int:
+        """The UNet's native latent size: the side of every view (64 for Stable Diffusion 2 base)."""
+        size = self.unet.config.sample_size
+        return size if isinstance(size, int) else size[0]
+
+    # --------------------------------------------------------------------------- model pieces
+
+    def perceptual_distance(self):
+        """LPIPS-VGG, loaded on first use, on the VAE's device and dtype."""
+        from .lpips import PerceptualDistance, load_lpips  # LPIPS weights load only when syncing
+
+        if self._perceptual is None:
+            self._perceptual = PerceptualDistance(load_lpips("vgg"))
+        return self._perceptual.to(device=self.vae.device, dtype=self.vae.dtype)
+
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str, negative_prompt: str, device) -> torch.Tensor:
+        """Text embeddings for classifier-free guidance, (2, tokens, width): [negative, prompt]."""
+        embeddings = []
+        for text in (negative_prompt, prompt):
+            tokens = self.tokenizer(
+                text, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+            )
+            embeddings.append(self.text_encoder(tokens.input_ids.to(device))[0])
+        return torch.cat(embeddings)
+
+    def guided_noise(self, latents, t, embeddings, guidance_scale) -> torch.Tensor:
+        """ε̂ = ε_u + g (ε_c − ε_u) for a batch of views, in float32."""
+        views = latents.shape[0]
+        model_input = self.scheduler.scale_model_input(torch.cat([latents, latents]), t)
+        context = embeddings.repeat_interleave(views, dim=0)  # negative for the first half, prompt for the second
+        noise = self.unet(model_input.to(self.unet.dtype), t, encoder_hidden_states=context).sample.float()
+        unconditional, conditional = noise.chunk(2)
+        return unconditional + guidance_scale * (conditional - unconditional)
+
+    def decode_to_unit(self, latents: torch.Tensor) -> torch.Tensor:
+        """VAE decode to images in [0, 1] (clamped, as the reference: saturated pixels pass no gradient)."""
+        scaled = latents / self.vae.config.scaling_factor
+        images = self.vae.decode(scaled.to(self.vae.dtype)).sample.float()
+        return (images / 2 + 0.5).clamp(0, 1)
+
+    def decode_panorama(self, latents: torch.Tensor, loop_closure: bool) -> torch.Tensor:
+        """Decode the whole panorama; a loop-closed one is padded circularly first, so the decoder
+        sees the left edge continue into the right and leaves no seam, and the padding is cropped."""
+        if not loop_closure:
+            return self.decode_to_unit(latents)
+        pad = min(latents.shape[-1], max(8, self.window // 4))
+        padded = torch.cat([latents[..., -pad:], latents, latents[..., :pad]], dim=-1)
+        images = self.decode_to_unit(padded)
+        margin = pad * self.vae_factor
+        return images[..., margin:-margin]
+
+    # ------------------------------------------------------------------------------- the call
+
+    def check_inputs(self, prompt, negative_prompt, width, height, stride, num_inference_steps, guidance_scale, output_type):
+        """Raise a ValueError that says what to change, before any model work."""
+        for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+            if not isinstance(text, str):
+                raise ValueError(f"{name} must be a string, got {type(text).__name__}.")
+        factor = self.vae_factor
+        for name, size in (("width", width), ("height", height)):
+            if not isinstance(size, int) or size % factor:
+                raise ValueError(f"{name} must be a multiple of {factor} pixels (the VAE factor), got {size}.")
+            if size < self.window * factor:
+                raise ValueError(f"{name} must be at least one window, {self.window * factor} pixels, got {size}.")
+        check_canvas(height // factor, width // factor, self.window, stride)
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be a whole number of at least 1, got {num_inference_steps}.")
+        if guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be 0 or more, got {guidance_scale}.")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}.")
+        if not isinstance(self.scheduler, DDIMScheduler):
+            # The loop calls scheduler.step several times per timestep, which only a stateless
+            # scheduler allows.
+            raise ValueError(f"the scheduler must be DDIMScheduler, got {type(self.scheduler).__name__}.")
+
+    def initial_noise(self, shape, seed, generator, latents) -> tuple[torch.Tensor, int | None]:
+        """The initial latent and its seed. The draw is the reference's: torch.randn on the CPU in
+        float32 from a generator seeded with `seed`, so a seed means the same panorama there."""
+        if latents is not None:
+            if tuple(latents.shape) != shape:
+                raise ValueError(f"latents must have shape {shape} for this canvas, got {tuple(latents.shape)}.")
+            return latents.float(), None
+        if generator is None:
+            seed = random.randrange(2**32) if seed is None else seed
+            generator = torch.Generator("cpu").manual_seed(seed)
+        else:
+            seed = None
+        noise = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
+        return noise, seed
+
+    def anchor_index(self, anchor: int | None, views: list[View]) -> int:
+        if anchor is None:
+            return len(views) // 2  # the centre view, as the reference
+        if not isinstance(anchor, int) or not 0 <= anchor < len(views):
+            raise ValueError(f"anchor must be a view index from 0 to {len(views) - 1}, got {anchor}.")
+        return anchor
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str,
+        negative_prompt: str = "",
+        width: int = 2048,
+        height: int = 512,
+        guidance_scale: float = 7.5,
+        sync_weight: float = 20.0,
+        sync_decay_rate: float = 0.95,
+        sync_freq: int = 1,
+        sync_threshold: int | None = None,
+        num_inference_steps: int = 50,
+        stride: int = 16,
+        seed: int | None = None,
+        loop_closure: bool = False,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
+        anchor: int | None = None,
+        view_batch_size: int = 1,
+        output_type: str = "pil",
+        callback_on_step_end: Callable[[Any, int, Any, dict], dict | None] | None = None,
+        return_dict: bool = True,
+    ):
+        """Generate one panorama.
+
+        Sizes are in pixels; `stride` is in latent pixels (paper: 16). `sync_threshold=None` syncs
+        in every step, as the paper; a smaller number syncs only in the first steps, where the
+        layout is decided, and costs less (a synced step is several times an unsynced one).
+        `anchor` is the index of the view the others are pulled towards (default: the centre
+        view). `view_batch_size` views go through the networks together (output unchanged).
+        `callback_on_step_end(pipe, step, timestep, {"latents", "sync_weight"})` runs after every
+        step; a returned dict may replace "latents".
+        """
+        # 1. Check inputs
+        self.check_inputs(prompt, negative_prompt, width, height, stride, num_inference_steps, guidance_scale, output_type)
+        schedule = SyncSchedule(sync_weight, sync_decay_rate, sync_freq, sync_threshold)
+        if view_batch_size < 1:
+            raise ValueError(f"view_batch_size must be 1 or more, got {view_batch_size}.")
+        latent_height, latent_width = height // self.vae_factor, width // self.vae_factor
+        views = views_for_canvas(latent_height, latent_width, self.window, stride, loop_closure)
+        anchor = self.anchor_index(anchor, views)
+        shape = (1, self.unet.config.in_channels, latent_height, latent_width)
+        noise, seed = self.initial_noise(shape, seed, generator, latents)
+        device = self._execution_device
+
+        # 2. Encode the prompt
+        embeddings = self.encode_prompt(prompt, negative_prompt, device)
+
+        # 3. Timesteps and the initial latent
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        latents = noise.to(device) * self.scheduler.init_noise_sigma
+        view_counts = coverage(latent_height, latent_width, views).to(device)
+        denoise = dict(embeddings=embeddings, guidance_scale=guidance_scale)
+
+        # 4. The joint denoising loop
+        with self.progress_bar(total=num_inference_steps) as progress:
+            for i, t in enumerate(self.scheduler.timesteps):
+                weight = schedule.weight_at(i)
+                progress.set_postfix_str(f"sync w={weight:.3g}" if weight else "no sync", refresh=False)
+                denoised = self.denoise_views(latents, views, t, weight, anchor, view_batch_size, **denoise)
+                latents = self.merge(denoised, views, view_counts)
+                if callback_on_step_end is not None:
+                    changes = callback_on_step_end(self, i, t, {"latents": latents, "sync_weight": weight})
+                    latents = (changes or {}).get("latents", latents)
+                progress.update()
+
+        # 5. Decode
+        if output_type == "latent":
+            images = latents
+        else:
+            images = self.decode_panorama(latents, loop_closure).permute(0, 2, 3, 1).cpu().numpy()
+            if output_type == "pil":
+                images = self.numpy_to_pil(images)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return images, seed
+        return SyncDiffusionOutput(images=images, seed=seed)
+
+    def denoise_views(self, latents, views, t, weight, anchor, view_batch_size, embeddings, guidance_scale):
+        """One step for every view (section 3, steps 1 and 2): returns each view's x_{t-1}.
+
+        With weight λ > 0 each view but the anchor first moves by −λ ∂LPIPS/∂x towards the
+        anchor's foreseen image, then takes its denoising step from the moved latent.
+        """
+        denoised: dict[int, torch.Tensor] = {}
+
+        def predicted_image(x):
+            noise = self.guided_noise(x, t, embeddings, guidance_scale)
+            return self.decode_to_unit(self.scheduler.step(noise, t, x).pred_original_sample)
+
+        if weight > 0:
+            # 1. The anchor: its foreseen image is the fixed target of this step. The anchor is not
+            #    moved, so this same noise prediction also gives its denoising step.
+            anchor_latent = crop(latents, views[anchor])
+            anchor_step = self.scheduler.step(self.guided_noise(anchor_latent, t, embeddings, guidance_scale), t, anchor_latent)
+            anchor_image = self.decode_to_unit(anchor_step.pred_original_sample)
+            perceptual = self.perceptual_distance()
+            target = perceptual.target_features(anchor_image * 2 - 1)
+            denoised[anchor] = anchor_step.prev_sample
+
+            def distance_to_anchor(images):
+                return perceptual(images * 2 - 1, target)
+
+        pending = [j for j in range(len(views)) if j not in denoised]
+        for start in range(0, len(pending), view_batch_size):
+            batch = pending[start : start + view_batch_size]
+            x = torch.cat([crop(latents, views[j]) for j in batch])
+            # 2. Move each view towards the anchor, then denoise from where it moved to.
+            if weight > 0:
+                x = x - weight * sync_gradient(x, predicted_image, distance_to_anchor)
+            noise = self.guided_noise(x, t, embeddings, guidance_scale)
+            for j, view_latent in zip(batch, self.scheduler.step(noise, t, x).prev_sample):
+                denoised[j] = view_latent[None]
+        return denoised
+
+    @staticmethod
+    def merge(denoised: dict[int, torch.Tensor], views: list[View], view_counts: torch.Tensor) -> torch.Tensor:
+        """MultiDiffusion (section 3, step 3): every latent pixel is the mean of the views over it."""
+        value = torch.zeros(denoised[0].shape[:2] + view_counts.shape, device=view_counts.device)
+        for j, view in enumerate(views):
+            add_view(value, view, denoised[j])
+        return value / view_counts

@@ -1,0 +1,64 @@
+"""The synchronization step of SyncDiffusion: when to sync, how hard, and the gradient.
+
+At a synced step every view's latent is moved by gradient descent on the perceptual (LPIPS)
+distance between the image it predicts and the anchor view's predicted image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class SyncSchedule:
+    """The sync hyperparameters, with the meanings of the paper and the public API.
+
+    weight      w, the gradient-descent step size at step 0 (paper: 20; 0 turns sync off).
+    decay_rate  the weight at step i is w * decay_rate**i (paper: 0.95).
+    freq        sync at step i when (i + 1) % freq == 0 (paper: 1, every step).
+    threshold   sync only at steps i < threshold; None syncs in every step (paper).
+    """
+
+    weight: float = 20.0
+    decay_rate: float = 0.95
+    freq: int = 1
+    threshold: int | None = None
+
+    def __post_init__(self):
+        if self.weight < 0:
+            raise ValueError(f"sync_weight must be 0 or more, got {self.weight}.")
+        if not 0 <= self.decay_rate <= 1:
+            raise ValueError(f"sync_decay_rate must be between 0 and 1, got {self.decay_rate}.")
+        if self.freq < 1:
+            raise ValueError(f"sync_freq must be 1 or more, got {self.freq}.")
+        if self.threshold is not None and self.threshold < 0:
+            raise ValueError(f"sync_threshold must be 0 or more (or unset for every step), got {self.threshold}.")
+
+    def is_active(self, step: int) -> bool:
+        below_threshold = self.threshold is None or step < self.threshold
+        return self.weight > 0 and below_threshold and (step + 1) % self.freq == 0
+
+    def weight_at(self, step: int) -> float:
+        """The step size at step `step`, 0 where sync is not active."""
+        return self.weight * self.decay_rate**step if self.is_active(step) else 0.0
+
+
+def sync_gradient(
+    latents: torch.Tensor,
+    predict_image: Callable[[torch.Tensor], torch.Tensor],
+    distance_to_anchor: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """∂ LPIPS(predict_image(x), anchor) / ∂x for each view x of the batch `latents`.
+
+    `predict_image` maps latents to the images they foresee (UNet, x̂₀, VAE decoder, all
+    differentiable); `distance_to_anchor` gives one distance per image. Views are independent,
+    so the gradient of the summed distances is each view's own gradient.
+    """
+    with torch.enable_grad():
+        latents = latents.detach().requires_grad_(True)
+        distances = distance_to_anchor(predict_image(latents))
+        (gradient,) = torch.autograd.grad(distances.sum(), latents)
+    return gradient

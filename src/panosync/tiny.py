@@ -1,0 +1,131 @@
+"""Tiny random-weight models with the shape of Stable Diffusion, built from configs.
+
+They make no picture worth looking at: they exist so that the whole pipeline (views, sync
+gradient through UNet and VAE, merging, decoding, the command) can run and be tested offline,
+in seconds, on a CPU. `panosync generate --model tiny-random` uses them as a smoke test.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+
+def _byte_alphabet() -> list[str]:
+    """The 256 printable stand-ins CLIP's byte-level BPE uses for the bytes 0..255."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            codes.append(256 + extra)
+            extra += 1
+    return [chr(code) for code in codes]
+
+
+def build_clip_tokenizer(words: list[str] = (), max_length: int = 77) -> CLIPTokenizer:
+    """A CLIPTokenizer with a small vocabulary: every byte, plus one token for each of `words`.
+
+    Words outside the list still tokenize, letter by letter, so any prompt is accepted.
+    """
+    alphabet = _byte_alphabet()
+    vocab = {symbol: i for i, symbol in enumerate(alphabet + [s + "</w>" for s in alphabet])}
+    merges: list[tuple[str, str]] = []
+    for word in dict.fromkeys(w.lower() for w in words):
+        if not word.isascii() or not word.isalpha() or len(word) < 2:
+            continue
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        merged = pieces[0]
+        for piece in pieces[1:]:
+            if merged + piece not in vocab:
+                merges.append((merged, piece))
+                vocab[merged + piece] = len(vocab)
+            merged += piece
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    with tempfile.TemporaryDirectory() as folder:
+        vocab_file = Path(folder) / "vocab.json"
+        merges_file = Path(folder) / "merges.txt"
+        vocab_file.write_text(json.dumps(vocab))
+        merges_file.write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+        tokenizer = CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=max_length)
+    return tokenizer
+
+
+def tiny_random_components(
+    seed: int = 0,
+    window: int = 64,
+    vae_factor: int = 8,
+    unet_channels: tuple[int, ...] = (32, 64),
+    vae_channels: int = 32,
+    text_width: int = 32,
+) -> dict:
+    """Random-weight vae, text_encoder, tokenizer, unet and a DDIM scheduler (Stable Diffusion's
+    settings), small enough to run a panorama on a CPU in seconds.
+
+    `window` is the UNet's native latent size (Stable Diffusion 2 base: 64); `vae_factor` the VAE's
+    downsampling (a power of two; Stable Diffusion: 8).
+    """
+    if vae_factor < 1 or vae_factor & (vae_factor - 1):
+        raise ValueError(f"vae_factor must be a power of two, got {vae_factor}.")
+    torch.manual_seed(seed)
+    tokenizer = build_clip_tokenizer()
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=text_width,
+            intermediate_size=2 * text_width,
+            num_attention_heads=2,
+            num_hidden_layers=2,
+            max_position_embeddings=tokenizer.model_max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    depth = len(unet_channels)
+    unet = UNet2DConditionModel(
+        sample_size=window,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=unet_channels,
+        layers_per_block=1,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (depth - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (depth - 1) + ("UpBlock2D",),
+        cross_attention_dim=text_width,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+    vae_blocks = vae_factor.bit_length()  # one more block than downsamplings
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * vae_blocks,
+        up_block_types=("UpDecoderBlock2D",) * vae_blocks,
+        block_out_channels=(vae_channels,) * vae_blocks,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=window * vae_factor,
+        scaling_factor=0.18215,
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    for module in (text_encoder, unet, vae):
+        module.eval()
+    return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
