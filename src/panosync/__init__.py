@@ -1,1 +1,14 @@
-"""panosync: coherent panoramas with SyncDiffusion."""
+"""panosync: coherent panoramas from a pretrained latent diffusion model with SyncDiffusion."""
+
+__version__ = "0.1.0"
+
+__all__ = ["SyncDiffusionPipeline", "SyncDiffusionOutput", "__version__"]
+
+
+def __getattr__(name):
+    # The pipeline pulls in diffusers and torch; load it when asked for, so `panosync --help` is quick.
+    if name in ("SyncDiffusionPipeline", "SyncDiffusionOutput"):
+        from . import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module 'panosync' has no attribute {name!r}")

@@ -35,6 +35,27 @@ class SyncDiffusionOutput(BaseOutput):
     seed: int | None
 
 
+def check_panorama_inputs(window, vae_factor, prompt, negative_prompt, width, height, stride, num_inference_steps,
+                          guidance_scale, output_type="pil"):
+    """Raise a ValueError that says what to change. Needs only the model's window and VAE factor,
+    so the command can check a request before it loads any weights."""
+    for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+        if not isinstance(text, str):
+            raise ValueError(f"{name} must be a string, got {type(text).__name__}.")
+    for name, size in (("width", width), ("height", height)):
+        if not isinstance(size, int) or size % vae_factor:
+            raise ValueError(f"{name} must be a multiple of {vae_factor} pixels (the VAE factor), got {size}.")
+        if size < window * vae_factor:
+            raise ValueError(f"{name} must be at least one window, {window * vae_factor} pixels, got {size}.")
+    check_canvas(height // vae_factor, width // vae_factor, window, stride)
+    if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps must be a whole number of at least 1, got {num_inference_steps}.")
+    if guidance_scale < 0:
+        raise ValueError(f"guidance_scale must be 0 or more, got {guidance_scale}.")
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}.")
+
+
 class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
     """SyncDiffusion panoramas with any Stable-Diffusion-shaped model.
 
@@ -133,22 +154,8 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
 
     def check_inputs(self, prompt, negative_prompt, width, height, stride, num_inference_steps, guidance_scale, output_type):
         """Raise a ValueError that says what to change, before any model work."""
-        for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
-            if not isinstance(text, str):
-                raise ValueError(f"{name} must be a string, got {type(text).__name__}.")
-        factor = self.vae_factor
-        for name, size in (("width", width), ("height", height)):
-            if not isinstance(size, int) or size % factor:
-                raise ValueError(f"{name} must be a multiple of {factor} pixels (the VAE factor), got {size}.")
-            if size < self.window * factor:
-                raise ValueError(f"{name} must be at least one window, {self.window * factor} pixels, got {size}.")
-        check_canvas(height // factor, width // factor, self.window, stride)
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be a whole number of at least 1, got {num_inference_steps}.")
-        if guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be 0 or more, got {guidance_scale}.")
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}.")
+        check_panorama_inputs(self.window, self.vae_factor, prompt, negative_prompt, width, height, stride,
+                              num_inference_steps, guidance_scale, output_type)
         if not isinstance(self.scheduler, DDIMScheduler):
             # The loop calls scheduler.step several times per timestep, which only a stateless
             # scheduler allows.
@@ -181,8 +188,8 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         self,
         prompt: str,
         negative_prompt: str = "",
-        width: int = 2048,
-        height: int = 512,
+        width: int | None = None,
+        height: int | None = None,
         guidance_scale: float = 7.5,
         sync_weight: float = 20.0,
         sync_decay_rate: float = 0.95,
@@ -202,7 +209,8 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
     ):
         """Generate one panorama.
 
-        Sizes are in pixels; `stride` is in latent pixels (paper: 16). `sync_threshold=None` syncs
+        Sizes are in pixels; the default canvas is one window high and four wide (512 x 2048 for
+        Stable Diffusion 2 base). `stride` is in latent pixels (paper: 16). `sync_threshold=None` syncs
         in every step, as the paper; a smaller number syncs only in the first steps, where the
         layout is decided, and costs less (a synced step is several times an unsynced one).
         `anchor` is the index of the view the others are pulled towards (default: the centre
@@ -211,6 +219,8 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         step; a returned dict may replace "latents".
         """
         # 1. Check inputs
+        height = self.window * self.vae_factor if height is None else height
+        width = 4 * self.window * self.vae_factor if width is None else width
         self.check_inputs(prompt, negative_prompt, width, height, stride, num_inference_steps, guidance_scale, output_type)
         schedule = SyncSchedule(sync_weight, sync_decay_rate, sync_freq, sync_threshold)
         if view_batch_size < 1:

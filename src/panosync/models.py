@@ -1,0 +1,157 @@
+"""Finding and loading a model: a bundled name, a diffusers folder, a single checkpoint file, or a
+Hugging Face hub id; and choosing the device and dtype.
+
+Everything that can be wrong with the model argument is found by `resolve_model`, which reads no
+weights, so that a bad argument costs the user nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .pipeline import SyncDiffusionPipeline
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
+
+
+def _tiny_random() -> SyncDiffusionPipeline:
+    from .tiny import tiny_random_components
+
+    return SyncDiffusionPipeline(**tiny_random_components())
+
+
+# Models that need no download. "tiny-random" has random weights: a smoke test, not a picture.
+BUNDLED: dict[str, Callable[[], SyncDiffusionPipeline]] = {"tiny-random": _tiny_random}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    kind: str  # "bundled", "folder", "file" or "hub"
+    ref: str
+    window: int | None = None  # latent window and VAE factor, when known before loading
+    vae_factor: int | None = None
+
+
+def _geometry_of_folder(folder: Path) -> tuple[int | None, int | None]:
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+        vae = json.loads((folder / "vae" / "config.json").read_text())
+    except (OSError, ValueError):
+        return None, None
+    size = unet.get("sample_size")
+    window = size if isinstance(size, int) else (size[0] if size else None)
+    return window, 2 ** (len(vae.get("block_out_channels", [0])) - 1)
+
+
+def _check_checkpoint(path: Path) -> None:
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as checkpoint:
+                next(iter(checkpoint.keys()), None)
+        except Exception as error:
+            raise ValueError(f"Cannot read checkpoint {path}: it is not a valid .safetensors file ({error}).") from None
+    elif path.stat().st_size == 0:
+        raise ValueError(f"Cannot read checkpoint {path}: the file is empty.")
+
+
+def _hub_is_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _check_hub_model(repo_id: str) -> None:
+    """Make sure a hub model can be loaded: cached, or present on a reachable hub."""
+    from huggingface_hub import model_info, try_to_load_from_cache
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    if isinstance(try_to_load_from_cache(repo_id, "model_index.json"), str):
+        return
+    if _hub_is_offline():
+        raise ValueError(
+            f"Model {repo_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: download it on a "
+            f"connected machine (huggingface-cli download {repo_id}) or pass a local folder."
+        )
+    try:
+        model_info(repo_id, timeout=10)
+    except RepositoryNotFoundError:
+        raise ValueError(f"Unknown model {repo_id!r}: no such model on the Hugging Face hub (or it is private).") from None
+    except Exception:
+        raise ValueError(
+            f"Model {repo_id!r} is not in the local Hugging Face cache and the hub cannot be reached: connect to the "
+            f"internet, or download it elsewhere (huggingface-cli download {repo_id}) and pass the folder."
+        ) from None
+
+
+def resolve_model(model: str) -> ModelSource:
+    """Say what `model` names, or raise a ValueError that says what to change. Reads no weights."""
+    if model in BUNDLED:
+        if model == "tiny-random":
+            return ModelSource("bundled", model, window=64, vae_factor=8)
+        return ModelSource("bundled", model)
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ValueError(f"{model} is a folder but not a diffusers model folder (it has no model_index.json).")
+        return ModelSource("folder", str(path), *_geometry_of_folder(path))
+    if path.is_file():
+        if path.suffix not in CHECKPOINT_SUFFIXES:
+            raise ValueError(f"{model} is not a model checkpoint: give a .safetensors or .ckpt file or a diffusers folder.")
+        _check_checkpoint(path)
+        return ModelSource("file", str(path))
+    if path.suffix in CHECKPOINT_SUFFIXES or os.sep in model and not HUB_ID.match(model):
+        raise ValueError(f"No such model file or folder: {model}.")
+    if HUB_ID.match(model):
+        _check_hub_model(model)
+        return ModelSource("hub", model)
+    raise ValueError(
+        f"Unknown model {model!r}: give a bundled model ({', '.join(BUNDLED)}), a diffusers folder, a .safetensors "
+        f"checkpoint, or a Hugging Face model id such as stabilityai/stable-diffusion-2-base."
+    )
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but PyTorch sees no CUDA device: use --device cpu.")
+    return device
+
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
+    """float16 on CUDA, as the reference runs; float32 elsewhere (half precision is slow or
+    unsupported on most CPUs)."""
+    if requested == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if requested not in DTYPES:
+        raise ValueError(f"dtype must be auto or one of {', '.join(DTYPES)}, got {requested!r}.")
+    return DTYPES[requested]
+
+
+def load_pipeline(source: ModelSource | str, device: torch.device | str = "cpu",
+                  dtype: torch.dtype = torch.float32) -> SyncDiffusionPipeline:
+    """Load the pipeline `source` names onto `device` in `dtype`."""
+    if isinstance(source, str):
+        source = resolve_model(source)
+    if source.kind == "bundled":
+        pipe = BUNDLED[source.ref]()
+        if pipe.unet.dtype != dtype:
+            pipe = pipe.to(dtype=dtype)
+    elif source.kind == "file":
+        pipe = SyncDiffusionPipeline.from_single_file(source.ref, dtype=dtype, local_files_only=_hub_is_offline())
+    else:
+        local = source.kind == "folder" or _hub_is_offline()
+        pipe = SyncDiffusionPipeline.from_pretrained(source.ref, dtype=dtype, local_files_only=local)
+    return pipe.to(device)

@@ -1,0 +1,156 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+from diffusers import DDIMScheduler, PNDMScheduler, StableDiffusionPipeline
+
+from panosync import models
+from panosync.cli import main
+from panosync.metadata import read_parameters
+from panosync.pipeline import SyncDiffusionPipeline
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory, sync_pipe):
+    """The 32-pixel-window tiny model saved as a diffusers folder, as Stable Diffusion is published:
+    a StableDiffusionPipeline with a PNDM scheduler."""
+    folder = tmp_path_factory.mktemp("tiny-sd")
+    components = {**sync_pipe.components, "scheduler": PNDMScheduler.from_config(sync_pipe.scheduler.config)}
+    StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None,
+                            requires_safety_checker=False).save_pretrained(folder)
+    return folder
+
+
+def test_from_pretrained_loads_a_stable_diffusion_folder_with_ddim(model_folder, sync_pipe):
+    pipe = SyncDiffusionPipeline.from_pretrained(model_folder)
+    assert isinstance(pipe.scheduler, DDIMScheduler) and pipe.window == 16 and pipe.vae_factor == 2
+    kwargs = dict(width=64, height=32, stride=8, num_inference_steps=2, sync_weight=0, seed=1, output_type="np")
+    pipe.set_progress_bar_config(disable=True)
+    assert np.array_equal(pipe("a", **kwargs).images, sync_pipe("a", **kwargs).images)
+
+
+def test_generate_writes_a_png_with_every_parameter_and_reproduces_it(model_folder, tmp_path, capsys):
+    first = tmp_path / "first.png"
+    code = main(["generate", "a land at night", "--model", str(model_folder), "--width", "64", "--height", "32",
+                 "--stride", "8", "--steps", "2", "--seed", "5", "--sync-threshold", "1", "--negative-prompt", "fog",
+                 "--out", str(first), "--quiet"])
+    assert code == 0 and "wrote" in capsys.readouterr().out
+    parameters = read_parameters(first)
+    assert parameters["seed"] == 5 and parameters["model"] == str(model_folder)
+    expected = dict(prompt="a land at night", negative_prompt="fog", width=64, height=32, stride=8,
+                    num_inference_steps=2, sync_threshold=1, sync_weight=20.0, sync_decay_rate=0.95, sync_freq=1,
+                    guidance_scale=7.5, loop_closure=False, anchor=None, view_batch_size=1, device="cpu",
+                    dtype="float32")
+    assert {name: parameters[name] for name in expected} == expected
+    again = tmp_path / "again.png"
+    assert main(["generate", "--from-png", str(first), "--out", str(again), "--quiet"]) == 0
+    assert np.array_equal(np.asarray(PIL.Image.open(first)), np.asarray(PIL.Image.open(again)))
+    assert read_parameters(again) == parameters
+    # an option given beside --from-png overrides the stored one
+    other = tmp_path / "other.png"
+    assert main(["generate", "--from-png", str(first), "--seed", "6", "--out", str(other), "--quiet"]) == 0
+    assert read_parameters(other)["seed"] == 6
+    assert not np.array_equal(np.asarray(PIL.Image.open(first)), np.asarray(PIL.Image.open(other)))
+
+
+def test_loop_closure_and_random_seed_are_recorded(model_folder, tmp_path, capsys):
+    out = tmp_path / "loop.png"
+    assert main(["generate", "x", "--model", str(model_folder), "--width", "64", "--height", "32", "--steps", "1",
+                 "--sync-weight", "0", "--loop-closure", "--out", str(out), "--quiet"]) == 0
+    parameters = read_parameters(out)
+    assert parameters["loop_closure"] is True and isinstance(parameters["seed"], int)
+    assert f"seed {parameters['seed']}" in capsys.readouterr().out
+
+
+def test_default_output_name_carries_the_seed(model_folder, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["generate", "x", "--model", str(model_folder), "--steps", "1", "--sync-weight", "0", "--seed", "9",
+                 "--quiet"]) == 0
+    # default canvas: one window high, four wide
+    assert PIL.Image.open(tmp_path / "panosync-9.png").size == (128, 32)
+
+
+def no_loading(*args, **kwargs):
+    raise AssertionError("a model was loaded before the input was checked")
+
+
+def bad_checkpoint(tmp_path):
+    path = tmp_path / "broken.safetensors"
+    path.write_bytes(b"this is not a checkpoint")
+    return str(path)
+
+
+BAD_COMMANDS = [
+    (["--width", "65"], "width must be a multiple of 2 pixels"),
+    (["--height", "16"], "height must be at least one window, 32 pixels"),
+    (["--stride", "0"], "stride must be between 1 and the window size"),
+    (["--stride", "17"], "stride must be between 1 and the window size"),
+    (["--steps", "-5"], "num_inference_steps must be a whole number of at least 1"),
+    (["--sync-weight", "-1"], "sync_weight must be 0 or more"),
+    (["--guidance-scale", "-2"], "guidance_scale must be 0 or more"),
+    (["--sync-decay-rate", "2"], "sync_decay_rate must be between 0 and 1"),
+    (["--sync-freq", "0"], "sync_freq must be 1 or more"),
+    (["--sync-threshold", "-1"], "sync_threshold must be 0 or more"),
+    (["--dtype", "float8"], "dtype must be auto or one of"),
+]
+
+
+@pytest.mark.parametrize("options,message", BAD_COMMANDS)
+def test_bad_options_fail_with_one_sentence_before_loading(model_folder, options, message, monkeypatch, capsys):
+    monkeypatch.setattr(models, "load_pipeline", no_loading)
+    code = main(["generate", "a", "--model", str(model_folder), "--quiet", *options])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "model,message",
+    [
+        ("nonsense", "Unknown model 'nonsense'"),
+        ("no-such-owner-xyz/no-such-model", "is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"),
+        ("missing.safetensors", "No such model file or folder"),
+        (bad_checkpoint, "is not a valid .safetensors file"),
+        ("FOLDER", "has no model_index.json"),
+    ],
+)
+def test_bad_models_fail_with_one_sentence(model, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(models, "load_pipeline", no_loading)
+    model = model(tmp_path) if callable(model) else model
+    model = str(tmp_path) if model == "FOLDER" else model
+    code = main(["generate", "a", "--model", model, "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err, err
+
+
+def test_from_png_needs_a_panosync_png(tmp_path, capsys):
+    plain = tmp_path / "plain.png"
+    PIL.Image.new("RGB", (8, 8)).save(plain)
+    assert main(["generate", "--from-png", str(plain)]) == 2
+    assert "carries no panosync parameters" in capsys.readouterr().err
+    assert main(["generate"]) == 2
+    assert "Give a prompt" in capsys.readouterr().err
+
+
+def test_the_installed_command_exits_2_without_a_traceback(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    done = subprocess.run([sys.executable, "-m", "panosync.cli", "generate", "a", "--model", "tiny-random",
+                           "--width", "100"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "panosync: error: width must be a multiple of 8 pixels (the VAE factor), got 100."
+
+
+def test_failed_write_leaves_no_partial_file(tmp_path):
+    from panosync.metadata import save_png
+
+    image = PIL.Image.new("RGB", (4, 4))
+    target = tmp_path / "out.png"
+    with pytest.raises(TypeError):
+        save_png(image, target, {"not json": object()})
+    assert list(tmp_path.iterdir()) == []
+    save_png(image, target, {"seed": 1})
+    assert read_parameters(target) == {"seed": 1} and [p.name for p in tmp_path.iterdir()] == ["out.png"]
