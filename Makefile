@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/panosync generate "a photo of a mountain range at twilight" \
-		--model $(MODEL) --width 1024 --height 512 --steps 5 --seed 0 --out panorama.png
+		--model $(MODEL) --width 1024 --height 512 --steps 5 --sync-threshold 2 --seed 0 --out panorama.png
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
