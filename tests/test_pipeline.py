@@ -284,3 +284,13 @@ def test_non_ddim_scheduler_is_refused(small_pipe):
         small_pipe.scheduler.config)})
     with pytest.raises(ValueError, match="DDIMScheduler"):
         pipe("a", width=32, height=16, stride=4, num_inference_steps=1)
+
+
+def test_default_canvas_and_stride_follow_the_window(small_pipe):
+    # window 8 latents, VAE factor 2: one window high (16 px), four wide (64 px), stride 8 / 4 = 2
+    default = small_pipe("a", num_inference_steps=1, sync_weight=0, seed=0, output_type="latent").images
+    explicit = small_pipe("a", width=64, height=16, stride=2, num_inference_steps=1, sync_weight=0, seed=0,
+                          output_type="latent").images
+    other_stride = small_pipe("a", width=64, height=16, stride=3, num_inference_steps=1, sync_weight=0, seed=0,
+                              output_type="latent").images
+    assert torch.equal(default, explicit) and not torch.equal(default, other_stride)

@@ -25,7 +25,7 @@ PIPELINE_PARAMETERS = {
     "sync_freq": (int, "sync every n-th step (1)"),
     "sync_threshold": (int, "sync only in the first n steps; default: every step, as the paper"),
     "num_inference_steps": (int, "DDIM steps (50)"),
-    "stride": (int, "view stride in latent pixels, 1 to the window (16)"),
+    "stride": (int, "view stride in latent pixels, 1 to the window; default: a quarter window (16 for SD 2 base)"),
     "seed": (int, "seed of the initial noise; default: a random one, printed and stored in the PNG"),
     "anchor": (int, "index of the anchor view; default: the centre view"),
     "view_batch_size": (int, "views per network call: faster on a GPU, same result (1)"),
@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--model", default=None,
                           help="bundled name (tiny-random), diffusers folder, .safetensors file or hub id "
                                "(default: stabilityai/stable-diffusion-2-base)")
+    generate.add_argument("--model-config", dest="model_config", default=None, metavar="FOLDER_OR_ID",
+                          help="for a .safetensors/.ckpt --model: diffusers folder or hub id whose configs describe "
+                               "the checkpoint's architecture; needed offline")
     generate.add_argument("--out", default=None, help="PNG to write (default: panosync-SEED.png)")
     generate.add_argument("--from-png", default=None, metavar="FILE",
                           help="take every parameter from a PNG panosync wrote; options given here override")
@@ -66,7 +69,8 @@ def generation_request(args: argparse.Namespace) -> dict:
     from .pipeline import SyncDiffusionPipeline
 
     request = read_parameters(args.from_png) if args.from_png else {}
-    given = {name: getattr(args, name) for name in [*PIPELINE_PARAMETERS, "loop_closure", "prompt", "model"]}
+    given = {name: getattr(args, name)
+             for name in [*PIPELINE_PARAMETERS, "loop_closure", "prompt", "model", "model_config"]}
     request.update({name: value for name, value in given.items() if value is not None})
     defaults = inspect.signature(SyncDiffusionPipeline.__call__).parameters
     for name in [*PIPELINE_PARAMETERS, "loop_closure"]:
@@ -74,13 +78,15 @@ def generation_request(args: argparse.Namespace) -> dict:
     request.setdefault("model", DEFAULT_MODEL)
     if "prompt" not in request:
         raise ValueError("Give a prompt, or --from-png with a PNG that panosync wrote.")
-    return {name: request[name] for name in ["prompt", "model", *PIPELINE_PARAMETERS, "loop_closure"]}
+    # model_config only when given: it describes a checkpoint file's architecture
+    return {name: request[name] for name in ["prompt", "model", "model_config", *PIPELINE_PARAMETERS, "loop_closure"]
+            if name in request}
 
 
 def generate(args: argparse.Namespace) -> int:
     from .metadata import save_png
     from .models import load_pipeline, pick_device, pick_dtype, resolve_model
-    from .pipeline import check_panorama_inputs
+    from .pipeline import canvas_defaults, check_panorama_inputs
     from .sync import SyncSchedule
 
     request = generation_request(args)
@@ -89,10 +95,14 @@ def generate(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     source = resolve_model(request["model"])
+
+    def fill_canvas_defaults(window, factor):
+        for name, value in canvas_defaults(window, factor).items():
+            request[name] = value if request[name] is None else request[name]
+
     if source.window is not None:
         window, factor = source.window, source.vae_factor
-        request["height"] = request["height"] or window * factor
-        request["width"] = request["width"] or 4 * window * factor
+        fill_canvas_defaults(window, factor)
         check_panorama_inputs(window, factor, request["prompt"], request["negative_prompt"], request["width"],
                               request["height"], request["stride"], request["num_inference_steps"],
                               request["guidance_scale"])
@@ -100,9 +110,10 @@ def generate(args: argparse.Namespace) -> int:
         request["seed"] = random.randrange(2**32)
 
     started = time.perf_counter()
-    pipe = load_pipeline(source, device, dtype)
+    pipe = load_pipeline(source, device, dtype, config=request.get("model_config"))
     pipe.set_progress_bar_config(disable=args.quiet, desc="denoising", unit="step")
-    generation = {name: value for name, value in request.items() if name != "model"}
+    fill_canvas_defaults(pipe.window, pipe.vae_factor)
+    generation = {name: value for name, value in request.items() if name not in ("model", "model_config")}
     result = pipe(**generation)
     image = result.images[0]
     request.update(width=image.width, height=image.height)

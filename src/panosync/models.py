@@ -140,9 +140,44 @@ def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
     return DTYPES[requested]
 
 
+def _load_checkpoint(path: str, dtype: torch.dtype, config: str | None) -> SyncDiffusionPipeline:
+    """An original-format checkpoint holds weights only: diffusers takes the architecture (and the tokenizer and
+    scheduler) from `config`, a diffusers folder or hub id, or else from the hub repo it guesses from the keys."""
+    import logging
+
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    if config is not None and Path(config).is_dir() and not (Path(config) / "model_index.json").is_file():
+        raise ValueError(f"--model-config {config} is a folder but not a diffusers model folder "
+                         f"(it has no model_index.json).")
+    offline = _hub_is_offline()
+    # Offline, diffusers warns that it is "attempting to download" the configs it lacks, then fails: say it once, below.
+    quiet = logging.getLogger("diffusers.loaders.single_file")
+    level = quiet.level
+    if offline:
+        quiet.setLevel(logging.ERROR)
+    try:
+        return SyncDiffusionPipeline.from_single_file(path, dtype=dtype, local_files_only=offline,
+                                                      **({} if config is None else {"config": config}))
+    except LocalEntryNotFoundError:
+        if config is None:
+            raise ValueError(
+                f"Cannot tell the architecture of checkpoint {path} offline: pass --model-config with a diffusers "
+                f"folder of the same model (e.g. a saved stable-diffusion-2-base)."
+            ) from None
+        raise ValueError(
+            f"Cannot read the configs of --model-config {config} offline: give a diffusers folder of the same model, "
+            f"or a hub id in the local Hugging Face cache."
+        ) from None
+    finally:
+        quiet.setLevel(level)
+
+
 def load_pipeline(source: ModelSource | str, device: torch.device | str = "cpu",
-                  dtype: torch.dtype = torch.float32) -> SyncDiffusionPipeline:
-    """Load the pipeline `source` names onto `device` in `dtype`."""
+                  dtype: torch.dtype = torch.float32, config: str | None = None) -> SyncDiffusionPipeline:
+    """Load the pipeline `source` names onto `device` in `dtype`. `config` (a diffusers folder or hub id) gives
+    the architecture of a checkpoint file; offline, a checkpoint cannot be loaded without it unless the configs
+    diffusers guesses for it are in the local Hugging Face cache. It is ignored for other sources."""
     if isinstance(source, str):
         source = resolve_model(source)
     if source.kind == "bundled":
@@ -150,7 +185,7 @@ def load_pipeline(source: ModelSource | str, device: torch.device | str = "cpu",
         if pipe.unet.dtype != dtype:
             pipe = pipe.to(dtype=dtype)
     elif source.kind == "file":
-        pipe = SyncDiffusionPipeline.from_single_file(source.ref, dtype=dtype, local_files_only=_hub_is_offline())
+        pipe = _load_checkpoint(source.ref, dtype, config)
     else:
         local = source.kind == "folder" or _hub_is_offline()
         pipe = SyncDiffusionPipeline.from_pretrained(source.ref, dtype=dtype, local_files_only=local)

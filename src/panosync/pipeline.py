@@ -35,6 +35,12 @@ class SyncDiffusionOutput(BaseOutput):
     seed: int | None
 
 
+def canvas_defaults(window: int, vae_factor: int) -> dict:
+    """The default canvas of a model: one window high, four wide, views a quarter window apart
+    (512 x 2048 at stride 16 for Stable Diffusion 2 base, the paper's stride)."""
+    return dict(width=4 * window * vae_factor, height=window * vae_factor, stride=max(1, window // 4))
+
+
 def check_panorama_inputs(window, vae_factor, prompt, negative_prompt, width, height, stride, num_inference_steps,
                           guidance_scale, output_type="pil"):
     """Raise a ValueError that says what to change. Needs only the model's window and VAE factor,
@@ -196,7 +202,7 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         sync_freq: int = 1,
         sync_threshold: int | None = None,
         num_inference_steps: int = 50,
-        stride: int = 16,
+        stride: int | None = None,
         seed: int | None = None,
         loop_closure: bool = False,
         generator: torch.Generator | None = None,
@@ -210,7 +216,8 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         """Generate one panorama.
 
         Sizes are in pixels; the default canvas is one window high and four wide (512 x 2048 for
-        Stable Diffusion 2 base). `stride` is in latent pixels (paper: 16). `sync_threshold=None` syncs
+        Stable Diffusion 2 base). `stride` is in latent pixels; by default a quarter of the window
+        (16 for Stable Diffusion 2 base, the paper's). `sync_threshold=None` syncs
         in every step, as the paper; a smaller number syncs only in the first steps, where the
         layout is decided, and costs less (a synced step is several times an unsynced one).
         `anchor` is the index of the view the others are pulled towards (default: the centre
@@ -219,8 +226,10 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         step; a returned dict may replace "latents".
         """
         # 1. Check inputs
-        height = self.window * self.vae_factor if height is None else height
-        width = 4 * self.window * self.vae_factor if width is None else width
+        defaults = canvas_defaults(self.window, self.vae_factor)
+        width = defaults["width"] if width is None else width
+        height = defaults["height"] if height is None else height
+        stride = defaults["stride"] if stride is None else stride
         self.check_inputs(prompt, negative_prompt, width, height, stride, num_inference_steps, guidance_scale, output_type)
         schedule = SyncSchedule(sync_weight, sync_decay_rate, sync_freq, sync_threshold)
         if view_batch_size < 1:
