@@ -294,3 +294,20 @@ def test_default_canvas_and_stride_follow_the_window(small_pipe):
     other_stride = small_pipe("a", width=64, height=16, stride=3, num_inference_steps=1, sync_weight=0, seed=0,
                               output_type="latent").images
     assert torch.equal(default, explicit) and not torch.equal(default, other_stride)
+
+
+def test_generator_is_the_same_draw_as_its_seed(small_pipe):
+    kwargs = dict(width=32, height=16, stride=4, num_inference_steps=1, sync_weight=0, output_type="latent")
+    by_seed = small_pipe("a", seed=7, **kwargs)
+    by_generator = small_pipe("a", generator=torch.Generator().manual_seed(7), **kwargs)
+    assert torch.equal(by_seed.images, by_generator.images) and by_generator.seed is None
+
+
+def test_progress_bar_says_which_steps_sync(sync_pipe, capsys):
+    sync_pipe.set_progress_bar_config(disable=False)
+    try:
+        sync_pipe("a", width=32, height=32, num_inference_steps=3, sync_threshold=1, seed=0, output_type="latent")
+    finally:
+        sync_pipe.set_progress_bar_config(disable=True)
+    err = capsys.readouterr().err
+    assert "sync w=20" in err and "no sync" in err and "3/3" in err
