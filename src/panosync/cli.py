@@ -61,40 +61,42 @@ def build_parser() -> argparse.ArgumentParser:
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-base"
 
 
-def generation_request(args: argparse.Namespace) -> dict:
-    """Every parameter of the panorama: from --from-png, then the options given, then defaults."""
+def generation_request(args: argparse.Namespace) -> tuple[dict, "ModelSource"]:
+    """Every parameter of the panorama, in this order of precedence: the options given, the PNG of
+    --from-png, the settings recommended with the model, the pipeline's defaults."""
     import inspect
 
+    from .bundled import recommended_settings
     from .metadata import read_parameters
+    from .models import resolve_model
     from .pipeline import SyncDiffusionPipeline
 
     request = read_parameters(args.from_png) if args.from_png else {}
-    given = {name: getattr(args, name)
-             for name in [*PIPELINE_PARAMETERS, "loop_closure", "prompt", "model", "model_config"]}
-    request.update({name: value for name, value in given.items() if value is not None})
-    defaults = inspect.signature(SyncDiffusionPipeline.__call__).parameters
-    for name in [*PIPELINE_PARAMETERS, "loop_closure"]:
-        request.setdefault(name, defaults[name].default)
-    request.setdefault("model", DEFAULT_MODEL)
+    names = [*PIPELINE_PARAMETERS, "loop_closure", "prompt", "model", "model_config"]
+    request.update({name: getattr(args, name) for name in names if getattr(args, name) is not None})
     if "prompt" not in request:
         raise ValueError("Give a prompt, or --from-png with a PNG that panosync wrote.")
+    request.setdefault("model", DEFAULT_MODEL)
+    source = resolve_model(request["model"])
+    recommended = recommended_settings(source.ref) if source.kind == "folder" else {}
+    defaults = inspect.signature(SyncDiffusionPipeline.__call__).parameters
+    for name in [*PIPELINE_PARAMETERS, "loop_closure"]:
+        request.setdefault(name, recommended.get(name, defaults[name].default))
     # model_config only when given: it describes a checkpoint file's architecture
-    return {name: request[name] for name in ["prompt", "model", "model_config", *PIPELINE_PARAMETERS, "loop_closure"]
-            if name in request}
+    return {name: request[name] for name in names if name in request}, source
 
 
 def generate(args: argparse.Namespace) -> int:
     from .metadata import save_png
-    from .models import load_pipeline, pick_device, pick_dtype, resolve_model
+    from .models import load_pipeline, pick_device, pick_dtype
     from .pipeline import canvas_defaults, check_panorama_inputs
     from .sync import SyncSchedule
 
-    request = generation_request(args)
+    request, source = generation_request(args)
     # Check everything that needs no weights before loading any.
     SyncSchedule(request["sync_weight"], request["sync_decay_rate"], request["sync_freq"], request["sync_threshold"])
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
-    source = resolve_model(request["model"])
 
     def fill_canvas_defaults(window, factor):
         for name, value in canvas_defaults(window, factor).items():

@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 
+from .bundled import bundled_model_folder, bundled_model_names
 from .pipeline import SyncDiffusionPipeline
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -93,11 +94,9 @@ def _check_hub_model(repo_id: str) -> None:
 
 def resolve_model(model: str) -> ModelSource:
     """Say what `model` names, or raise a ValueError that says what to change. Reads no weights."""
-    if model in BUNDLED:
-        if model == "tiny-random":
-            return ModelSource("bundled", model, window=64, vae_factor=8)
-        return ModelSource("bundled", model)
-    path = Path(model).expanduser()
+    if model == "tiny-random":
+        return ModelSource("bundled", model, window=64, vae_factor=8)
+    path = bundled_model_folder(model) or Path(model).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise ValueError(f"{model} is a folder but not a diffusers model folder (it has no model_index.json).")
@@ -113,7 +112,7 @@ def resolve_model(model: str) -> ModelSource:
         _check_hub_model(model)
         return ModelSource("hub", model)
     raise ValueError(
-        f"Unknown model {model!r}: give a bundled model ({', '.join(BUNDLED)}), a diffusers folder, a .safetensors "
+        f"Unknown model {model!r}: give a bundled model ({', '.join([*BUNDLED, *bundled_model_names()])}), a diffusers folder, a .safetensors "
         f"checkpoint, or a Hugging Face model id such as stabilityai/stable-diffusion-2-base."
     )
 

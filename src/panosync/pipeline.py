@@ -83,8 +83,12 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
     # ----------------------------------------------------------------------------------- loading
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        pipe = super().from_pretrained(*args, **kwargs)
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """A hub id, a diffusers folder, or the name of a model bundled with panosync ("pocket")."""
+        from .bundled import bundled_model_folder
+
+        bundled = isinstance(pretrained_model_name_or_path, str) and bundled_model_folder(pretrained_model_name_or_path)
+        pipe = super().from_pretrained(bundled or pretrained_model_name_or_path, *args, **kwargs)
         return pipe._with_default_scheduler(kwargs)
 
     @classmethod

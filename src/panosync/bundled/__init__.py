@@ -1,0 +1,28 @@
+"""Models shipped inside the package, as diffusers folders: `panosync generate --model pocket`,
+`SyncDiffusionPipeline.from_pretrained("pocket")`. A folder may hold `recommended.json`, the
+generation settings its authors recommend (the command uses them as its defaults)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def bundled_model_folder(name: str) -> Path | None:
+    """The folder of the bundled model called `name`, or None."""
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        return None
+    folder = HERE / name
+    return folder if (folder / "model_index.json").is_file() else None
+
+
+def bundled_model_names() -> list[str]:
+    return sorted(p.parent.name for p in HERE.glob("*/model_index.json"))
+
+
+def recommended_settings(folder: str | Path) -> dict:
+    """The generation settings stored with a model folder, {} when it has none."""
+    path = Path(folder) / "recommended.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
