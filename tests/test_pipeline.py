@@ -306,8 +306,15 @@ def test_generator_is_the_same_draw_as_its_seed(small_pipe):
 def test_progress_bar_says_which_steps_sync(sync_pipe, capsys):
     sync_pipe.set_progress_bar_config(disable=False)
     try:
-        sync_pipe("a", width=32, height=32, num_inference_steps=3, sync_threshold=1, seed=0, output_type="latent")
+        sync_pipe("a", width=64, height=32, num_inference_steps=3, sync_threshold=1, seed=0, output_type="latent")
     finally:
         sync_pipe.set_progress_bar_config(disable=True)
     err = capsys.readouterr().err
     assert "sync w=20" in err and "no sync" in err and "3/3" in err
+
+
+def test_a_lone_view_is_not_synced(sync_pipe):
+    weights = []
+    kwargs = dict(width=32, height=32, num_inference_steps=2, seed=0, output_type="latent")
+    alone = sync_pipe("a", callback_on_step_end=lambda p, i, t, s: weights.append(s["sync_weight"]), **kwargs).images
+    assert weights == [0.0, 0.0] and torch.equal(alone, sync_pipe("a", sync_weight=0, **kwargs).images)

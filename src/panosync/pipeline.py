@@ -88,6 +88,8 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         from .bundled import bundled_model_folder
 
         bundled = isinstance(pretrained_model_name_or_path, str) and bundled_model_folder(pretrained_model_name_or_path)
+        if bundled and "dtype" not in kwargs and "torch_dtype" not in kwargs:
+            kwargs["dtype"] = torch.float32  # shipped in float16 to be small; most CPUs want float32
         pipe = super().from_pretrained(bundled or pretrained_model_name_or_path, *args, **kwargs)
         return pipe._with_default_scheduler(kwargs)
 
@@ -257,7 +259,8 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         # 4. The joint denoising loop
         with self.progress_bar(total=num_inference_steps) as progress:
             for i, t in enumerate(self.scheduler.timesteps):
-                weight = schedule.weight_at(i)
+                # a lone view has no one to agree with: its anchor pass would change nothing
+                weight = schedule.weight_at(i) if len(views) > 1 else 0.0
                 progress.set_postfix_str(f"sync w={weight:.3g}" if weight else "no sync", refresh=False)
                 denoised = self.denoise_views(latents, views, t, weight, anchor, view_batch_size, **denoise)
                 latents = self.merge(denoised, views, view_counts)

@@ -111,10 +111,16 @@ def images_to_tensor(images: np.ndarray) -> torch.Tensor:
 class Progress:
     """A line every `every` seconds: step, loss, speed, time left."""
 
-    def __init__(self, name, start, total, every=30.0):
+    def __init__(self, name, start, total, seconds_before=0.0, every=30.0):
         self.name, self.start, self.total, self.every = name, start, total, every
         self.began = self.last = time.time()
+        self.seconds_before = seconds_before
         self.losses: list[float] = []
+        self.recent_loss = float("nan")
+
+    def record(self) -> dict:
+        """What a checkpoint keeps of the training so far: wall time and the recent loss."""
+        return {"seconds": self.seconds_before + time.time() - self.began, "loss": self.recent_loss}
 
     def update(self, step, loss):
         self.losses.append(loss)
@@ -122,7 +128,8 @@ class Progress:
         if now - self.last >= self.every or step == self.total:
             rate = (step - self.start) / max(now - self.began, 1e-9)
             left = (self.total - step) / max(rate, 1e-9)
-            print(f"{self.name} step {step}/{self.total} loss {np.mean(self.losses):.4f} "
+            self.recent_loss = float(np.mean(self.losses))
+            print(f"{self.name} step {step}/{self.total} loss {self.recent_loss:.4f} "
                   f"{rate:.2f} steps/s, {left / 60:.0f} min left", flush=True)
             self.losses, self.last = [], now
 
@@ -153,14 +160,14 @@ def stage_vae(run: Path, steps: int, batch: int, lr: float, kl_weight: float, se
     images, _ = load_data(run)
     vae = new_vae()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    checkpoint_path, step = run / "vae.pt", 0
+    checkpoint_path, step, state = run / "vae.pt", 0, {}
     if checkpoint_path.exists():
         state = torch.load(checkpoint_path, weights_only=False)
         vae.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step = state["step"]
     generator = np.random.default_rng(seed + step)
-    progress, saved = Progress("vae", step, steps), time.time()
+    progress, saved = Progress("vae", step, steps, state.get("seconds", 0.0)), time.time()
     vae.train()
     while step < steps:
         pixels = images_to_tensor(images[generator.integers(0, len(images), batch)])
@@ -174,8 +181,8 @@ def stage_vae(run: Path, steps: int, batch: int, lr: float, kl_weight: float, se
         step += 1
         progress.update(step, loss.item())
         if time.time() - saved > 120 or step == steps:
-            save_atomically({"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step},
-                            checkpoint_path)
+            save_atomically({"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                             "batch": batch, "lr": lr, **progress.record()}, checkpoint_path)
             saved = time.time()
 
 
@@ -215,7 +222,7 @@ def stage_unet(run: Path, steps: int, batch: int, lr: float, drop_caption: float
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=1e-2)
     ema = EMAModel(parameters, decay=0.999, use_ema_warmup=True, power=2 / 3)
     noise_schedule = DDPMScheduler(**{k: v for k, v in noise_schedule_config().items() if k != "set_alpha_to_one"})
-    checkpoint_path, step = run / "unet.pt", 0
+    checkpoint_path, step, state = run / "unet.pt", 0, {}
     if checkpoint_path.exists():
         state = torch.load(checkpoint_path, weights_only=False)
         unet.load_state_dict(state["unet"])
@@ -228,7 +235,7 @@ def stage_unet(run: Path, steps: int, batch: int, lr: float, drop_caption: float
     empty = tokenizer("", padding="max_length", max_length=MAX_TOKENS, return_tensors="pt").input_ids[0]
     scale = latents["scaling_factor"]
     generator = torch.Generator().manual_seed(seed + step)
-    progress, saved = Progress("unet", step, steps), time.time()
+    progress, saved = Progress("unet", step, steps, state.get("seconds", 0.0)), time.time()
     unet.train()
     text_encoder.train()
     while step < steps:
@@ -257,8 +264,8 @@ def stage_unet(run: Path, steps: int, batch: int, lr: float, drop_caption: float
         progress.update(step, loss.item())
         if time.time() - saved > 180 or step == steps:
             save_atomically({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
-                             "optimizer": optimizer.state_dict(), "ema": ema.state_dict(), "step": step},
-                            checkpoint_path)
+                             "optimizer": optimizer.state_dict(), "ema": ema.state_dict(), "step": step,
+                             "batch": batch, "lr": lr, **progress.record()}, checkpoint_path)
             saved = time.time()
 
 
@@ -283,10 +290,22 @@ def trained_pipeline(run: Path, use_ema: bool = True):
     return pipe, state["step"]
 
 
+def training_record(run: Path) -> dict:
+    """The settings and figures of a run, to ship beside its weights."""
+    record = {"data": {"images": int(len(np.load(run / "data.npz")["captions"])), "image_size": IMAGE_SIZE}}
+    for stage in ("vae", "unet"):
+        state = torch.load(run / f"{stage}.pt", weights_only=False)
+        record[stage] = {key: state.get(key) for key in ("step", "batch", "lr", "seconds", "loss")}
+    record["scaling_factor"] = encode_dataset(run)["scaling_factor"]
+    record["threads"] = torch.get_num_threads()
+    return record
+
+
 def stage_export(run: Path, out: Path) -> None:
     pipe, steps = trained_pipeline(run)
     out.mkdir(parents=True, exist_ok=True)
     pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    (out / "training.json").write_text(json.dumps(training_record(run), indent=2) + "\n")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"exported {out} ({size / 2**20:.1f} MiB, unet trained {steps} steps)")
 

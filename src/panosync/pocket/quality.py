@@ -1,0 +1,130 @@
+"""The pocket model's quality bars, measured and printed (issue 3):
+
+1. the attribute classifier's accuracy on generator images;
+2. prompt adherence: samples of prompts that name a time of day show it;
+3. diversity: samples of a prompt without a time of day use several;
+4. the montage failure and its fix: crops of MultiDiffusion panoramas disagree on the time of day,
+   SyncDiffusion's agree, and Intra-LPIPS falls.
+
+    python -m panosync.pocket.quality --model pocket --out docs/pocket-quality
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+
+from ..lpips import load_lpips
+from .classify import accuracy, classify_time
+from .landscapes import make_dataset
+
+
+@torch.no_grad()
+def sample_windows(pipe, prompt: str, seeds: list[int], steps: int = 50, guidance_scale: float = 7.5,
+                   negative_prompt: str = "") -> np.ndarray:
+    """Single-window samples, batched: the same images as `pipe(prompt, width=window, height=window,
+    seed=s)` for each seed (one view, nothing to sync), uint8 (N, H, W, 3)."""
+    window, channels = pipe.window, pipe.unet.config.in_channels
+    noise = torch.cat([torch.randn((1, channels, window, window), generator=torch.Generator().manual_seed(s))
+                       for s in seeds])
+    embeddings = pipe.encode_prompt(prompt, negative_prompt, pipe.device)
+    pipe.scheduler.set_timesteps(steps)
+    latents = noise * pipe.scheduler.init_noise_sigma
+    for t in pipe.scheduler.timesteps:
+        latents = pipe.scheduler.step(pipe.guided_noise(latents, t, embeddings, guidance_scale), t, latents).prev_sample
+    images = pipe.decode_to_unit(latents).permute(0, 2, 3, 1).cpu().numpy()
+    return (images * 255).round().astype(np.uint8)
+
+
+def crops(panorama: np.ndarray, size: int) -> list[np.ndarray]:
+    """Non-overlapping square crops of a one-window-high panorama, left to right."""
+    return [panorama[:, left : left + size] for left in range(0, panorama.shape[1] - size + 1, size)]
+
+
+@torch.no_grad()
+def intra_lpips(panorama: np.ndarray, size: int, lpips) -> float:
+    """Mean LPIPS-VGG over all pairs of non-overlapping crops (the paper's Intra-LPIPS)."""
+    tiles = torch.from_numpy(np.stack(crops(panorama, size))).permute(0, 3, 1, 2).float() / 127.5 - 1
+    pairs = list(itertools.combinations(range(len(tiles)), 2))
+    first, second = zip(*pairs)
+    return float(lpips(tiles[list(first)], tiles[list(second)]).mean())
+
+
+def time_shares(images) -> dict[str, float]:
+    names = [classify_time(image) for image in images]
+    return {name: names.count(name) / len(names) for name in sorted(set(names))}
+
+
+def main(argv=None):
+    from ..bundled import recommended_settings
+    from ..models import load_pipeline, resolve_model
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="pocket")
+    parser.add_argument("--out", type=Path, default=Path("docs/pocket-quality"))
+    parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--panoramas", type=int, default=32)
+    parser.add_argument("--windows", type=int, default=8, help="panorama width in windows")
+    args = parser.parse_args(argv)
+    started = time.time()
+    source = resolve_model(args.model)
+    pipe = load_pipeline(source)
+    pipe.set_progress_bar_config(disable=True)
+    settings = recommended_settings(source.ref) if source.kind == "folder" else {}
+    steps = settings.get("num_inference_steps", 50)
+    guidance = settings.get("guidance_scale", 7.5)
+    size = pipe.window * pipe.vae_factor
+    report: dict = {"model": args.model, "settings": settings}
+
+    images, _, attributes = make_dataset(300, seed=12345, size=size)
+    report["classifier_accuracy"] = accuracy(images, attributes)
+
+    adherence = {}
+    for time_of_day, prompt in (("day", "mountains by day"), ("sunset", "green hills at sunset"),
+                                ("night", "a sea at night")):
+        samples = sample_windows(pipe, prompt, list(range(args.samples)), steps=steps, guidance_scale=guidance)
+        adherence[prompt] = time_shares(samples).get(time_of_day, 0.0)
+    report["prompt_adherence"] = adherence
+
+    free_prompt = "snowy mountains"
+    free_samples = sample_windows(pipe, free_prompt, list(range(args.samples)), steps=steps, guidance_scale=guidance)
+    report["diversity"] = {free_prompt: time_shares(free_samples)}
+
+    lpips = load_lpips("vgg")
+    width = args.windows * size
+    methods = {"MultiDiffusion": {"sync_weight": 0.0},
+               "SyncDiffusion": {k: v for k, v in settings.items() if k.startswith("sync_")}}
+    montage, pictures = {}, {}
+    for method, sync in methods.items():
+        disagree, distances = 0, []
+        for seed in range(args.panoramas):
+            panorama = pipe(free_prompt, width=width, height=size, seed=seed, num_inference_steps=steps,
+                            guidance_scale=guidance, stride=settings.get("stride"), view_batch_size=32,
+                            output_type="np", **sync).images[0]
+            panorama = (panorama * 255).round().astype(np.uint8)
+            disagree += len({classify_time(tile) for tile in crops(panorama, size)}) > 1
+            distances.append(intra_lpips(panorama, size, lpips))
+            if seed < 6:
+                pictures.setdefault(method, []).append(panorama)
+        montage[method] = {"disagreement": disagree / args.panoramas, "intra_lpips": float(np.mean(distances)),
+                           "intra_lpips_std": float(np.std(distances))}
+    report["montage"] = montage
+    report["seconds"] = round(time.time() - started)
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    rows = [np.concatenate([pictures["MultiDiffusion"][i], pictures["SyncDiffusion"][i],
+                            np.full((4, width, 3), 255, np.uint8)]) for i in range(len(pictures["SyncDiffusion"]))]
+    PIL.Image.fromarray(np.concatenate(rows)).save(args.out.with_suffix(".png"))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
