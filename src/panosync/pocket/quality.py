@@ -62,6 +62,41 @@ def time_shares(images) -> dict[str, float]:
     return {name: names.count(name) / len(names) for name in sorted(set(names))}
 
 
+def bars(report: dict) -> list[tuple[str, str, bool]]:
+    """Each quality bar of issue 3: (what, measured, met)."""
+    rows = []
+    for attribute, share in report["classifier_accuracy"].items():
+        rows.append((f"classifier accuracy, {attribute} (≥ 95 %)", f"{share:.1%}", share >= 0.95))
+    for prompt, share in report["prompt_adherence"].items():
+        rows.append((f"adherence, “{prompt}” (≥ 90 %)", f"{share:.1%}", share >= 0.90))
+    for prompt, shares in report["diversity"].items():
+        text = ", ".join(f"{name} {share:.0%}" for name, share in shares.items())
+        rows.append((f"diversity, “{prompt}” (≥ 2 times of day, none > 75 %)", text,
+                     len(shares) >= 2 and max(shares.values()) <= 0.75))
+    plain, synced = report["montage"]["MultiDiffusion"], report["montage"]["SyncDiffusion"]
+    rows.append(("MultiDiffusion panoramas whose crops disagree on the time (≥ 30 %)",
+                 f"{plain['disagreement']:.1%}", plain["disagreement"] >= 0.30))
+    rows.append(("SyncDiffusion: at least halves that share", f"{synced['disagreement']:.1%}",
+                 synced["disagreement"] <= plain["disagreement"] / 2))
+    drop = 1 - synced["intra_lpips"] / plain["intra_lpips"]
+    rows.append(("Intra-LPIPS lower by ≥ 15 % relative",
+                 f"{plain['intra_lpips']:.3f} → {synced['intra_lpips']:.3f} ({drop:.0%} lower)", drop >= 0.15))
+    return rows
+
+
+def markdown(report: dict, picture: str) -> str:
+    settings = ", ".join(f"{k} {v}" for k, v in report["settings"].items())
+    lines = ["# The pocket model's quality bars", "",
+             f"Measured by `python -m panosync.pocket.quality` on model `{report['model']}` with its recommended "
+             f"settings ({settings}) in {report['seconds'] / 60:.0f} min on the CPU.", "",
+             "| bar | measured | met |", "|---|---|---|"]
+    lines += [f"| {what} | {measured} | {'yes' if met else '**no**'} |" for what, measured, met in bars(report)]
+    lines += ["", f"![MultiDiffusion above SyncDiffusion, same seeds]({picture})", "",
+              "Each pair of rows: the same seed and prompt (“snowy mountains”, no time of day), MultiDiffusion "
+              "above, SyncDiffusion below."]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     from ..bundled import recommended_settings
     from ..models import load_pipeline, resolve_model
@@ -123,7 +158,9 @@ def main(argv=None):
     rows = [np.concatenate([pictures["MultiDiffusion"][i], pictures["SyncDiffusion"][i],
                             np.full((4, width, 3), 255, np.uint8)]) for i in range(len(pictures["SyncDiffusion"]))]
     PIL.Image.fromarray(np.concatenate(rows)).save(args.out.with_suffix(".png"))
+    args.out.with_suffix(".md").write_text(markdown(report, args.out.with_suffix(".png").name))
     print(json.dumps(report, indent=2))
+    print(markdown(report, args.out.with_suffix(".png").name))
 
 
 if __name__ == "__main__":
