@@ -64,6 +64,9 @@ def test_loop_closure_and_random_seed_are_recorded(model_folder, tmp_path, capsy
     parameters = read_parameters(out)
     assert parameters["loop_closure"] is True and isinstance(parameters["seed"], int)
     assert f"seed {parameters['seed']}" in capsys.readouterr().out
+    opened = tmp_path / "opened.png"
+    assert main(["generate", "--from-png", str(out), "--no-loop-closure", "--out", str(opened), "--quiet"]) == 0
+    assert read_parameters(opened)["loop_closure"] is False
 
 
 def test_default_output_name_carries_the_seed(model_folder, tmp_path, monkeypatch):

@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (kind, text) in PIPELINE_PARAMETERS.items():
         flags = ["--" + name.replace("_", "-")] + (["--steps"] if name == "num_inference_steps" else [])
         generate.add_argument(*flags, dest=name, type=kind, default=None, help=text)
-    generate.add_argument("--loop-closure", dest="loop_closure", action="store_const", const=True, default=None,
+    generate.add_argument("--loop-closure", dest="loop_closure", action=argparse.BooleanOptionalAction, default=None,
                           help="make a 360° panorama whose left and right edges meet")
     generate.add_argument("--model", default=None,
                           help="bundled name (tiny-random), diffusers folder, .safetensors file or hub id "
