@@ -17,16 +17,20 @@ from typing import Callable
 import torch
 
 from .bundled import bundled_model_folder, bundled_model_names
-from .pipeline import SyncDiffusionPipeline
+from .pipeline import SyncDiffusionPipeline, vae_factor_of, window_of
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 
 
+# The smoke-test model's shape: Stable Diffusion 2 base's window and VAE factor.
+TINY_RANDOM_SHAPE = dict(window=64, vae_factor=8)
+
+
 def _tiny_random() -> SyncDiffusionPipeline:
     from .tiny import tiny_random_components
 
-    return SyncDiffusionPipeline(**tiny_random_components())
+    return SyncDiffusionPipeline(**tiny_random_components(**TINY_RANDOM_SHAPE))
 
 
 # Models that need no download. "tiny-random" has random weights: a smoke test, not a picture.
@@ -42,14 +46,13 @@ class ModelSource:
 
 
 def _geometry_of_folder(folder: Path) -> tuple[int | None, int | None]:
+    """Window and VAE factor from the configs alone; (None, None) when they cannot be read."""
     try:
         unet = json.loads((folder / "unet" / "config.json").read_text())
         vae = json.loads((folder / "vae" / "config.json").read_text())
-    except (OSError, ValueError):
+        return window_of(unet), vae_factor_of(vae)
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
         return None, None
-    size = unet.get("sample_size")
-    window = size if isinstance(size, int) else (size[0] if size else None)
-    return window, 2 ** (len(vae.get("block_out_channels", [0])) - 1)
 
 
 def _check_checkpoint(path: Path) -> None:
@@ -95,7 +98,7 @@ def _check_hub_model(repo_id: str) -> None:
 def resolve_model(model: str) -> ModelSource:
     """Say what `model` names, or raise a ValueError that says what to change. Reads no weights."""
     if model == "tiny-random":
-        return ModelSource("bundled", model, window=64, vae_factor=8)
+        return ModelSource("bundled", model, **TINY_RANDOM_SHAPE)
     path = bundled_model_folder(model) or Path(model).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():

@@ -35,6 +35,17 @@ class SyncDiffusionOutput(BaseOutput):
     seed: int | None
 
 
+def window_of(unet_config) -> int:
+    """The UNet's native latent size: the side of every view (64 for Stable Diffusion 2 base)."""
+    size = unet_config["sample_size"]
+    return size if isinstance(size, int) else size[0]
+
+
+def vae_factor_of(vae_config) -> int:
+    """How many image pixels one latent pixel stands for (8 for Stable Diffusion)."""
+    return 2 ** (len(vae_config["block_out_channels"]) - 1)
+
+
 def canvas_defaults(window: int, vae_factor: int) -> dict:
     """The default canvas of a model: one window high, four wide, views a quarter window apart
     (512 x 2048 at stride 16 for Stable Diffusion 2 base, the paper's stride)."""
@@ -107,13 +118,11 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
 
     @property
     def vae_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return vae_factor_of(self.vae.config)
 
     @property
     def window(self) -> int:
-        """The UNet's native latent size: the side of every view (64 for Stable Diffusion 2 base)."""
-        size = self.unet.config.sample_size
-        return size if isinstance(size, int) else size[0]
+        return window_of(self.unet.config)
 
     # --------------------------------------------------------------------------- model pieces
 

@@ -290,13 +290,13 @@ def trained_pipeline(run: Path, use_ema: bool = True):
     return pipe, state["step"]
 
 
-def training_record(run: Path) -> dict:
+def training_record(run: Path, scaling_factor: float) -> dict:
     """The settings and figures of a run, to ship beside its weights."""
     record = {"data": {"images": int(len(np.load(run / "data.npz")["captions"])), "image_size": IMAGE_SIZE}}
     for stage in ("vae", "unet"):
         state = torch.load(run / f"{stage}.pt", weights_only=False)
         record[stage] = {key: state.get(key) for key in ("step", "batch", "lr", "seconds", "loss")}
-    record["scaling_factor"] = encode_dataset(run)["scaling_factor"]
+    record["scaling_factor"] = scaling_factor
     record["threads"] = torch.get_num_threads()
     return record
 
@@ -305,7 +305,7 @@ def stage_export(run: Path, out: Path) -> None:
     pipe, steps = trained_pipeline(run)
     out.mkdir(parents=True, exist_ok=True)
     pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
-    (out / "training.json").write_text(json.dumps(training_record(run), indent=2) + "\n")
+    (out / "training.json").write_text(json.dumps(training_record(run, pipe.vae.config.scaling_factor), indent=2) + "\n")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"exported {out} ({size / 2**20:.1f} MiB, unet trained {steps} steps)")
 
