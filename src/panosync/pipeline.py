@@ -35,6 +35,26 @@ class SyncDiffusionOutput(BaseOutput):
     seed: int | None
 
 
+@dataclass(frozen=True)
+class PanoramaRequest:
+    """A checked request: everything the joint diffusion needs besides the models."""
+
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    guidance_scale: float
+    schedule: SyncSchedule
+    num_inference_steps: int
+    loop_closure: bool
+    views: list[View]
+    anchor: int
+    noise: torch.Tensor
+    seed: int | None
+    view_batch_size: int
+    output_type: str
+
+
 def window_of(unet_config) -> int:
     """The UNet's native latent size: the side of every view (64 for Stable Diffusion 2 base)."""
     size = unet_config["sample_size"]
@@ -145,14 +165,25 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
             embeddings.append(self.text_encoder(tokens.input_ids.to(device))[0])
         return torch.cat(embeddings)
 
-    def guided_noise(self, latents, t, embeddings, guidance_scale) -> torch.Tensor:
-        """ε̂ = ε_u + g (ε_c − ε_u) for a batch of views, in float32."""
-        views = latents.shape[0]
-        model_input = self.scheduler.scale_model_input(torch.cat([latents, latents]), t)
-        context = embeddings.repeat_interleave(views, dim=0)  # negative for the first half, prompt for the second
-        noise = self.unet(model_input.to(self.unet.dtype), t, encoder_hidden_states=context).sample.float()
+    def guided_noise(self, latents, t, embeddings, guidance_scale, views: list[View] | None = None,
+                     **view_conditioning) -> torch.Tensor:
+        """ε̂ = ε_u + g (ε_c − ε_u) for a batch of views, in float32.
+
+        `views` are the views the batch holds, in its order; `view_conditioning` is what a subclass
+        needs besides them to condition each view's UNet call (ControlSync: the condition images).
+        """
+        count = latents.shape[0]
+        model_input = self.scheduler.scale_model_input(torch.cat([latents, latents]), t).to(self.unet.dtype)
+        context = embeddings.repeat_interleave(count, dim=0)  # negative for the first half, prompt for the second
+        extra = self.extra_unet_inputs(model_input, t, context, views, **view_conditioning)
+        noise = self.unet(model_input, t, encoder_hidden_states=context, **extra).sample.float()
         unconditional, conditional = noise.chunk(2)
         return unconditional + guidance_scale * (conditional - unconditional)
+
+    def extra_unet_inputs(self, model_input, t, context, views) -> dict:
+        """More keyword arguments for the UNet call on `model_input` (both guidance branches of
+        `views`): none for plain SyncDiffusion; ControlSync adds each view's ControlNet residuals."""
+        return {}
 
     def decode_to_unit(self, latents: torch.Tensor) -> torch.Tensor:
         """VAE decode to images in [0, 1] (clamped, as the reference: saturated pixels pass no gradient)."""
@@ -240,7 +271,18 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         `callback_on_step_end(pipe, step, timestep, {"latents", "sync_weight"})` runs after every
         step; a returned dict may replace "latents".
         """
-        # 1. Check inputs
+        request = self.prepare_request(
+            prompt, negative_prompt, width, height, guidance_scale, sync_weight, sync_decay_rate, sync_freq,
+            sync_threshold, num_inference_steps, stride, seed, loop_closure, generator, latents, anchor,
+            view_batch_size, output_type,
+        )
+        return self.generate(request, callback_on_step_end, return_dict)
+
+    def prepare_request(self, prompt, negative_prompt, width, height, guidance_scale, sync_weight, sync_decay_rate,
+                        sync_freq, sync_threshold, num_inference_steps, stride, seed, loop_closure, generator,
+                        latents, anchor, view_batch_size, output_type) -> PanoramaRequest:
+        """Step 1 of the call: check the inputs (a ValueError that says what to change, before any
+        model work), fill in the canvas defaults, lay out the views and draw the initial noise."""
         defaults = canvas_defaults(self.window, self.vae_factor)
         width = defaults["width"] if width is None else width
         height = defaults["height"] if height is None else height
@@ -254,24 +296,33 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         anchor = self.anchor_index(anchor, views)
         shape = (1, self.unet.config.in_channels, latent_height, latent_width)
         noise, seed = self.initial_noise(shape, seed, generator, latents)
+        return PanoramaRequest(prompt, negative_prompt, width, height, guidance_scale, schedule, num_inference_steps,
+                               loop_closure, views, anchor, noise, seed, view_batch_size, output_type)
+
+    def generate(self, request: PanoramaRequest, callback_on_step_end=None, return_dict: bool = True,
+                 **view_conditioning):
+        """Steps 2 to 5 of the call: the joint diffusion of a checked request. `view_conditioning`
+        goes to every `guided_noise` call (ControlSync passes its conditions this way)."""
+        views, anchor = request.views, request.anchor
+        latent_height, latent_width = request.noise.shape[-2:]
         device = self._execution_device
 
         # 2. Encode the prompt
-        embeddings = self.encode_prompt(prompt, negative_prompt, device)
+        embeddings = self.encode_prompt(request.prompt, request.negative_prompt, device)
 
         # 3. Timesteps and the initial latent
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        latents = noise.to(device) * self.scheduler.init_noise_sigma
+        self.scheduler.set_timesteps(request.num_inference_steps, device=device)
+        latents = request.noise.to(device) * self.scheduler.init_noise_sigma
         view_counts = coverage(latent_height, latent_width, views).to(device)
-        denoise = dict(embeddings=embeddings, guidance_scale=guidance_scale)
+        denoise = dict(embeddings=embeddings, guidance_scale=request.guidance_scale, **view_conditioning)
 
         # 4. The joint denoising loop
-        with self.progress_bar(total=num_inference_steps) as progress:
+        with self.progress_bar(total=request.num_inference_steps) as progress:
             for i, t in enumerate(self.scheduler.timesteps):
                 # a lone view has no one to agree with: its anchor pass would change nothing
-                weight = schedule.weight_at(i) if len(views) > 1 else 0.0
+                weight = request.schedule.weight_at(i) if len(views) > 1 else 0.0
                 progress.set_postfix_str(f"sync w={weight:.3g}" if weight else "no sync", refresh=False)
-                denoised = self.denoise_views(latents, views, t, weight, anchor, view_batch_size, **denoise)
+                denoised = self.denoise_views(latents, views, t, weight, anchor, request.view_batch_size, **denoise)
                 latents = self.merge(denoised, views, view_counts)
                 if callback_on_step_end is not None:
                     changes = callback_on_step_end(self, i, t, {"latents": latents, "sync_weight": weight})
@@ -279,18 +330,19 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
                 progress.update()
 
         # 5. Decode
-        if output_type == "latent":
+        if request.output_type == "latent":
             images = latents
         else:
-            images = self.decode_panorama(latents, loop_closure).permute(0, 2, 3, 1).cpu().numpy()
-            if output_type == "pil":
+            images = self.decode_panorama(latents, request.loop_closure).permute(0, 2, 3, 1).cpu().numpy()
+            if request.output_type == "pil":
                 images = self.numpy_to_pil(images)
         self.maybe_free_model_hooks()
         if not return_dict:
-            return images, seed
-        return SyncDiffusionOutput(images=images, seed=seed)
+            return images, request.seed
+        return SyncDiffusionOutput(images=images, seed=request.seed)
 
-    def denoise_views(self, latents, views, t, weight, anchor, view_batch_size, embeddings, guidance_scale):
+    def denoise_views(self, latents, views, t, weight, anchor, view_batch_size, embeddings, guidance_scale,
+                      **view_conditioning):
         """One step for every view (section 3, steps 1 and 2): returns each view's x_{t-1}.
 
         With weight λ > 0 each view but the anchor first moves by −λ ∂LPIPS/∂x towards the
@@ -298,15 +350,17 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         """
         denoised: dict[int, torch.Tensor] = {}
 
-        def predicted_image(x):
-            noise = self.guided_noise(x, t, embeddings, guidance_scale)
-            return self.decode_to_unit(self.scheduler.step(noise, t, x).pred_original_sample)
+        def noise_of(x, batch_views):
+            return self.guided_noise(x, t, embeddings, guidance_scale, batch_views, **view_conditioning)
+
+        def predicted_image(x, batch_views):
+            return self.decode_to_unit(self.scheduler.step(noise_of(x, batch_views), t, x).pred_original_sample)
 
         if weight > 0:
             # 1. The anchor: its foreseen image is the fixed target of this step. The anchor is not
             #    moved, so this same noise prediction also gives its denoising step.
             anchor_latent = crop(latents, views[anchor])
-            anchor_step = self.scheduler.step(self.guided_noise(anchor_latent, t, embeddings, guidance_scale), t, anchor_latent)
+            anchor_step = self.scheduler.step(noise_of(anchor_latent, [views[anchor]]), t, anchor_latent)
             anchor_image = self.decode_to_unit(anchor_step.pred_original_sample)
             perceptual = self.perceptual_distance()
             target = perceptual.target_features(anchor_image * 2 - 1)
@@ -318,11 +372,13 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         pending = [j for j in range(len(views)) if j not in denoised]
         for start in range(0, len(pending), view_batch_size):
             batch = pending[start : start + view_batch_size]
-            x = torch.cat([crop(latents, views[j]) for j in batch])
+            batch_views = [views[j] for j in batch]
+            x = torch.cat([crop(latents, view) for view in batch_views])
             # 2. Move each view towards the anchor, then denoise from where it moved to.
             if weight > 0:
-                x = x - weight * sync_gradient(x, predicted_image, distance_to_anchor)
-            noise = self.guided_noise(x, t, embeddings, guidance_scale)
+                foresee = lambda moved: predicted_image(moved, batch_views)  # noqa: E731
+                x = x - weight * sync_gradient(x, foresee, distance_to_anchor)
+            noise = noise_of(x, batch_views)
             for j, view_latent in zip(batch, self.scheduler.step(noise, t, x).prev_sample):
                 denoised[j] = view_latent[None]
         return denoised
