@@ -1,0 +1,11 @@
+"""Serving panosync on one's own machine: an HTTP API with the public SyncDiffusion API's fields
+(`panosync serve`) and a Gradio web page (`panosync ui`).
+
+    schema.py      what a request may hold, each field's range, the server's limits
+    generation.py  the model, loaded once: checking a request against it and making one panorama
+    jobs.py        durable jobs: the SQLite store and the worker that runs them in order
+    api.py         the FastAPI app
+    viewer.py      the 360° look-around view (self-contained HTML and JavaScript)
+    ui.py          the Gradio app
+    command.py     the `serve` and `ui` subcommands
+"""

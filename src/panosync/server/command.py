@@ -1,0 +1,104 @@
+"""`panosync serve` (the HTTP API) and `panosync ui` (the web page). Both load the model once,
+before they listen, so a bad --model is an error at the command line, not in the first request.
+Both listen on loopback unless told otherwise."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .schema import Limits
+
+TOKEN_VARIABLE = "PANOSYNC_TOKEN"
+
+
+def default_state_dir() -> Path:
+    """$XDG_STATE_HOME/panosync/server, ~/.local/state/panosync/server when unset."""
+    state_home = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(state_home) / "panosync" / "server"
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..cli import DEFAULT_MODEL
+
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"bundled name (pocket, tiny-random), diffusers folder, .safetensors file or hub id "
+                             f"(default: {DEFAULT_MODEL}); its recommended settings are the defaults")
+    parser.add_argument("--model-config", dest="model_config", default=None, metavar="FOLDER_OR_ID",
+                        help="for a .safetensors/.ckpt --model: the diffusers folder or hub id of its architecture")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 …")
+    parser.add_argument("--dtype", default="auto", help="auto (float16 on CUDA, float32 elsewhere), float32, "
+                                                        "float16, bfloat16")
+    parser.add_argument("--view-batch-size", dest="view_batch_size", type=int, default=None,
+                        help="views per network call: faster on a GPU, same result")
+    parser.add_argument("--max-pixels", dest="max_pixels", type=int, default=Limits.max_pixels,
+                        help=f"largest width × height accepted (default {Limits.max_pixels:,})")
+    parser.add_argument("--max-side", dest="max_side", type=int, default=Limits.max_side,
+                        help=f"longest width or height accepted, in pixels (default {Limits.max_side})")
+    parser.add_argument("--max-queue", dest="max_queue", type=int, default=Limits.max_queue,
+                        help=f"jobs that may wait to run; more are refused (default {Limits.max_queue})")
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_model_arguments(parser)
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default: loopback only; 0.0.0.0 for every interface)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--state-dir", dest="state_dir", type=Path, default=None,
+                        help=f"folder of the job database and the outputs (default: {default_state_dir()})")
+    parser.add_argument("--token", default=None,
+                        help=f"bearer token the API asks for (default: ${TOKEN_VARIABLE}; none when unset)")
+
+
+def add_ui_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_model_arguments(parser)
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default: loopback only; 0.0.0.0 for every interface)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--out-dir", dest="out_dir", type=Path, default=Path("panosync-ui"),
+                        help="folder the panoramas are saved to (default: ./panosync-ui)")
+
+
+def _limits(args: argparse.Namespace) -> Limits:
+    return Limits(max_pixels=args.max_pixels, max_side=args.max_side, max_queue=args.max_queue)
+
+
+def _load(args: argparse.Namespace):
+    from .generation import PanoramaModel
+
+    if args.view_batch_size is not None and args.view_batch_size < 1:
+        raise ValueError(f"--view-batch-size must be 1 or more, got {args.view_batch_size}.")
+    print(f"loading {args.model} …", file=sys.stderr)
+    return PanoramaModel.load(args.model, args.device, args.dtype, args.model_config, args.view_batch_size)
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .api import create_app
+
+    limits = _limits(args)
+    token = args.token or os.environ.get(TOKEN_VARIABLE) or None
+    if not _is_loopback(args.host) and token is None:
+        print(f"panosync: warning: listening on {args.host} without a token: anyone who can reach this port can "
+              f"run jobs (set --token or ${TOKEN_VARIABLE}).", file=sys.stderr)
+    state_dir = args.state_dir or default_state_dir()
+    app = create_app(_load(args), state_dir, limits, token)
+    print(f"jobs and outputs in {state_dir}", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def ui(args: argparse.Namespace) -> int:
+    from .ui import build_ui, launch
+
+    limits = _limits(args)
+    page = build_ui(_load(args), limits, args.out_dir)
+    launch(page, args.out_dir, args.host, args.port)
+    return 0
