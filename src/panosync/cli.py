@@ -2,6 +2,8 @@
 
     panosync generate "a photo of a mountain range at twilight" --width 3072 --seed 7 --out range.png
     panosync generate --from-png range.png          # the same panorama again
+    panosync serve --model pocket                   # HTTP API on 127.0.0.1:8000
+    panosync ui --model pocket                      # web page on 127.0.0.1:7860
 
 Errors a user can cause print one sentence and exit with status 2, before any model is loaded
 where the model's shape allows.
@@ -55,21 +57,37 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 …")
     generate.add_argument("--dtype", default="auto", help="auto (float16 on CUDA, float32 elsewhere), float32, float16, bfloat16")
     generate.add_argument("--quiet", action="store_true", help="no progress bar")
+    from .server.command import add_serve_arguments, add_ui_arguments
+
+    add_serve_arguments(commands.add_parser(
+        "serve", help="HTTP API: queued panorama jobs with the public SyncDiffusion API's fields",
+        description="Serve the HTTP API (OpenAPI schema at /docs); jobs survive a restart."))
+    add_ui_arguments(commands.add_parser(
+        "ui", help="web page to make panoramas", description="Serve the Gradio web page."))
     return parser
 
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-base"
 
 
-def generation_request(args: argparse.Namespace) -> tuple[dict, "ModelSource"]:
-    """Every parameter of the panorama, in this order of precedence: the options given, the PNG of
-    --from-png, the settings recommended with the model, the pipeline's defaults."""
+def parameter_defaults(source: "ModelSource") -> dict:
+    """The default of every pipeline parameter for the model `source` names: the settings recommended
+    with the model, else the pipeline's (None for the canvas, which depends on the model's window)."""
     import inspect
 
     from .bundled import recommended_settings
+    from .pipeline import SyncDiffusionPipeline
+
+    recommended = recommended_settings(source.ref) if source.kind == "folder" else {}
+    defaults = inspect.signature(SyncDiffusionPipeline.__call__).parameters
+    return {name: recommended.get(name, defaults[name].default) for name in [*PIPELINE_PARAMETERS, "loop_closure"]}
+
+
+def generation_request(args: argparse.Namespace) -> tuple[dict, "ModelSource"]:
+    """Every parameter of the panorama, in this order of precedence: the options given, the PNG of
+    --from-png, the settings recommended with the model, the pipeline's defaults."""
     from .metadata import read_parameters
     from .models import resolve_model
-    from .pipeline import SyncDiffusionPipeline
 
     request = read_parameters(args.from_png) if args.from_png else {}
     names = [*PIPELINE_PARAMETERS, "loop_closure", "prompt", "model", "model_config"]
@@ -78,10 +96,8 @@ def generation_request(args: argparse.Namespace) -> tuple[dict, "ModelSource"]:
         raise ValueError("Give a prompt, or --from-png with a PNG that panosync wrote.")
     request.setdefault("model", DEFAULT_MODEL)
     source = resolve_model(request["model"])
-    recommended = recommended_settings(source.ref) if source.kind == "folder" else {}
-    defaults = inspect.signature(SyncDiffusionPipeline.__call__).parameters
-    for name in [*PIPELINE_PARAMETERS, "loop_closure"]:
-        request.setdefault(name, recommended.get(name, defaults[name].default))
+    for name, value in parameter_defaults(source).items():
+        request.setdefault(name, value)
     # model_config only when given: it describes a checkpoint file's architecture
     return {name: request[name] for name in names if name in request}, source
 
@@ -131,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "generate":
             return generate(args)
+        if args.command in ("serve", "ui"):
+            from .server import command
+
+            return getattr(command, args.command)(args)
     except ValueError as error:
         print(f"panosync: error: {error}", file=sys.stderr)
         return 2
