@@ -1,0 +1,142 @@
+"""ControlNet conditions: load them, make them from a source image (Canny edges), and fit them to
+the canvas, with a sentence that says what to change when they do not fit.
+
+A condition, as ControlNets take it, is an RGB image with values in [0, 1] of the whole panorama's
+size in pixels: a (1, 3, height, width) float tensor here. The pipeline crops each view's part.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+
+PREPROCESSORS = ("none", "canny")
+# The thresholds of the Canny example for lllyasviel/sd-controlnet-canny.
+CANNY_LOW, CANNY_HIGH = 100, 200
+# Modes that read as RGB without a choice to make; transparency would need a background colour.
+READABLE_MODES = ("RGB", "L", "1", "P")
+
+
+def load_condition_image(path: str | Path) -> PIL.Image.Image:
+    """The image at `path`, read whole (so a broken file fails here, not mid-generation)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ValueError(f"No such condition image: {path}.")
+    try:
+        with PIL.Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except (OSError, PIL.UnidentifiedImageError) as error:
+        raise ValueError(f"Cannot read condition image {path}: {error}.") from None
+
+
+def check_canny_thresholds(low: int, high: int) -> None:
+    for name, value in (("canny_low", low), ("canny_high", high)):
+        if not isinstance(value, int) or not 0 <= value <= 255 * 4:
+            raise ValueError(f"{name} must be a whole number from 0 to 1020, got {value}.")
+    if low > high:
+        raise ValueError(f"canny_low ({low}) must not exceed canny_high ({high}).")
+
+
+def canny_edges(image: PIL.Image.Image, low: int = CANNY_LOW, high: int = CANNY_HIGH) -> PIL.Image.Image:
+    """OpenCV's Canny edges of `image` as a white-on-black RGB image, the input the Canny
+    ControlNets were trained on. Gradients below `low` are never edges, above `high` always are,
+    and between the two only where they continue a strong edge."""
+    import cv2  # opencv-python-headless; only preprocessing needs it
+
+    check_canny_thresholds(low, high)
+    pixels = np.asarray(rgb_image(image))
+    edges = cv2.Canny(pixels, low, high)
+    return PIL.Image.fromarray(np.repeat(edges[:, :, None], 3, axis=2))
+
+
+def rgb_image(image: PIL.Image.Image) -> PIL.Image.Image:
+    """`image` as RGB, or a ValueError when its mode has no single reading as one."""
+    has_transparency = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info
+    if has_transparency:
+        raise ValueError(
+            f"The condition image has transparency (mode {image.mode}): flatten it onto a background and save it "
+            f"as RGB or grayscale."
+        )
+    if image.mode not in READABLE_MODES:
+        raise ValueError(f"The condition image has mode {image.mode}: give an 8-bit RGB or grayscale image.")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def condition_size(condition) -> tuple[int, int]:
+    """(width, height) of a condition in pixels."""
+    if isinstance(condition, PIL.Image.Image):
+        return condition.size
+    if isinstance(condition, (np.ndarray, torch.Tensor)) and condition.ndim >= 2:
+        tensor = condition_tensor(condition)
+        return tensor.shape[-1], tensor.shape[-2]
+    raise ValueError(f"A condition must be a PIL image, a numpy array or a torch tensor, got {type(condition).__name__}.")
+
+
+def condition_tensor(condition) -> torch.Tensor:
+    """A condition as a (1, 3, height, width) float32 tensor in [0, 1].
+
+    PIL images in RGB or grayscale; numpy arrays (height, width[, 3]) of uint8, or floats in [0, 1];
+    torch tensors (3, height, width) or (1, 3, height, width) in [0, 1], as diffusers takes them.
+    """
+    if isinstance(condition, PIL.Image.Image):
+        condition = np.asarray(rgb_image(condition))
+    if isinstance(condition, np.ndarray):
+        array = condition
+        if array.ndim == 2:
+            array = np.repeat(array[:, :, None], 3, axis=2)
+        if array.ndim != 3 or array.shape[2] != 3:
+            raise ValueError(f"A condition array must have shape (height, width) or (height, width, 3), got {condition.shape}.")
+        if array.dtype == np.uint8:
+            array = array.astype(np.float32) / 255
+        tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(2, 0, 1)
+    elif isinstance(condition, torch.Tensor):
+        tensor = condition.detach().float().cpu()
+    else:
+        raise ValueError(f"A condition must be a PIL image, a numpy array or a torch tensor, got {type(condition).__name__}.")
+    if tensor.ndim == 3:
+        tensor = tensor[None]
+    if tensor.ndim != 4 or tensor.shape[:2] != (1, 3):
+        raise ValueError(f"A condition tensor must have shape (3, height, width) or (1, 3, height, width), "
+                         f"got {tuple(condition.shape)}.")
+    if not torch.isfinite(tensor).all() or tensor.min() < 0 or tensor.max() > 1:
+        raise ValueError("A condition's values must lie in [0, 1] (or be uint8 pixels); rescale it.")
+    return tensor
+
+
+def fit_to_canvas(condition, width: int, height: int, resize: bool = False) -> torch.Tensor:
+    """The condition as a (1, 3, height, width) tensor: as it is when it has the canvas's size,
+    resized (bilinear, antialiased) when `resize`, else a ValueError that says what to do."""
+    tensor = condition_tensor(condition)
+    size = (tensor.shape[-1], tensor.shape[-2])
+    if size == (width, height):
+        return tensor
+    if not resize:
+        raise ValueError(
+            f"The condition is {size[0]}x{size[1]} pixels but the canvas is {width}x{height}: give a condition of "
+            f"the canvas's size, or let panosync resize it (resize_condition=True; on the command line "
+            f"--resize-condition)."
+        )
+    return F.interpolate(tensor, size=(height, width), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+
+
+def prepare_condition(source: PIL.Image.Image, width: int, height: int, resize: bool = False,
+                      preprocess: str = "none", canny_low: int = CANNY_LOW, canny_high: int = CANNY_HIGH) -> torch.Tensor:
+    """The condition for a canvas of `width` x `height` pixels from `source`: the condition
+    itself (`preprocess="none"`) or an image to take the Canny edges of. A source is resized
+    before its edges are taken, so that the edges stay one pixel thin on the canvas."""
+    if preprocess not in PREPROCESSORS:
+        raise ValueError(f"preprocess must be one of {', '.join(PREPROCESSORS)}, got {preprocess!r}.")
+    if preprocess == "canny":
+        check_canny_thresholds(canny_low, canny_high)
+        source = rgb_image(source)
+        if source.size != (width, height):
+            if not resize:
+                fit_to_canvas(source, width, height, resize=False)  # raises the size sentence
+            source = source.resize((width, height), PIL.Image.Resampling.BILINEAR)
+        source = canny_edges(source, canny_low, canny_high)
+    return fit_to_canvas(source, width, height, resize)

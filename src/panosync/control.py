@@ -1,0 +1,202 @@
+"""ControlSyncPipeline: SyncDiffusion guided by ControlNet conditions of any size (ALGORITHM.md,
+section 5).
+
+The joint diffusion is SyncDiffusionPipeline's, unchanged: the same views, sync step and merge.
+What ControlSync adds is inside every UNet call of a view (the anchor's prediction, the gradient
+pass and the denoising pass): the residuals that each ControlNet computes from that view's crop of
+its condition. The crop is the view's window in pixels, wrapped round for loop-closure views. The
+residuals are computed with gradients enabled whenever the sync step differentiates the UNet, so
+the sync gradient flows through the ControlNets too.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from diffusers import ControlNetModel, UNet2DConditionModel
+from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+
+from .conditions import condition_size, fit_to_canvas
+from .pipeline import SyncDiffusionPipeline
+from .views import View, crop
+
+
+def pixel_view(view: View, factor: int) -> View:
+    """The image-pixel window of a latent view."""
+    return View(view.top * factor, view.left * factor, view.height * factor, view.width * factor)
+
+
+def condition_embedding_factor(controlnet: ControlNetModel) -> int:
+    """How many condition pixels one latent pixel of the ControlNet's features stands for."""
+    return 2 ** (len(controlnet.config.conditioning_embedding_out_channels) - 1)
+
+
+def random_controlnet_like(unet: UNet2DConditionModel, vae_factor: int, seed: int = 0) -> ControlNetModel:
+    """A ControlNet shaped for `unet` with random weights: for tests and smoke runs, not pictures.
+
+    ControlNets start with zero convolutions on their outputs, so an untrained one adds nothing;
+    here those layers get ordinary random weights, so the condition visibly changes the result.
+    """
+    if vae_factor < 1 or vae_factor & (vae_factor - 1):
+        raise ValueError(f"vae_factor must be a power of two, got {vae_factor}.")
+    torch.manual_seed(seed)
+    channels = tuple(8 * 2**i for i in range(vae_factor.bit_length()))  # one stride-2 stage per VAE halving
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=channels)
+    zero_convolutions = [controlnet.controlnet_cond_embedding.conv_out, *controlnet.controlnet_down_blocks,
+                         controlnet.controlnet_mid_block]
+    for convolution in zero_convolutions:
+        convolution.reset_parameters()
+    return controlnet.eval()
+
+
+class ControlSyncPipeline(SyncDiffusionPipeline):
+    """SyncDiffusion panoramas that follow ControlNet conditions of the panorama's size.
+
+    Components: those of SyncDiffusionPipeline and `controlnet`, a diffusers ControlNetModel, a
+    list of them, or a MultiControlNetModel. Load like a diffusers ControlNet pipeline:
+    `ControlSyncPipeline.from_pretrained(sd15, controlnet=ControlNetModel.from_pretrained(...))`.
+    """
+
+    model_cpu_offload_seq = "text_encoder->controlnet->unet->vae"
+
+    def __init__(self, vae, text_encoder, tokenizer, unet, controlnet, scheduler):
+        if isinstance(controlnet, (list, tuple)):
+            controlnet = MultiControlNetModel(controlnet)
+        super().__init__(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+        self.register_modules(controlnet=controlnet)
+        controlnet.requires_grad_(False)
+        self.check_controlnets()
+
+    @property
+    def controlnets(self) -> list[ControlNetModel]:
+        return list(self.controlnet.nets) if isinstance(self.controlnet, MultiControlNetModel) else [self.controlnet]
+
+    def check_controlnets(self) -> None:
+        """Each ControlNet must be made for this UNet and see the condition at the VAE's scale."""
+        for index, controlnet in enumerate(self.controlnets):
+            name = f"ControlNet {index}" if len(self.controlnets) > 1 else "The ControlNet"
+            if tuple(controlnet.config.block_out_channels) != tuple(self.unet.config.block_out_channels) or (
+                controlnet.config.cross_attention_dim != self.unet.config.cross_attention_dim
+            ):
+                raise ValueError(
+                    f"{name} was made for another UNet (channels {tuple(controlnet.config.block_out_channels)}, "
+                    f"text width {controlnet.config.cross_attention_dim}; this UNet has "
+                    f"{tuple(self.unet.config.block_out_channels)}, {self.unet.config.cross_attention_dim}): use a "
+                    f"ControlNet trained for this base model."
+                )
+            if condition_embedding_factor(controlnet) != self.vae_factor:
+                raise ValueError(
+                    f"{name} reads conditions at 1/{condition_embedding_factor(controlnet)} scale but this model's "
+                    f"latents are 1/{self.vae_factor} of the image: use a ControlNet trained for this base model."
+                )
+
+    # ------------------------------------------------------------------------------- the call
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str,
+        image=None,
+        negative_prompt: str = "",
+        width: int | None = None,
+        height: int | None = None,
+        controlnet_conditioning_scale: float | list[float] = 1.0,
+        resize_condition: bool = False,
+        guidance_scale: float = 7.5,
+        sync_weight: float = 20.0,
+        sync_decay_rate: float = 0.95,
+        sync_freq: int = 1,
+        sync_threshold: int | None = 10,
+        num_inference_steps: int = 50,
+        stride: int | None = None,
+        seed: int | None = None,
+        loop_closure: bool = False,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
+        anchor: int | None = None,
+        view_batch_size: int = 1,
+        output_type: str = "pil",
+        callback_on_step_end: Callable[[Any, int, Any, dict], dict | None] | None = None,
+        return_dict: bool = True,
+    ):
+        """Generate one panorama that follows `image`, the condition: a PIL image, numpy array or
+        (1, 3, H, W) tensor in [0, 1] of the panorama's size in pixels (see panosync.conditions),
+        or a list of them, one per ControlNet. `controlnet_conditioning_scale` weighs each
+        ControlNet's residuals (one number for all, or one per ControlNet; 0 turns it off).
+
+        The canvas is the condition's size unless `width` and `height` are given; a condition of
+        another size is refused, or resized to the canvas with `resize_condition=True`. The other
+        parameters are SyncDiffusionPipeline's, with the ControlSync paper's defaults: sync weight
+        20, decay 0.95, sync in the first 10 steps (of 50).
+        """
+        # 1. Check inputs: the conditions decide the canvas unless it is given
+        conditions = self.per_controlnet(image, "image")
+        scales = [float(scale) for scale in self.per_controlnet(controlnet_conditioning_scale, "controlnet_conditioning_scale")]
+        if any(scale < 0 for scale in scales):
+            raise ValueError(f"controlnet_conditioning_scale must be 0 or more, got {controlnet_conditioning_scale}.")
+        width, height = self.canvas_of_conditions(conditions, width, height)
+        request = self.prepare_request(
+            prompt, negative_prompt, width, height, guidance_scale, sync_weight, sync_decay_rate, sync_freq,
+            sync_threshold, num_inference_steps, stride, seed, loop_closure, generator, latents, anchor,
+            view_batch_size, output_type,
+        )
+        fitted = [fit_to_canvas(condition, request.width, request.height, resize_condition) for condition in conditions]
+        fitted = [condition.to(self._execution_device, self.controlnet.dtype) for condition in fitted]
+        return self.generate(request, callback_on_step_end, return_dict, conditions=fitted, conditioning_scales=scales)
+
+    def per_controlnet(self, value, name: str) -> list:
+        """`value` as one entry per ControlNet: a list of that length, or one value for a lone ControlNet
+        (a number, for the scales, may also stand for all)."""
+        count = len(self.controlnets)
+        if value is None:
+            raise ValueError(f"Give {name}: the condition the ControlNet follows, of the panorama's size.")
+        if isinstance(value, (list, tuple)):
+            if len(value) != count:
+                raise ValueError(f"{name} must have one entry per ControlNet ({count}), got {len(value)}.")
+            return list(value)
+        if count > 1 and name == "image":
+            raise ValueError(f"image must be a list of {count} conditions, one per ControlNet.")
+        return [value] * count
+
+    def canvas_of_conditions(self, conditions, width, height) -> tuple[int, int]:
+        """The canvas size: as given, else the conditions' own (which must then agree and fit the VAE)."""
+        sizes = {condition_size(condition) for condition in conditions}
+        if width is not None and height is not None:
+            return width, height
+        if len(sizes) > 1:
+            listed = ", ".join(f"{w}x{h}" for w, h in sorted(sizes))
+            raise ValueError(f"The conditions have different sizes ({listed}): give width and height to resize them "
+                             f"to, with resize_condition=True.")
+        (own_width, own_height), factor = sizes.pop(), self.vae_factor
+        if (width is None and own_width % factor) or (height is None and own_height % factor):
+            raise ValueError(
+                f"The condition is {own_width}x{own_height} pixels, not a multiple of {factor} (the VAE factor): give "
+                f"width and height to resize it to, with resize_condition=True, or crop it."
+            )
+        return (own_width if width is None else width), (own_height if height is None else height)
+
+    # ------------------------------------------------------------------------- the UNet inputs
+
+    def extra_unet_inputs(self, model_input, t, context, views, conditions=None, conditioning_scales=None) -> dict:
+        """The ControlNets' residuals for a batch of views, summed over the ControlNets: each sees
+        its condition's crop for each view, the same for both guidance branches (`model_input` holds
+        the unconditional half, then the conditional). A ControlNet at scale 0 would add only zeros,
+        so it is not run; with every scale at 0 the UNet call is plain SyncDiffusion's."""
+        if views is None or conditions is None:
+            raise ValueError("ControlSync needs the views of the batch and the conditions to crop for them.")
+        down, mid = None, None
+        for controlnet, condition, scale in zip(self.controlnets, conditions, conditioning_scales):
+            if scale == 0:
+                continue
+            crops = torch.cat([crop(condition, pixel_view(view, self.vae_factor)) for view in views])
+            net_down, net_mid = controlnet(sample=model_input, timestep=t, encoder_hidden_states=context,
+                                           controlnet_cond=torch.cat([crops, crops]), conditioning_scale=scale,
+                                           return_dict=False)
+            if down is None:
+                down, mid = net_down, net_mid
+            else:
+                down, mid = [a + b for a, b in zip(down, net_down)], mid + net_mid
+        if down is None:
+            return {}
+        return dict(down_block_additional_residuals=down, mid_block_additional_residual=mid)
