@@ -72,25 +72,26 @@ def _hub_is_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
-def _check_hub_model(repo_id: str) -> None:
-    """Make sure a hub model can be loaded: cached, or present on a reachable hub."""
+def _check_hub_model(repo_id: str, marker: str = "model_index.json", what: str = "model") -> None:
+    """Make sure a hub model can be loaded: cached (its `marker` file is), or present on a reachable hub."""
+    name = what[:1].upper() + what[1:]
     from huggingface_hub import model_info, try_to_load_from_cache
     from huggingface_hub.errors import RepositoryNotFoundError
 
-    if isinstance(try_to_load_from_cache(repo_id, "model_index.json"), str):
+    if isinstance(try_to_load_from_cache(repo_id, marker), str):
         return
     if _hub_is_offline():
         raise ValueError(
-            f"Model {repo_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: download it on a "
+            f"{name} {repo_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: download it on a "
             f"connected machine (huggingface-cli download {repo_id}) or pass a local folder."
         )
     try:
         model_info(repo_id, timeout=10)
     except RepositoryNotFoundError:
-        raise ValueError(f"Unknown model {repo_id!r}: no such model on the Hugging Face hub (or it is private).") from None
+        raise ValueError(f"Unknown {what} {repo_id!r}: no such model on the Hugging Face hub (or it is private).") from None
     except Exception:
         raise ValueError(
-            f"Model {repo_id!r} is not in the local Hugging Face cache and the hub cannot be reached: connect to the "
+            f"{name} {repo_id!r} is not in the local Hugging Face cache and the hub cannot be reached: connect to the "
             f"internet, or download it elsewhere (huggingface-cli download {repo_id}) and pass the folder."
         ) from None
 
@@ -191,4 +192,66 @@ def load_pipeline(source: ModelSource | str, device: torch.device | str = "cpu",
     else:
         local = source.kind == "folder" or _hub_is_offline()
         pipe = SyncDiffusionPipeline.from_pretrained(source.ref, dtype=dtype, local_files_only=local)
+    return pipe.to(device)
+
+
+# ------------------------------------------------------------------------------------ ControlNets
+
+# The ControlSync paper's models: Stable Diffusion 1.5 (now published under this id; the original
+# runwayml/stable-diffusion-v1-5 was withdrawn) and the Canny ControlNet trained for it.
+DEFAULT_CONTROL_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_CONTROLNET = "lllyasviel/sd-controlnet-canny"
+
+
+def resolve_controlnet(controlnet: str) -> ModelSource:
+    """Say what `controlnet` names (a diffusers ControlNet folder, a hub id, or "tiny-random": random
+    weights shaped for the base model, a smoke test), or raise a ValueError. Reads no weights."""
+    if controlnet == "tiny-random":
+        return ModelSource("bundled", controlnet)
+    path = Path(controlnet).expanduser()
+    if path.is_dir():
+        try:
+            config = json.loads((path / "config.json").read_text())
+        except (OSError, ValueError):
+            raise ValueError(f"{controlnet} is a folder but not a diffusers ControlNet folder (it has no readable "
+                             f"config.json).") from None
+        if config.get("_class_name") != "ControlNetModel":
+            raise ValueError(f"{controlnet} holds a {config.get('_class_name', 'model of unknown kind')}, not a "
+                             f"ControlNetModel: give a diffusers ControlNet folder or hub id.")
+        return ModelSource("folder", str(path))
+    if path.is_file():
+        raise ValueError(f"{controlnet} is a file: give a diffusers ControlNet folder (config.json beside the weights) "
+                         f"or a hub id.")
+    if os.sep in controlnet and not HUB_ID.match(controlnet):
+        raise ValueError(f"No such ControlNet folder: {controlnet} (give a diffusers ControlNet folder or a hub id).")
+    if HUB_ID.match(controlnet):
+        _check_hub_model(controlnet, marker="config.json", what="ControlNet")
+        return ModelSource("hub", controlnet)
+    raise ValueError(f"Unknown ControlNet {controlnet!r}: give a diffusers ControlNet folder, a Hugging Face id such "
+                     f"as {DEFAULT_CONTROLNET}, or tiny-random.")
+
+
+def load_controlnet(source: ModelSource | str, base: SyncDiffusionPipeline, dtype: torch.dtype = torch.float32):
+    """The ControlNet `source` names, in `dtype`, for the base model `base`."""
+    from diffusers import ControlNetModel
+
+    from .control import random_controlnet_like
+
+    if isinstance(source, str):
+        source = resolve_controlnet(source)
+    if source.kind == "bundled":
+        return random_controlnet_like(base.unet, base.vae_factor).to(dtype=dtype)
+    local = source.kind == "folder" or _hub_is_offline()
+    return ControlNetModel.from_pretrained(source.ref, dtype=dtype, local_files_only=local)
+
+
+def load_control_pipeline(source: ModelSource | str, controlnets: list[ModelSource | str],
+                          device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                          config: str | None = None):
+    """A ControlSyncPipeline: the base model as `load_pipeline` loads it, with one or several ControlNets."""
+    from .control import ControlSyncPipeline
+
+    base = load_pipeline(source, "cpu", dtype, config=config)
+    nets = [load_controlnet(controlnet, base, dtype) for controlnet in controlnets]
+    pipe = ControlSyncPipeline(**base.components, controlnet=nets[0] if len(nets) == 1 else nets)
     return pipe.to(device)
