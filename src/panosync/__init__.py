@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["SyncDiffusionPipeline", "SyncDiffusionOutput", "__version__"]
+__all__ = ["SyncDiffusionPipeline", "SyncDiffusionOutput", "ControlSyncPipeline", "__version__"]
 
 
 def __getattr__(name):
@@ -11,4 +11,8 @@ def __getattr__(name):
         from . import pipeline
 
         return getattr(pipeline, name)
+    if name == "ControlSyncPipeline":
+        from . import control
+
+        return control.ControlSyncPipeline
     raise AttributeError(f"module 'panosync' has no attribute {name!r}")

@@ -2,6 +2,7 @@
 
     panosync generate "a photo of a mountain range at twilight" --width 3072 --seed 7 --out range.png
     panosync generate --from-png range.png          # the same panorama again
+    panosync control "a city skyline at dusk" --condition skyline.png --preprocess canny
     panosync serve --model pocket                   # HTTP API on 127.0.0.1:8000
     panosync ui --model pocket                      # web page on 127.0.0.1:7860
 
@@ -34,29 +35,65 @@ PIPELINE_PARAMETERS = {
 }
 
 
+def add_generation_arguments(command: argparse.ArgumentParser, default_model: str, helps: dict | None = None) -> None:
+    """The options every panorama command shares: the pipeline's parameters, model, output, device.
+    `helps` replaces the help of some parameters (where a command's defaults differ)."""
+    helps = {name: text for name, (kind, text) in PIPELINE_PARAMETERS.items()} | (helps or {})
+    command.add_argument("prompt", nargs="?", help="what the panorama shows")
+    for name, (kind, text) in PIPELINE_PARAMETERS.items():
+        flags = ["--" + name.replace("_", "-")] + (["--steps"] if name == "num_inference_steps" else [])
+        command.add_argument(*flags, dest=name, type=kind, default=None, help=helps[name])
+    command.add_argument("--loop-closure", dest="loop_closure", action=argparse.BooleanOptionalAction, default=None,
+                         help="make a 360° panorama whose left and right edges meet")
+    command.add_argument("--model", default=None,
+                         help=f"bundled name (tiny-random), diffusers folder, .safetensors file or hub id "
+                              f"(default: {default_model})")
+    command.add_argument("--model-config", dest="model_config", default=None, metavar="FOLDER_OR_ID",
+                         help="for a .safetensors/.ckpt --model: diffusers folder or hub id whose configs describe "
+                              "the checkpoint's architecture; needed offline")
+    command.add_argument("--out", default=None, help="PNG to write (default: panosync-SEED.png)")
+    command.add_argument("--from-png", default=None, metavar="FILE",
+                         help="take every parameter from a PNG panosync wrote; options given here override")
+    command.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 …")
+    command.add_argument("--dtype", default="auto", help="auto (float16 on CUDA, float32 elsewhere), float32, float16, bfloat16")
+    command.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_control_arguments(command: argparse.ArgumentParser) -> None:
+    """The options of `panosync control` besides the shared ones."""
+    command.add_argument("--condition", action="append", default=None, metavar="IMAGE",
+                         help="the image the panorama follows, of its size (or a photo with --preprocess canny); "
+                              "once per --controlnet")
+    command.add_argument("--controlnet", action="append", default=None, metavar="FOLDER_OR_ID",
+                         help=f"diffusers ControlNet folder or hub id, repeatable (default: {DEFAULT_CONTROLNET}; "
+                              f"tiny-random: random weights, a smoke test)")
+    command.add_argument("--conditioning-scale", dest="conditioning_scale", action="append", type=float, default=None,
+                         help="weight of the ControlNet's residuals, once for all or once per --controlnet (1.0)")
+    command.add_argument("--preprocess", default=None,
+                         help="none (the condition is ready) or canny (take the Canny edges of the image) (none)")
+    command.add_argument("--canny-low", dest="canny_low", type=int, default=None,
+                         help="Canny: gradients below this are never edges (100)")
+    command.add_argument("--canny-high", dest="canny_high", type=int, default=None,
+                         help="Canny: gradients above this are always edges (200)")
+    command.add_argument("--resize-condition", dest="resize_condition", action=argparse.BooleanOptionalAction,
+                         default=None, help="resize a condition whose size is not --width x --height (default: refuse)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="panosync", description="Coherent panoramas with SyncDiffusion.")
     commands = parser.add_subparsers(dest="command", required=True)
     generate = commands.add_parser("generate", help="generate a panorama PNG",
                                    description="Generate a panorama; the PNG carries every parameter.")
-    generate.add_argument("prompt", nargs="?", help="what the panorama shows")
-    for name, (kind, text) in PIPELINE_PARAMETERS.items():
-        flags = ["--" + name.replace("_", "-")] + (["--steps"] if name == "num_inference_steps" else [])
-        generate.add_argument(*flags, dest=name, type=kind, default=None, help=text)
-    generate.add_argument("--loop-closure", dest="loop_closure", action=argparse.BooleanOptionalAction, default=None,
-                          help="make a 360° panorama whose left and right edges meet")
-    generate.add_argument("--model", default=None,
-                          help="bundled name (tiny-random), diffusers folder, .safetensors file or hub id "
-                               "(default: stabilityai/stable-diffusion-2-base)")
-    generate.add_argument("--model-config", dest="model_config", default=None, metavar="FOLDER_OR_ID",
-                          help="for a .safetensors/.ckpt --model: diffusers folder or hub id whose configs describe "
-                               "the checkpoint's architecture; needed offline")
-    generate.add_argument("--out", default=None, help="PNG to write (default: panosync-SEED.png)")
-    generate.add_argument("--from-png", default=None, metavar="FILE",
-                          help="take every parameter from a PNG panosync wrote; options given here override")
-    generate.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 …")
-    generate.add_argument("--dtype", default="auto", help="auto (float16 on CUDA, float32 elsewhere), float32, float16, bfloat16")
-    generate.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_generation_arguments(generate, DEFAULT_MODEL)
+    control = commands.add_parser(
+        "control", help="generate a panorama that follows a ControlNet condition (ControlSync)",
+        description="Generate a panorama that follows a condition image of any size, e.g. an edge map, with "
+                    "ControlNet and SyncDiffusion (ControlSync); the PNG carries every parameter.")
+    add_generation_arguments(control, DEFAULT_CONTROL_MODEL, helps=dict(
+        width="pixels, a multiple of the VAE factor (8); default: the condition's width",
+        height="pixels, a multiple of the VAE factor (8); default: the condition's height",
+        sync_threshold="sync only in the first n steps (10, as the ControlSync paper)"))
+    add_control_arguments(control)
     from .server.command import add_serve_arguments, add_ui_arguments
 
     add_serve_arguments(commands.add_parser(
@@ -68,47 +105,97 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-base"
+# The ControlSync paper's models: Stable Diffusion 1.5 (now published under this id; the original
+# runwayml/stable-diffusion-v1-5 was withdrawn) and the Canny ControlNet trained for it.
+DEFAULT_CONTROL_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_CONTROLNET = "lllyasviel/sd-controlnet-canny"
+# What `panosync control` adds to a request, with its defaults: recorded in the PNG, read back by --from-png.
+CONTROL_DEFAULTS = dict(condition=None, controlnet=[DEFAULT_CONTROLNET], conditioning_scale=[1.0], preprocess="none",
+                        canny_low=100, canny_high=200, resize_condition=False)
 
 
-def parameter_defaults(source: "ModelSource") -> dict:
+def parameter_defaults(source: "ModelSource", pipeline: type | None = None) -> dict:
     """The default of every pipeline parameter for the model `source` names: the settings recommended
-    with the model, else the pipeline's (None for the canvas, which depends on the model's window)."""
+    with the model, else the pipeline's (None for the canvas, which depends on the model's window).
+    `pipeline`: the pipeline class whose defaults count (default: SyncDiffusionPipeline)."""
     import inspect
 
     from .bundled import recommended_settings
     from .pipeline import SyncDiffusionPipeline
 
     recommended = recommended_settings(source.ref) if source.kind == "folder" else {}
-    defaults = inspect.signature(SyncDiffusionPipeline.__call__).parameters
+    defaults = inspect.signature((pipeline or SyncDiffusionPipeline).__call__).parameters
     return {name: recommended.get(name, defaults[name].default) for name in [*PIPELINE_PARAMETERS, "loop_closure"]}
 
 
-def generation_request(args: argparse.Namespace) -> tuple[dict, "ModelSource"]:
+def generation_request(args: argparse.Namespace, default_model: str = DEFAULT_MODEL, pipeline: type | None = None,
+                       extra_defaults: dict | None = None) -> tuple[dict, "ModelSource"]:
     """Every parameter of the panorama, in this order of precedence: the options given, the PNG of
-    --from-png, the settings recommended with the model, the pipeline's defaults."""
+    --from-png, the settings recommended with the model, the pipeline's defaults. `extra_defaults`:
+    a command's own parameters (read from the options of the same names) and their defaults."""
     from .metadata import read_parameters
     from .models import resolve_model
 
     request = read_parameters(args.from_png) if args.from_png else {}
-    names = [*PIPELINE_PARAMETERS, "loop_closure", "prompt", "model", "model_config"]
+    names = [*PIPELINE_PARAMETERS, "loop_closure", "prompt", "model", "model_config", *(extra_defaults or {})]
     request.update({name: getattr(args, name) for name in names if getattr(args, name) is not None})
     if "prompt" not in request:
         raise ValueError("Give a prompt, or --from-png with a PNG that panosync wrote.")
-    request.setdefault("model", DEFAULT_MODEL)
+    request.setdefault("model", default_model)
     source = resolve_model(request["model"])
-    for name, value in parameter_defaults(source).items():
+    for name, value in [*parameter_defaults(source, pipeline).items(), *(extra_defaults or {}).items()]:
         request.setdefault(name, value)
     # model_config only when given: it describes a checkpoint file's architecture
     return {name: request[name] for name in names if name in request}, source
 
 
 def generate(args: argparse.Namespace) -> int:
+    request, source = generation_request(args)
+    return make_panorama(args, request, source)
+
+
+def control(args: argparse.Namespace) -> int:
+    """`panosync control`: prepare the conditions (load, Canny, fit to the canvas) and check the
+    ControlNets, all before any weights load, then make the panorama as `generate` does."""
+    from .conditions import load_condition_image, prepare_condition
+    from .control import ControlSyncPipeline, check_condition_canvas
+    from .models import load_control_pipeline, resolve_controlnet
+
+    request, source = generation_request(args, DEFAULT_CONTROL_MODEL, ControlSyncPipeline, CONTROL_DEFAULTS)
+    if not request["condition"]:
+        raise ValueError("Give --condition: the image the panorama follows (an edge map, or a photo with "
+                         "--preprocess canny).")
+    controlnets = [resolve_controlnet(controlnet) for controlnet in request["controlnet"]]
+    if len(request["condition"]) != len(controlnets):
+        raise ValueError(f"Give one --condition per --controlnet: got {len(request['condition'])} conditions for "
+                         f"{len(controlnets)} ControlNets.")
+    scales = request["conditioning_scale"]
+    if len(scales) not in (1, len(controlnets)) or min(scales) < 0:
+        raise ValueError(f"Give --conditioning-scale once for all ControlNets or once for each ({len(controlnets)}), "
+                         f"0 or more: got {', '.join(map(str, scales))}.")
+    sources = [load_condition_image(path) for path in request["condition"]]
+    # The canvas is the first condition's size unless given; the others must fit it.
+    width, height = check_condition_canvas([sources[0].size], request["width"], request["height"], source.vae_factor)
+    conditions = [prepare_condition(image, width, height, request["resize_condition"], request["preprocess"],
+                                    request["canny_low"], request["canny_high"]) for image in sources]
+    request.update(width=width, height=height)
+    inputs = dict(image=conditions, controlnet_conditioning_scale=scales[0] if len(scales) == 1 else scales)
+
+    def load(device, dtype):
+        return load_control_pipeline(source, controlnets, device, dtype, config=request.get("model_config"))
+
+    return make_panorama(args, request, source, load, inputs)
+
+
+def make_panorama(args: argparse.Namespace, request: dict, source: "ModelSource", load=None,
+                  inputs: dict | None = None) -> int:
+    """Check what needs no weights, load the pipeline (`load(device, dtype)`; default: SyncDiffusion's),
+    make the panorama with the request's pipeline parameters and `inputs`, write the PNG with the request."""
     from .metadata import save_png
     from .models import load_pipeline, pick_device, pick_dtype
     from .pipeline import canvas_defaults, check_panorama_inputs
     from .sync import SyncSchedule
 
-    request, source = generation_request(args)
     # Check everything that needs no weights before loading any.
     SyncSchedule(request["sync_weight"], request["sync_decay_rate"], request["sync_freq"], request["sync_threshold"])
     device = pick_device(args.device)
@@ -128,11 +215,15 @@ def generate(args: argparse.Namespace) -> int:
         request["seed"] = random.randrange(2**32)
 
     started = time.perf_counter()
-    pipe = load_pipeline(source, device, dtype, config=request.get("model_config"))
+    if load is None:
+        pipe = load_pipeline(source, device, dtype, config=request.get("model_config"))
+    else:
+        pipe = load(device, dtype)
     pipe.set_progress_bar_config(disable=args.quiet, desc="denoising", unit="step")
     fill_canvas_defaults(pipe.window, pipe.vae_factor)
-    generation = {name: value for name, value in request.items() if name not in ("model", "model_config")}
-    result = pipe(**generation)
+    pipeline_names = [*PIPELINE_PARAMETERS, "loop_closure", "prompt"]
+    generation = {name: value for name, value in request.items() if name in pipeline_names}
+    result = pipe(**generation, **(inputs or {}))
     image = result.images[0]
     request.update(width=image.width, height=image.height)
     out = args.out or f"panosync-{request['seed']}.png"
@@ -147,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "generate":
             return generate(args)
+        if args.command == "control":
+            return control(args)
         if args.command in ("serve", "ui"):
             from .server import command
 

@@ -32,6 +32,25 @@ def condition_embedding_factor(controlnet: ControlNetModel) -> int:
     return 2 ** (len(controlnet.config.conditioning_embedding_out_channels) - 1)
 
 
+def check_condition_canvas(sizes: list[tuple[int, int]], width: int | None, height: int | None,
+                           vae_factor: int | None) -> tuple[int, int]:
+    """The canvas (width, height) in pixels: as given, else the conditions' own `sizes`, which must
+    then agree and be multiples of `vae_factor` (not checked when unknown, None)."""
+    own_width, own_height = sizes[0]
+    if width is not None and height is not None:
+        return width, height
+    if len(set(sizes)) > 1:
+        listed = ", ".join(f"{w}x{h}" for w, h in sorted(set(sizes)))
+        raise ValueError(f"The conditions have different sizes ({listed}): give width and height to resize them to, "
+                         f"with resize_condition=True (--resize-condition).")
+    if vae_factor and ((width is None and own_width % vae_factor) or (height is None and own_height % vae_factor)):
+        raise ValueError(
+            f"The condition is {own_width}x{own_height} pixels, not a multiple of {vae_factor} (the VAE factor): give "
+            f"the width and height to resize it to, with resize_condition=True (--resize-condition), or crop it."
+        )
+    return (own_width if width is None else width), (own_height if height is None else height)
+
+
 def random_controlnet_like(unet: UNet2DConditionModel, vae_factor: int, seed: int = 0) -> ControlNetModel:
     """A ControlNet shaped for `unet` with random weights: for tests and smoke runs, not pictures.
 
@@ -135,7 +154,8 @@ class ControlSyncPipeline(SyncDiffusionPipeline):
         scales = [float(scale) for scale in self.per_controlnet(controlnet_conditioning_scale, "controlnet_conditioning_scale")]
         if any(scale < 0 for scale in scales):
             raise ValueError(f"controlnet_conditioning_scale must be 0 or more, got {controlnet_conditioning_scale}.")
-        width, height = self.canvas_of_conditions(conditions, width, height)
+        width, height = check_condition_canvas([condition_size(c) for c in conditions], width, height,
+                                               self.vae_factor)
         request = self.prepare_request(
             prompt, negative_prompt, width, height, guidance_scale, sync_weight, sync_decay_rate, sync_freq,
             sync_threshold, num_inference_steps, stride, seed, loop_closure, generator, latents, anchor,
@@ -158,23 +178,6 @@ class ControlSyncPipeline(SyncDiffusionPipeline):
         if count > 1 and name == "image":
             raise ValueError(f"image must be a list of {count} conditions, one per ControlNet.")
         return [value] * count
-
-    def canvas_of_conditions(self, conditions, width, height) -> tuple[int, int]:
-        """The canvas size: as given, else the conditions' own (which must then agree and fit the VAE)."""
-        sizes = {condition_size(condition) for condition in conditions}
-        if width is not None and height is not None:
-            return width, height
-        if len(sizes) > 1:
-            listed = ", ".join(f"{w}x{h}" for w, h in sorted(sizes))
-            raise ValueError(f"The conditions have different sizes ({listed}): give width and height to resize them "
-                             f"to, with resize_condition=True.")
-        (own_width, own_height), factor = sizes.pop(), self.vae_factor
-        if (width is None and own_width % factor) or (height is None and own_height % factor):
-            raise ValueError(
-                f"The condition is {own_width}x{own_height} pixels, not a multiple of {factor} (the VAE factor): give "
-                f"width and height to resize it to, with resize_condition=True, or crop it."
-            )
-        return (own_width if width is None else width), (own_height if height is None else height)
 
     # ------------------------------------------------------------------------- the UNet inputs
 

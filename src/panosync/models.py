@@ -197,12 +197,6 @@ def load_pipeline(source: ModelSource | str, device: torch.device | str = "cpu",
 
 # ------------------------------------------------------------------------------------ ControlNets
 
-# The ControlSync paper's models: Stable Diffusion 1.5 (now published under this id; the original
-# runwayml/stable-diffusion-v1-5 was withdrawn) and the Canny ControlNet trained for it.
-DEFAULT_CONTROL_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-DEFAULT_CONTROLNET = "lllyasviel/sd-controlnet-canny"
-
-
 def resolve_controlnet(controlnet: str) -> ModelSource:
     """Say what `controlnet` names (a diffusers ControlNet folder, a hub id, or "tiny-random": random
     weights shaped for the base model, a smoke test), or raise a ValueError. Reads no weights."""
@@ -228,7 +222,7 @@ def resolve_controlnet(controlnet: str) -> ModelSource:
         _check_hub_model(controlnet, marker="config.json", what="ControlNet")
         return ModelSource("hub", controlnet)
     raise ValueError(f"Unknown ControlNet {controlnet!r}: give a diffusers ControlNet folder, a Hugging Face id such "
-                     f"as {DEFAULT_CONTROLNET}, or tiny-random.")
+                     f"as lllyasviel/sd-controlnet-canny, or tiny-random.")
 
 
 def load_controlnet(source: ModelSource | str, base: SyncDiffusionPipeline, dtype: torch.dtype = torch.float32):
@@ -240,7 +234,8 @@ def load_controlnet(source: ModelSource | str, base: SyncDiffusionPipeline, dtyp
     if isinstance(source, str):
         source = resolve_controlnet(source)
     if source.kind == "bundled":
-        return random_controlnet_like(base.unet, base.vae_factor).to(dtype=dtype)
+        controlnet = random_controlnet_like(base.unet, base.vae_factor)
+        return controlnet if controlnet.dtype == dtype else controlnet.to(dtype=dtype)
     local = source.kind == "folder" or _hub_is_offline()
     return ControlNetModel.from_pretrained(source.ref, dtype=dtype, local_files_only=local)
 
