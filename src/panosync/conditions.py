@@ -71,10 +71,14 @@ def condition_size(condition) -> tuple[int, int]:
     """(width, height) of a condition in pixels."""
     if isinstance(condition, PIL.Image.Image):
         return condition.size
-    if isinstance(condition, (np.ndarray, torch.Tensor)) and condition.ndim >= 2:
-        tensor = condition_tensor(condition)
-        return tensor.shape[-1], tensor.shape[-2]
-    raise ValueError(f"A condition must be a PIL image, a numpy array or a torch tensor, got {type(condition).__name__}.")
+    tensor = condition_tensor(condition)
+    return tensor.shape[-1], tensor.shape[-2]
+
+
+def _not_a_condition(condition) -> ValueError:
+    hint = " (load a file with panosync.conditions.load_condition_image)" if isinstance(condition, (str, Path)) else ""
+    return ValueError(f"A condition must be a PIL image, a numpy array or a torch tensor, got "
+                      f"{type(condition).__name__}{hint}.")
 
 
 def condition_tensor(condition) -> torch.Tensor:
@@ -97,7 +101,7 @@ def condition_tensor(condition) -> torch.Tensor:
     elif isinstance(condition, torch.Tensor):
         tensor = condition.detach().float().cpu()
     else:
-        raise ValueError(f"A condition must be a PIL image, a numpy array or a torch tensor, got {type(condition).__name__}.")
+        raise _not_a_condition(condition)
     if tensor.ndim == 3:
         tensor = tensor[None]
     if tensor.ndim != 4 or tensor.shape[:2] != (1, 3):
