@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import math
 import re
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
@@ -47,6 +48,17 @@ def wait_seconds(prefer: str | None) -> int | None:
 
 def _time(seconds: float | None) -> str | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, timezone.utc).isoformat()
+
+
+def _finite(value):
+    """`value` with NaN and infinities as strings: JSON has no such numbers, and a client may send them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    return value
 
 
 class BodySizeLimit:
@@ -116,7 +128,7 @@ def create_app(model: PanoramaModel, state_dir: str | Path, limits: Limits = Lim
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError):
-        errors = jsonable_encoder(error.errors())
+        errors = _finite(jsonable_encoder(error.errors()))
         return JSONResponse({"detail": errors, "message": "; ".join(describe_error(e) for e in errors)},
                             status_code=422)
 

@@ -14,10 +14,25 @@ from ..cli import parameter_defaults
 from ..models import load_pipeline, pick_device, pick_dtype, resolve_model
 from ..pipeline import SyncDiffusionPipeline, canvas_defaults, check_panorama_inputs
 from ..sync import SyncSchedule
-from .schema import FieldError, Limits, UINT32_MAX, field_of
+from .schema import MAX_STEPS, UINT32_MAX, FieldError, Limits, field_of
 
 # on_step(steps_done, sync_weight_of_that_step)
 StepCallback = Callable[[int, float], None]
+
+
+def most_steps(scheduler) -> int:
+    """The most denoising steps whose timesteps all lie inside the scheduler's training schedule:
+    999 for Stable Diffusion's DDIM, whose steps_offset of 1 pushes 1000 steps past its end."""
+    trained = scheduler.config.num_train_timesteps
+    probe = type(scheduler).from_config(scheduler.config)
+    for steps in range(min(trained, MAX_STEPS), 0, -1):
+        try:
+            probe.set_timesteps(steps)
+        except ValueError:
+            continue
+        if int(probe.timesteps.max()) < trained:
+            return steps
+    return 1
 
 
 class PanoramaModel:
@@ -30,6 +45,7 @@ class PanoramaModel:
         self.name = name
         self.model_config = model_config
         self.window, self.vae_factor = pipe.window, pipe.vae_factor
+        self.max_steps = most_steps(pipe.scheduler)
         canvas = canvas_defaults(self.window, self.vae_factor)
         self.defaults = {name: canvas[name] if value is None and name in canvas else value
                          for name, value in defaults.items()}
@@ -64,6 +80,10 @@ class PanoramaModel:
             if isinstance(parameters[side], int) and parameters[side] > limits.max_side:
                 raise FieldError(side, f"{side} must be at most {limits.max_side} pixels on this server, got "
                                        f"{parameters[side]}.")
+        steps = parameters["num_inference_steps"]
+        if isinstance(steps, int) and steps > self.max_steps:
+            raise FieldError("num_inference_steps", f"num_inference_steps must be at most {self.max_steps} with this "
+                                                    f"model's scheduler, got {steps}.")
         try:
             check_panorama_inputs(self.window, self.vae_factor, parameters["prompt"], parameters["negative_prompt"],
                                   parameters["width"], parameters["height"], parameters["stride"],

@@ -43,9 +43,10 @@ def presets_for(model: PanoramaModel) -> dict[str, dict]:
 
 
 def largest_side(model: PanoramaModel, limits: Limits) -> int:
-    """The longest side the pixel limit allows with the other side one window, in VAE-factor steps."""
+    """The longest side the limits allow with the other side one window, in VAE-factor steps."""
     window = model.window * model.vae_factor
-    return max(window, limits.max_pixels // window // model.vae_factor * model.vae_factor)
+    longest = min(limits.max_side, limits.max_pixels // window)
+    return max(window, longest // model.vae_factor * model.vae_factor)
 
 
 def build_ui(model: PanoramaModel, limits: Limits, out_dir: str | Path) -> gr.Blocks:
@@ -105,7 +106,7 @@ def build_ui(model: PanoramaModel, limits: Limits, out_dir: str | Path) -> gr.Bl
                 loop_closure = gr.Checkbox(value=bool(defaults["loop_closure"]), elem_id="loop_closure",
                                            label="loop_closure: a 360° panorama whose edges meet")
                 preset = gr.Radio(list(presets), value=next(iter(presets)), label="preset", elem_id="preset")
-                with gr.Accordion("synchronization", open=False):
+                with gr.Accordion("synchronization", open=False, elem_id="sync-settings"):
                     sync_weight = gr.Slider(0, 100, value=defaults["sync_weight"], step=0.5, label="sync_weight",
                                             info="w; 0 is plain MultiDiffusion", elem_id="sync_weight")
                     sync_decay_rate = gr.Slider(0.01, 1, value=defaults["sync_decay_rate"], step=0.01,
@@ -117,7 +118,7 @@ def build_ui(model: PanoramaModel, limits: Limits, out_dir: str | Path) -> gr.Bl
                                                maximum=MAX_STEPS, label="sync_threshold",
                                                info="sync only in the first n steps; empty: every step",
                                                elem_id="sync_threshold")
-                with gr.Accordion("diffusion", open=False):
+                with gr.Accordion("diffusion", open=False, elem_id="diffusion-settings"):
                     guidance_scale = gr.Slider(0, 30, value=defaults["guidance_scale"], step=0.5,
                                                label="guidance_scale", elem_id="guidance_scale")
                     num_inference_steps = gr.Slider(1, 200, value=defaults["num_inference_steps"], step=1,
@@ -128,10 +129,10 @@ def build_ui(model: PanoramaModel, limits: Limits, out_dir: str | Path) -> gr.Bl
                     seed = gr.Number(value=defaults["seed"], precision=0, minimum=0, maximum=UINT32_MAX,
                                      label="seed", elem_id="seed")
                     randomize = gr.Checkbox(value=True, label="new random seed each time", elem_id="randomize")
-                    dice = gr.Button("🎲 random seed", elem_id="dice")
+                    dice = gr.Button("new random seed", elem_id="dice")
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=3):
-                panorama = gr.Image(label="panorama", type="filepath", format="png", interactive=False,
+                panorama = gr.Image(label="panorama", type="filepath", format="png", interactive=False, height=280,
                                     elem_id="panorama")
                 download = gr.DownloadButton("Download PNG", visible=False, elem_id="download")
                 summary = gr.Markdown(elem_id="summary")

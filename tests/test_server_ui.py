@@ -1,0 +1,103 @@
+"""The web page in a real browser: headless Chromium (Debian's `chromium`) driven by Playwright sets a
+prompt, generates a tiny loop-closed panorama, finds the image and looks around in the 360° view."""
+
+import shutil
+import socket
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from conftest import make_pipe
+from panosync.cli import parameter_defaults
+from panosync.metadata import read_parameters
+from panosync.models import resolve_model
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium); "
+                                                         ".ci/run installs it")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def page_url(tmp_path):
+    from panosync.server.generation import PanoramaModel
+    from panosync.server.schema import Limits
+    from panosync.server.ui import build_ui, launch
+
+    # 16-pixel windows (window 8, VAE factor 2): a panorama in a second or two on a CPU
+    model = PanoramaModel(make_pipe(window=8, vae_factor=2), "tiny-test", parameter_defaults(resolve_model("tiny-random")))
+    page = build_ui(model, Limits(), tmp_path / "outputs")
+    port = free_port()
+    launch(page, tmp_path / "outputs", "127.0.0.1", port, block=False)
+    yield f"http://127.0.0.1:{port}/"
+    page.close()
+
+
+def set_number(page, elem_id, value):
+    field = page.locator(f"#{elem_id} input[type=number]")
+    field.fill(str(value))
+    field.press("Enter")
+
+
+def test_page_generates_a_panorama_and_looks_around_it(page_url, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(page_url)
+            page.locator("#prompt textarea").fill("a green landscape with hills")
+            set_number(page, "width", 48)
+            set_number(page, "height", 16)
+            page.locator("#loop_closure input[type=checkbox]").check()
+            page.locator("#diffusion-settings button.label-wrap").click()  # open the accordion
+            set_number(page, "num_inference_steps", 3)
+            page.locator("#sync-settings button.label-wrap").click()
+            page.locator("#sync_threshold input").fill("1")  # one synced step: quick, and still SyncDiffusion
+            page.locator("#generate").click()
+
+            image = page.locator("#panorama img")
+            expect(image).to_be_visible(timeout=120_000)
+            expect(page.locator("#summary")).to_contain_text("48 × 16", timeout=10_000)
+            size = image.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+            assert size == [48, 16]
+
+            # the download is the PNG with every parameter, as the command writes it
+            with page.expect_download() as download_info:
+                page.locator("#download").click()
+            png = tmp_path / "download.png"
+            download_info.value.save_as(png)
+            parameters = read_parameters(png)
+            assert parameters["prompt"] == "a green landscape with hills" and parameters["loop_closure"] is True
+            assert parameters["num_inference_steps"] == 3 and parameters["sync_threshold"] == 1
+            assert parameters["model"] == "tiny-test"
+            assert PIL.Image.open(png).size == (48, 16)
+
+            # the 360° view turns when dragged
+            canvas = page.locator("#viewer canvas")
+            expect(canvas).to_be_visible()
+            page.wait_for_function("() => { const c = document.querySelector('#viewer canvas');"
+                                   " return c && c.width > 0 && c.getContext('2d').getImageData(c.width / 2,"
+                                   " c.height / 2, 1, 1).data[3] === 255; }")
+            before = canvas.evaluate("c => c.toDataURL()")
+            box = canvas.bounding_box()
+            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            page.mouse.down()
+            page.mouse.move(box["x"] + box["width"] / 2 - 150, box["y"] + box["height"] / 2, steps=5)
+            page.mouse.up()
+            after = canvas.evaluate("c => c.toDataURL()")
+            assert after != before
+
+            screenshot = tmp_path / "panosync-ui.png"
+            page.screenshot(path=str(screenshot), full_page=True)
+            print(f"screenshot: {screenshot}")
+            assert np.asarray(PIL.Image.open(screenshot)).std() > 0
+        finally:
+            browser.close()
