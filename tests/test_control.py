@@ -255,6 +255,18 @@ def test_control_command_writes_the_panorama_and_every_parameter(folders, tmp_pa
     assert np.array_equal(np.asarray(PIL.Image.open(out)), np.asarray(PIL.Image.open(again)))
 
 
+def test_from_pretrained_with_a_controlnet_is_the_composed_pipeline(folders, sync_control):
+    from diffusers import DDIMScheduler
+
+    pipe = ControlSyncPipeline.from_pretrained(folders / "model",
+                                               controlnet=ControlNetModel.from_pretrained(folders / "controlnet"))
+    pipe.set_progress_bar_config(disable=True)
+    assert isinstance(pipe.scheduler, DDIMScheduler)  # the folder's PNDM replaced, as SyncDiffusionPipeline does
+    condition = torch.rand(1, 3, 32, 64, generator=torch.Generator().manual_seed(2))
+    kwargs = dict(stride=8, num_inference_steps=1, sync_weight=0, seed=1, output_type="latent")
+    assert torch.equal(pipe("a", condition, **kwargs).images, sync_control("a", condition, **kwargs).images)
+
+
 def no_loading(*args, **kwargs):
     raise AssertionError("a model was loaded before the input was checked")
 
