@@ -150,6 +150,8 @@ class ControlSyncPipeline(SyncDiffusionPipeline):
         20, decay 0.95, sync in the first 10 steps (of 50).
         """
         # 1. Check inputs: the conditions decide the canvas unless it is given
+        if image is None:
+            raise ValueError("Give image: the condition the ControlNet follows, of the panorama's size.")
         conditions = self.per_controlnet(image, "image")
         scales = [float(scale) for scale in self.per_controlnet(controlnet_conditioning_scale, "controlnet_conditioning_scale")]
         if any(scale < 0 for scale in scales):
@@ -169,8 +171,6 @@ class ControlSyncPipeline(SyncDiffusionPipeline):
         """`value` as one entry per ControlNet: a list of that length, or one value for a lone ControlNet
         (a number, for the scales, may also stand for all)."""
         count = len(self.controlnets)
-        if value is None:
-            raise ValueError(f"Give {name}: the condition the ControlNet follows, of the panorama's size.")
         if isinstance(value, (list, tuple)):
             if len(value) != count:
                 raise ValueError(f"{name} must have one entry per ControlNet ({count}), got {len(value)}.")
@@ -187,7 +187,7 @@ class ControlSyncPipeline(SyncDiffusionPipeline):
         the unconditional half, then the conditional). A ControlNet at scale 0 would add only zeros,
         so it is not run; with every scale at 0 the UNet call is plain SyncDiffusion's."""
         if views is None or conditions is None:
-            raise ValueError("ControlSync needs the views of the batch and the conditions to crop for them.")
+            raise TypeError("ControlSync needs the views of the batch and the conditions to crop for them.")
         down, mid = None, None
         for controlnet, condition, scale in zip(self.controlnets, conditions, conditioning_scales):
             if scale == 0:
