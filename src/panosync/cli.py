@@ -5,6 +5,7 @@
     panosync control "a city skyline at dusk" --condition skyline.png --preprocess canny
     panosync serve --model pocket                   # HTTP API on 127.0.0.1:8000
     panosync ui --model pocket                      # web page on 127.0.0.1:7860
+    panosync evaluate --model pocket --prompts prompts.txt --seeds 0-31 --width 512 --out runs/eval
 
 Errors a user can cause print one sentence and exit with status 2, before any model is loaded
 where the model's shape allows.
@@ -101,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve the HTTP API (OpenAPI schema at /docs); jobs survive a restart."))
     add_ui_arguments(commands.add_parser(
         "ui", help="web page to make panoramas", description="Serve the Gradio web page."))
+    from .eval.command import add_arguments as add_evaluate_arguments
+
+    evaluate = commands.add_parser("evaluate", help="the paper's metrics for panorama methods",
+                                   description="Generate panoramas with each method (resumable), measure the "
+                                               "paper's metrics, write a table, JSON, CSV and charts.")
+    add_evaluate_arguments(evaluate)
     return parser
 
 
@@ -244,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
             from .server import command
 
             return getattr(command, args.command)(args)
+        if args.command == "evaluate":
+            from .eval.command import evaluate
+
+            return evaluate(args)
     except ValueError as error:
         print(f"panosync: error: {error}", file=sys.stderr)
         return 2

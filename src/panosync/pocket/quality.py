@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import time
 from pathlib import Path
@@ -21,6 +20,8 @@ import numpy as np
 import PIL.Image
 import torch
 
+from ..eval.crops import crops
+from ..eval.perceptual import intra_lpips
 from ..lpips import load_lpips
 from .classify import accuracy, classify_time
 from .landscapes import make_dataset
@@ -41,20 +42,6 @@ def sample_windows(pipe, prompt: str, seeds: list[int], steps: int = 50, guidanc
         latents = pipe.scheduler.step(pipe.guided_noise(latents, t, embeddings, guidance_scale), t, latents).prev_sample
     images = pipe.decode_to_unit(latents).permute(0, 2, 3, 1).cpu().numpy()
     return (images * 255).round().astype(np.uint8)
-
-
-def crops(panorama: np.ndarray, size: int) -> list[np.ndarray]:
-    """Non-overlapping square crops of a one-window-high panorama, left to right."""
-    return [panorama[:, left : left + size] for left in range(0, panorama.shape[1] - size + 1, size)]
-
-
-@torch.no_grad()
-def intra_lpips(panorama: np.ndarray, size: int, lpips) -> float:
-    """Mean LPIPS-VGG over all pairs of non-overlapping crops (the paper's Intra-LPIPS)."""
-    tiles = torch.from_numpy(np.stack(crops(panorama, size))).permute(0, 3, 1, 2).float() / 127.5 - 1
-    pairs = list(itertools.combinations(range(len(tiles)), 2))
-    first, second = zip(*pairs)
-    return float(lpips(tiles[list(first)], tiles[list(second)]).mean())
 
 
 def time_shares(images) -> dict[str, float]:
