@@ -43,7 +43,7 @@ def test_generate_writes_a_png_with_every_parameter_and_reproduces_it(model_fold
     assert parameters["seed"] == 5 and parameters["model"] == str(model_folder)
     expected = dict(prompt="a land at night", negative_prompt="fog", width=64, height=32, stride=8,
                     num_inference_steps=2, sync_threshold=1, sync_weight=20.0, sync_decay_rate=0.95, sync_freq=1,
-                    guidance_scale=7.5, loop_closure=False, anchor=None, view_batch_size=1, device="cpu",
+                    guidance_scale=7.5, loop_closure=False, anchor=None, view_batch_size=None, device="cpu",
                     dtype="float32")
     assert {name: parameters[name] for name in expected} == expected
     again = tmp_path / "again.png"

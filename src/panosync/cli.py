@@ -32,7 +32,7 @@ PIPELINE_PARAMETERS = {
     "stride": (int, "view stride in latent pixels, 1 to the window; default: a quarter window (16 for SD 2 base)"),
     "seed": (int, "seed of the initial noise; default: a random one, printed and stored in the PNG"),
     "anchor": (int, "index of the anchor view; default: the centre view"),
-    "view_batch_size": (int, "views per network call: faster on a GPU, same result (1)"),
+    "view_batch_size": (int, "views per network call, same result but for rounding; default: chosen for the device"),
 }
 
 

@@ -134,7 +134,7 @@ class ControlSyncPipeline(SyncDiffusionPipeline):
         generator: torch.Generator | None = None,
         latents: torch.Tensor | None = None,
         anchor: int | None = None,
-        view_batch_size: int = 1,
+        view_batch_size: int | None = None,
         output_type: str = "pil",
         callback_on_step_end: Callable[[Any, int, Any, dict], dict | None] | None = None,
         return_dict: bool = True,

@@ -3,15 +3,19 @@ gradient descent on the perceptual distance between each view's foreseen image a
 
 The denoising loop reads like section 3 of the paper (docs: ALGORITHM.md). It computes the
 reference implementation's result ("faithful mode") while skipping the work whose result the
-reference throws away: the anchor's gradient (the anchor is never moved) and the anchor's second
-UNet pass (its latent did not move, so the first pass already gave its noise prediction).
+reference throws away: the anchor's gradient (the anchor is never moved), the anchor's LPIPS
+features for every view (they are the same all step long) and the anchor's second UNet pass (its
+latent did not move, so the first pass already gave its noise prediction); views go through the
+networks in chunks sized to the device (`chunks.py`). Fast modes (`fast.py`) trade exactness for
+speed, each by name; a wide panorama is decoded in tiles (`decode.py`).
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import PIL.Image
@@ -20,6 +24,9 @@ from diffusers import DDIMScheduler, DiffusionPipeline
 from diffusers.loaders import FromSingleFileMixin
 from diffusers.utils import BaseOutput
 
+from .chunks import ViewChunks, default_view_batch_size
+from .decode import decode_tiled, should_tile
+from .fast import SyncShortcuts, check_image_scale, check_sync_decoder, downscale, load_sync_decoder, parse_fast_modes
 from .sync import SyncSchedule, sync_gradient
 from .views import View, add_view, check_canvas, coverage, crop, views_for_canvas
 
@@ -51,8 +58,10 @@ class PanoramaRequest:
     anchor: int
     noise: torch.Tensor
     seed: int | None
-    view_batch_size: int
+    view_batch_size: int | None  # None: chosen for the device (chunks.py)
     output_type: str
+    shortcuts: SyncShortcuts = SyncShortcuts()
+    tiled_decode: bool | None = None  # None: tiled when the panorama is large (decode.py)
 
 
 def window_of(unet_config) -> int:
@@ -110,6 +119,7 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         for model in (vae, text_encoder, unet):
             model.requires_grad_(False)
         self._perceptual = None
+        self._sync_decoders: dict[str, torch.nn.Module] = {}  # loaded from folders, by folder
 
     # ----------------------------------------------------------------------------------- loading
 
@@ -185,15 +195,33 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         `views`): none for plain SyncDiffusion; ControlSync adds each view's ControlNet residuals."""
         return {}
 
-    def decode_to_unit(self, latents: torch.Tensor) -> torch.Tensor:
-        """VAE decode to images in [0, 1] (clamped, as the reference: saturated pixels pass no gradient)."""
-        scaled = latents / self.vae.config.scaling_factor
-        images = self.vae.decode(scaled.to(self.vae.dtype)).sample.float()
+    def decode_to_unit(self, latents: torch.Tensor, decoder=None) -> torch.Tensor:
+        """Decode to images in [0, 1] (clamped, as the reference: saturated pixels pass no gradient),
+        with the VAE or another `decoder` of the same latents (a fast mode's tiny decoder)."""
+        decoder = self.vae if decoder is None else decoder
+        scaled = latents / decoder.config.scaling_factor
+        images = decoder.decode(scaled.to(decoder.dtype)).sample.float()
         return (images / 2 + 0.5).clamp(0, 1)
 
-    def decode_panorama(self, latents: torch.Tensor, loop_closure: bool) -> torch.Tensor:
-        """Decode the whole panorama; a loop-closed one is padded circularly first, so the decoder
-        sees the left edge continue into the right and leaves no seam, and the padding is cropped."""
+    def foreseen_image(self, predicted_original: torch.Tensor, shortcuts: SyncShortcuts) -> torch.Tensor:
+        """The image the sync loss compares, from a predicted clean latent x̂₀: the VAE's decode in
+        faithful mode; a fast mode's decoder and scale where the request asks for them."""
+        return downscale(self.decode_to_unit(predicted_original, shortcuts.decoder), shortcuts.image_scale)
+
+    def decode_panorama(self, latents: torch.Tensor, loop_closure: bool, tiled: bool | None = None,
+                        tiles_per_call: int = 1) -> torch.Tensor:
+        """Decode the whole panorama, in one piece or, when `tiled` (None: when it is large), in
+        overlapping window-sized tiles blended together (decode.py), which bounds the memory.
+
+        A loop-closed panorama decoded in one piece is padded circularly first, so the decoder sees
+        the left edge continue into the right and leaves no seam, and the padding is cropped; tiles
+        wrap round the seam instead."""
+        if tiled is None:
+            tiled = should_tile(*latents.shape[-2:], self.window)
+        if tiled:
+            return decode_tiled(self.decode_to_unit, latents, self.vae_factor, tile=self.window,
+                                overlap=max(1, self.window // 4), loop_closure=loop_closure,
+                                tiles_per_call=tiles_per_call)
         if not loop_closure:
             return self.decode_to_unit(latents)
         pad = min(latents.shape[-1], max(8, self.window // 4))
@@ -254,10 +282,14 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         generator: torch.Generator | None = None,
         latents: torch.Tensor | None = None,
         anchor: int | None = None,
-        view_batch_size: int = 1,
+        view_batch_size: int | None = None,
         output_type: str = "pil",
         callback_on_step_end: Callable[[Any, int, Any, dict], dict | None] | None = None,
         return_dict: bool = True,
+        fast_modes: Iterable[str] = (),
+        sync_image_scale: float = 1.0,
+        sync_decoder=None,
+        tiled_decode: bool | None = None,
     ):
         """Generate one panorama.
 
@@ -267,20 +299,30 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         in every step, as the paper; a smaller number syncs only in the first steps, where the
         layout is decided, and costs less (a synced step is several times an unsynced one).
         `anchor` is the index of the view the others are pulled towards (default: the centre
-        view). `view_batch_size` views go through the networks together (output unchanged).
+        view). `view_batch_size` views go through the networks together (output unchanged but for
+        rounding; default: a chunk chosen for the device, halved where memory runs out).
         `callback_on_step_end(pipe, step, timestep, {"latents", "sync_weight"})` runs after every
         step; a returned dict may replace "latents".
+
+        Fast modes (all off by default, which is faithful mode; fast.py says what each approximates):
+        `fast_modes`, any of "reuse_noise" (no second UNet pass after the sync move) and
+        "no_unet_backward" (the sync gradient treats the noise prediction as constant);
+        `sync_image_scale` < 1 compares downscaled images in the sync loss; `sync_decoder`, an
+        AutoencoderTiny (or its folder) for this model's latents, decodes the loss's images.
+        `tiled_decode`: decode the panorama in overlapping tiles (memory of one tile); default: when
+        it is larger than 6 windows.
         """
         request = self.prepare_request(
             prompt, negative_prompt, width, height, guidance_scale, sync_weight, sync_decay_rate, sync_freq,
             sync_threshold, num_inference_steps, stride, seed, loop_closure, generator, latents, anchor,
-            view_batch_size, output_type,
+            view_batch_size, output_type, fast_modes, sync_image_scale, sync_decoder, tiled_decode,
         )
         return self.generate(request, callback_on_step_end, return_dict)
 
     def prepare_request(self, prompt, negative_prompt, width, height, guidance_scale, sync_weight, sync_decay_rate,
                         sync_freq, sync_threshold, num_inference_steps, stride, seed, loop_closure, generator,
-                        latents, anchor, view_batch_size, output_type) -> PanoramaRequest:
+                        latents, anchor, view_batch_size, output_type, fast_modes=(), sync_image_scale=1.0,
+                        sync_decoder=None, tiled_decode=None) -> PanoramaRequest:
         """Step 1 of the call: check the inputs (a ValueError that says what to change, before any
         model work), fill in the canvas defaults, lay out the views and draw the initial noise."""
         defaults = canvas_defaults(self.window, self.vae_factor)
@@ -289,15 +331,35 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         stride = defaults["stride"] if stride is None else stride
         self.check_inputs(prompt, negative_prompt, width, height, stride, num_inference_steps, guidance_scale, output_type)
         schedule = SyncSchedule(sync_weight, sync_decay_rate, sync_freq, sync_threshold)
-        if view_batch_size < 1:
-            raise ValueError(f"view_batch_size must be 1 or more, got {view_batch_size}.")
+        if view_batch_size is not None and (not isinstance(view_batch_size, int) or view_batch_size < 1):
+            raise ValueError(f"view_batch_size must be 1 or more (or unset to choose for the device), "
+                             f"got {view_batch_size}.")
+        if tiled_decode not in (None, True, False):
+            raise ValueError(f"tiled_decode must be true, false or unset (tiled when large), got {tiled_decode!r}.")
+        shortcuts = self.sync_shortcuts(fast_modes, sync_image_scale, sync_decoder)
         latent_height, latent_width = height // self.vae_factor, width // self.vae_factor
         views = views_for_canvas(latent_height, latent_width, self.window, stride, loop_closure)
         anchor = self.anchor_index(anchor, views)
         shape = (1, self.unet.config.in_channels, latent_height, latent_width)
         noise, seed = self.initial_noise(shape, seed, generator, latents)
         return PanoramaRequest(prompt, negative_prompt, width, height, guidance_scale, schedule, num_inference_steps,
-                               loop_closure, views, anchor, noise, seed, view_batch_size, output_type)
+                               loop_closure, views, anchor, noise, seed, view_batch_size, output_type, shortcuts,
+                               tiled_decode)
+
+    def sync_shortcuts(self, fast_modes, sync_image_scale, sync_decoder) -> SyncShortcuts:
+        """The fast modes a request asks for, checked (a ValueError that says what to change)."""
+        modes = parse_fast_modes(fast_modes)
+        scale = check_image_scale(sync_image_scale, self.window * self.vae_factor)
+        if isinstance(sync_decoder, (str, Path)):
+            key = str(sync_decoder)
+            if key not in self._sync_decoders:
+                self._sync_decoders[key] = load_sync_decoder(sync_decoder)
+            sync_decoder = self._sync_decoders[key]
+        if sync_decoder is not None:
+            check_sync_decoder(sync_decoder, self.unet.config.in_channels, self.vae_factor)
+            if (sync_decoder.device, sync_decoder.dtype) != (self.vae.device, self.vae.dtype):
+                sync_decoder = sync_decoder.to(device=self.vae.device, dtype=self.vae.dtype)
+        return SyncShortcuts("reuse_noise" in modes, "no_unet_backward" in modes, scale, sync_decoder)
 
     def generate(self, request: PanoramaRequest, callback_on_step_end=None, return_dict: bool = True,
                  **view_conditioning):
@@ -314,7 +376,10 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         self.scheduler.set_timesteps(request.num_inference_steps, device=device)
         latents = request.noise.to(device) * self.scheduler.init_noise_sigma
         view_counts = coverage(latent_height, latent_width, views).to(device)
-        denoise = dict(embeddings=embeddings, guidance_scale=request.guidance_scale, **view_conditioning)
+        chunk_size = request.view_batch_size or default_view_batch_size(device, self.window, len(views))
+        chunks = ViewChunks(chunk_size)  # shrinks, for the rest of the call, where a chunk does not fit
+        denoise = dict(embeddings=embeddings, guidance_scale=request.guidance_scale, shortcuts=request.shortcuts,
+                       **view_conditioning)
 
         # 4. The joint denoising loop
         with self.progress_bar(total=request.num_inference_steps) as progress:
@@ -322,7 +387,7 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
                 # a lone view has no one to agree with: its anchor pass would change nothing
                 weight = request.schedule.weight_at(i) if len(views) > 1 else 0.0
                 progress.set_postfix_str(f"sync w={weight:.3g}" if weight else "no sync", refresh=False)
-                denoised = self.denoise_views(latents, views, t, weight, anchor, request.view_batch_size, **denoise)
+                denoised = self.denoise_views(latents, views, t, weight, anchor, chunks, **denoise)
                 latents = self.merge(denoised, views, view_counts)
                 if callback_on_step_end is not None:
                     changes = callback_on_step_end(self, i, t, {"latents": latents, "sync_weight": weight})
@@ -333,7 +398,8 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         if request.output_type == "latent":
             images = latents
         else:
-            images = self.decode_panorama(latents, request.loop_closure).permute(0, 2, 3, 1).cpu().numpy()
+            images = self.decode_panorama(latents, request.loop_closure, request.tiled_decode, chunks.size)
+            images = images.permute(0, 2, 3, 1).cpu().numpy()
             if request.output_type == "pil":
                 images = self.numpy_to_pil(images)
         self.maybe_free_model_hooks()
@@ -341,47 +407,73 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
             return images, request.seed
         return SyncDiffusionOutput(images=images, seed=request.seed)
 
-    def denoise_views(self, latents, views, t, weight, anchor, view_batch_size, embeddings, guidance_scale,
-                      **view_conditioning):
+    def denoise_views(self, latents, views, t, weight, anchor, chunks: ViewChunks | int, embeddings, guidance_scale,
+                      shortcuts: SyncShortcuts = SyncShortcuts(), **view_conditioning):
         """One step for every view (section 3, steps 1 and 2): returns each view's x_{t-1}.
 
         With weight λ > 0 each view but the anchor first moves by −λ ∂LPIPS/∂x towards the
-        anchor's foreseen image, then takes its denoising step from the moved latent.
+        anchor's foreseen image, then takes its denoising step from the moved latent. `chunks`
+        (or a number of views) says how many views go through the networks together; `shortcuts`
+        are the fast modes in force (fast.py).
         """
+        chunks = ViewChunks(chunks) if isinstance(chunks, int) else chunks
         denoised: dict[int, torch.Tensor] = {}
 
         def noise_of(x, batch_views):
             return self.guided_noise(x, t, embeddings, guidance_scale, batch_views, **view_conditioning)
 
-        def predicted_image(x, batch_views):
-            return self.decode_to_unit(self.scheduler.step(noise_of(x, batch_views), t, x).pred_original_sample)
-
         if weight > 0:
-            # 1. The anchor: its foreseen image is the fixed target of this step. The anchor is not
-            #    moved, so this same noise prediction also gives its denoising step.
+            # 1. The anchor: its foreseen image is the fixed target of this step, its LPIPS features
+            #    computed once for all views. The anchor is not moved, so this same noise prediction
+            #    also gives its denoising step.
             anchor_latent = crop(latents, views[anchor])
             anchor_step = self.scheduler.step(noise_of(anchor_latent, [views[anchor]]), t, anchor_latent)
-            anchor_image = self.decode_to_unit(anchor_step.pred_original_sample)
             perceptual = self.perceptual_distance()
-            target = perceptual.target_features(anchor_image * 2 - 1)
+            target = perceptual.target_features(self.foreseen_image(anchor_step.pred_original_sample, shortcuts) * 2 - 1)
             denoised[anchor] = anchor_step.prev_sample
 
             def distance_to_anchor(images):
                 return perceptual(images * 2 - 1, target)
 
-        pending = [j for j in range(len(views)) if j not in denoised]
-        for start in range(0, len(pending), view_batch_size):
-            batch = pending[start : start + view_batch_size]
+        def step_views(batch: list[int]) -> list[torch.Tensor]:
             batch_views = [views[j] for j in batch]
             x = torch.cat([crop(latents, view) for view in batch_views])
+            noise = None
             # 2. Move each view towards the anchor, then denoise from where it moved to.
             if weight > 0:
-                foresee = lambda moved: predicted_image(moved, batch_views)  # noqa: E731
-                x = x - weight * sync_gradient(x, foresee, distance_to_anchor)
-            noise = noise_of(x, batch_views)
-            for j, view_latent in zip(batch, self.scheduler.step(noise, t, x).prev_sample):
-                denoised[j] = view_latent[None]
+                gradient, noise_before_move = self.sync_gradient_and_noise(x, t, batch_views, noise_of,
+                                                                           distance_to_anchor, shortcuts)
+                x = x - weight * gradient
+                if shortcuts.reuse_noise:
+                    noise = noise_before_move
+            if noise is None:
+                noise = noise_of(x, batch_views)
+            return list(self.scheduler.step(noise, t, x).prev_sample)
+
+        pending = [j for j in range(len(views)) if j not in denoised]
+        for j, view_latent in zip(pending, chunks.map(pending, step_views)):
+            denoised[j] = view_latent[None]
         return denoised
+
+    def sync_gradient_and_noise(self, x, t, batch_views, noise_of, distance_to_anchor, shortcuts: SyncShortcuts):
+        """∂LPIPS/∂x for a batch of views, and the noise prediction the gradient pass made at x.
+
+        Faithful: the gradient flows through the VAE decoder, x̂₀ and the UNet. With the fast mode
+        no_unet_backward the UNet runs without autograd, so ε̂ is a constant and ∂x̂₀/∂x = 1/√ᾱ_t.
+        """
+        made = {}
+
+        def foresee(latent):
+            if shortcuts.no_unet_backward:
+                with torch.no_grad():
+                    noise = noise_of(latent.detach(), batch_views)
+            else:
+                noise = noise_of(latent, batch_views)
+            made["noise"] = noise.detach()
+            return self.foreseen_image(self.scheduler.step(noise, t, latent).pred_original_sample, shortcuts)
+
+        gradient = sync_gradient(x, foresee, distance_to_anchor)
+        return gradient, made["noise"]
 
     @staticmethod
     def merge(denoised: dict[int, torch.Tensor], views: list[View], view_counts: torch.Tensor) -> torch.Tensor:

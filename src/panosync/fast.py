@@ -1,0 +1,127 @@
+"""Fast modes: named approximations of the sync step, each cheaper than the faithful one and each
+off by default. What each approximates (ALGORITHM.md, section 3, step 2, for a view x):
+
+reuse_noise       The denoising step uses the noise prediction of the gradient pass, made at the
+                  latent *before* the sync move, instead of a second guided UNet pass at the moved
+                  latent: x_{t-1} = step(ε̂(x), t, x − λ∇). Saves one guided UNet forward per view
+                  and synced step. Exact when λ∇ is small next to the UNet's sensitivity.
+no_unet_backward  The sync gradient treats ε̂ as a constant: ∂x̂₀/∂x = 1/√ᾱ_t instead of
+                  (1 − √(1−ᾱ_t)·∂ε̂/∂x)/√ᾱ_t. The UNet runs forward only (no autograd graph, no
+                  backward), which saves its backward and the memory of its activations.
+sync_image_scale  LPIPS compares the view's and the anchor's foreseen images downscaled by this
+                  factor (area averaging): the loss sees coarser structure, and LPIPS-VGG, the
+                  costliest network of the step on small models, runs on scale² of the pixels.
+sync_decoder      The foreseen images of the loss (the anchor's and the views') come from another,
+                  cheaper decoder, e.g. diffusers' AutoencoderTiny (TAESD), instead of the model's
+                  VAE. The final panorama is always decoded by the model's own VAE.
+
+The last fast option is a scheduler: a multistep one (DPM-Solver++) reaches the same quality in
+fewer steps; the pipeline keeps each view's solver history apart (see `schedulers.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+
+FAST_MODES = {
+    "reuse_noise": "denoise with the gradient pass's noise prediction (made before the sync move): "
+                   "no second UNet pass",
+    "no_unet_backward": "treat the noise prediction as constant in the sync gradient: no backward through the UNet",
+}
+
+# LPIPS-VGG pools four times before its last stage: smaller images have no features left there.
+SMALLEST_LPIPS_SIDE = 16
+
+
+@dataclass(frozen=True)
+class SyncShortcuts:
+    """The approximations a request allows itself; all off is faithful mode."""
+
+    reuse_noise: bool = False
+    no_unet_backward: bool = False
+    image_scale: float = 1.0
+    decoder: torch.nn.Module | None = None
+
+    @property
+    def faithful(self) -> bool:
+        return not (self.reuse_noise or self.no_unet_backward) and self.image_scale == 1.0 and self.decoder is None
+
+    def names(self) -> list[str]:
+        """The fast options in force, in words (for logs and benchmark tables)."""
+        names = [name for name in FAST_MODES if getattr(self, name)]
+        if self.image_scale != 1.0:
+            names.append(f"sync_image_scale={self.image_scale:g}")
+        if self.decoder is not None:
+            names.append(f"sync_decoder={type(self.decoder).__name__}")
+        return names
+
+
+def parse_fast_modes(fast_modes: Iterable[str] | str | None) -> set[str]:
+    """The named fast modes as a set; a ValueError naming the known ones for anything else."""
+    if fast_modes is None:
+        return set()
+    if isinstance(fast_modes, str):
+        fast_modes = [part for part in fast_modes.replace(",", " ").split()]
+    modes = set(fast_modes)
+    unknown = sorted(mode for mode in modes if mode not in FAST_MODES)
+    if unknown:
+        raise ValueError(f"Unknown fast mode {', '.join(map(repr, unknown))}: use any of {', '.join(FAST_MODES)}.")
+    return modes
+
+
+def check_image_scale(scale: float, window_pixels: int) -> float:
+    """The LPIPS image scale, checked: in (0, 1], and leaving LPIPS-VGG images it can read."""
+    if not isinstance(scale, (int, float)) or not 0 < scale <= 1:
+        raise ValueError(f"sync_image_scale must be more than 0 and at most 1, got {scale}.")
+    if round(window_pixels * scale) < SMALLEST_LPIPS_SIDE:
+        smallest = SMALLEST_LPIPS_SIDE / window_pixels
+        raise ValueError(f"sync_image_scale {scale:g} shrinks the {window_pixels}-pixel views below "
+                         f"{SMALLEST_LPIPS_SIDE} pixels, too small for LPIPS-VGG: use {smallest:g} or more.")
+    return float(scale)
+
+
+def decoder_factor(decoder) -> int:
+    """How many image pixels one latent pixel becomes in `decoder` (AutoencoderKL or AutoencoderTiny)."""
+    config = decoder.config
+    if "decoder_block_out_channels" in config:  # AutoencoderTiny: one upsampling between blocks
+        return config["upsampling_scaling_factor"] ** (len(config["decoder_block_out_channels"]) - 1)
+    return 2 ** (len(config["block_out_channels"]) - 1)
+
+
+def check_sync_decoder(decoder, latent_channels: int, vae_factor: int) -> None:
+    """A sync decoder must read this model's latents and make images of the VAE's size."""
+    if not hasattr(decoder, "decode") or not hasattr(decoder, "config"):
+        raise ValueError(f"sync_decoder must be a diffusers autoencoder (e.g. AutoencoderTiny) or the folder of one, "
+                         f"got {type(decoder).__name__}.")
+    channels = decoder.config.get("latent_channels")
+    if channels != latent_channels or decoder_factor(decoder) != vae_factor:
+        raise ValueError(
+            f"sync_decoder reads {channels}-channel latents at 1/{decoder_factor(decoder)} scale, but this model's "
+            f"latents have {latent_channels} channels at 1/{vae_factor}: use a tiny decoder trained for this model's VAE "
+            f"(TAESD for Stable Diffusion 1 and 2)."
+        )
+
+
+def load_sync_decoder(folder: str | Path):
+    """An AutoencoderTiny from a diffusers folder (e.g. a saved madebyollin/taesd), float32 on the CPU."""
+    from diffusers import AutoencoderTiny
+
+    path = Path(folder).expanduser()
+    if not (path / "config.json").is_file():
+        raise ValueError(f"sync_decoder {folder} is not a diffusers AutoencoderTiny folder (it has no config.json): "
+                         f"give the folder of a saved TAESD.")
+    decoder = AutoencoderTiny.from_pretrained(path, local_files_only=True)
+    return decoder.eval().requires_grad_(False)
+
+
+def downscale(images: torch.Tensor, scale: float) -> torch.Tensor:
+    """Images shrunk by `scale` with area averaging (differentiable); unchanged at scale 1."""
+    if scale == 1.0:
+        return images
+    height, width = images.shape[-2:]
+    return F.interpolate(images, size=(round(height * scale), round(width * scale)), mode="area")
