@@ -1,0 +1,193 @@
+"""Fast modes: each is off by default, changes a synced panorama, still pulls the views towards the
+anchor, saves the work it says it saves, and is plain MultiDiffusion when sync is off."""
+
+import pytest
+import torch
+from diffusers import AutoencoderTiny
+
+from panosync.chunks import ViewChunks, default_view_batch_size
+from panosync.fast import SyncShortcuts, decoder_factor
+from panosync.views import crop, views_for_canvas
+
+CASE = dict(width=96, height=32, stride=8, num_inference_steps=3, seed=3, output_type="latent")
+
+FAST_OPTIONS = {
+    "reuse_noise": dict(fast_modes=["reuse_noise"]),
+    "no_unet_backward": dict(fast_modes=["no_unet_backward"]),
+    "both": dict(fast_modes="reuse_noise,no_unet_backward"),
+    "image_scale": dict(sync_image_scale=0.5),
+}
+
+
+def tiny_decoder(vae_factor: int, seed: int = 0) -> AutoencoderTiny:
+    """A random-weight AutoencoderTiny (TAESD's architecture, narrower): no TAESD weights can be
+    had offline here, so its pictures mean nothing; it shows the decoder is plumbed in."""
+    torch.manual_seed(seed)
+    blocks = vae_factor.bit_length()  # one upsampling between blocks
+    return AutoencoderTiny(encoder_block_out_channels=(8,) * blocks, decoder_block_out_channels=(8,) * blocks,
+                           num_encoder_blocks=(1,) * blocks, num_decoder_blocks=(1,) * blocks).eval()
+
+
+@pytest.fixture(scope="module")
+def faithful(sync_pipe):
+    return sync_pipe("a land", **CASE).images
+
+
+@pytest.fixture(scope="module")
+def multidiffusion(sync_pipe):
+    return sync_pipe("a land", sync_weight=0, **CASE).images
+
+
+@pytest.mark.parametrize("name", [*FAST_OPTIONS, "decoder"])
+def test_with_sync_off_every_fast_mode_is_multidiffusion(sync_pipe, multidiffusion, name):
+    options = FAST_OPTIONS.get(name) or dict(sync_decoder=tiny_decoder(sync_pipe.vae_factor))
+    assert torch.equal(sync_pipe("a land", sync_weight=0, **options, **CASE).images, multidiffusion)
+
+
+@pytest.mark.parametrize("name", [*FAST_OPTIONS, "decoder"])
+def test_every_fast_mode_changes_a_synced_panorama(sync_pipe, faithful, multidiffusion, name):
+    options = FAST_OPTIONS.get(name) or dict(sync_decoder=tiny_decoder(sync_pipe.vae_factor))
+    fast = sync_pipe("a land", **options, **CASE).images
+    assert (fast - faithful).abs().max() > 1e-3
+    assert (fast - multidiffusion).abs().max() > 1e-3  # it still syncs
+
+
+def test_fast_modes_at_their_neutral_settings_are_faithful(sync_pipe, faithful):
+    # the model's own VAE as the loss's decoder and LPIPS at full scale: nothing is approximated
+    same = sync_pipe("a land", fast_modes=(), sync_image_scale=1.0, sync_decoder=sync_pipe.vae, **CASE).images
+    assert torch.equal(same, faithful)
+
+
+@pytest.mark.parametrize("name", ["no_unet_backward", "image_scale"])
+def test_approximate_gradients_still_pull_views_towards_the_anchor(sync_pipe, name):
+    # The faithful distance (full-size images, gradient through the UNet) falls along each fast
+    # mode's gradient: the approximation keeps the direction that matters.
+    pipe = sync_pipe
+    options = FAST_OPTIONS[name]
+    shortcuts = pipe.sync_shortcuts(options.get("fast_modes", ()), options.get("sync_image_scale", 1.0), None)
+    noise = torch.randn((1, 4, 16, 48), generator=torch.Generator().manual_seed(11))
+    views = views_for_canvas(16, 48, pipe.window, 8)
+    anchor = len(views) // 2
+    embeddings = pipe.encode_prompt("a land", "", "cpu")
+    pipe.scheduler.set_timesteps(20)
+    t = pipe.scheduler.timesteps[0]
+    perceptual = pipe.perceptual_distance()
+
+    def noise_of(x, batch_views):
+        return pipe.guided_noise(x, t, embeddings, 7.5, batch_views)
+
+    def foreseen(x, cut):
+        return pipe.foreseen_image(pipe.scheduler.step(noise_of(x, None), t, x).pred_original_sample, cut)
+
+    with torch.no_grad():
+        anchor_latent = crop(noise, views[anchor])
+        faithful_target = perceptual.target_features(foreseen(anchor_latent, SyncShortcuts()) * 2 - 1)
+        fast_target = perceptual.target_features(foreseen(anchor_latent, shortcuts) * 2 - 1)
+    others = torch.cat([crop(noise, v) for j, v in enumerate(views) if j != anchor])
+    gradient, _ = pipe.sync_gradient_and_noise(others, t, views, noise_of,
+                                               lambda images: perceptual(images * 2 - 1, fast_target), shortcuts)
+
+    def faithful_distance(x):
+        with torch.no_grad():
+            return perceptual(foreseen(x, SyncShortcuts()) * 2 - 1, faithful_target)
+
+    before, after = faithful_distance(others), faithful_distance(others - 20 * gradient)
+    assert torch.all(after < before), (before, after)
+
+
+def count_unet_calls(pipe, **options):
+    """Views through the guided UNet (one call of a batch of n views counts n) and whether any
+    call kept an autograd graph."""
+    seen = {"views": 0, "with_grad": False}
+
+    def hook(module, args, kwargs):
+        seen["views"] += args[0].shape[0] // 2  # both guidance branches of each view
+        seen["with_grad"] |= torch.is_grad_enabled()
+
+    handle = pipe.unet.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        pipe("a land", **{**CASE, "num_inference_steps": 1}, **options)
+    finally:
+        handle.remove()
+    return seen
+
+
+def test_fast_modes_skip_the_unet_work_they_say_they_skip(sync_pipe):
+    views = len(views_for_canvas(16, 48, sync_pipe.window, 8))  # 5 views: the anchor and 4 others
+    faithful = count_unet_calls(sync_pipe)
+    reuse = count_unet_calls(sync_pipe, fast_modes=["reuse_noise"])
+    constant = count_unet_calls(sync_pipe, fast_modes=["no_unet_backward"])
+    # faithful: the anchor once; every other view a gradient pass and a pass from where it moved to
+    assert faithful == {"views": 1 + 2 * (views - 1), "with_grad": True}
+    assert reuse == {"views": 1 + (views - 1), "with_grad": True}
+    assert constant == {"views": 1 + 2 * (views - 1), "with_grad": False}
+
+
+def test_image_scale_shrinks_what_lpips_sees(sync_pipe):
+    sizes = []
+    perceptual = sync_pipe.perceptual_distance()
+    handle = perceptual.lpips.net.register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[-1]))
+    try:
+        sync_pipe("a land", sync_image_scale=0.5, **{**CASE, "num_inference_steps": 1})
+    finally:
+        handle.remove()
+    window_pixels = sync_pipe.window * sync_pipe.vae_factor
+    assert sizes and set(sizes) == {window_pixels // 2}
+
+
+def test_a_sync_decoder_loads_from_its_folder_and_is_checked(sync_pipe, faithful, tmp_path):
+    decoder = tiny_decoder(sync_pipe.vae_factor, seed=1)
+    decoder.save_pretrained(tmp_path / "taesd-like")
+    by_module = sync_pipe("a land", sync_decoder=decoder, **CASE).images
+    by_folder = sync_pipe("a land", sync_decoder=str(tmp_path / "taesd-like"), **CASE).images
+    torch.testing.assert_close(by_folder, by_module, rtol=0, atol=1e-6)
+    assert decoder_factor(decoder) == sync_pipe.vae_factor == 2
+    with pytest.raises(ValueError, match="1/4 scale, but this model's latents have 4 channels at 1/2"):
+        sync_pipe("a land", sync_decoder=tiny_decoder(4), **CASE)
+    with pytest.raises(ValueError, match="not a diffusers AutoencoderTiny folder"):
+        sync_pipe("a land", sync_decoder=str(tmp_path), **CASE)
+
+
+BAD_FAST_OPTIONS = [
+    (dict(fast_modes=["reuse_noise", "turbo"]), "Unknown fast mode 'turbo': use any of reuse_noise, no_unet_backward"),
+    (dict(sync_image_scale=0), "sync_image_scale must be more than 0 and at most 1"),
+    (dict(sync_image_scale=1.5), "sync_image_scale must be more than 0 and at most 1"),
+    (dict(sync_image_scale=0.25), "shrinks the 32-pixel views below 16 pixels, too small for LPIPS-VGG: use 0.5"),
+    (dict(sync_decoder=42), "sync_decoder must be a diffusers autoencoder"),
+]
+
+
+@pytest.mark.parametrize("change,message", BAD_FAST_OPTIONS)
+def test_bad_fast_options_are_refused_before_model_work(sync_pipe, change, message, monkeypatch):
+    def no_model_work(*args, **kwargs):
+        raise AssertionError("the text encoder ran before the input was checked")
+
+    monkeypatch.setattr(sync_pipe, "encode_prompt", no_model_work)
+    with pytest.raises(ValueError, match=message):
+        sync_pipe("a land", **CASE, **change)
+
+
+# --- Chunks of views per device ------------------------------------------------------------------
+
+
+def test_chunk_size_follows_device_and_window():
+    assert default_view_batch_size("cpu", 16, 21) == 21  # small windows: all views in one call
+    assert default_view_batch_size("cpu", 64, 21) == 2  # Stable Diffusion's window on the CPU
+    assert default_view_batch_size("cuda", 64, 21) == 16
+    assert default_view_batch_size("cpu", 128, 3) == 1
+
+
+def test_chunks_halve_when_memory_runs_out():
+    calls = []
+
+    def work(chunk):
+        calls.append(len(chunk))
+        if len(chunk) > 3:  # this device holds three views at a time
+            raise torch.OutOfMemoryError("out of memory")
+        return [item * 10 for item in chunk]
+
+    chunks = ViewChunks(8)
+    assert chunks.map(list(range(10)), work) == [item * 10 for item in range(10)]
+    assert chunks.size == 2 and calls == [8, 4, 2, 2, 2, 2, 2]
+    with pytest.raises(torch.OutOfMemoryError):
+        ViewChunks(1).map([1], lambda chunk: work([1, 2, 3, 4]))
