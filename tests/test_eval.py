@@ -145,12 +145,12 @@ def test_fid_is_torchmetrics_formula_zero_for_a_set_with_itself():
 
 def test_inception_features_set_apart_different_images():
     inception = load_inception()
-    days = [landscape("day", SIZE, seed=s) for s in range(3)]
-    nights = [landscape("night", SIZE, seed=s, ground="snow") for s in range(3)]
+    days = [landscape("day", SIZE, seed=s) for s in range(2)]
+    nights = [landscape("night", SIZE, seed=s, ground="snow") for s in range(2)]
     day_features, night_features = inception_features(days, inception), inception_features(nights, inception)
-    assert day_features.shape == (3, 2048) and day_features.dtype == torch.float64
+    assert day_features.shape == (2, 2048) and day_features.dtype == torch.float64
+    assert (day_features >= 0).all()  # pool features after ReLUs
     assert fid(day_features, night_features) > 1 and abs(fid(day_features, day_features)) < 1e-6
-    assert kid(day_features, night_features)[0] > kid(day_features[:2], day_features[1:])[0]
 
 
 def test_kid_subset_size_adapts_to_small_sets():
@@ -267,8 +267,8 @@ def constructed_results(clip=None):
 
 def test_markdown_table_is_laid_out_like_the_paper():
     text = markdown(constructed_results())
-    assert "| method | Intra-LPIPS ↓ | Intra-Style-L ↓ (×10⁻3) | Mean-CLIP-S ↑ | FID ↓ | KID ↓ (×10⁻3) | " \
-           "Mean-GIQA ↑ (×10⁻3) |" in text
+    assert "| method | Intra-LPIPS ↓ | Intra-Style-L ↓ (×10⁻³) | Mean-CLIP-S ↑ | FID ↓ | KID ↓ (×10⁻³) | " \
+           "Mean-GIQA ↑ (×10⁻³) |" in text
     assert "| MultiDiffusion | 0.400 ± 0.100 | 1.000 ± 0.100 | skipped | 50.00 | 20.00 ± 1.000 | 20.00 ± 1.000 |" in text
     assert "| Intra-LPIPS | lower | 0.400 → 0.300 (-25.0%, better); lower in 2 of 2 panoramas" in text
 

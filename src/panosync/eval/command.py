@@ -47,6 +47,9 @@ NOT_COMPARED = ("seconds", "device", "dtype", "view_batch_size")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The evaluate subcommand's options (cli.py builds the parser)."""
+    parser.epilog = ("Generation and sync options left out take the model's recommended settings, else the "
+                     "pipeline's defaults. multidiffusion: sync weight 0; syncdiffusion: the sync options. "
+                     "Writes DIR/results.md, .json, .csv, results-chart.png and results-examples.png.")
     parser.add_argument("--model", default=None,
                         help="bundled name (pocket, tiny-random), diffusers folder, .safetensors file or hub id "
                              "(default: stabilityai/stable-diffusion-2-base)")
@@ -403,10 +406,11 @@ def measure(plan: Plan, size: int, device, quiet: bool) -> dict:
                                                     " The paper uses VGG19, whose weights are not on this machine: "
                                                     "numbers are not comparable with the paper's."),
         "Mean-CLIP-S": clip_note,
-        "FID and KID": f"torchmetrics FrechetInceptionDistance and KernelInceptionDistance on the features of each "
-                       f"method's crops against {len(references)} reference single images (one window, the same "
-                       f"prompts and seeds); KID over 100 random subsets of {kid_size}. With fewer images than "
-                       f"features (2048), FID is biased upwards: compare methods only at equal counts, not with "
+        "FID and KID": f"each method's crops against {len(references)} reference single images (one window, the "
+                       f"same prompts and seeds). KID: torchmetrics KernelInceptionDistance, 100 random subsets of "
+                       f"{kid_size}. FID: torchmetrics' FrechetInceptionDistance formula, its matrix square root "
+                       f"taken exactly through singular values (panosync.eval.fidelity; tested equal). With few "
+                       f"images FID is biased upwards: compare methods with each other at equal counts, not with "
                        f"published FIDs.",
         "Mean-GIQA": f"KNN-GIQA (K = {min(GIQA_K, len(references))}): per crop, the sum of inverse L1 distances to its "
                      f"nearest reference images in Inception feature space, as the authors' knn_score.py; mean over "
@@ -427,7 +431,7 @@ def measure(plan: Plan, size: int, device, quiet: bool) -> dict:
 
 
 def write_reports(results: dict, plan: Plan, quiet: bool) -> None:
-    from .report import bar_chart, csv_text, example_grid, json_text, markdown, write_atomically
+    from .report import bar_chart, csv_text, display_name, example_grid, json_text, markdown, write_atomically
 
     out = plan.out
     write_atomically(out / "results.json", json_text(results))
@@ -436,7 +440,7 @@ def write_reports(results: dict, plan: Plan, quiet: bool) -> None:
     groups = []
     first = plan.prompts[0]
     for seed in plan.seeds[: plan.args.examples]:
-        rows = [(method, _load_rgb(image.path)) for method in plan.methods for image in plan.panoramas
+        rows = [(display_name(method), _load_rgb(image.path)) for method in plan.methods for image in plan.panoramas
                 if image.method == method and image.prompt == first and image.seed == seed]
         groups.append((f"“{first}”, seed {seed}", rows))
     grid = None
@@ -480,7 +484,11 @@ def evaluate(args: argparse.Namespace) -> int:
         size = pipe.window * pipe.vae_factor
         made = len(todo)
         generate(plan, pipe, todo, device, dtype, args.quiet)
-        del pipe
+        del pipe  # the metrics' networks need the memory
+        if device.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
     else:
         size = plan.source.window * plan.source.vae_factor
     kept = len(plan.images) - made

@@ -60,7 +60,8 @@ def display_name(method: str) -> str:
 
 
 def heading(key: str, name: str, better: str, factor: float) -> str:
-    scale = "" if factor == 1 else f" (×10⁻{round(math.log10(factor))})"
+    superscript = str(round(math.log10(factor))).translate(str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹"))
+    scale = "" if factor == 1 else f" (×10⁻{superscript})"
     return f"{name} {ARROW[better]}{scale}"
 
 
@@ -68,6 +69,10 @@ def _number(value: float) -> str:
     if value == 0 or 0.01 <= abs(value) < 1e5:
         return f"{value:.3f}" if abs(value) < 10 else f"{value:.2f}"
     return f"{value:.3g}"
+
+
+def _setting(value) -> str:
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, str) or value is None else str(value)
 
 
 def cell(metric: dict | None, factor: float) -> str:
@@ -162,12 +167,12 @@ def markdown(results: dict, chart: str | None = None, grid: str | None = None) -
     lines += [f"- {label}: {text}" for label, text in notes.items()]
     lines += ["", "Methods and their settings:", ""]
     for method in results["methods"]:
-        settings = ", ".join(f"{k} {v}" for k, v in method["settings"].items())
+        settings = ", ".join(f"{k} {_setting(v)}" for k, v in method["settings"].items())
         timing = method.get("seconds_per_panorama")
         timing_text = f"; {timing:.1f} s per panorama on {method.get('device', 'this machine')}" if timing else ""
         lines.append(f"- {display_name(method['name'])}: {settings}; {method['panoramas']} panoramas, "
                      f"{method['crops']} crops{timing_text}")
-    shared = ", ".join(f"{k} {v}" for k, v in results["generation"].items())
+    shared = ", ".join(f"{k} {_setting(v)}" for k, v in results["generation"].items())
     lines += ["", f"Shared generation settings: {shared}.", "", "Prompts:", ""]
     lines += [f"- “{prompt}”" for prompt in results["prompts"]]
     return "\n".join(lines) + "\n"
@@ -222,7 +227,7 @@ def bar_chart(results: dict, path: str | Path) -> Path:
         for method in results["methods"]:
             metric = method["metrics"].get(key)
             values.append(metric["mean"] * factor if metric else np.nan)
-            errors.append((metric.get("std") or 0) * factor if metric else 0)
+            errors.append(metric["std"] * factor if metric and metric.get("std") is not None else np.nan)
         ax.bar(range(len(names)), values, yerr=errors, capsize=4, color=colours[: len(names)])
         ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
         ax.set_title(heading(key, name, better, factor), fontsize=9)
