@@ -130,7 +130,7 @@ def parse_methods(text: str) -> list[str]:
 
 
 @dataclass
-class Image:
+class PlannedImage:
     """One picture to make: a method's panorama, or a reference single image (method None)."""
 
     path: Path
@@ -153,14 +153,14 @@ class Plan:
     shared: dict  # generation settings of every method
     out: Path
     args: argparse.Namespace
-    images: list[Image] = field(default_factory=list)
+    images: list[PlannedImage] = field(default_factory=list)
 
     @property
-    def panoramas(self) -> list[Image]:
+    def panoramas(self) -> list[PlannedImage]:
         return [image for image in self.images if image.method is not None]
 
     @property
-    def references(self) -> list[Image]:
+    def references(self) -> list[PlannedImage]:
         return [image for image in self.images if image.method is None]
 
 
@@ -216,7 +216,7 @@ def settle_canvas(plan: Plan, window: int, vae_factor: int) -> None:
     plan.images = list_images(plan, window * vae_factor)
 
 
-def list_images(plan: Plan, size: int) -> list[Image]:
+def list_images(plan: Plan, size: int) -> list[PlannedImage]:
     """Every image of the evaluation, by prompt and seed: the reference, then each method's
     panorama, so that an interrupted run leaves complete groups to compare."""
     s = plan.shared
@@ -228,15 +228,15 @@ def list_images(plan: Plan, size: int) -> list[Image]:
             name = f"{index:03d}-seed{seed}.png"
             reference = {**common, "prompt": prompt, "seed": seed, "width": size, "height": size,
                          "sync_weight": 0.0, "loop_closure": False}
-            images.append(Image(plan.out / "references" / name, None, prompt, seed, reference))
+            images.append(PlannedImage(plan.out / "references" / name, None, prompt, seed, reference))
             for method, sync in plan.methods.items():
                 parameters = {**common, "prompt": prompt, "seed": seed, "width": s["width"], "height": s["height"],
                               "loop_closure": s["loop_closure"], **sync, "method": method}
-                images.append(Image(plan.out / "panoramas" / method / name, method, prompt, seed, parameters))
+                images.append(PlannedImage(plan.out / "panoramas" / method / name, method, prompt, seed, parameters))
     return images
 
 
-def images_to_make(plan: Plan) -> list[Image]:
+def images_to_make(plan: Plan) -> list[PlannedImage]:
     """The images not made yet. An image already there must have been made with the same
     parameters, or mixing it in would make the results wrong: that is a ValueError."""
     from ..metadata import read_parameters
@@ -258,7 +258,7 @@ def images_to_make(plan: Plan) -> list[Image]:
 # ------------------------------------------------------------------------------------ generation
 
 
-def generate(plan: Plan, pipe, todo: list[Image], device, dtype, quiet: bool) -> None:
+def generate(plan: Plan, pipe, todo: list[PlannedImage], device, dtype, quiet: bool) -> None:
     from tqdm.auto import tqdm
 
     from ..metadata import save_png
