@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 MODEL ?= tiny-random
 
-.PHONY: setup demo test clean
+.PHONY: setup demo serve ui test clean
 
 setup: $(VENV)/.installed
 
@@ -22,6 +22,12 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/panosync generate "a photo of a mountain range at twilight" \
 		--model $(MODEL) --width 1024 --height 512 --steps 5 --sync-threshold 2 --seed 0 --out panorama.png
+
+serve: setup
+	HF_HUB_OFFLINE=1 $(BIN)/panosync serve --model $(MODEL)
+
+ui: setup
+	HF_HUB_OFFLINE=1 $(BIN)/panosync ui --model $(MODEL)
 
 # The paper's evaluation of the bundled model, published in docs/RESULTS.md. Resumable: run it
 # again after an interruption. RESULTS_DIR keeps every image; docs/ gets the tables and pictures.

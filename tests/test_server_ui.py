@@ -52,6 +52,9 @@ def test_page_generates_a_panorama_and_looks_around_it(page_url, tmp_path):
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
+            elsewhere = []  # the page must work offline: no request may leave this machine
+            page.on("request", lambda request: request.url.startswith((page_url, "data:", "blob:"))
+                    or elsewhere.append(request.url))
             page.goto(page_url)
             page.locator("#prompt textarea").fill("a green landscape with hills")
             set_number(page, "width", 48)
@@ -94,6 +97,8 @@ def test_page_generates_a_panorama_and_looks_around_it(page_url, tmp_path):
             page.mouse.up()
             after = canvas.evaluate("c => c.toDataURL()")
             assert after != before
+
+            assert elsewhere == []
 
             screenshot = tmp_path / "panosync-ui.png"
             page.screenshot(path=str(screenshot), full_page=True)

@@ -82,6 +82,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .api import create_app
+    from .jobs import JobStore
 
     limits = _limits(args)
     token = args.token or os.environ.get(TOKEN_VARIABLE) or None
@@ -89,6 +90,9 @@ def serve(args: argparse.Namespace) -> int:
         print(f"panosync: warning: listening on {args.host} without a token: anyone who can reach this port can "
               f"run jobs (set --token or ${TOKEN_VARIABLE}).", file=sys.stderr)
     state_dir = args.state_dir or default_state_dir()
+    probe = JobStore(state_dir)  # a folder another server holds is an error now, not after loading the model
+    probe.open()
+    probe.close()
     app = create_app(_load(args), state_dir, limits, token)
     print(f"jobs and outputs in {state_dir}", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
