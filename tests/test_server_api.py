@@ -20,7 +20,7 @@ from panosync.metadata import read_parameters
 from panosync.models import resolve_model
 from panosync.server.api import create_app, wait_seconds
 from panosync.server.generation import PanoramaModel
-from panosync.server.schema import FIELDS, UINT32_MAX, FieldError, Limits
+from panosync.server.schema import FIELDS, UINT32_MAX, FieldError, Limits, PredictionRequest
 
 # sync_pipe: 16-latent windows, VAE factor 2, so 32-pixel windows; 3 views at stride 8.
 TINY = dict(width=64, height=32, stride=8, num_inference_steps=2, sync_weight=0)
@@ -119,6 +119,12 @@ def test_a_field_out_of_range_is_refused_with_its_name_and_what_is_allowed(clien
 def test_the_prompt_is_required(client):
     response = client.post("/predictions", json=TINY)
     assert response.status_code == 422 and response.json()["message"] == "prompt: Field required"
+
+
+def test_null_means_the_default_except_for_threshold_and_seed():
+    request = PredictionRequest(prompt="a", width=None, sync_threshold=None, seed=None)
+    assert request.given() == {"prompt": "a", "sync_threshold": None, "seed": None}  # every step; a random seed
+    assert PredictionRequest(prompt="a").given() == {"prompt": "a"}  # the model's settings
 
 
 def test_the_edges_of_every_range_are_accepted(model):

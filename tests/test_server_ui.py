@@ -60,10 +60,16 @@ def test_page_generates_a_panorama_and_looks_around_it(page_url, tmp_path):
             set_number(page, "width", 48)
             set_number(page, "height", 16)
             page.locator("#loop_closure input[type=checkbox]").check()
-            page.locator("#diffusion-settings button.label-wrap").click()  # open the accordion
-            set_number(page, "num_inference_steps", 3)
+            page.locator("#diffusion-settings button.label-wrap").click()  # open the accordions
             page.locator("#sync-settings button.label-wrap").click()
+            page.locator("#preset").get_by_text("fast").click()
+            expect(page.locator("#num_inference_steps input[type=number]")).to_have_value("20")
+            expect(page.locator("#sync_threshold input")).to_have_value("5")
+            set_number(page, "num_inference_steps", 3)
             page.locator("#sync_threshold input").fill("1")  # one synced step: quick, and still SyncDiffusion
+            page.locator("#dice").click()  # a new seed, kept for this run
+            expect(page.locator("#randomize input[type=checkbox]")).not_to_be_checked()
+            seed = int(page.locator("#seed input").input_value())
             page.locator("#generate").click()
 
             image = page.locator("#panorama img")
@@ -80,7 +86,7 @@ def test_page_generates_a_panorama_and_looks_around_it(page_url, tmp_path):
             parameters = read_parameters(png)
             assert parameters["prompt"] == "a green landscape with hills" and parameters["loop_closure"] is True
             assert parameters["num_inference_steps"] == 3 and parameters["sync_threshold"] == 1
-            assert parameters["model"] == "tiny-test"
+            assert parameters["model"] == "tiny-test" and parameters["seed"] == seed
             assert PIL.Image.open(png).size == (48, 16)
 
             # the 360° view turns when dragged
