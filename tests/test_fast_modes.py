@@ -191,3 +191,36 @@ def test_chunks_halve_when_memory_runs_out():
     assert chunks.size == 2 and calls == [8, 4, 2, 2, 2, 2, 2]
     with pytest.raises(torch.OutOfMemoryError):
         ViewChunks(1).map([1], lambda chunk: work([1, 2, 3, 4]))
+
+
+# --- The command ---------------------------------------------------------------------------------
+
+
+def test_generate_command_takes_fast_modes_and_records_them(sync_pipe, tmp_path, capsys):
+    import numpy as np
+    import PIL.Image
+
+    from panosync.cli import main
+    from panosync.metadata import read_parameters
+
+    folder = tmp_path / "model"
+    sync_pipe.save_pretrained(folder)
+    out = tmp_path / "fast.png"
+    common = ["--model", str(folder), "--width", "64", "--height", "32", "--stride", "8", "--steps", "2", "--quiet"]
+    assert main(["generate", "a land", *common, "--seed", "2", "--fast", "reuse_noise", "--fast", "no_unet_backward",
+                 "--sync-image-scale", "0.5", "--no-tiled-decode", "--out", str(out)]) == 0
+    parameters = read_parameters(out)
+    assert parameters["fast_modes"] == ["no_unet_backward", "reuse_noise"] and parameters["sync_image_scale"] == 0.5
+    assert parameters["tiled_decode"] is False and parameters["sync_decoder"] is None
+    faithful = tmp_path / "faithful.png"
+    assert main(["generate", "a land", *common, "--seed", "2", "--out", str(faithful)]) == 0
+    assert not np.array_equal(np.asarray(PIL.Image.open(out)), np.asarray(PIL.Image.open(faithful)))
+    again = tmp_path / "again.png"
+    assert main(["generate", "--from-png", str(out), "--out", str(again), "--quiet"]) == 0
+    assert np.array_equal(np.asarray(PIL.Image.open(out)), np.asarray(PIL.Image.open(again)))
+    capsys.readouterr()
+    # checked before any weights load
+    assert main(["generate", "a land", *common, "--sync-image-scale", "0.25"]) == 2
+    assert "too small for LPIPS-VGG: use 0.5 or more" in capsys.readouterr().err
+    assert main(["generate", "a land", *common, "--sync-decoder", str(tmp_path)]) == 2
+    assert "not a diffusers AutoencoderTiny folder" in capsys.readouterr().err

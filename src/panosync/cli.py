@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate = commands.add_parser("generate", help="generate a panorama PNG",
                                    description="Generate a panorama; the PNG carries every parameter.")
     add_generation_arguments(generate, DEFAULT_MODEL)
+    add_speed_arguments(generate)
     control = commands.add_parser(
         "control", help="generate a panorama that follows a ControlNet condition (ControlSync)",
         description="Generate a panorama that follows a condition image of any size, e.g. an edge map, with "
@@ -157,8 +158,40 @@ def generation_request(args: argparse.Namespace, default_model: str = DEFAULT_MO
 
 
 def generate(args: argparse.Namespace) -> int:
-    request, source = generation_request(args)
-    return make_panorama(args, request, source)
+    from .fast import check_image_scale, parse_fast_modes
+
+    request, source = generation_request(args, extra_defaults=SPEED_DEFAULTS)
+    request["fast_modes"] = sorted(parse_fast_modes(request["fast_modes"]))
+    if source.window is not None:
+        check_image_scale(request["sync_image_scale"], source.window * source.vae_factor)
+    if request["sync_decoder"] is not None:
+        from pathlib import Path
+
+        if not (Path(request["sync_decoder"]).expanduser() / "config.json").is_file():
+            raise ValueError(f"--sync-decoder {request['sync_decoder']} is not a diffusers AutoencoderTiny folder (it "
+                             f"has no config.json): give the folder of a saved TAESD.")
+    return make_panorama(args, request, source, inputs={name: request[name] for name in SPEED_DEFAULTS})
+
+
+# `panosync generate`'s speed options (fast modes and decoding), with the pipeline's defaults:
+# recorded in the PNG and read back by --from-png like the others.
+SPEED_DEFAULTS = dict(fast_modes=[], sync_image_scale=1.0, sync_decoder=None, tiled_decode=None)
+
+
+def add_speed_arguments(command: argparse.ArgumentParser) -> None:
+    """Fast modes (each approximates the sync step; off by default) and tiled decoding."""
+    from .fast import FAST_MODES
+
+    group = command.add_argument_group("speed", "fast modes change the result; each says what it approximates")
+    group.add_argument("--fast", dest="fast_modes", action="append", choices=list(FAST_MODES), default=None,
+                       help="a fast mode, repeatable: " + "; ".join(f"{name}: {text}" for name, text in FAST_MODES.items()))
+    group.add_argument("--sync-image-scale", dest="sync_image_scale", type=float, default=None,
+                       help="compare images downscaled by this factor in the sync loss (fast mode; 1 = faithful)")
+    group.add_argument("--sync-decoder", dest="sync_decoder", default=None, metavar="FOLDER",
+                       help="diffusers AutoencoderTiny folder (e.g. TAESD) that decodes the sync loss's images "
+                            "(fast mode); the panorama itself is decoded by the model's VAE")
+    group.add_argument("--tiled-decode", dest="tiled_decode", action=argparse.BooleanOptionalAction, default=None,
+                       help="decode in overlapping tiles, bounding memory (default: when larger than 6 windows)")
 
 
 def control(args: argparse.Namespace) -> int:
