@@ -224,3 +224,41 @@ def test_generate_command_takes_fast_modes_and_records_them(sync_pipe, tmp_path,
     assert "too small for LPIPS-VGG: use 0.5 or more" in capsys.readouterr().err
     assert main(["generate", "a land", *common, "--sync-decoder", str(tmp_path)]) == 2
     assert "not a diffusers AutoencoderTiny folder" in capsys.readouterr().err
+
+
+# --- DPM-Solver++: each view keeps its own solver history -----------------------------------------
+
+
+def test_dpm_solver_multidiffusion_equals_diffusers_with_per_view_solver_state(sd_shaped_pipe):
+    from diffusers import StableDiffusionPanoramaPipeline
+
+    from panosync.schedulers import multistep_like
+
+    pipe = sd_shaped_pipe
+    # diffusers' panorama pipeline saves and restores the solver's state around each batch of views:
+    # with one view per batch, every view keeps its own history, as ours does
+    theirs_pipe = StableDiffusionPanoramaPipeline(**{**pipe.components, "scheduler": multistep_like(pipe.scheduler)},
+                                                  safety_checker=None, feature_extractor=None,
+                                                  requires_safety_checker=False)
+    theirs_pipe.set_progress_bar_config(disable=True)
+    noise = torch.randn((1, 4, 64, 80), generator=torch.Generator().manual_seed(5))
+    ours = pipe("a land", width=640, height=512, stride=8, sync_weight=0, num_inference_steps=3, latents=noise,
+                fast_modes=["dpm_solver"], view_batch_size=1, output_type="latent").images
+    theirs = theirs_pipe("a land", width=640, height=512, num_inference_steps=3, latents=noise, view_batch_size=1,
+                         output_type="latent").images
+    ddim = pipe("a land", width=640, height=512, stride=8, sync_weight=0, num_inference_steps=3, latents=noise,
+                view_batch_size=1, output_type="latent").images
+    assert (ours - ddim).abs().max() > 1e-2  # another sampler ...
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)  # ... and exactly diffusers' MultiDiffusion with it
+
+
+def test_dpm_solver_syncs_and_a_multistep_scheduler_may_be_set_directly(sync_pipe, multidiffusion):
+    from panosync.pipeline import SyncDiffusionPipeline
+    from panosync.schedulers import multistep_like
+
+    by_mode = sync_pipe("a land", fast_modes=["dpm_solver"], **CASE).images
+    direct = SyncDiffusionPipeline(**{**sync_pipe.components, "scheduler": multistep_like(sync_pipe.scheduler)})
+    direct.set_progress_bar_config(disable=True)
+    torch.testing.assert_close(direct("a land", **CASE).images, by_mode, rtol=0, atol=1e-6)
+    unsynced = sync_pipe("a land", fast_modes=["dpm_solver"], sync_weight=0, **CASE).images
+    assert (by_mode - unsynced).abs().max() > 1e-2 and (by_mode - multidiffusion).abs().max() > 1e-2

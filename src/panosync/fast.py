@@ -15,8 +15,11 @@ sync_decoder      The foreseen images of the loss (the anchor's and the views') 
                   cheaper decoder, e.g. diffusers' AutoencoderTiny (TAESD), instead of the model's
                   VAE. The final panorama is always decoded by the model's own VAE.
 
-The last fast option is a scheduler: a multistep one (DPM-Solver++) reaches the same quality in
-fewer steps; the pipeline keeps each view's solver history apart (see `schedulers.py`).
+dpm_solver        DPM-Solver++ (second-order multistep) instead of DDIM: the same noise schedule
+                  solved with fewer steps, at the price of a different sampler's result. Each view
+                  keeps its own solver history (schedulers.py); x̂₀ for the sync loss uses the same
+                  formula as DDIM's. (A model's scheduler may also be set to DPMSolverMultistep-
+                  Scheduler directly.)
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ FAST_MODES = {
     "reuse_noise": "denoise with the gradient pass's noise prediction (made before the sync move): "
                    "no second UNet pass",
     "no_unet_backward": "treat the noise prediction as constant in the sync gradient: no backward through the UNet",
+    "dpm_solver": "DPM-Solver++ (2nd order, multistep) instead of DDIM, for fewer steps; each view keeps its own "
+                  "solver history",
 }
 
 # LPIPS-VGG pools four times before its last stage: smaller images have no features left there.
@@ -46,14 +51,16 @@ class SyncShortcuts:
     no_unet_backward: bool = False
     image_scale: float = 1.0
     decoder: torch.nn.Module | None = None
+    multistep: bool = False
 
     @property
     def faithful(self) -> bool:
-        return not (self.reuse_noise or self.no_unet_backward) and self.image_scale == 1.0 and self.decoder is None
+        return (not (self.reuse_noise or self.no_unet_backward or self.multistep) and self.image_scale == 1.0
+                and self.decoder is None)
 
     def names(self) -> list[str]:
         """The fast options in force, in words (for logs and benchmark tables)."""
-        names = [name for name in FAST_MODES if getattr(self, name)]
+        names = [name for name, on in zip(FAST_MODES, (self.reuse_noise, self.no_unet_backward, self.multistep)) if on]
         if self.image_scale != 1.0:
             names.append(f"sync_image_scale={self.image_scale:g}")
         if self.decoder is not None:

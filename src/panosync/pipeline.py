@@ -27,6 +27,8 @@ from diffusers.utils import BaseOutput
 from .chunks import ViewChunks, default_view_batch_size
 from .decode import decode_tiled, should_tile
 from .fast import SyncShortcuts, check_image_scale, check_sync_decoder, downscale, load_sync_decoder, parse_fast_modes
+from .schedulers import SUPPORTED as SUPPORTED_SCHEDULERS
+from .schedulers import ViewSchedulers, multistep_like, predicted_original
 from .sync import SyncSchedule, sync_gradient
 from .views import View, add_view, check_canvas, coverage, crop, views_for_canvas
 
@@ -236,10 +238,11 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         """Raise a ValueError that says what to change, before any model work."""
         check_panorama_inputs(self.window, self.vae_factor, prompt, negative_prompt, width, height, stride,
                               num_inference_steps, guidance_scale, output_type)
-        if not isinstance(self.scheduler, DDIMScheduler):
-            # The loop calls scheduler.step several times per timestep, which only a stateless
-            # scheduler allows.
-            raise ValueError(f"the scheduler must be DDIMScheduler, got {type(self.scheduler).__name__}.")
+        if not isinstance(self.scheduler, SUPPORTED_SCHEDULERS):
+            # The loop steps every view from the same timestep: DDIM's step keeps no state, and
+            # DPM-Solver++ gets one copy per view (schedulers.py); others are not written for that.
+            raise ValueError(f"the scheduler must be DDIMScheduler or DPMSolverMultistepScheduler, got "
+                             f"{type(self.scheduler).__name__}.")
 
     def initial_noise(self, shape, seed, generator, latents) -> tuple[torch.Tensor, int | None]:
         """The initial latent and its seed. The draw is the reference's: torch.randn on the CPU in
@@ -359,7 +362,8 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
             check_sync_decoder(sync_decoder, self.unet.config.in_channels, self.vae_factor)
             if (sync_decoder.device, sync_decoder.dtype) != (self.vae.device, self.vae.dtype):
                 sync_decoder = sync_decoder.to(device=self.vae.device, dtype=self.vae.dtype)
-        return SyncShortcuts("reuse_noise" in modes, "no_unet_backward" in modes, scale, sync_decoder)
+        return SyncShortcuts("reuse_noise" in modes, "no_unet_backward" in modes, scale, sync_decoder,
+                             "dpm_solver" in modes)
 
     def generate(self, request: PanoramaRequest, callback_on_step_end=None, return_dict: bool = True,
                  **view_conditioning):
@@ -373,17 +377,18 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         embeddings = self.encode_prompt(request.prompt, request.negative_prompt, device)
 
         # 3. Timesteps and the initial latent
-        self.scheduler.set_timesteps(request.num_inference_steps, device=device)
-        latents = request.noise.to(device) * self.scheduler.init_noise_sigma
+        scheduler = multistep_like(self.scheduler) if request.shortcuts.multistep else self.scheduler
+        scheduler.set_timesteps(request.num_inference_steps, device=device)
+        latents = request.noise.to(device) * scheduler.init_noise_sigma
         view_counts = coverage(latent_height, latent_width, views).to(device)
         chunk_size = request.view_batch_size or default_view_batch_size(device, self.window, len(views))
         chunks = ViewChunks(chunk_size)  # shrinks, for the rest of the call, where a chunk does not fit
         denoise = dict(embeddings=embeddings, guidance_scale=request.guidance_scale, shortcuts=request.shortcuts,
-                       **view_conditioning)
+                       schedulers=ViewSchedulers(scheduler, len(views)), **view_conditioning)
 
         # 4. The joint denoising loop
         with self.progress_bar(total=request.num_inference_steps) as progress:
-            for i, t in enumerate(self.scheduler.timesteps):
+            for i, t in enumerate(scheduler.timesteps):
                 # a lone view has no one to agree with: its anchor pass would change nothing
                 weight = request.schedule.weight_at(i) if len(views) > 1 else 0.0
                 progress.set_postfix_str(f"sync w={weight:.3g}" if weight else "no sync", refresh=False)
@@ -408,15 +413,18 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         return SyncDiffusionOutput(images=images, seed=request.seed)
 
     def denoise_views(self, latents, views, t, weight, anchor, chunks: ViewChunks | int, embeddings, guidance_scale,
-                      shortcuts: SyncShortcuts = SyncShortcuts(), **view_conditioning):
+                      shortcuts: SyncShortcuts = SyncShortcuts(), schedulers: ViewSchedulers | None = None,
+                      **view_conditioning):
         """One step for every view (section 3, steps 1 and 2): returns each view's x_{t-1}.
 
         With weight λ > 0 each view but the anchor first moves by −λ ∂LPIPS/∂x towards the
         anchor's foreseen image, then takes its denoising step from the moved latent. `chunks`
         (or a number of views) says how many views go through the networks together; `shortcuts`
-        are the fast modes in force (fast.py).
+        are the fast modes in force (fast.py); `schedulers` each view's scheduler (default: this
+        pipeline's DDIM for all).
         """
         chunks = ViewChunks(chunks) if isinstance(chunks, int) else chunks
+        schedulers = schedulers or ViewSchedulers(self.scheduler, len(views))
         denoised: dict[int, torch.Tensor] = {}
 
         def noise_of(x, batch_views):
@@ -427,10 +435,11 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
             #    computed once for all views. The anchor is not moved, so this same noise prediction
             #    also gives its denoising step.
             anchor_latent = crop(latents, views[anchor])
-            anchor_step = self.scheduler.step(noise_of(anchor_latent, [views[anchor]]), t, anchor_latent)
+            anchor_noise = noise_of(anchor_latent, [views[anchor]])
+            anchor_original = schedulers.predicted_original(anchor_noise, t, anchor_latent)
             perceptual = self.perceptual_distance()
-            target = perceptual.target_features(self.foreseen_image(anchor_step.pred_original_sample, shortcuts) * 2 - 1)
-            denoised[anchor] = anchor_step.prev_sample
+            target = perceptual.target_features(self.foreseen_image(anchor_original, shortcuts) * 2 - 1)
+            denoised[anchor] = schedulers.step([anchor], anchor_noise, t, anchor_latent)
 
             def distance_to_anchor(images):
                 return perceptual(images * 2 - 1, target)
@@ -442,20 +451,22 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
             # 2. Move each view towards the anchor, then denoise from where it moved to.
             if weight > 0:
                 gradient, noise_before_move = self.sync_gradient_and_noise(x, t, batch_views, noise_of,
-                                                                           distance_to_anchor, shortcuts)
+                                                                           distance_to_anchor, shortcuts,
+                                                                           schedulers.scheduler)
                 x = x - weight * gradient
                 if shortcuts.reuse_noise:
                     noise = noise_before_move
             if noise is None:
                 noise = noise_of(x, batch_views)
-            return list(self.scheduler.step(noise, t, x).prev_sample)
+            return list(schedulers.step(batch, noise, t, x))
 
         pending = [j for j in range(len(views)) if j not in denoised]
         for j, view_latent in zip(pending, chunks.map(pending, step_views)):
             denoised[j] = view_latent[None]
         return denoised
 
-    def sync_gradient_and_noise(self, x, t, batch_views, noise_of, distance_to_anchor, shortcuts: SyncShortcuts):
+    def sync_gradient_and_noise(self, x, t, batch_views, noise_of, distance_to_anchor, shortcuts: SyncShortcuts,
+                                scheduler=None):
         """∂LPIPS/∂x for a batch of views, and the noise prediction the gradient pass made at x.
 
         Faithful: the gradient flows through the VAE decoder, x̂₀ and the UNet. With the fast mode
@@ -470,7 +481,7 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
             else:
                 noise = noise_of(latent, batch_views)
             made["noise"] = noise.detach()
-            return self.foreseen_image(self.scheduler.step(noise, t, latent).pred_original_sample, shortcuts)
+            return self.foreseen_image(predicted_original(scheduler or self.scheduler, noise, t, latent), shortcuts)
 
         gradient = sync_gradient(x, foresee, distance_to_anchor)
         return gradient, made["noise"]

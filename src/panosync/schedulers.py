@@ -1,0 +1,55 @@
+"""Schedulers for a joint diffusion: DDIM (the paper's), and DPM-Solver++ as a fast mode.
+
+The loop steps every view from the same timestep. DDIM's step is a function of its inputs only,
+so one scheduler serves all views. A multistep solver (DPM-Solver++) remembers its last model
+outputs: each view gets its own copy, so a view's history is its own and never another view's.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+SUPPORTED = (DDIMScheduler, DPMSolverMultistepScheduler)
+
+
+def multistep_like(scheduler) -> DPMSolverMultistepScheduler:
+    """DPM-Solver++ (second order, multistep) with the noise schedule of `scheduler`."""
+    return DPMSolverMultistepScheduler.from_config(scheduler.config, algorithm_type="dpmsolver++", solver_order=2)
+
+
+def predicted_original(scheduler, noise: torch.Tensor, t, latents: torch.Tensor) -> torch.Tensor:
+    """x̂₀, the clean latent the noise prediction foresees at timestep t (differentiable).
+
+    DDIM's own pred_original_sample (the reference's formula, kept bit for bit); for other
+    schedulers the same formula from the training noise schedule."""
+    if isinstance(scheduler, DDIMScheduler):
+        return scheduler.step(noise, t, latents).pred_original_sample
+    alpha = scheduler.alphas_cumprod.to(latents.device)[int(t)]
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return (latents - (1 - alpha).sqrt() * noise) / alpha.sqrt()
+    if kind == "v_prediction":
+        return alpha.sqrt() * latents - (1 - alpha).sqrt() * noise
+    raise ValueError(f"prediction_type {kind!r} is not supported: use a model that predicts epsilon or v.")
+
+
+class ViewSchedulers:
+    """The scheduler state of every view of one panorama."""
+
+    def __init__(self, scheduler, view_count: int):
+        self.scheduler = scheduler
+        self.per_view = None if isinstance(scheduler, DDIMScheduler) else [copy.deepcopy(scheduler)
+                                                                           for _ in range(view_count)]
+
+    def predicted_original(self, noise, t, latents):
+        return predicted_original(self.scheduler, noise, t, latents)
+
+    def step(self, views: list[int], noise: torch.Tensor, t, latents: torch.Tensor) -> torch.Tensor:
+        """x_{t-1} of a batch of views (indices `views`, in the batch's order)."""
+        if self.per_view is None:
+            return self.scheduler.step(noise, t, latents).prev_sample
+        return torch.cat([self.per_view[j].step(noise[k : k + 1], t, latents[k : k + 1]).prev_sample
+                          for k, j in enumerate(views)])
