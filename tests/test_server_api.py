@@ -20,7 +20,7 @@ from panosync.metadata import read_parameters
 from panosync.models import resolve_model
 from panosync.server.api import create_app, wait_seconds
 from panosync.server.generation import PanoramaModel
-from panosync.server.schema import FIELDS, UINT32_MAX, FieldError, Limits, PredictionRequest
+from panosync.server.schema import CONTROL_FIELDS, FIELDS, UINT32_MAX, FieldError, Limits, PredictionRequest
 
 # sync_pipe: 16-latent windows, VAE factor 2, so 32-pixel windows; 3 views at stride 8.
 TINY = dict(width=64, height=32, stride=8, num_inference_steps=2, sync_weight=0)
@@ -60,7 +60,7 @@ def finished(job):
 def test_openapi_schema_has_every_field_with_its_range(client):
     schema = client.get("/openapi.json").json()
     request = schema["components"]["schemas"]["PredictionRequest"]
-    assert tuple(request["properties"]) == FIELDS and request["required"] == ["prompt"]
+    assert tuple(request["properties"]) == FIELDS + CONTROL_FIELDS and request["required"] == ["prompt"]
     ranges = {name: {key: value for option in spec.get("anyOf", [spec]) for key, value in option.items()
                      if key in ("minimum", "maximum", "exclusiveMinimum")}
               for name, spec in request["properties"].items()}

@@ -7,6 +7,7 @@ size in pixels: a (1, 3, height, width) float tensor here. The pipeline crops ea
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,24 @@ def load_condition_image(path: str | Path) -> PIL.Image.Image:
             return image.copy()
     except (OSError, PIL.UnidentifiedImageError) as error:
         raise ValueError(f"Cannot read condition image {path}: {error}.") from None
+
+
+def read_condition_image(data: bytes, name: str, max_pixels: int | None = None) -> PIL.Image.Image:
+    """The image whose file's bytes are `data` (PNG, JPEG, WebP …), read whole; `name` says where it
+    came from. An image of more than `max_pixels` is refused from its header, before it is decoded."""
+    try:
+        with PIL.Image.open(io.BytesIO(data)) as image:
+            pixels = image.width * image.height
+            if max_pixels is not None and pixels > max_pixels:
+                raise ValueError(f"The condition image {name} is {image.width}x{image.height} = {pixels:,} pixels, more "
+                                 f"than the {max_pixels:,} allowed: shrink it to the panorama's size.")
+            image.load()
+            return image.copy()
+    except PIL.UnidentifiedImageError:
+        raise ValueError(f"Cannot read condition image {name}: it is not an image file (give a PNG, JPEG or WebP "
+                         f"file's bytes).") from None
+    except (OSError, PIL.Image.DecompressionBombError) as error:
+        raise ValueError(f"Cannot read condition image {name}: {error}.") from None
 
 
 def check_canny_thresholds(low: int, high: int) -> None:

@@ -9,6 +9,11 @@
 
 Every field is checked before a job is queued: 422 says which field and what it may be. A full
 queue is 429, a body over the limit 413, a missing or wrong bearer token (when one is set) 401.
+
+A server started with ControlNets (`--controlnet`) makes ControlSync panoramas: the same endpoints,
+and every request needs a `condition` image (base64 or a data URL), with `preprocess`,
+`canny_low`, `canny_high`, `controlnet_conditioning_scale` and `resize_condition` as the `control`
+command's options. A server without one refuses those fields.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from .. import __version__
 from .generation import PanoramaModel
 from .jobs import SUCCEEDED, Job, JobStore, QueueFull, Worker
 from .schema import FieldError, Limits, PredictionRequest, describe_error
+from .uploads import decode_condition, save_condition
 
 DEFAULT_WAIT_SECONDS = 60
 MAX_WAIT_SECONDS = 600
@@ -65,9 +71,10 @@ class BodySizeLimit:
     """Refuse request bodies over `max_bytes` with 413, whether they say their length or not,
     before the app reads them."""
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, hint: str = ""):
         self.app = app
         self.max_bytes = max_bytes
+        self.hint = hint
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -98,7 +105,7 @@ class BodySizeLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, scope, receive, send):
-        message = f"The request body is larger than this server's limit of {self.max_bytes} bytes."
+        message = f"The request body is larger than this server's limit of {self.max_bytes} bytes.{self.hint}"
         await JSONResponse({"detail": message, "message": message}, status_code=413)(scope, receive, send)
 
 
@@ -119,12 +126,18 @@ def create_app(model: PanoramaModel, state_dir: str | Path, limits: Limits = Lim
             await asyncio.to_thread(worker.stop)
             store.close()
 
+    controlnets = model.controlnets or []
+    control = (f" ControlSync with {', '.join(controlnets)}: every request needs a condition." if model.control else
+               " This server has no ControlNet: the ControlSync fields (condition …) are refused.")
     app = FastAPI(title="panosync", version=__version__, lifespan=lifespan,
                   description="SyncDiffusion panoramas. The fields are those of the public SyncDiffusion API; "
                               f"the model is {model.name} (window {model.window * model.vae_factor} pixels, "
-                              f"VAE factor {model.vae_factor}).")
+                              f"VAE factor {model.vae_factor}).{control}")
     app.state.store, app.state.worker, app.state.model, app.state.limits = store, worker, model, limits
-    app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
+    # Condition images make control requests large; a server without ControlNets keeps bodies small.
+    app.add_middleware(BodySizeLimit, max_bytes=limits.body_limit(len(controlnets)),
+                       hint="" if model.control else " ControlSync's condition images need a server started with "
+                                                     "--controlnet, which allows larger bodies.")
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError):
@@ -172,8 +185,25 @@ def create_app(model: PanoramaModel, state_dir: str | Path, limits: Limits = Lim
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "model": model.name, "device": model.device.type, "queued": store.waiting(),
-                "max_queue": limits.max_queue, "max_pixels": limits.max_pixels}
+        return {"status": "ok", "model": model.name, "controlnets": model.controlnets, "device": model.device.type,
+                "queued": store.waiting(), "max_queue": limits.max_queue, "max_pixels": limits.max_pixels,
+                "max_body_bytes": limits.body_limit(len(controlnets))}
+
+    def accept(given: dict) -> tuple[dict, dict]:
+        """The job's input (as sent, a condition by the name of its file) and parameters; the
+        condition images read, checked and kept in the state folder. A FieldError otherwise."""
+        parameters_given, input = dict(given), dict(given)
+        if model.control and given.get("condition"):
+            conditions = given["condition"]
+            parameters_given["condition"] = [
+                decode_condition(text, "condition" if len(conditions) == 1 else f"condition[{index}]",
+                                 limits.max_pixels) for index, text in enumerate(conditions)]
+        parameters = model.prepare(parameters_given, limits)
+        if model.control:
+            paths = [save_condition(image, store.conditions) for image in parameters["condition"]]
+            parameters["condition"] = [str(path) for path in paths]
+            input["condition"] = [path.name for path in paths]
+        return input, parameters
 
     @app.post("/predictions", status_code=201, dependencies=[Depends(authorized)],
               responses={422: {"description": "a field out of range: the message names it and what is allowed"},
@@ -184,14 +214,15 @@ def create_app(model: PanoramaModel, state_dir: str | Path, limits: Limits = Lim
                                                                f"(default {DEFAULT_WAIT_SECONDS}, "
                                                                f"at most {MAX_WAIT_SECONDS})")) -> dict:
         given = body.given()
-        try:
-            parameters = model.prepare(given, limits)
+        try:  # in a thread: condition images take a while to read and write
+            input, parameters = await asyncio.to_thread(accept, given)
         except FieldError as error:
             location = ("body", error.field) if error.field else ("body",)
+            sent = None if error.field == "condition" else given.get(error.field)  # not megabytes of base64 back
             raise RequestValidationError([{"type": "value_error", "loc": location, "msg": str(error),
-                                           "input": given.get(error.field)}]) from None
+                                           "input": sent}]) from None
         try:
-            job = store.add(given, parameters, limits.max_queue)
+            job = store.add(input, parameters, limits.max_queue)
         except QueueFull:
             raise HTTPException(429, f"The queue is full ({limits.max_queue} jobs waiting): try again when a job "
                                      f"has finished.") from None

@@ -1,6 +1,7 @@
 """`panosync serve` (the HTTP API) and `panosync ui` (the web page). Both load the model once,
 before they listen, so a bad --model is an error at the command line, not in the first request.
-Both listen on loopback unless told otherwise."""
+Both listen on loopback unless told otherwise. With --controlnet they make ControlSync panoramas
+(the `control` command's), the ControlNets loaded once like the model."""
 
 from __future__ import annotations
 
@@ -21,11 +22,15 @@ def default_state_dir() -> Path:
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..cli import DEFAULT_MODEL
+    from ..cli import DEFAULT_CONTROL_MODEL, DEFAULT_MODEL
 
-    parser.add_argument("--model", default=DEFAULT_MODEL,
+    parser.add_argument("--model", default=None,
                         help=f"bundled name (pocket, tiny-random), diffusers folder, .safetensors file or hub id "
-                             f"(default: {DEFAULT_MODEL}); its recommended settings are the defaults")
+                             f"(default: {DEFAULT_MODEL}; with --controlnet {DEFAULT_CONTROL_MODEL}); its recommended "
+                             f"settings are the defaults")
+    parser.add_argument("--controlnet", action="append", default=None, metavar="FOLDER_OR_ID",
+                        help="make ControlSync panoramas with this diffusers ControlNet (folder or hub id; tiny-random: "
+                             "random weights, a smoke test), repeatable: every request then needs a condition")
     parser.add_argument("--model-config", dest="model_config", default=None, metavar="FOLDER_OR_ID",
                         help="for a .safetensors/.ckpt --model: the diffusers folder or hub id of its architecture")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 …")
@@ -50,6 +55,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"folder of the job database and the outputs (default: {default_state_dir()})")
     parser.add_argument("--token", default=None,
                         help=f"bearer token the API asks for (default: ${TOKEN_VARIABLE}; none when unset)")
+    parser.add_argument("--max-body-bytes", dest="max_body_bytes", type=int, default=None,
+                        help="largest request body accepted (default: 16 KiB; with --controlnet, room for one "
+                             "condition image per ControlNet as large as --max-pixels, 16 MiB each by default)")
 
 
 def add_ui_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,16 +70,21 @@ def add_ui_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _limits(args: argparse.Namespace) -> Limits:
-    return Limits(max_pixels=args.max_pixels, max_side=args.max_side, max_queue=args.max_queue)
+    return Limits(max_pixels=args.max_pixels, max_side=args.max_side, max_queue=args.max_queue,
+                  max_body_bytes=getattr(args, "max_body_bytes", None))
 
 
 def _load(args: argparse.Namespace):
+    from ..cli import DEFAULT_CONTROL_MODEL, DEFAULT_MODEL
     from .generation import PanoramaModel
 
     if args.view_batch_size is not None and args.view_batch_size < 1:
         raise ValueError(f"--view-batch-size must be 1 or more, got {args.view_batch_size}.")
-    print(f"loading {args.model} …", file=sys.stderr)
-    return PanoramaModel.load(args.model, args.device, args.dtype, args.model_config, args.view_batch_size)
+    model = args.model or (DEFAULT_CONTROL_MODEL if args.controlnet else DEFAULT_MODEL)
+    with_controlnets = f" with {', '.join(args.controlnet)}" if args.controlnet else ""
+    print(f"loading {model}{with_controlnets} …", file=sys.stderr)
+    return PanoramaModel.load(model, args.device, args.dtype, args.model_config, args.view_batch_size,
+                              args.controlnet)
 
 
 def _is_loopback(host: str) -> bool:

@@ -1,6 +1,10 @@
 """The model a server loads once, and the three things the API and the web page do with it: check a
 request against the model's geometry and the server's limits, make one panorama, and describe it
-in the PNG's metadata exactly as `panosync generate` does (so `--from-png` reproduces it)."""
+in the PNG's metadata exactly as `panosync generate` does (so `--from-png` reproduces it).
+
+With ControlNets (`--controlnet`) the model is a ControlSyncPipeline: every request then has a
+condition, checked like the `control` command checks it, and the PNG's metadata is that command's.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +14,26 @@ from typing import Callable
 import PIL.Image
 import torch
 
-from ..cli import parameter_defaults
-from ..models import load_pipeline, pick_device, pick_dtype, resolve_model
+from pathlib import Path
+
+from ..cli import CONTROL_DEFAULTS, parameter_defaults
+from ..conditions import load_condition_image, prepare_condition
+from ..control import ControlSyncPipeline, check_condition_canvas
+from ..models import load_control_pipeline, load_pipeline, pick_device, pick_dtype, resolve_controlnet, resolve_model
 from ..pipeline import SyncDiffusionPipeline, canvas_defaults, check_panorama_inputs
 from ..sync import SyncSchedule
-from .schema import MAX_STEPS, UINT32_MAX, FieldError, Limits, field_of
+from .schema import CONTROL_FIELDS, MAX_STEPS, UINT32_MAX, FieldError, Limits, field_of
 
 # on_step(steps_done, sync_weight_of_that_step)
 StepCallback = Callable[[int, float], None]
+
+# A control request's own settings when left out: the `control` command's defaults.
+CONTROL_REQUEST_DEFAULTS = dict(preprocess=CONTROL_DEFAULTS["preprocess"], canny_low=CONTROL_DEFAULTS["canny_low"],
+                                canny_high=CONTROL_DEFAULTS["canny_high"],
+                                controlnet_conditioning_scale=CONTROL_DEFAULTS["conditioning_scale"],
+                                resize_condition=CONTROL_DEFAULTS["resize_condition"])
+MISSING_CONDITION = ("Give condition: the image the panorama follows (an edge map of the canvas's size, or a photo "
+                     "with preprocess \"canny\"), as base64 or a data URL.")
 
 
 def most_steps(scheduler) -> int:
@@ -36,30 +52,53 @@ def most_steps(scheduler) -> int:
 
 
 class PanoramaModel:
-    """A loaded pipeline with its name, device, dtype and default parameters."""
+    """A loaded pipeline with its name, device, dtype and default parameters; for ControlSync, a
+    ControlSyncPipeline and `controlnets`, the names its ControlNets were loaded by."""
 
     def __init__(self, pipe: SyncDiffusionPipeline, name: str, defaults: dict, model_config: str | None = None,
-                 view_batch_size: int | None = None):
+                 view_batch_size: int | None = None, controlnets: list[str] | None = None):
+        if isinstance(pipe, ControlSyncPipeline) != (controlnets is not None):
+            raise TypeError("Give controlnets, the names of the ControlNets, exactly when the pipeline has them.")
+        if controlnets is not None and len(controlnets) != len(pipe.controlnets):
+            raise TypeError(f"The pipeline has {len(pipe.controlnets)} ControlNets; {len(controlnets)} names given.")
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe
         self.name = name
         self.model_config = model_config
+        self.controlnets = controlnets
         self.window, self.vae_factor = pipe.window, pipe.vae_factor
         self.max_steps = most_steps(pipe.scheduler)
+        # ControlSync's canvas is the condition's unless a request says otherwise
         canvas = canvas_defaults(self.window, self.vae_factor)
+        if self.control:
+            del canvas["width"], canvas["height"]
         self.defaults = {name: canvas[name] if value is None and name in canvas else value
                          for name, value in defaults.items()}
+        if self.control:
+            self.defaults.update(CONTROL_REQUEST_DEFAULTS)
         if view_batch_size is not None:
             self.defaults["view_batch_size"] = view_batch_size
 
     @classmethod
     def load(cls, model: str, device: str = "auto", dtype: str = "auto", model_config: str | None = None,
-             view_batch_size: int | None = None) -> "PanoramaModel":
-        """Load `model` (anything `panosync generate --model` takes) once, for every request after."""
+             view_batch_size: int | None = None, controlnets: list[str] | None = None) -> "PanoramaModel":
+        """Load `model` (anything `panosync generate --model` takes), and `controlnets` when given
+        (anything `panosync control --controlnet` takes), once, for every request after."""
         source = resolve_model(model)
+        controlnet_sources = [resolve_controlnet(controlnet) for controlnet in controlnets or []]
         device = pick_device(device)
-        pipe = load_pipeline(source, device, pick_dtype(dtype, device), config=model_config)
-        return cls(pipe, model, parameter_defaults(source), model_config, view_batch_size)
+        dtype = pick_dtype(dtype, device)
+        if not controlnets:
+            pipe = load_pipeline(source, device, dtype, config=model_config)
+            return cls(pipe, model, parameter_defaults(source), model_config, view_batch_size)
+        pipe = load_control_pipeline(source, controlnet_sources, device, dtype, config=model_config)
+        return cls(pipe, model, parameter_defaults(source, ControlSyncPipeline), model_config, view_batch_size,
+                   list(controlnets))
+
+    @property
+    def control(self) -> bool:
+        """Whether this is a ControlSync model, whose requests need a condition."""
+        return self.controlnets is not None
 
     @property
     def device(self) -> torch.device:
@@ -72,7 +111,52 @@ class PanoramaModel:
     def prepare(self, given: dict, limits: Limits) -> dict:
         """Every parameter of the panorama `given` asks for, defaults and seed filled in; a
         FieldError naming the field and what it may be when the model or the server cannot make it.
-        Costs no model work."""
+        Costs no model work. A ControlSync request's `condition` is a list of images (PIL), one per
+        ControlNet; they stay in the parameters, for the caller to keep and replace by their paths."""
+        sent = [name for name in CONTROL_FIELDS if name in given]
+        if not self.control:
+            if sent:
+                raise FieldError(sent[0], f"{sent[0]} is a ControlSync field, and this server has no ControlNet: "
+                                          f"leave it out, or start the server with --controlnet ID_OR_PATH.")
+            return self._prepare_panorama(given, limits)
+        return self._prepare_control(given, limits)
+
+    def _prepare_control(self, given: dict, limits: Limits) -> dict:
+        """A ControlSync request: the conditions, one per ControlNet, decide the canvas unless it is
+        given; the canvas is checked before any condition is preprocessed."""
+        conditions, count = given.get("condition"), len(self.controlnets)
+        if not conditions:
+            raise FieldError("condition", MISSING_CONDITION)
+        if len(conditions) != count:
+            raise FieldError("condition", f"condition must hold one image per ControlNet ({count}), got "
+                                          f"{len(conditions)}.")
+        scales = given.get("controlnet_conditioning_scale", self.defaults["controlnet_conditioning_scale"])
+        if len(scales) not in (1, count):
+            raise FieldError("controlnet_conditioning_scale",
+                             f"controlnet_conditioning_scale must be one number for all ControlNets or a list of one "
+                             f"per ControlNet ({count}), got {len(scales)}.")
+        try:
+            width, height = check_condition_canvas([conditions[0].size], given.get("width"), given.get("height"),
+                                                   self.vae_factor)
+        except ValueError as error:
+            raise FieldError("condition", str(error)) from None
+        parameters = self._prepare_panorama({**given, "width": width, "height": height}, limits)
+        try:
+            self.conditions(parameters)
+        except ValueError as error:
+            raise FieldError(field_of(str(error)) or "condition", str(error)) from None
+        return parameters
+
+    def conditions(self, parameters: dict) -> list:
+        """The conditions the ControlNets see, (1, 3, height, width) tensors in [0, 1]: each image
+        (or file) of `parameters["condition"]`, preprocessed and fitted to the canvas as the `control`
+        command does."""
+        return [prepare_condition(load_condition_image(condition) if isinstance(condition, (str, Path)) else condition,
+                                  parameters["width"], parameters["height"], parameters["resize_condition"],
+                                  parameters["preprocess"], parameters["canny_low"], parameters["canny_high"])
+                for condition in parameters["condition"]]
+
+    def _prepare_panorama(self, given: dict, limits: Limits) -> dict:
         parameters = {**self.defaults, **given}
         if parameters.get("seed") is None:
             parameters["seed"] = random.randint(0, UINT32_MAX)
@@ -107,10 +191,21 @@ class PanoramaModel:
             if on_step is not None:
                 on_step(step + 1, float(values["sync_weight"]))
 
-        return self.pipe(**parameters, callback_on_step_end=after_step).images[0]
+        pipeline_parameters = {name: value for name, value in parameters.items() if name not in CONTROL_FIELDS}
+        control = {}
+        if self.control:
+            scales = parameters["controlnet_conditioning_scale"]
+            control = dict(image=self.conditions(parameters),
+                           controlnet_conditioning_scale=scales[0] if len(scales) == 1 else scales)
+        return self.pipe(**pipeline_parameters, **control, callback_on_step_end=after_step).images[0]
 
     def metadata(self, parameters: dict, image: PIL.Image.Image) -> dict:
-        """What the PNG carries: the command's keys, so `panosync generate --from-png` makes it again."""
+        """What the PNG carries: the command's keys, so `panosync generate --from-png` (or `panosync
+        control --from-png`, for ControlSync) makes it again."""
         model = {"model": self.name, **({"model_config": self.model_config} if self.model_config else {})}
+        if self.control:  # the `control` command's names
+            model.update(controlnet=self.controlnets, conditioning_scale=parameters["controlnet_conditioning_scale"],
+                         condition=[str(condition) for condition in parameters["condition"]])
+        parameters = {name: value for name, value in parameters.items() if name != "controlnet_conditioning_scale"}
         return {**parameters, **model, "width": image.width, "height": image.height, "device": self.device.type,
                 "dtype": str(self.dtype).removeprefix("torch.")}

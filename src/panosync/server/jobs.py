@@ -86,12 +86,14 @@ class Job:
 
 
 class JobStore:
-    """The jobs of one state folder: `jobs.sqlite3` and `outputs/`. One server at a time may use a
-    folder (a lock file says so); every method is safe to call from any thread."""
+    """The jobs of one state folder: `jobs.sqlite3`, `outputs/`, and `conditions/` (ControlSync's
+    condition images, named by content; see uploads.py). One server at a time may use a folder (a
+    lock file says so); every method is safe to call from any thread."""
 
     def __init__(self, state_dir: str | Path):
         self.state_dir = Path(state_dir).expanduser()
         self.outputs = self.state_dir / "outputs"
+        self.conditions = self.state_dir / "conditions"
         self._lock = threading.Lock()
         self._connection: sqlite3.Connection | None = None
         self._lock_file = None

@@ -6,9 +6,9 @@ that makes sense for any model, and the limits a server sets. Ranges that depend
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Annotated, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 UINT32_MAX = 2**32 - 1
 MAX_PROMPT_CHARACTERS = 2000  # CLIP reads 77 tokens; anything far longer is a mistake, not a prompt
@@ -17,6 +17,10 @@ MAX_STEPS = 1000  # the DDPM training schedule has 1000 timesteps: DDIM cannot t
 # The fields of the public API, in its order.
 FIELDS = ("prompt", "negative_prompt", "width", "height", "guidance_scale", "sync_weight", "sync_decay_rate",
           "sync_freq", "sync_threshold", "num_inference_steps", "stride", "seed", "loop_closure")
+
+# ControlSync's fields, for a server started with --controlnet.
+CONTROL_FIELDS = ("condition", "preprocess", "canny_low", "canny_high", "controlnet_conditioning_scale",
+                  "resize_condition")
 
 # Fields where an explicit null means something other than "the default": every step, a random seed.
 NULL_MEANS_SOMETHING = ("sync_threshold", "seed")
@@ -29,18 +33,39 @@ class Limits:
     max_pixels  width × height of one panorama (default: 512 × 8192, four times SD 2 base's default canvas)
     max_side    the longest width or height, whatever the other (default 16384)
     max_queue   jobs waiting to run, not counting the one running; more are refused with 429
-    max_body_bytes  size of a request body; larger ones are refused with 413
+    max_body_bytes  size of a request body; larger ones are refused with 413 (default: see `body_limit`)
     """
 
     max_pixels: int = 512 * 8192
     max_side: int = 16384
     max_queue: int = 16
-    max_body_bytes: int = 16 * 1024
+    max_body_bytes: int | None = None  # None: `body_limit`'s choice
 
     def __post_init__(self):
         for name in ("max_pixels", "max_side", "max_queue", "max_body_bytes"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be 1 or more, got {getattr(self, name)}.")
+
+    def body_limit(self, controlnets: int = 0) -> int:
+        """max_body_bytes when set; else 16 KiB of fields, and with ControlNets room for one condition
+        image per ControlNet as large as the largest canvas, base64-encoded, even if it does not
+        compress at all (3 bytes a pixel, 4/3 of that in base64): 16 MiB each at the default
+        max_pixels. A Canny edge map of 512 × 3072 is a PNG of a few hundred kilobytes."""
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        return FIELDS_BODY_BYTES + controlnets * 4 * self.max_pixels
+
+
+FIELDS_BODY_BYTES = 16 * 1024  # the public fields need well under 5 KiB, prompts included
+
+
+def _one_or_a_list(value):
+    """One condition or scale stands for a list of one: a lone ControlNet's."""
+    return value if isinstance(value, list) or value is None else [value]
+
+
+ScaleList = Annotated[Optional[list[Annotated[float, Field(ge=0)]]], BeforeValidator(_one_or_a_list)]
+ConditionList = Annotated[Optional[list[str]], BeforeValidator(_one_or_a_list)]
 
 
 class PredictionRequest(BaseModel):
@@ -68,6 +93,21 @@ class PredictionRequest(BaseModel):
     seed: Optional[int] = Field(None, ge=0, le=UINT32_MAX, description="seed of the initial noise; null: a random one, "
                                                                        "reported with the result")
     loop_closure: Optional[bool] = Field(None, description="a 360° panorama whose left and right edges meet (false)")
+    # ControlSync: only on a server started with --controlnet, where `condition` is required
+    condition: ConditionList = Field(
+        None, min_length=1, description="ControlSync: the image the panorama follows, base64 (PNG, JPEG, WebP…) or a "
+                                        "data URL; a list of one per ControlNet when the server has several. Of the "
+                                        "canvas's size, which it sets when width and height are left out")
+    preprocess: Optional[Literal["none", "canny"]] = Field(
+        None, description="ControlSync: none (the condition is ready) or canny (take the Canny edges of the image)")
+    canny_low: Optional[int] = Field(None, ge=0, le=1020, description="Canny: gradients below this are never edges (100)")
+    canny_high: Optional[int] = Field(None, ge=0, le=1020,
+                                      description="Canny: gradients above this are always edges (200)")
+    controlnet_conditioning_scale: ScaleList = Field(
+        None, min_length=1, description="ControlSync: weight of the ControlNet's residuals, one number for all or a "
+                                        "list of one per ControlNet; 0 turns one off (1.0)")
+    resize_condition: Optional[bool] = Field(
+        None, description="ControlSync: resize a condition whose size is not width × height (false: refuse it)")
 
     def given(self) -> dict:
         """The fields the request sets. A null counts as not set, except where null has a meaning
@@ -87,7 +127,7 @@ class FieldError(ValueError):
 def field_of(message: str) -> str | None:
     """The field a pipeline check's message is about: they start with the parameter's name."""
     first = message.split(" ", 1)[0]
-    return first if first in FIELDS else None
+    return first if first in FIELDS + CONTROL_FIELDS else None
 
 
 def describe_error(error: dict) -> str:
@@ -97,7 +137,7 @@ def describe_error(error: dict) -> str:
         return error["msg"] if error["msg"].startswith(field) else f"{field}: {error['msg']}"
     text = f"{field}: {error['msg']}"
     if error.get("type") == "extra_forbidden":
-        text += f" (the fields are {', '.join(FIELDS)})"
-    elif "input" in error and not isinstance(error["input"], dict):
+        text += f" (the fields are {', '.join(FIELDS)}; with a ControlNet also {', '.join(CONTROL_FIELDS)})"
+    elif "input" in error and not isinstance(error["input"], dict) and field.split(".")[0] != "condition":
         text += f" (got {error['input']!r})"
     return text

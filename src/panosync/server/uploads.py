@@ -1,0 +1,63 @@
+"""Condition images sent to a server (ControlSync): read from base64 or a data URL, and kept as PNG
+files named by their content, so that a queued job survives a restart, the same edge map sent for
+many seeds is stored once, and a panorama's metadata can name its condition as the `control`
+command's does (`panosync control --from-png` then finds it on this machine)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import PIL.Image
+
+from ..conditions import read_condition_image, rgb_image
+from .schema import FieldError
+
+# data:[<media type>][;<parameter>=<value>]*;base64,<data>
+DATA_URL = re.compile(r"data:(?:[\w.+-]+/[\w.+-]+)?(?:;[\w.+-]+=[\w.+-]+)*;base64,", re.IGNORECASE)
+
+
+def decode_condition(text: str, name: str, max_pixels: int) -> PIL.Image.Image:
+    """The image a request's condition field holds: base64 of an image file, bare or as a data URL.
+    A FieldError naming `name` when it is neither, or not an image, or larger than `max_pixels`."""
+    match = DATA_URL.match(text)
+    if match is None and text.startswith("data:"):
+        raise FieldError("condition", f"{name} is a data URL but not a base64 one: send data:image/png;base64,… .")
+    payload = "".join(text[match.end():].split() if match else text.split())  # line breaks are allowed in base64
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise FieldError("condition", f"{name} is neither base64 nor a data URL: send the image file's bytes in "
+                                      f"base64, or data:image/png;base64,… .") from None
+    try:
+        return read_condition_image(data, f"sent as {name}", max_pixels)
+    except ValueError as error:
+        raise FieldError("condition", str(error)) from None
+
+
+def save_condition(image: PIL.Image.Image, folder: str | Path) -> Path:
+    """`image` as an RGB PNG in `folder`, named by its pixels' SHA-256; written atomically, once.
+
+    RGB is what the pipeline reads any condition as (panosync.conditions.rgb_image), and PNG keeps
+    every pixel, so the file makes the same panorama as the image sent."""
+    rgb = rgb_image(image)
+    digest = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode() + rgb.tobytes()).hexdigest()
+    folder = Path(folder).expanduser().resolve()  # absolute: the metadata names it for use elsewhere
+    path = folder / f"{digest[:32]}.png"
+    if path.is_file():
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            rgb.save(file, format="PNG")
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
