@@ -1,6 +1,8 @@
 """The web page in a real browser: headless Chromium (Debian's `chromium`) driven by Playwright sets a
-prompt, generates a tiny loop-closed panorama, finds the image and looks around in the 360° view."""
+prompt, generates a tiny loop-closed panorama, finds the image and looks around in the 360° view;
+with a ControlNet, uploads a condition and gets a panorama that follows it."""
 
+import io
 import shutil
 import socket
 
@@ -110,5 +112,81 @@ def test_page_generates_a_panorama_and_looks_around_it(page_url, tmp_path):
             page.screenshot(path=str(screenshot), full_page=True)
             print(f"screenshot: {screenshot}")
             assert np.asarray(PIL.Image.open(screenshot)).std() > 0
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def control_page_url(tmp_path):
+    from panosync.control import ControlSyncPipeline, random_controlnet_like
+    from panosync.server.generation import PanoramaModel
+    from panosync.server.schema import Limits
+    from panosync.server.ui import build_ui, launch
+
+    base = make_pipe(window=8, vae_factor=2)
+    pipe = ControlSyncPipeline(**base.components, controlnet=random_controlnet_like(base.unet, base.vae_factor))
+    model = PanoramaModel(pipe, "tiny-test", parameter_defaults(resolve_model("tiny-random"), ControlSyncPipeline),
+                          controlnets=["tiny-random"])
+    page = build_ui(model, Limits(), tmp_path / "outputs")
+    port = free_port()
+    launch(page, tmp_path / "outputs", "127.0.0.1", port, block=False)
+    yield f"http://127.0.0.1:{port}/"
+    page.close()
+
+
+def test_control_page_follows_an_uploaded_condition(control_page_url, tmp_path):
+    """Upload a photo: the canvas takes its size and the page shows its Canny edges; the panorama
+    follows them, and its PNG names the condition and every control setting."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from panosync.conditions import prepare_condition
+
+    rng = np.random.default_rng(0)
+    photo = PIL.Image.fromarray(rng.integers(0, 256, (2, 6, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1))
+    photo.save(tmp_path / "photo.png")  # 48 x 16: blocks of colour, sharp edges
+    expected_edges = prepare_condition(photo, 48, 16, False, "canny", 100, 200)[0].permute(1, 2, 0).mul(255).byte()
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1100})
+            page.goto(control_page_url)
+            page.locator("#prompt textarea").fill("a city at dusk")
+            page.locator("#condition input[type=file]").set_input_files(str(tmp_path / "photo.png"))
+            expect(page.locator("#width input[type=number]")).to_have_value("48", timeout=30_000)
+            expect(page.locator("#height input[type=number]")).to_have_value("16")
+            page.locator("#preprocess").get_by_text("canny", exact=True).click()
+            preview = page.locator("#control_view img")
+            expect(preview).to_be_visible(timeout=30_000)  # the edges, before generating
+            page.wait_for_function("() => document.querySelector('#control_view img')?.naturalWidth > 0")
+            assert preview.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [48, 16]
+            set_number(page, "controlnet_conditioning_scale", 0.5)
+            page.locator("#diffusion-settings button.label-wrap").click()
+            set_number(page, "num_inference_steps", 2)
+            page.locator("#generate").click()
+
+            expect(page.locator("#panorama img")).to_be_visible(timeout=120_000)
+            expect(page.locator("#summary")).to_contain_text("48 × 16, seed", timeout=10_000)
+            assert "following the condition" in page.locator("#summary").inner_text()
+            # the condition shown is the Canny edge map the ControlNet saw
+            shown = page.locator("#control_view img")
+            expect(shown).to_be_visible()
+            edges = page.request.get(shown.get_attribute("src")).body()
+            assert np.array_equal(np.asarray(PIL.Image.open(io.BytesIO(edges)).convert("RGB")), expected_edges.numpy())
+
+            with page.expect_download() as download_info:
+                page.locator("#download").click()
+            png = tmp_path / "download.png"
+            download_info.value.save_as(png)
+            parameters = read_parameters(png)
+            assert PIL.Image.open(png).size == (48, 16)
+            assert {name: parameters[name] for name in ("preprocess", "canny_low", "canny_high", "conditioning_scale",
+                                                        "controlnet", "num_inference_steps")} == dict(
+                preprocess="canny", canny_low=100, canny_high=200, conditioning_scale=[0.5], controlnet=["tiny-random"],
+                num_inference_steps=2)
+            stored = PIL.Image.open(parameters["condition"][0])
+            assert np.array_equal(np.asarray(stored), np.asarray(photo))  # the photo, kept beside the panoramas
+            page.screenshot(path=str(tmp_path / "panosync-ui-control.png"), full_page=True)
+            print(f"screenshot: {tmp_path / 'panosync-ui-control.png'}")
         finally:
             browser.close()
