@@ -2,7 +2,7 @@
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
-MODEL ?= tiny-random
+MODEL ?= pocket
 
 .PHONY: setup demo serve ui test clean
 
@@ -20,8 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	HF_HUB_OFFLINE=1 $(BIN)/panosync generate "a photo of a mountain range at twilight" \
-		--model $(MODEL) --width 1024 --height 512 --steps 5 --sync-threshold 2 --seed 0 --out panorama.png
+	HF_HUB_OFFLINE=1 $(BIN)/panosync generate "snowy mountains" --model $(MODEL) --width 512 --seed 3 --out panorama.png
 
 serve: setup
 	HF_HUB_OFFLINE=1 $(BIN)/panosync serve --model $(MODEL)

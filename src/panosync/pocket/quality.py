@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -135,6 +136,8 @@ def main(argv=None):
             distances.append(intra_lpips(panorama, size, lpips))
             if seed < 6:
                 pictures.setdefault(method, []).append(panorama)
+            times = "".join(classify_time(tile)[0] for tile in crops(panorama, size))
+            print(f"{method} seed {seed}: crops {times}, Intra-LPIPS {distances[-1]:.3f}", file=sys.stderr, flush=True)
         montage[method] = {"disagreement": disagree / args.panoramas, "intra_lpips": float(np.mean(distances)),
                            "intra_lpips_std": float(np.std(distances))}
     report["montage"] = montage
