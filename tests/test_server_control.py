@@ -208,3 +208,17 @@ def test_conditions_decode_from_base64_or_data_urls_and_are_stored_once(tmp_path
     assert save_condition(photo((32, 16), seed=1), tmp_path / "conditions") != first
     assert np.array_equal(np.asarray(PIL.Image.open(first)), np.asarray(image))
     assert [path.name for path in (tmp_path / "conditions").iterdir() if path.name.startswith(".")] == []
+
+
+def test_serve_with_a_bad_controlnet_is_one_sentence_before_loading(tmp_path, capsys, monkeypatch):
+    from panosync.server import generation
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded before the ControlNet was checked")
+
+    monkeypatch.setattr(generation, "load_pipeline", no_loading)
+    monkeypatch.setattr(generation, "load_control_pipeline", no_loading)
+    missing = tmp_path / "no-such" / "controlnet"
+    code = main(["serve", "--model", "tiny-random", "--controlnet", str(missing), "--state-dir", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"No such ControlNet folder: {missing}" in err and "Traceback" not in err

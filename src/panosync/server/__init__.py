@@ -3,6 +3,7 @@
 
     schema.py      what a request may hold, each field's range, the server's limits
     generation.py  the model, loaded once: checking a request against it and making one panorama
+    uploads.py     ControlSync's condition images: read from base64, kept by content in the state folder
     jobs.py        durable jobs: the SQLite store and the worker that runs them in order
     api.py         the FastAPI app
     viewer.py      the 360° look-around view (self-contained HTML and JavaScript)
