@@ -72,6 +72,7 @@ class Mode:
     kind: str  # "reference", "pipeline" or "diffusers"
     options: dict = field(default_factory=dict)
     work: str = "faithful"  # which FLOP total of count_flops this mode computes
+    step_fraction: float = 1.0  # of the setup's steps (and of its synced steps)
     syncs: bool = True  # False: the result does not depend on the sync settings (MultiDiffusion)
     quality: bool = True  # measure coherence on the quality seeds
 
@@ -89,6 +90,11 @@ def modes(fast_decoder: bool = True) -> list[Mode]:
                          dict(sync_decoder="random-taesd"), "decoder", quality=False))
     fast.append(Mode("fast: reuse_noise + no_unet_backward + scale 0.5", "pipeline",
                      dict(fast_modes=["reuse_noise", "no_unet_backward"], sync_image_scale=0.5), "all"))
+    fast.append(Mode("fast: dpm_solver, half the steps", "pipeline", dict(fast_modes=["dpm_solver"]), "dpm_half",
+                     step_fraction=0.5))
+    fast.append(Mode("fast: all of the above but the decoder, half the steps", "pipeline",
+                     dict(fast_modes=["reuse_noise", "no_unet_backward", "dpm_solver"], sync_image_scale=0.5),
+                     "all_half", step_fraction=0.5))
     return [
         Mode("per-window loop, reference order (baseline)", "reference", work="baseline", quality=False),
         Mode("faithful, 1 view per call", "pipeline", dict(view_batch_size=1), quality=False),
@@ -167,6 +173,11 @@ def taesd_shaped_decoder(vae_factor: int):
                            num_encoder_blocks=depths[::-1], num_decoder_blocks=depths).eval().requires_grad_(False)
 
 
+def on_device(module, setup: Setup):
+    module = module.to(setup.device)
+    return module if setup.dtype == "float32" else module.to(getattr(torch, setup.dtype))
+
+
 def diffusers_panorama(pipe):
     """diffusers' MultiDiffusion pipeline on the same components. It lays its views out for a
     64-latent window and VAE factor 8; for other models the views are laid out for the model's
@@ -221,6 +232,14 @@ def peak_memory(device: str) -> int:
     return resident_memory()[1]
 
 
+def scaled_steps(setup: Setup, fraction: float) -> Setup:
+    """The setup with `fraction` of its steps, and of its synced steps."""
+    if fraction == 1.0:
+        return setup
+    threshold = None if setup.sync_threshold is None else max(1, round(setup.sync_threshold * fraction))
+    return replace(setup, steps=max(1, round(setup.steps * fraction)), sync_threshold=threshold)
+
+
 def run_mode(setup: Setup, mode: Mode, seeds: list[int], out: Path) -> dict:
     """Make the panorama of each seed with `mode`; time the first and measure its peak memory.
     Saves each panorama as uint8 (out/seed-N.npy) and the first's final latent (out/latent.pt)."""
@@ -234,11 +253,12 @@ def run_mode(setup: Setup, mode: Mode, seeds: list[int], out: Path) -> dict:
     options = dict(mode.options)
     factor, window = pipe.vae_factor, pipe.window
     view_count = len(views_for_canvas(setup.height // factor, setup.width // factor, window, setup.stride))
-    chunk = default_view_batch_size(setup.device, window, view_count)
+    chunk = default_view_batch_size(setup.device, window * factor, view_count)
     if options.get("sync_decoder") == "random-taesd":
-        options["sync_decoder"] = taesd_shaped_decoder(factor).to(setup.device, getattr(torch, setup.dtype))
+        options["sync_decoder"] = on_device(taesd_shaped_decoder(factor), setup)
     lpips = load_lpips("vgg")  # loaded before timing: the pipeline loads it on first use too
     pipe.perceptual_distance()
+    setup = scaled_steps(setup, mode.step_fraction)
     request = dict(prompt=PROMPT, width=setup.width, height=setup.height, guidance_scale=setup.guidance_scale,
                    num_inference_steps=setup.steps)
     sync = dict(sync_weight=setup.sync_weight, sync_threshold=setup.sync_threshold, stride=setup.stride)
@@ -327,7 +347,7 @@ def count_flops(setup: Setup) -> dict:
         return lambda: pipe.sync_gradient_and_noise(x, t, None, noise_of,
                                                     lambda images: perceptual(images * 2 - 1, target), shortcuts)
 
-    decoder = taesd_shaped_decoder(factor).to(device, dtype)
+    decoder = on_device(taesd_shaped_decoder(factor), setup)
     variants = {
         "faithful": SyncShortcuts(),
         "no_unet_backward": SyncShortcuts(no_unet_backward=True),
@@ -344,10 +364,15 @@ def count_flops(setup: Setup) -> dict:
     anchor = {name: flops(lambda s=s: anchor_pass(s)) for name, s in variants.items()}
     gradient = {name: flops(gradient_pass(s)) for name, s in variants.items()}
 
-    synced = setup.steps if setup.sync_threshold is None else min(setup.sync_threshold, setup.steps)
-    plain_steps = (setup.steps - synced) * views * unet + final_decode
+    def synced_and_plain(fraction: float) -> tuple[int, int]:
+        scaled = scaled_steps(setup, fraction)
+        synced = scaled.steps if scaled.sync_threshold is None else min(scaled.sync_threshold, scaled.steps)
+        return synced, (scaled.steps - synced) * views * unet + final_decode
 
-    def total(variant: str, second_unet_pass: bool) -> int:
+    synced, plain_steps = synced_and_plain(1.0)
+
+    def total(variant: str, second_unet_pass: bool, fraction: float = 1.0) -> int:
+        synced, plain_steps = synced_and_plain(fraction)
         per_step = anchor[variant] + (views - 1) * (gradient[variant] + (unet if second_unet_pass else 0))
         return synced * per_step + plain_steps
 
@@ -364,6 +389,8 @@ def count_flops(setup: Setup) -> dict:
         "scale": total("scale", True),
         "decoder": total("decoder", True),
         "all": total("nub_scale", False),
+        "dpm_half": total("faithful", True, 0.5),
+        "all_half": total("nub_scale", False, 0.5),
     }
     passes = dict(unet_forward=unet, gradient_pass=gradient["faithful"], anchor_pass=anchor["faithful"],
                   lpips_features=anchor_features, final_decode=final_decode)
@@ -523,10 +550,11 @@ def main(argv=None) -> int:
                           f"{results[mode.name]['peak_bytes'] / 2**20:.0f} MiB", flush=True)
                 agreement = {}
                 faithful_folder = folders.get("faithful, device chunk")
-                if faithful_folder is not None and (faithful_folder / "latent.pt").exists():
-                    reference = torch.load(faithful_folder / "latent.pt")
-                    for name in ("per-window loop, reference order (baseline)", "faithful, 1 view per call"):
-                        if name in folders and (folders[name] / "latent.pt").exists():
+                one_by_one = folders.get("faithful, 1 view per call", faithful_folder)
+                if one_by_one is not None and (one_by_one / "latent.pt").exists():
+                    reference = torch.load(one_by_one / "latent.pt")
+                    for name in ("per-window loop, reference order (baseline)", "faithful, device chunk"):
+                        if name in folders and folders[name] != one_by_one and (folders[name] / "latent.pt").exists():
                             difference = (torch.load(folders[name] / "latent.pt") - reference).abs().max()
                             agreement[name] = float(difference)
                 quality = {}
@@ -542,7 +570,8 @@ def main(argv=None) -> int:
                 lines = [f"### {width}×{height}, {steps} steps, sync in {setup.sync_label}", "",
                          *table(results, {mode.name: mode.work for mode in chosen}, flops, rate), ""]
                 if agreement:
-                    lines += ["Largest difference of the final latent from faithful mode's (device chunk): " +
+                    lines += ["Largest difference of the final latent from faithful mode's, one view per call (the "
+                              "sync effect itself is of order 1): " +
                               ", ".join(f"{name}: {value:.1e}" for name, value in agreement.items()), ""]
                 if quality:
                     lines += [f"Coherence, {quality_seeds} seeds (0 to {quality_seeds - 1}), crops of {window_pixels} "

@@ -171,10 +171,11 @@ def test_bad_fast_options_are_refused_before_model_work(sync_pipe, change, messa
 
 
 def test_chunk_size_follows_device_and_window():
-    assert default_view_batch_size("cpu", 16, 21) == 21  # small windows: all views in one call
-    assert default_view_batch_size("cpu", 64, 21) == 2  # Stable Diffusion's window on the CPU
-    assert default_view_batch_size("cuda", 64, 21) == 16
-    assert default_view_batch_size("cpu", 128, 3) == 1
+    assert default_view_batch_size("cpu", 64, 21) == 21  # small windows (pocket): all views in one call
+    assert default_view_batch_size("cpu", 128, 21) == 6
+    assert default_view_batch_size("cpu", 512, 21) == 1  # Stable Diffusion's window on the CPU
+    assert default_view_batch_size("cuda", 512, 21) == 16
+    assert default_view_batch_size("cuda", 1024, 3) == 3
 
 
 def test_chunks_halve_when_memory_runs_out():

@@ -1,11 +1,12 @@
 """How many views go through the networks together: chosen per device, shrunk when memory runs out.
 
 Batching views is where a GPU gains most (one call keeps it busy instead of many small ones). On
-the CPU it helps too, but less: measured on 2-core x86 machines with one thread, a chunk of 16 to
-21 views of 16x16 latents runs the sync pass 1.5 to 1.8 times faster per view than one view at a
-time, and the gain flattens out beyond a few thousand latent pixels per call
-(benchmarks/RESULTS.md). A chunk is sized in latent pixels (views x window²), so that models with
-larger windows get proportionally fewer views per call.
+the CPU it depends on the window. Measured here (AMD EPYC, one thread), the sync pass per view:
+16-latent windows (the pocket model, 64-pixel images): 315 ms one at a time, 245 ms four at a time,
+177 ms twenty at a time; 64-latent windows (Stable Diffusion's shape, 512-pixel images): 8.7 s
+one at a time, 8.8 s two, 15.2 s four (the decoder's and LPIPS's full-size activations no longer
+fit the caches). So a chunk is sized in image pixels (views x the window's side in pixels, squared),
+which is what the decoder and LPIPS work on: many small views per call, one large one.
 """
 
 from __future__ import annotations
@@ -14,20 +15,21 @@ from typing import Callable, Sequence, TypeVar
 
 import torch
 
-# Latent pixels (views x window x window) per chunk, by device type. CPU: measured (see above); a
-# 64-latent window (Stable Diffusion) gets 2 views. CUDA: 16 Stable Diffusion views per call,
-# halved automatically where that does not fit in the GPU's memory.
-LATENT_PIXELS_PER_CHUNK = {"cpu": 8192, "cuda": 16 * 64 * 64}
-OTHER_DEVICES = 4096
+# Image pixels (views x window pixels²) per chunk, by device type. CPU: measured (see above): 24
+# views of 64 pixels, one of 512. CUDA: 16 Stable Diffusion views (512 pixels) per call, halved
+# automatically where that does not fit in the GPU's memory (not measured here: no GPU was lent).
+IMAGE_PIXELS_PER_CHUNK = {"cpu": 24 * 64 * 64, "cuda": 16 * 512 * 512}
+OTHER_DEVICES = 4 * 64 * 64
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 
-def default_view_batch_size(device: torch.device | str, window: int, view_count: int) -> int:
-    """The number of views per network call for this device and window size."""
-    budget = LATENT_PIXELS_PER_CHUNK.get(torch.device(device).type, OTHER_DEVICES)
-    return max(1, min(view_count, budget // (window * window)))
+def default_view_batch_size(device: torch.device | str, window_pixels: int, view_count: int) -> int:
+    """The number of views per network call for this device and a window of `window_pixels` pixels
+    (the UNet's window times the VAE factor)."""
+    budget = IMAGE_PIXELS_PER_CHUNK.get(torch.device(device).type, OTHER_DEVICES)
+    return max(1, min(view_count, budget // (window_pixels * window_pixels)))
 
 
 class ViewChunks:

@@ -381,7 +381,8 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         scheduler.set_timesteps(request.num_inference_steps, device=device)
         latents = request.noise.to(device) * scheduler.init_noise_sigma
         view_counts = coverage(latent_height, latent_width, views).to(device)
-        chunk_size = request.view_batch_size or default_view_batch_size(device, self.window, len(views))
+        chunk_size = request.view_batch_size or default_view_batch_size(device, self.window * self.vae_factor,
+                                                                              len(views))
         chunks = ViewChunks(chunk_size)  # shrinks, for the rest of the call, where a chunk does not fit
         denoise = dict(embeddings=embeddings, guidance_scale=request.guidance_scale, shortcuts=request.shortcuts,
                        schedulers=ViewSchedulers(scheduler, len(views)), **view_conditioning)
