@@ -590,7 +590,8 @@ def main(argv=None) -> int:
         "",
     ]
     title = "# Speed and memory of one panorama" + (" (GPU)" if args.gpu else "")
-    text = "\n".join([title, "", *header, *headline(report), *sections, *NOTES])
+    notes = NOTES if args.gpu else NOTES + CPU_NOTES
+    text = "\n".join([title, "", *header, *headline(report), *sections, *notes])
     print(text)
     if out is not None:
         write_atomically(out.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
@@ -653,6 +654,18 @@ NOTES = [
     "work or normalisation; on small models those, and Python overhead, are a large part of the time.",
     "- Peak memory: CPU, the most resident memory above what the process held before the panorama (models and LPIPS "
     "loaded); CUDA, torch.cuda.max_memory_allocated (weights included).",
+]
+
+CPU_NOTES = [
+    "- 20 DDIM steps (the pocket model's recommended count) rather than the paper's 50, to fit the CPU; the fast "
+    "modes marked \"half the steps\" take 10 (syncing in the first 5 where the others sync in the first 10). The "
+    "canvas is 21 views wide at the default stride (a quarter window), as the paper's 512×3072 at stride 16.",
+    "- The coherence figures come from few seeds (see each table) on a 2-core machine: read them as a direction, "
+    "not a significant difference; with this many panoramas the disagreement rate moves in steps of 1/seeds.",
+    "- No GPU was lent to this task: the `--gpu` path (SD 2 base architecture, random weights, fp16, 512×2048 and "
+    "512×3072, 50 steps, sync in every step and in the first 10) has only been run at smoke size on the CPU "
+    "(`--gpu --smoke`); its figures, the ≥ 3× GPU target and the GPU memory of 512×8192 and 2048×2048 are "
+    "still to be measured. benchmarks/MEMORY.md estimates the memory from CPU measurements.",
 ]
 
 
