@@ -286,6 +286,16 @@ def test_non_ddim_scheduler_is_refused(small_pipe):
         pipe("a", width=32, height=16, stride=4, num_inference_steps=1)
 
 
+def test_more_steps_than_the_schedule_holds_are_refused(small_pipe):
+    # Stable Diffusion's DDIM (steps_offset 1) puts the 1000th step past its 1000 training timesteps
+    assert small_pipe.scheduler.config.steps_offset == 1
+    with pytest.raises(ValueError, match="num_inference_steps must be at most 999"):
+        small_pipe("a", width=32, height=16, stride=4, num_inference_steps=1000)
+    latents = small_pipe("a", width=16, height=16, num_inference_steps=999, sync_weight=0, seed=0,
+                         output_type="latent").images
+    assert torch.isfinite(latents).all()
+
+
 def test_default_canvas_and_stride_follow_the_window(small_pipe):
     # window 8 latents, VAE factor 2: one window high (16 px), four wide (64 px), stride 8 / 4 = 2
     default = small_pipe("a", num_inference_steps=1, sync_weight=0, seed=0, output_type="latent").images

@@ -28,7 +28,7 @@ from .chunks import ViewChunks, default_view_batch_size
 from .decode import decode_tiled, should_tile
 from .fast import SyncShortcuts, check_image_scale, check_sync_decoder, downscale, load_sync_decoder, parse_fast_modes
 from .schedulers import SUPPORTED as SUPPORTED_SCHEDULERS
-from .schedulers import ViewSchedulers, multistep_like, predicted_original
+from .schedulers import ViewSchedulers, most_steps, multistep_like, predicted_original, steps_fit
 from .sync import SyncSchedule, sync_gradient
 from .views import View, add_view, check_canvas, coverage, crop, views_for_canvas
 
@@ -243,6 +243,9 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
             # DPM-Solver++ gets one copy per view (schedulers.py); others are not written for that.
             raise ValueError(f"the scheduler must be DDIMScheduler or DPMSolverMultistepScheduler, got "
                              f"{type(self.scheduler).__name__}.")
+        if not steps_fit(self.scheduler, num_inference_steps):
+            raise ValueError(f"num_inference_steps must be at most {most_steps(self.scheduler)} for this model's "
+                             f"scheduler, got {num_inference_steps}.")
 
     def initial_noise(self, shape, seed, generator, latents) -> tuple[torch.Tensor, int | None]:
         """The initial latent and its seed. The draw is the reference's: torch.randn on the CPU in

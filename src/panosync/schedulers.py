@@ -15,6 +15,26 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 SUPPORTED = (DDIMScheduler, DPMSolverMultistepScheduler)
 
 
+def steps_fit(scheduler, steps: int) -> bool:
+    """Whether `steps` denoising steps all land inside the scheduler's training schedule (Stable
+    Diffusion's DDIM, with steps_offset 1, puts the 1000th step past its end)."""
+    probe = type(scheduler).from_config(scheduler.config)
+    try:
+        probe.set_timesteps(steps)
+    except ValueError:
+        return False
+    return int(probe.timesteps.max()) < scheduler.config.num_train_timesteps
+
+
+def most_steps(scheduler, at_most: int | None = None) -> int:
+    """The most denoising steps the scheduler can take (at most `at_most`)."""
+    trained = scheduler.config.num_train_timesteps
+    for steps in range(min(trained, at_most or trained), 0, -1):
+        if steps_fit(scheduler, steps):
+            return steps
+    return 1
+
+
 def multistep_like(scheduler) -> DPMSolverMultistepScheduler:
     """DPM-Solver++ (second order, multistep) with the noise schedule of `scheduler`."""
     return DPMSolverMultistepScheduler.from_config(scheduler.config, algorithm_type="dpmsolver++", solver_order=2)

@@ -21,6 +21,7 @@ from ..conditions import load_condition_image, prepare_condition
 from ..control import ControlSyncPipeline, check_condition_canvas
 from ..models import load_control_pipeline, load_pipeline, pick_device, pick_dtype, resolve_controlnet, resolve_model
 from ..pipeline import SyncDiffusionPipeline, canvas_defaults, check_panorama_inputs
+from ..schedulers import most_steps
 from ..sync import SyncSchedule
 from .schema import CONTROL_FIELDS, MAX_STEPS, UINT32_MAX, FieldError, Limits, field_of
 
@@ -34,21 +35,6 @@ CONTROL_REQUEST_DEFAULTS = dict(preprocess=CONTROL_DEFAULTS["preprocess"], canny
                                 resize_condition=CONTROL_DEFAULTS["resize_condition"])
 MISSING_CONDITION = ("Give condition: the image the panorama follows (an edge map of the canvas's size, or a photo "
                      "with preprocess \"canny\"), as base64 or a data URL.")
-
-
-def most_steps(scheduler) -> int:
-    """The most denoising steps whose timesteps all lie inside the scheduler's training schedule:
-    999 for Stable Diffusion's DDIM, whose steps_offset of 1 pushes 1000 steps past its end."""
-    trained = scheduler.config.num_train_timesteps
-    probe = type(scheduler).from_config(scheduler.config)
-    for steps in range(min(trained, MAX_STEPS), 0, -1):
-        try:
-            probe.set_timesteps(steps)
-        except ValueError:
-            continue
-        if int(probe.timesteps.max()) < trained:
-            return steps
-    return 1
 
 
 class PanoramaModel:
@@ -67,7 +53,7 @@ class PanoramaModel:
         self.model_config = model_config
         self.controlnets = controlnets
         self.window, self.vae_factor = pipe.window, pipe.vae_factor
-        self.max_steps = most_steps(pipe.scheduler)
+        self.max_steps = most_steps(pipe.scheduler, MAX_STEPS)
         # ControlSync's canvas is the condition's unless a request says otherwise
         canvas = canvas_defaults(self.window, self.vae_factor)
         if self.control:
