@@ -654,12 +654,21 @@ NOTES = [
     "work or normalisation; on small models those, and Python overhead, are a large part of the time.",
     "- Peak memory: CPU, the most resident memory above what the process held before the panorama (models and LPIPS "
     "loaded); CUDA, torch.cuda.max_memory_allocated (weights included).",
+    "- Faithful mode with one view per call gives the per-window loop's latent bit for bit (difference 0 under each "
+    "table). With several views per call it computes the same arithmetic (tests/test_fast_modes.py holds the two to "
+    "1e-9 in float64) but rounds differently, and the sync gradient amplifies rounding wherever it meets a "
+    "threshold (the clamp of saturated pixels, ReLUs near zero): on the pocket model, after 20 synced steps at "
+    "weight 20 the two panoramas drift apart by as much as the sync effect itself (the latent difference under each "
+    "table). Any other change of rounding (dtype, device, library version) moves the reference's own result the "
+    "same way; `view_batch_size=1` reproduces the reference order exactly on the same machine.",
 ]
 
 CPU_NOTES = [
     "- 20 DDIM steps (the pocket model's recommended count) rather than the paper's 50, to fit the CPU; the fast "
     "modes marked \"half the steps\" take 10 (syncing in the first 5 where the others sync in the first 10). The "
     "canvas is 21 views wide at the default stride (a quarter window), as the paper's 512×3072 at stride 16.",
+    "- Intra-LPIPS: lower means the crops look more alike (more coherent); a negative change against faithful mode "
+    "in the headline is more coherent, not less.",
     "- The coherence figures come from few seeds (see each table) on a 2-core machine: read them as a direction, "
     "not a significant difference; with this many panoramas the disagreement rate moves in steps of 1/seeds.",
     "- No GPU was lent to this task: the `--gpu` path (SD 2 base architecture, random weights, fp16, 512×2048 and "

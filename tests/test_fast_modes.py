@@ -263,3 +263,24 @@ def test_dpm_solver_syncs_and_a_multistep_scheduler_may_be_set_directly(sync_pip
     torch.testing.assert_close(direct("a land", **CASE).images, by_mode, rtol=0, atol=1e-6)
     unsynced = sync_pipe("a land", fast_modes=["dpm_solver"], sync_weight=0, **CASE).images
     assert (by_mode - unsynced).abs().max() > 1e-2 and (by_mode - multidiffusion).abs().max() > 1e-2
+
+
+# --- Batching views: the same arithmetic ----------------------------------------------------------
+
+
+def test_batched_views_are_the_same_arithmetic_as_one_at_a_time():
+    # In float32, a batched call rounds differently from one view at a time, and the sync gradient
+    # amplifies rounding where it meets a threshold (the clamp of saturated pixels, ReLUs near 0),
+    # so after many synced steps the panoramas drift apart. In float64, where rounding is a million
+    # times smaller, they agree to 1e-9: batching changes rounding, not what is computed.
+    from conftest import make_pipe
+
+    pipe = make_pipe(window=16, vae_factor=2).to(torch.float64)
+    noise = torch.randn((1, 4, 16, 40), generator=torch.Generator().manual_seed(3))
+    case = dict(width=80, height=32, stride=8, num_inference_steps=4, sync_decay_rate=0.9, sync_threshold=3,
+                latents=noise, output_type="latent")
+    one = pipe("a land", view_batch_size=1, **case).images
+    many = pipe("a land", view_batch_size=3, **case).images
+    unsynced = pipe("a land", sync_weight=0, **case).images
+    assert one.dtype == torch.float64 and (one - unsynced).abs().max() > 0.1
+    torch.testing.assert_close(many, one, rtol=0, atol=1e-9)

@@ -156,6 +156,13 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
     def window(self) -> int:
         return window_of(self.unet.config)
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype of latents and noise predictions between the networks: float32 for float32 and
+        half-precision models (as the reference's autocast), float64 for float64 ones (for tests
+        that tell arithmetic from rounding)."""
+        return torch.float64 if self.unet.dtype == torch.float64 else torch.float32
+
     # --------------------------------------------------------------------------- model pieces
 
     def perceptual_distance(self):
@@ -188,7 +195,7 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         model_input = self.scheduler.scale_model_input(torch.cat([latents, latents]), t).to(self.unet.dtype)
         context = embeddings.repeat_interleave(count, dim=0)  # negative for the first half, prompt for the second
         extra = self.extra_unet_inputs(model_input, t, context, views, **view_conditioning)
-        noise = self.unet(model_input, t, encoder_hidden_states=context, **extra).sample.float()
+        noise = self.unet(model_input, t, encoder_hidden_states=context, **extra).sample.to(self.compute_dtype)
         unconditional, conditional = noise.chunk(2)
         return unconditional + guidance_scale * (conditional - unconditional)
 
@@ -202,7 +209,7 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         with the VAE or another `decoder` of the same latents (a fast mode's tiny decoder)."""
         decoder = self.vae if decoder is None else decoder
         scaled = latents / decoder.config.scaling_factor
-        images = decoder.decode(scaled.to(decoder.dtype)).sample.float()
+        images = decoder.decode(scaled.to(decoder.dtype)).sample.to(self.compute_dtype)
         return (images / 2 + 0.5).clamp(0, 1)
 
     def foreseen_image(self, predicted_original: torch.Tensor, shortcuts: SyncShortcuts) -> torch.Tensor:
@@ -382,7 +389,7 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         # 3. Timesteps and the initial latent
         scheduler = multistep_like(self.scheduler) if request.shortcuts.multistep else self.scheduler
         scheduler.set_timesteps(request.num_inference_steps, device=device)
-        latents = request.noise.to(device) * scheduler.init_noise_sigma
+        latents = request.noise.to(device, self.compute_dtype) * scheduler.init_noise_sigma
         view_counts = coverage(latent_height, latent_width, views).to(device)
         chunk_size = request.view_batch_size or default_view_batch_size(device, self.window * self.vae_factor,
                                                                               len(views))
@@ -493,7 +500,8 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
     @staticmethod
     def merge(denoised: dict[int, torch.Tensor], views: list[View], view_counts: torch.Tensor) -> torch.Tensor:
         """MultiDiffusion (section 3, step 3): every latent pixel is the mean of the views over it."""
-        value = torch.zeros(denoised[0].shape[:2] + view_counts.shape, device=view_counts.device)
+        value = torch.zeros(denoised[0].shape[:2] + view_counts.shape, device=view_counts.device,
+                            dtype=denoised[0].dtype)
         for j, view in enumerate(views):
             add_view(value, view, denoised[j])
         return value / view_counts
