@@ -125,6 +125,25 @@ def test_scale_zero_is_plain_syncdiffusion_and_sync_still_matters(sync_pipe, syn
     assert (on - unsynced).abs().max() > 0.1  # ... and ControlSync still synchronizes
 
 
+def test_fast_modes_keep_the_condition_in_every_unet_call(sync_control):
+    condition = torch.rand(1, 3, 32, 64, generator=torch.Generator().manual_seed(0))
+    net, seen = sync_control.controlnet, []
+    hook = net.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["controlnet_cond"].shape),
+                                         with_kwargs=True)
+    try:
+        fast = sync_control("a land", condition, fast_modes=["reuse_noise", "no_unet_backward"], **SYNCED).images
+    finally:
+        hook.remove()
+    faithful = sync_control("a land", condition, **SYNCED).images
+    off = sync_control("a land", condition, controlnet_conditioning_scale=0.0, fast_modes=["reuse_noise"],
+                       **SYNCED).images
+    assert (fast - faithful).abs().max() > 1e-4  # the fast modes were applied ...
+    assert (fast - off).abs().max() > 0.1  # ... with the condition still followed
+    # synced step: anchor + one pass per view batch (reuse_noise: no second pass); then one unsynced step
+    views = len(views_for_canvas(16, 32, sync_control.window, SYNCED["stride"]))
+    assert len(seen) == 2 + 1 and all(shape[-2:] == (32, 32) for shape in seen) and views == 3
+
+
 def test_several_controlnets_add_their_scaled_residuals(small_pipe):
     net = random_controlnet_like(small_pipe.unet, small_pipe.vae_factor, seed=1)
     single, double = control_pipe(small_pipe, net), control_pipe(small_pipe, net, copy.deepcopy(net))
@@ -253,6 +272,19 @@ def test_control_command_writes_the_panorama_and_every_parameter(folders, tmp_pa
     again = tmp_path / "again.png"
     assert main(["control", "--from-png", str(out), "--out", str(again), "--quiet"]) == 0
     assert np.array_equal(np.asarray(PIL.Image.open(out)), np.asarray(PIL.Image.open(again)))
+
+
+def test_control_command_takes_the_fast_modes_and_records_them(folders, tmp_path):
+    out = tmp_path / "fast.png"
+    common = ["--model", str(folders / "model"), "--controlnet", str(folders / "controlnet"), "--condition",
+              str(folders / "photo.png"), "--width", "64", "--height", "32", "--resize-condition", "--steps", "2",
+              "--sync-threshold", "1", "--seed", "4", "--quiet"]
+    assert main(["control", "a city", *common, "--fast", "no_unet_backward", "--sync-image-scale", "0.5",
+                 "--out", str(out)]) == 0
+    assert main(["control", "a city", *common, "--out", str(tmp_path / "faithful.png")]) == 0
+    parameters = read_parameters(out)
+    assert parameters["fast_modes"] == ["no_unet_backward"] and parameters["sync_image_scale"] == 0.5
+    assert not np.array_equal(np.asarray(PIL.Image.open(out)), np.asarray(PIL.Image.open(tmp_path / "faithful.png")))
 
 
 def test_from_pretrained_with_a_controlnet_is_the_composed_pipeline(folders, sync_control):

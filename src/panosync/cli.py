@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         height="pixels, a multiple of the VAE factor (8); default: the condition's height",
         sync_threshold="sync only in the first n steps (10, as the ControlSync paper)"))
     add_control_arguments(control)
+    add_speed_arguments(control)
     from .server.command import add_serve_arguments, add_ui_arguments
 
     add_serve_arguments(commands.add_parser(
@@ -158,22 +159,27 @@ def generation_request(args: argparse.Namespace, default_model: str = DEFAULT_MO
 
 
 def generate(args: argparse.Namespace) -> int:
+    request, source = generation_request(args, extra_defaults=SPEED_DEFAULTS)
+    return make_panorama(args, request, source, inputs=speed_inputs(request, source))
+
+
+def speed_inputs(request: dict, source: "ModelSource") -> dict:
+    """The request's speed options, checked before any weights load, as pipeline inputs."""
+    from pathlib import Path
+
     from .fast import check_image_scale, parse_fast_modes
 
-    request, source = generation_request(args, extra_defaults=SPEED_DEFAULTS)
     request["fast_modes"] = sorted(parse_fast_modes(request["fast_modes"]))
     if source.window is not None:
         check_image_scale(request["sync_image_scale"], source.window * source.vae_factor)
     if request["sync_decoder"] is not None:
-        from pathlib import Path
-
         if not (Path(request["sync_decoder"]).expanduser() / "config.json").is_file():
             raise ValueError(f"--sync-decoder {request['sync_decoder']} is not a diffusers AutoencoderTiny folder (it "
                              f"has no config.json): give the folder of a saved TAESD.")
-    return make_panorama(args, request, source, inputs={name: request[name] for name in SPEED_DEFAULTS})
+    return {name: request[name] for name in SPEED_DEFAULTS}
 
 
-# `panosync generate`'s speed options (fast modes and decoding), with the pipeline's defaults:
+# `panosync generate`'s and `panosync control`'s speed options (fast modes and decoding), with the pipeline's defaults:
 # recorded in the PNG and read back by --from-png like the others.
 SPEED_DEFAULTS = dict(fast_modes=[], sync_image_scale=1.0, sync_decoder=None, tiled_decode=None)
 
@@ -201,7 +207,8 @@ def control(args: argparse.Namespace) -> int:
     from .control import ControlSyncPipeline, check_condition_canvas
     from .models import load_control_pipeline, resolve_controlnet
 
-    request, source = generation_request(args, DEFAULT_CONTROL_MODEL, ControlSyncPipeline, CONTROL_DEFAULTS)
+    request, source = generation_request(args, DEFAULT_CONTROL_MODEL, ControlSyncPipeline,
+                                         {**CONTROL_DEFAULTS, **SPEED_DEFAULTS})
     if not request["condition"]:
         raise ValueError("Give --condition: the image the panorama follows (an edge map, or a photo with "
                          "--preprocess canny).")
@@ -219,7 +226,8 @@ def control(args: argparse.Namespace) -> int:
     conditions = [prepare_condition(image, width, height, request["resize_condition"], request["preprocess"],
                                     request["canny_low"], request["canny_high"]) for image in sources]
     request.update(width=width, height=height)
-    inputs = dict(image=conditions, controlnet_conditioning_scale=scales[0] if len(scales) == 1 else scales)
+    inputs = dict(image=conditions, controlnet_conditioning_scale=scales[0] if len(scales) == 1 else scales,
+                  **speed_inputs(request, source))
 
     def load(device, dtype):
         return load_control_pipeline(source, controlnets, device, dtype, config=request.get("model_config"))

@@ -11,7 +11,7 @@ the sync gradient flows through the ControlNets too.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
@@ -138,6 +138,10 @@ class ControlSyncPipeline(SyncDiffusionPipeline):
         output_type: str = "pil",
         callback_on_step_end: Callable[[Any, int, Any, dict], dict | None] | None = None,
         return_dict: bool = True,
+        fast_modes: Iterable[str] = (),
+        sync_image_scale: float = 1.0,
+        sync_decoder=None,
+        tiled_decode: bool | None = None,
     ):
         """Generate one panorama that follows `image`, the condition: a PIL image, numpy array or
         (1, 3, H, W) tensor in [0, 1] of the panorama's size in pixels (see panosync.conditions),
@@ -147,7 +151,8 @@ class ControlSyncPipeline(SyncDiffusionPipeline):
         The canvas is the condition's size unless `width` and `height` are given; a condition of
         another size is refused, or resized to the canvas with `resize_condition=True`. The other
         parameters are SyncDiffusionPipeline's, with the ControlSync paper's defaults: sync weight
-        20, decay 0.95, sync in the first 10 steps (of 50).
+        20, decay 0.95, sync in the first 10 steps (of 50). The fast modes and `tiled_decode` are
+        SyncDiffusionPipeline's too; the ControlNets run in every UNet call a fast mode keeps.
         """
         # 1. Check inputs: the conditions decide the canvas unless it is given
         if image is None:
@@ -161,7 +166,7 @@ class ControlSyncPipeline(SyncDiffusionPipeline):
         request = self.prepare_request(
             prompt, negative_prompt, width, height, guidance_scale, sync_weight, sync_decay_rate, sync_freq,
             sync_threshold, num_inference_steps, stride, seed, loop_closure, generator, latents, anchor,
-            view_batch_size, output_type,
+            view_batch_size, output_type, fast_modes, sync_image_scale, sync_decoder, tiled_decode,
         )
         fitted = [fit_to_canvas(condition, request.width, request.height, resize_condition) for condition in conditions]
         fitted = [condition.to(self._execution_device, self.controlnet.dtype) for condition in fitted]
