@@ -4,6 +4,7 @@ random-weight model: outputs, their schema, and resuming."""
 import csv
 import io
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -239,6 +240,28 @@ def test_evaluate_refuses_a_canvas_of_one_crop_before_loading(tmp_path, capsys):
     assert code == 2
     assert "only one 512x512 crop" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_syncdiffusion_takes_the_models_recommended_fast_modes_unless_told(tmp_path, tiny_model):
+    from panosync.cli import build_parser
+    from panosync.eval.command import make_plan
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    (model / "recommended.json").write_text(json.dumps({"sync_weight": 30.0, "fast_modes": ["no_unet_backward"]}))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a landscape\n")
+
+    def methods(*options):
+        args = build_parser().parse_args(["evaluate", "--model", str(model), "--prompts", str(prompts), "--out",
+                                          str(tmp_path / "out"), *options])
+        return make_plan(args).methods
+
+    assert methods()["syncdiffusion"]["fast_modes"] == ["no_unet_backward"]
+    assert methods()["syncdiffusion"]["sync_weight"] == 30.0
+    assert methods()["multidiffusion"] == {"sync_weight": 0.0}
+    assert "fast_modes" not in methods("--fast", "none")["syncdiffusion"]  # faithful: recorded as before
+    assert methods("--fast", "reuse_noise")["syncdiffusion"]["fast_modes"] == ["reuse_noise"]
 
 
 # ---------------------------------------------------------------------------------------- report

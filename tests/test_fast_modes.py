@@ -227,6 +227,35 @@ def test_generate_command_takes_fast_modes_and_records_them(sync_pipe, tmp_path,
     assert "not a diffusers AutoencoderTiny folder" in capsys.readouterr().err
 
 
+def test_a_models_recommended_fast_modes_are_the_default_and_none_turns_them_off(sync_pipe, tmp_path):
+    import json
+
+    import numpy as np
+    import PIL.Image
+
+    from panosync.cli import main
+    from panosync.metadata import read_parameters
+
+    folder = tmp_path / "model"
+    sync_pipe.save_pretrained(folder)
+    (folder / "recommended.json").write_text(json.dumps({"sync_weight": 10.0, "fast_modes": ["no_unet_backward"]}))
+    common = ["a land", "--model", str(folder), "--width", "64", "--height", "32", "--stride", "8", "--steps", "2",
+              "--seed", "2", "--quiet"]
+    recommended, faithful, other = tmp_path / "recommended.png", tmp_path / "faithful.png", tmp_path / "other.png"
+    assert main(["generate", *common, "--out", str(recommended)]) == 0
+    assert main(["generate", *common, "--fast", "none", "--out", str(faithful)]) == 0
+    assert main(["generate", *common, "--fast", "reuse_noise", "--out", str(other)]) == 0
+    assert read_parameters(recommended)["fast_modes"] == ["no_unet_backward"]
+    assert read_parameters(recommended)["sync_weight"] == 10.0
+    assert read_parameters(faithful)["fast_modes"] == []
+    assert read_parameters(other)["fast_modes"] == ["reuse_noise"]  # options given replace the recommended ones
+    pixels = {path: np.asarray(PIL.Image.open(path)) for path in (recommended, faithful)}
+    assert not np.array_equal(*pixels.values())
+    direct = sync_pipe("a land", width=64, height=32, stride=8, num_inference_steps=2, seed=2, sync_weight=10.0,
+                       fast_modes=["no_unet_backward"], output_type="np").images[0]
+    assert np.abs((direct * 255).round() - pixels[recommended].astype(float)).max() <= 1
+
+
 # --- DPM-Solver++: each view keeps its own solver history -----------------------------------------
 
 

@@ -125,7 +125,8 @@ CONTROL_DEFAULTS = dict(condition=None, controlnet=[DEFAULT_CONTROLNET], conditi
 
 def parameter_defaults(source: "ModelSource", pipeline: type | None = None) -> dict:
     """The default of every pipeline parameter for the model `source` names: the settings recommended
-    with the model, else the pipeline's (None for the canvas, which depends on the model's window).
+    with the model, else the pipeline's (None for the canvas, which depends on the model's window),
+    and the speed options the model recommends, if any.
     `pipeline`: the pipeline class whose defaults count (default: SyncDiffusionPipeline)."""
     import inspect
 
@@ -134,7 +135,9 @@ def parameter_defaults(source: "ModelSource", pipeline: type | None = None) -> d
 
     recommended = recommended_settings(source.ref) if source.kind == "folder" else {}
     defaults = inspect.signature((pipeline or SyncDiffusionPipeline).__call__).parameters
-    return {name: recommended.get(name, defaults[name].default) for name in [*PIPELINE_PARAMETERS, "loop_closure"]}
+    # a model may also recommend speed options (pocket: its sync gradient, see its recommended.json)
+    names = [*PIPELINE_PARAMETERS, "loop_closure", *(name for name in SPEED_DEFAULTS if name in recommended)]
+    return {name: recommended.get(name, defaults[name].default) for name in names}
 
 
 def generation_request(args: argparse.Namespace, default_model: str = DEFAULT_MODEL, pipeline: type | None = None,
@@ -186,11 +189,13 @@ SPEED_DEFAULTS = dict(fast_modes=[], sync_image_scale=1.0, sync_decoder=None, ti
 
 def add_speed_arguments(command: argparse.ArgumentParser) -> None:
     """Fast modes (each approximates the sync step; off by default) and tiled decoding."""
-    from .fast import FAST_MODES
+    from .fast import FAST_MODES, NO_FAST_MODE
 
     group = command.add_argument_group("speed", "fast modes change the result; each says what it approximates")
-    group.add_argument("--fast", dest="fast_modes", action="append", choices=list(FAST_MODES), default=None,
-                       help="a fast mode, repeatable: " + "; ".join(f"{name}: {text}" for name, text in FAST_MODES.items()))
+    modes = {**FAST_MODES, NO_FAST_MODE: "none of them, even those the model recommends (faithful mode)"}
+    group.add_argument("--fast", dest="fast_modes", action="append", choices=list(modes), default=None,
+                       help="a fast mode, repeatable (default: those the model recommends, else none): "
+                            + "; ".join(f"{name}: {text}" for name, text in modes.items()))
     group.add_argument("--sync-image-scale", dest="sync_image_scale", type=float, default=None,
                        help="compare images downscaled by this factor in the sync loss (fast mode; 1 = faithful)")
     group.add_argument("--sync-decoder", dest="sync_decoder", default=None, metavar="FOLDER",

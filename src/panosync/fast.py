@@ -39,6 +39,8 @@ FAST_MODES = {
                   "solver history",
 }
 
+NO_FAST_MODE = "none"
+
 # LPIPS-VGG pools four times before its last stage: smaller images have no features left there.
 SMALLEST_LPIPS_SIDE = 16
 
@@ -69,12 +71,13 @@ class SyncShortcuts:
 
 
 def parse_fast_modes(fast_modes: Iterable[str] | str | None) -> set[str]:
-    """The named fast modes as a set; a ValueError naming the known ones for anything else."""
+    """The named fast modes as a set; a ValueError naming the known ones for anything else. "none"
+    names no mode: `--fast none` asks for faithful mode where a model recommends a fast mode."""
     if fast_modes is None:
         return set()
     if isinstance(fast_modes, str):
         fast_modes = [part for part in fast_modes.replace(",", " ").split()]
-    modes = set(fast_modes)
+    modes = set(fast_modes) - {NO_FAST_MODE}
     unknown = sorted(mode for mode in modes if mode not in FAST_MODES)
     if unknown:
         raise ValueError(f"Unknown fast mode {', '.join(map(repr, unknown))}: use any of {', '.join(FAST_MODES)}.")

@@ -66,6 +66,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name in SYNC_PARAMETERS:
         kind = float if name in ("sync_weight", "sync_decay_rate") else int
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=SYNC_HELP[name])
+    from ..fast import FAST_MODES, NO_FAST_MODE
+
+    parser.add_argument("--fast", dest="fast_modes", action="append", choices=[*FAST_MODES, NO_FAST_MODE],
+                        default=None, help="syncdiffusion's fast modes, repeatable (default: those the model "
+                                           "recommends, else none; none: faithful mode)")
     parser.add_argument("--loop-closure", dest="loop_closure", action=argparse.BooleanOptionalAction, default=None,
                         help="evaluate 360° panoramas")
     parser.add_argument("--out", required=True, metavar="DIR",
@@ -170,6 +175,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
 
     from ..bundled import recommended_settings
     from ..cli import DEFAULT_MODEL
+    from ..fast import parse_fast_modes
     from ..models import resolve_model
     from ..pipeline import SyncDiffusionPipeline
     from ..sync import SyncSchedule
@@ -193,6 +199,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
     shared = {name: setting(name) for name in [*SHARED_PARAMETERS, "loop_closure"]}
     sync = {name: setting(name) for name in SYNC_PARAMETERS}
     SyncSchedule(*(sync[name] for name in SYNC_PARAMETERS))  # a bad sync option fails here, before loading
+    fast_modes = sorted(parse_fast_modes(args.fast_modes if args.fast_modes is not None
+                                         else recommended.get("fast_modes")))
+    if fast_modes:  # recorded only when used, so faithful runs keep their earlier records
+        sync["fast_modes"] = fast_modes
     settings = {"multidiffusion": {"sync_weight": 0.0}, "syncdiffusion": sync}
     plan = Plan(model, source, prompts, seeds, {m: settings[m] for m in methods}, shared, Path(args.out), args)
     if source.window is not None:

@@ -123,7 +123,7 @@ def main(argv=None):
     lpips = load_lpips("vgg")
     width = args.windows * size
     methods = {"MultiDiffusion": {"sync_weight": 0.0},
-               "SyncDiffusion": {k: v for k, v in settings.items() if k.startswith("sync_")}}
+               "SyncDiffusion": {k: v for k, v in settings.items() if k.startswith("sync_") or k == "fast_modes"}}
     montage, pictures = {}, {}
     for method, sync in methods.items():
         disagree, distances = 0, []
