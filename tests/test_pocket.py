@@ -54,4 +54,6 @@ def test_generate_with_pocket_from_the_command(tmp_path):
                  "--seed", "1", "--out", str(out), "--quiet"]) == 0
     parameters = read_parameters(out)
     assert parameters["model"] == "pocket" and parameters["height"] == 64 and parameters["width"] == 256
-    assert parameters["sync_weight"] == recommended_settings(bundled_model_folder("pocket"))["sync_weight"]
+    recommended = recommended_settings(bundled_model_folder("pocket"))
+    assert parameters["sync_weight"] == recommended["sync_weight"]
+    assert parameters["fast_modes"] == recommended.get("fast_modes", [])

@@ -163,6 +163,21 @@ def test_a_job_runs_to_a_png_with_the_commands_metadata(client, model):
     assert client.get("/predictions/nope").status_code == 404
 
 
+def test_a_models_recommended_fast_modes_are_the_servers_default(sync_pipe, tmp_path):
+    import json
+
+    folder = tmp_path / "model"
+    sync_pipe.save_pretrained(folder)
+    (folder / "recommended.json").write_text(json.dumps({"sync_weight": 10.0, "fast_modes": ["no_unet_backward"]}))
+    model = PanoramaModel(sync_pipe, "recommending", parameter_defaults(resolve_model(str(folder))))
+    parameters = model.prepare({"prompt": "a land", **TINY, "sync_weight": 10.0, "seed": 1}, Limits())
+    assert parameters["fast_modes"] == ["no_unet_backward"]
+    image = model.generate(parameters)
+    faithful = sync_pipe(**{**parameters, "fast_modes": []}, output_type="np").images[0]
+    assert not np.array_equal(np.asarray(image), (faithful * 255).round().astype(np.uint8))
+    assert model.metadata(parameters, image)["fast_modes"] == ["no_unet_backward"]  # --from-png makes it again
+
+
 def test_prefer_wait_answers_with_the_finished_job(client):
     response = client.post("/predictions", json={"prompt": "a land", **TINY}, headers={"Prefer": "wait=60"})
     assert response.status_code == 201 and response.headers["preference-applied"] == "wait=60"
