@@ -1,8 +1,10 @@
 """Choose the pocket model's recommended settings: for a prompt without a time of day, the share of
 panoramas whose crops disagree on it and their mean Intra-LPIPS, per setting, on a few seeds (the
-same seeds for every setting). One JSON line per setting.
+same seeds for every setting). One JSON line per setting, with each panorama's crop times
+(d day, s sunset, n night).
 
-    python scripts/pocket_sweep.py runs/pocket/export --seeds 8 --strides 8,12 --weights 0,20 --thresholds 10,30
+    python scripts/pocket_sweep.py pocket --seeds 8 --steps 30 --strides 12 --weights 0,40 --decays 0.95,0.98 \
+        --fast no_unet_backward
 """
 
 import argparse
@@ -12,10 +14,11 @@ import time
 
 import numpy as np
 
+from panosync.eval.crops import crops
+from panosync.eval.perceptual import intra_lpips
 from panosync.lpips import load_lpips
 from panosync.models import load_pipeline
 from panosync.pocket.classify import classify_time
-from panosync.pocket.quality import crops, intra_lpips
 
 
 def numbers(kind):
@@ -26,31 +29,38 @@ parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.R
 parser.add_argument("model")
 parser.add_argument("--prompt", default="snowy mountains")
 parser.add_argument("--seeds", type=int, default=8)
-parser.add_argument("--steps", type=int, default=30)
+parser.add_argument("--windows", type=int, default=8, help="panorama width in windows")
+parser.add_argument("--steps", type=numbers(int), default=[30])
 parser.add_argument("--guidance", type=numbers(float), default=[7.5])
-parser.add_argument("--strides", type=numbers(int), default=[8])
+parser.add_argument("--strides", type=numbers(int), default=[12])
 parser.add_argument("--weights", type=numbers(float), default=[0.0, 20.0])
 parser.add_argument("--decays", type=numbers(float), default=[0.95])
-parser.add_argument("--thresholds", type=numbers(int), default=[10])
+parser.add_argument("--thresholds", type=numbers(int), default=[None],
+                    help="sync in the first n steps (default: every step)")
+parser.add_argument("--fast", type=lambda text: sorted(text.split(",")), action="append", default=None,
+                    help="comma-separated fast modes of the synced runs, repeatable to compare (none: faithful)")
 args = parser.parse_args()
 
 pipe = load_pipeline(args.model)
 pipe.set_progress_bar_config(disable=True)
 lpips = load_lpips("vgg")
 size = pipe.window * pipe.vae_factor
-for stride, guidance, weight, decay, threshold in itertools.product(args.strides, args.guidance, args.weights,
-                                                                      args.decays, args.thresholds):
-    if weight == 0 and (decay, threshold) != (args.decays[0], args.thresholds[0]):
+fast_choices = [[mode for mode in modes if mode != "none"] for modes in (args.fast or [["none"]])]
+for steps, stride, guidance, weight, decay, threshold, fast in itertools.product(
+        args.steps, args.strides, args.guidance, args.weights, args.decays, args.thresholds, fast_choices):
+    if weight == 0 and (decay, threshold, fast) != (args.decays[0], args.thresholds[0], fast_choices[0]):
         continue  # MultiDiffusion does not depend on them
-    setting = dict(stride=stride, guidance_scale=guidance, sync_weight=weight, sync_decay_rate=decay,
-                   sync_threshold=threshold)
-    started, disagree, distances = time.time(), 0, []
+    setting = dict(num_inference_steps=steps, stride=stride, guidance_scale=guidance, sync_weight=weight,
+                   sync_decay_rate=decay, sync_threshold=threshold, fast_modes=fast if weight else [])
+    started, disagree, distances, times = time.time(), 0, [], []
     for seed in range(args.seeds):
-        image = pipe(args.prompt, width=8 * size, height=size, num_inference_steps=args.steps, seed=seed,
-                     view_batch_size=32, output_type="np", **setting).images[0]
+        image = pipe(args.prompt, width=args.windows * size, height=size, seed=seed, view_batch_size=32,
+                     output_type="np", **setting).images[0]
         image = (image * 255).round().astype(np.uint8)
-        disagree += len({classify_time(tile) for tile in crops(image, size)}) > 1
+        times.append("".join(classify_time(tile)[0] for tile in crops(image, size)))
+        disagree += len(set(times[-1])) > 1
         distances.append(intra_lpips(image, size, lpips))
     print(json.dumps({**setting, "disagreement": disagree / args.seeds,
                       "intra_lpips": round(float(np.mean(distances)), 4),
-                      "seconds_per_panorama": round((time.time() - started) / args.seeds, 1)}), flush=True)
+                      "seconds_per_panorama": round((time.time() - started) / args.seeds, 1), "crop_times": times}),
+          flush=True)
