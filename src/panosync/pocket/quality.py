@@ -90,6 +90,10 @@ def montage_table(report: dict) -> list[str]:
             distances = montage[method]["per_panorama_intra_lpips"][:count]
             share = sum(len(set(t)) > 1 for t in times) / count
             lines.append(f"| {method}, the same {count} seeds | {count} | {share:.1%} | {np.mean(distances):.3f} | |")
+        modes = ", ".join(montage["SyncDiffusion"]["settings"].get("fast_modes", []))
+        lines += ["", f"SyncDiffusion runs with the recommended settings, fast modes ({modes}) included. "
+                      f"“{FAITHFUL}” has the same settings with the paper's gradient, through the UNet; the last two "
+                      f"rows are the other methods on its seeds."]
     return lines
 
 
