@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from .bundled import bundled_model_folder, bundled_model_names
+from .bundled import bundled_controlnet_folder, bundled_controlnet_names, bundled_model_folder, bundled_model_names
 from .pipeline import SyncDiffusionPipeline, vae_factor_of, window_of
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -198,11 +198,12 @@ def load_pipeline(source: ModelSource | str, device: torch.device | str = "cpu",
 # ------------------------------------------------------------------------------------ ControlNets
 
 def resolve_controlnet(controlnet: str) -> ModelSource:
-    """Say what `controlnet` names (a diffusers ControlNet folder, a hub id, or "tiny-random": random
-    weights shaped for the base model, a smoke test), or raise a ValueError. Reads no weights."""
+    """Say what `controlnet` names (a bundled ControlNet such as "pocket-canny", a diffusers ControlNet
+    folder, a hub id, or "tiny-random": random weights shaped for the base model, a smoke test), or
+    raise a ValueError. Reads no weights."""
     if controlnet == "tiny-random":
         return ModelSource("bundled", controlnet)
-    path = Path(controlnet).expanduser()
+    path = bundled_controlnet_folder(controlnet) or Path(controlnet).expanduser()
     if path.is_dir():
         try:
             config = json.loads((path / "config.json").read_text())
@@ -221,8 +222,9 @@ def resolve_controlnet(controlnet: str) -> ModelSource:
     if HUB_ID.match(controlnet):
         _check_hub_model(controlnet, marker="config.json", what="ControlNet")
         return ModelSource("hub", controlnet)
-    raise ValueError(f"Unknown ControlNet {controlnet!r}: give a diffusers ControlNet folder, a Hugging Face id such "
-                     f"as lllyasviel/sd-controlnet-canny, or tiny-random.")
+    bundled = "".join(f"{name}, " for name in bundled_controlnet_names())
+    raise ValueError(f"Unknown ControlNet {controlnet!r}: give a bundled ControlNet ({bundled}tiny-random), a diffusers "
+                     f"ControlNet folder, or a Hugging Face id such as lllyasviel/sd-controlnet-canny.")
 
 
 def load_controlnet(source: ModelSource | str, base: SyncDiffusionPipeline, dtype: torch.dtype = torch.float32):

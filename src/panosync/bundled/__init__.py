@@ -1,5 +1,6 @@
 """Models shipped inside the package, as diffusers folders: `panosync generate --model pocket`,
-`SyncDiffusionPipeline.from_pretrained("pocket")`. A folder may hold `recommended.json`, the
+`SyncDiffusionPipeline.from_pretrained("pocket")`; and ControlNets for them, as diffusers ControlNet
+folders: `panosync control --model pocket --controlnet pocket-canny`. A folder may hold `recommended.json`, the
 generation settings its authors recommend (the command uses them as its defaults)."""
 
 from __future__ import annotations
@@ -16,6 +17,19 @@ def bundled_model_folder(name: str) -> Path | None:
         return None
     folder = HERE / name
     return folder if (folder / "model_index.json").is_file() else None
+
+
+def bundled_controlnet_folder(name: str) -> Path | None:
+    """The folder of the bundled ControlNet called `name` (a config.json and no model_index.json), or None."""
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        return None
+    folder = HERE / name
+    is_controlnet = (folder / "config.json").is_file() and not (folder / "model_index.json").is_file()
+    return folder if is_controlnet else None
+
+
+def bundled_controlnet_names() -> list[str]:
+    return sorted(p.parent.name for p in HERE.glob("*/config.json") if bundled_controlnet_folder(p.parent.name))
 
 
 def bundled_model_names() -> list[str]:

@@ -87,6 +87,9 @@ def train_controlnet(data: Path, run: Path, steps: int, batch: int = 32, lr: flo
         controlnet.load_state_dict(state["controlnet"])
         optimizer.load_state_dict(state["optimizer"])
         step = state["step"]
+    generator = torch.Generator().manual_seed(seed + step)
+    if "generator" in state:  # the same batches as an uninterrupted run
+        generator.set_state(state["generator"])
     with torch.no_grad():  # the frozen text encoder: every caption's embedding once
         tokens = tokenizer(latents["captions"], padding="max_length", max_length=MAX_TOKENS, truncation=True,
                            return_tensors="pt").input_ids
@@ -95,7 +98,6 @@ def train_controlnet(data: Path, run: Path, steps: int, batch: int = 32, lr: flo
         caption_embeddings = torch.cat([text_encoder(unique[i : i + 512])[0] for i in range(0, len(unique), 512)])
         empty_embedding = text_encoder(empty)[0]
     scale = latents["scaling_factor"]
-    generator = torch.Generator().manual_seed(seed + step)
     progress, saved = Progress("controlnet", step, steps, state.get("seconds", 0.0)), time.time()
     while step < steps:
         index = torch.randint(0, len(inverse), (batch,), generator=generator)
@@ -125,7 +127,7 @@ def train_controlnet(data: Path, run: Path, steps: int, batch: int = 32, lr: flo
         if time.time() - saved > checkpoint_seconds or step == steps:
             state = {"controlnet": controlnet.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                      "batch": batch, "lr": lr, "drop_caption": drop_caption, "images": len(edges),
-                     **progress.record()}
+                     "generator": generator.get_state(), **progress.record()}
             save_atomically(state, checkpoint_path)
             saved = time.time()
     return state
