@@ -57,3 +57,10 @@ def test_generate_with_pocket_from_the_command(tmp_path):
     recommended = recommended_settings(bundled_model_folder("pocket"))
     assert parameters["sync_weight"] == recommended["sync_weight"]
     assert parameters["fast_modes"] == recommended.get("fast_modes", [])
+
+
+def test_recommended_settings_are_pipeline_keywords(pocket):
+    settings = recommended_settings(bundled_model_folder("pocket"))
+    quick = {**settings, "num_inference_steps": 2}  # the README's Python example, shortened
+    image = pocket("snowy mountains", width=128, seed=3, output_type="np", **quick).images[0]
+    assert image.shape == (64, 128, 3) and np.isfinite(image).all()
