@@ -182,8 +182,8 @@ def speed_inputs(request: dict, source: "ModelSource") -> dict:
     return {name: request[name] for name in SPEED_DEFAULTS}
 
 
-# `panosync generate`'s and `panosync control`'s speed options (fast modes and decoding), with the pipeline's defaults:
-# recorded in the PNG and read back by --from-png like the others.
+# The speed options of `panosync generate` and `panosync control` (fast modes and decoding), with the
+# pipeline's defaults: recorded in the PNG and read back by --from-png like the others.
 SPEED_DEFAULTS = dict(fast_modes=[], sync_image_scale=1.0, sync_decoder=None, tiled_decode=None)
 
 

@@ -78,7 +78,8 @@ def bars(report: dict) -> list[tuple[str, str, bool]]:
 def montage_table(report: dict) -> list[str]:
     """Each panorama method's figures, with the seeds each was measured on."""
     montage = report["montage"]
-    lines = ["| method | panoramas (seeds from 0) | crops disagree | Intra-LPIPS | s / panorama |", "|---|---|---|---|---|"]
+    lines = ["| method | panoramas (seeds from 0) | crops disagree | Intra-LPIPS | s / panorama |",
+             "|---|---|---|---|---|"]
     for method, figures in montage.items():
         lines.append(f"| {method} | {figures['panoramas']} | {figures['disagreement']:.1%} | "
                      f"{figures['intra_lpips']:.3f} ± {figures['intra_lpips_std']:.3f} | "
@@ -92,8 +93,8 @@ def montage_table(report: dict) -> list[str]:
             lines.append(f"| {method}, the same {count} seeds | {count} | {share:.1%} | {np.mean(distances):.3f} | |")
         modes = ", ".join(montage["SyncDiffusion"]["settings"].get("fast_modes", []))
         lines += ["", f"SyncDiffusion runs with the recommended settings, fast modes ({modes}) included. "
-                      f"“{FAITHFUL}” has the same settings with the paper's gradient, through the UNet; the last two "
-                      f"rows are the other methods on its seeds."]
+                      f"“{FAITHFUL}” has the same settings with the paper's gradient, through the UNet; "
+                      f"the last two rows are the other methods on its seeds."]
     return lines
 
 
