@@ -127,7 +127,7 @@ def train_controlnet(data: Path, run: Path, steps: int, batch: int = 32, lr: flo
         if time.time() - saved > checkpoint_seconds or step == steps:
             state = {"controlnet": controlnet.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                      "batch": batch, "lr": lr, "drop_caption": drop_caption, "images": len(edges),
-                     "generator": generator.get_state(), **progress.record()}
+                     "generator": generator.get_state(), "threads": torch.get_num_threads(), **progress.record()}
             save_atomically(state, checkpoint_path)
             saved = time.time()
     return state
@@ -142,8 +142,9 @@ def export_controlnet(run: Path, out: Path = CONTROL_BUNDLE) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     controlnet.to(torch.float16).save_pretrained(out, safe_serialization=True)
     record = {"base_model": "pocket", "condition": "Canny edges (panosync.conditions.canny_edges, thresholds 100/200)",
-              **{key: state.get(key) for key in ("images", "step", "batch", "lr", "drop_caption", "seconds", "loss")},
-              "loss_note": "mean epsilon MSE over the last logged stretch of steps", "threads": torch.get_num_threads()}
+              **{key: state.get(key) for key in ("images", "step", "batch", "lr", "drop_caption", "seconds", "loss",
+                                                 "threads")},
+              "loss_note": "mean epsilon MSE over the last logged stretch of steps"}
     (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"exported {out} ({size / 2**20:.1f} MiB, trained {state['step']} steps)")
