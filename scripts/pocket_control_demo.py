@@ -28,7 +28,7 @@ from panosync.conditions import canny_edges
 from panosync.eval.crops import crops
 from panosync.eval.perceptual import intra_lpips
 from panosync.lpips import load_lpips
-from panosync.models import load_control_pipeline, resolve_model
+from panosync.models import load_control_pipeline, resolve_controlnet, resolve_model
 from panosync.pocket.classify import classify_time
 from panosync.pocket.edge_match import TOLERANCE, edge_fscore
 from panosync.pocket.landscapes import render_landscape
@@ -52,7 +52,13 @@ def main(argv=None):
     parser.add_argument("--sync-baseline", action=argparse.BooleanOptionalAction, default=True,
                         help="also run SyncDiffusion at scale 0 (the slowest of the four; MultiDiffusion's always runs)")
     parser.add_argument("--out", type=Path, default=Path("docs/pocket-control"))
+    parser.add_argument("--markdown-only", action="store_true", help="rewrite OUT.md from OUT.json, generating nothing")
     args = parser.parse_args(argv)
+    if args.markdown_only:
+        report = json.loads(args.out.with_suffix(".json").read_text())
+        args.seeds = len(report["methods"]["MultiDiffusion"]["panoramas"])
+        atomic_write(args.out.with_suffix(".md"), lambda p: p.write_text(markdown(report, args)))
+        return
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     started = time.time()
 
@@ -115,9 +121,30 @@ def main(argv=None):
     print(markdown(report, args))
 
 
+def comparison(report: dict) -> list[str]:
+    """The measured differences, in words, computed from the table (nothing here is typed in by hand)."""
+    methods, lines = report["methods"], []
+    for method in ("MultiDiffusion", "SyncDiffusion"):
+        baseline = methods.get(f"{method}, scale 0 (no ControlNet)")
+        if baseline:
+            change = methods[method]["edge_f"] - baseline["edge_f"]
+            lines.append(f"- {method}: the ControlNet changes the edge F-score from {baseline['edge_f']:.3f} (scale 0) to "
+                         f"{methods[method]['edge_f']:.3f} ({change:+.3f}).")
+    plain, synced = methods["MultiDiffusion"], methods["SyncDiffusion"]
+    lines.append(f"- With the ControlNet, SyncDiffusion against MultiDiffusion: edge F-score {synced['edge_f']:.3f} vs "
+                 f"{plain['edge_f']:.3f}; crops disagree on the time {synced['crops_disagree']:.0%} vs "
+                 f"{plain['crops_disagree']:.0%}; Intra-LPIPS {synced['intra_lpips']:.3f} vs {plain['intra_lpips']:.3f}.")
+    return ["", "Measured differences:", "", *lines]
+
+
+def resolve_controlnet_folder() -> Path:
+    return Path(resolve_controlnet("pocket-canny").ref)
+
+
 def markdown(report: dict, args) -> str:
     width, height = report["condition"]["size"]
     s = report["settings"]
+    training = json.loads((resolve_controlnet_folder() / "training.json").read_text())
     lines = [
         "# The pocket model following a wide edge map (pocket-canny ControlNet)", "",
         f"Made by `scripts/pocket_control_demo.py --seeds {args.seeds}` in {report['seconds'] / 60:.0f} min on the CPU. "
@@ -127,6 +154,11 @@ def markdown(report: dict, args) -> str:
         f"“{report['prompt']}” (no time of day), {s['num_inference_steps']} DDIM steps, guidance "
         f"{s['guidance_scale']}, stride {s['stride']}; SyncDiffusion with pocket's recommended sync settings "
         f"({', '.join(f'{k} {v}' for k, v in report['methods']['SyncDiffusion']['settings'].items() if k != 'controlnet_conditioning_scale')}).",
+        "", f"The ControlNet: `ControlNetModel.from_unet` of pocket's UNet, trained by "
+        f"`python -m panosync.pocket.control_train` on the Canny edges of pocket's {training['images']:,} training images "
+        f"for {training['step']:,} steps of batch {training['batch']} (lr {training['lr']}, captions dropped "
+        f"{training['drop_caption']:.0%} of the time) in {training['seconds'] / 60:.0f} min on the CPU, pocket frozen; "
+        f"epsilon MSE {training.get('first_loss', float('nan')):.3f} at the start, {training['loss']:.3f} at the end.",
         "", "| method | panoramas | edge F-score | precision | recall | crops disagree on the time | Intra-LPIPS | s / panorama |",
         "|---|---|---|---|---|---|---|---|"]
     for method, m in report["methods"].items():
@@ -141,7 +173,7 @@ def markdown(report: dict, args) -> str:
         f"mountains score against these edges by chance. Crops disagree: the share of panoramas whose eight "
         f"non-overlapping {height}-px crops do not all get the same time of day from `panosync.pocket.classify`. "
         f"Intra-LPIPS: LPIPS-VGG averaged over all pairs of those crops (lower: more alike).", "",
-        "Per panorama (crop times: d day, s sunset, n night):", "",
+        *comparison(report), "", "Per panorama (crop times: d day, s sunset, n night):", "",
         "| method | seed | F | crop times | Intra-LPIPS |", "|---|---|---|---|---|"]
     for method, m in report["methods"].items():
         lines += [f"| {method} | {r['seed']} | {r['f']:.3f} | {r['crop_times']} | {r['intra_lpips']:.3f} |"
