@@ -134,7 +134,7 @@ def comparison(report: dict) -> list[str]:
     lines.append(f"- With the ControlNet, SyncDiffusion against MultiDiffusion: edge F-score {synced['edge_f']:.3f} vs "
                  f"{plain['edge_f']:.3f}; crops disagree on the time {synced['crops_disagree']:.0%} vs "
                  f"{plain['crops_disagree']:.0%}; Intra-LPIPS {synced['intra_lpips']:.3f} vs {plain['intra_lpips']:.3f}.")
-    return ["", "Measured differences:", "", *lines]
+    return ["Measured differences:", "", *lines]
 
 
 def resolve_controlnet_folder() -> Path:
