@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -23,12 +22,11 @@ import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
-from diffusers import ControlNetModel, DDPMScheduler, UNet2DConditionModel
+from diffusers import ControlNetModel, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ..conditions import canny_edges
-from .train import BUNDLE, MAX_TOKENS, VAE_FACTOR, Progress, encode_dataset, load_data, noise_schedule_config, \
-    save_atomically
+from .train import BUNDLE, MAX_TOKENS, Progress, encode_dataset, load_data, save_atomically, training_noise_schedule
 
 CONTROL_BUNDLE = BUNDLE.parent / "pocket-canny"
 # One stride-2 stage per halving of the VAE (64 px -> 16 latent pixels): the ControlSync pipeline checks this.
@@ -80,7 +78,7 @@ def train_controlnet(data: Path, run: Path, steps: int, batch: int = 32, lr: flo
     torch.manual_seed(seed)
     controlnet = new_controlnet(unet).train()
     optimizer = torch.optim.AdamW(controlnet.parameters(), lr=lr, weight_decay=1e-2)
-    noise_schedule = DDPMScheduler(**{k: v for k, v in noise_schedule_config().items() if k != "set_alpha_to_one"})
+    noise_schedule = training_noise_schedule()
     checkpoint_path, step, state = run / "controlnet.pt", 0, {}
     if checkpoint_path.exists():
         state = torch.load(checkpoint_path, weights_only=False)

@@ -94,6 +94,11 @@ def noise_schedule_config() -> dict:
                 clip_sample=False, set_alpha_to_one=False, steps_offset=1)
 
 
+def training_noise_schedule() -> DDPMScheduler:
+    """The forward (noising) process the networks are trained under: the schedule above."""
+    return DDPMScheduler(**{k: v for k, v in noise_schedule_config().items() if k != "set_alpha_to_one"})
+
+
 # ---------------------------------------------------------------------------------- utilities
 
 
@@ -221,7 +226,7 @@ def stage_unet(run: Path, steps: int, batch: int, lr: float, drop_caption: float
     parameters = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=1e-2)
     ema = EMAModel(parameters, decay=0.999, use_ema_warmup=True, power=2 / 3)
-    noise_schedule = DDPMScheduler(**{k: v for k, v in noise_schedule_config().items() if k != "set_alpha_to_one"})
+    noise_schedule = training_noise_schedule()
     checkpoint_path, step, state = run / "unet.pt", 0, {}
     if checkpoint_path.exists():
         state = torch.load(checkpoint_path, weights_only=False)
