@@ -4,7 +4,7 @@
     python benchmarks/speed.py --gpu                          # CUDA: SD 2 base architecture, random weights, fp16
     python benchmarks/speed.py --gpu --smoke                  # the --gpu path at a tiny size, on the CPU
 
-Ways (modes): the reference implementation's per-window loop (benchmarks/reference_order.py, the
+Ways (modes): the reference implementation's per-window loop (tests/reference_loop.py, the
 baseline), faithful mode one view per call and in the device's chunk, MultiDiffusion (sync weight
 0), diffusers' StableDiffusionPanoramaPipeline at each view batch size tried, and each fast mode.
 Every mode runs in its own process, so that its peak memory is its own: on the CPU the peak
@@ -40,7 +40,8 @@ import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent / "src")]  # reference_order; panosync from this checkout
+# panosync from this checkout; tests/reference_loop.py, the reference implementation's loop
+sys.path[:0] = [str(HERE), str(HERE.parent / "src"), str(HERE.parent / "tests")]
 
 PROMPT = "snowy mountains"  # names no time of day: the montage failure's prompt (docs/pocket-progress.md)
 
@@ -246,7 +247,7 @@ def run_mode(setup: Setup, mode: Mode, seeds: list[int], out: Path) -> dict:
     from panosync.chunks import default_view_batch_size
     from panosync.lpips import load_lpips
     from panosync.views import views_for_canvas
-    from reference_order import reference_order_panorama
+    from reference_loop import reference_panorama
 
     torch.set_num_threads(setup.threads)
     pipe = load(setup)
@@ -271,10 +272,10 @@ def run_mode(setup: Setup, mode: Mode, seeds: list[int], out: Path) -> dict:
         noise = torch.randn((1, 4, setup.height // factor, setup.width // factor),
                             generator=torch.Generator().manual_seed(seed))
         if mode.kind == "reference":
-            latent = reference_order_panorama(pipe, PROMPT, "", setup.width, setup.height, noise,
-                                              **{**sync, "sync_threshold": setup.sync_threshold or setup.steps},
-                                              guidance_scale=setup.guidance_scale, num_inference_steps=setup.steps,
-                                              lpips=lpips)
+            latent = reference_panorama(pipe, PROMPT, "", setup.width, setup.height, noise,
+                                        **{**sync, "sync_threshold": setup.sync_threshold or setup.steps},
+                                        guidance_scale=setup.guidance_scale, num_inference_steps=setup.steps,
+                                        lpips=lpips)
             return latent, pipe.decode_panorama(latent, loop_closure=False)[0].permute(1, 2, 0).float().cpu().numpy()
         if mode.kind == "diffusers":
             batch = options["view_batch_size"] or chunk
@@ -640,7 +641,7 @@ def headline(report: dict) -> list[str]:
 NOTES = [
     "## Notes",
     "",
-    "- Modes: the baseline is benchmarks/reference_order.py, the reference implementation's loop (one view at a "
+    "- Modes: the baseline is tests/reference_loop.py, the reference implementation's loop (one view at a "
     "time, the anchor's gradient computed and discarded, LPIPS's own forward for every pair, a second UNet pass "
     "for every view). Faithful mode gives its result (the largest latent difference is printed under each table). "
     "What each fast mode approximates: src/panosync/fast.py.",
