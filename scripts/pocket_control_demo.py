@@ -25,12 +25,11 @@ import torch
 
 from panosync.bundled import recommended_settings
 from panosync.conditions import canny_edges
-from panosync.eval.crops import crops
 from panosync.eval.perceptual import intra_lpips
 from panosync.lpips import load_lpips
 from panosync.models import load_control_pipeline, resolve_controlnet, resolve_model
-from panosync.pocket.classify import classify_time
 from panosync.pocket.edge_match import TOLERANCE, edge_fscore
+from panosync.pocket.quality import crop_times
 from panosync.pocket.landscapes import render_landscape
 
 PROMPT = "snowy mountains"  # no time of day: the model picks one, and the views must agree on it
@@ -94,7 +93,7 @@ def main(argv=None):
             panorama = pipe(PROMPT, image=condition, seed=seed, **common, **extra).images[0]
             panorama = (panorama * 255).round().astype(np.uint8)
             match = edge_fscore(panorama, edges)
-            times = "".join(classify_time(tile)[0] for tile in crops(panorama, size))
+            times = crop_times(panorama, size)
             rows.append({"seed": seed, **{k: round(v, 4) for k, v in match.items()}, "crop_times": times,
                          "intra_lpips": round(intra_lpips(panorama, size, lpips), 4)})
             if seed < args.shown:

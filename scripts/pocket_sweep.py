@@ -14,11 +14,10 @@ import time
 
 import numpy as np
 
-from panosync.eval.crops import crops
 from panosync.eval.perceptual import intra_lpips
 from panosync.lpips import load_lpips
 from panosync.models import load_pipeline
-from panosync.pocket.classify import classify_time
+from panosync.pocket.quality import crop_times
 
 
 def numbers(kind):
@@ -57,7 +56,7 @@ for steps, stride, guidance, weight, decay, threshold, fast in itertools.product
         image = pipe(args.prompt, width=args.windows * size, height=size, seed=seed, view_batch_size=32,
                      output_type="np", **setting).images[0]
         image = (image * 255).round().astype(np.uint8)
-        times.append("".join(classify_time(tile)[0] for tile in crops(image, size)))
+        times.append(crop_times(image, size))
         disagree += len(set(times[-1])) > 1
         distances.append(intra_lpips(image, size, lpips))
     print(json.dumps({**setting, "disagreement": disagree / args.seeds,

@@ -13,6 +13,7 @@ import torch
 
 from panosync.models import load_pipeline
 from panosync.pocket.classify import classify_time
+from panosync.pocket.quality import crop_times
 from panosync.views import crop
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,4 +57,4 @@ def foreseen_times(pipe, step, t, values):
 
 image = pipe.generate(request, foreseen_times).images[0]
 image = (image * 255).round().astype(np.uint8)
-print("final crops:", "".join(classify_time(image[:, k * size:(k + 1) * size])[0] for k in range(args.windows)))
+print("final crops:", crop_times(image, size))

@@ -48,6 +48,12 @@ def sample_windows(pipe, prompt: str, seeds: list[int], steps: int = 50, guidanc
     return (images * 255).round().astype(np.uint8)
 
 
+def crop_times(panorama: np.ndarray, size: int) -> str:
+    """The time of day of each non-overlapping crop of a uint8 panorama, a letter each (d day, s sunset,
+    n night): a panorama whose letters differ mixes times of day."""
+    return "".join(classify_time(tile)[0] for tile in crops(panorama, size))
+
+
 def time_shares(images) -> dict[str, float]:
     names = [classify_time(image) for image in images]
     return {name: names.count(name) / len(names) for name in sorted(set(names))}
@@ -160,23 +166,23 @@ def main(argv=None):
         methods[FAITHFUL] = ({**synced, "fast_modes": []}, args.faithful_panoramas)
     montage, pictures = {}, {}
     for method, (sync, count) in methods.items():
-        disagree, distances, crop_times, started_method = 0, [], [], time.time()
+        disagree, distances, times_of_crops, started_method = 0, [], [], time.time()
         for seed in range(count):
             panorama = pipe(free_prompt, width=width, height=size, seed=seed, num_inference_steps=steps,
                             guidance_scale=guidance, stride=settings.get("stride"), view_batch_size=32,
                             output_type="np", **sync).images[0]
             panorama = (panorama * 255).round().astype(np.uint8)
-            times = "".join(classify_time(tile)[0] for tile in crops(panorama, size))
+            times = crop_times(panorama, size)
             disagree += len(set(times)) > 1
             distances.append(intra_lpips(panorama, size, lpips))
-            crop_times.append(times)
+            times_of_crops.append(times)
             if seed < 6 and method != FAITHFUL:
                 pictures.setdefault(method, []).append(panorama)
             print(f"{method} seed {seed}: crops {times}, Intra-LPIPS {distances[-1]:.3f}", file=sys.stderr, flush=True)
         montage[method] = {"settings": sync, "panoramas": count, "disagreement": disagree / count,
                            "intra_lpips": float(np.mean(distances)), "intra_lpips_std": float(np.std(distances)),
                            "seconds_per_panorama": round((time.time() - started_method) / count, 1),
-                           "crop_times": crop_times, "per_panorama_intra_lpips": [round(d, 4) for d in distances]}
+                           "crop_times": times_of_crops, "per_panorama_intra_lpips": [round(d, 4) for d in distances]}
     report["montage"] = montage
     report["seconds"] = round(time.time() - started)
 
