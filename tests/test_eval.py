@@ -12,6 +12,7 @@ import torch
 
 from conftest import make_pipe
 from panosync.cli import main
+from panosync.metadata import read_parameters
 from panosync.eval.clip_score import ClipScorer, ClipUnavailable
 from panosync.eval.command import parse_methods, parse_seeds, read_prompts
 from panosync.eval.crops import crop_batch, crop_corners, crops
@@ -320,10 +321,11 @@ def test_evaluate_end_to_end_writes_every_result_and_resumes(tmp_path, tiny_mode
     out = tmp_path / "eval"
     command = ["evaluate", "--model", str(tiny_model), "--prompts", str(prompts), "--seeds", "0-1",
                "--width", "64", "--height", "32", "--stride", "8", "--steps", "1", "--sync-threshold", "1",
-               "--clip-model", str(tiny_clip), "--examples", "1", "--out", str(out), "--quiet"]
+               "--clip-model", str(tiny_clip), "--examples", "1", "--out", str(out), "--quiet", "--dtype", "bfloat16"]
     assert main(command) == 0
     assert "images: 6 made, 0 kept" in capsys.readouterr().out
     pictures = sorted(out.rglob("*.png"))
+    assert read_parameters(out / "panoramas/syncdiffusion/000-seed0.png")["dtype"] == "bfloat16"  # generated in it
     names = {p.relative_to(out).as_posix() for p in pictures}
     assert {"references/000-seed0.png", "panoramas/multidiffusion/000-seed1.png",
             "panoramas/syncdiffusion/000-seed0.png", "results-chart.png", "results-examples.png"} <= names

@@ -18,6 +18,8 @@ import random
 import sys
 import time
 
+from .precision import DTYPE_HELP, PRECISIONS, NonFiniteError
+
 # The pipeline's own parameters, with the command's help. Defaults are the pipeline's.
 PIPELINE_PARAMETERS = {
     "negative_prompt": (str, "what the panorama should not show"),
@@ -56,7 +58,7 @@ def add_generation_arguments(command: argparse.ArgumentParser, default_model: st
     command.add_argument("--from-png", default=None, metavar="FILE",
                          help="take every parameter from a PNG panosync wrote; options given here override")
     command.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 …")
-    command.add_argument("--dtype", default="auto", help="auto (float16 on CUDA, float32 elsewhere), float32, float16, bfloat16")
+    command.add_argument("--dtype", default="auto", choices=PRECISIONS, metavar="DTYPE", help=DTYPE_HELP)
     command.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -234,25 +236,25 @@ def control(args: argparse.Namespace) -> int:
     inputs = dict(image=conditions, controlnet_conditioning_scale=scales[0] if len(scales) == 1 else scales,
                   **speed_inputs(request, source))
 
-    def load(device, dtype):
-        return load_control_pipeline(source, controlnets, device, dtype, config=request.get("model_config"))
+    def load(device, precision):
+        return load_control_pipeline(source, controlnets, device, precision, config=request.get("model_config"))
 
     return make_panorama(args, request, source, load, inputs)
 
 
 def make_panorama(args: argparse.Namespace, request: dict, source: "ModelSource", load=None,
                   inputs: dict | None = None) -> int:
-    """Check what needs no weights, load the pipeline (`load(device, dtype)`; default: SyncDiffusion's),
+    """Check what needs no weights, load the pipeline (`load(device, precision)`; default: SyncDiffusion's),
     make the panorama with the request's pipeline parameters and `inputs`, write the PNG with the request."""
     from .metadata import save_png
-    from .models import load_pipeline, pick_device, pick_dtype
+    from .models import load_pipeline, pick_device, pick_precision
     from .pipeline import canvas_defaults, check_panorama_inputs
     from .sync import SyncSchedule
 
     # Check everything that needs no weights before loading any.
     SyncSchedule(request["sync_weight"], request["sync_decay_rate"], request["sync_freq"], request["sync_threshold"])
     device = pick_device(args.device)
-    dtype = pick_dtype(args.dtype, device)
+    precision = pick_precision(args.dtype, device)
 
     def fill_canvas_defaults(window, factor):
         for name, value in canvas_defaults(window, factor).items():
@@ -269,9 +271,9 @@ def make_panorama(args: argparse.Namespace, request: dict, source: "ModelSource"
 
     started = time.perf_counter()
     if load is None:
-        pipe = load_pipeline(source, device, dtype, config=request.get("model_config"))
+        pipe = load_pipeline(source, device, precision, config=request.get("model_config"))
     else:
-        pipe = load(device, dtype)
+        pipe = load(device, precision)
     pipe.set_progress_bar_config(disable=args.quiet, desc="denoising", unit="step")
     fill_canvas_defaults(pipe.window, pipe.vae_factor)
     pipeline_names = [*PIPELINE_PARAMETERS, "loop_closure", "prompt"]
@@ -280,7 +282,7 @@ def make_panorama(args: argparse.Namespace, request: dict, source: "ModelSource"
     image = result.images[0]
     request.update(width=image.width, height=image.height)
     out = args.out or f"panosync-{request['seed']}.png"
-    save_png(image, out, {**request, "device": device.type, "dtype": str(dtype).removeprefix("torch.")})
+    save_png(image, out, {**request, "device": device.type, "dtype": precision.name})
     seconds = time.perf_counter() - started
     print(f"wrote {out} ({image.width}x{image.height}, seed {request['seed']}, {seconds:.1f} s)")
     return 0
@@ -304,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"panosync: error: {error}", file=sys.stderr)
         return 2
+    except NonFiniteError as error:  # not the input's fault: the arithmetic overflowed; nothing was written
+        print(f"panosync: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("panosync: interrupted", file=sys.stderr)
         return 130

@@ -198,9 +198,14 @@ class ControlSyncPipeline(SyncDiffusionPipeline):
             if scale == 0:
                 continue
             crops = torch.cat([crop(condition, pixel_view(view, self.vae_factor)) for view in views])
-            net_down, net_mid = controlnet(sample=model_input, timestep=t, encoder_hidden_states=context,
-                                           controlnet_cond=torch.cat([crops, crops]), conditioning_scale=scale,
-                                           return_dict=False)
+            # each input in the ControlNet's dtype, its residuals in the UNet's (the two may differ)
+            dtype = controlnet.dtype
+            net_down, net_mid = controlnet(sample=model_input.to(dtype), timestep=t,
+                                           encoder_hidden_states=context.to(dtype),
+                                           controlnet_cond=torch.cat([crops, crops]).to(dtype),
+                                           conditioning_scale=scale, return_dict=False)
+            net_down = [residual.to(self.unet.dtype) for residual in net_down]
+            net_mid = net_mid.to(self.unet.dtype)
             if down is None:
                 down, mid = net_down, net_mid
             else:

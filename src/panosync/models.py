@@ -1,5 +1,5 @@
 """Finding and loading a model: a bundled name, a diffusers folder, a single checkpoint file, or a
-Hugging Face hub id; and choosing the device and dtype.
+Hugging Face hub id; and choosing the device and precision.
 
 Everything that can be wrong with the model argument is found by `resolve_model`, which reads no
 weights, so that a bad argument costs the user nothing.
@@ -18,6 +18,7 @@ import torch
 
 from .bundled import bundled_controlnet_folder, bundled_controlnet_names, bundled_model_folder, bundled_model_names
 from .pipeline import SyncDiffusionPipeline, vae_factor_of, window_of
+from .precision import Precision, pick_precision  # noqa: F401  (pick_precision: the front ends' import)
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
@@ -130,17 +131,9 @@ def pick_device(requested: str = "auto") -> torch.device:
     return device
 
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
-    """float16 on CUDA, as the reference runs; float32 elsewhere (half precision is slow or
-    unsupported on most CPUs)."""
-    if requested == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if requested not in DTYPES:
-        raise ValueError(f"dtype must be auto or one of {', '.join(DTYPES)}, got {requested!r}.")
-    return DTYPES[requested]
+def as_precision(precision: Precision | torch.dtype) -> Precision:
+    """A Precision; a plain dtype is that dtype's weights without autocast."""
+    return precision if isinstance(precision, Precision) else Precision(precision)
 
 
 def _load_checkpoint(path: str, dtype: torch.dtype, config: str | None) -> SyncDiffusionPipeline:
@@ -177,10 +170,13 @@ def _load_checkpoint(path: str, dtype: torch.dtype, config: str | None) -> SyncD
 
 
 def load_pipeline(source: ModelSource | str, device: torch.device | str = "cpu",
-                  dtype: torch.dtype = torch.float32, config: str | None = None) -> SyncDiffusionPipeline:
-    """Load the pipeline `source` names onto `device` in `dtype`. `config` (a diffusers folder or hub id) gives
-    the architecture of a checkpoint file; offline, a checkpoint cannot be loaded without it unless the configs
-    diffusers guesses for it are in the local Hugging Face cache. It is ignored for other sources."""
+                  precision: Precision | torch.dtype = torch.float32, config: str | None = None) -> SyncDiffusionPipeline:
+    """Load the pipeline `source` names onto `device` in `precision` (a dtype, or a Precision: weights'
+    dtype and autocast). `config` (a diffusers folder or hub id) gives the architecture of a checkpoint
+    file; offline, a checkpoint cannot be loaded without it unless the configs diffusers guesses for it
+    are in the local Hugging Face cache. It is ignored for other sources."""
+    precision = as_precision(precision)
+    dtype = precision.weights
     if isinstance(source, str):
         source = resolve_model(source)
     if source.kind == "bundled":
@@ -192,6 +188,8 @@ def load_pipeline(source: ModelSource | str, device: torch.device | str = "cpu",
     else:
         local = source.kind == "folder" or _hub_is_offline()
         pipe = SyncDiffusionPipeline.from_pretrained(source.ref, dtype=dtype, local_files_only=local)
+    if precision.autocast is not None:
+        pipe.enable_autocast(precision.autocast)
     return pipe.to(device)
 
 
@@ -243,12 +241,15 @@ def load_controlnet(source: ModelSource | str, base: SyncDiffusionPipeline, dtyp
 
 
 def load_control_pipeline(source: ModelSource | str, controlnets: list[ModelSource | str],
-                          device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                          device: torch.device | str = "cpu", precision: Precision | torch.dtype = torch.float32,
                           config: str | None = None):
     """A ControlSyncPipeline: the base model as `load_pipeline` loads it, with one or several ControlNets."""
     from .control import ControlSyncPipeline
 
-    base = load_pipeline(source, "cpu", dtype, config=config)
-    nets = [load_controlnet(controlnet, base, dtype) for controlnet in controlnets]
+    precision = as_precision(precision)
+    base = load_pipeline(source, "cpu", precision.weights, config=config)
+    nets = [load_controlnet(controlnet, base, precision.weights) for controlnet in controlnets]
     pipe = ControlSyncPipeline(**base.components, controlnet=nets[0] if len(nets) == 1 else nets)
+    if precision.autocast is not None:
+        pipe.enable_autocast(precision.autocast)
     return pipe.to(device)

@@ -13,6 +13,7 @@ speed, each by name; a wide panorama is decoded in tiles (`decode.py`).
 from __future__ import annotations
 
 import random
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -27,9 +28,10 @@ from diffusers.utils import BaseOutput
 from .chunks import ViewChunks, default_view_batch_size
 from .decode import decode_tiled, should_tile
 from .fast import SyncShortcuts, check_image_scale, check_sync_decoder, downscale, load_sync_decoder, parse_fast_modes
+from .precision import NonFiniteError, Precision, is_half
 from .schedulers import SUPPORTED as SUPPORTED_SCHEDULERS
 from .schedulers import ViewSchedulers, most_steps, multistep_like, predicted_original, steps_fit
-from .sync import SyncSchedule, sync_gradient
+from .sync import SyncSchedule, half_precision_loss_scale, sync_gradient
 from .views import View, add_view, check_canvas, coverage, crop, views_for_canvas
 
 OUTPUT_TYPES = ("pil", "np", "latent")
@@ -122,6 +124,7 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
             model.requires_grad_(False)
         self._perceptual = None
         self._sync_decoders: dict[str, torch.nn.Module] = {}  # loaded from folders, by folder
+        self.autocast_dtype: torch.dtype | None = None  # set by enable_autocast
 
     # ----------------------------------------------------------------------------------- loading
 
@@ -163,15 +166,63 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         that tell arithmetic from rounding)."""
         return torch.float64 if self.unet.dtype == torch.float64 else torch.float32
 
+    # ------------------------------------------------------------------------------- precision
+
+    def enable_autocast(self, dtype: torch.dtype = torch.float16):
+        """Compute every later call under torch.autocast in `dtype`, as the reference implementation
+        does (float32 weights, convolutions and matrix products in float16). Returns the pipeline."""
+        if not is_half(dtype):
+            raise ValueError(f"autocast computes in float16 or bfloat16, got {dtype}.")
+        self.autocast_dtype = dtype
+        return self
+
+    def disable_autocast(self):
+        self.autocast_dtype = None
+        return self
+
+    @property
+    def precision(self) -> Precision:
+        """The weights' dtype and the autocast dtype in force (precision.py)."""
+        return Precision(self.unet.dtype, self.autocast_dtype)
+
+    @property
+    def computes_in_half(self) -> bool:
+        """Whether the networks compute in float16 or bfloat16 (half weights, or autocast)."""
+        return is_half(self.unet.dtype) or self.autocast_dtype is not None
+
+    @property
+    def vae_forces_upcast(self) -> bool:
+        """Whether the VAE's config asks to decode in float32 where the pipeline runs in float16
+        (diffusers' `force_upcast`: SDXL's VAE overflows in float16). Only where the config says so
+        itself: Stable Diffusion 1 and 2's VAE configs predate the key, and diffusers fills a missing
+        one with True, which would upcast VAEs that decode well in float16."""
+        config = self.vae.config
+        return bool(config.get("force_upcast", False)) and "force_upcast" not in config.get("_use_default_values", ())
+
+    def autocast_context(self, device: torch.device):
+        """torch.autocast in the dtype enable_autocast chose; nothing when it was not called."""
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(torch.device(device).type, dtype=self.autocast_dtype)
+
+    def upcast_vae_if_forced(self) -> None:
+        """Hold the VAE in float32 when its config forces it and the pipeline is in float16 (as
+        diffusers' SDXL pipeline does, but for good: the sync step decodes in every synced step)."""
+        if self.vae_forces_upcast and self.vae.dtype == torch.float16:
+            # nn.Module's own .to: diffusers' warns against casting a loaded model, which is meant for
+            # going down to half precision, not back up
+            torch.nn.Module.to(self.vae, torch.float32)
+
     # --------------------------------------------------------------------------- model pieces
 
     def perceptual_distance(self):
-        """LPIPS-VGG, loaded on first use, on the VAE's device and dtype."""
+        """LPIPS-VGG, loaded on first use, on the VAE's device, in the UNet's dtype (the pipeline's
+        weights' dtype: half precision where the pipeline is; the VAE may be upcast)."""
         from .lpips import PerceptualDistance, load_lpips  # LPIPS weights load only when syncing
 
         if self._perceptual is None:
             self._perceptual = PerceptualDistance(load_lpips("vgg"))
-        return self._perceptual.to(device=self.vae.device, dtype=self.vae.dtype)
+        return self._perceptual.to(device=self.vae.device, dtype=self.unet.dtype)
 
     @torch.no_grad()
     def encode_prompt(self, prompt: str, negative_prompt: str, device) -> torch.Tensor:
@@ -193,7 +244,8 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         """
         count = latents.shape[0]
         model_input = self.scheduler.scale_model_input(torch.cat([latents, latents]), t).to(self.unet.dtype)
-        context = embeddings.repeat_interleave(count, dim=0)  # negative for the first half, prompt for the second
+        # negative for the first half, prompt for the second; in the UNet's dtype (the text encoder's may differ)
+        context = embeddings.repeat_interleave(count, dim=0).to(self.unet.dtype)
         extra = self.extra_unet_inputs(model_input, t, context, views, **view_conditioning)
         noise = self.unet(model_input, t, encoder_hidden_states=context, **extra).sample.to(self.compute_dtype)
         unconditional, conditional = noise.chunk(2)
@@ -204,12 +256,18 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         `views`): none for plain SyncDiffusion; ControlSync adds each view's ControlNet residuals."""
         return {}
 
-    def decode_to_unit(self, latents: torch.Tensor, decoder=None) -> torch.Tensor:
+    def decode_to_unit(self, latents: torch.Tensor, decoder=None, check_finite: bool = False) -> torch.Tensor:
         """Decode to images in [0, 1] (clamped, as the reference: saturated pixels pass no gradient),
-        with the VAE or another `decoder` of the same latents (a fast mode's tiny decoder)."""
+        with the VAE or another `decoder` of the same latents (a fast mode's tiny decoder). A VAE
+        that forces upcasting decodes with autocast off. `check_finite`: a NonFiniteError where the
+        decoder's output is NaN or infinite (before the clamp hides an infinity)."""
         decoder = self.vae if decoder is None else decoder
         scaled = latents / decoder.config.scaling_factor
-        images = decoder.decode(scaled.to(decoder.dtype)).sample.to(self.compute_dtype)
+        full_precision = decoder is self.vae and self.vae_forces_upcast and self.autocast_dtype == torch.float16
+        with torch.autocast(latents.device.type, enabled=False) if full_precision else nullcontext():
+            images = decoder.decode(scaled.to(decoder.dtype)).sample.to(self.compute_dtype)
+        if check_finite and not torch.isfinite(images).all():
+            raise NonFiniteError("The decoded panorama", self.precision.name)
         return (images / 2 + 0.5).clamp(0, 1)
 
     def foreseen_image(self, predicted_original: torch.Tensor, shortcuts: SyncShortcuts) -> torch.Tensor:
@@ -227,15 +285,18 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         wrap round the seam instead."""
         if tiled is None:
             tiled = should_tile(*latents.shape[-2:], self.window)
+        def decode(part):
+            return self.decode_to_unit(part, check_finite=True)
+
         if tiled:
-            return decode_tiled(self.decode_to_unit, latents, self.vae_factor, tile=self.window,
+            return decode_tiled(decode, latents, self.vae_factor, tile=self.window,
                                 overlap=max(1, self.window // 4), loop_closure=loop_closure,
                                 tiles_per_call=tiles_per_call)
         if not loop_closure:
-            return self.decode_to_unit(latents)
+            return decode(latents)
         pad = min(latents.shape[-1], max(8, self.window // 4))
         padded = torch.cat([latents[..., -pad:], latents, latents[..., :pad]], dim=-1)
-        images = self.decode_to_unit(padded)
+        images = decode(padded)
         margin = pad * self.vae_factor
         return images[..., margin:-margin]
 
@@ -370,15 +431,24 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
             sync_decoder = self._sync_decoders[key]
         if sync_decoder is not None:
             check_sync_decoder(sync_decoder, self.unet.config.in_channels, self.vae_factor)
-            if (sync_decoder.device, sync_decoder.dtype) != (self.vae.device, self.vae.dtype):
-                sync_decoder = sync_decoder.to(device=self.vae.device, dtype=self.vae.dtype)
+            # in the pipeline's weights' dtype, not the VAE's: a tiny decoder is half-precision-safe
+            # where the VAE may be upcast
+            if (sync_decoder.device, sync_decoder.dtype) != (self.vae.device, self.unet.dtype):
+                sync_decoder = sync_decoder.to(device=self.vae.device, dtype=self.unet.dtype)
         return SyncShortcuts("reuse_noise" in modes, "no_unet_backward" in modes, scale, sync_decoder,
                              "dpm_solver" in modes)
 
     def generate(self, request: PanoramaRequest, callback_on_step_end=None, return_dict: bool = True,
                  **view_conditioning):
-        """Steps 2 to 5 of the call: the joint diffusion of a checked request. `view_conditioning`
-        goes to every `guided_noise` call (ControlSync passes its conditions this way)."""
+        """Steps 2 to 5 of the call: the joint diffusion of a checked request, in the pipeline's
+        precision (under autocast where enable_autocast asked for it). `view_conditioning` goes to
+        every `guided_noise` call (ControlSync passes its conditions this way)."""
+        self.upcast_vae_if_forced()
+        with self.autocast_context(self._execution_device):
+            return self.joint_diffusion(request, callback_on_step_end, return_dict, **view_conditioning)
+
+    def joint_diffusion(self, request: PanoramaRequest, callback_on_step_end=None, return_dict: bool = True,
+                        **view_conditioning):
         views, anchor = request.views, request.anchor
         latent_height, latent_width = request.noise.shape[-2:]
         device = self._execution_device
@@ -405,6 +475,9 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
                 progress.set_postfix_str(f"sync w={weight:.3g}" if weight else "no sync", refresh=False)
                 denoised = self.denoise_views(latents, views, t, weight, anchor, chunks, **denoise)
                 latents = self.merge(denoised, views, view_counts)
+                if not torch.isfinite(latents).all():  # stop now, not after the rest of the steps
+                    raise NonFiniteError(f"The panorama's latent at step {i + 1} of {request.num_inference_steps}",
+                                         self.precision.name)
                 if callback_on_step_end is not None:
                     changes = callback_on_step_end(self, i, t, {"latents": latents, "sync_weight": weight})
                     latents = (changes or {}).get("latents", latents)
@@ -494,7 +567,11 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
             made["noise"] = noise.detach()
             return self.foreseen_image(predicted_original(scheduler or self.scheduler, noise, t, latent), shortcuts)
 
-        gradient = sync_gradient(x, foresee, distance_to_anchor)
+        loss_scale = 1.0
+        if self.computes_in_half:
+            side = round(self.window * self.vae_factor * shortcuts.image_scale)
+            loss_scale = half_precision_loss_scale(side * side)
+        gradient = sync_gradient(x, foresee, distance_to_anchor, loss_scale)
         return gradient, made["noise"]
 
     @staticmethod

@@ -6,6 +6,7 @@ distance between the image it predicts and the anchor view's predicted image.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -46,19 +47,44 @@ class SyncSchedule:
         return self.weight * self.decay_rate**step if self.is_active(step) else 0.0
 
 
+# How far a scaled sync loss backs off when its gradient overflows: two tries at smaller scales.
+LOSS_SCALE_BACKOFF = 2.0**-8
+
+
+def half_precision_loss_scale(image_pixels: int) -> float:
+    """The factor the sync loss is multiplied by before its backward in half precision.
+
+    LPIPS averages over the image's pixels, so each pixel's share of the gradient is about
+    1/pixels of the loss's: 4·10⁻⁶ at 512², below float16's smallest normal number (6·10⁻⁵), and
+    the backward through LPIPS, the decoder and the UNet would flush most of it to zero. Scaling
+    by about the pixel count makes that average a sum. A power of two, so that scaling and
+    unscaling are exact."""
+    return 2.0 ** round(math.log2(max(1, image_pixels)))
+
+
 def sync_gradient(
     latents: torch.Tensor,
     predict_image: Callable[[torch.Tensor], torch.Tensor],
     distance_to_anchor: Callable[[torch.Tensor], torch.Tensor],
+    loss_scale: float = 1.0,
 ) -> torch.Tensor:
     """∂ LPIPS(predict_image(x), anchor) / ∂x for each view x of the batch `latents`.
 
     `predict_image` maps latents to the images they foresee (UNet, x̂₀, VAE decoder, all
     differentiable); `distance_to_anchor` gives one distance per image. Views are independent,
     so the gradient of the summed distances is each view's own gradient.
+
+    `loss_scale` > 1 (half precision: `half_precision_loss_scale`) multiplies the loss before the
+    backward and divides the gradient after, as mixed-precision training does; where the scaled
+    backward overflows, it is run again at a scale 256 times smaller, then unscaled.
     """
-    with torch.enable_grad():
-        latents = latents.detach().requires_grad_(True)
-        distances = distance_to_anchor(predict_image(latents))
-        (gradient,) = torch.autograd.grad(distances.sum(), latents)
+    scales = [loss_scale, loss_scale * LOSS_SCALE_BACKOFF, 1.0] if loss_scale > 1 else [1.0]
+    for scale in dict.fromkeys(max(1.0, s) for s in scales):
+        with torch.enable_grad():
+            variable = latents.detach().requires_grad_(True)
+            distances = distance_to_anchor(predict_image(variable))
+            (gradient,) = torch.autograd.grad(distances.sum() * scale, variable)
+        gradient = gradient / scale
+        if scale == 1.0 or torch.isfinite(gradient).all():
+            break
     return gradient

@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..precision import DTYPE_HELP, PRECISIONS
+
 METHODS = ("multidiffusion", "syncdiffusion")
 SYNC_PARAMETERS = ("sync_weight", "sync_decay_rate", "sync_freq", "sync_threshold")
 # Generation parameters shared by every method, as (type, help); defaults: the model's recommended
@@ -82,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--view-batch-size", dest="view_batch_size", type=int, default=1,
                         help="views per network call: faster on a GPU, same result")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 …")
-    parser.add_argument("--dtype", default="auto", help="auto (float16 on CUDA, float32 elsewhere), float32, float16, bfloat16")
+    parser.add_argument("--dtype", default="auto", choices=PRECISIONS, metavar="DTYPE", help=DTYPE_HELP)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -268,7 +270,7 @@ def images_to_make(plan: Plan) -> list[PlannedImage]:
 # ------------------------------------------------------------------------------------ generation
 
 
-def generate(plan: Plan, pipe, todo: list[PlannedImage], device, dtype, quiet: bool) -> None:
+def generate(plan: Plan, pipe, todo: list[PlannedImage], device, precision: str, quiet: bool) -> None:
     from tqdm.auto import tqdm
 
     from ..metadata import save_png
@@ -282,7 +284,7 @@ def generate(plan: Plan, pipe, todo: list[PlannedImage], device, dtype, quiet: b
             picture = pipe(**image.call(), view_batch_size=plan.args.view_batch_size).images[0]
             seconds = round(time.perf_counter() - started, 3)
             save_png(picture, image.path, {**image.parameters, "seconds": seconds, "device": device.type,
-                                           "dtype": str(dtype).removeprefix("torch.")})
+                                           "dtype": precision})
             bar.update()
 
 
@@ -477,23 +479,23 @@ def _check_metric_weights() -> None:
 
 def evaluate(args: argparse.Namespace) -> int:
     """The command: plan, make the missing images, measure, write the reports."""
-    from ..models import load_pipeline, pick_device, pick_dtype
+    from ..models import load_pipeline, pick_device, pick_precision
 
     plan = make_plan(args)
     device = pick_device(args.device)
-    dtype = pick_dtype(args.dtype, device)
+    precision = pick_precision(args.dtype, device)
     _check_metric_weights()
     todo = images_to_make(plan) if plan.images else None
     started = time.perf_counter()
     made = 0
     if todo is None or todo:
-        pipe = load_pipeline(plan.source, device, dtype, config=args.model_config)
+        pipe = load_pipeline(plan.source, device, precision, config=args.model_config)
         if todo is None:  # a hub model or checkpoint file: its shape is known only now
             settle_canvas(plan, pipe.window, pipe.vae_factor)
             todo = images_to_make(plan)
         size = pipe.window * pipe.vae_factor
         made = len(todo)
-        generate(plan, pipe, todo, device, dtype, args.quiet)
+        generate(plan, pipe, todo, device, precision.name, args.quiet)
         del pipe  # the metrics' networks need the memory
         if device.type == "cuda":
             import torch

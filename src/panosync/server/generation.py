@@ -19,7 +19,7 @@ from pathlib import Path
 from ..cli import CONTROL_DEFAULTS, parameter_defaults
 from ..conditions import load_condition_image, prepare_condition
 from ..control import ControlSyncPipeline, check_condition_canvas
-from ..models import load_control_pipeline, load_pipeline, pick_device, pick_dtype, resolve_controlnet, resolve_model
+from ..models import load_control_pipeline, load_pipeline, pick_device, pick_precision, resolve_controlnet, resolve_model
 from ..pipeline import SyncDiffusionPipeline, canvas_defaults, check_panorama_inputs
 from ..schedulers import most_steps
 from ..sync import SyncSchedule
@@ -73,11 +73,11 @@ class PanoramaModel:
         source = resolve_model(model)
         controlnet_sources = [resolve_controlnet(controlnet) for controlnet in controlnets or []]
         device = pick_device(device)
-        dtype = pick_dtype(dtype, device)
+        precision = pick_precision(dtype, device)
         if not controlnets:
-            pipe = load_pipeline(source, device, dtype, config=model_config)
+            pipe = load_pipeline(source, device, precision, config=model_config)
             return cls(pipe, model, parameter_defaults(source), model_config, view_batch_size)
-        pipe = load_control_pipeline(source, controlnet_sources, device, dtype, config=model_config)
+        pipe = load_control_pipeline(source, controlnet_sources, device, precision, config=model_config)
         return cls(pipe, model, parameter_defaults(source, ControlSyncPipeline), model_config, view_batch_size,
                    list(controlnets))
 
@@ -91,8 +91,9 @@ class PanoramaModel:
         return self.pipe.unet.device
 
     @property
-    def dtype(self) -> torch.dtype:
-        return self.pipe.unet.dtype
+    def dtype(self) -> str:
+        """The precision's name: float32, float16, bfloat16 or autocast."""
+        return self.pipe.precision.name
 
     def prepare(self, given: dict, limits: Limits) -> dict:
         """Every parameter of the panorama `given` asks for, defaults and seed filled in; a
@@ -194,4 +195,4 @@ class PanoramaModel:
                          condition=[str(condition) for condition in parameters["condition"]])
         parameters = {name: value for name, value in parameters.items() if name != "controlnet_conditioning_scale"}
         return {**parameters, **model, "width": image.width, "height": image.height, "device": self.device.type,
-                "dtype": str(self.dtype).removeprefix("torch.")}
+                "dtype": self.dtype}

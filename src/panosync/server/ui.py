@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from ..conditions import load_condition_image, prepare_condition
 from ..metadata import save_png
 from ..pipeline import canvas_defaults
+from ..precision import NonFiniteError
 from . import viewer
 from .generation import MISSING_CONDITION, PanoramaModel
 from .schema import MAX_STEPS, UINT32_MAX, FieldError, Limits, PredictionRequest, describe_error
@@ -124,7 +125,10 @@ def build_ui(model: PanoramaModel, limits: Limits, out_dir: str | Path) -> gr.Bl
             progress((step, total), desc=f"step {step} of {total}{syncing}", unit="steps")
 
         started = time.perf_counter()
-        image = model.generate(parameters, after_step)
+        try:
+            image = model.generate(parameters, after_step)
+        except NonFiniteError as error:
+            raise gr.Error(str(error)) from None
         seconds = time.perf_counter() - started
         path = out_dir / f"panosync-{parameters['seed']}-{uuid.uuid4().hex[:8]}.png"
         save_png(image, path, model.metadata(parameters, image))
