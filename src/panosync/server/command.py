@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..precision import DTYPE_HELP, PRECISIONS
+from ..precision import DTYPE_HELP
 from .schema import Limits
 
 TOKEN_VARIABLE = "PANOSYNC_TOKEN"
@@ -35,7 +35,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-config", dest="model_config", default=None, metavar="FOLDER_OR_ID",
                         help="for a .safetensors/.ckpt --model: the diffusers folder or hub id of its architecture")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 …")
-    parser.add_argument("--dtype", default="auto", choices=PRECISIONS, metavar="DTYPE", help=DTYPE_HELP)
+    parser.add_argument("--dtype", default="auto", help=DTYPE_HELP)
     parser.add_argument("--view-batch-size", dest="view_batch_size", type=int, default=None,
                         help="views per network call: faster on a GPU, same result")
     parser.add_argument("--max-pixels", dest="max_pixels", type=int, default=Limits.max_pixels,
