@@ -259,6 +259,18 @@ def precision_of(name: str, device: str):
 
 
 @contextlib.contextmanager
+def exact_float32():
+    """TF32 off for matrix products and convolutions (CUDA turns it on for convolutions by default), so that
+    float32 is float32 where the half precisions are compared with it."""
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
+@contextlib.contextmanager
 def computing_in(pipe, autocast: torch.dtype | None):
     """The pipeline's calls under torch.autocast when `autocast` is a dtype (its weights stay float32)."""
     if autocast is None:
@@ -510,8 +522,9 @@ class Check:
         self.report.data["environment"] = environment(plan)
         print(json.dumps(self.report.data["environment"]), flush=True)
         self.part("setup", self.setup)
-        self.part("correctness", self.correctness)
-        self.part("gradient", self.gradient)
+        with exact_float32():  # the float32 references of these two parts: true float32, not TF32
+            self.part("correctness", self.correctness)
+            self.part("gradient", self.gradient)
         # the rest measures one precision's pipeline alone: its memory is what a user's GPU holds
         self.drop_pipelines(keep=precision_of(plan.speed_precision, plan.device)[0])
         first, *others = plan.speed_widths

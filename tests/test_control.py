@@ -228,7 +228,7 @@ def test_canvas_defaults_to_the_condition_and_must_fit_the_vae(sync_control, mon
         sync_control("a", torch.rand(1, 3, 32, 65))
     with pytest.raises(ValueError, match="The condition is 64x32 pixels but the canvas is 96x32"):
         sync_control("a", torch.rand(1, 3, 32, 64), width=96)
-    with pytest.raises(ValueError, match="controlnet_conditioning_scale must be 0 or more"):
+    with pytest.raises(ValueError, match="controlnet_conditioning_scale must be a finite number, 0 or more"):
         sync_control("a", torch.rand(1, 3, 32, 64), controlnet_conditioning_scale=-1.0)
 
 

@@ -83,7 +83,7 @@ def test_sync_step_moves_views_towards_the_anchor(sync_pipe):
         with torch.no_grad():
             return perceptual(predicted_image(x) * 2 - 1, target)
 
-    gradient = sync_gradient(others, predicted_image, lambda images: perceptual(images * 2 - 1, target))
+    gradient, _ = sync_gradient(others, predicted_image, lambda images: perceptual(images * 2 - 1, target))
     before, after = distance(others), distance(others - 20 * gradient)
     assert gradient.abs().sum() > 0
     assert torch.all(after < before), (before, after)
@@ -254,7 +254,10 @@ BAD_INPUTS = [
     (dict(stride=9), "stride must be between 1 and the window size"),
     (dict(num_inference_steps=0), "num_inference_steps must be"),
     (dict(num_inference_steps=-3), "num_inference_steps must be"),
-    (dict(guidance_scale=-1.0), "guidance_scale must be 0 or more"),
+    (dict(guidance_scale=-1.0), "guidance_scale must be a finite number, 0 or more"),
+    (dict(guidance_scale=float("nan")), "guidance_scale must be a finite number"),
+    (dict(sync_weight=float("nan")), "sync_weight must be a finite number"),
+    (dict(sync_decay_rate=float("inf")), "sync_decay_rate must be a finite number"),
     (dict(sync_weight=-1.0), "sync_weight must be 0 or more"),
     (dict(sync_decay_rate=1.5), "sync_decay_rate must be between 0 and 1"),
     (dict(sync_freq=0), "sync_freq must be 1 or more"),

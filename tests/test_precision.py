@@ -3,6 +3,7 @@ reference's precision). A dtype mismatch fails on the CPU exactly as on CUDA, so
 here: faithful sync, each fast mode, DPM-Solver, ControlSync, loop closure, tiled and untiled
 decode, the command, evaluate's generation and the server's."""
 
+import copy
 import json
 
 import numpy as np
@@ -83,14 +84,17 @@ def test_a_sync_decoder_runs_in_half_precision(half):
     assert_a_picture(image)
 
 
-def test_controlsync_runs_in_half_precision(half):
+def test_controlsync_runs_in_half_precision_with_a_float32_controlnet(half):
+    """A ControlNet loaded in float32 beside a half-precision UNet (as a user may load them): each
+    network gets its inputs in its own dtype."""
     name, pipe = half
-    controlnet = random_controlnet_like(pipe.unet.float(), pipe.vae_factor).to(pipe.unet.dtype)
-    pipe.unet.to(controlnet.dtype)  # .float() above cast the shared UNet: put it back
+    dtype = pipe.unet.dtype
+    controlnet = random_controlnet_like(copy.deepcopy(pipe.unet).float(), pipe.vae_factor)
     control = ControlSyncPipeline(**pipe.components, controlnet=controlnet)
     control.set_progress_bar_config(disable=True)
     if pipe.autocast_dtype is not None:
         control.enable_autocast(pipe.autocast_dtype)
+    assert control.unet.dtype == dtype and control.controlnet.dtype == torch.float32
     condition = torch.rand(1, 3, CASE["height"], CASE["width"], generator=torch.Generator().manual_seed(0))
     image = control("a land", image=condition, **CASE, sync_threshold=None, output_type="np").images[0]
     assert_a_picture(image)
@@ -164,9 +168,9 @@ def test_a_scaled_loss_keeps_gradients_that_float16_would_flush_to_zero():
 
     x = torch.rand(1, 3, 512, 512)
     exact = 2 * x * weights**2 / pixels
-    unscaled = sync_gradient(x, lambda latents: latents, distance)
-    scaled = sync_gradient(x, lambda latents: latents, distance, half_precision_loss_scale(pixels))
-    assert half_precision_loss_scale(pixels) == 2.0**18
+    unscaled, _ = sync_gradient(x, lambda latents: latents, distance)
+    scaled, scale = sync_gradient(x, lambda latents: latents, distance, half_precision_loss_scale(pixels))
+    assert half_precision_loss_scale(pixels) == scale == 2.0**18
     assert (unscaled == 0).float().mean() > 0.2  # flushed to zero
     assert cosine(scaled.double(), exact.double()) > 0.999 and (scaled == 0).float().mean() < 0.01
 
@@ -180,8 +184,8 @@ def test_an_overflowing_scaled_backward_backs_off():
         return (images.half() * 2.0**4).float().sum(dim=(1, 2, 3))
 
     x = torch.ones(1, 1, 2, 2)
-    gradient = sync_gradient(x, lambda latents: latents, distance, loss_scale=2.0**16)
-    assert torch.isfinite(gradient).all() and torch.equal(gradient, torch.full_like(x, 2.0**4))
+    gradient, scale = sync_gradient(x, lambda latents: latents, distance, loss_scale=2.0**16)
+    assert torch.isfinite(gradient).all() and torch.equal(gradient, torch.full_like(x, 2.0**4)) and scale == 2.0**8
     assert len(calls) == 2  # tried at 2**16, overflowed, then 2**8
 
 
@@ -234,20 +238,32 @@ def test_a_non_finite_decode_is_an_error_not_a_black_png():
         pipe("a land", **CASE, sync_weight=0.0)
 
 
-def test_a_vae_whose_config_forces_upcasting_decodes_in_float32():
+def overflowing_vae(pipe: SyncDiffusionPipeline) -> SyncDiffusionPipeline:
+    """A VAE decoder that overflows float16 (its first convolution scaled far up) but not float32 (the
+    group norm after it takes the scale out again)."""
+    with torch.no_grad():
+        pipe.vae.decoder.conv_in.weight.mul_(2.0**14)
+        pipe.vae.decoder.conv_in.bias.mul_(2.0**14)
+    return pipe
+
+
+@pytest.mark.parametrize("precision", ["float16", "autocast"])
+def test_a_vae_that_overflows_float16_decodes_in_float32_when_its_config_allows(precision):
+    pipe = overflowing_vae(tiny_pipe(precision))
+    pipe.vae.register_to_config(force_upcast=False)
+    with pytest.raises(NonFiniteError, match=f"became NaN or infinite in {precision}"):
+        pipe("a land", **CASE, sync_weight=0.0)
+    pipe.vae.register_to_config(force_upcast=True)
+    assert_a_picture(pipe("a land", **CASE, output_type="np").images[0])  # synced: the gradient pass decodes too
+    assert pipe.vae.dtype == torch.float32 and pipe.unet.dtype == pipe.precision.weights
+
+
+def test_a_vae_that_decodes_in_float16_stays_there_whatever_its_config():
     pipe = tiny_pipe("float16")
-    assert not pipe.vae_forces_upcast  # diffusers' default for a config without the key: not asked for
-    pipe("a land", **CASE, sync_weight=0.0, output_type="latent")
-    assert pipe.vae.dtype == torch.float16
-    pipe.vae.register_to_config(force_upcast=True, _use_default_values=[])
-    assert pipe.vae_forces_upcast
+    assert pipe.vae.config.force_upcast  # diffusers' default, as for every Stable Diffusion 1 or 2 VAE
+    pipe("a land", **CASE, output_type="latent")
     assert_a_picture(pipe("a land", **CASE, output_type="np").images[0])
-    assert pipe.vae.dtype == torch.float32 and pipe.unet.dtype == torch.float16
-    # bfloat16 has float32's range: no upcast, as diffusers
-    pipe = tiny_pipe("bfloat16")
-    pipe.vae.register_to_config(force_upcast=True, _use_default_values=[])
-    pipe("a land", **CASE, sync_weight=0.0, output_type="latent")
-    assert pipe.vae.dtype == torch.bfloat16
+    assert pipe.vae.dtype == torch.float16
 
 
 def test_autocast_computes_in_float16_with_float32_weights():

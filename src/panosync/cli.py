@@ -14,6 +14,7 @@ where the model's shape allows.
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import sys
 import time
@@ -224,9 +225,9 @@ def control(args: argparse.Namespace) -> int:
         raise ValueError(f"Give one --condition per --controlnet: got {len(request['condition'])} conditions for "
                          f"{len(controlnets)} ControlNets.")
     scales = request["conditioning_scale"]
-    if len(scales) not in (1, len(controlnets)) or min(scales) < 0:
+    if len(scales) not in (1, len(controlnets)) or not all(math.isfinite(scale) and scale >= 0 for scale in scales):
         raise ValueError(f"Give --conditioning-scale once for all ControlNets or once for each ({len(controlnets)}), "
-                         f"0 or more: got {', '.join(map(str, scales))}.")
+                         f"each a finite number, 0 or more: got {', '.join(map(str, scales))}.")
     sources = [load_condition_image(path) for path in request["condition"]]
     # The canvas is the first condition's size unless given; the others must fit it.
     width, height = check_condition_canvas([sources[0].size], request["width"], request["height"], source.vae_factor)
@@ -247,7 +248,8 @@ def make_panorama(args: argparse.Namespace, request: dict, source: "ModelSource"
     """Check what needs no weights, load the pipeline (`load(device, precision)`; default: SyncDiffusion's),
     make the panorama with the request's pipeline parameters and `inputs`, write the PNG with the request."""
     from .metadata import save_png
-    from .models import load_pipeline, pick_device, pick_precision
+    from .models import load_pipeline, pick_device
+    from .precision import pick_precision
     from .pipeline import canvas_defaults, check_panorama_inputs
     from .sync import SyncSchedule
 

@@ -11,6 +11,7 @@ the sync gradient flows through the ControlNets too.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Iterable
 
 import torch
@@ -159,8 +160,9 @@ class ControlSyncPipeline(SyncDiffusionPipeline):
             raise ValueError("Give image: the condition the ControlNet follows, of the panorama's size.")
         conditions = self.per_controlnet(image, "image")
         scales = [float(scale) for scale in self.per_controlnet(controlnet_conditioning_scale, "controlnet_conditioning_scale")]
-        if any(scale < 0 for scale in scales):
-            raise ValueError(f"controlnet_conditioning_scale must be 0 or more, got {controlnet_conditioning_scale}.")
+        if any(not math.isfinite(scale) or scale < 0 for scale in scales):
+            raise ValueError(f"controlnet_conditioning_scale must be a finite number, 0 or more, got "
+                             f"{controlnet_conditioning_scale}.")
         width, height = check_condition_canvas([condition_size(c) for c in conditions], width, height,
                                                self.vae_factor)
         request = self.prepare_request(

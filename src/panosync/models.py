@@ -18,7 +18,7 @@ import torch
 
 from .bundled import bundled_controlnet_folder, bundled_controlnet_names, bundled_model_folder, bundled_model_names
 from .pipeline import SyncDiffusionPipeline, vae_factor_of, window_of
-from .precision import Precision, pick_precision  # noqa: F401  (pick_precision: the front ends' import)
+from .precision import Precision
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")

@@ -12,6 +12,8 @@ speed, each by name; a wide panorama is decoded in tiles (`decode.py`).
 
 from __future__ import annotations
 
+import logging
+import math
 import random
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -35,6 +37,8 @@ from .sync import SyncSchedule, half_precision_loss_scale, sync_gradient
 from .views import View, add_view, check_canvas, coverage, crop, views_for_canvas
 
 OUTPUT_TYPES = ("pil", "np", "latent")
+
+log = logging.getLogger("panosync")
 
 
 @dataclass
@@ -100,8 +104,8 @@ def check_panorama_inputs(window, vae_factor, prompt, negative_prompt, width, he
     check_canvas(height // vae_factor, width // vae_factor, window, stride)
     if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
         raise ValueError(f"num_inference_steps must be a whole number of at least 1, got {num_inference_steps}.")
-    if guidance_scale < 0:
-        raise ValueError(f"guidance_scale must be 0 or more, got {guidance_scale}.")
+    if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
+        raise ValueError(f"guidance_scale must be a finite number, 0 or more, got {guidance_scale}.")
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}.")
 
@@ -125,6 +129,8 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         self._perceptual = None
         self._sync_decoders: dict[str, torch.nn.Module] = {}  # loaded from folders, by folder
         self.autocast_dtype: torch.dtype | None = None  # set by enable_autocast
+        self._vae_upcast = False  # the VAE was moved to float32 after overflowing (upcast_vae)
+        self._loss_scale_cap: float | None = None  # the largest sync loss scale that has not overflowed, this call
 
     # ----------------------------------------------------------------------------------- loading
 
@@ -191,13 +197,12 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         return is_half(self.unet.dtype) or self.autocast_dtype is not None
 
     @property
-    def vae_forces_upcast(self) -> bool:
-        """Whether the VAE's config asks to decode in float32 where the pipeline runs in float16
-        (diffusers' `force_upcast`: SDXL's VAE overflows in float16). Only where the config says so
-        itself: Stable Diffusion 1 and 2's VAE configs predate the key, and diffusers fills a missing
-        one with True, which would upcast VAEs that decode well in float16."""
-        config = self.vae.config
-        return bool(config.get("force_upcast", False)) and "force_upcast" not in config.get("_use_default_values", ())
+    def vae_may_upcast(self) -> bool:
+        """Whether the VAE may be moved to float32 when it overflows in float16: its config's
+        `force_upcast` (diffusers' flag; SDXL's VAE overflows in float16) and the VAE computing in
+        float16 (its weights, or autocast)."""
+        in_float16 = self.vae.dtype == torch.float16 or (self.autocast_dtype == torch.float16 and not self._vae_upcast)
+        return bool(self.vae.config.get("force_upcast", False)) and in_float16
 
     def autocast_context(self, device: torch.device):
         """torch.autocast in the dtype enable_autocast chose; nothing when it was not called."""
@@ -205,13 +210,17 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
             return nullcontext()
         return torch.autocast(torch.device(device).type, dtype=self.autocast_dtype)
 
-    def upcast_vae_if_forced(self) -> None:
-        """Hold the VAE in float32 when its config forces it and the pipeline is in float16 (as
-        diffusers' SDXL pipeline does, but for good: the sync step decodes in every synced step)."""
-        if self.vae_forces_upcast and self.vae.dtype == torch.float16:
-            # nn.Module's own .to: diffusers' warns against casting a loaded model, which is meant for
-            # going down to half precision, not back up
-            torch.nn.Module.to(self.vae, torch.float32)
+    def upcast_vae(self) -> None:
+        """Decode in float32 from now on: the VAE's weights in float32, and autocast off around it.
+        Done at the first float16 decode that overflows, not up front: diffusers fills a config
+        without the key with force_upcast=True, and Stable Diffusion 1 and 2's VAEs, which decode
+        well in float16, would otherwise pay float32's cost in every synced step."""
+        log.warning("The VAE overflowed in float16; its config allows float32 (force_upcast), so it decodes in "
+                    "float32 from now on.")
+        # nn.Module's own .to: diffusers warns against casting a loaded model, meant for going down
+        # to half precision, not back up
+        torch.nn.Module.to(self.vae, torch.float32)
+        self._vae_upcast = True
 
     # --------------------------------------------------------------------------- model pieces
 
@@ -259,16 +268,24 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
     def decode_to_unit(self, latents: torch.Tensor, decoder=None, check_finite: bool = False) -> torch.Tensor:
         """Decode to images in [0, 1] (clamped, as the reference: saturated pixels pass no gradient),
         with the VAE or another `decoder` of the same latents (a fast mode's tiny decoder). A VAE
-        that forces upcasting decodes with autocast off. `check_finite`: a NonFiniteError where the
-        decoder's output is NaN or infinite (before the clamp hides an infinity)."""
+        that overflows in float16 and may be upcast (vae_may_upcast) decodes again in float32.
+        `check_finite`: a NonFiniteError where the decoder's output is NaN or infinite (before the
+        clamp hides an infinity)."""
         decoder = self.vae if decoder is None else decoder
-        scaled = latents / decoder.config.scaling_factor
-        full_precision = decoder is self.vae and self.vae_forces_upcast and self.autocast_dtype == torch.float16
-        with torch.autocast(latents.device.type, enabled=False) if full_precision else nullcontext():
-            images = decoder.decode(scaled.to(decoder.dtype)).sample.to(self.compute_dtype)
+        images = self._decode(decoder, latents)
+        if decoder is self.vae and self.vae_may_upcast and not torch.isfinite(images).all():
+            self.upcast_vae()
+            images = self._decode(self.vae, latents)
         if check_finite and not torch.isfinite(images).all():
             raise NonFiniteError("The decoded panorama", self.precision.name)
         return (images / 2 + 0.5).clamp(0, 1)
+
+    def _decode(self, decoder, latents: torch.Tensor) -> torch.Tensor:
+        """The decoder's image of `latents`, in compute_dtype (an upcast VAE with autocast off)."""
+        full_precision = decoder is self.vae and self._vae_upcast
+        with torch.autocast(latents.device.type, enabled=False) if full_precision else nullcontext():
+            scaled = latents / decoder.config.scaling_factor
+            return decoder.decode(scaled.to(decoder.dtype)).sample.to(self.compute_dtype)
 
     def foreseen_image(self, predicted_original: torch.Tensor, shortcuts: SyncShortcuts) -> torch.Tensor:
         """The image the sync loss compares, from a predicted clean latent x̂₀: the VAE's decode in
@@ -444,11 +461,11 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         """Steps 2 to 5 of the call: the joint diffusion of a checked request, in the pipeline's
         precision (under autocast where enable_autocast asked for it). `view_conditioning` goes to
         every `guided_noise` call (ControlSync passes its conditions this way)."""
-        self.upcast_vae_if_forced()
+        self._loss_scale_cap = None
         with self.autocast_context(self._execution_device):
-            return self.joint_diffusion(request, callback_on_step_end, return_dict, **view_conditioning)
+            return self._joint_diffusion(request, callback_on_step_end, return_dict, **view_conditioning)
 
-    def joint_diffusion(self, request: PanoramaRequest, callback_on_step_end=None, return_dict: bool = True,
+    def _joint_diffusion(self, request: PanoramaRequest, callback_on_step_end=None, return_dict: bool = True,
                         **view_conditioning):
         """The body of `generate`, in whatever precision context the caller set up."""
         views, anchor = request.views, request.anchor
@@ -572,8 +589,12 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         loss_scale = 1.0
         if self.computes_in_half:
             side = round(self.window * self.vae_factor * shortcuts.image_scale)
-            loss_scale = half_precision_loss_scale(side * side)
-        gradient = sync_gradient(x, foresee, distance_to_anchor, loss_scale)
+            loss_scale = min(half_precision_loss_scale(side * side), self._loss_scale_cap or math.inf)
+        gradient, used = sync_gradient(x, foresee, distance_to_anchor, loss_scale)
+        if used < loss_scale:  # remembered for the rest of the call, as a mixed-precision grad scaler does
+            log.warning("The sync loss's backward overflowed float16 at scale %g; scaling by %g from now on.",
+                        loss_scale, used)
+            self._loss_scale_cap = used
         return gradient, made["noise"]
 
     @staticmethod

@@ -29,6 +29,9 @@ class SyncSchedule:
     threshold: int | None = None
 
     def __post_init__(self):
+        for name, value in (("sync_weight", self.weight), ("sync_decay_rate", self.decay_rate)):
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value}.")
         if self.weight < 0:
             raise ValueError(f"sync_weight must be 0 or more, got {self.weight}.")
         if not 0 <= self.decay_rate <= 1:
@@ -47,7 +50,7 @@ class SyncSchedule:
         return self.weight * self.decay_rate**step if self.is_active(step) else 0.0
 
 
-# How far a scaled sync loss backs off when its gradient overflows: two tries at smaller scales.
+# How far a scaled sync loss backs off each time its gradient overflows.
 LOSS_SCALE_BACKOFF = 2.0**-8
 
 
@@ -67,7 +70,7 @@ def sync_gradient(
     predict_image: Callable[[torch.Tensor], torch.Tensor],
     distance_to_anchor: Callable[[torch.Tensor], torch.Tensor],
     loss_scale: float = 1.0,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, float]:
     """∂ LPIPS(predict_image(x), anchor) / ∂x for each view x of the batch `latents`.
 
     `predict_image` maps latents to the images they foresee (UNet, x̂₀, VAE decoder, all
@@ -76,15 +79,18 @@ def sync_gradient(
 
     `loss_scale` > 1 (half precision: `half_precision_loss_scale`) multiplies the loss before the
     backward and divides the gradient after, as mixed-precision training does; where the scaled
-    backward overflows, it is run again at a scale 256 times smaller, then unscaled.
+    backward overflows, it is run again at a scale 256 times smaller, then unscaled. Returns the
+    gradient and the scale that gave it.
     """
-    scales = [loss_scale, loss_scale * LOSS_SCALE_BACKOFF, 1.0] if loss_scale > 1 else [1.0]
-    for scale in dict.fromkeys(max(1.0, s) for s in scales):
+    scales = [loss_scale]
+    while scales[-1] > 1:
+        scales.append(max(1.0, scales[-1] * LOSS_SCALE_BACKOFF))
+    for scale in scales:
         with torch.enable_grad():
             variable = latents.detach().requires_grad_(True)
             distances = distance_to_anchor(predict_image(variable))
             (gradient,) = torch.autograd.grad(distances.sum() * scale, variable)
         gradient = gradient / scale
-        if scale == 1.0 or torch.isfinite(gradient).all():
+        if scale == scales[-1] or torch.isfinite(gradient).all():
             break
-    return gradient
+    return gradient, scale

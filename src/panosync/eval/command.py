@@ -479,7 +479,8 @@ def _check_metric_weights() -> None:
 
 def evaluate(args: argparse.Namespace) -> int:
     """The command: plan, make the missing images, measure, write the reports."""
-    from ..models import load_pipeline, pick_device, pick_precision
+    from ..models import load_pipeline, pick_device
+    from ..precision import pick_precision
 
     plan = make_plan(args)
     device = pick_device(args.device)

@@ -19,7 +19,8 @@ from pathlib import Path
 from ..cli import CONTROL_DEFAULTS, parameter_defaults
 from ..conditions import load_condition_image, prepare_condition
 from ..control import ControlSyncPipeline, check_condition_canvas
-from ..models import load_control_pipeline, load_pipeline, pick_device, pick_precision, resolve_controlnet, resolve_model
+from ..models import load_control_pipeline, load_pipeline, pick_device, resolve_controlnet, resolve_model
+from ..precision import pick_precision
 from ..pipeline import SyncDiffusionPipeline, canvas_defaults, check_panorama_inputs
 from ..schedulers import most_steps
 from ..sync import SyncSchedule
