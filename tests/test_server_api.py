@@ -20,7 +20,7 @@ from panosync.metadata import read_parameters
 from panosync.models import resolve_model
 from panosync.server.api import create_app, wait_seconds
 from panosync.server.generation import PanoramaModel
-from panosync.server.schema import CONTROL_FIELDS, FIELDS, UINT32_MAX, FieldError, Limits, PredictionRequest
+from panosync.server.schema import FIELDS, UINT32_MAX, FieldError, Limits, PredictionRequest
 
 # sync_pipe: 16-latent windows, VAE factor 2, so 32-pixel windows; 3 views at stride 8.
 TINY = dict(width=64, height=32, stride=8, num_inference_steps=2, sync_weight=0)
@@ -60,14 +60,14 @@ def finished(job):
 def test_openapi_schema_has_every_field_with_its_range(client):
     schema = client.get("/openapi.json").json()
     request = schema["components"]["schemas"]["PredictionRequest"]
-    assert tuple(request["properties"]) == FIELDS + CONTROL_FIELDS and request["required"] == ["prompt"]
+    assert tuple(request["properties"]) == FIELDS and request["required"] == ["prompt"]  # no ControlNet here
     ranges = {name: {key: value for option in spec.get("anyOf", [spec]) for key, value in option.items()
                      if key in ("minimum", "maximum", "exclusiveMinimum")}
               for name, spec in request["properties"].items()}
     assert ranges["guidance_scale"] == {"minimum": 0, "maximum": 30}
     assert ranges["sync_decay_rate"] == {"exclusiveMinimum": 0, "maximum": 1}
     assert ranges["seed"] == {"minimum": 0, "maximum": UINT32_MAX}
-    assert ranges["num_inference_steps"] == {"minimum": 1, "maximum": 1000}
+    assert ranges["num_inference_steps"] == {"minimum": 1, "maximum": 999}  # this model's scheduler (steps_offset 1)
 
 
 # (field, value, words the message must hold)

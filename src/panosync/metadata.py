@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import PIL.Image
@@ -18,14 +18,18 @@ KEY = "panosync"
 def save_png(image: PIL.Image.Image, path: str | Path, parameters: dict) -> Path:
     """Write `image` to `path` with `parameters` as JSON in the PNG's text chunk "panosync".
 
-    The file appears whole or not at all: it is written beside its destination and renamed.
+    The file appears whole or not at all: it is written beside its destination and renamed. Its
+    mode follows the process's umask, like any file the user writes.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     info = PIL.PngImagePlugin.PngInfo()
     info.add_text(KEY, json.dumps({**parameters, "panosync_version": __version__}, sort_keys=True))
     info.add_text("Software", f"panosync {__version__}")
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # Not mkstemp, which makes the file 0600: created with 0666, the kernel applies the umask (and
+    # a folder's default ACL) itself, without reading os.umask, which only a racy set-and-restore can.
+    temporary = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(handle, "wb") as file:
             image.save(file, format="PNG", pnginfo=info)

@@ -1,13 +1,16 @@
 """`panosync serve` (the HTTP API) and `panosync ui` (the web page). Both load the model once,
-before they listen, so a bad --model is an error at the command line, not in the first request.
-Both listen on loopback unless told otherwise. With --controlnet they make ControlSync panoramas
-(the `control` command's), the ControlNets loaded once like the model."""
+before they listen, so a bad --model is an error at the command line, not in the first request;
+so are a bad --keep and a --state-dir that is a file or cannot be written (one sentence, exit 2,
+before the model loads). Both listen on loopback unless told otherwise. With --controlnet they
+make ControlSync panoramas (the `control` command's), the ControlNets loaded once like the model."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import sys
+import tempfile
 from pathlib import Path
 
 from ..precision import DTYPE_HELP
@@ -58,6 +61,16 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-body-bytes", dest="max_body_bytes", type=int, default=None,
                         help="largest request body accepted (default: 16 KiB; with --controlnet, room for one "
                              "condition image per ControlNet as large as --max-pixels, 16 MiB each by default)")
+    parser.add_argument("--keep", default=None, metavar="AGE,SIZE",
+                        help="delete finished jobs and their files older than AGE (30m, 12h, 7d, 2w) and/or, oldest "
+                             "first, beyond SIZE of outputs and conditions (500MB, 2GB): 7d, 2GB or 7d,2GB "
+                             "(default: keep every job)")
+    parser.add_argument("--public-docs", dest="public_docs", action="store_true",
+                        help="serve /openapi.json, /docs and /redoc without the token (default: with --token, "
+                             "they need it too)")
+    parser.add_argument("--max-waiters", dest="max_waiters", type=int, default=Limits.max_waiters,
+                        help=f"clients that may wait for their jobs at once (Prefer: wait); past them a job is "
+                             f"queued and answered at once (default {Limits.max_waiters})")
 
 
 def add_ui_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,7 +84,8 @@ def add_ui_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _limits(args: argparse.Namespace) -> Limits:
     return Limits(max_pixels=args.max_pixels, max_side=args.max_side, max_queue=args.max_queue,
-                  max_body_bytes=getattr(args, "max_body_bytes", None))
+                  max_body_bytes=getattr(args, "max_body_bytes", None),
+                  max_waiters=getattr(args, "max_waiters", Limits.max_waiters))
 
 
 def _load(args: argparse.Namespace):
@@ -91,22 +105,46 @@ def _is_loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
+def check_state_dir(state_dir: Path) -> None:
+    """A ValueError with one sentence when `state_dir` cannot hold a server's jobs: it is a file, it
+    cannot be created or written, or another server holds it. A real write, not os.access: root
+    passes every permission check, but not a read-only mount or a full disk."""
+    from .jobs import JobStore, StoreFault
+
+    if state_dir.exists() and not state_dir.is_dir():
+        raise ValueError(f"--state-dir {state_dir} is a file: give a folder (it is created when missing).")
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=state_dir):
+            pass
+    except OSError as error:
+        raise ValueError(f"--state-dir {state_dir} cannot be created or written ({error.strerror or error}): give "
+                         f"a folder this user may write to.") from None
+    probe = JobStore(state_dir)  # a folder another server holds is a ValueError (StateDirInUse) too
+    try:
+        probe.open()
+    except (OSError, sqlite3.Error, StoreFault) as error:
+        raise ValueError(f"--state-dir {state_dir} cannot hold the job database ({error}): give another "
+                         f"folder.") from None
+    finally:
+        probe.close()
+
+
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .api import create_app
-    from .jobs import JobStore
+    from .retention import parse_keep
 
     limits = _limits(args)
+    retention = None if args.keep is None else parse_keep(args.keep)
     token = args.token or os.environ.get(TOKEN_VARIABLE) or None
     if not _is_loopback(args.host) and token is None:
         print(f"panosync: warning: listening on {args.host} without a token: anyone who can reach this port can "
               f"run jobs (set --token or ${TOKEN_VARIABLE}).", file=sys.stderr)
-    state_dir = args.state_dir or default_state_dir()
-    probe = JobStore(state_dir)  # a folder another server holds is an error now, not after loading the model
-    probe.open()
-    probe.close()
-    app = create_app(_load(args), state_dir, limits, token)
+    state_dir = (args.state_dir or default_state_dir()).expanduser()
+    check_state_dir(state_dir)  # now, not after loading the model
+    app = create_app(_load(args), state_dir, limits, token, public_docs=args.public_docs, retention=retention)
     print(f"jobs and outputs in {state_dir}", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0

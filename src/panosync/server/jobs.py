@@ -4,27 +4,53 @@ first, and writes each result atomically to the outputs folder beside the file.
 After a crash or a stop, `JobStore.open` marks the jobs that were running as failed ("interrupted")
 and leaves the queued ones queued: they run when the server is back. A job that was running is not
 started again by itself, because whatever stopped the server may stop it again.
+
+Under faults the service goes on: a write the database refuses (busy, locked, disk full) is tried
+again a few times and then raised as a `StoreFault` that says what to do; a job that fails, or
+whose end cannot be recorded, is failed with a sentence and the worker takes the next one; while
+the state folder is unwritable or short of space, `health()` says so and queued jobs wait for it.
+Condition images are kept only while a queued, running or succeeded job refers to them, and a
+`Retention` deletes old finished jobs.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
+import shutil
 import sqlite3
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterable, TypeVar
+
+import PIL.Image
 
 from ..metadata import save_png
 from .generation import PanoramaModel
+from .retention import Retention
+from .uploads import save_condition
 
 log = logging.getLogger("panosync.server")
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED = "queued", "running", "succeeded", "failed", "canceled"
 FINISHED = (SUCCEEDED, FAILED, CANCELED)
+KEPT = (QUEUED, RUNNING, SUCCEEDED)  # the jobs whose condition images are kept
 INTERRUPTED = "interrupted: the server stopped while this job ran; submit it again"
+
+# A write the database refuses is tried again after each of these pauses, then reported.
+STORE_RETRY_DELAYS = (0.05, 0.2, 0.5)
+HEALTH_CACHE_SECONDS = 1.0  # /health and every POST ask; probing the folder once a second is plenty
+DEFAULT_MIN_FREE_BYTES = 64 * 2**20
+FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+TRANSIENT = ("locked", "busy", "full", "disk i/o error")  # SQLite's words for faults that can pass
+
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -53,6 +79,97 @@ class QueueFull(Exception):
 
 class StateDirInUse(ValueError):
     pass
+
+
+class StoreFault(Exception):
+    """The job database refused a write even after a few tries; the message is one sentence
+    saying what to do (the API answers 507 with it, a job fails with it)."""
+
+
+class JobNotFinished(Exception):
+    """A queued or running job cannot be deleted: cancel it first."""
+
+
+def full_sentence(state_dir: Path) -> str:
+    return (f"The state folder {state_dir} is full: free space there, or start the server with a --state-dir "
+            f"on a larger disk.")
+
+
+def fault_sentence(error: sqlite3.OperationalError, state_dir: Path) -> str:
+    """What a database error means for the person running the server."""
+    text = str(error)
+    if "full" in text:  # "database or disk is full"
+        return full_sentence(state_dir)
+    if "locked" in text or "busy" in text:
+        return (f"The job database in {state_dir} stayed locked ({text}): another program holds it; close that "
+                f"program and try again.")
+    return (f"The job database in {state_dir} cannot be written ({text}): make the folder writable and give it "
+            f"free space, or start the server with another --state-dir.")
+
+
+def failure_reason(error: BaseException, state_dir: Path) -> str:
+    """The sentence a job that failed with `error` reports."""
+    if isinstance(error, StoreFault):
+        return str(error)
+    if isinstance(error, OSError) and error.errno in FULL_ERRNOS:  # writing the PNG
+        return full_sentence(state_dir)
+    if isinstance(error, sqlite3.OperationalError):
+        return fault_sentence(error, state_dir)
+    return f"{type(error).__name__}: {error}"
+
+
+def _size(count: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1024
+
+
+def _write_probe(folder: Path) -> OSError | None:
+    """The error writing a few bytes into `folder` raises, or None when it can be written. A real
+    write, not os.access: a full disk, a read-only mount or a quota refuse only writes (and root
+    passes every permission check)."""
+    probe = folder / f".probe-{uuid.uuid4().hex}"
+    try:
+        handle = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(handle, b"panosync")
+        finally:
+            os.close(handle)
+    except OSError as error:
+        return error
+    finally:
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError:
+            pass
+    return None
+
+
+def _remove_file(path: Path) -> int | None:
+    """Remove `path`; the bytes it freed, or None when it was not there or could not be removed."""
+    try:
+        size = path.stat().st_size
+        path.unlink()
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        log.warning("could not remove %s: %s", path, error)
+        return None
+    return size
+
+
+def _files(folder: Path) -> list[os.DirEntry]:
+    try:
+        with os.scandir(folder) as entries:
+            return [entry for entry in entries if entry.is_file(follow_symlinks=False)]
+    except FileNotFoundError:
+        return []
+
+
+def _leftover(name: str) -> bool:
+    """A file an atomic write or a health probe left behind when the server stopped in the middle."""
+    return name.startswith(".") and (name.endswith(".tmp") or name.startswith(".probe-"))
 
 
 @dataclass(frozen=True)
@@ -84,19 +201,37 @@ class Job:
     def finished(self) -> bool:
         return self.status in FINISHED
 
+    @property
+    def conditions(self) -> list[str]:
+        """The paths of the condition images this job refers to (ControlSync), else []."""
+        return list(self.parameters.get("condition") or [])
+
 
 class JobStore:
     """The jobs of one state folder: `jobs.sqlite3`, `outputs/`, and `conditions/` (ControlSync's
     condition images, named by content; see uploads.py). One server at a time may use a folder (a
-    lock file says so); every method is safe to call from any thread."""
+    lock file says so); every method is safe to call from any thread.
 
-    def __init__(self, state_dir: str | Path):
+    `retention` says which finished jobs `apply_retention` deletes; below `min_free_bytes` of free
+    space, `health()` reports the folder degraded."""
+
+    def __init__(self, state_dir: str | Path, retention: Retention | None = None,
+                 min_free_bytes: int = DEFAULT_MIN_FREE_BYTES):
         self.state_dir = Path(state_dir).expanduser()
         self.outputs = self.state_dir / "outputs"
         self.conditions = self.state_dir / "conditions"
+        self.retention = retention
+        self.min_free_bytes = min_free_bytes
         self._lock = threading.Lock()
         self._connection: sqlite3.Connection | None = None
         self._lock_file = None
+        # Held from "does a job need this condition?" to its removal, and while a request saves
+        # one: taken before self._lock, never while holding it.
+        self._conditions_lock = threading.Lock()
+        self._pinned: Counter[str] = Counter()  # conditions saved for requests not yet queued, by name
+        self._health_lock = threading.Lock()
+        self._health: dict | None = None
+        self._health_checked = -HEALTH_CACHE_SECONDS
 
     def open(self) -> int:
         """Open the folder's database and fail the jobs a previous server left running; returns
@@ -110,10 +245,10 @@ class JobStore:
         connection.execute("PRAGMA synchronous=NORMAL")
         connection.executescript(SCHEMA)
         self._connection = connection
-        with self._lock:
-            return connection.execute(
-                "UPDATE jobs SET status=?, error=?, completed_at=? WHERE status=?",
-                (FAILED, INTERRUPTED, time.time(), RUNNING)).rowcount
+        interrupted = self._change("UPDATE jobs SET status=?, error=?, completed_at=? WHERE status=?",
+                                   (FAILED, INTERRUPTED, time.time(), RUNNING))
+        self._sweep_leftovers()
+        return interrupted
 
     def close(self) -> None:
         with self._lock:
@@ -138,83 +273,287 @@ class JobStore:
             raise StateDirInUse(f"Another panosync server is using the state folder {self.state_dir}: stop it, "
                                 f"or give this one its own --state-dir.") from None
 
-    def _execute(self, sql: str, parameters: tuple = ()) -> sqlite3.Cursor:
-        with self._lock:
-            return self._connection.execute(sql, parameters)
+    def _sweep_leftovers(self) -> None:
+        """Remove what a crash can leave: half-written files, PNGs no job names (the server stopped
+        between writing one and recording it), and conditions no queued or succeeded job refers to
+        (it stopped between saving a request's condition and queueing it, or before cleaning up)."""
+        outputs = {row[0] for row in self._rows("SELECT output FROM jobs WHERE output IS NOT NULL")}
+        needed = self._referenced_conditions()
+        for folder, kept in ((self.outputs, outputs), (self.conditions, needed)):
+            for entry in _files(folder):
+                if _leftover(entry.name) or (entry.name.endswith(".png") and entry.name not in kept):
+                    _remove_file(Path(entry.path))
+
+    # ------------------------------------------------------------------------------- the database
+
+    def _retrying(self, operation: Callable[[sqlite3.Connection], T]) -> T:
+        """`operation` on the connection, under the lock. SQLite refuses a write with an
+        OperationalError when the file is busy or locked or the disk is full, all of which can
+        pass: try again after short pauses (without the lock), then raise a StoreFault; any other
+        OperationalError (a read-only file, say) at once."""
+        for delay in (*STORE_RETRY_DELAYS, None):
+            try:
+                with self._lock:
+                    return operation(self._connection)
+            except sqlite3.OperationalError as error:
+                if delay is None or not any(word in str(error).lower() for word in TRANSIENT):
+                    raise StoreFault(fault_sentence(error, self.state_dir)) from error
+                log.warning("the job database refused a write (%s); trying again in %.2f s", error, delay)
+                time.sleep(delay)
+
+    def _rows(self, sql: str, parameters: tuple = ()) -> list[sqlite3.Row]:
+        return self._retrying(lambda connection: connection.execute(sql, parameters).fetchall())
+
+    def _change(self, sql: str, parameters: tuple = ()) -> int:
+        """Run one statement that writes; how many rows it changed."""
+        return self._retrying(lambda connection: connection.execute(sql, parameters).rowcount)
+
+    def _transaction(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        def run(connection: sqlite3.Connection) -> T:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                result = body(connection)
+                connection.execute("COMMIT")
+                return result
+            except BaseException:
+                if connection.in_transaction:  # SQLite may have rolled back already (a full disk does)
+                    try:
+                        connection.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                raise
+
+        return self._retrying(run)
 
     # ------------------------------------------------------------------------------- reading
 
     def get(self, job_id: str) -> Job | None:
-        row = self._execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
-        return None if row is None else Job.from_row(row)
+        rows = self._rows("SELECT * FROM jobs WHERE id=?", (job_id,))
+        return Job.from_row(rows[0]) if rows else None
 
     def list(self, status: str | None = None, limit: int = 100) -> list[Job]:
         """Newest first."""
         where, parameters = ("WHERE status=?", (status,)) if status else ("", ())
-        rows = self._execute(f"SELECT * FROM jobs {where} ORDER BY seq DESC LIMIT ?", (*parameters, limit))
-        return [Job.from_row(row) for row in rows.fetchall()]
+        rows = self._rows(f"SELECT * FROM jobs {where} ORDER BY seq DESC LIMIT ?", (*parameters, limit))
+        return [Job.from_row(row) for row in rows]
 
     def queue_position(self, job: Job) -> int | None:
         """How many queued jobs run before `job`; None when it is not queued."""
         if job.status != QUEUED:
             return None
-        return self._execute("SELECT COUNT(*) FROM jobs WHERE status=? AND seq<?", (QUEUED, job.seq)).fetchone()[0]
+        return self._rows("SELECT COUNT(*) FROM jobs WHERE status=? AND seq<?", (QUEUED, job.seq))[0][0]
 
     def waiting(self) -> int:
-        return self._execute("SELECT COUNT(*) FROM jobs WHERE status=?", (QUEUED,)).fetchone()[0]
+        return self._rows("SELECT COUNT(*) FROM jobs WHERE status=?", (QUEUED,))[0][0]
 
     def output_path(self, job: Job) -> Path | None:
         return None if job.output is None else self.outputs / job.output
 
+    def health(self) -> dict:
+        """{"status": "ok" or "degraded", "reason": None or a sentence, "free_bytes": int or None}:
+        degraded while the state folder cannot be written or has under `min_free_bytes` free.
+        Checked at most once a second, as every POST and /health asks."""
+        with self._health_lock:
+            if self._health is None or time.monotonic() - self._health_checked >= HEALTH_CACHE_SECONDS:
+                self._health = self._check_health()
+                self._health_checked = time.monotonic()
+            return dict(self._health)
+
+    def _check_health(self) -> dict:
+        try:
+            free = shutil.disk_usage(self.state_dir).free
+        except OSError as error:
+            return _degraded(f"The state folder {self.state_dir} cannot be read ({error.strerror or error}): "
+                             f"create it or start the server with another --state-dir.", None)
+        for folder in (self.state_dir, self.outputs, self.conditions):
+            if folder is self.conditions and not folder.exists():  # made with the first condition
+                continue
+            error = _write_probe(folder)
+            if error is not None and error.errno in FULL_ERRNOS:
+                return _degraded(full_sentence(self.state_dir), free)
+            if error is not None:
+                return _degraded(f"The state folder {folder} cannot be written ({error.strerror or error}): make "
+                                 f"it writable, or start the server with another --state-dir.", free)
+        if free < self.min_free_bytes:
+            return _degraded(f"The state folder {self.state_dir} has {_size(free)} free, under the "
+                             f"{_size(self.min_free_bytes)} this server keeps in reserve: free space there, or "
+                             f"start the server with a --state-dir on a larger disk.", free)
+        return {"status": "ok", "reason": None, "free_bytes": free}
+
     # ------------------------------------------------------------------------------- writing
 
     def add(self, input: dict, parameters: dict, max_queue: int) -> Job:
-        """Queue a job, or raise QueueFull when `max_queue` jobs are already waiting."""
+        """Queue a job, or raise QueueFull when `max_queue` jobs are already waiting (StoreFault
+        when the database cannot record it)."""
         job_id = uuid.uuid4().hex
-        with self._lock:
-            connection = self._connection
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                waiting = connection.execute("SELECT COUNT(*) FROM jobs WHERE status=?", (QUEUED,)).fetchone()[0]
-                if waiting >= max_queue:
-                    raise QueueFull(waiting)
-                connection.execute(
-                    "INSERT INTO jobs (id, status, input, parameters, created_at, total) VALUES (?, ?, ?, ?, ?, ?)",
-                    (job_id, QUEUED, json.dumps(input), json.dumps(parameters), time.time(),
-                     parameters["num_inference_steps"]))
-                connection.execute("COMMIT")
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
+
+        def insert(connection: sqlite3.Connection) -> None:
+            waiting = connection.execute("SELECT COUNT(*) FROM jobs WHERE status=?", (QUEUED,)).fetchone()[0]
+            if waiting >= max_queue:
+                raise QueueFull(waiting)
+            connection.execute(
+                "INSERT INTO jobs (id, status, input, parameters, created_at, total) VALUES (?, ?, ?, ?, ?, ?)",
+                (job_id, QUEUED, json.dumps(input), json.dumps(parameters), time.time(),
+                 parameters["num_inference_steps"]))
+
+        self._transaction(insert)
+        self._unpin(parameters.get("condition") or [])  # the job refers to them now
         return self.get(job_id)
 
     def claim_next(self) -> Job | None:
         """Mark the oldest queued job running and return it; None when none waits."""
-        with self._lock:  # one connection, and the lock held from the look to the update
-            row = self._connection.execute("SELECT id FROM jobs WHERE status=? ORDER BY seq LIMIT 1",
-                                           (QUEUED,)).fetchone()
+        def claim(connection: sqlite3.Connection) -> str | None:  # the lock is held from the look to the update
+            row = connection.execute("SELECT id FROM jobs WHERE status=? ORDER BY seq LIMIT 1", (QUEUED,)).fetchone()
             if row is None:
                 return None
-            self._connection.execute("UPDATE jobs SET status=?, started_at=? WHERE id=?",
-                                     (RUNNING, time.time(), row["id"]))
-        return self.get(row["id"])
+            connection.execute("UPDATE jobs SET status=?, started_at=? WHERE id=?", (RUNNING, time.time(), row["id"]))
+            return row["id"]
+
+        job_id = self._retrying(claim)
+        return None if job_id is None else self.get(job_id)
 
     def record_step(self, job_id: str, step: int, sync_weight: float) -> None:
-        self._execute("UPDATE jobs SET step=?, sync_weight=? WHERE id=?", (step, sync_weight, job_id))
+        self._change("UPDATE jobs SET step=?, sync_weight=? WHERE id=?", (step, sync_weight, job_id))
 
     def request_cancel(self, job_id: str) -> Job | None:
         """A queued job is cancelled at once; a running one is marked, and its worker stops it
         after the step it is in. A finished job is left as it is."""
-        with self._lock:
-            self._connection.execute("UPDATE jobs SET status=?, completed_at=? WHERE id=? AND status=?",
-                                     (CANCELED, time.time(), job_id, QUEUED))
-            self._connection.execute("UPDATE jobs SET cancel_requested=1 WHERE id=? AND status=?", (job_id, RUNNING))
+        def cancel(connection: sqlite3.Connection) -> int:
+            canceled = connection.execute("UPDATE jobs SET status=?, completed_at=? WHERE id=? AND status=?",
+                                          (CANCELED, time.time(), job_id, QUEUED)).rowcount
+            connection.execute("UPDATE jobs SET cancel_requested=1 WHERE id=? AND status=?", (job_id, RUNNING))
+            return canceled
+
+        if self._retrying(cancel):
+            self._release_conditions(job_id)
         return self.get(job_id)
 
     def finish(self, job_id: str, status: str, output: str | None = None, error: str | None = None,
                pipeline_seconds: float | None = None) -> None:
-        self._execute("UPDATE jobs SET status=?, output=?, error=?, pipeline_seconds=?, completed_at=? WHERE id=?",
-                      (status, output, error, pipeline_seconds, time.time(), job_id))
+        self._change("UPDATE jobs SET status=?, output=?, error=?, pipeline_seconds=?, completed_at=? WHERE id=?",
+                     (status, output, error, pipeline_seconds, time.time(), job_id))
+        if status in (FAILED, CANCELED):
+            self._release_conditions(job_id)
+
+    def delete(self, job_id: str) -> Job | None:
+        """Delete a finished job: its record, its output and the conditions no other job needs.
+        Returns the job as it was; None when there is no such job; JobNotFinished when it is queued
+        or running."""
+        job = self.get(job_id)
+        if job is None:
+            return None
+        if not job.finished:
+            raise JobNotFinished(f"Job {job_id} is {job.status}: cancel it first, then delete it.")
+        self._delete_finished(job)
+        return job
+
+    def _delete_finished(self, job: Job) -> int:
+        """Delete a finished job; the bytes its files took. The files go first: on a full disk the
+        database may refuse to delete the record, and freeing the space is what matters then (the
+        record is deleted on the next try, and a missing output is answered as gone)."""
+        freed = 0 if job.output is None else (_remove_file(self.outputs / job.output) or 0)
+        freed += sum(self._remove_unreferenced(job.conditions, excluding=job.id).values())
+        self._change("DELETE FROM jobs WHERE id=?", (job.id,))
+        return freed
+
+    # ------------------------------------------------------------------------------- retention
+
+    def apply_retention(self) -> int:
+        """Delete the finished jobs `retention` no longer keeps: those finished longer ago than
+        its age, then the oldest until the outputs and conditions fit in its bytes. Queued and
+        running jobs are never deleted. Returns how many jobs were deleted."""
+        if self.retention is None:
+            return 0
+        deleted = 0
+        if self.retention.max_age_seconds is not None:
+            for job in self._finished_oldest_first(before=time.time() - self.retention.max_age_seconds):
+                self._delete_finished(job)
+                deleted += 1
+        if self.retention.max_bytes is not None:
+            used = self._bytes_used()
+            if used > self.retention.max_bytes:  # the common case stops here, after two folder listings
+                for job in self._finished_oldest_first():
+                    used -= self._delete_finished(job)
+                    deleted += 1
+                    if used <= self.retention.max_bytes:
+                        break
+        if deleted:
+            log.info("retention deleted %d finished jobs", deleted)
+        return deleted
+
+    def _finished_oldest_first(self, before: float | None = None) -> list[Job]:
+        rows = self._rows(f"SELECT * FROM jobs WHERE status IN (?, ?, ?)"
+                          f"{'' if before is None else ' AND COALESCE(completed_at, created_at) < ?'} "
+                          f"ORDER BY COALESCE(completed_at, created_at), seq",
+                          (*FINISHED, *(() if before is None else (before,))))
+        return [Job.from_row(row) for row in rows]
+
+    def _bytes_used(self) -> int:
+        return sum(entry.stat(follow_symlinks=False).st_size
+                   for folder in (self.outputs, self.conditions) for entry in _files(folder))
+
+    # ------------------------------------------------------------------------------- conditions
+
+    def save_condition(self, image: PIL.Image.Image) -> Path:
+        """`image` kept in the conditions folder (uploads.save_condition), and held there until a
+        job that refers to it is added or `discard_conditions` lets it go: a job cancelled between
+        a request saving the same image and queueing its job then cannot remove the file."""
+        with self._conditions_lock:
+            path = save_condition(image, self.conditions)
+            self._pinned[path.name] += 1
+        return path
+
+    def discard_conditions(self, paths: Iterable[str | Path]) -> list[Path]:
+        """Remove those of `paths` (the conditions of a request that was refused) that no queued,
+        running or succeeded job refers to; returns the files removed."""
+        paths = list(paths)
+        self._unpin(paths)
+        return list(self._remove_unreferenced(paths))
+
+    def _unpin(self, paths: Iterable[str | Path]) -> None:
+        with self._conditions_lock:
+            for name in {Path(path).name for path in paths}:
+                if self._pinned[name] > 1:
+                    self._pinned[name] -= 1
+                else:
+                    self._pinned.pop(name, None)
+
+    def _release_conditions(self, job_id: str) -> None:
+        """Remove the conditions of a job that was cancelled or failed, unless another job needs them.
+        A cleanup: its failure is logged, and never makes the job's end look unrecorded."""
+        try:
+            job = self.get(job_id)
+            if job is not None:
+                self._remove_unreferenced(job.conditions)
+        except Exception:
+            log.exception("could not remove the conditions of job %s", job_id)
+
+    def _remove_unreferenced(self, paths: Iterable[str | Path], excluding: str | None = None) -> dict[Path, int]:
+        """Remove the files of `paths` that no queued, running or succeeded job (but `excluding`)
+        refers to and no request holds; {file: bytes freed}. Files are matched by name (their
+        content's hash) and only ever removed from this store's conditions folder."""
+        names = {Path(path).name for path in paths}
+        names = {name for name in names if name.endswith(".png") and not name.startswith(".")}
+        if not names:
+            return {}
+        removed = {}
+        with self._conditions_lock:
+            needed = self._referenced_conditions(excluding) | set(self._pinned)
+            for name in sorted(names - needed):
+                freed = _remove_file(self.conditions / name)
+                if freed is not None:
+                    removed[self.conditions / name] = freed
+        return removed
+
+    def _referenced_conditions(self, excluding: str | None = None) -> set[str]:
+        """The file names of the conditions that queued, running and succeeded jobs refer to."""
+        rows = self._rows("SELECT DISTINCT json_each.value FROM jobs, json_each(jobs.parameters, '$.condition') "
+                          "WHERE jobs.status IN (?, ?, ?) AND jobs.id IS NOT ?", (*KEPT, excluding))
+        return {Path(str(row[0])).name for row in rows}
+
+
+def _degraded(reason: str, free_bytes: int | None) -> dict:
+    return {"status": "degraded", "reason": reason, "free_bytes": free_bytes}
 
 
 class JobCanceled(Exception):
@@ -225,9 +564,16 @@ class ServerStopping(Exception):
     pass
 
 
+# After a fault outside any job (the store), the worker pauses this long before it looks again.
+FAULT_PAUSE_SECONDS = 0.5
+# A job's end that the store cannot record is tried again after pauses growing to this.
+RECORD_RETRY_MAX_SECONDS = 5.0
+
+
 class Worker:
     """Runs the queued jobs of a store one at a time, oldest first, on one loaded model (one worker
-    per model, and so per GPU)."""
+    per model, and so per GPU). Nothing a job or the store raises stops it: a job that fails is
+    recorded failed, and while the state folder is degraded (health()) queued jobs wait."""
 
     def __init__(self, store: JobStore, model: PanoramaModel):
         self.store = store
@@ -239,6 +585,7 @@ class Worker:
         self._lock = threading.Lock()
         self._finished = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._holding = False  # queued jobs wait for the state folder to recover
 
     def start(self) -> None:
         self._stopping.clear()
@@ -271,21 +618,59 @@ class Worker:
         return self.store.get(job_id)
 
     def _run_forever(self) -> None:
+        self._apply_retention()
         while not self._stopping.is_set():
-            self._wake.clear()  # before looking, so that a job queued while we look wakes us
-            job = self.store.claim_next()
-            if job is None:
-                self._wake.wait()
+            try:
+                self._run_next()
+            except Exception:  # the store failed outside a job: say so, pause, and look again
+                log.exception("the worker met a fault; it tries again in %.1f s", FAULT_PAUSE_SECONDS)
+                self._stopping.wait(FAULT_PAUSE_SECONDS)
+
+    def _run_next(self) -> None:
+        self._wake.clear()  # before looking, so that a job queued while we look wakes us
+        if not self._folder_healthy():
+            self._stopping.wait(HEALTH_CACHE_SECONDS)
+            return
+        job = self.store.claim_next()
+        if job is None:
+            self._wake.wait()
+        else:
+            self._run(job)
+            self._apply_retention()
+
+    def _folder_healthy(self) -> bool:
+        """Whether the state folder can take a job's output. While it cannot, queued jobs stay
+        queued rather than each failing in turn: they run once space is freed."""
+        health = self.store.health()
+        holding = health["status"] != "ok"
+        if holding != self._holding:
+            if holding:
+                log.warning("queued jobs wait: %s", health["reason"])
             else:
-                self._run(job)
+                log.warning("the state folder has recovered; queued jobs run again")
+            self._holding = holding
+        return not holding
+
+    def _apply_retention(self) -> None:
+        try:
+            self.store.apply_retention()
+        except Exception:  # retention is housekeeping: it must never stop jobs from running
+            log.exception("retention failed; it runs again after the next job")
 
     def _run(self, job: Job) -> None:
         with self._lock:
             self._running = job.id
             self._cancel.clear()
-        if self.store.get(job.id).cancel_requested:  # asked between the claim and now
-            self._cancel.set()
+        try:
+            self._record(job, *self._outcome(job))
+        finally:
+            with self._lock:
+                self._running = None
+            with self._finished:
+                self._finished.notify_all()
 
+    def _outcome(self, job: Job) -> tuple[str, dict]:
+        """Run `job`: its status and the fields to record with it."""
         def after_step(step: int, sync_weight: float) -> None:
             self.store.record_step(job.id, step, sync_weight)
             if self._cancel.is_set():
@@ -294,21 +679,41 @@ class Worker:
                 raise ServerStopping()
 
         try:
+            if self.store.get(job.id).cancel_requested:  # asked between the claim and now
+                self._cancel.set()
             started = time.perf_counter()
             image = self.model.generate(job.parameters, after_step)
             pipeline_seconds = time.perf_counter() - started
             output = f"{job.id}.png"
             save_png(image, self.store.outputs / output, self.model.metadata(job.parameters, image))
-            self.store.finish(job.id, SUCCEEDED, output=output, pipeline_seconds=pipeline_seconds)
+            return SUCCEEDED, dict(output=output, pipeline_seconds=pipeline_seconds)
         except JobCanceled:
-            self.store.finish(job.id, CANCELED)
+            return CANCELED, {}
         except ServerStopping:
-            self.store.finish(job.id, FAILED, error=INTERRUPTED)
+            return FAILED, dict(error=INTERRUPTED)
         except Exception as error:
             log.exception("job %s failed", job.id)
-            self.store.finish(job.id, FAILED, error=f"{type(error).__name__}: {error}")
-        finally:
-            with self._lock:
-                self._running = None
-            with self._finished:
-                self._finished.notify_all()
+            return FAILED, dict(error=failure_reason(error, self.store.state_dir))
+
+    def _record(self, job: Job, status: str, fields: dict) -> None:
+        """Record how `job` ended. When the store cannot, the job is recorded failed with the
+        store's reason, tried again and again until it can (the disk is freed), so that it never
+        stays "running"; only a stopping server gives up, and the next start fails it as interrupted."""
+        try:
+            self.store.finish(job.id, status, **fields)
+            return
+        except Exception as error:
+            log.error("could not record the end of job %s: %s", job.id, error)
+            reason = failure_reason(error, self.store.state_dir)
+        if fields.get("output"):  # a PNG no record names; it takes space the store needs
+            _remove_file(self.store.outputs / fields["output"])
+        pause = FAULT_PAUSE_SECONDS
+        while True:
+            try:
+                self.store.finish(job.id, FAILED, error=reason)
+                return
+            except Exception as error:
+                log.error("job %s: still cannot record its failure (%s); trying again in %.1f s", job.id, error, pause)
+            if self._stopping.wait(pause):
+                return
+            pause = min(2 * pause, RECORD_RETRY_MAX_SECONDS)

@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Literal, Optional
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 UINT32_MAX = 2**32 - 1
 MAX_PROMPT_CHARACTERS = 2000  # CLIP reads 77 tokens; anything far longer is a mistake, not a prompt
@@ -34,15 +35,18 @@ class Limits:
     max_side    the longest width or height, whatever the other (default 16384)
     max_queue   jobs waiting to run, not counting the one running; more are refused with 429
     max_body_bytes  size of a request body; larger ones are refused with 413 (default: see `body_limit`)
+    max_waiters  clients waiting at once for their jobs (`Prefer: wait`); a request past them is
+                 queued and answered at once, without waiting (see api.py)
     """
 
     max_pixels: int = 512 * 8192
     max_side: int = 16384
     max_queue: int = 16
     max_body_bytes: int | None = None  # None: `body_limit`'s choice
+    max_waiters: int = 32
 
     def __post_init__(self):
-        for name in ("max_pixels", "max_side", "max_queue", "max_body_bytes"):
+        for name in ("max_pixels", "max_side", "max_queue", "max_body_bytes", "max_waiters"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be 1 or more, got {getattr(self, name)}.")
 
@@ -64,8 +68,30 @@ def _one_or_a_list(value):
     return value if isinstance(value, list) or value is None else [value]
 
 
+def lone_surrogate(text: str) -> int | None:
+    """The index of the first lone surrogate in `text` (a JSON escape like \\ud800 with no partner),
+    None when there is none. Such a string is not text: it cannot be encoded, stored or shown."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return error.start
+    return None
+
+
+NOT_TEXT = "invalid_text"  # our error type; pydantic's own for such strings is "string_unicode"
+
+
+def _valid_text(text: str) -> str:
+    if lone_surrogate(text) is not None:
+        raise PydanticCustomError(NOT_TEXT, "is not text: it holds a lone surrogate")
+    return text
+
+
+# A string that is text: JSON allows escapes of half a UTF-16 pair, which no encoding can write.
+Text = Annotated[str, AfterValidator(_valid_text)]
+
 ScaleList = Annotated[Optional[list[Annotated[float, Field(ge=0)]]], BeforeValidator(_one_or_a_list)]
-ConditionList = Annotated[Optional[list[str]], BeforeValidator(_one_or_a_list)]
+ConditionList = Annotated[Optional[list[Text]], BeforeValidator(_one_or_a_list)]
 
 
 class PredictionRequest(BaseModel):
@@ -73,9 +99,9 @@ class PredictionRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARACTERS, description="what the panorama shows")
-    negative_prompt: Optional[str] = Field(None, max_length=MAX_PROMPT_CHARACTERS,
-                                           description="what it should not show (default: empty)")
+    prompt: Text = Field(min_length=1, max_length=MAX_PROMPT_CHARACTERS, description="what the panorama shows")
+    negative_prompt: Optional[Text] = Field(None, max_length=MAX_PROMPT_CHARACTERS,
+                                            description="what it should not show (default: empty)")
     width: Optional[int] = Field(None, ge=1, description="pixels: a multiple of the model's VAE factor, at least one "
                                                          "window (default: four windows)")
     height: Optional[int] = Field(None, ge=1, description="pixels: a multiple of the model's VAE factor, at least one "
@@ -132,7 +158,12 @@ def field_of(message: str) -> str | None:
 
 def describe_error(error: dict) -> str:
     """One sentence per invalid field: its name, what is wrong, what was sent."""
+    if error.get("type") == "json_invalid":  # its location is a character of the body, not a field
+        reason = error.get("ctx", {}).get("error", "")
+        return f"body: not valid JSON at character {error['loc'][-1]}{': ' + reason if reason else ''}."
     field = ".".join(str(part) for part in error["loc"] if part != "body") or "body"
+    if error.get("type") in (NOT_TEXT, "string_unicode"):
+        return _not_text(field, error.get("input"))
     if error.get("type") == "value_error":  # our own sentences name the field and what was sent
         return error["msg"] if error["msg"].startswith(field) else f"{field}: {error['msg']}"
     text = f"{field}: {error['msg']}"
@@ -141,3 +172,38 @@ def describe_error(error: dict) -> str:
     elif "input" in error and not isinstance(error["input"], dict) and field.split(".")[0] != "condition":
         text += f" (got {error['input']!r})"
     return text
+
+
+def _not_text(field: str, sent) -> str:
+    """The sentence for a string with a lone surrogate: where it is, not the string (a prompt may
+    be long). On a field's name (which pydantic places at the body) the name itself is shown."""
+    index = lone_surrogate(sent) if isinstance(sent, str) else None
+    where = "" if index is None else f" (U+{ord(sent[index]):04X} at character {index})"
+    subject = f"body: the field name {sent!r}" if field == "body" else field
+    return (f"{subject} is not text: it holds a lone surrogate{where}, half of a UTF-16 pair that no encoding can "
+            f"write: send valid UTF-8.")
+
+
+def describe_request_schema(schema: dict, window_pixels: int, vae_factor: int, max_side: int, window_latents: int,
+                            max_steps: int, control: bool) -> None:
+    """Make the JSON schema of PredictionRequest (`schema`, changed in place) say what one server
+    takes: its model's canvas (multiples of the VAE factor, at least one window, at most the
+    server's longest side), stride and steps; the ControlSync fields only when it has ControlNets,
+    and then `condition` as required."""
+    properties = schema["properties"]
+    for side in ("width", "height"):
+        _set_bounds(properties[side], minimum=window_pixels, maximum=max_side, multipleOf=vae_factor)
+    _set_bounds(properties["stride"], maximum=window_latents)
+    _set_bounds(properties["num_inference_steps"], maximum=max_steps)
+    if control:
+        schema["required"] = [*schema.get("required", []), "condition"]
+    else:
+        for name in CONTROL_FIELDS:
+            del properties[name]
+
+
+def _set_bounds(spec: dict, **bounds) -> None:
+    """Set `bounds` on the field's non-null type (an optional field is anyOf [type, null])."""
+    for option in spec.get("anyOf", [spec]):
+        if option.get("type") != "null":
+            option.update(bounds)

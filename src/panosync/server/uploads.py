@@ -10,7 +10,7 @@ import binascii
 import hashlib
 import os
 import re
-import tempfile
+import secrets
 from pathlib import Path
 
 import PIL.Image
@@ -52,7 +52,9 @@ def save_condition(image: PIL.Image.Image, folder: str | Path) -> Path:
     if path.is_file():
         return path
     folder.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    # Not mkstemp (0600): the file follows the umask, as the outputs that name it do (metadata.save_png).
+    temporary = folder / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(handle, "wb") as file:
             rgb.save(file, format="PNG")
