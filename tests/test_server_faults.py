@@ -1,11 +1,13 @@
 """The job store and worker under faults: a full disk (a real small tmpfs where this machine lets us
 mount one, and a database that refuses writes), an unwritable state folder, jobs and stores that
-raise; condition images kept only while a job needs them; retention by age and bytes; deleting a
-job; outputs that follow the umask."""
+raise; condition images kept only while a job needs them; retention by age and bytes, on an idle
+worker and while the folder is degraded; deleting a job; `serve --min-free`; outputs that follow
+the umask."""
 
 import contextlib
 import errno
 import os
+import shutil
 import sqlite3
 import subprocess
 import threading
@@ -16,14 +18,15 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from panosync.cli import parameter_defaults
+from panosync.cli import main, parameter_defaults
 from panosync.metadata import save_png
 from panosync.models import resolve_model
 from panosync.server import jobs
 from panosync.server.generation import PanoramaModel
 from panosync.server.jobs import (CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobNotFinished, JobStore,
                                   StoreFault, Worker)
-from panosync.server.retention import Retention, parse_keep
+from panosync.server import command
+from panosync.server.retention import DEFAULT_MIN_FREE_BYTES, Retention, parse_keep, parse_min_free
 from panosync.server.schema import Limits
 from panosync.server.uploads import save_condition
 
@@ -282,6 +285,23 @@ def test_the_worker_survives_any_exception_from_a_job_or_the_store(model, tmp_pa
             assert finished_job(store, good.id).status == SUCCEEDED and worker._thread.is_alive()
 
 
+def test_a_claimed_job_is_returned_from_the_claim_itself(tmp_path, monkeypatch):
+    # A read after the claim that fails would leave the job "running" with no worker on it.
+    # Broke: claim_next back on committing, then self.get() (the StoreFault came out of the claim).
+    with opened(tmp_path / "state") as store:
+        queued = queue(store, seed=5)
+
+        def get_fails(job_id):
+            raise StoreFault("the database cannot be read")
+
+        monkeypatch.setattr(store, "get", get_fails)
+        job = store.claim_next()
+        assert (job.id, job.status, job.parameters, job.seq) == (queued.id, RUNNING, queued.parameters, queued.seq)
+        assert job.started_at is not None and store.claim_next() is None
+        monkeypatch.undo()
+        assert store.get(queued.id) == job
+
+
 @pytest.mark.parametrize("code", sorted(jobs.FULL_ERRNOS))
 def test_a_png_that_does_not_fit_fails_the_job_with_the_full_disk_sentence(model, tmp_path, monkeypatch, code):
     # Broke: failure_reason without the ENOSPC/EDQUOT case (the reason was "OSError: [Errno 28] ...").
@@ -361,6 +381,40 @@ def test_a_running_job_cancelled_loses_its_condition_and_a_pinned_one_stays(tmp_
         assert (store.state_dir / "jobs.sqlite3").is_file()
 
 
+def test_a_condition_is_encoded_without_the_lock(tmp_path):
+    # Broke: save_condition encoding the PNG inside _conditions_lock (no temporary file appeared
+    # while another thread held the lock).
+    with opened(tmp_path / "state") as store:
+        store.conditions.mkdir()
+        saved = []
+        with store._conditions_lock:
+            thread = threading.Thread(target=lambda: saved.append(store.save_condition(condition_image())))
+            thread.start()
+            until(lambda: any(path.name.endswith(".tmp") for path in store.conditions.iterdir()), 5,
+                  "the PNG encoded while the lock is held elsewhere")
+            assert saved == []  # but not moved into place or pinned without the lock
+        thread.join(5)
+        [path] = saved
+        assert path.is_file() and store._pinned == {path.name: 1}
+        assert [entry.name for entry in store.conditions.iterdir()] == [path.name]  # no temporary left
+
+
+def test_a_condition_removed_before_its_pin_is_written_again(tmp_path):
+    # The file was there when save_condition looked, and a cleanup removed it before the lock.
+    # Broke: save_condition pinning without looking again under the lock (the pinned file was gone).
+    with opened(tmp_path / "state") as store:
+        path = save_condition(condition_image(), store.conditions)
+        saved = []
+        with store._conditions_lock:
+            thread = threading.Thread(target=lambda: saved.append(store.save_condition(condition_image())))
+            thread.start()
+            time.sleep(0.2)  # it has seen the file and waits for the lock
+            path.unlink()
+        thread.join(5)
+        assert saved == [path] and path.is_file() and store._pinned == {path.name: 1}
+        assert [entry.name for entry in store.conditions.iterdir()] == [path.name]
+
+
 def test_open_removes_what_a_crash_left(tmp_path):
     # Broke: open() without _sweep_leftovers.
     with opened(tmp_path / "state") as store:
@@ -426,6 +480,105 @@ def test_retention_by_bytes_deletes_the_oldest_finished_jobs_first(tmp_path):
         assert store._bytes_used() <= 2500 and store.get(queued.id).status == QUEUED and condition.is_file()
 
 
+def test_retention_by_bytes_counts_only_what_it_can_delete(tmp_path):
+    # A queued and a running job's conditions, a pinned one, leftovers and a stray file cannot be
+    # deleted by retention: counting them deleted every finished job and the budget was still not met.
+    # Broke: _bytes_used back on every file of outputs/ and conditions/ (all three jobs were deleted).
+    with opened(tmp_path / "state", retention=Retention(max_bytes=2500)) as store:
+        made = [finished_with_output(store, 1000) for _ in range(3)]
+        for index, job in enumerate(made):
+            age(store, job.id, 100 - index)
+        big = [save_condition(condition_image(seed), store.conditions) for seed in range(2)]
+        queue(store, condition=[str(big[0])])
+        store.claim_next()  # running
+        queue(store, condition=[str(big[1])])
+        pinned = store.save_condition(condition_image(2))
+        (store.outputs / ".probe-0123").write_bytes(b"\0" * 5000)
+        (store.conditions / ".x.png.0123.tmp").write_bytes(b"\0" * 5000)
+        assert sum(path.stat().st_size for path in (*big, pinned)) > 2500  # more than the budget alone
+        assert store._bytes_used() == 3000
+        assert store.apply_retention() == 1
+        assert [store.get(job.id) is not None for job in made] == [False, True, True]
+        assert all(path.is_file() for path in (*big, pinned)) and store._bytes_used() == 2000
+
+
+def test_retention_by_bytes_counts_a_finished_jobs_condition_until_the_last_job_using_it_goes(tmp_path):
+    # Broke: _bytes_used without the finished jobs' conditions (it stopped one job short of the budget).
+    with opened(tmp_path / "state", retention=Retention(max_bytes=1500)) as store:
+        condition = save_condition(condition_image(), store.conditions)
+        size = condition.stat().st_size
+        assert size > 1500  # the condition alone is over the budget: only deleting both jobs meets it
+        made = []
+        for index in range(2):
+            job = queue(store, condition=[str(condition)])
+            store.claim_next()
+            store.finish(job.id, SUCCEEDED)
+            age(store, job.id, 100 - index)
+            made.append(job)
+        assert store._bytes_used() == size
+        assert store.apply_retention() == 2 and not condition.exists() and store._bytes_used() == 0
+
+
+@pytest.fixture
+def quick_retention(monkeypatch):
+    monkeypatch.setattr(jobs, "HEALTH_CACHE_SECONDS", 0.02)
+    monkeypatch.setattr(jobs, "RETENTION_DEGRADED_SECONDS", 0.05)
+    monkeypatch.setattr(jobs, "RETENTION_IDLE_SECONDS", 0.05)
+
+
+def test_retention_runs_while_the_folder_is_degraded_and_gives_it_its_reserve_back(model, tmp_path, monkeypatch,
+                                                                                   quick_retention):
+    # The lock-up of a small disk: below the reserve no job runs, and retention only ran after a job.
+    # Broke: _run_next without the retention while degraded (the queued job waited for ever).
+    with opened(tmp_path / "state", retention=Retention(max_bytes=50_000), min_free_bytes=0) as store:
+        old = finished_with_output(store, 100_000)  # over the budget; the new job's PNG is within it
+        old_output = store.outputs / f"{old.id}.png"
+        check = store._check_health
+        monkeypatch.setattr(store, "_check_health", lambda: jobs._degraded("short of space", 0)
+                            if old_output.exists() else check())
+        retention = store.apply_retention
+        monkeypatch.setattr(store, "apply_retention", lambda: 0)  # not at the worker's start: while degraded
+        with running(store, model) as worker:
+            job = queue_real(store, model, worker)
+            time.sleep(0.3)
+            assert store.get(job.id).status == QUEUED and store.health()["status"] == "degraded"
+            monkeypatch.setattr(store, "apply_retention", retention)
+            assert finished_job(store, job.id, 10).status == SUCCEEDED
+            assert store.get(old.id) is None and not old_output.exists()
+
+
+def test_retention_while_degraded_runs_at_most_every_few_seconds(model, tmp_path, monkeypatch, quick_retention):
+    # Broke: _apply_retention without its `every` (it ran on every look at the folder's health).
+    monkeypatch.setattr(jobs, "RETENTION_DEGRADED_SECONDS", 0.4)
+    with opened(tmp_path / "state", retention=Retention(max_bytes=1000), min_free_bytes=2**62) as store:
+        runs = []
+        monkeypatch.setattr(store, "apply_retention", lambda: runs.append(time.monotonic()) or 0)
+        with running(store, model):
+            time.sleep(1.0)
+        assert 2 <= len(runs) <= 4, runs  # at the start, then every 0.4 s (the health looked at every 0.02 s)
+
+
+def test_an_idle_worker_applies_retention_by_age(model, tmp_path, quick_retention):
+    # Broke: an idle worker waiting for a job without a timeout (the old job stayed).
+    with opened(tmp_path / "state", retention=parse_keep("1h"), min_free_bytes=0) as store:
+        with running(store, model):
+            time.sleep(0.1)  # idle, after the retention at the start
+            job = finished_with_output(store, 10)
+            age(store, job.id, 7200)
+            until(lambda: store.get(job.id) is None, 5, "retention on an idle worker")
+
+
+def test_an_idle_worker_without_retention_sleeps_until_a_job_comes(model, tmp_path, monkeypatch, quick_retention):
+    # Broke: _idle_timeout returning 0 without a retention (the worker looked for jobs in a busy loop).
+    with opened(tmp_path / "state", min_free_bytes=0) as store:
+        claim, claims = store.claim_next, []
+        monkeypatch.setattr(store, "claim_next", lambda: claims.append(1) or claim())
+        with running(store, model) as worker:
+            time.sleep(0.3)
+            assert len(claims) == 1
+            assert finished_job(store, queue_real(store, model, worker).id, 10).status == SUCCEEDED
+
+
 def test_delete_removes_a_finished_job_and_refuses_a_queued_one(tmp_path):
     # Broke: delete() without the finished check (a queued job vanished from under its worker).
     with opened(tmp_path / "state") as store:
@@ -459,6 +612,63 @@ def test_parse_keep_refuses_anything_else_with_the_accepted_forms(text):
     with pytest.raises(ValueError, match=r"--keep takes an age \(30m, 12h, 7d, 2w\), a size .* got") as error:
         parse_keep(text)
     assert str(error.value).count(". ") == 0  # one sentence
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("64MB", 64 * 10**6), ("64MiB", DEFAULT_MIN_FREE_BYTES), ("1.5GiB", 3 * 2**29), (" 1gb ", 10**9),
+    ("0", 0), ("0MB", 0), ("512B", 512),
+])
+def test_parse_min_free_reads_sizes_as_keep_does(text, expected):
+    assert parse_min_free(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "64", "-1MB", "7d", "nan", "1e999MB", "64MB,1GB", "64 megabytes", "0d"])
+def test_parse_min_free_refuses_anything_else_in_one_sentence(text):
+    with pytest.raises(ValueError, match=r"--min-free takes a size \(64MB, 1GB, 512MiB\), .* got") as error:
+        parse_min_free(text)
+    assert str(error.value).count(". ") == 0
+
+
+@pytest.fixture
+def serve_without_a_model(model, monkeypatch):
+    """`serve` up to the app: no model loaded, no server run; returns what create_app was given."""
+    import uvicorn
+
+    from panosync.server import api
+
+    made = {}
+    monkeypatch.setattr(command, "_load", lambda args: made.setdefault("loaded", True) and model)
+    monkeypatch.setattr(api, "create_app", lambda *args, **options: made.update(args=args, options=options))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: None)
+    return made
+
+
+def test_serve_refuses_a_bad_min_free_in_one_sentence_before_loading(serve_without_a_model, tmp_path, capsys):
+    # Broke: serve parsing --min-free after _load (the model was loaded first).
+    assert main(["serve", "--state-dir", str(tmp_path / "state"), "--min-free", "lots"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("panosync: error: --min-free takes a size") and error.count("\n") == 1, error
+    assert serve_without_a_model == {}
+
+
+def test_serve_passes_min_free_to_the_app_and_warns_when_the_disk_is_already_short(serve_without_a_model, tmp_path,
+                                                                                   capsys):
+    # Broke: serve without warn_if_short_of_space (no warning), and without min_free_bytes (the default went).
+    state_dir = tmp_path / "state"
+    assert main(["serve", "--state-dir", str(state_dir), "--min-free", "0"]) == 0
+    assert serve_without_a_model["options"]["min_free_bytes"] == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main(["serve", "--state-dir", str(state_dir)]) == 0
+    assert serve_without_a_model["options"]["min_free_bytes"] == DEFAULT_MIN_FREE_BYTES == jobs.JobStore(
+        state_dir).min_free_bytes
+
+    more = shutil.disk_usage(state_dir).free + 10**12
+    assert main(["serve", "--state-dir", str(state_dir), "--min-free", f"{more}B"]) == 0
+    error = capsys.readouterr().err
+    warnings = [line for line in error.splitlines() if line.startswith("panosync: warning:")]
+    assert len(warnings) == 1 and f"the state folder {state_dir} has " in warnings[0]
+    assert f"under the --min-free reserve of {jobs._size(more)}:" in warnings[0] and "smaller --min-free" in warnings[0]
+    assert serve_without_a_model["options"]["min_free_bytes"] == more and serve_without_a_model["loaded"]
 
 
 # ------------------------------------------------------------------------------- file modes

@@ -1,7 +1,9 @@
 """The HTTP server under faults and load, on tiny random-weight models: waiting clients hold no
-thread, text that is not text is a 422, gone outputs are 410, jobs can be deleted, the token is
-checked before the body is read (and guards the docs), the OpenAPI schema describes this server,
-a degraded state folder is 507, and `serve`'s options fail early with one sentence."""
+thread, and a store that fails during a wait leaves the accepted job a 201; text that is not text
+is a 422, a body that is not UTF-8 a 400; gone outputs are 410, one removed while it is sent is
+sent whole; jobs can be deleted; the token is checked before the body is read (and guards the
+docs); the OpenAPI schema describes this server; a degraded state folder is 507; and `serve`'s
+options fail early with one sentence."""
 
 import asyncio
 import base64
@@ -26,7 +28,7 @@ from panosync.server import command
 from panosync.server.api import WAIT_HEADER, create_app, printable
 from panosync.server.generation import PanoramaModel
 from panosync.server.jobs import StoreFault
-from panosync.server.retention import Retention
+from panosync.server.retention import DEFAULT_MIN_FREE_BYTES, Retention
 from panosync.server.schema import FIELDS, Limits
 
 from test_server_api import LONG, TINY, finished, free_port, wait_for
@@ -46,8 +48,9 @@ def control_model(sync_pipe):
                          controlnets=["tiny-random"])
 
 
-def client_for(model, state_dir, token=None, public_docs=False, **limits):
-    return TestClient(create_app(model, state_dir, Limits(**limits), token=token, public_docs=public_docs))
+def client_for(model, state_dir, token=None, public_docs=False, min_free_bytes=None, **limits):
+    return TestClient(create_app(model, state_dir, Limits(**limits), token=token, public_docs=public_docs,
+                                 min_free_bytes=min_free_bytes))
 
 
 def until(condition, timeout=30):
@@ -143,6 +146,40 @@ def test_clients_past_the_waiting_bound_are_queued_and_answered_at_once(model, t
         assert wait_for(client, second.json()["id"], finished)["status"] == "succeeded"
 
 
+def test_a_store_that_fails_during_a_wait_answers_201_with_the_job_as_queued(model, tmp_path, monkeypatch):
+    """The job is queued: a 507 would make a client that retries queue it twice."""
+    # Broke: wait_for_job without its try (507 with the fault's sentence), and accepted_json
+    # without its fallback (507 again, from counting the queue).
+    with client_for(model, tmp_path / "state") as client:
+        store = client.app.state.store
+        long_job = client.post("/predictions", json={"prompt": "a land", **LONG}).json()
+        wait_for(client, long_job["id"], lambda job: job["status"] == "running")  # the worker reads no job now
+
+        def fault(*args, **kwargs):
+            raise StoreFault("The job database in the state folder cannot be read.")
+
+        def add_then_fail(*args, add=store.add):  # the store fails once the job is queued
+            job = add(*args)
+            monkeypatch.setattr(store, "get", fault)  # the waiters' poll and the read after the wait
+            monkeypatch.setattr(store, "queue_position", fault)
+            return job
+
+        monkeypatch.setattr(store, "add", add_then_fail)
+        started = time.monotonic()
+        answer = client.post("/predictions", json={"prompt": "a land", **TINY}, headers={"Prefer": "wait=60"})
+        monkeypatch.undo()
+        assert time.monotonic() - started < 10  # answered after the failed poll, not after 60 s
+        assert answer.status_code == 201, answer.text
+        job = answer.json()
+        assert job["status"] == "queued" and job["queue_position"] is None and job["error"] is None
+        assert "preference-applied" not in answer.headers
+        assert answer.headers[WAIT_HEADER] == ("not known: the job store could not be read after the wait, so this is "
+                                               f"the job as it was queued; poll {answer.headers['location']}")
+        client.post(f"/predictions/{long_job['id']}/cancel")
+        assert wait_for(client, job["id"], finished)["status"] == "succeeded"
+        assert len(client.get("/predictions").json()["results"]) == 2  # queued once
+
+
 # ----------------------------------------------------------------------------- text that is not text
 
 NOT_TEXT = [  # (raw JSON body, the field the message names)
@@ -150,20 +187,39 @@ NOT_TEXT = [  # (raw JSON body, the field the message names)
     (rb'{"prompt": "a land \udfff at night"}', "prompt"),
     (rb'{"prompt": "a", "negative_prompt": "\udc00"}', "negative_prompt"),
     (rb'{"prompt": "a", "\ud800": 1}', "body: the field name '\\ud800'"),
-    (rb'{"prompt": "a", "width": "\ud800"}', "width"),
-    (rb'{"prompt": "a", "seed": "1\ud800"}', "seed"),
-    (rb'{"prompt": "a", "guidance_scale": "\ud83d"}', "guidance_scale"),
+    (b'{"prompt": "\xed\xa0\x80"}', "prompt"),  # the surrogate written in (invalid) UTF-8 bytes
+]
+
+# A field that is not text, sent a string that is not text: the message says what the field may be.
+NOT_TEXT_NOR_THE_TYPE = [  # (raw JSON body, the start of the message)
+    (rb'{"prompt": "a", "width": "\ud800"}', "width must be a whole number"),
+    (rb'{"prompt": "a", "seed": "1\ud800"}', "seed must be a whole number"),
+    (rb'{"prompt": "a", "guidance_scale": "\ud83d"}', "guidance_scale must be a number"),
+    (rb'{"prompt": "a", "loop_closure": "\ud800"}', "loop_closure must be true or false"),
 ]
 
 
 @pytest.mark.parametrize("body, field", NOT_TEXT, ids=[field for _, field in NOT_TEXT])
-def test_a_lone_surrogate_anywhere_is_a_422_naming_the_field(model, tmp_path, body, field):
+def test_a_lone_surrogate_in_text_is_a_422_naming_the_field(model, tmp_path, body, field):
     with client_for(model, tmp_path / "state") as client:
         response = client.post("/predictions", content=body, headers={"content-type": "application/json"})
         assert response.status_code == 422
         message = response.json()["message"]
         assert message.startswith(f"{field} is not text: it holds a lone surrogate (U+D")
         assert message.count(".") == 1 and message.endswith("send valid UTF-8.")  # one sentence
+        assert client.get("/predictions").json()["results"] == []
+
+
+@pytest.mark.parametrize("body, start", NOT_TEXT_NOR_THE_TYPE,
+                         ids=[start.split()[0] for _, start in NOT_TEXT_NOR_THE_TYPE])
+def test_a_lone_surrogate_in_a_number_says_what_the_field_may_be(model, tmp_path, body, start):
+    # Broke: describe_error without the expected_kind case ("width is not text: ...").
+    with client_for(model, tmp_path / "state") as client:
+        response = client.post("/predictions", content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 422
+        message = response.json()["message"]
+        assert message.startswith(f"{start}, got a string holding a lone surrogate (U+D"), message
+        assert message.count(".") == 1 and message.endswith(", which is not text.")  # one sentence
         assert client.get("/predictions").json()["results"] == []
 
 
@@ -177,6 +233,22 @@ def test_a_lone_surrogate_in_a_condition_is_a_422(control_model, tmp_path):
 def test_answers_never_echo_what_cannot_be_encoded():
     assert printable({"\ud800": ["a\udfffb", 1, None]}) == {"\\ud800": ["a\\udfffb", 1, None]}
     assert printable("caf\u00e9 \U0001f304") == "caf\u00e9 \U0001f304"  # real text is left alone
+
+
+def test_a_body_that_is_not_utf8_is_a_400_that_says_what_to_send(model, tmp_path):
+    # Broke: the refused handler without unreadable_body ("There was an error parsing the body").
+    with client_for(model, tmp_path / "state") as client:
+        latin1 = client.post("/predictions", content='{"prompt": "caf\u00e9"}'.encode("latin-1"),
+                             headers={"content-type": "application/json"})
+        assert latin1.status_code == 400
+        assert latin1.json()["message"] == ("The body is not UTF-8 text (byte 0xe9 at offset 15 is not valid UTF-8): "
+                                            "send JSON encoded as UTF-8.")
+        deep = client.post("/predictions", content=b'{"prompt": "a", "seed": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+                           headers={"content-type": "application/json"})
+        assert deep.status_code == 400
+        assert deep.json()["message"] == ("The body's JSON nests arrays or objects too deeply to read: send one flat "
+                                          "object of fields.")
+        assert client.get("/predictions").json()["results"] == []
 
 
 def test_malformed_json_is_a_422_that_says_where(model, tmp_path):
@@ -205,6 +277,51 @@ def test_a_removed_output_is_410_and_a_finished_job_can_be_deleted(model, tmp_pa
         assert client.get(f"/predictions/{job['id']}").status_code == 404
         assert client.delete(f"/predictions/{job['id']}").status_code == 404
         assert client.delete("/predictions/nope").json()["message"] == "No job nope on this server."
+
+
+def test_an_output_removed_while_it_is_sent_is_sent_whole(model, tmp_path):
+    """DELETE (or retention) removes a PNG just as a client fetches it: the answer is the whole
+    PNG, not a 500 or a broken body; the next fetch of the job is a 404."""
+    # Broke: get_output back on FileResponse(path), with or without stat_result= (FileNotFoundError:
+    # it opens the path only after the headers have gone, and the file was gone by then).
+    app = create_app(model, tmp_path / "state")
+    removed = []
+
+    async def delete_when_headers_go(scope, receive, send):
+        async def send_then_delete(message):
+            if message["type"] == "http.response.start" and scope["path"].endswith("/output.png"):
+                job_id = scope["path"].split("/")[2]
+                removed.append(app.state.store.delete(job_id))
+                assert not (app.state.store.outputs / f"{job_id}.png").exists()
+            await send(message)
+
+        await app(scope, receive, send_then_delete)
+
+    with TestClient(delete_when_headers_go) as client:
+        job = client.post("/predictions", json={"prompt": "a land", **TINY}, headers={"Prefer": "wait=60"}).json()
+        png = (app.state.store.outputs / f"{job['id']}.png").read_bytes()
+        sent = client.get(job["urls"]["output"])
+        assert removed and sent.status_code == 200 and sent.content == png
+        assert sent.headers["content-length"] == str(len(png)) and sent.headers["content-type"] == "image/png"
+        assert client.get(job["urls"]["output"]).status_code == 404
+
+
+def test_an_output_removed_just_before_it_is_opened_is_410(model, tmp_path, monkeypatch):
+    # Broke: open_output catching nothing (FileNotFoundError: a 500).
+    with client_for(model, tmp_path / "state") as client:
+        store = client.app.state.store
+        job = client.post("/predictions", json={"prompt": "a land", **TINY, "seed": 7},
+                          headers={"Prefer": "wait=60"}).json()
+        output_path = store.output_path
+
+        def found_then_removed(found_job):  # retention removes the PNG as the route looks it up
+            path = output_path(found_job)
+            path.unlink()
+            return path
+
+        monkeypatch.setattr(store, "output_path", found_then_removed)
+        gone = client.get(job["urls"]["output"])
+        assert gone.status_code == 410 and gone.json()["message"].startswith(f"The output of job {job['id']} is gone")
 
 
 def test_a_queued_or_running_job_is_not_deleted(model, tmp_path):
@@ -299,10 +416,9 @@ def test_the_schema_describes_this_server(model, control_model, tmp_path):
 
 
 def test_a_degraded_state_folder_is_507_and_health_says_why(model, tmp_path):
-    with client_for(model, tmp_path / "state") as client:
-        store = client.app.state.store
-        store.min_free_bytes = 2**62  # no disk has that free: the store reports itself degraded
-        store._health = None  # its health is cached for a second: as if that second had passed
+    # Broke: create_app not passing min_free_bytes to the JobStore (health said ok, 200).
+    assert create_app(model, tmp_path / "default").state.store.min_free_bytes == DEFAULT_MIN_FREE_BYTES
+    with client_for(model, tmp_path / "state", min_free_bytes=2**62) as client:  # no disk has that free
         health = client.get("/health")
         assert health.status_code == 503 and health.json()["status"] == "degraded"
         reason = health.json()["reason"]

@@ -5,7 +5,10 @@
     generation.py  the model, loaded once: checking a request against it and making one panorama
     uploads.py     ControlSync's condition images: read from base64, kept by content in the state folder
     jobs.py        durable jobs: the SQLite store and the worker that runs them in order
-    api.py         the FastAPI app
+    api.py         the FastAPI app: its routes and what they do with the store
+    middleware.py  the bearer token and the body size limit, checked before a body is read
+    waiting.py     clients waiting for their jobs (Prefer: wait), without holding a thread
+    openapi.py     the schema made to describe one server: its bounds, fields, errors, token
     viewer.py      the 360° look-around view (self-contained HTML and JavaScript)
     ui.py          the Gradio app
     command.py     the `serve` and `ui` subcommands

@@ -1,19 +1,22 @@
 """`panosync serve` (the HTTP API) and `panosync ui` (the web page). Both load the model once,
 before they listen, so a bad --model is an error at the command line, not in the first request;
-so are a bad --keep and a --state-dir that is a file or cannot be written (one sentence, exit 2,
-before the model loads). Both listen on loopback unless told otherwise. With --controlnet they
+so are a bad --keep or --min-free and a --state-dir that is a file or cannot be written (one
+sentence, exit 2, before the model loads); a state folder already short of the --min-free reserve
+is a one-line warning. Both listen on loopback unless told otherwise. With --controlnet they
 make ControlSync panoramas (the `control` command's), the ControlNets loaded once like the model."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sqlite3
 import sys
 import tempfile
 from pathlib import Path
 
 from ..precision import DTYPE_HELP
+from .retention import DEFAULT_MIN_FREE_BYTES
 from .schema import Limits
 
 TOKEN_VARIABLE = "PANOSYNC_TOKEN"
@@ -63,8 +66,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                              "condition image per ControlNet as large as --max-pixels, 16 MiB each by default)")
     parser.add_argument("--keep", default=None, metavar="AGE,SIZE",
                         help="delete finished jobs and their files older than AGE (30m, 12h, 7d, 2w) and/or, oldest "
-                             "first, beyond SIZE of outputs and conditions (500MB, 2GB): 7d, 2GB or 7d,2GB "
+                             "first, beyond SIZE of their outputs and conditions (500MB, 2GB): 7d, 2GB or 7d,2GB "
                              "(default: keep every job)")
+    parser.add_argument("--min-free", dest="min_free", default=None, metavar="SIZE",
+                        help=f"free space the state folder's disk must keep (64MB, 1GB, 512MiB; 0: none): below it "
+                             f"/health says degraded, POST answers 507 and queued jobs wait, while --keep retention "
+                             f"runs (default: {DEFAULT_MIN_FREE_BYTES // 2**20}MiB)")
     parser.add_argument("--public-docs", dest="public_docs", action="store_true",
                         help="serve /openapi.json, /docs and /redoc without the token (default: with --token, "
                              "they need it too)")
@@ -130,21 +137,39 @@ def check_state_dir(state_dir: Path) -> None:
         probe.close()
 
 
+def warn_if_short_of_space(state_dir: Path, min_free: int) -> None:
+    """One line on stderr when the disk of `state_dir` has less free space than the reserve: the
+    server starts (space may be freed, or retention free it), but it takes no job until then."""
+    from .jobs import _size
+
+    try:
+        free = shutil.disk_usage(state_dir).free
+    except OSError:  # check_state_dir has written there; health() says what is wrong if this persists
+        return
+    if free < min_free:
+        print(f"panosync: warning: the state folder {state_dir} has {_size(free)} free, under the --min-free reserve "
+              f"of {_size(min_free)}: jobs wait and POST answers 507 until space is freed there (or start with a "
+              f"smaller --min-free).", file=sys.stderr)
+
+
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .api import create_app
-    from .retention import parse_keep
+    from .retention import parse_keep, parse_min_free
 
     limits = _limits(args)
     retention = None if args.keep is None else parse_keep(args.keep)
+    min_free = DEFAULT_MIN_FREE_BYTES if args.min_free is None else parse_min_free(args.min_free)
     token = args.token or os.environ.get(TOKEN_VARIABLE) or None
     if not _is_loopback(args.host) and token is None:
         print(f"panosync: warning: listening on {args.host} without a token: anyone who can reach this port can "
               f"run jobs (set --token or ${TOKEN_VARIABLE}).", file=sys.stderr)
     state_dir = (args.state_dir or default_state_dir()).expanduser()
     check_state_dir(state_dir)  # now, not after loading the model
-    app = create_app(_load(args), state_dir, limits, token, public_docs=args.public_docs, retention=retention)
+    warn_if_short_of_space(state_dir, min_free)
+    app = create_app(_load(args), state_dir, limits, token, public_docs=args.public_docs, retention=retention,
+                     min_free_bytes=min_free)
     print(f"jobs and outputs in {state_dir}", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0

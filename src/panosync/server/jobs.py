@@ -10,7 +10,9 @@ again a few times and then raised as a `StoreFault` that says what to do; a job 
 whose end cannot be recorded, is failed with a sentence and the worker takes the next one; while
 the state folder is unwritable or short of space, `health()` says so and queued jobs wait for it.
 Condition images are kept only while a queued, running or succeeded job refers to them, and a
-`Retention` deletes old finished jobs.
+`Retention` deletes old finished jobs: when the worker starts, after each job, once a minute while
+it is idle, and every few seconds while the folder is degraded (so that `--keep` can give a full
+folder its reserve back without a restart).
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ from typing import Callable, Iterable, TypeVar
 
 import PIL.Image
 
+from ..conditions import rgb_image
 from ..metadata import save_png
 from .generation import PanoramaModel
-from .retention import Retention
-from .uploads import save_condition
+from .retention import DEFAULT_MIN_FREE_BYTES, Retention
+from .uploads import condition_path, write_temporary
 
 log = logging.getLogger("panosync.server")
 
@@ -46,7 +49,6 @@ INTERRUPTED = "interrupted: the server stopped while this job ran; submit it aga
 # A write the database refuses is tried again after each of these pauses, then reported.
 STORE_RETRY_DELAYS = (0.05, 0.2, 0.5)
 HEALTH_CACHE_SECONDS = 1.0  # /health and every POST ask; probing the folder once a second is plenty
-DEFAULT_MIN_FREE_BYTES = 64 * 2**20
 FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 TRANSIENT = ("locked", "busy", "full", "disk i/o error")  # SQLite's words for faults that can pass
 
@@ -157,6 +159,14 @@ def _remove_file(path: Path) -> int | None:
         log.warning("could not remove %s: %s", path, error)
         return None
     return size
+
+
+def _file_size(path: Path) -> int:
+    """The size of `path`; 0 when it is not there (a missing output frees nothing)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _files(folder: Path) -> list[os.DirEntry]:
@@ -359,6 +369,10 @@ class JobStore:
                 self._health_checked = time.monotonic()
             return dict(self._health)
 
+    def _forget_health(self) -> None:
+        with self._health_lock:
+            self._health = None
+
     def _check_health(self) -> dict:
         try:
             free = shutil.disk_usage(self.state_dir).free
@@ -387,7 +401,7 @@ class JobStore:
         when the database cannot record it)."""
         job_id = uuid.uuid4().hex
 
-        def insert(connection: sqlite3.Connection) -> None:
+        def insert(connection: sqlite3.Connection) -> Job:
             waiting = connection.execute("SELECT COUNT(*) FROM jobs WHERE status=?", (QUEUED,)).fetchone()[0]
             if waiting >= max_queue:
                 raise QueueFull(waiting)
@@ -395,22 +409,27 @@ class JobStore:
                 "INSERT INTO jobs (id, status, input, parameters, created_at, total) VALUES (?, ?, ?, ?, ?, ?)",
                 (job_id, QUEUED, json.dumps(input), json.dumps(parameters), time.time(),
                  parameters["num_inference_steps"]))
+            # Read back inside the transaction: once it commits the job is queued, and a read that
+            # failed after that would tell the client "not queued" (507) and have it submit twice.
+            return Job.from_row(connection.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone())
 
-        self._transaction(insert)
+        job = self._transaction(insert)
         self._unpin(parameters.get("condition") or [])  # the job refers to them now
-        return self.get(job_id)
+        return job
 
     def claim_next(self) -> Job | None:
         """Mark the oldest queued job running and return it; None when none waits."""
-        def claim(connection: sqlite3.Connection) -> str | None:  # the lock is held from the look to the update
-            row = connection.execute("SELECT id FROM jobs WHERE status=? ORDER BY seq LIMIT 1", (QUEUED,)).fetchone()
+        def claim(connection: sqlite3.Connection) -> Job | None:  # the lock is held from the look to the update
+            row = connection.execute("SELECT * FROM jobs WHERE status=? ORDER BY seq LIMIT 1", (QUEUED,)).fetchone()
             if row is None:
                 return None
-            connection.execute("UPDATE jobs SET status=?, started_at=? WHERE id=?", (RUNNING, time.time(), row["id"]))
-            return row["id"]
+            started = time.time()
+            connection.execute("UPDATE jobs SET status=?, started_at=? WHERE id=?", (RUNNING, started, row["id"]))
+            # The job as claimed, from the row already read: the update is the last thing that can
+            # fail, so a job is never left running without being handed to the worker.
+            return Job.from_row({**dict(row), "status": RUNNING, "started_at": started})
 
-        job_id = self._retrying(claim)
-        return None if job_id is None else self.get(job_id)
+        return self._retrying(claim)
 
     def record_step(self, job_id: str, step: int, sync_weight: float) -> None:
         self._change("UPDATE jobs SET step=?, sync_weight=? WHERE id=?", (step, sync_weight, job_id))
@@ -453,6 +472,8 @@ class JobStore:
         record is deleted on the next try, and a missing output is answered as gone)."""
         freed = 0 if job.output is None else (_remove_file(self.outputs / job.output) or 0)
         freed += sum(self._remove_unreferenced(job.conditions, excluding=job.id).values())
+        if freed:
+            self._forget_health()  # the folder may have its reserve back: look again at the next ask
         self._change("DELETE FROM jobs WHERE id=?", (job.id,))
         return freed
 
@@ -460,8 +481,9 @@ class JobStore:
 
     def apply_retention(self) -> int:
         """Delete the finished jobs `retention` no longer keeps: those finished longer ago than
-        its age, then the oldest until the outputs and conditions fit in its bytes. Queued and
-        running jobs are never deleted. Returns how many jobs were deleted."""
+        its age, then the oldest until what is left to free (_bytes_used: their outputs and the
+        conditions only they use) fits in its bytes. Queued and running jobs are never deleted.
+        Returns how many jobs were deleted."""
         if self.retention is None:
             return 0
         deleted = 0
@@ -489,19 +511,45 @@ class JobStore:
         return [Job.from_row(row) for row in rows]
 
     def _bytes_used(self) -> int:
-        return sum(entry.stat(follow_symlinks=False).st_size
-                   for folder in (self.outputs, self.conditions) for entry in _files(folder))
+        """The bytes retention can free: the outputs of finished jobs, and the conditions they refer
+        to that no queued or running job (nor a request about to queue one) needs. Not the files it
+        cannot delete, or the budget could never be met and every finished job would go."""
+        outputs = {row[0] for row in self._rows(f"SELECT output FROM jobs WHERE output IS NOT NULL AND status IN "
+                                                f"({', '.join('?' * len(FINISHED))})", FINISHED)}
+        conditions = self._conditions_of(FINISHED) - self._conditions_of((QUEUED, RUNNING))
+        with self._conditions_lock:
+            conditions -= set(self._pinned)
+        return (sum(_file_size(self.outputs / name) for name in outputs)
+                + sum(_file_size(self.conditions / name) for name in conditions))
 
     # ------------------------------------------------------------------------------- conditions
 
     def save_condition(self, image: PIL.Image.Image) -> Path:
-        """`image` kept in the conditions folder (uploads.save_condition), and held there until a
-        job that refers to it is added or `discard_conditions` lets it go: a job cancelled between
-        a request saving the same image and queueing its job then cannot remove the file."""
-        with self._conditions_lock:
-            path = save_condition(image, self.conditions)
-            self._pinned[path.name] += 1
-        return path
+        """`image` kept in the conditions folder (as uploads.save_condition keeps it: a PNG named by
+        its pixels), and held there until a job that refers to it is added or `discard_conditions`
+        lets it go: a job cancelled between a request saving the same image and queueing its job
+        then cannot remove the file.
+
+        The PNG is encoded into a temporary file without the lock (it takes a while for a large
+        image, and other requests and the worker need the lock); the lock is held only to move it
+        into place and pin it, so that no cleanup removes the file between the two."""
+        rgb = rgb_image(image)
+        path = condition_path(rgb, self.conditions)
+        temporary = None
+        try:
+            while True:
+                if temporary is None and not path.is_file():
+                    temporary = write_temporary(rgb, path)
+                with self._conditions_lock:
+                    if temporary is not None:
+                        os.replace(temporary, path)  # the same pixels, so the same bytes, if already there
+                        temporary = None
+                    if path.is_file():  # else a cleanup removed it after we looked: write it after all
+                        self._pinned[path.name] += 1
+                        return path
+        finally:
+            if temporary is not None:
+                Path(temporary).unlink(missing_ok=True)
 
     def discard_conditions(self, paths: Iterable[str | Path]) -> list[Path]:
         """Remove those of `paths` (the conditions of a request that was refused) that no queued,
@@ -547,8 +595,13 @@ class JobStore:
 
     def _referenced_conditions(self, excluding: str | None = None) -> set[str]:
         """The file names of the conditions that queued, running and succeeded jobs refer to."""
-        rows = self._rows("SELECT DISTINCT json_each.value FROM jobs, json_each(jobs.parameters, '$.condition') "
-                          "WHERE jobs.status IN (?, ?, ?) AND jobs.id IS NOT ?", (*KEPT, excluding))
+        return self._conditions_of(KEPT, excluding)
+
+    def _conditions_of(self, statuses: tuple[str, ...], excluding: str | None = None) -> set[str]:
+        """The file names of the conditions that jobs in `statuses` (but `excluding`) refer to."""
+        rows = self._rows(f"SELECT DISTINCT json_each.value FROM jobs, json_each(jobs.parameters, '$.condition') "
+                          f"WHERE jobs.status IN ({', '.join('?' * len(statuses))}) AND jobs.id IS NOT ?",
+                          (*statuses, excluding))
         return {Path(str(row[0])).name for row in rows}
 
 
@@ -568,6 +621,11 @@ class ServerStopping(Exception):
 FAULT_PAUSE_SECONDS = 0.5
 # A job's end that the store cannot record is tried again after pauses growing to this.
 RECORD_RETRY_MAX_SECONDS = 5.0
+# Retention runs when the worker starts and after each job, and besides: at most this often while
+# the state folder is degraded (deleting finished jobs may give it its reserve back, when --keep
+# allows), and this often while no job waits (so that jobs age out of an idle server).
+RETENTION_DEGRADED_SECONDS = 5.0
+RETENTION_IDLE_SECONDS = 60.0
 
 
 class Worker:
@@ -583,9 +641,9 @@ class Worker:
         self._cancel = threading.Event()  # for the running job
         self._running: str | None = None
         self._lock = threading.Lock()
-        self._finished = threading.Condition()
         self._thread: threading.Thread | None = None
         self._holding = False  # queued jobs wait for the state folder to recover
+        self._retained_at = -float("inf")  # time.monotonic() of the latest retention
 
     def start(self) -> None:
         self._stopping.clear()
@@ -608,14 +666,6 @@ class Worker:
         with self._lock:
             if self._running == job_id:
                 self._cancel.set()
-        with self._finished:  # a queued job the store cancelled has finished: wake those waiting for it
-            self._finished.notify_all()
-
-    def wait(self, job_id: str, timeout: float) -> Job | None:
-        """The job once it has finished, or as it is after `timeout` seconds."""
-        with self._finished:
-            self._finished.wait_for(lambda: (job := self.store.get(job_id)) is None or job.finished, timeout)
-        return self.store.get(job_id)
 
     def _run_forever(self) -> None:
         self._apply_retention()
@@ -629,14 +679,22 @@ class Worker:
     def _run_next(self) -> None:
         self._wake.clear()  # before looking, so that a job queued while we look wakes us
         if not self._folder_healthy():
+            self._apply_retention(every=RETENTION_DEGRADED_SECONDS)
             self._stopping.wait(HEALTH_CACHE_SECONDS)
             return
         job = self.store.claim_next()
         if job is None:
-            self._wake.wait()
+            self._apply_retention(every=RETENTION_IDLE_SECONDS)
+            self._wake.wait(self._idle_timeout())
         else:
             self._run(job)
             self._apply_retention()
+
+    def _idle_timeout(self) -> float | None:
+        """How long an idle worker may sleep: until retention is due again; for ever without one."""
+        if self.store.retention is None:
+            return None
+        return max(0.0, self._retained_at + RETENTION_IDLE_SECONDS - time.monotonic())
 
     def _folder_healthy(self) -> bool:
         """Whether the state folder can take a job's output. While it cannot, queued jobs stay
@@ -651,11 +709,15 @@ class Worker:
             self._holding = holding
         return not holding
 
-    def _apply_retention(self) -> None:
+    def _apply_retention(self, every: float = 0.0) -> None:
+        """Apply the store's retention, unless it ran less than `every` seconds ago."""
+        if self.store.retention is None or time.monotonic() - self._retained_at < every:
+            return
+        self._retained_at = time.monotonic()
         try:
             self.store.apply_retention()
         except Exception:  # retention is housekeeping: it must never stop jobs from running
-            log.exception("retention failed; it runs again after the next job")
+            log.exception("retention failed; it runs again later")
 
     def _run(self, job: Job) -> None:
         with self._lock:
@@ -666,8 +728,6 @@ class Worker:
         finally:
             with self._lock:
                 self._running = None
-            with self._finished:
-                self._finished.notify_all()
 
     def _outcome(self, job: Job) -> tuple[str, dict]:
         """Run `job`: its status and the fields to record with it."""

@@ -5,8 +5,10 @@ that makes sense for any model, and the limits a server sets. Ranges that depend
 
 from __future__ import annotations
 
+import json
+import types
 from dataclasses import dataclass
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Literal, Optional, Union, get_args, get_origin
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
@@ -36,7 +38,10 @@ class Limits:
     max_queue   jobs waiting to run, not counting the one running; more are refused with 429
     max_body_bytes  size of a request body; larger ones are refused with 413 (default: see `body_limit`)
     max_waiters  clients waiting at once for their jobs (`Prefer: wait`); a request past them is
-                 queued and answered at once, without waiting (see api.py)
+                 queued and answered at once, without waiting (see api.py). Each waiter holds a
+                 queued or running job, so the bound is reached only when max_queue + 1 (the
+                 queue and the running job) is at least max_waiters: never with the defaults
+                 (16 and 32); it bounds the waiting clients of a server with a larger --max-queue
     """
 
     max_pixels: int = 512 * 8192
@@ -163,6 +168,9 @@ def describe_error(error: dict) -> str:
         return f"body: not valid JSON at character {error['loc'][-1]}{': ' + reason if reason else ''}."
     field = ".".join(str(part) for part in error["loc"] if part != "body") or "body"
     if error.get("type") in (NOT_TEXT, "string_unicode"):
+        kind = expected_kind(field.split(".")[0])
+        if kind not in (None, "text"):  # a number, a flag or a choice sent as a string that is not text
+            return _not_text_but(field, kind, error.get("input"))
         return _not_text(field, error.get("input"))
     if error.get("type") == "value_error":  # our own sentences name the field and what was sent
         return error["msg"] if error["msg"].startswith(field) else f"{field}: {error['msg']}"
@@ -174,14 +182,42 @@ def describe_error(error: dict) -> str:
     return text
 
 
+def _surrogate_at(sent) -> str:
+    index = lone_surrogate(sent) if isinstance(sent, str) else None
+    return "" if index is None else f" (U+{ord(sent[index]):04X} at character {index})"
+
+
 def _not_text(field: str, sent) -> str:
     """The sentence for a string with a lone surrogate: where it is, not the string (a prompt may
     be long). On a field's name (which pydantic places at the body) the name itself is shown."""
-    index = lone_surrogate(sent) if isinstance(sent, str) else None
-    where = "" if index is None else f" (U+{ord(sent[index]):04X} at character {index})"
     subject = f"body: the field name {sent!r}" if field == "body" else field
-    return (f"{subject} is not text: it holds a lone surrogate{where}, half of a UTF-16 pair that no encoding can "
-            f"write: send valid UTF-8.")
+    return (f"{subject} is not text: it holds a lone surrogate{_surrogate_at(sent)}, half of a UTF-16 pair that no "
+            f"encoding can write: send valid UTF-8.")
+
+
+def _not_text_but(field: str, kind: str, sent) -> str:
+    """The sentence for a field that is not text (a number, say) sent as a string with a lone surrogate."""
+    return f"{field} must be {kind}, got a string holding a lone surrogate{_surrogate_at(sent)}, which is not text."
+
+
+def expected_kind(field: str) -> str | None:
+    """What a request's `field` may be, in words ("a whole number", "text" …); None for no such field."""
+    spec = PredictionRequest.model_fields.get(field)
+    return None if spec is None else _kind(spec.annotation)
+
+
+def _kind(annotation) -> str:
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _kind(args[0])
+    if origin in (Union, types.UnionType):  # Optional[X]: what X may be (null is left out, as the schema says)
+        kinds = [_kind(arg) for arg in args if arg is not type(None)]
+        return " or ".join(kinds)
+    if origin is list:  # the message names the item (condition.0): what one item may be
+        return _kind(args[0])
+    if origin is Literal:
+        return "one of " + ", ".join(json.dumps(arg) for arg in args)
+    return {bool: "true or false", int: "a whole number", float: "a number", str: "text"}.get(annotation, "text")
 
 
 def describe_request_schema(schema: dict, window_pixels: int, vae_factor: int, max_side: int, window_latents: int,

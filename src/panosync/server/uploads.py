@@ -46,20 +46,36 @@ def save_condition(image: PIL.Image.Image, folder: str | Path) -> Path:
     RGB is what the pipeline reads any condition as (panosync.conditions.rgb_image), and PNG keeps
     every pixel, so the file makes the same panorama as the image sent."""
     rgb = rgb_image(image)
-    digest = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode() + rgb.tobytes()).hexdigest()
-    folder = Path(folder).expanduser().resolve()  # absolute: the metadata names it for use elsewhere
-    path = folder / f"{digest[:32]}.png"
+    path = condition_path(rgb, folder)
     if path.is_file():
         return path
-    folder.mkdir(parents=True, exist_ok=True)
+    temporary = write_temporary(rgb, path)
+    try:
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def condition_path(rgb: PIL.Image.Image, folder: str | Path) -> Path:
+    """Where save_condition keeps the RGB image `rgb`: `folder`/ the first 32 hex digits of the
+    SHA-256 of its size and pixels .png, absolute (the metadata names it for use elsewhere)."""
+    digest = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode() + rgb.tobytes()).hexdigest()
+    return Path(folder).expanduser().resolve() / f"{digest[:32]}.png"
+
+
+def write_temporary(rgb: PIL.Image.Image, path: Path) -> Path:
+    """`rgb` encoded as PNG into a new temporary file beside `path` (a dot file ending .tmp, which a
+    server's start sweeps away if it is left), to be moved to `path`; its folder is made if missing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     # Not mkstemp (0600): the file follows the umask, as the outputs that name it do (metadata.save_png).
-    temporary = folder / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    temporary = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
     handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(handle, "wb") as file:
             rgb.save(file, format="PNG")
-        os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
-    return path
+    return temporary
