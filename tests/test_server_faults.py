@@ -21,10 +21,11 @@ import pytest
 from panosync.cli import main, parameter_defaults
 from panosync.metadata import save_png
 from panosync.models import resolve_model
-from panosync.server import jobs
+from panosync.server import jobs, worker as worker_module
 from panosync.server.generation import PanoramaModel
 from panosync.server.jobs import (CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobNotFinished, JobStore,
-                                  StoreFault, Worker)
+                                  StoreFault)
+from panosync.server.worker import Worker
 from panosync.server import command
 from panosync.server.retention import DEFAULT_MIN_FREE_BYTES, Retention, parse_keep, parse_min_free
 from panosync.server.schema import Limits
@@ -44,8 +45,8 @@ def model(sync_pipe):
 def quick_retries(monkeypatch):
     """The store's and worker's pauses, shortened: the tests wait for the behaviour, not the clock."""
     monkeypatch.setattr(jobs, "STORE_RETRY_DELAYS", (0.01, 0.01))
-    monkeypatch.setattr(jobs, "FAULT_PAUSE_SECONDS", 0.05)
-    monkeypatch.setattr(jobs, "RECORD_RETRY_MAX_SECONDS", 0.1)
+    monkeypatch.setattr(worker_module, "FAULT_PAUSE_SECONDS", 0.05)
+    monkeypatch.setattr(worker_module, "RECORD_RETRY_MAX_SECONDS", 0.1)
 
 
 @contextlib.contextmanager
@@ -309,7 +310,7 @@ def test_a_png_that_does_not_fit_fails_the_job_with_the_full_disk_sentence(model
         raise OSError(code, os.strerror(code))
 
     with opened(tmp_path / "state", min_free_bytes=0) as store, running(store, model) as worker:
-        monkeypatch.setattr(jobs, "save_png", save_nothing)
+        monkeypatch.setattr(worker_module, "save_png", save_nothing)
         failed = finished_job(store, queue_real(store, model, worker).id)
         assert failed.status == FAILED and failed.error == jobs.full_sentence(store.state_dir)
         monkeypatch.undo()
@@ -522,8 +523,9 @@ def test_retention_by_bytes_counts_a_finished_jobs_condition_until_the_last_job_
 @pytest.fixture
 def quick_retention(monkeypatch):
     monkeypatch.setattr(jobs, "HEALTH_CACHE_SECONDS", 0.02)
-    monkeypatch.setattr(jobs, "RETENTION_DEGRADED_SECONDS", 0.05)
-    monkeypatch.setattr(jobs, "RETENTION_IDLE_SECONDS", 0.05)
+    monkeypatch.setattr(worker_module, "DEGRADED_PAUSE_SECONDS", 0.02)
+    monkeypatch.setattr(worker_module, "RETENTION_DEGRADED_SECONDS", 0.05)
+    monkeypatch.setattr(worker_module, "RETENTION_IDLE_SECONDS", 0.05)
 
 
 def test_retention_runs_while_the_folder_is_degraded_and_gives_it_its_reserve_back(model, tmp_path, monkeypatch,
@@ -549,7 +551,7 @@ def test_retention_runs_while_the_folder_is_degraded_and_gives_it_its_reserve_ba
 
 def test_retention_while_degraded_runs_at_most_every_few_seconds(model, tmp_path, monkeypatch, quick_retention):
     # Broke: _apply_retention without its `every` (it ran on every look at the folder's health).
-    monkeypatch.setattr(jobs, "RETENTION_DEGRADED_SECONDS", 0.4)
+    monkeypatch.setattr(worker_module, "RETENTION_DEGRADED_SECONDS", 0.4)
     with opened(tmp_path / "state", retention=Retention(max_bytes=1000), min_free_bytes=2**62) as store:
         runs = []
         monkeypatch.setattr(store, "apply_retention", lambda: runs.append(time.monotonic()) or 0)

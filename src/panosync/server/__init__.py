@@ -4,7 +4,8 @@
     schema.py      what a request may hold, each field's range, the server's limits
     generation.py  the model, loaded once: checking a request against it and making one panorama
     uploads.py     ControlSync's condition images: read from base64, kept by content in the state folder
-    jobs.py        durable jobs: the SQLite store and the worker that runs them in order
+    jobs.py        durable jobs: the SQLite store, its outputs and condition images, its health
+    worker.py      the thread that runs the queued jobs in order, through any fault
     api.py         the FastAPI app: its routes and what they do with the store
     middleware.py  the bearer token and the body size limit, checked before a body is read
     waiting.py     clients waiting for their jobs (Prefer: wait), without holding a thread

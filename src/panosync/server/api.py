@@ -73,7 +73,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from .generation import PanoramaModel
-from .jobs import SUCCEEDED, Job, JobNotFinished, JobStore, QueueFull, StoreFault, Worker
+from .jobs import SUCCEEDED, Job, JobNotFinished, JobStore, QueueFull, StoreFault
+from .worker import Worker
 from .middleware import BearerToken, BodySizeLimit
 from .openapi import describe_server, error_answers
 from .schema import FieldError, Limits, PredictionRequest, describe_error

@@ -1,5 +1,5 @@
-"""Durable jobs: a SQLite file records every job, a worker thread runs them one at a time, oldest
-first, and writes each result atomically to the outputs folder beside the file.
+"""Durable jobs: a SQLite file records every job, and the outputs and condition images beside it;
+the worker (worker.py) runs them one at a time, oldest first.
 
 After a crash or a stop, `JobStore.open` marks the jobs that were running as failed ("interrupted")
 and leaves the queued ones queued: they run when the server is back. A job that was running is not
@@ -34,8 +34,6 @@ from typing import Callable, Iterable, TypeVar
 import PIL.Image
 
 from ..conditions import rgb_image
-from ..metadata import save_png
-from .generation import PanoramaModel
 from .retention import DEFAULT_MIN_FREE_BYTES, Retention
 from .uploads import condition_path, write_temporary
 
@@ -148,7 +146,7 @@ def _write_probe(folder: Path) -> OSError | None:
     return None
 
 
-def _remove_file(path: Path) -> int | None:
+def remove_file(path: Path) -> int | None:
     """Remove `path`; the bytes it freed, or None when it was not there or could not be removed."""
     try:
         size = path.stat().st_size
@@ -292,7 +290,7 @@ class JobStore:
         for folder, kept in ((self.outputs, outputs), (self.conditions, needed)):
             for entry in _files(folder):
                 if _leftover(entry.name) or (entry.name.endswith(".png") and entry.name not in kept):
-                    _remove_file(Path(entry.path))
+                    remove_file(Path(entry.path))
 
     # ------------------------------------------------------------------------------- the database
 
@@ -470,7 +468,7 @@ class JobStore:
         """Delete a finished job; the bytes its files took. The files go first: on a full disk the
         database may refuse to delete the record, and freeing the space is what matters then (the
         record is deleted on the next try, and a missing output is answered as gone)."""
-        freed = 0 if job.output is None else (_remove_file(self.outputs / job.output) or 0)
+        freed = 0 if job.output is None else (remove_file(self.outputs / job.output) or 0)
         freed += sum(self._remove_unreferenced(job.conditions, excluding=job.id).values())
         if freed:
             self._forget_health()  # the folder may have its reserve back: look again at the next ask
@@ -588,7 +586,7 @@ class JobStore:
         with self._conditions_lock:
             needed = self._referenced_conditions(excluding) | set(self._pinned)
             for name in sorted(names - needed):
-                freed = _remove_file(self.conditions / name)
+                freed = remove_file(self.conditions / name)
                 if freed is not None:
                     removed[self.conditions / name] = freed
         return removed
@@ -607,173 +605,3 @@ class JobStore:
 
 def _degraded(reason: str, free_bytes: int | None) -> dict:
     return {"status": "degraded", "reason": reason, "free_bytes": free_bytes}
-
-
-class JobCanceled(Exception):
-    pass
-
-
-class ServerStopping(Exception):
-    pass
-
-
-# After a fault outside any job (the store), the worker pauses this long before it looks again.
-FAULT_PAUSE_SECONDS = 0.5
-# A job's end that the store cannot record is tried again after pauses growing to this.
-RECORD_RETRY_MAX_SECONDS = 5.0
-# Retention runs when the worker starts and after each job, and besides: at most this often while
-# the state folder is degraded (deleting finished jobs may give it its reserve back, when --keep
-# allows), and this often while no job waits (so that jobs age out of an idle server).
-RETENTION_DEGRADED_SECONDS = 5.0
-RETENTION_IDLE_SECONDS = 60.0
-
-
-class Worker:
-    """Runs the queued jobs of a store one at a time, oldest first, on one loaded model (one worker
-    per model, and so per GPU). Nothing a job or the store raises stops it: a job that fails is
-    recorded failed, and while the state folder is degraded (health()) queued jobs wait."""
-
-    def __init__(self, store: JobStore, model: PanoramaModel):
-        self.store = store
-        self.model = model
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._cancel = threading.Event()  # for the running job
-        self._running: str | None = None
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._holding = False  # queued jobs wait for the state folder to recover
-        self._retained_at = -float("inf")  # time.monotonic() of the latest retention
-
-    def start(self) -> None:
-        self._stopping.clear()
-        self._thread = threading.Thread(target=self._run_forever, name="panosync-worker", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop after the current denoising step; the job that was running is failed as interrupted."""
-        self._stopping.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join()
-
-    def notify(self) -> None:
-        """A job was queued."""
-        self._wake.set()
-
-    def cancel(self, job_id: str) -> None:
-        """Stop `job_id` after its current step if it is running (the store has marked it)."""
-        with self._lock:
-            if self._running == job_id:
-                self._cancel.set()
-
-    def _run_forever(self) -> None:
-        self._apply_retention()
-        while not self._stopping.is_set():
-            try:
-                self._run_next()
-            except Exception:  # the store failed outside a job: say so, pause, and look again
-                log.exception("the worker met a fault; it tries again in %.1f s", FAULT_PAUSE_SECONDS)
-                self._stopping.wait(FAULT_PAUSE_SECONDS)
-
-    def _run_next(self) -> None:
-        self._wake.clear()  # before looking, so that a job queued while we look wakes us
-        if not self._folder_healthy():
-            self._apply_retention(every=RETENTION_DEGRADED_SECONDS)
-            self._stopping.wait(HEALTH_CACHE_SECONDS)
-            return
-        job = self.store.claim_next()
-        if job is None:
-            self._apply_retention(every=RETENTION_IDLE_SECONDS)
-            self._wake.wait(self._idle_timeout())
-        else:
-            self._run(job)
-            self._apply_retention()
-
-    def _idle_timeout(self) -> float | None:
-        """How long an idle worker may sleep: until retention is due again; for ever without one."""
-        if self.store.retention is None:
-            return None
-        return max(0.0, self._retained_at + RETENTION_IDLE_SECONDS - time.monotonic())
-
-    def _folder_healthy(self) -> bool:
-        """Whether the state folder can take a job's output. While it cannot, queued jobs stay
-        queued rather than each failing in turn: they run once space is freed."""
-        health = self.store.health()
-        holding = health["status"] != "ok"
-        if holding != self._holding:
-            if holding:
-                log.warning("queued jobs wait: %s", health["reason"])
-            else:
-                log.warning("the state folder has recovered; queued jobs run again")
-            self._holding = holding
-        return not holding
-
-    def _apply_retention(self, every: float = 0.0) -> None:
-        """Apply the store's retention, unless it ran less than `every` seconds ago."""
-        if self.store.retention is None or time.monotonic() - self._retained_at < every:
-            return
-        self._retained_at = time.monotonic()
-        try:
-            self.store.apply_retention()
-        except Exception:  # retention is housekeeping: it must never stop jobs from running
-            log.exception("retention failed; it runs again later")
-
-    def _run(self, job: Job) -> None:
-        with self._lock:
-            self._running = job.id
-            self._cancel.clear()
-        try:
-            self._record(job, *self._outcome(job))
-        finally:
-            with self._lock:
-                self._running = None
-
-    def _outcome(self, job: Job) -> tuple[str, dict]:
-        """Run `job`: its status and the fields to record with it."""
-        def after_step(step: int, sync_weight: float) -> None:
-            self.store.record_step(job.id, step, sync_weight)
-            if self._cancel.is_set():
-                raise JobCanceled()
-            if self._stopping.is_set():
-                raise ServerStopping()
-
-        try:
-            if self.store.get(job.id).cancel_requested:  # asked between the claim and now
-                self._cancel.set()
-            started = time.perf_counter()
-            image = self.model.generate(job.parameters, after_step)
-            pipeline_seconds = time.perf_counter() - started
-            output = f"{job.id}.png"
-            save_png(image, self.store.outputs / output, self.model.metadata(job.parameters, image))
-            return SUCCEEDED, dict(output=output, pipeline_seconds=pipeline_seconds)
-        except JobCanceled:
-            return CANCELED, {}
-        except ServerStopping:
-            return FAILED, dict(error=INTERRUPTED)
-        except Exception as error:
-            log.exception("job %s failed", job.id)
-            return FAILED, dict(error=failure_reason(error, self.store.state_dir))
-
-    def _record(self, job: Job, status: str, fields: dict) -> None:
-        """Record how `job` ended. When the store cannot, the job is recorded failed with the
-        store's reason, tried again and again until it can (the disk is freed), so that it never
-        stays "running"; only a stopping server gives up, and the next start fails it as interrupted."""
-        try:
-            self.store.finish(job.id, status, **fields)
-            return
-        except Exception as error:
-            log.error("could not record the end of job %s: %s", job.id, error)
-            reason = failure_reason(error, self.store.state_dir)
-        if fields.get("output"):  # a PNG no record names; it takes space the store needs
-            _remove_file(self.store.outputs / fields["output"])
-        pause = FAULT_PAUSE_SECONDS
-        while True:
-            try:
-                self.store.finish(job.id, FAILED, error=reason)
-                return
-            except Exception as error:
-                log.error("job %s: still cannot record its failure (%s); trying again in %.1f s", job.id, error, pause)
-            if self._stopping.wait(pause):
-                return
-            pause = min(2 * pause, RECORD_RETRY_MAX_SECONDS)
