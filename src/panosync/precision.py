@@ -11,9 +11,9 @@ autocast           the reference implementation's precision: float32 weights, wi
                    the weight memory of float16, a little slower, the reference's rounding.
 
 The numerically fragile places of the sync step are guarded where they are: LPIPS normalises its
-features in float32 (lpips.py), the sync loss is scaled before its backward (sync.py), a VAE whose
-config asks for it decodes in float32 (pipeline.py), and a non-finite latent or image stops the
-call with a sentence naming these choices (NonFiniteError).
+features in float32 (lpips.py), the sync loss is scaled before its backward (sync.py), a VAE that
+overflows float16 moves to float32 where its config allows it (force_upcast; pipeline.py), and a
+non-finite latent or image stops the call with a sentence naming these choices (NonFiniteError).
 """
 
 from __future__ import annotations

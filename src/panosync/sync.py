@@ -79,8 +79,8 @@ def sync_gradient(
 
     `loss_scale` > 1 (half precision: `half_precision_loss_scale`) multiplies the loss before the
     backward and divides the gradient after, as mixed-precision training does; where the scaled
-    backward overflows, it is run again at a scale 256 times smaller, then unscaled. Returns the
-    gradient and the scale that gave it.
+    backward overflows, it is run again at a scale 256 times smaller, and so on down to 1. Returns
+    the gradient and the scale that gave it.
     """
     scales = [loss_scale]
     while scales[-1] > 1:
