@@ -257,6 +257,9 @@ def make_panorama(args: argparse.Namespace, request: dict, source: "ModelSource"
     SyncSchedule(request["sync_weight"], request["sync_decay_rate"], request["sync_freq"], request["sync_threshold"])
     device = pick_device(args.device)
     precision = pick_precision(args.dtype, device)
+    if device.type == "cpu" and computes_in_float16(precision) and not args.quiet:
+        print("panosync: note: float16 on the CPU is about 10 times slower than float32 (no fast float16 "
+              "convolution there); --dtype bfloat16 or float32 is faster on a CPU.", file=sys.stderr)
 
     def fill_canvas_defaults(window, factor):
         for name, value in canvas_defaults(window, factor).items():
@@ -288,6 +291,13 @@ def make_panorama(args: argparse.Namespace, request: dict, source: "ModelSource"
     seconds = time.perf_counter() - started
     print(f"wrote {out} ({image.width}x{image.height}, seed {request['seed']}, {seconds:.1f} s)")
     return 0
+
+
+def computes_in_float16(precision) -> bool:
+    """Whether `precision` computes in float16 (its weights, or autocast)."""
+    import torch
+
+    return torch.float16 in (precision.weights, precision.autocast)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -190,7 +190,8 @@ def load_pipeline(source: ModelSource | str, device: torch.device | str = "cpu",
         pipe = SyncDiffusionPipeline.from_pretrained(source.ref, dtype=dtype, local_files_only=local)
     if precision.autocast is not None:
         pipe.enable_autocast(precision.autocast)
-    return pipe.to(device)
+    # silenced: diffusers warns that float16 "cannot run" on the CPU; it runs there, only slowly
+    return pipe.to(device, silence_dtype_warnings=True)
 
 
 # ------------------------------------------------------------------------------------ ControlNets
@@ -252,4 +253,5 @@ def load_control_pipeline(source: ModelSource | str, controlnets: list[ModelSour
     pipe = ControlSyncPipeline(**base.components, controlnet=nets[0] if len(nets) == 1 else nets)
     if precision.autocast is not None:
         pipe.enable_autocast(precision.autocast)
-    return pipe.to(device)
+    # silenced: diffusers warns that float16 "cannot run" on the CPU; it runs there, only slowly
+    return pipe.to(device, silence_dtype_warnings=True)
