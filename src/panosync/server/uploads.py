@@ -8,13 +8,12 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import os
 import re
-import secrets
 from pathlib import Path
 
 import PIL.Image
 
+from .. import files
 from ..conditions import read_condition_image, rgb_image
 from .schema import FieldError
 
@@ -49,13 +48,7 @@ def save_condition(image: PIL.Image.Image, folder: str | Path) -> Path:
     path = condition_path(rgb, folder)
     if path.is_file():
         return path
-    temporary = write_temporary(rgb, path)
-    try:
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
+    return files.write_atomically(path, lambda file: rgb.save(file, format="PNG"))
 
 
 def condition_path(rgb: PIL.Image.Image, folder: str | Path) -> Path:
@@ -68,14 +61,4 @@ def condition_path(rgb: PIL.Image.Image, folder: str | Path) -> Path:
 def write_temporary(rgb: PIL.Image.Image, path: Path) -> Path:
     """`rgb` encoded as PNG into a new temporary file beside `path` (a dot file ending .tmp, which a
     server's start sweeps away if it is left), to be moved to `path`; its folder is made if missing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Not mkstemp (0600): the file follows the umask, as the outputs that name it do (metadata.save_png).
-    temporary = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
-    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            rgb.save(file, format="PNG")
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return temporary
+    return files.write_temporary(path, lambda file: rgb.save(file, format="PNG"))
