@@ -7,6 +7,10 @@
    SyncDiffusion's agree, and Intra-LPIPS falls.
 
     python -m panosync.pocket.quality --model pocket --out docs/pocket-quality
+
+These bars reward any picture that agrees with itself, blotches included. The bars that also ask the
+crops to stay pictures of the prompt (fidelity to single windows, adherence on crops; issue 13) are
+`panorama_bars`: python -m panosync.pocket.panorama_bars --out docs/pocket-bars
 """
 
 from __future__ import annotations

@@ -1,0 +1,98 @@
+"""The panorama bars of issue 13 on inputs whose answer is known: fidelity by nearest-neighbour LPIPS,
+adherence on rendered landscapes, and the bar logic."""
+
+import numpy as np
+import pytest
+import torch
+
+from panosync.lpips import load_lpips
+from panosync.pocket.landscapes import render_landscape
+from panosync.pocket.panorama_bars import (FAITHFUL, adherence, check_fresh_seeds, judgeable, lpips_to_references,
+                                           nearest_lpips, panorama_bars, sync_methods)
+
+SIZE = 64  # the pocket model's window in pixels: what the classifier and the references are made at
+
+
+def render(seed, time="day", ground="green", terrain="mountains"):
+    return render_landscape({"time": time, "ground": ground, "terrain": terrain}, seed, SIZE, SIZE)
+
+
+@pytest.fixture(scope="module")
+def lpips_vgg():
+    return load_lpips("vgg")
+
+
+@pytest.fixture(scope="module")
+def references():
+    kinds = [("day", "green", "mountains"), ("sunset", "snow", "hills"), ("night", "desert", "sea"),
+             ("day", "snow", "mountains"), ("sunset", "green", "sea"), ("night", "green", "hills")]
+    return np.stack([render(seed, *kind) for seed, kind in enumerate(kinds)])
+
+
+def blotches(seed: int) -> np.ndarray:
+    """Yellow and blue blobs, the destroyed picture of issue 13: smooth, coherent, and no landscape."""
+    coarse = np.random.default_rng(seed).random((4, 4, 1))
+    field = torch.nn.functional.interpolate(torch.from_numpy(coarse).permute(2, 0, 1)[None], size=(SIZE, SIZE),
+                                            mode="bicubic", align_corners=False)[0, 0].clamp(0, 1).numpy()
+    yellow, blue = np.array([240, 200, 60.0]), np.array([50, 80, 200.0])
+    return (field[..., None] * yellow + (1 - field[..., None]) * blue).round().astype(np.uint8)
+
+
+def test_lpips_to_references_is_lpips_and_a_reference_is_its_own_nearest(lpips_vgg, references):
+    table = lpips_to_references(references[:2], references, lpips_vgg)
+    assert table.shape == (2, len(references))
+    a, b = (torch.from_numpy(references[i]).permute(2, 0, 1)[None].float() / 255 * 2 - 1 for i in (0, 3))
+    assert float(table[0, 3]) == pytest.approx(float(lpips_vgg(a, b)), abs=1e-5)
+    np.testing.assert_allclose(nearest_lpips(references[:2], references, lpips_vgg), 0, atol=1e-6)
+
+
+def test_blotches_and_a_flat_image_score_worse_fidelity_than_a_genuine_sample(lpips_vgg, references):
+    genuine = render(100, "day", "green", "hills")  # a seed and combination not among the references
+    flat = np.full((SIZE, SIZE, 3), 128, np.uint8)
+    scores = nearest_lpips(np.stack([genuine, blotches(0), blotches(1), flat]), references, lpips_vgg)
+    assert scores[0] < scores[1:].min(), scores
+
+
+def summary(landscape=0.40, mountains=0.30, fid=180.0, snow=0.9, mixed=0.8, intra=0.5):
+    return {"nn_lpips_by_prompt": {"a landscape": landscape, "snowy mountains": mountains}, "fid": fid,
+            "adherence": {"ground = snow": snow}, "mixed_share": mixed, "intra_lpips": intra}
+
+
+def met(candidate):
+    return [bar.met for bar in panorama_bars(summary(), candidate)]
+
+
+def test_the_bars_pass_at_their_limits_and_fail_past_them():
+    at_limits = dict(landscape=0.44, mountains=0.33, fid=198.0, snow=0.9, mixed=0.4, intra=0.425)
+    assert met(summary(**at_limits)) == [True] * 6
+    for past in (dict(landscape=0.441), dict(mountains=0.331), dict(fid=198.5), dict(snow=0.89), dict(mixed=0.41),
+                 dict(intra=0.426)):
+        assert met(summary(**{**at_limits, **past})).count(False) == 1, past
+
+
+def test_a_destroyed_but_coherent_picture_fails_fidelity_even_on_one_prompt_of_two():
+    """The picture of issue 13: blotches agree with each other, so the montage bars pass; fidelity does not,
+    even where the other prompt's panoramas are fine."""
+    assert met(summary(landscape=0.50, fid=190.0, mixed=0.2, intra=0.3)) == [False, True, True, True, True, True]
+
+
+def test_adherence_pools_the_prompts_naming_a_value_and_skips_unjudgeable_ones():
+    images = {"snowy mountains": [render(1, ground="snow"), render(2, ground="snow")],
+              "snowy hills": [render(3, ground="green", terrain="hills")],
+              "a landscape": [render(4)]}
+    shares = adherence(images, judged=["ground = snow", "terrain = mountains"])
+    assert shares == {"ground = snow": pytest.approx(2 / 3), "terrain = mountains": 1.0}
+
+
+def test_a_value_is_judgeable_only_when_read_on_both_kinds_of_crops():
+    assert judgeable(0.95, 0.90) and not judgeable(0.94, 1.0) and not judgeable(1.0, 0.89)
+
+
+def test_tuning_seeds_are_refused_and_the_faithful_gradient_is_measured_beside_fast_modes():
+    with pytest.raises(ValueError, match="used to tune"):
+        check_fresh_seeds(range(100, 112))
+    check_fresh_seeds(range(1000, 1012))
+    methods = sync_methods({"num_inference_steps": 30, "sync_weight": 40.0, "fast_modes": ["no_unet_backward"]})
+    assert methods == {"MultiDiffusion": {"sync_weight": 0.0},
+                       "SyncDiffusion": {"sync_weight": 40.0, "fast_modes": ["no_unet_backward"]},
+                       FAITHFUL: {"sync_weight": 40.0, "fast_modes": []}}
