@@ -2,6 +2,7 @@
 
 import pytest
 
+from panosync.lpips import load_lpips
 from panosync.pipeline import SyncDiffusionPipeline
 from panosync.tiny import tiny_random_components
 
@@ -29,3 +30,9 @@ def sd_shaped_pipe():
     """Window 64 latents, VAE factor 8, as Stable Diffusion 2 base (diffusers' panorama pipeline
     hard-codes both)."""
     return make_pipe(window=64, vae_factor=8)
+
+
+@pytest.fixture(scope="session")
+def lpips_vgg():
+    """LPIPS-VGG with its genuine weights, loaded once (the metric tests compare against it)."""
+    return load_lpips("vgg")

@@ -21,7 +21,6 @@ from panosync.eval.inception import load_inception, resize_like_tensorflow1
 from panosync.eval.perceptual import (VGG_LAYERS, gram_matrices, intra_lpips, intra_style_loss, load_style_features,
                                       lpips_between_pairs, pairs, style_loss)
 from panosync.eval.report import METRICS, csv_columns, csv_text, markdown
-from panosync.lpips import load_lpips
 from panosync.pocket.landscapes import render_landscape
 
 SIZE = 32  # crop size of the tests: LPIPS-VGG's five stages still have a pixel at the last
@@ -29,11 +28,6 @@ SIZE = 32  # crop size of the tests: LPIPS-VGG's five stages still have a pixel 
 
 def landscape(time, width, seed=3, ground="green", terrain="mountains"):
     return render_landscape({"time": time, "ground": ground, "terrain": terrain}, seed, width, SIZE)
-
-
-@pytest.fixture(scope="module")
-def lpips_vgg():
-    return load_lpips("vgg")
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from panosync.lpips import load_lpips
 from panosync.pocket.landscapes import render_landscape
 from panosync.pocket.panorama_bars import (FAITHFUL, adherence, check_fresh_seeds, judgeable, lpips_to_references,
                                            nearest_lpips, panorama_bars, sync_methods)
@@ -15,11 +14,6 @@ SIZE = 64  # the pocket model's window in pixels: what the classifier and the re
 
 def render(seed, time="day", ground="green", terrain="mountains"):
     return render_landscape({"time": time, "ground": ground, "terrain": terrain}, seed, SIZE, SIZE)
-
-
-@pytest.fixture(scope="module")
-def lpips_vgg():
-    return load_lpips("vgg")
 
 
 @pytest.fixture(scope="module")
