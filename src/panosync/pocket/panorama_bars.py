@@ -34,6 +34,7 @@ import torch
 
 from ..eval.crops import crops
 from ..eval.perceptual import intra_lpips
+from ..lpips import PerceptualDistance
 from .classify import classify
 from .landscapes import ATTRIBUTES, parse_prompt, render_landscape
 from .quality import FAITHFUL, crop_times, sample_windows
@@ -69,25 +70,18 @@ CHECK_PROMPTS = {
 # ------------------------------------------------------------------------------------- fidelity
 
 
-@torch.no_grad()
-def lpips_features(images: np.ndarray, model: lpips_package.LPIPS) -> list[torch.Tensor]:
-    """LPIPS's unit-normalised backbone features of uint8 (N, H, W, 3) images, one tensor per stage."""
-    batch = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
-    return [lpips_package.normalize_tensor(f) for f in model.net(model.scaling_layer(batch * 2 - 1))]
+def as_unit_batch(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) images as LPIPS takes them: float (N, 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255 * 2 - 1
 
 
 @torch.no_grad()
 def lpips_to_references(images: np.ndarray, references: np.ndarray, model: lpips_package.LPIPS) -> torch.Tensor:
     """LPIPS between every image and every reference, (N, M): the numbers `model(a, b)` gives, but
-    each image goes through the backbone once rather than once per pair."""
-    ours, theirs = lpips_features(images, model), lpips_features(references, model)
-    rows = []
-    for index in range(len(images)):
-        total = 0
-        for lin, mine, refs in zip(model.lins, ours, theirs):
-            total = total + lpips_package.spatial_average(lin((mine[index : index + 1] - refs) ** 2), keepdim=False)
-        rows.append(total.reshape(-1))
-    return torch.stack(rows)
+    the references go through the backbone once, as the sync step's anchor does (PerceptualDistance)."""
+    distance = PerceptualDistance(model)
+    targets = distance.target_features(as_unit_batch(references))
+    return torch.stack([distance(image[None], targets) for image in as_unit_batch(images)])
 
 
 def nearest_lpips(images: np.ndarray, references: np.ndarray, model: lpips_package.LPIPS) -> np.ndarray:
