@@ -5,6 +5,8 @@ decode, the command, evaluate's generation and the server's."""
 
 import copy
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -13,15 +15,16 @@ import torch
 
 from panosync.cli import main
 from panosync.control import ControlSyncPipeline, random_controlnet_like
-from panosync.fast import SyncShortcuts
 from panosync.metadata import read_parameters
 from panosync.pipeline import SyncDiffusionPipeline
 from panosync.precision import NonFiniteError, Precision, pick_precision
 from panosync.sync import half_precision_loss_scale, sync_gradient
 from panosync.tiny import tiny_random_components
-from panosync.views import crop, views_for_canvas
 
 from test_fast_modes import tiny_decoder
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from gpu_check import one_step_sync_gradient  # noqa: E402
 
 PRECISIONS = ["float16", "bfloat16", "autocast"]
 # 32-pixel windows (16 latents, VAE factor 2), 2 views: big enough for LPIPS-VGG. Narrow networks,
@@ -116,39 +119,14 @@ def test_multidiffusion_in_half_precision_stays_close_to_float32(half, full):
     assert difference.max() <= MULTIDIFFUSION_TOLERANCE[name]
 
 
-def one_step_sync_gradient(pipe, step: int = 3, steps: int = 30) -> torch.Tensor:
-    """The sync gradient of the non-anchor views of a 3-view canvas at one step, as the loop computes it."""
-    torch.manual_seed(0)
-    window = pipe.window
-    latents = torch.randn(1, 4, window, 2 * window)
-    views = views_for_canvas(window, 2 * window, window, window // 2)
-    embeddings = pipe.encode_prompt("a land", "", "cpu")
-    pipe.scheduler.set_timesteps(steps)
-    t = pipe.scheduler.timesteps[step]
-    shortcuts = SyncShortcuts()
-
-    def noise_of(x, batch_views):
-        return pipe.guided_noise(x, t, embeddings, 7.5, batch_views)
-
-    with pipe.autocast_context("cpu"):
-        anchor = crop(latents, views[1])
-        original = pipe.scheduler.step(noise_of(anchor, [views[1]]), t, anchor).pred_original_sample
-        perceptual = pipe.perceptual_distance()
-        target = perceptual.target_features(pipe.foreseen_image(original, shortcuts) * 2 - 1)
-        batch = [views[0], views[2]]
-        x = torch.cat([crop(latents, view) for view in batch])
-        gradient, _ = pipe.sync_gradient_and_noise(x, t, batch, noise_of,
-                                                   lambda images: perceptual(images * 2 - 1, target), shortcuts)
-    return gradient.double()
-
-
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(a.flatten() @ b.flatten() / (a.norm() * b.norm()))
 
 
 def test_the_sync_gradient_in_half_precision_points_where_float32_does(half, full):
     name, pipe = half
-    ours, reference = one_step_sync_gradient(pipe), one_step_sync_gradient(full)
+    # the GPU check's measurement, at step 4 of 30 (high noise, where the layout is decided)
+    ours, reference = one_step_sync_gradient(pipe, 3, "cpu"), one_step_sync_gradient(full, 3, "cpu")
     print(f"{name}: cosine to float32's sync gradient {cosine(ours, reference):.4f}, "
           f"norm ratio {float(ours.norm() / reference.norm()):.3f}")
     assert torch.isfinite(ours).all()
