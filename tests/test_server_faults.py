@@ -27,7 +27,7 @@ from panosync.server.jobs import (CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, 
                                   StoreFault)
 from panosync.server.worker import Worker
 from panosync.server import command
-from panosync.server.retention import DEFAULT_MIN_FREE_BYTES, Retention, parse_keep, parse_min_free
+from panosync.server.retention import DEFAULT_MIN_FREE_BYTES, Retention, format_size, parse_keep, parse_min_free
 from panosync.server.schema import Limits
 from panosync.server.uploads import save_condition
 
@@ -669,7 +669,7 @@ def test_serve_passes_min_free_to_the_app_and_warns_when_the_disk_is_already_sho
     error = capsys.readouterr().err
     warnings = [line for line in error.splitlines() if line.startswith("panosync: warning:")]
     assert len(warnings) == 1 and f"the state folder {state_dir} has " in warnings[0]
-    assert f"under the --min-free reserve of {jobs._size(more)}:" in warnings[0] and "smaller --min-free" in warnings[0]
+    assert f"under the --min-free reserve of {format_size(more)}:" in warnings[0] and "smaller --min-free" in warnings[0]
     assert serve_without_a_model["options"]["min_free_bytes"] == more and serve_without_a_model["loaded"]
 
 

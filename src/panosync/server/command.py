@@ -140,16 +140,16 @@ def check_state_dir(state_dir: Path) -> None:
 def warn_if_short_of_space(state_dir: Path, min_free: int) -> None:
     """One line on stderr when the disk of `state_dir` has less free space than the reserve: the
     server starts (space may be freed, or retention free it), but it takes no job until then."""
-    from .jobs import _size
+    from .retention import format_size
 
     try:
         free = shutil.disk_usage(state_dir).free
     except OSError:  # check_state_dir has written there; health() says what is wrong if this persists
         return
     if free < min_free:
-        print(f"panosync: warning: the state folder {state_dir} has {_size(free)} free, under the --min-free reserve "
-              f"of {_size(min_free)}: jobs wait and POST answers 507 until space is freed there (or start with a "
-              f"smaller --min-free).", file=sys.stderr)
+        print(f"panosync: warning: the state folder {state_dir} has {format_size(free)} free, under the --min-free "
+              f"reserve of {format_size(min_free)}: jobs wait and POST answers 507 until space is freed there (or "
+              f"start with a smaller --min-free).", file=sys.stderr)
 
 
 def serve(args: argparse.Namespace) -> int:

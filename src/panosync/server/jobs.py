@@ -34,7 +34,7 @@ from typing import Callable, Iterable, TypeVar
 import PIL.Image
 
 from ..conditions import rgb_image
-from .retention import DEFAULT_MIN_FREE_BYTES, Retention
+from .retention import DEFAULT_MIN_FREE_BYTES, Retention, format_size
 from .uploads import condition_path, write_temporary
 
 log = logging.getLogger("panosync.server")
@@ -116,13 +116,6 @@ def failure_reason(error: BaseException, state_dir: Path) -> str:
     if isinstance(error, sqlite3.OperationalError):
         return fault_sentence(error, state_dir)
     return f"{type(error).__name__}: {error}"
-
-
-def _size(count: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
-            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
-        count /= 1024
 
 
 def _write_probe(folder: Path) -> OSError | None:
@@ -387,8 +380,8 @@ class JobStore:
                 return _degraded(f"The state folder {folder} cannot be written ({error.strerror or error}): make "
                                  f"it writable, or start the server with another --state-dir.", free)
         if free < self.min_free_bytes:
-            return _degraded(f"The state folder {self.state_dir} has {_size(free)} free, under the "
-                             f"{_size(self.min_free_bytes)} this server keeps in reserve: free space there, or "
+            return _degraded(f"The state folder {self.state_dir} has {format_size(free)} free, under the "
+                             f"{format_size(self.min_free_bytes)} this server keeps in reserve: free space there, or "
                              f"start the server with a --state-dir on a larger disk.", free)
         return {"status": "ok", "reason": None, "free_bytes": free}
 

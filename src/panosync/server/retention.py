@@ -87,3 +87,11 @@ def _bytes(number: float, unit: str) -> int:
 
 def _refuse(forms: str, text: str) -> ValueError:
     return ValueError(f"{forms}; got {text!r}.")
+
+
+def format_size(count: float) -> str:
+    """A byte count as people read it: 512 bytes, 3.2 MiB, 1.5 GiB."""
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1024
