@@ -13,9 +13,11 @@ from panosync.views import views_for_canvas
 
 def reference_panorama(pipe, prompt, negative_prompt, width, height, noise, *, guidance_scale=7.5, sync_weight=20.0,
                        sync_decay_rate=0.95, sync_freq=1, sync_threshold=50, num_inference_steps=50, stride=16,
-                       lpips=None, on_step_end=None):
+                       lpips=None, on_step_end=None, loop_closure=False):
     """The panorama's final latent. `on_step_end(i)`, if given, is called after step i (a benchmark
-    times the steps with it)."""
+    times the steps with it). With `loop_closure` the views go round the circle (panosync's views) and
+    a view past the right edge takes its last columns from the left: the reference code's loop, with
+    its slicing done on column indices taken modulo the width."""
     unet, vae, scheduler = pipe.unet, pipe.vae, pipe.scheduler
     device, dtype = unet.device, unet.dtype
     lpips = (lpips or load_lpips("vgg")).to(device=device, dtype=dtype)
@@ -37,7 +39,8 @@ def reference_panorama(pipe, prompt, negative_prompt, width, height, noise, *, g
         return (vae.decode((latents / vae.config.scaling_factor).to(dtype)).sample.float() / 2 + 0.5).clamp(0, 1)
 
     factor = pipe.vae_factor
-    views = views_for_canvas(height // factor, width // factor, pipe.window, stride)
+    views = views_for_canvas(height // factor, width // factor, pipe.window, stride, loop_closure)
+    columns = [torch.tensor(v.column_indices(width // factor), device=device) for v in views]
     views = [(v.top, v.bottom, v.left, v.right) for v in views]
     latent = noise.clone().to(device)
     count, value = torch.zeros_like(latent), torch.zeros_like(latent)
@@ -52,11 +55,11 @@ def reference_panorama(pipe, prompt, negative_prompt, width, height, noise, *, g
         with torch.no_grad():
             if syncing:
                 h0, h1, w0, w1 = views[anchor_view_idx]
-                anchor_view = latent[:, :, h0:h1, w0:w1].detach()
+                anchor_view = latent[:, :, h0:h1][..., columns[anchor_view_idx]].detach()
                 anchor_x0 = scheduler.step(guided(anchor_view, t), t, anchor_view).pred_original_sample
                 decoded_image_anchor = decode(anchor_x0)
         for view_idx, (h0, h1, w0, w1) in enumerate(views):
-            latent_view = latent[:, :, h0:h1, w0:w1].detach()
+            latent_view = latent[:, :, h0:h1][..., columns[view_idx]].detach()
             latent_view_copy = latent_view.clone().detach()
             if syncing:
                 with torch.enable_grad():
@@ -68,8 +71,8 @@ def reference_panorama(pipe, prompt, negative_prompt, width, height, noise, *, g
                     latent_view_copy = latent_view_copy - weights[i] * grad
             with torch.no_grad():
                 denoised = scheduler.step(guided(latent_view_copy, t), t, latent_view_copy).prev_sample
-            value[:, :, h0:h1, w0:w1] += denoised
-            count[:, :, h0:h1, w0:w1] += 1
+            value[:, :, h0:h1, columns[view_idx]] += denoised
+            count[:, :, h0:h1, columns[view_idx]] += 1
         latent = torch.where(count > 0, value / count, value)
         if on_step_end is not None:
             on_step_end(i)

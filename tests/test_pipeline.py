@@ -55,6 +55,19 @@ def test_faithful_mode_reproduces_the_reference_loop(sync_pipe):
     torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)  # ... exactly as the reference does
 
 
+def test_faithful_loop_closure_reproduces_the_reference_loop_round_the_circle(sync_pipe):
+    # The reference code has no loop closure; its loop with views that wrap (column indices modulo the
+    # width) is what loop-closed SyncDiffusion means, and faithful mode must be exactly that.
+    case = {**REFERENCE_CASE, "width": 96, "stride": 12}  # 48 latent columns: views at 0, 12, 24, 36; the last wraps
+    noise = noise_for(sync_pipe, 96, 32, seed=5)
+    reference = reference_panorama(sync_pipe, "a land", "", noise=noise, loop_closure=True, **case)
+    ours = sync_pipe("a land", latents=noise, output_type="latent", view_batch_size=1, loop_closure=True,
+                     **case).images
+    open_canvas = reference_panorama(sync_pipe, "a land", "", noise=noise, **case)
+    assert (reference - open_canvas).abs().max() > 0.1  # the wrapping views change the result ...
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)  # ... exactly as the reference does
+
+
 def test_batching_views_changes_nothing_but_rounding(sync_pipe):
     noise = noise_for(sync_pipe, 80, 32, seed=3)
     one = sync_pipe("a land", latents=noise, output_type="latent", view_batch_size=1, **REFERENCE_CASE).images

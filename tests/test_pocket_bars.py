@@ -90,3 +90,13 @@ def test_tuning_seeds_are_refused_and_the_faithful_gradient_is_measured_beside_f
     assert methods == {"MultiDiffusion": {"sync_weight": 0.0},
                        "SyncDiffusion": {"sync_weight": 40.0, "fast_modes": ["no_unet_backward"]},
                        FAITHFUL: {"sync_weight": 40.0, "fast_modes": []}}
+
+
+def test_sweep_methods_come_after_multidiffusion_and_bad_json_is_one_sentence():
+    from panosync.pocket.panorama_bars import BASELINE, parse_methods
+
+    methods = parse_methods(['faithful w80={"sync_weight": 80, "fast_modes": []}'])
+    assert list(methods) == [BASELINE, "faithful w80"] and methods["faithful w80"]["sync_weight"] == 80
+    assert parse_methods([]) == {}  # the model's recommended setting and the paper's gradient
+    with pytest.raises(SystemExit, match="NAME="):
+        parse_methods(["w80={sync_weight: 80}"])

@@ -55,6 +55,7 @@ PANORAMA_SEEDS_FROM = 1000
 CHECK_SEEDS_FROM = 2000
 REFERENCE_SEEDS_FROM = 5000
 HELD_OUT_SEEDS_FROM = 7000
+TUNING_SWEEP_SEEDS_FROM = 100  # --tuning: sweeps choose settings on these
 
 DEFAULT_PROMPTS = ("a landscape", "snowy mountains", "green hills at sunset")
 # One prompt per attribute value, naming nothing else, for the classifier check.
@@ -328,7 +329,7 @@ def markdown(report: dict, picture: str) -> str:
     lines = ["# Panorama bars: coherent and still a picture", "",
              f"Measured by `python -m panosync.pocket.panorama_bars` on model `{report['model']}` in "
              f"{report['seconds'] / 60:.0f} min on the CPU: {len(report['prompts'])} prompts × {len(seeds)} seeds "
-             f"({seeds[0]}–{seeds[-1]}, never used for tuning), {report['width']}×{report['height']} panoramas, "
+             f"({seeds[0]}–{seeds[-1]}, {'tuning seeds: a sweep' if report.get('tuning') else 'never used for tuning'}), {report['width']}×{report['height']} panoramas, "
              f"{report['references']} single-window references per prompt (seeds from {REFERENCE_SEEDS_FROM}). "
              f"Settings: {json.dumps(report['settings'])}.", "",
              "## Bars (MultiDiffusion is the baseline)", "", *bar_table(report), "",
@@ -348,8 +349,9 @@ def markdown(report: dict, picture: str) -> str:
              f"≥ {MODEL_CROP_ACCURACY:.0%} of MultiDiffusion crops of a prompt naming the value "
              f"(seeds from {CHECK_SEEDS_FROM}).", "",
              f"![references, then MultiDiffusion above SyncDiffusion, same seeds]({picture})", "",
-             "Per prompt: a row of single-window references, then for each seed MultiDiffusion, SyncDiffusion "
-             f"(recommended settings) and {FAITHFUL} (the paper's gradient, same settings)."]
+             "Per prompt: a row of single-window references, then for each seed every method, in this order: " +
+             "; ".join(f"{name} {json.dumps(summary['settings'])}" for name, summary in report["methods"].items()) +
+             "."]
     return "\n".join(lines) + "\n"
 
 
@@ -387,6 +389,20 @@ def sync_methods(settings: dict) -> dict[str, dict]:
     return methods
 
 
+def parse_methods(texts: list[str]) -> dict[str, dict]:
+    """--method NAME=JSON arguments: MultiDiffusion first, then each named setting."""
+    if not texts:
+        return {}
+    methods = {BASELINE: {"sync_weight": 0.0}}
+    for text in texts:
+        name, _, setting = text.partition("=")
+        try:
+            methods[name.strip()] = json.loads(setting)
+        except json.JSONDecodeError as error:
+            raise SystemExit(f"--method {text!r}: write NAME={{JSON}}, e.g. 'w80={{\"sync_weight\": 80}}' ({error}).")
+    return methods
+
+
 def main(argv=None):
     from ..bundled import recommended_settings
     from ..eval.fidelity import inception_features
@@ -404,14 +420,22 @@ def main(argv=None):
     parser.add_argument("--windows", type=int, default=8, help="panorama width in windows")
     parser.add_argument("--check-seeds", type=int, default=4, help="panoramas per value in the classifier check")
     parser.add_argument("--picture-seeds", type=int, default=2)
+    parser.add_argument("--method", action="append", default=[], metavar="NAME=JSON",
+                        help="measure this sync setting (JSON of pipeline arguments) instead of the model's "
+                             "recommended one and the paper's gradient; repeatable; MultiDiffusion is always measured")
+    parser.add_argument("--tuning", action="store_true",
+                        help="a settings sweep: on tuning seeds (from 100), so the report is not a fresh-seed result")
     parser.add_argument("--markdown-only", action="store_true",
                         help="rewrite the bars and the markdown from OUT.json, measuring nothing")
     args = parser.parse_args(argv)
     if args.markdown_only:
         write_report(json.loads(args.out.with_suffix(".json").read_text()), args.out)
         return
-    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    check_fresh_seeds(seeds)
+    first_seed = TUNING_SWEEP_SEEDS_FROM if args.tuning and args.first_seed == PANORAMA_SEEDS_FROM else args.first_seed
+    seeds = list(range(first_seed, first_seed + args.seeds))
+    if not args.tuning:
+        check_fresh_seeds(seeds)
+    methods = parse_methods(args.method)
     started = time.time()
     source = resolve_model(args.model)
     pipe = load_pipeline(source)
@@ -427,11 +451,11 @@ def main(argv=None):
     reference_features = inception_features([image for refs in references.values() for image in refs], inception)
     report = {"model": args.model, "settings": settings, "prompts": args.prompts, "seeds": seeds,
               "width": args.windows * size, "height": size, "references": args.references,
-              "classifier_check": check, "judgeable": judged}
+              "classifier_check": check, "judgeable": judged, "tuning": args.tuning}
     report["single_windows"] = measure_single_windows(pipe, args.prompts, args.seeds * args.windows, settings, judged,
                                                       references, reference_features, lpips, inception)
     report["methods"], panoramas = {}, {}
-    for name, sync in sync_methods(settings).items():
+    for name, sync in (methods or sync_methods(settings)).items():
         report["methods"][name], panoramas[name] = measure_method(
             pipe, args.prompts, seeds, args.windows * size, settings, sync, judged, references, reference_features,
             lpips, inception, name)
