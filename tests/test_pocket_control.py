@@ -9,7 +9,7 @@ import torch
 from panosync.bundled import bundled_controlnet_folder, bundled_model_names
 from panosync.conditions import canny_edges
 from panosync.models import load_control_pipeline, resolve_controlnet
-from panosync.pocket.control_train import edge_maps, train_controlnet
+from panosync.pocket.control_train import edge_maps, new_controlnet, train_controlnet
 from panosync.pocket.edge_match import edge_fscore
 from panosync.pocket.landscapes import render_landscape
 from panosync.tiny import tiny_random_components
@@ -94,3 +94,18 @@ def test_training_resumes_where_it_stopped(tmp_path):
         torch.testing.assert_close(resumed["controlnet"][name], value, msg=name)
         moved |= not torch.equal(first["controlnet"][name], value)
     assert moved, "training changed no weight"
+
+
+def test_a_new_run_can_start_from_an_exported_controlnet(tmp_path):
+    """To follow a retrained UNet the ControlNet is fine-tuned, not trained again from the UNet's copy."""
+    data = _tiny_training_set()
+    trained = train_controlnet(tmp_path, tmp_path / "first", 3, lr=1e-2, **data)  # far from the UNet's copy
+    folder = tmp_path / "exported"
+    controlnet = new_controlnet(data["base"][0])
+    controlnet.load_state_dict(trained["controlnet"])
+    controlnet.save_pretrained(folder)
+    started = train_controlnet(tmp_path, tmp_path / "tuned", 1, lr=1e-6, init=folder, **data)
+    fresh = train_controlnet(tmp_path, tmp_path / "fresh", 1, lr=1e-6, **data)
+    distance = lambda state: max((state["controlnet"][k] - v).abs().max() for k, v in trained["controlnet"].items())
+    assert distance(started) < 1e-3 < distance(fresh)
+    assert started["init"] == str(folder)

@@ -22,11 +22,11 @@ import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
-from diffusers import ControlNetModel, UNet2DConditionModel
+from diffusers import ControlNetModel, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ..conditions import canny_edges
-from .train import BUNDLE, MAX_TOKENS, Progress, encode_dataset, load_data, save_atomically, training_noise_schedule
+from .train import BUNDLE, MAX_TOKENS, Progress, encode_dataset, load_data, save_atomically
 
 CONTROL_BUNDLE = BUNDLE.parent / "pocket-canny"
 # One stride-2 stage per halving of the VAE (64 px -> 16 latent pixels): the ControlSync pipeline checks this.
@@ -50,6 +50,12 @@ def cached_edge_maps(data: Path, run: Path) -> torch.Tensor:
     return edges
 
 
+def pocket_noise_schedule(folder: Path = BUNDLE) -> DDPMScheduler:
+    """The noising process the pocket UNet in `folder` was trained under, read from its scheduler's
+    config (its betas), so that the ControlNet learns at the noise levels the UNet expects."""
+    return DDPMScheduler.from_config(DDIMScheduler.load_config(folder, subfolder="scheduler"))
+
+
 def frozen_pocket(folder: Path = BUNDLE):
     """The pocket UNet, text encoder and tokenizer, in float32, frozen."""
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", dtype=torch.float32)
@@ -65,10 +71,12 @@ def new_controlnet(unet: UNet2DConditionModel) -> ControlNetModel:
 
 def train_controlnet(data: Path, run: Path, steps: int, batch: int = 32, lr: float = 1e-4, drop_caption: float = 0.1,
                      seed: int = 0, latents: dict | None = None, edges: torch.Tensor | None = None,
-                     base: tuple | None = None, checkpoint_seconds: float = 180) -> dict:
+                     base: tuple | None = None, checkpoint_seconds: float = 180, init: Path | None = None) -> dict:
     """Train to `steps` in total, resuming from run/controlnet.pt; returns the last checkpoint. `latents`
     and `edges` default to those of the pocket training set in `data` (latents.pt, data.npz), `base`
-    (unet, text_encoder, tokenizer) to the bundled pocket model's."""
+    (unet, text_encoder, tokenizer) to the bundled pocket model's. `init`, an exported ControlNet
+    folder, is the start of a new run instead of a copy of the UNet's encoder (to follow a retrained
+    UNet). The noise schedule is always the bundled pocket model's."""
     run.mkdir(parents=True, exist_ok=True)
     latents = encode_dataset(data) if latents is None else latents
     edges = cached_edge_maps(data, run) if edges is None else edges
@@ -77,8 +85,10 @@ def train_controlnet(data: Path, run: Path, steps: int, batch: int = 32, lr: flo
     unet, text_encoder, tokenizer = frozen_pocket() if base is None else base
     torch.manual_seed(seed)
     controlnet = new_controlnet(unet).train()
+    if init is not None and not (run / "controlnet.pt").exists():
+        controlnet.load_state_dict(ControlNetModel.from_pretrained(init, dtype=torch.float32).state_dict())
     optimizer = torch.optim.AdamW(controlnet.parameters(), lr=lr, weight_decay=1e-2)
-    noise_schedule = training_noise_schedule()
+    noise_schedule = pocket_noise_schedule()
     checkpoint_path, step, state = run / "controlnet.pt", 0, {}
     if checkpoint_path.exists():
         state = torch.load(checkpoint_path, weights_only=False)
@@ -125,7 +135,8 @@ def train_controlnet(data: Path, run: Path, steps: int, batch: int = 32, lr: flo
         if time.time() - saved > checkpoint_seconds or step == steps:
             state = {"controlnet": controlnet.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                      "batch": batch, "lr": lr, "drop_caption": drop_caption, "images": len(edges),
-                     "generator": generator.get_state(), "threads": torch.get_num_threads(), **progress.record()}
+                     "generator": generator.get_state(), "threads": torch.get_num_threads(),
+                     "init": state.get("init", str(init) if init else None), **progress.record()}
             save_atomically(state, checkpoint_path)
             saved = time.time()
     return state
@@ -141,7 +152,7 @@ def export_controlnet(run: Path, out: Path = CONTROL_BUNDLE) -> Path:
     controlnet.to(torch.float16).save_pretrained(out, safe_serialization=True)
     record = {"base_model": "pocket", "condition": "Canny edges (panosync.conditions.canny_edges, thresholds 100/200)",
               **{key: state.get(key) for key in ("images", "step", "batch", "lr", "drop_caption", "seconds", "loss",
-                                                 "threads")},
+                                                 "threads", "init")},
               "loss_note": "mean epsilon MSE over the last logged stretch of steps"}
     (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
@@ -160,10 +171,12 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=CONTROL_BUNDLE, help="export folder")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--init", type=Path, default=None,
+                        help="start a new run from this exported ControlNet folder (to follow a retrained UNet)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.stage == "train":
-        train_controlnet(args.data, args.run, args.steps, args.batch, args.lr, seed=args.seed)
+        train_controlnet(args.data, args.run, args.steps, args.batch, args.lr, seed=args.seed, init=args.init)
     else:
         export_controlnet(args.run, args.out)
 

@@ -1,0 +1,56 @@
+"""When does a pocket sample settle its time of day? For single windows of one prompt, classify the
+foreseen image (the decoded x̂₀ of each DDIM step) and find the step from which it stays the final
+image's time of day. A model that settles it in step 0 leaves the sync step nothing to steer.
+
+    python scripts/pocket_decision.py --model pocket --seeds 32
+"""
+
+import argparse
+import json
+
+import numpy as np
+import torch
+
+from panosync.models import load_pipeline
+from panosync.pocket.classify import classify_time
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("--model", default="pocket")
+parser.add_argument("--prompt", default="a landscape")
+parser.add_argument("--seeds", type=int, default=32)
+parser.add_argument("--first-seed", type=int, default=100)
+parser.add_argument("--steps", type=int, default=30)
+parser.add_argument("--guidance-scale", type=float, default=7.5)
+args = parser.parse_args()
+
+pipe = load_pipeline(args.model)
+embeddings = pipe.encode_prompt(args.prompt, "", pipe.device)
+window = pipe.window
+
+
+def letter(latent):
+    image = pipe.decode_to_unit(latent)[0].permute(1, 2, 0).cpu().numpy()
+    return classify_time((image * 255).round().astype(np.uint8))[0]
+
+
+settled_at, traces = [], []
+with torch.no_grad():
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        generator = torch.Generator().manual_seed(seed)
+        x = torch.randn((1, pipe.unet.config.in_channels, window, window), generator=generator)
+        pipe.scheduler.set_timesteps(args.steps)
+        x = x * pipe.scheduler.init_noise_sigma
+        letters = ""
+        for t in pipe.scheduler.timesteps:
+            step = pipe.scheduler.step(pipe.guided_noise(x, t, embeddings, args.guidance_scale), t, x)
+            letters += letter(step.pred_original_sample)
+            x = step.prev_sample
+        final = letter(x)
+        changed = [i for i, c in enumerate(letters) if c != final]
+        settled_at.append(changed[-1] + 1 if changed else 0)
+        traces.append(letters + " -> " + final)
+print("\n".join(traces))
+print(json.dumps({"model": args.model, "prompt": args.prompt, "steps": args.steps,
+                  "mean_settling_step": float(np.mean(settled_at)),
+                  "settled_in_step_0": float(np.mean([s == 0 for s in settled_at])),
+                  "settling_steps": settled_at}))
