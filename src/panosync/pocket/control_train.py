@@ -71,24 +71,25 @@ def new_controlnet(unet: UNet2DConditionModel) -> ControlNetModel:
 
 def train_controlnet(data: Path, run: Path, steps: int, batch: int = 32, lr: float = 1e-4, drop_caption: float = 0.1,
                      seed: int = 0, latents: dict | None = None, edges: torch.Tensor | None = None,
-                     base: tuple | None = None, checkpoint_seconds: float = 180, init: Path | None = None) -> dict:
+                     base: tuple | None = None, checkpoint_seconds: float = 180, init: Path | None = None,
+                     base_folder: Path = BUNDLE) -> dict:
     """Train to `steps` in total, resuming from run/controlnet.pt; returns the last checkpoint. `latents`
     and `edges` default to those of the pocket training set in `data` (latents.pt, data.npz), `base`
-    (unet, text_encoder, tokenizer) to the bundled pocket model's. `init`, an exported ControlNet
-    folder, is the start of a new run instead of a copy of the UNet's encoder (to follow a retrained
-    UNet). The noise schedule is always the bundled pocket model's."""
+    (unet, text_encoder, tokenizer) to the pocket model's in `base_folder` (the bundled one), whose
+    noise schedule is always the one trained under. `init`, an exported ControlNet folder, is the
+    start of a new run instead of a copy of the UNet's encoder (to follow a retrained UNet)."""
     run.mkdir(parents=True, exist_ok=True)
     latents = encode_dataset(data) if latents is None else latents
     edges = cached_edge_maps(data, run) if edges is None else edges
     if len(edges) != len(latents["mean"]):
         raise ValueError(f"{len(edges)} edge maps for {len(latents['mean'])} latents: delete {run / 'edges.pt'}.")
-    unet, text_encoder, tokenizer = frozen_pocket() if base is None else base
+    unet, text_encoder, tokenizer = frozen_pocket(base_folder) if base is None else base
     torch.manual_seed(seed)
     controlnet = new_controlnet(unet).train()
     if init is not None and not (run / "controlnet.pt").exists():
         controlnet.load_state_dict(ControlNetModel.from_pretrained(init, dtype=torch.float32).state_dict())
     optimizer = torch.optim.AdamW(controlnet.parameters(), lr=lr, weight_decay=1e-2)
-    noise_schedule = pocket_noise_schedule()
+    noise_schedule = pocket_noise_schedule(base_folder)
     checkpoint_path, step, state = run / "controlnet.pt", 0, {}
     if checkpoint_path.exists():
         state = torch.load(checkpoint_path, weights_only=False)
@@ -142,10 +143,10 @@ def train_controlnet(data: Path, run: Path, steps: int, batch: int = 32, lr: flo
     return state
 
 
-def export_controlnet(run: Path, out: Path = CONTROL_BUNDLE) -> Path:
+def export_controlnet(run: Path, out: Path = CONTROL_BUNDLE, base_folder: Path = BUNDLE) -> Path:
     """The run's ControlNet as an fp16 diffusers folder, with training.json beside it."""
     state = torch.load(run / "controlnet.pt", weights_only=False)
-    unet = UNet2DConditionModel.from_pretrained(BUNDLE, subfolder="unet", dtype=torch.float32)
+    unet = UNet2DConditionModel.from_pretrained(base_folder, subfolder="unet", dtype=torch.float32)
     controlnet = new_controlnet(unet)
     controlnet.load_state_dict(state["controlnet"])
     out.mkdir(parents=True, exist_ok=True)
@@ -171,14 +172,16 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=CONTROL_BUNDLE, help="export folder")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--base", type=Path, default=BUNDLE, help="the pocket model folder the ControlNet is for")
     parser.add_argument("--init", type=Path, default=None,
                         help="start a new run from this exported ControlNet folder (to follow a retrained UNet)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.stage == "train":
-        train_controlnet(args.data, args.run, args.steps, args.batch, args.lr, seed=args.seed, init=args.init)
+        train_controlnet(args.data, args.run, args.steps, args.batch, args.lr, seed=args.seed, init=args.init,
+                         base_folder=args.base)
     else:
-        export_controlnet(args.run, args.out)
+        export_controlnet(args.run, args.out, args.base)
 
 
 if __name__ == "__main__":
