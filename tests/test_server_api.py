@@ -15,7 +15,8 @@ import PIL.Image
 import pytest
 from fastapi.testclient import TestClient
 
-from panosync.cli import main, parameter_defaults
+from panosync.cli import main
+from panosync.settings import model_defaults
 from panosync.metadata import read_parameters
 from panosync.models import resolve_model
 from panosync.server.api import create_app, wait_seconds
@@ -29,7 +30,7 @@ LONG = dict(width=64, height=32, stride=8, num_inference_steps=500)  # runs unti
 
 @pytest.fixture(scope="module")
 def model(sync_pipe):
-    return PanoramaModel(sync_pipe, "tiny-test", parameter_defaults(resolve_model("tiny-random")))
+    return PanoramaModel(sync_pipe, "tiny-test", model_defaults(resolve_model("tiny-random")))
 
 
 def client_for(model, state_dir, **options):
@@ -77,7 +78,7 @@ OUT_OF_RANGE = [
     ("negative_prompt", 5, "valid string"),
     ("width", 65, "multiple of 2 pixels"),
     ("width", 16, "at least one window, 32 pixels"),
-    ("width", 100_000, "at most 16384 pixels"),
+    ("width", 100_000, "less than or equal to 16384"),
     ("height", 31, "multiple of 2 pixels"),
     ("height", 0, "greater than or equal to 1"),
     ("guidance_scale", 30.5, "less than or equal to 30"),
@@ -169,7 +170,7 @@ def test_a_models_recommended_fast_modes_are_the_servers_default(sync_pipe, tmp_
     folder = tmp_path / "model"
     sync_pipe.save_pretrained(folder)
     (folder / "recommended.json").write_text(json.dumps({"sync_weight": 10.0, "fast_modes": ["no_unet_backward"]}))
-    model = PanoramaModel(sync_pipe, "recommending", parameter_defaults(resolve_model(str(folder))))
+    model = PanoramaModel(sync_pipe, "recommending", model_defaults(resolve_model(str(folder))))
     parameters = model.prepare({"prompt": "a land", **TINY, "sync_weight": 10.0, "seed": 1}, Limits())
     assert parameters["fast_modes"] == ["no_unet_backward"]
     image = model.generate(parameters)
