@@ -249,3 +249,16 @@ def test_serve_and_ui_refuse_bad_options_before_loading(tmp_path, capsys, monkey
     run_refused(["ui", "--model", "tiny-random", "--out-dir", str(a_file)], capsys, monkeypatch, "is a file")
     run_refused(["serve", "--model", "tiny-random", "--device", "foo", "--state-dir", str(tmp_path / "s")], capsys,
                 monkeypatch, "--device foo is not a device")
+
+
+def test_presets_set_the_fast_modes():
+    """On pocket, which recommends no_unet_backward, "paper" is the paper's gradient."""
+    from panosync.models import resolve_model
+
+    source = resolve_model("pocket")
+    presets = settings.presets(settings.model_defaults(source), source.geometry)
+    assert list(presets) == ["recommended", "paper", "fast"]
+    assert presets["recommended"]["fast_modes"] == ["no_unet_backward"]
+    assert presets["paper"]["fast_modes"] == [] and presets["fast"]["fast_modes"] == []
+    assert presets["paper"]["sync_weight"] == 20.0 and presets["paper"]["stride"] == source.geometry.window // 4
+    assert set(presets["paper"]) == set(settings.PRESET_NAMES)
