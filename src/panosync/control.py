@@ -1,5 +1,5 @@
-"""ControlSyncPipeline: SyncDiffusion guided by ControlNet conditions of any size (ALGORITHM.md,
-section 5).
+"""ControlSyncPipeline: SyncDiffusion guided by ControlNet conditions of any size (docs/algorithm.md,
+section 4).
 
 The joint diffusion is SyncDiffusionPipeline's, unchanged: the same views, sync step and merge.
 What ControlSync adds is inside every UNet call of a view (the anchor's prediction, the gradient

@@ -1,7 +1,7 @@
 """Fast modes: named approximations of the sync step, each cheaper than the faithful one and each
 off by default in the pipeline (a model's recommended.json may turn some on for the command, the
 server and evaluate: pocket's turns on no_unet_backward, which syncs that small model where the
-paper's gradient does not; docs/pocket-progress.md). What each approximates (ALGORITHM.md,
+paper's gradient does not; docs/pocket-progress.md). What each approximates (docs/algorithm.md,
 section 3, step 2, for a view x):
 
 reuse_noise       The denoising step uses the noise prediction of the gradient pass, made at the

@@ -1,7 +1,7 @@
 """SyncDiffusionPipeline: one joint diffusion over the views of a panorama, kept on one scene by
 gradient descent on the perceptual distance between each view's foreseen image and an anchor's.
 
-The denoising loop reads like section 3 of the paper (docs: ALGORITHM.md). It computes the
+The denoising loop reads like section 3 of docs/algorithm.md. It computes the
 reference implementation's result ("faithful mode") while skipping the work whose result the
 reference throws away: the anchor's gradient (the anchor is never moved), the anchor's LPIPS
 features for every view (they are the same all step long) and the anchor's second UNet pass (its
@@ -513,7 +513,7 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
     def denoise_views(self, latents, views, t, weight, anchor, chunks: ViewChunks | int, embeddings, guidance_scale,
                       shortcuts: SyncShortcuts = SyncShortcuts(), schedulers: ViewSchedulers | None = None,
                       conditioning: ViewConditioning | None = None):
-        """One step for every view (section 3, steps 1 and 2): returns each view's x_{t-1}.
+        """One step for every view (docs/algorithm.md, section 3, steps 1 to 3): each view's x_{t-1}.
 
         With weight λ > 0 each view but the anchor first moves by −λ ∂LPIPS/∂x towards the
         anchor's foreseen image, then takes its denoising step from the moved latent. `chunks`
@@ -594,7 +594,8 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
 
     @staticmethod
     def merge(denoised: dict[int, torch.Tensor], views: list[View], view_counts: torch.Tensor) -> torch.Tensor:
-        """MultiDiffusion (section 3, step 3): every latent pixel is the mean of the views over it."""
+        """MultiDiffusion (docs/algorithm.md, section 3, step 4): every latent pixel becomes the mean
+        of the views over it."""
         value = torch.zeros(denoised[0].shape[:2] + view_counts.shape, device=view_counts.device,
                             dtype=denoised[0].dtype)
         for j, view in enumerate(views):
