@@ -262,3 +262,34 @@ def test_presets_set_the_fast_modes():
     assert presets["paper"]["fast_modes"] == [] and presets["fast"]["fast_modes"] == []
     assert presets["paper"]["sync_weight"] == 20.0 and presets["paper"]["stride"] == source.geometry.window // 4
     assert set(presets["paper"]) == set(settings.PRESET_NAMES)
+
+
+def test_the_command_runs_without_the_extras(tmp_path):
+    """`pip install panosync` brings what the pipelines need: the command works without the
+    server's, the page's, evaluate's and OpenCV's packages, and a command that needs one says
+    which extra brings it."""
+    script = tmp_path / "lean.py"
+    script.write_text("""
+import sys
+BLOCKED = {"pydantic", "pydantic_core", "fastapi", "starlette", "uvicorn", "gradio", "torchmetrics", "matplotlib", "cv2"}
+for name in BLOCKED:  # None in sys.modules: not installed, for `import` and for importlib.util.find_spec alike
+    sys.modules[name] = None
+from panosync.cli import main
+import panosync, panosync.pipeline, panosync.control, panosync.settings
+assert main(["generate", "a", "--model", "tiny-random", "--width", "100"]) == 2
+assert main(["serve", "--model", "tiny-random", "--state-dir", sys.argv[1]]) == 2
+assert main(["evaluate", "--model", "tiny-random", "--prompts", sys.argv[2], "--out", sys.argv[1] + "/eval",
+             "--width", "1024", "--steps", "1"]) == 2
+print("ok")
+""")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(SRC.parent)}
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "state"), str(prompts)], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+    errors = done.stderr.strip().splitlines()
+    assert errors[0] == "panosync: error: width must be a multiple of 8 pixels (the VAE factor), got 100."
+    assert errors[1] == ("panosync: error: panosync serve needs uvicorn, which comes with the serve extra: "
+                         "pip install 'panosync[serve]'.")
+    assert "which comes with the eval extra: pip install 'panosync[eval]'." in errors[2]

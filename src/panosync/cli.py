@@ -193,6 +193,21 @@ def make_panorama(args: argparse.Namespace, request: dict, source: "ModelSource"
     return 0
 
 
+# The packages of each extra (pyproject.toml), by the name they are imported as.
+EXTRAS = {"serve": ("pydantic", "pydantic_core", "fastapi", "starlette", "uvicorn"), "ui": ("pydantic", "gradio"),
+          "evaluate": ("torchmetrics", "matplotlib"), "control": ("cv2",)}
+EXTRA_OF_COMMAND = {"serve": "serve", "ui": "ui", "evaluate": "eval", "control": "control"}
+
+
+def missing_extra(module: str | None, command: str) -> str | None:
+    """The extra that brings `module`, when the command's extra does (else None: a real bug)."""
+    top = (module or "").split(".")[0]
+    for name in (command, "control"):  # a server's ControlNets preprocess with OpenCV too
+        if top in EXTRAS.get(name, ()):
+            return EXTRA_OF_COMMAND[name]
+    return None
+
+
 def computes_in_float16(precision) -> bool:
     """Whether `precision` computes in float16 (its weights, or autocast)."""
     import torch
@@ -217,6 +232,13 @@ def main(argv: list[str] | None = None) -> int:
             return evaluate(args)
     except ValueError as error:
         print(f"panosync: error: {error}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as error:
+        extra = missing_extra(error.name, args.command)
+        if extra is None:
+            raise
+        print(f"panosync: error: panosync {args.command} needs {error.name}, which comes with the {extra} extra: "
+              f"pip install 'panosync[{extra}]'.", file=sys.stderr)
         return 2
     except NonFiniteError as error:  # not the input's fault: the arithmetic overflowed; nothing was written
         print(f"panosync: error: {error}", file=sys.stderr)

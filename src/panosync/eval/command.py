@@ -430,7 +430,11 @@ def write_reports(results: dict, plan: Plan, quiet: bool) -> None:
 
 
 def _check_metric_weights() -> None:
-    """The metrics' networks load offline; say how to get them before any image is made."""
+    """The metrics' packages are installed (the eval extra) and their networks load offline; say how
+    to get them before any image is made."""
+    import matplotlib  # noqa: F401 (the bar chart)
+    import torchmetrics  # noqa: F401 (KID, CLIP score)
+
     from ..lpips import find_backbone_weights
     from .inception import find_inception_weights
 

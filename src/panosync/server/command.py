@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .. import settings
 from .retention import DEFAULT_MIN_FREE_BYTES
-from .schema import Limits
+from .limits import Limits
 
 TOKEN_VARIABLE = "PANOSYNC_TOKEN"
 
