@@ -12,7 +12,6 @@ and shows the condition the ControlNets see: live while the settings change, and
 
 from __future__ import annotations
 
-import random
 import time
 import uuid
 from pathlib import Path
@@ -142,7 +141,7 @@ def build_ui(model: PanoramaModel, limits: Limits, out_dir: str | Path) -> gr.Bl
         randomize = values[len(names)]
         condition_paths = values[len(names) + 1:]
         if randomize or fields["seed"] is None:
-            fields["seed"] = random.randint(0, UINT32_MAX)
+            fields["seed"] = settings.draw_seed()
         try:
             given = PredictionRequest(**fields).given()
             if model.control:
@@ -258,7 +257,7 @@ def build_ui(model: PanoramaModel, limits: Limits, out_dir: str | Path) -> gr.Bl
         if missing:  # every served parameter has its input: a new one needs a place above
             raise RuntimeError(f"the page has no input for {', '.join(sorted(missing))}")
         preset.change(apply_preset, preset, [inputs[name] for name in settings.PRESET_NAMES])
-        dice.click(lambda: (random.randint(0, UINT32_MAX), False), None, [inputs["seed"], randomize])
+        dice.click(lambda: (settings.draw_seed(), False), None, [inputs["seed"], randomize])
         run_inputs = [inputs[name] for name in names] + [randomize, *conditions]
         outputs = [panorama, download, summary, inputs["seed"], look_around,
                    *([control_view] if model.control else [])]
