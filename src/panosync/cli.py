@@ -31,6 +31,8 @@ CONTROL_HELPS = dict(
 
 def add_panorama_arguments(command: argparse.ArgumentParser, default_model: str, control: bool = False) -> None:
     """The options of a panorama command: every parameter, the model, the output, the device."""
+    command.epilog = ("An option left out takes the value of --from-png's PNG, else the model's recommended.json, "
+                      "else the default shown (the paper's).")
     names = [name for name in settings.PIPELINE_NAMES]
     if control:
         names += [name for name in settings.CONTROL_NAMES if name != "controlnet"]  # --controlnet: a model option
