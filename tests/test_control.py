@@ -266,7 +266,7 @@ def test_control_command_writes_the_panorama_and_every_parameter(folders, tmp_pa
     assert PIL.Image.open(out).size == (64, 32)
     parameters = read_parameters(out)
     expected = dict(condition=[str(folders / "photo.png")], controlnet=[str(folders / "controlnet")],
-                    conditioning_scale=[1.0], preprocess="canny", canny_low=50, canny_high=200,
+                    controlnet_conditioning_scale=[1.0], preprocess="canny", canny_low=50, canny_high=200,
                     resize_condition=True, sync_threshold=10, seed=4)
     assert {name: parameters[name] for name in expected} == expected
     again = tmp_path / "again.png"
@@ -310,7 +310,11 @@ BAD_COMMANDS = [
     (["--condition", "PHOTO", "--resize-condition", "--preprocess", "canny", "--canny-low", "300", "--canny-high",
       "200"], "canny_low (300) must not exceed canny_high (200)"),
     (["--condition", "PHOTO", "--condition", "PHOTO"], "Give one --condition per --controlnet"),
-    (["--condition", "PHOTO", "--conditioning-scale", "-1"], "Give --conditioning-scale once"),
+    (["--condition", "PHOTO", "--conditioning-scale", "-1"],
+     "controlnet_conditioning_scale: every value must be 0 or more, got -1.0"),
+    (["--condition", "PHOTO", "--conditioning-scale", "1", "--conditioning-scale", "1"],
+     "Give --conditioning-scale once for all ControlNets or once for each (1), got 2"),
+    (["--condition", "PHOTO", "--conditioning-scale", "nan"], "controlnet_conditioning_scale: every value must be a finite"),
     (["--condition", "PHOTO", "--controlnet", "no-such-owner-xyz/no-such-controlnet"],
      "ControlNet 'no-such-owner-xyz/no-such-controlnet' is not in the local Hugging Face cache and HF_HUB_OFFLINE"),
     (["--condition", "PHOTO", "--controlnet", "MODEL"], "not a diffusers ControlNet folder"),

@@ -149,7 +149,7 @@ def test_a_sync_decoder_loads_from_its_folder_and_is_checked(sync_pipe, faithful
 
 
 BAD_FAST_OPTIONS = [
-    (dict(fast_modes=["reuse_noise", "turbo"]), "Unknown fast mode 'turbo': use any of reuse_noise, no_unet_backward"),
+    (dict(fast_modes=["reuse_noise", "turbo"]), "fast_modes: unknown fast mode 'turbo': use any of reuse_noise, no_unet_backward"),
     (dict(sync_image_scale=0), "sync_image_scale must be more than 0 and at most 1"),
     (dict(sync_image_scale=1.5), "sync_image_scale must be more than 0 and at most 1"),
     (dict(sync_image_scale=0.25), "shrinks the 32-pixel views below 16 pixels, too small for LPIPS-VGG: use 0.5"),

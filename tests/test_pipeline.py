@@ -179,11 +179,13 @@ def test_output_types(small_pipe):
     assert seed == 0 and images[0].size == (32, 16)
 
 
-def test_callback_sees_every_step_and_which_steps_sync(small_pipe):
+def test_callback_sees_every_step_and_which_steps_sync(sync_pipe):
+    # sync every 2nd step, in the first 3, with a weight halving each step: only step 1 syncs
     steps = []
-    small_pipe("a", width=32, height=16, stride=4, num_inference_steps=4, sync_weight=0, seed=0,
-               output_type="latent", callback_on_step_end=lambda p, i, t, s: steps.append((i, s["sync_weight"])))
-    assert steps == [(0, 0.0), (1, 0.0), (2, 0.0), (3, 0.0)]
+    sync_pipe("a", width=64, height=32, stride=8, num_inference_steps=4, sync_weight=10.0, sync_decay_rate=0.5,
+              sync_freq=2, sync_threshold=3, seed=0, output_type="latent",
+              callback_on_step_end=lambda p, i, t, s: steps.append((i, s["sync_weight"])))
+    assert steps == [(0, 0.0), (1, 5.0), (2, 0.0), (3, 0.0)]
 
 
 def test_anchor_can_be_chosen(sync_pipe):
@@ -194,23 +196,6 @@ def test_anchor_can_be_chosen(sync_pipe):
 
 
 # --- Loop closure ----------------------------------------------------------------------------------
-
-
-def column_jumps(image):
-    """Mean absolute difference between neighbouring pixel columns, and across the seam."""
-    columns = image[0].astype(np.float64)
-    interior = np.abs(np.diff(columns, axis=1)).mean()
-    seam = np.abs(columns[:, -1] - columns[:, 0]).mean()
-    return interior, seam
-
-
-def test_loop_closed_panorama_has_no_seam(sync_pipe):
-    # The issue's check, as stated. With random weights the images are close to white noise, so
-    # neighbouring columns differ about as much as unrelated ones: the two equivariance tests below
-    # are the ones that tell a seam from none.
-    kwargs = dict(width=128, height=32, stride=4, num_inference_steps=4, sync_weight=0, seed=4, output_type="np")
-    interior, seam = column_jumps(sync_pipe("a", loop_closure=True, **kwargs).images)
-    assert 0.5 * interior < seam < 1.5 * interior, (seam, interior)
 
 
 @pytest.mark.parametrize("sync_weight", [0.0, 20.0])
@@ -227,10 +212,13 @@ def test_loop_closed_diffusion_treats_the_seam_like_any_other_place(sync_pipe, s
     torch.testing.assert_close(turned, result.roll(shift, dims=-1), rtol=0, atol=2e-4)
 
 
-def test_seam_free_decode_matches_a_turned_decode(sync_pipe):
+@pytest.mark.parametrize("height", [32, 48])  # one row of views, and two
+def test_seam_free_decode_matches_a_turned_decode(sync_pipe, height):
     # Decoding a turned latent gives the turned image, up to the decoder's global attention; a
-    # plain decode does not: its first and last columns never saw each other.
-    latent = noise_for(sync_pipe, 96, 32, seed=2)
+    # plain decode does not: its first and last columns never saw each other. (With random weights
+    # the images are noise-like: neighbouring columns differ about as much as the seam's, so only
+    # a comparison like this one tells a seam from none.)
+    latent = noise_for(sync_pipe, 96, height, seed=2)
     shift = 24  # latent columns: the seam moves to the middle of the turned image
     with torch.no_grad():
         seamless = sync_pipe.decode_panorama(latent, loop_closure=True)
@@ -243,38 +231,24 @@ def test_seam_free_decode_matches_a_turned_decode(sync_pipe):
     assert seamless_error < 0.1 * plain_error, (seamless_error, plain_error)
 
 
-def test_loop_closure_with_several_rows(small_pipe):
-    out = small_pipe("a", width=64, height=32, stride=4, num_inference_steps=3, sync_weight=0, seed=4,
-                     loop_closure=True, output_type="np")
-    interior, seam = column_jumps(out.images)
-    assert out.images.shape == (1, 32, 64, 3) and seam < 1.5 * interior
-
-
-def test_loop_closure_is_seamless_with_sync(sync_pipe):
-    out = sync_pipe("a", width=96, height=32, stride=8, num_inference_steps=2, seed=4, loop_closure=True,
-                    output_type="np")
-    interior, seam = column_jumps(out.images)
-    assert seam < 1.5 * interior
-
-
 # --- Bad input: one sentence, before any model work -------------------------------------------------
 
 BAD_INPUTS = [
     (dict(width=33), "width must be a multiple of 2"),
     (dict(height=15), "height must be a multiple of 2"),
     (dict(width=14), "width must be at least one window, 16 pixels"),
-    (dict(stride=0), "stride must be between 1 and the window size"),
+    (dict(stride=0), "stride must be 1 or more"),
     (dict(stride=9), "stride must be between 1 and the window size"),
     (dict(num_inference_steps=0), "num_inference_steps must be"),
     (dict(num_inference_steps=-3), "num_inference_steps must be"),
-    (dict(guidance_scale=-1.0), "guidance_scale must be a finite number, 0 or more"),
+    (dict(guidance_scale=-1.0), "guidance_scale must be from 0 to 30"),
     (dict(guidance_scale=float("nan")), "guidance_scale must be a finite number"),
     (dict(sync_weight=float("nan")), "sync_weight must be a finite number"),
     (dict(sync_decay_rate=float("inf")), "sync_decay_rate must be a finite number"),
     (dict(sync_weight=-1.0), "sync_weight must be 0 or more"),
-    (dict(sync_decay_rate=1.5), "sync_decay_rate must be between 0 and 1"),
-    (dict(sync_freq=0), "sync_freq must be 1 or more"),
-    (dict(sync_threshold=-1), "sync_threshold must be 0 or more"),
+    (dict(sync_decay_rate=1.5), "sync_decay_rate must be more than 0 and at most 1"),
+    (dict(sync_freq=0), "sync_freq must be from 1 to 1000"),
+    (dict(sync_threshold=-1), "sync_threshold must be from 0 to 1000"),
     (dict(output_type="jpeg"), "output_type must be one of"),
     (dict(anchor=99), "anchor must be a view index"),
     (dict(latents=torch.zeros(1, 4, 3, 3)), "latents must have shape"),

@@ -15,7 +15,8 @@ import PIL.Image
 import pytest
 from fastapi.testclient import TestClient
 
-from panosync.cli import main, parameter_defaults
+from panosync.cli import main
+from panosync.settings import model_defaults
 from panosync.metadata import read_parameters
 from panosync.models import resolve_model
 from panosync.server.api import create_app, wait_seconds
@@ -29,7 +30,7 @@ LONG = dict(width=64, height=32, stride=8, num_inference_steps=500)  # runs unti
 
 @pytest.fixture(scope="module")
 def model(sync_pipe):
-    return PanoramaModel(sync_pipe, "tiny-test", parameter_defaults(resolve_model("tiny-random")))
+    return PanoramaModel(sync_pipe, "tiny-test", model_defaults(resolve_model("tiny-random")))
 
 
 def client_for(model, state_dir, **options):
@@ -77,7 +78,7 @@ OUT_OF_RANGE = [
     ("negative_prompt", 5, "valid string"),
     ("width", 65, "multiple of 2 pixels"),
     ("width", 16, "at least one window, 32 pixels"),
-    ("width", 100_000, "at most 16384 pixels"),
+    ("width", 100_000, "less than or equal to 16384"),
     ("height", 31, "multiple of 2 pixels"),
     ("height", 0, "greater than or equal to 1"),
     ("guidance_scale", 30.5, "less than or equal to 30"),
@@ -169,7 +170,7 @@ def test_a_models_recommended_fast_modes_are_the_servers_default(sync_pipe, tmp_
     folder = tmp_path / "model"
     sync_pipe.save_pretrained(folder)
     (folder / "recommended.json").write_text(json.dumps({"sync_weight": 10.0, "fast_modes": ["no_unet_backward"]}))
-    model = PanoramaModel(sync_pipe, "recommending", parameter_defaults(resolve_model(str(folder))))
+    model = PanoramaModel(sync_pipe, "recommending", model_defaults(resolve_model(str(folder))))
     parameters = model.prepare({"prompt": "a land", **TINY, "sync_weight": 10.0, "seed": 1}, Limits())
     assert parameters["fast_modes"] == ["no_unet_backward"]
     image = model.generate(parameters)
@@ -294,3 +295,60 @@ def test_a_killed_server_keeps_its_results_on_restart(model_folder, tmp_path):
     first.write_bytes(png)
     assert main(["generate", "--from-png", str(first), "--out", str(second), "--quiet"]) == 0
     assert np.array_equal(np.asarray(PIL.Image.open(first)), np.asarray(PIL.Image.open(second)))
+
+
+def test_the_api_runs_pocket_faithful_and_in_its_recommended_fast_mode(tmp_path):
+    """The bundled pocket model recommends no_unet_backward; `fast_modes: []` asks for the paper's
+    gradient, and the job's parameters say which ran."""
+    pocket = PanoramaModel.load("pocket", device="cpu", dtype="float32")
+    small = dict(width=128, num_inference_steps=2, sync_threshold=1, seed=3)
+    with client_for(pocket, tmp_path / "state") as client:
+        jobs = {}
+        for name, extra in (("recommended", {}), ("faithful", {"fast_modes": []})):
+            answer = client.post("/predictions", json={"prompt": "snowy mountains", **small, **extra},
+                                 headers={"Prefer": "wait=120"})
+            assert answer.status_code == 201, answer.text
+            jobs[name] = answer.json()
+            assert jobs[name]["status"] == "succeeded", jobs[name]
+        assert jobs["recommended"]["parameters"]["fast_modes"] == ["no_unet_backward"]
+        assert jobs["faithful"]["parameters"]["fast_modes"] == []
+        assert jobs["faithful"]["parameters"]["sync_weight"] == 40.0  # the rest stays the model's
+        pictures = [client.get(jobs[name]["urls"]["output"]).content for name in ("recommended", "faithful")]
+        assert pictures[0] != pictures[1]
+
+
+# the parameters the API took after the public ones: (body, field, words of the message)
+NEW_FIELDS_OUT_OF_RANGE = [
+    ({"fast_modes": ["turbo"]}, "fast_modes", "Input should be 'reuse_noise', 'no_unet_backward' or 'dpm_solver'"),
+    ({"fast_modes": "reuse_noise"}, "fast_modes", "valid list"),
+    ({"sync_image_scale": 0}, "sync_image_scale", "greater than 0"),
+    ({"sync_image_scale": 0.1}, "sync_image_scale", "shrinks the 32-pixel views below 16 pixels"),
+    ({"anchor": 3}, "anchor", "anchor must be a view index from 0 to 2 (this canvas has 3 views)"),
+    ({"anchor": -1}, "anchor", "greater than or equal to 0"),
+    ({"tiled_decode": "sometimes"}, "tiled_decode", "valid boolean"),
+    ({"view_batch_size": 2}, "view_batch_size", "Extra inputs are not permitted"),  # the server's own setting
+    ({"sync_decoder": "/etc"}, "sync_decoder", "Extra inputs are not permitted"),  # not a path on the server
+]
+
+
+@pytest.mark.parametrize("change, field, allowed", NEW_FIELDS_OUT_OF_RANGE,
+                         ids=[f"{field}={change[field]!r:.12}" for change, field, _ in NEW_FIELDS_OUT_OF_RANGE])
+def test_the_newer_fields_are_checked_like_the_others(client, change, field, allowed):
+    response = client.post("/predictions", json={"prompt": "a land", **TINY, **change})
+    assert response.status_code == 422
+    answer = response.json()
+    assert answer["detail"][0]["loc"][1] == field if isinstance(answer["detail"], list) else True
+    assert answer["message"].startswith(field) and allowed in answer["message"], answer["message"]
+    assert client.get("/predictions").json()["results"] == []
+
+
+def test_the_newer_fields_run_and_are_reported(client, model):
+    body = {"prompt": "a land", **TINY, "sync_weight": 5, "sync_threshold": 1, "seed": 2, "anchor": 0,
+            "fast_modes": ["reuse_noise"], "sync_image_scale": 0.5, "tiled_decode": True}
+    job = client.post("/predictions", json=body, headers={"Prefer": "wait=60"}).json()
+    assert job["status"] == "succeeded", job
+    assert {name: job["parameters"][name] for name in ("anchor", "fast_modes", "sync_image_scale", "tiled_decode")} \
+        == {"anchor": 0, "fast_modes": ["reuse_noise"], "sync_image_scale": 0.5, "tiled_decode": True}
+    expected = model.pipe(**job["parameters"], output_type="np").images[0]
+    png = PIL.Image.open(Path(client.app.state.store.outputs) / f"{job['id']}.png")
+    assert np.array_equal(np.asarray(png), (expected * 255).round().astype(np.uint8))

@@ -11,7 +11,8 @@ import PIL.Image
 import pytest
 from fastapi.testclient import TestClient
 
-from panosync.cli import main, parameter_defaults
+from panosync.cli import main
+from panosync.settings import model_defaults
 from panosync.conditions import prepare_condition
 from panosync.control import random_controlnet_like
 from panosync.metadata import read_parameters
@@ -95,9 +96,9 @@ def test_a_control_job_is_the_pipelines_panorama_and_the_png_makes_it_again(clie
     first, again = tmp_path / "served.png", tmp_path / "again.png"
     first.write_bytes(png.content)
     parameters = read_parameters(first)
-    assert {name: parameters[name] for name in ("condition", "controlnet", "conditioning_scale", "preprocess",
+    assert {name: parameters[name] for name in ("condition", "controlnet", "controlnet_conditioning_scale", "preprocess",
                                                 "canny_low", "canny_high", "resize_condition", "model")} == dict(
-        condition=[str(stored_condition)], controlnet=[str(folders / "controlnet")], conditioning_scale=[0.8],
+        condition=[str(stored_condition)], controlnet=[str(folders / "controlnet")], controlnet_conditioning_scale=[0.8],
         preprocess="canny", canny_low=50, canny_high=150, resize_condition=True, model=str(folders / "model"))
     assert main(["control", "--from-png", str(first), "--out", str(again), "--quiet"]) == 0
     assert np.array_equal(served, np.asarray(PIL.Image.open(again)))
@@ -138,7 +139,7 @@ BAD_CONTROL_REQUESTS = [
      "greater than or equal to 0"),
     ({"condition": "PNG 64x32", "controlnet_conditioning_scale": [1, 1]}, "controlnet_conditioning_scale",
      "one number for all ControlNets or a list of one per ControlNet (1), got 2"),
-    ({"condition": "PNG 64x32", "width": 100_000}, "width", "at most 16384 pixels"),
+    ({"condition": "PNG 64x32", "width": 100_000}, "width", "less than or equal to 16384"),
 ]
 
 
@@ -178,7 +179,7 @@ def test_a_condition_over_the_pixel_limit_is_refused_from_its_header(control_mod
 
 
 def test_a_server_without_a_controlnet_refuses_the_control_fields(sync_pipe, tmp_path):
-    plain = PanoramaModel(sync_pipe, "tiny-test", parameter_defaults(resolve_model("tiny-random")))
+    plain = PanoramaModel(sync_pipe, "tiny-test", model_defaults(resolve_model("tiny-random")))
     with TestClient(create_app(plain, tmp_path / "state")) as client:
         for fields in ({"condition": base64_png(photo((64, 32)))}, {"preprocess": "canny"},
                        {"controlnet_conditioning_scale": 0.5}):

@@ -18,7 +18,8 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from panosync.cli import main, parameter_defaults
+from panosync.cli import main
+from panosync.settings import model_defaults
 from panosync.metadata import save_png
 from panosync.models import resolve_model
 from panosync.server import jobs, worker as worker_module
@@ -38,7 +39,7 @@ FULL = "is full: free space there"
 
 @pytest.fixture(scope="module")
 def model(sync_pipe):
-    return PanoramaModel(sync_pipe, "tiny-test", parameter_defaults(resolve_model("tiny-random")))
+    return PanoramaModel(sync_pipe, "tiny-test", model_defaults(resolve_model("tiny-random")))
 
 
 @pytest.fixture(autouse=True)

@@ -21,7 +21,8 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
-from panosync.cli import main, parameter_defaults
+from panosync.cli import main
+from panosync.settings import model_defaults
 from panosync.control import ControlSyncPipeline, random_controlnet_like
 from panosync.models import resolve_model
 from panosync.server import command
@@ -38,13 +39,13 @@ TOKEN = {"Authorization": "Bearer s3cret"}
 
 @pytest.fixture(scope="module")
 def model(sync_pipe):
-    return PanoramaModel(sync_pipe, "tiny-test", parameter_defaults(resolve_model("tiny-random")))
+    return PanoramaModel(sync_pipe, "tiny-test", model_defaults(resolve_model("tiny-random")))
 
 
 @pytest.fixture(scope="module")
 def control_model(sync_pipe):
     pipe = ControlSyncPipeline(**sync_pipe.components, controlnet=random_controlnet_like(sync_pipe.unet, 2))
-    return PanoramaModel(pipe, "tiny-test", parameter_defaults(resolve_model("tiny-random"), ControlSyncPipeline),
+    return PanoramaModel(pipe, "tiny-test", model_defaults(resolve_model("tiny-random"), control=True),
                          controlnets=["tiny-random"])
 
 

@@ -11,7 +11,7 @@ import PIL.Image
 import pytest
 
 from conftest import make_pipe
-from panosync.cli import parameter_defaults
+from panosync.settings import model_defaults
 from panosync.metadata import read_parameters
 from panosync.models import resolve_model
 
@@ -33,7 +33,7 @@ def page_url(tmp_path):
     from panosync.server.ui import build_ui, launch
 
     # 16-pixel windows (window 8, VAE factor 2): a panorama in a second or two on a CPU
-    model = PanoramaModel(make_pipe(window=8, vae_factor=2), "tiny-test", parameter_defaults(resolve_model("tiny-random")))
+    model = PanoramaModel(make_pipe(window=8, vae_factor=2), "tiny-test", model_defaults(resolve_model("tiny-random")))
     page = build_ui(model, Limits(), tmp_path / "outputs")
     port = free_port()
     launch(page, tmp_path / "outputs", "127.0.0.1", port, block=False)
@@ -125,7 +125,7 @@ def control_page_url(tmp_path):
 
     base = make_pipe(window=8, vae_factor=2)
     pipe = ControlSyncPipeline(**base.components, controlnet=random_controlnet_like(base.unet, base.vae_factor))
-    model = PanoramaModel(pipe, "tiny-test", parameter_defaults(resolve_model("tiny-random"), ControlSyncPipeline),
+    model = PanoramaModel(pipe, "tiny-test", model_defaults(resolve_model("tiny-random"), control=True),
                           controlnets=["tiny-random"])
     page = build_ui(model, Limits(), tmp_path / "outputs")
     port = free_port()
@@ -180,9 +180,9 @@ def test_control_page_follows_an_uploaded_condition(control_page_url, tmp_path):
             download_info.value.save_as(png)
             parameters = read_parameters(png)
             assert PIL.Image.open(png).size == (48, 16)
-            assert {name: parameters[name] for name in ("preprocess", "canny_low", "canny_high", "conditioning_scale",
+            assert {name: parameters[name] for name in ("preprocess", "canny_low", "canny_high", "controlnet_conditioning_scale",
                                                         "controlnet", "num_inference_steps")} == dict(
-                preprocess="canny", canny_low=100, canny_high=200, conditioning_scale=[0.5], controlnet=["tiny-random"],
+                preprocess="canny", canny_low=100, canny_high=200, controlnet_conditioning_scale=[0.5], controlnet=["tiny-random"],
                 num_inference_steps=2)
             stored = PIL.Image.open(parameters["condition"][0])
             assert np.array_equal(np.asarray(stored), np.asarray(photo))  # the photo, kept beside the panoramas

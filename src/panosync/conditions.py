@@ -22,17 +22,13 @@ CANNY_LOW, CANNY_HIGH = 100, 200
 READABLE_MODES = ("RGB", "L", "1", "P")
 
 
-def load_condition_image(path: str | Path) -> PIL.Image.Image:
-    """The image at `path`, read whole (so a broken file fails here, not mid-generation)."""
+def load_condition_image(path: str | Path, max_pixels: int | None = None) -> PIL.Image.Image:
+    """The image at `path`, read whole (so a broken file fails here, not mid-generation). An image
+    of more than `max_pixels` is refused from its header, before it is decoded."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise ValueError(f"No such condition image: {path}.")
-    try:
-        with PIL.Image.open(path) as image:
-            image.load()
-            return image.copy()
-    except (OSError, PIL.UnidentifiedImageError) as error:
-        raise ValueError(f"Cannot read condition image {path}: {error}.") from None
+    return read_condition_image(path.read_bytes(), str(path), max_pixels)
 
 
 def read_condition_image(data: bytes, name: str, max_pixels: int | None = None) -> PIL.Image.Image:

@@ -1,5 +1,5 @@
-"""ControlSyncPipeline: SyncDiffusion guided by ControlNet conditions of any size (ALGORITHM.md,
-section 5).
+"""ControlSyncPipeline: SyncDiffusion guided by ControlNet conditions of any size (docs/algorithm.md,
+section 4).
 
 The joint diffusion is SyncDiffusionPipeline's, unchanged: the same views, sync step and merge.
 What ControlSync adds is inside every UNet call of a view (the anchor's prediction, the gradient
@@ -11,6 +11,7 @@ the sync gradient flows through the ControlNets too.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable, Iterable
 
@@ -19,7 +20,7 @@ from diffusers import ControlNetModel, UNet2DConditionModel
 from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 
 from .conditions import condition_size, fit_to_canvas
-from .pipeline import SyncDiffusionPipeline
+from .pipeline import SyncDiffusionPipeline, ViewConditioning
 from .views import View, crop
 
 
@@ -118,6 +119,7 @@ class ControlSyncPipeline(SyncDiffusionPipeline):
         self,
         prompt: str,
         image=None,
+        *,
         negative_prompt: str = "",
         width: int | None = None,
         height: int | None = None,
@@ -165,14 +167,18 @@ class ControlSyncPipeline(SyncDiffusionPipeline):
                              f"{controlnet_conditioning_scale}.")
         width, height = check_condition_canvas([condition_size(c) for c in conditions], width, height,
                                                self.vae_factor)
-        request = self.prepare_request(
-            prompt, negative_prompt, width, height, guidance_scale, sync_weight, sync_decay_rate, sync_freq,
-            sync_threshold, num_inference_steps, stride, seed, loop_closure, generator, latents, anchor,
-            view_batch_size, output_type, fast_modes, sync_image_scale, sync_decoder, tiled_decode,
+        request = self.make_request(
+            prompt=prompt, negative_prompt=negative_prompt, width=width, height=height, guidance_scale=guidance_scale,
+            sync_weight=sync_weight, sync_decay_rate=sync_decay_rate, sync_freq=sync_freq,
+            sync_threshold=sync_threshold, num_inference_steps=num_inference_steps, stride=stride, seed=seed,
+            loop_closure=loop_closure, generator=generator, latents=latents, anchor=anchor,
+            view_batch_size=view_batch_size, output_type=output_type, fast_modes=fast_modes,
+            sync_image_scale=sync_image_scale, sync_decoder=sync_decoder, tiled_decode=tiled_decode,
         )
         fitted = [fit_to_canvas(condition, request.width, request.height, resize_condition) for condition in conditions]
         fitted = [condition.to(self._execution_device, self.controlnet.dtype) for condition in fitted]
-        return self.generate(request, callback_on_step_end, return_dict, conditions=fitted, conditioning_scales=scales)
+        conditioning = ControlConditioning(self.controlnets, fitted, scales, self.vae_factor, self.unet.dtype)
+        return self.generate(dataclasses.replace(request, conditioning=conditioning), callback_on_step_end, return_dict)
 
     def per_controlnet(self, value, name: str) -> list:
         """`value` as one entry per ControlNet: a list of that length, or one value for a lone ControlNet
@@ -186,17 +192,28 @@ class ControlSyncPipeline(SyncDiffusionPipeline):
             raise ValueError(f"image must be a list of {count} conditions, one per ControlNet.")
         return [value] * count
 
-    # ------------------------------------------------------------------------- the UNet inputs
 
-    def extra_unet_inputs(self, model_input, t, context, views, conditions=None, conditioning_scales=None) -> dict:
+@dataclasses.dataclass(frozen=True)
+class ControlConditioning(ViewConditioning):
+    """ControlSync's part of a request: each ControlNet, its condition of the canvas's size (a
+    (1, 3, height, width) tensor on the ControlNet's device and in its dtype) and its scale. It
+    gives each view's UNet call the residuals of the ControlNets for that view's crop."""
+
+    controlnets: list
+    conditions: list[torch.Tensor]
+    scales: list[float]
+    vae_factor: int
+    unet_dtype: torch.dtype
+
+    def unet_inputs(self, model_input, t, context, views) -> dict:
         """The ControlNets' residuals for a batch of views, summed over the ControlNets: each sees
         its condition's crop for each view, the same for both guidance branches (`model_input` holds
         the unconditional half, then the conditional). A ControlNet at scale 0 would add only zeros,
         so it is not run; with every scale at 0 the UNet call is plain SyncDiffusion's."""
-        if views is None or conditions is None:
-            raise TypeError("ControlSync needs the views of the batch and the conditions to crop for them.")
+        if views is None:
+            raise TypeError("ControlSync needs the views of the batch to crop the conditions for them.")
         down, mid = None, None
-        for controlnet, condition, scale in zip(self.controlnets, conditions, conditioning_scales):
+        for controlnet, condition, scale in zip(self.controlnets, self.conditions, self.scales):
             if scale == 0:
                 continue
             crops = torch.cat([crop(condition, pixel_view(view, self.vae_factor)) for view in views])
@@ -206,8 +223,8 @@ class ControlSyncPipeline(SyncDiffusionPipeline):
                                            encoder_hidden_states=context.to(dtype),
                                            controlnet_cond=torch.cat([crops, crops]).to(dtype),
                                            conditioning_scale=scale, return_dict=False)
-            net_down = [residual.to(self.unet.dtype) for residual in net_down]
-            net_mid = net_mid.to(self.unet.dtype)
+            net_down = [residual.to(self.unet_dtype) for residual in net_down]
+            net_mid = net_mid.to(self.unet_dtype)
             if down is None:
                 down, mid = net_down, net_mid
             else:

@@ -1,7 +1,7 @@
 """Fast modes: named approximations of the sync step, each cheaper than the faithful one and each
 off by default in the pipeline (a model's recommended.json may turn some on for the command, the
 server and evaluate: pocket's turns on no_unet_backward, which syncs that small model where the
-paper's gradient does not; docs/pocket-progress.md). What each approximates (ALGORITHM.md,
+paper's gradient does not; docs/pocket-progress.md). What each approximates (docs/algorithm.md,
 section 3, step 2, for a view x):
 
 reuse_noise       The denoising step uses the noise prediction of the gradient pass, made at the
@@ -29,23 +29,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import torch
 import torch.nn.functional as F
 
-FAST_MODES = {
-    "reuse_noise": "denoise with the gradient pass's noise prediction (made before the sync move): "
-                   "no second UNet pass",
-    "no_unet_backward": "treat the noise prediction as constant in the sync gradient: no backward through the UNet",
-    "dpm_solver": "DPM-Solver++ (2nd order, multistep) instead of DDIM, for fewer steps; each view keeps its own "
-                  "solver history",
-}
+from . import settings
 
-NO_FAST_MODE = "none"
-
-# LPIPS-VGG pools four times before its last stage: smaller images have no features left there.
-SMALLEST_LPIPS_SIDE = 16
+# The modes' names and one-line descriptions live with every other parameter's (settings.py).
+FAST_MODES = settings.FAST_MODES
+NO_FAST_MODE = settings.NO_FAST_MODE
 
 
 @dataclass(frozen=True)
@@ -57,45 +49,6 @@ class SyncShortcuts:
     image_scale: float = 1.0
     decoder: torch.nn.Module | None = None
     multistep: bool = False
-
-    @property
-    def faithful(self) -> bool:
-        return (not (self.reuse_noise or self.no_unet_backward or self.multistep) and self.image_scale == 1.0
-                and self.decoder is None)
-
-    def names(self) -> list[str]:
-        """The fast options in force, in words (for logs and benchmark tables)."""
-        names = [name for name, on in zip(FAST_MODES, (self.reuse_noise, self.no_unet_backward, self.multistep)) if on]
-        if self.image_scale != 1.0:
-            names.append(f"sync_image_scale={self.image_scale:g}")
-        if self.decoder is not None:
-            names.append(f"sync_decoder={type(self.decoder).__name__}")
-        return names
-
-
-def parse_fast_modes(fast_modes: Iterable[str] | str | None) -> set[str]:
-    """The named fast modes as a set; a ValueError naming the known ones for anything else. "none"
-    names no mode: `--fast none` asks for faithful mode where a model recommends a fast mode."""
-    if fast_modes is None:
-        return set()
-    if isinstance(fast_modes, str):
-        fast_modes = [part for part in fast_modes.replace(",", " ").split()]
-    modes = set(fast_modes) - {NO_FAST_MODE}
-    unknown = sorted(mode for mode in modes if mode not in FAST_MODES)
-    if unknown:
-        raise ValueError(f"Unknown fast mode {', '.join(map(repr, unknown))}: use any of {', '.join(FAST_MODES)}.")
-    return modes
-
-
-def check_image_scale(scale: float, window_pixels: int) -> float:
-    """The LPIPS image scale, checked: in (0, 1], and leaving LPIPS-VGG images it can read."""
-    if not isinstance(scale, (int, float)) or not 0 < scale <= 1:
-        raise ValueError(f"sync_image_scale must be more than 0 and at most 1, got {scale}.")
-    if round(window_pixels * scale) < SMALLEST_LPIPS_SIDE:
-        smallest = SMALLEST_LPIPS_SIDE / window_pixels
-        raise ValueError(f"sync_image_scale {scale:g} shrinks the {window_pixels}-pixel views below "
-                         f"{SMALLEST_LPIPS_SIDE} pixels, too small for LPIPS-VGG: use {smallest:g} or more.")
-    return float(scale)
 
 
 def decoder_factor(decoder) -> int:

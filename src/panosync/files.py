@@ -25,12 +25,45 @@ def write_temporary(path: Path, write: Callable[[BinaryIO], None]) -> Path:
     return temporary
 
 
-def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> Path:
-    """Write `path` with `write`: beside it first, then renamed, so it is never seen half written."""
+def write_atomically(path: str | Path, write: Callable[[BinaryIO], None] | bytes | str) -> Path:
+    """Write `path` with `write` (a function of the open file, or the bytes or text to write):
+    beside it first, then renamed, so it is never seen half written."""
+    path = Path(path)
+    if isinstance(write, (bytes, str)):
+        data = write.encode() if isinstance(write, str) else write
+        write = lambda file: file.write(data)  # noqa: E731
     temporary = write_temporary(path, write)
     try:
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+    return path
+
+
+def check_writable(path: str | Path, option: str) -> None:
+    """A ValueError with one sentence when a file cannot be written at `path` (named by `option`,
+    e.g. --out): it is a folder, or its folder cannot be made or written (check_folder)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ValueError(f"{option} {path} is a folder: give a file name, e.g. {path / 'panorama.png'}.")
+    check_folder(path.parent, f"The folder of {option}")
+
+
+def check_folder(path: str | Path, option: str) -> Path:
+    """The folder `path`, or a ValueError with one sentence when it is a file or could not be made
+    or written (`option` names it for the user). A missing folder is not made, only its nearest
+    existing parent probed: a refused run leaves nothing behind."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option} {path} is a file: give a folder (it is made when missing).")
+    existing = next(folder for folder in (path, *path.parents) if folder.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{option} {path} cannot be made: {existing} is a file.")
+    try:
+        probe = write_temporary(existing / "probe", lambda file: None)
+        probe.unlink()
+    except OSError as error:
+        raise ValueError(f"{option} {path} cannot be made or written ({error.strerror or error}): give a folder this "
+                         f"user may write to.") from None
     return path

@@ -35,6 +35,13 @@ def read_parameters(path: str | Path) -> dict:
         raise ValueError(f"Cannot read {path} as a PNG: {error}.") from None
     if text is None:
         raise ValueError(f"{path} carries no panosync parameters: it was not written by panosync generate.")
-    parameters = json.loads(text)
+    try:
+        parameters = json.loads(text)
+    except ValueError:
+        raise ValueError(f"{path} carries panosync parameters that are not JSON: it was changed after panosync "
+                         f"wrote it.") from None
+    if not isinstance(parameters, dict):
+        raise ValueError(f"{path} carries panosync parameters that are a JSON {type(parameters).__name__}, not an "
+                         f"object: it was changed after panosync wrote it.")
     parameters.pop("panosync_version", None)
     return parameters

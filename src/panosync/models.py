@@ -17,8 +17,9 @@ from typing import Callable
 import torch
 
 from .bundled import bundled_controlnet_folder, bundled_controlnet_names, bundled_model_folder, bundled_model_names
-from .pipeline import SyncDiffusionPipeline, vae_factor_of, window_of
+from .pipeline import SyncDiffusionPipeline
 from .precision import Precision
+from .settings import MAX_STEPS, Geometry, geometry_of_folder
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
@@ -26,6 +27,8 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 
 # The smoke-test model's shape: Stable Diffusion 2 base's window and VAE factor.
 TINY_RANDOM_SHAPE = dict(window=64, vae_factor=8)
+# Its DDIM scheduler (tiny.py's, Stable Diffusion's config) allows 999 steps: steps_offset 1 puts a 1000th past the end.
+TINY_RANDOM_STEPS = MAX_STEPS - 1
 
 
 def _tiny_random() -> SyncDiffusionPipeline:
@@ -42,18 +45,15 @@ BUNDLED: dict[str, Callable[[], SyncDiffusionPipeline]] = {"tiny-random": _tiny_
 class ModelSource:
     kind: str  # "bundled", "folder", "file" or "hub"
     ref: str
-    window: int | None = None  # latent window and VAE factor, when known before loading
-    vae_factor: int | None = None
+    geometry: Geometry | None = None  # read from the configs, when they can be before loading
 
+    @property
+    def window(self) -> int | None:
+        return None if self.geometry is None else self.geometry.window
 
-def _geometry_of_folder(folder: Path) -> tuple[int | None, int | None]:
-    """Window and VAE factor from the configs alone; (None, None) when they cannot be read."""
-    try:
-        unet = json.loads((folder / "unet" / "config.json").read_text())
-        vae = json.loads((folder / "vae" / "config.json").read_text())
-        return window_of(unet), vae_factor_of(vae)
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
-        return None, None
+    @property
+    def vae_factor(self) -> int | None:
+        return None if self.geometry is None else self.geometry.vae_factor
 
 
 def _check_checkpoint(path: Path) -> None:
@@ -100,12 +100,12 @@ def _check_hub_model(repo_id: str, marker: str = "model_index.json", what: str =
 def resolve_model(model: str) -> ModelSource:
     """Say what `model` names, or raise a ValueError that says what to change. Reads no weights."""
     if model == "tiny-random":
-        return ModelSource("bundled", model, **TINY_RANDOM_SHAPE)
+        return ModelSource("bundled", model, Geometry(**TINY_RANDOM_SHAPE, max_steps=TINY_RANDOM_STEPS))
     path = bundled_model_folder(model) or Path(model).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise ValueError(f"{model} is a folder but not a diffusers model folder (it has no model_index.json).")
-        return ModelSource("folder", str(path), *_geometry_of_folder(path))
+        return ModelSource("folder", str(path), geometry_of_folder(path))
     if path.is_file():
         if path.suffix not in CHECKPOINT_SUFFIXES:
             raise ValueError(f"{model} is not a model checkpoint: give a .safetensors or .ckpt file or a diffusers folder.")
@@ -125,7 +125,10 @@ def resolve_model(model: str) -> ModelSource:
 def pick_device(requested: str = "auto") -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"--device {requested} is not a device: use auto, cpu, cuda, cuda:1, mps …") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for, but PyTorch sees no CUDA device: use --device cpu.")
     return device

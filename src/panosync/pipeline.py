@@ -1,7 +1,7 @@
 """SyncDiffusionPipeline: one joint diffusion over the views of a panorama, kept on one scene by
 gradient descent on the perceptual distance between each view's foreseen image and an anchor's.
 
-The denoising loop reads like section 3 of the paper (docs: ALGORITHM.md). It computes the
+The denoising loop reads like section 3 of docs/algorithm.md. It computes the
 reference implementation's result ("faithful mode") while skipping the work whose result the
 reference throws away: the anchor's gradient (the anchor is never moved), the anchor's LPIPS
 features for every view (they are the same all step long) and the anchor's second UNet pass (its
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,12 +28,14 @@ from diffusers.utils import BaseOutput
 
 from .chunks import ViewChunks, default_view_batch_size
 from .decode import decode_tiled, should_tile
-from .fast import SyncShortcuts, check_image_scale, check_sync_decoder, downscale, load_sync_decoder, parse_fast_modes
+from . import settings
+from .fast import SyncShortcuts, check_sync_decoder, downscale, load_sync_decoder
 from .precision import NonFiniteError, Precision, is_half
 from .schedulers import SUPPORTED as SUPPORTED_SCHEDULERS
 from .schedulers import ViewSchedulers, most_steps, multistep_like, predicted_original, steps_fit
+from .settings import canvas_defaults, vae_factor_of, window_of  # noqa: F401 (their old home)
 from .sync import SyncSchedule, half_precision_loss_scale, sync_gradient
-from .views import View, add_view, check_canvas, coverage, crop, views_for_canvas
+from .views import View, add_view, coverage, crop, views_for_canvas
 
 OUTPUT_TYPES = ("pil", "np", "latent")
 
@@ -70,44 +71,16 @@ class PanoramaRequest:
     output_type: str
     shortcuts: SyncShortcuts = SyncShortcuts()
     tiled_decode: bool | None = None  # None: tiled when the panorama is large (decode.py)
+    conditioning: ViewConditioning | None = None  # each view's extra UNet inputs (ControlSync)
 
 
-def window_of(unet_config) -> int:
-    """The UNet's native latent size: the side of every view (64 for Stable Diffusion 2 base)."""
-    size = unet_config["sample_size"]
-    return size if isinstance(size, int) else size[0]
+class ViewConditioning:
+    """What conditions each view's UNet call besides the prompt, carried on a PanoramaRequest:
+    ControlSync's conditions and ControlNets (control.py). None on a request is plain SyncDiffusion."""
 
-
-def vae_factor_of(vae_config) -> int:
-    """How many image pixels one latent pixel stands for (8 for Stable Diffusion)."""
-    return 2 ** (len(vae_config["block_out_channels"]) - 1)
-
-
-def canvas_defaults(window: int, vae_factor: int) -> dict:
-    """The default canvas of a model: one window high, four wide, views a quarter window apart
-    (512 x 2048 at stride 16 for Stable Diffusion 2 base, the paper's stride)."""
-    return dict(width=4 * window * vae_factor, height=window * vae_factor, stride=max(1, window // 4))
-
-
-def check_panorama_inputs(window, vae_factor, prompt, negative_prompt, width, height, stride, num_inference_steps,
-                          guidance_scale, output_type="pil"):
-    """Raise a ValueError that says what to change. Needs only the model's window and VAE factor,
-    so the command can check a request before it loads any weights."""
-    for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
-        if not isinstance(text, str):
-            raise ValueError(f"{name} must be a string, got {type(text).__name__}.")
-    for name, size in (("width", width), ("height", height)):
-        if not isinstance(size, int) or size % vae_factor:
-            raise ValueError(f"{name} must be a multiple of {vae_factor} pixels (the VAE factor), got {size}.")
-        if size < window * vae_factor:
-            raise ValueError(f"{name} must be at least one window, {window * vae_factor} pixels, got {size}.")
-    check_canvas(height // vae_factor, width // vae_factor, window, stride)
-    if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-        raise ValueError(f"num_inference_steps must be a whole number of at least 1, got {num_inference_steps}.")
-    if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
-        raise ValueError(f"guidance_scale must be a finite number, 0 or more, got {guidance_scale}.")
-    if output_type not in OUTPUT_TYPES:
-        raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}.")
+    def unet_inputs(self, model_input: torch.Tensor, t, context: torch.Tensor, views: list[View]) -> dict:
+        """More keyword arguments for the UNet call on `model_input` (both guidance branches of `views`)."""
+        raise NotImplementedError
 
 
 class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
@@ -158,8 +131,14 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
     # -------------------------------------------------------------------------------- geometry
 
     @property
-    def vae_factor(self) -> int:
+    def vae_scale_factor(self) -> int:
+        """How many image pixels one latent pixel stands for (8 for Stable Diffusion): diffusers' name."""
         return vae_factor_of(self.vae.config)
+
+    @property
+    def vae_factor(self) -> int:
+        """The same as vae_scale_factor (this project's older name)."""
+        return self.vae_scale_factor
 
     @property
     def window(self) -> int:
@@ -245,25 +224,20 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         return torch.cat(embeddings)
 
     def guided_noise(self, latents, t, embeddings, guidance_scale, views: list[View] | None = None,
-                     **view_conditioning) -> torch.Tensor:
+                     conditioning: ViewConditioning | None = None) -> torch.Tensor:
         """ε̂ = ε_u + g (ε_c − ε_u) for a batch of views, in float32.
 
-        `views` are the views the batch holds, in its order; `view_conditioning` is what a subclass
-        needs besides them to condition each view's UNet call (ControlSync: the condition images).
+        `views` are the views the batch holds, in its order; `conditioning` adds what each view's
+        UNet call needs besides the prompt (ControlSync: its ControlNets' residuals).
         """
         count = latents.shape[0]
         model_input = self.scheduler.scale_model_input(torch.cat([latents, latents]), t).to(self.unet.dtype)
         # negative for the first half, prompt for the second; in the UNet's dtype (the text encoder's may differ)
         context = embeddings.repeat_interleave(count, dim=0).to(self.unet.dtype)
-        extra = self.extra_unet_inputs(model_input, t, context, views, **view_conditioning)
+        extra = {} if conditioning is None else conditioning.unet_inputs(model_input, t, context, views)
         noise = self.unet(model_input, t, encoder_hidden_states=context, **extra).sample.to(self.compute_dtype)
         unconditional, conditional = noise.chunk(2)
         return unconditional + guidance_scale * (conditional - unconditional)
-
-    def extra_unet_inputs(self, model_input, t, context, views) -> dict:
-        """More keyword arguments for the UNet call on `model_input` (both guidance branches of
-        `views`): none for plain SyncDiffusion; ControlSync adds each view's ControlNet residuals."""
-        return {}
 
     def decode_to_unit(self, latents: torch.Tensor, decoder=None, check_finite: bool = False) -> torch.Tensor:
         """Decode to images in [0, 1] (clamped, as the reference: saturated pixels pass no gradient),
@@ -320,18 +294,18 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
 
     # ------------------------------------------------------------------------------- the call
 
-    def check_inputs(self, prompt, negative_prompt, width, height, stride, num_inference_steps, guidance_scale, output_type):
-        """Raise a ValueError that says what to change, before any model work."""
-        check_panorama_inputs(self.window, self.vae_factor, prompt, negative_prompt, width, height, stride,
-                              num_inference_steps, guidance_scale, output_type)
+    def check_inputs(self, values: dict, output_type: str = "pil") -> None:
+        """Raise a ValueError (settings.SettingError) that names the parameter and says what to
+        change, before any model work: the same checks, with the same sentences, as every front end's."""
+        settings.check(values, settings.geometry_of_pipeline(self))
+        if output_type not in OUTPUT_TYPES:
+            raise settings.SettingError("output_type", f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got "
+                                                       f"{output_type!r}.")
         if not isinstance(self.scheduler, SUPPORTED_SCHEDULERS):
             # The loop steps every view from the same timestep: DDIM's step keeps no state, and
             # DPM-Solver++ gets one copy per view (schedulers.py); others are not written for that.
             raise ValueError(f"the scheduler must be DDIMScheduler or DPMSolverMultistepScheduler, got "
                              f"{type(self.scheduler).__name__}.")
-        if not steps_fit(self.scheduler, num_inference_steps):
-            raise ValueError(f"num_inference_steps must be at most {most_steps(self.scheduler)} for this model's "
-                             f"scheduler, got {num_inference_steps}.")
 
     def initial_noise(self, shape, seed, generator, latents) -> tuple[torch.Tensor, int | None]:
         """The initial latent and its seed. The draw is the reference's: torch.randn on the CPU in
@@ -341,7 +315,7 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
                 raise ValueError(f"latents must have shape {shape} for this canvas, got {tuple(latents.shape)}.")
             return latents.float(), None
         if generator is None:
-            seed = random.randrange(2**32) if seed is None else seed
+            seed = settings.draw_seed() if seed is None else seed
             generator = torch.Generator("cpu").manual_seed(seed)
         else:
             seed = None
@@ -351,14 +325,13 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
     def anchor_index(self, anchor: int | None, views: list[View]) -> int:
         if anchor is None:
             return len(views) // 2  # the centre view, as the reference
-        if not isinstance(anchor, int) or not 0 <= anchor < len(views):
-            raise ValueError(f"anchor must be a view index from 0 to {len(views) - 1}, got {anchor}.")
-        return anchor
+        return anchor  # checked against the canvas's views by settings.check
 
     @torch.no_grad()
     def __call__(
         self,
         prompt: str,
+        *,
         negative_prompt: str = "",
         width: int | None = None,
         height: int | None = None,
@@ -404,44 +377,68 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         `tiled_decode`: decode the panorama in overlapping tiles (memory of one tile); default: when
         it is larger than 6 windows.
         """
-        request = self.prepare_request(
-            prompt, negative_prompt, width, height, guidance_scale, sync_weight, sync_decay_rate, sync_freq,
-            sync_threshold, num_inference_steps, stride, seed, loop_closure, generator, latents, anchor,
-            view_batch_size, output_type, fast_modes, sync_image_scale, sync_decoder, tiled_decode,
+        request = self.make_request(
+            prompt=prompt, negative_prompt=negative_prompt, width=width, height=height, guidance_scale=guidance_scale,
+            sync_weight=sync_weight, sync_decay_rate=sync_decay_rate, sync_freq=sync_freq,
+            sync_threshold=sync_threshold, num_inference_steps=num_inference_steps, stride=stride, seed=seed,
+            loop_closure=loop_closure, generator=generator, latents=latents, anchor=anchor,
+            view_batch_size=view_batch_size, output_type=output_type, fast_modes=fast_modes,
+            sync_image_scale=sync_image_scale, sync_decoder=sync_decoder, tiled_decode=tiled_decode,
         )
         return self.generate(request, callback_on_step_end, return_dict)
+
+    def make_request(self, *, prompt, negative_prompt="", width=None, height=None, guidance_scale=7.5,
+                     sync_weight=20.0, sync_decay_rate=0.95, sync_freq=1, sync_threshold=None,
+                     num_inference_steps=50, stride=None, seed=None, loop_closure=False, generator=None,
+                     latents=None, anchor=None, view_batch_size=None, output_type="pil", fast_modes=(),
+                     sync_image_scale=1.0, sync_decoder=None, tiled_decode=None,
+                     conditioning: ViewConditioning | None = None) -> PanoramaRequest:
+        """Step 1 of the call: check the inputs (a ValueError that says what to change, before any
+        model work), fill in the canvas defaults, lay out the views and draw the initial noise.
+        Keyword-only: many of these are numbers of the same type, which a wrong order would swap
+        silently. `conditioning` is carried on the request to every UNet call (ControlSync)."""
+        geometry = settings.geometry_of_pipeline(self)
+        if not isinstance(sync_decoder, (str, Path, type(None))):  # a loaded decoder: checked below, by its config
+            decoder, sync_decoder = sync_decoder, None
+        else:
+            decoder = sync_decoder
+        values = settings.fill_canvas(dict(
+            prompt=prompt, negative_prompt=negative_prompt, width=width, height=height, guidance_scale=guidance_scale,
+            sync_weight=sync_weight, sync_decay_rate=sync_decay_rate, sync_freq=sync_freq,
+            sync_threshold=sync_threshold, num_inference_steps=num_inference_steps, stride=stride, seed=seed,
+            loop_closure=loop_closure, anchor=anchor, view_batch_size=view_batch_size,
+            fast_modes=settings.fast_modes(list(fast_modes) if isinstance(fast_modes, (tuple, set)) else fast_modes),
+            sync_image_scale=sync_image_scale, sync_decoder=None if sync_decoder is None else str(sync_decoder),
+            tiled_decode=tiled_decode), geometry)
+        self.check_inputs(values, output_type)
+        shortcuts = self.sync_shortcuts(values["fast_modes"], values["sync_image_scale"], decoder)
+        width, height, stride = values["width"], values["height"], values["stride"]
+        latent_height, latent_width = height // self.vae_factor, width // self.vae_factor
+        views = views_for_canvas(latent_height, latent_width, self.window, stride, loop_closure)
+        shape = (1, self.unet.config.in_channels, latent_height, latent_width)
+        noise, seed = self.initial_noise(shape, seed, generator, latents)
+        return PanoramaRequest(prompt, negative_prompt, width, height, guidance_scale, settings.sync_schedule(values),
+                               num_inference_steps, loop_closure, views, self.anchor_index(anchor, views), noise, seed,
+                               view_batch_size, output_type, shortcuts, tiled_decode, conditioning)
 
     def prepare_request(self, prompt, negative_prompt, width, height, guidance_scale, sync_weight, sync_decay_rate,
                         sync_freq, sync_threshold, num_inference_steps, stride, seed, loop_closure, generator,
                         latents, anchor, view_batch_size, output_type, fast_modes=(), sync_image_scale=1.0,
                         sync_decoder=None, tiled_decode=None) -> PanoramaRequest:
-        """Step 1 of the call: check the inputs (a ValueError that says what to change, before any
-        model work), fill in the canvas defaults, lay out the views and draw the initial noise."""
-        defaults = canvas_defaults(self.window, self.vae_factor)
-        width = defaults["width"] if width is None else width
-        height = defaults["height"] if height is None else height
-        stride = defaults["stride"] if stride is None else stride
-        self.check_inputs(prompt, negative_prompt, width, height, stride, num_inference_steps, guidance_scale, output_type)
-        schedule = SyncSchedule(sync_weight, sync_decay_rate, sync_freq, sync_threshold)
-        if view_batch_size is not None and (not isinstance(view_batch_size, int) or view_batch_size < 1):
-            raise ValueError(f"view_batch_size must be 1 or more (or unset to choose for the device), "
-                             f"got {view_batch_size}.")
-        if tiled_decode not in (None, True, False):
-            raise ValueError(f"tiled_decode must be true, false or unset (tiled when large), got {tiled_decode!r}.")
-        shortcuts = self.sync_shortcuts(fast_modes, sync_image_scale, sync_decoder)
-        latent_height, latent_width = height // self.vae_factor, width // self.vae_factor
-        views = views_for_canvas(latent_height, latent_width, self.window, stride, loop_closure)
-        anchor = self.anchor_index(anchor, views)
-        shape = (1, self.unet.config.in_channels, latent_height, latent_width)
-        noise, seed = self.initial_noise(shape, seed, generator, latents)
-        return PanoramaRequest(prompt, negative_prompt, width, height, guidance_scale, schedule, num_inference_steps,
-                               loop_closure, views, anchor, noise, seed, view_batch_size, output_type, shortcuts,
-                               tiled_decode)
+        """`make_request` with positional arguments, as before it was keyword-only; kept for the
+        scripts that call it so (scripts/pocket_trace.py). New code: make_request."""
+        return self.make_request(
+            prompt=prompt, negative_prompt=negative_prompt, width=width, height=height, guidance_scale=guidance_scale,
+            sync_weight=sync_weight, sync_decay_rate=sync_decay_rate, sync_freq=sync_freq,
+            sync_threshold=sync_threshold, num_inference_steps=num_inference_steps, stride=stride, seed=seed,
+            loop_closure=loop_closure, generator=generator, latents=latents, anchor=anchor,
+            view_batch_size=view_batch_size, output_type=output_type, fast_modes=fast_modes,
+            sync_image_scale=sync_image_scale, sync_decoder=sync_decoder, tiled_decode=tiled_decode)
 
     def sync_shortcuts(self, fast_modes, sync_image_scale, sync_decoder) -> SyncShortcuts:
         """The fast modes a request asks for, checked (a ValueError that says what to change)."""
-        modes = parse_fast_modes(fast_modes)
-        scale = check_image_scale(sync_image_scale, self.window * self.vae_factor)
+        modes = set(settings.fast_modes(fast_modes))
+        scale = float(sync_image_scale)
         if isinstance(sync_decoder, (str, Path)):
             key = str(sync_decoder)
             if key not in self._sync_decoders:
@@ -456,17 +453,15 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         return SyncShortcuts("reuse_noise" in modes, "no_unet_backward" in modes, scale, sync_decoder,
                              "dpm_solver" in modes)
 
-    def generate(self, request: PanoramaRequest, callback_on_step_end=None, return_dict: bool = True,
-                 **view_conditioning):
+    def generate(self, request: PanoramaRequest, callback_on_step_end=None, return_dict: bool = True):
         """Steps 2 to 5 of the call: the joint diffusion of a checked request, in the pipeline's
-        precision (under autocast where enable_autocast asked for it). `view_conditioning` goes to
-        every `guided_noise` call (ControlSync passes its conditions this way)."""
+        precision (under autocast where enable_autocast asked for it). The request's
+        `conditioning` goes to every `guided_noise` call (ControlSync's conditions)."""
         self._loss_scale_cap = None
         with self.autocast_context(self._execution_device):
-            return self._joint_diffusion(request, callback_on_step_end, return_dict, **view_conditioning)
+            return self._joint_diffusion(request, callback_on_step_end, return_dict)
 
-    def _joint_diffusion(self, request: PanoramaRequest, callback_on_step_end=None, return_dict: bool = True,
-                        **view_conditioning):
+    def _joint_diffusion(self, request: PanoramaRequest, callback_on_step_end=None, return_dict: bool = True):
         """The body of `generate`, in whatever precision context the caller set up."""
         views, anchor = request.views, request.anchor
         latent_height, latent_width = request.noise.shape[-2:]
@@ -484,7 +479,7 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
                                                                               len(views))
         chunks = ViewChunks(chunk_size)  # shrinks, for the rest of the call, where a chunk does not fit
         denoise = dict(embeddings=embeddings, guidance_scale=request.guidance_scale, shortcuts=request.shortcuts,
-                       schedulers=ViewSchedulers(scheduler, len(views)), **view_conditioning)
+                       schedulers=ViewSchedulers(scheduler, len(views)), conditioning=request.conditioning)
 
         # 4. The joint denoising loop
         with self.progress_bar(total=request.num_inference_steps) as progress:
@@ -517,21 +512,21 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
 
     def denoise_views(self, latents, views, t, weight, anchor, chunks: ViewChunks | int, embeddings, guidance_scale,
                       shortcuts: SyncShortcuts = SyncShortcuts(), schedulers: ViewSchedulers | None = None,
-                      **view_conditioning):
-        """One step for every view (section 3, steps 1 and 2): returns each view's x_{t-1}.
+                      conditioning: ViewConditioning | None = None):
+        """One step for every view (docs/algorithm.md, section 3, steps 1 to 3): each view's x_{t-1}.
 
         With weight λ > 0 each view but the anchor first moves by −λ ∂LPIPS/∂x towards the
         anchor's foreseen image, then takes its denoising step from the moved latent. `chunks`
         (or a number of views) says how many views go through the networks together; `shortcuts`
         are the fast modes in force (fast.py); `schedulers` each view's scheduler (default: this
-        pipeline's DDIM for all).
+        pipeline's DDIM for all); `conditioning` each view's extra UNet inputs (ControlSync).
         """
         chunks = ViewChunks(chunks) if isinstance(chunks, int) else chunks
         schedulers = schedulers or ViewSchedulers(self.scheduler, len(views))
         denoised: dict[int, torch.Tensor] = {}
 
         def noise_of(x, batch_views):
-            return self.guided_noise(x, t, embeddings, guidance_scale, batch_views, **view_conditioning)
+            return self.guided_noise(x, t, embeddings, guidance_scale, batch_views, conditioning)
 
         if weight > 0:
             # 1. The anchor: its foreseen image is the fixed target of this step, its LPIPS features
@@ -599,7 +594,8 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
 
     @staticmethod
     def merge(denoised: dict[int, torch.Tensor], views: list[View], view_counts: torch.Tensor) -> torch.Tensor:
-        """MultiDiffusion (section 3, step 3): every latent pixel is the mean of the views over it."""
+        """MultiDiffusion (docs/algorithm.md, section 3, step 4): every latent pixel becomes the mean
+        of the views over it."""
         value = torch.zeros(denoised[0].shape[:2] + view_counts.shape, device=view_counts.device,
                             dtype=denoised[0].dtype)
         for j, view in enumerate(views):

@@ -1,6 +1,6 @@
 """Precision: the dtype the networks' weights are held in, and whether they compute under autocast.
 
-Three ways to run a diffusion model in less than float32, all offered (ALGORITHM.md, section 9):
+Three ways to run a diffusion model in less than float32, all offered (docs/algorithm.md, section 5):
 
 float16, bfloat16  weights in half precision, what most GPU users load: half the memory, the
                    fastest kernels. Between the networks the pipeline keeps latents and noise

@@ -22,59 +22,39 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..precision import DTYPE_HELP
+from .. import settings
 
 METHODS = ("multidiffusion", "syncdiffusion")
-SYNC_PARAMETERS = ("sync_weight", "sync_decay_rate", "sync_freq", "sync_threshold")
-# Generation parameters shared by every method, as (type, help); defaults: the model's recommended
-# settings, else the pipeline's.
-SHARED_PARAMETERS = {
-    "width": (int, "panorama width in pixels; default: four windows"),
-    "height": (int, "panorama height in pixels; default: one window"),
-    "num_inference_steps": (int, "DDIM steps"),
-    "guidance_scale": (float, "classifier-free guidance scale"),
-    "stride": (int, "view stride in latent pixels; default: a quarter window"),
-    "negative_prompt": (str, "negative prompt for every image"),
-}
-SYNC_HELP = {
-    "sync_weight": "syncdiffusion's gradient-descent weight",
-    "sync_decay_rate": "syncdiffusion's weight decay per step",
-    "sync_freq": "syncdiffusion syncs every n-th step",
-    "sync_threshold": "syncdiffusion syncs only in the first n steps",
-}
+# The parameters (settings.py) of syncdiffusion's panoramas alone, those of each image's own, and
+# every other one, which all methods share: a new parameter is shared unless listed here. Each
+# left out takes the model's recommended setting, else the paper's.
+SYNC_PARAMETERS = ("sync_weight", "sync_decay_rate", "sync_freq", "sync_threshold", "anchor", "fast_modes",
+                   "sync_image_scale", "sync_decoder")
+NOT_EVALUATED = ("prompt", "seed", "view_batch_size")  # each image's own; evaluate has its own --view-batch-size
+SHARED_PARAMETERS = tuple(name for name in settings.PIPELINE_NAMES if name not in SYNC_PARAMETERS + NOT_EVALUATED)
+# Recorded in a panorama's PNG only when they differ from the paper's, so that the records of runs
+# made before they existed still match a rerun.
+RECORDED_WHEN_USED = ("anchor", "fast_modes", "sync_image_scale", "sync_decoder")
+SYNC_HELPS = {name: f"syncdiffusion's: {settings.BY_NAME[name].help}" for name in SYNC_PARAMETERS}
 OUTPUTS = ("results.md", "results.json", "results.csv", "results-chart.png", "results-examples.png")
 # Parameters written into each PNG that do not change the picture, so a rerun does not compare them.
 NOT_COMPARED = ("seconds", "device", "dtype", "view_batch_size")
+MAX_SEEDS = 100_000  # far beyond any evaluation (the paper's has 500 panoramas); a bound for a typo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The evaluate subcommand's options (cli.py builds the parser)."""
     parser.epilog = ("Generation and sync options left out take the model's recommended settings, else the "
-                     "pipeline's defaults. multidiffusion: sync weight 0; syncdiffusion: the sync options. "
+                     "paper's. multidiffusion: sync weight 0; syncdiffusion: the sync options. "
                      "Writes DIR/results.md, .json, .csv, results-chart.png and results-examples.png.")
-    parser.add_argument("--model", default=None,
-                        help="bundled name (pocket, tiny-random), diffusers folder, .safetensors file or hub id "
-                             "(default: stabilityai/stable-diffusion-2-base)")
-    parser.add_argument("--model-config", dest="model_config", default=None, metavar="FOLDER_OR_ID",
-                        help="for a .safetensors/.ckpt --model: diffusers folder or hub id of its architecture")
+    settings.add_model_options(parser, settings.DEFAULT_MODEL)
     parser.add_argument("--prompts", required=True, metavar="FILE",
                         help="text file, one prompt per line (blank lines and lines starting with # are skipped)")
     parser.add_argument("--methods", default=",".join(METHODS),
                         help=f"comma-separated, from {', '.join(METHODS)} (default: both)")
     parser.add_argument("--seeds", default="0-31", help="seeds, e.g. 0-31 or 0,5,9-12 (default: 0-31)")
-    for name, (kind, text) in SHARED_PARAMETERS.items():
-        flags = ["--" + name.replace("_", "-")] + (["--steps"] if name == "num_inference_steps" else [])
-        parser.add_argument(*flags, dest=name, type=kind, default=None, help=text)
-    for name in SYNC_PARAMETERS:
-        kind = float if name in ("sync_weight", "sync_decay_rate") else int
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=SYNC_HELP[name])
-    from ..fast import FAST_MODES, NO_FAST_MODE
-
-    parser.add_argument("--fast", dest="fast_modes", action="append", choices=[*FAST_MODES, NO_FAST_MODE],
-                        default=None, help="syncdiffusion's fast modes, repeatable (default: those the model "
-                                           "recommends, else none; none: faithful mode)")
-    parser.add_argument("--loop-closure", dest="loop_closure", action=argparse.BooleanOptionalAction, default=None,
-                        help="evaluate 360° panoramas")
+    settings.add_options(parser, SHARED_PARAMETERS)
+    settings.add_options(parser, SYNC_PARAMETERS, SYNC_HELPS)
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="folder for the images and results; rerunning with the same folder resumes")
     parser.add_argument("--clip-model", dest="clip_model", default=None, metavar="ID_OR_FOLDER",
@@ -83,8 +63,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--examples", type=int, default=3, help="seeds of the first prompt shown in the example grid")
     parser.add_argument("--view-batch-size", dest="view_batch_size", type=int, default=1,
                         help="views per network call: faster on a GPU, same result")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 …")
-    parser.add_argument("--dtype", default="auto", help=DTYPE_HELP)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -101,11 +79,13 @@ def parse_seeds(text: str) -> list[int]:
         first, last = int(match[1]), int(match[2] if match[2] is not None else match[1])
         if last < first:
             raise ValueError(f"The seed range {part} runs backwards: write it as {last}-{first}.")
+        if last > settings.UINT32_MAX:  # checked before the list is made: 0-4294967296 would fill the memory
+            raise ValueError(f"--seeds must be from 0 to {settings.UINT32_MAX}, got {part}.")
+        if len(seeds) + last - first + 1 > MAX_SEEDS:
+            raise ValueError(f"--seeds names more than {MAX_SEEDS:,} seeds ({text!r}): evaluate fewer.")
         seeds += range(first, last + 1)
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds names a seed twice: {text!r}.")
-    if any(seed >= 2**32 for seed in seeds):
-        raise ValueError("Seeds must be below 2**32.")
     return seeds
 
 
@@ -173,59 +153,43 @@ class Plan:
 
 def make_plan(args: argparse.Namespace) -> Plan:
     """Check the request and settle every parameter, loading no weights."""
-    import inspect
-
-    from ..bundled import recommended_settings
-    from ..cli import DEFAULT_MODEL
-    from ..fast import parse_fast_modes
+    from ..files import check_folder
     from ..models import resolve_model
-    from ..pipeline import SyncDiffusionPipeline
-    from ..sync import SyncSchedule
 
     prompts = read_prompts(args.prompts)
     seeds = parse_seeds(args.seeds)
     methods = parse_methods(args.methods)
     if args.examples < 0:
         raise ValueError(f"--examples must be 0 or more, got {args.examples}.")
-    if args.view_batch_size < 1:
-        raise ValueError(f"--view-batch-size must be 1 or more, got {args.view_batch_size}.")
-    model = args.model or DEFAULT_MODEL
+    settings.check({"view_batch_size": args.view_batch_size})
+    out = check_folder(args.out, "--out")
+    model = args.model or settings.DEFAULT_MODEL
     source = resolve_model(model)
-    recommended = recommended_settings(source.ref) if source.kind == "folder" else {}
-    defaults = inspect.signature(SyncDiffusionPipeline.__call__).parameters
-
-    def setting(name):
-        given = getattr(args, name, None)
-        return given if given is not None else recommended.get(name, defaults[name].default)
-
-    shared = {name: setting(name) for name in [*SHARED_PARAMETERS, "loop_closure"]}
-    sync = {name: setting(name) for name in SYNC_PARAMETERS}
-    SyncSchedule(*(sync[name] for name in SYNC_PARAMETERS))  # a bad sync option fails here, before loading
-    fast_modes = sorted(parse_fast_modes(args.fast_modes if args.fast_modes is not None
-                                         else recommended.get("fast_modes")))
-    if fast_modes:  # recorded only when used, so faithful runs keep their earlier records
-        sync["fast_modes"] = fast_modes
-    settings = {"multidiffusion": {"sync_weight": 0.0}, "syncdiffusion": sync}
-    plan = Plan(model, source, prompts, seeds, {m: settings[m] for m in methods}, shared, Path(args.out), args)
-    if source.window is not None:
-        settle_canvas(plan, source.window, source.vae_factor)
+    values = settings.resolve(settings.given_options(args), None, settings.recommended_of(source))
+    values = {name: value for name, value in values.items() if name in SHARED_PARAMETERS + SYNC_PARAMETERS}
+    settings.check(values)  # a bad option fails here, before loading
+    shared = {name: values[name] for name in SHARED_PARAMETERS}
+    sync = {name: values[name] for name in SYNC_PARAMETERS}
+    for name in RECORDED_WHEN_USED:
+        if sync[name] == settings.BY_NAME[name].default:
+            del sync[name]
+    settings_of = {"multidiffusion": {"sync_weight": 0.0}, "syncdiffusion": sync}
+    plan = Plan(model, source, prompts, seeds, {m: settings_of[m] for m in methods}, shared, out, args)
+    if source.geometry is not None:
+        settle_canvas(plan, source.geometry)
     return plan
 
 
-def settle_canvas(plan: Plan, window: int, vae_factor: int) -> None:
+def settle_canvas(plan: Plan, geometry: settings.Geometry) -> None:
     """Fill in the canvas defaults of a model of this shape, check the canvas, and list the images."""
-    from ..pipeline import canvas_defaults, check_panorama_inputs
     from .crops import check_crop_count
 
-    for name, value in canvas_defaults(window, vae_factor).items():
-        if plan.shared[name] is None:
-            plan.shared[name] = value
+    plan.shared = settings.fill_canvas(plan.shared, geometry)
     s = plan.shared
     for prompt in plan.prompts:
-        check_panorama_inputs(window, vae_factor, prompt, s["negative_prompt"], s["width"], s["height"], s["stride"],
-                              s["num_inference_steps"], s["guidance_scale"])
-    check_crop_count(s["height"], s["width"], window * vae_factor)
-    plan.images = list_images(plan, window * vae_factor)
+        settings.check({**s, **plan.methods.get("syncdiffusion", {}), "prompt": prompt}, geometry)
+    check_crop_count(s["height"], s["width"], geometry.window_pixels)
+    plan.images = list_images(plan, geometry.window_pixels)
 
 
 def list_images(plan: Plan, size: int) -> list[PlannedImage]:
@@ -242,8 +206,7 @@ def list_images(plan: Plan, size: int) -> list[PlannedImage]:
                          "sync_weight": 0.0, "loop_closure": False}
             images.append(PlannedImage(plan.out / "references" / name, None, prompt, seed, reference))
             for method, sync in plan.methods.items():
-                parameters = {**common, "prompt": prompt, "seed": seed, "width": s["width"], "height": s["height"],
-                              "loop_closure": s["loop_closure"], **sync, "method": method}
+                parameters = {**common, "prompt": prompt, "seed": seed, **s, **sync, "method": method}
                 images.append(PlannedImage(plan.out / "panoramas" / method / name, method, prompt, seed, parameters))
     return images
 
@@ -325,7 +288,7 @@ class FeatureCache:
 
         from .fidelity import inception_features
         from .inception import load_inception
-        from .report import write_atomically
+        from ..files import write_atomically
 
         entry = self.out / "cache" / "inception" / path.relative_to(self.out).with_suffix(".npz")
         stat = path.stat()
@@ -443,7 +406,8 @@ def measure(plan: Plan, size: int, device, quiet: bool) -> dict:
 
 
 def write_reports(results: dict, plan: Plan, quiet: bool) -> None:
-    from .report import bar_chart, csv_text, display_name, example_grid, json_text, markdown, write_atomically
+    from ..files import write_atomically
+    from .report import bar_chart, csv_text, display_name, example_grid, json_text, markdown
 
     out = plan.out
     write_atomically(out / "results.json", json_text(results))
@@ -466,7 +430,11 @@ def write_reports(results: dict, plan: Plan, quiet: bool) -> None:
 
 
 def _check_metric_weights() -> None:
-    """The metrics' networks load offline; say how to get them before any image is made."""
+    """The metrics' packages are installed (the eval extra) and their networks load offline; say how
+    to get them before any image is made."""
+    import matplotlib  # noqa: F401 (the bar chart)
+    import torchmetrics  # noqa: F401 (KID, CLIP score)
+
     from ..lpips import find_backbone_weights
     from .inception import find_inception_weights
 
@@ -492,7 +460,7 @@ def evaluate(args: argparse.Namespace) -> int:
     if todo is None or todo:
         pipe = load_pipeline(plan.source, device, precision, config=args.model_config)
         if todo is None:  # a hub model or checkpoint file: its shape is known only now
-            settle_canvas(plan, pipe.window, pipe.vae_factor)
+            settle_canvas(plan, settings.geometry_of_pipeline(pipe))
             todo = images_to_make(plan)
         size = pipe.window * pipe.vae_factor
         made = len(todo)

@@ -11,14 +11,14 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 import PIL.ImageFont
+
+from ..files import write_atomically
 
 __all__ = ["METRICS", "csv_text", "bar_chart", "example_grid", "markdown", "write_atomically"]
 
@@ -38,21 +38,6 @@ DISPLAY_NAMES = {"multidiffusion": "MultiDiffusion", "syncdiffusion": "SyncDiffu
 # more coherent crops, at a fidelity to single images that is not materially worse.
 PAPER_CLAIM = {"intra_lpips": "lower", "intra_style_loss": "lower", "fid": "not materially worse",
                "kid": "not materially worse"}
-
-
-def write_atomically(path: str | Path, data: str | bytes) -> Path:
-    """Write `data` to `path` through a temporary file beside it, renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data.encode() if isinstance(data, str) else data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def display_name(method: str) -> str:

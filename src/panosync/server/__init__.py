@@ -1,7 +1,8 @@
 """Serving panosync on one's own machine: an HTTP API with the public SyncDiffusion API's fields
 (`panosync serve`) and a Gradio web page (`panosync ui`).
 
-    schema.py      what a request may hold, each field's range, the server's limits
+    limits.py      what a server accepts beyond each field's range: canvas, queue, body, waiters
+    schema.py      what a request may hold: settings.py's served parameters, as a pydantic model
     generation.py  the model, loaded once: checking a request against it and making one panorama
     uploads.py     ControlSync's condition images: read from base64, kept by content in the state folder
     jobs.py        durable jobs: the SQLite store, its outputs and condition images, its health

@@ -15,9 +15,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..precision import DTYPE_HELP
+from .. import settings
 from .retention import DEFAULT_MIN_FREE_BYTES
-from .schema import Limits
+from .limits import Limits
 
 TOKEN_VARIABLE = "PANOSYNC_TOKEN"
 
@@ -29,19 +29,10 @@ def default_state_dir() -> Path:
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..cli import DEFAULT_CONTROL_MODEL, DEFAULT_MODEL
-
-    parser.add_argument("--model", default=None,
-                        help=f"bundled name (pocket, tiny-random), diffusers folder, .safetensors file or hub id "
-                             f"(default: {DEFAULT_MODEL}; with --controlnet {DEFAULT_CONTROL_MODEL}); its recommended "
-                             f"settings are the defaults")
+    settings.add_model_options(parser, f"{settings.DEFAULT_MODEL}; with --controlnet {settings.DEFAULT_CONTROL_MODEL}")
     parser.add_argument("--controlnet", action="append", default=None, metavar="FOLDER_OR_ID",
                         help="make ControlSync panoramas with this diffusers ControlNet (folder or hub id; tiny-random: "
                              "random weights, a smoke test), repeatable: every request then needs a condition")
-    parser.add_argument("--model-config", dest="model_config", default=None, metavar="FOLDER_OR_ID",
-                        help="for a .safetensors/.ckpt --model: the diffusers folder or hub id of its architecture")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 …")
-    parser.add_argument("--dtype", default="auto", help=DTYPE_HELP)
     parser.add_argument("--view-batch-size", dest="view_batch_size", type=int, default=None,
                         help="views per network call: faster on a GPU, same result")
     parser.add_argument("--max-pixels", dest="max_pixels", type=int, default=Limits.max_pixels,
@@ -96,12 +87,14 @@ def _limits(args: argparse.Namespace) -> Limits:
 
 
 def _load(args: argparse.Namespace):
-    from ..cli import DEFAULT_CONTROL_MODEL, DEFAULT_MODEL
     from .generation import PanoramaModel
 
-    if args.view_batch_size is not None and args.view_batch_size < 1:
-        raise ValueError(f"--view-batch-size must be 1 or more, got {args.view_batch_size}.")
-    model = args.model or (DEFAULT_CONTROL_MODEL if args.controlnet else DEFAULT_MODEL)
+    from ..models import pick_device
+    from ..precision import pick_precision
+
+    settings.check({"view_batch_size": args.view_batch_size})
+    pick_precision(args.dtype, pick_device(args.device))  # a bad --device or --dtype: one sentence, before loading
+    model = args.model or (settings.DEFAULT_CONTROL_MODEL if args.controlnet else settings.DEFAULT_MODEL)
     with_controlnets = f" with {', '.join(args.controlnet)}" if args.controlnet else ""
     print(f"loading {model}{with_controlnets} …", file=sys.stderr)
     return PanoramaModel.load(model, args.device, args.dtype, args.model_config, args.view_batch_size,
@@ -176,9 +169,11 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def ui(args: argparse.Namespace) -> int:
+    from ..files import check_folder
     from .ui import build_ui, launch
 
     limits = _limits(args)
+    check_folder(args.out_dir, "--out-dir")  # now, not at the first panorama
     page = build_ui(_load(args), limits, args.out_dir)
     launch(page, args.out_dir, args.host, args.port)
     return 0

@@ -8,32 +8,23 @@ condition, checked like the `control` command checks it, and the PNG's metadata 
 
 from __future__ import annotations
 
-import random
+from pathlib import Path
 from typing import Callable
 
 import PIL.Image
 import torch
 
-from pathlib import Path
-
-from ..cli import CONTROL_DEFAULTS, parameter_defaults
+from .. import settings
 from ..conditions import load_condition_image, prepare_condition
 from ..control import ControlSyncPipeline, check_condition_canvas
 from ..models import load_control_pipeline, load_pipeline, pick_device, resolve_controlnet, resolve_model
+from ..pipeline import SyncDiffusionPipeline
 from ..precision import pick_precision
-from ..pipeline import SyncDiffusionPipeline, canvas_defaults, check_panorama_inputs
-from ..schedulers import most_steps
-from ..sync import SyncSchedule
-from .schema import CONTROL_FIELDS, MAX_STEPS, UINT32_MAX, FieldError, Limits, field_of
+from .schema import CONTROL_FIELDS, FieldError, Limits, field_of
 
 # on_step(steps_done, sync_weight_of_that_step)
 StepCallback = Callable[[int, float], None]
 
-# A control request's own settings when left out: the `control` command's defaults.
-CONTROL_REQUEST_DEFAULTS = dict(preprocess=CONTROL_DEFAULTS["preprocess"], canny_low=CONTROL_DEFAULTS["canny_low"],
-                                canny_high=CONTROL_DEFAULTS["canny_high"],
-                                controlnet_conditioning_scale=CONTROL_DEFAULTS["conditioning_scale"],
-                                resize_condition=CONTROL_DEFAULTS["resize_condition"])
 MISSING_CONDITION = ("Give condition: the image the panorama follows (an edge map of the canvas's size, or a photo "
                      "with preprocess \"canny\"), as base64 or a data URL.")
 
@@ -53,16 +44,17 @@ class PanoramaModel:
         self.name = name
         self.model_config = model_config
         self.controlnets = controlnets
-        self.window, self.vae_factor = pipe.window, pipe.vae_factor
-        self.max_steps = most_steps(pipe.scheduler, MAX_STEPS)
-        # ControlSync's canvas is the condition's unless a request says otherwise
-        canvas = canvas_defaults(self.window, self.vae_factor)
-        if self.control:
-            del canvas["width"], canvas["height"]
-        self.defaults = {name: canvas[name] if value is None and name in canvas else value
-                         for name, value in defaults.items()}
-        if self.control:
-            self.defaults.update(CONTROL_REQUEST_DEFAULTS)
+        self.geometry = settings.geometry_of_pipeline(pipe)
+        self.window, self.vae_factor, self.max_steps = pipe.window, pipe.vae_factor, self.geometry.max_steps
+        # every parameter's default: the model's (settings.model_defaults), the canvas filled in but
+        # for ControlSync's, which is the condition's unless a request says otherwise
+        defaults = {**settings.paper_defaults(self.control), **defaults}
+        if not self.control:
+            defaults = settings.fill_canvas(defaults, self.geometry)
+        else:
+            defaults["stride"] = settings.fill_canvas(defaults, self.geometry)["stride"]
+        names = settings.PIPELINE_NAMES + (CONTROL_FIELDS if self.control else ())
+        self.defaults = {name: defaults[name] for name in names}
         if view_batch_size is not None:
             self.defaults["view_batch_size"] = view_batch_size
 
@@ -77,9 +69,9 @@ class PanoramaModel:
         precision = pick_precision(dtype, device)
         if not controlnets:
             pipe = load_pipeline(source, device, precision, config=model_config)
-            return cls(pipe, model, parameter_defaults(source), model_config, view_batch_size)
+            return cls(pipe, model, settings.model_defaults(source), model_config, view_batch_size)
         pipe = load_control_pipeline(source, controlnet_sources, device, precision, config=model_config)
-        return cls(pipe, model, parameter_defaults(source, ControlSyncPipeline), model_config, view_batch_size,
+        return cls(pipe, model, settings.model_defaults(source, control=True), model_config, view_batch_size,
                    list(controlnets))
 
     @property
@@ -147,23 +139,14 @@ class PanoramaModel:
     def _prepare_panorama(self, given: dict, limits: Limits) -> dict:
         parameters = {**self.defaults, **given}
         if parameters.get("seed") is None:
-            parameters["seed"] = random.randint(0, UINT32_MAX)
+            parameters["seed"] = settings.draw_seed()
+        if not self.control:
+            parameters = settings.fill_canvas(parameters, self.geometry)
         for side in ("width", "height"):
             if isinstance(parameters[side], int) and parameters[side] > limits.max_side:
                 raise FieldError(side, f"{side} must be at most {limits.max_side} pixels on this server, got "
                                        f"{parameters[side]}.")
-        steps = parameters["num_inference_steps"]
-        if isinstance(steps, int) and steps > self.max_steps:
-            raise FieldError("num_inference_steps", f"num_inference_steps must be at most {self.max_steps} with this "
-                                                    f"model's scheduler, got {steps}.")
-        try:
-            check_panorama_inputs(self.window, self.vae_factor, parameters["prompt"], parameters["negative_prompt"],
-                                  parameters["width"], parameters["height"], parameters["stride"],
-                                  parameters["num_inference_steps"], parameters["guidance_scale"])
-            SyncSchedule(parameters["sync_weight"], parameters["sync_decay_rate"], parameters["sync_freq"],
-                         parameters["sync_threshold"])
-        except ValueError as error:
-            raise FieldError(field_of(str(error)), str(error)) from None
+        settings.check(parameters, self.geometry)  # a SettingError is a FieldError
         width, height = parameters["width"], parameters["height"]
         if width * height > limits.max_pixels:
             raise FieldError("width" if width >= height else "height",
@@ -179,7 +162,7 @@ class PanoramaModel:
             if on_step is not None:
                 on_step(step + 1, float(values["sync_weight"]))
 
-        pipeline_parameters = {name: value for name, value in parameters.items() if name not in CONTROL_FIELDS}
+        pipeline_parameters = {name: parameters[name] for name in settings.PIPELINE_NAMES}
         control = {}
         if self.control:
             scales = parameters["controlnet_conditioning_scale"]
@@ -191,9 +174,7 @@ class PanoramaModel:
         """What the PNG carries: the command's keys, so `panosync generate --from-png` (or `panosync
         control --from-png`, for ControlSync) makes it again."""
         model = {"model": self.name, **({"model_config": self.model_config} if self.model_config else {})}
-        if self.control:  # the `control` command's names
-            model.update(controlnet=self.controlnets, conditioning_scale=parameters["controlnet_conditioning_scale"],
-                         condition=[str(condition) for condition in parameters["condition"]])
-        parameters = {name: value for name, value in parameters.items() if name != "controlnet_conditioning_scale"}
+        if self.control:
+            model.update(controlnet=self.controlnets, condition=[str(condition) for condition in parameters["condition"]])
         return {**parameters, **model, "width": image.width, "height": image.height, "device": self.device.type,
                 "dtype": self.dtype}

@@ -1,71 +1,31 @@
-"""What a prediction request may hold: the public SyncDiffusion API's fields, each with the range
-that makes sense for any model, and the limits a server sets. Ranges that depend on the model
-(multiples of the VAE factor, at least one window, the stride at most a window) are checked in
-`generation.PanoramaModel.prepare`, which has the model's geometry."""
+"""What a prediction request may hold: every served parameter of settings.py, each with its range
+there, and the limits a server sets. Ranges that depend on the model (multiples of the VAE factor,
+at least one window, the stride at most a window) are checked by settings.check with the model's
+geometry, in `generation.PanoramaModel.prepare`."""
 
 from __future__ import annotations
 
 import json
 import types
-from dataclasses import dataclass
 from typing import Annotated, Literal, Optional, Union, get_args, get_origin
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, create_model
 from pydantic_core import PydanticCustomError
 
-UINT32_MAX = 2**32 - 1
-MAX_PROMPT_CHARACTERS = 2000  # CLIP reads 77 tokens; anything far longer is a mistake, not a prompt
-MAX_STEPS = 1000  # the DDPM training schedule has 1000 timesteps: DDIM cannot take more
+from .. import settings
+from ..settings import MAX_PROMPT_CHARACTERS, MAX_STEPS, UINT32_MAX  # noqa: F401 (the API's names for them)
+from ..settings import SettingError as FieldError  # noqa: F401 (a request's field out of range: 422)
+from .limits import FIELDS_BODY_BYTES, Limits  # noqa: F401 (their old home)
 
-# The fields of the public API, in its order.
-FIELDS = ("prompt", "negative_prompt", "width", "height", "guidance_scale", "sync_weight", "sync_decay_rate",
-          "sync_freq", "sync_threshold", "num_inference_steps", "stride", "seed", "loop_closure")
-
+SERVED = tuple(parameter for parameter in settings.PARAMETERS if parameter.served)
+# The fields of the API, in settings' order: the public SyncDiffusion API's first.
+FIELDS = tuple(parameter.name for parameter in SERVED if not parameter.control)
 # ControlSync's fields, for a server started with --controlnet.
-CONTROL_FIELDS = ("condition", "preprocess", "canny_low", "canny_high", "controlnet_conditioning_scale",
-                  "resize_condition")
+CONTROL_FIELDS = tuple(parameter.name for parameter in SERVED if parameter.control)
 
-# Fields where an explicit null means something other than "the default": every step, a random seed.
-NULL_MEANS_SOMETHING = ("sync_threshold", "seed")
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What a server accepts beyond the fields' own ranges.
-
-    max_pixels  width × height of one panorama (default: 512 × 8192, four times SD 2 base's default canvas)
-    max_side    the longest width or height, whatever the other (default 16384)
-    max_queue   jobs waiting to run, not counting the one running; more are refused with 429
-    max_body_bytes  size of a request body; larger ones are refused with 413 (default: see `body_limit`)
-    max_waiters  clients waiting at once for their jobs (`Prefer: wait`); a request past them is
-                 queued and answered at once, without waiting (see api.py). Each waiter holds a
-                 queued or running job, so the bound is reached only when max_queue + 1 (the
-                 queue and the running job) is at least max_waiters: never with the defaults
-                 (16 and 32); it bounds the waiting clients of a server with a larger --max-queue
-    """
-
-    max_pixels: int = 512 * 8192
-    max_side: int = 16384
-    max_queue: int = 16
-    max_body_bytes: int | None = None  # None: `body_limit`'s choice
-    max_waiters: int = 32
-
-    def __post_init__(self):
-        for name in ("max_pixels", "max_side", "max_queue", "max_body_bytes", "max_waiters"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} must be 1 or more, got {getattr(self, name)}.")
-
-    def body_limit(self, controlnets: int = 0) -> int:
-        """max_body_bytes when set; else 16 KiB of fields, and with ControlNets room for one condition
-        image per ControlNet as large as the largest canvas, base64-encoded, even if it does not
-        compress at all (3 bytes a pixel, 4/3 of that in base64): 16 MiB each at the default
-        max_pixels. A Canny edge map of 512 × 3072 is a PNG of a few hundred kilobytes."""
-        if self.max_body_bytes is not None:
-            return self.max_body_bytes
-        return FIELDS_BODY_BYTES + controlnets * 4 * self.max_pixels
-
-
-FIELDS_BODY_BYTES = 16 * 1024  # the public fields need well under 5 KiB, prompts included
+# Fields where an explicit null means something other than "the model's default": every step, a
+# random seed, the centre view, tiled when large.
+NULL_MEANS_SOMETHING = ("sync_threshold", "seed", "anchor", "tiled_decode")
 
 
 def _one_or_a_list(value):
@@ -96,63 +56,53 @@ def _valid_text(text: str) -> str:
 Text = Annotated[str, AfterValidator(_valid_text)]
 
 ScaleList = Annotated[Optional[list[Annotated[float, Field(ge=0)]]], BeforeValidator(_one_or_a_list)]
+
 ConditionList = Annotated[Optional[list[Text]], BeforeValidator(_one_or_a_list)]
 
 
-class PredictionRequest(BaseModel):
+class _Request(BaseModel):
     """A panorama to make. Leave a field out for the model's recommended setting or the paper's."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    prompt: Text = Field(min_length=1, max_length=MAX_PROMPT_CHARACTERS, description="what the panorama shows")
-    negative_prompt: Optional[Text] = Field(None, max_length=MAX_PROMPT_CHARACTERS,
-                                            description="what it should not show (default: empty)")
-    width: Optional[int] = Field(None, ge=1, description="pixels: a multiple of the model's VAE factor, at least one "
-                                                         "window (default: four windows)")
-    height: Optional[int] = Field(None, ge=1, description="pixels: a multiple of the model's VAE factor, at least one "
-                                                          "window (default: one window)")
-    guidance_scale: Optional[float] = Field(None, ge=0, le=30, description="classifier-free guidance (7.5)")
-    sync_weight: Optional[float] = Field(None, ge=0, description="gradient-descent weight w of the sync step; "
-                                                                 "0 is MultiDiffusion (20)")
-    sync_decay_rate: Optional[float] = Field(None, gt=0, le=1, description="the weight at step i is w · rate^i (0.95)")
-    sync_freq: Optional[int] = Field(None, ge=1, le=MAX_STEPS, description="sync at every n-th step (1)")
-    sync_threshold: Optional[int] = Field(None, ge=0, le=MAX_STEPS,
-                                          description="sync only in the first n steps; null: every step (the paper)")
-    num_inference_steps: Optional[int] = Field(None, ge=1, le=MAX_STEPS, description="DDIM steps (50)")
-    stride: Optional[int] = Field(None, ge=1, description="view stride in latent pixels, 1 to the model's window "
-                                                          "(default: a quarter window)")
-    seed: Optional[int] = Field(None, ge=0, le=UINT32_MAX, description="seed of the initial noise; null: a random one, "
-                                                                       "reported with the result")
-    loop_closure: Optional[bool] = Field(None, description="a 360° panorama whose left and right edges meet (false)")
-    # ControlSync: only on a server started with --controlnet, where `condition` is required
-    condition: ConditionList = Field(
-        None, min_length=1, description="ControlSync: the image the panorama follows, base64 (PNG, JPEG, WebP…) or a "
-                                        "data URL; a list of one per ControlNet when the server has several. Of the "
-                                        "canvas's size, which it sets when width and height are left out")
-    preprocess: Optional[Literal["none", "canny"]] = Field(
-        None, description="ControlSync: none (the condition is ready) or canny (take the Canny edges of the image)")
-    canny_low: Optional[int] = Field(None, ge=0, le=1020, description="Canny: gradients below this are never edges (100)")
-    canny_high: Optional[int] = Field(None, ge=0, le=1020,
-                                      description="Canny: gradients above this are always edges (200)")
-    controlnet_conditioning_scale: ScaleList = Field(
-        None, min_length=1, description="ControlSync: weight of the ControlNet's residuals, one number for all or a "
-                                        "list of one per ControlNet; 0 turns one off (1.0)")
-    resize_condition: Optional[bool] = Field(
-        None, description="ControlSync: resize a condition whose size is not width × height (false: refuse it)")
-
     def given(self) -> dict:
         """The fields the request sets. A null counts as not set, except where null has a meaning
-        of its own (sync_threshold: every step; seed: a random one)."""
+        of its own (sync_threshold: every step; seed: a random one; …)."""
         return {name: value for name, value in self.model_dump(exclude_unset=True).items()
                 if value is not None or name in NULL_MEANS_SOMETHING}
 
 
-class FieldError(ValueError):
-    """A request whose `field` is out of the range the model or the server allows."""
+def _field(parameter: settings.Parameter):
+    """The pydantic annotation and Field of one parameter, with its range and help."""
+    default = parameter.unset if parameter.default is None else json.dumps(parameter.default)
+    description = parameter.help + (f" ({default})" if default is not None else "")
+    if parameter.control:
+        description = "ControlSync: " + description
+    bounds = {}
+    if parameter.minimum is not None:
+        bounds["gt" if parameter.above else "ge"] = parameter.minimum
+    if parameter.maximum is not None:
+        bounds["le"] = parameter.maximum
+    if parameter.name == "prompt":
+        return Text, Field(min_length=1, max_length=parameter.maximum, description=description)
+    if parameter.name == "condition":
+        description = ("ControlSync: the image the panorama follows, base64 (PNG, JPEG, WebP…) or a data URL; a list "
+                       "of one per ControlNet when the server has several. Of the canvas's size, which it sets when "
+                       "width and height are left out")
+        return ConditionList, Field(None, min_length=1, description=description)
+    if parameter.kind is list and parameter.item is float:
+        return ScaleList, Field(None, min_length=1, description=description)
+    if parameter.kind is list:
+        return Optional[list[Literal[parameter.choices]]], Field(None, description=description)
+    if parameter.choices:
+        return Optional[Literal[parameter.choices]], Field(None, description=description)
+    if parameter.kind is str:
+        return Optional[Text], Field(None, max_length=parameter.maximum, description=description)
+    return Optional[parameter.kind], Field(None, description=description, **bounds)
 
-    def __init__(self, field: str | None, message: str):
-        super().__init__(message)
-        self.field = field
+
+PredictionRequest = create_model("PredictionRequest", __base__=_Request,
+                                 **{parameter.name: _field(parameter) for parameter in SERVED})
 
 
 def field_of(message: str) -> str | None:

@@ -1,8 +1,9 @@
-"""The web page (`panosync ui`): every parameter of the public API, presets, a seed randomiser,
-progress while generating, the PNG to download, and for loop-closed panoramas a 360° view.
+"""The web page (`panosync ui`): every served parameter of settings.py, presets, a seed
+randomiser, progress while generating, the PNG to download, and for loop-closed panoramas a 360° view.
 
 Requests go through the same checks as the HTTP API's (schema and `PanoramaModel.prepare`), so a
-bad setting is a sentence on the page, before any model work.
+bad setting is a sentence on the page, before any model work. The inputs are made from the
+parameters' table (`parameter_input`); this module only lays them out.
 
 With ControlNets (`panosync ui --controlnet …`) the page also takes a condition image per ControlNet,
 the preprocessing (Canny thresholds), the conditioning scale and whether to resize the condition,
@@ -11,7 +12,6 @@ and shows the condition the ControlNets see: live while the settings change, and
 
 from __future__ import annotations
 
-import random
 import time
 import uuid
 from pathlib import Path
@@ -22,28 +22,27 @@ import PIL.Image
 import torch
 from pydantic import ValidationError
 
+from .. import settings
 from ..conditions import load_condition_image, prepare_condition
 from ..metadata import save_png
-from ..pipeline import canvas_defaults
 from ..precision import NonFiniteError
 from . import viewer
 from .generation import MISSING_CONDITION, PanoramaModel
-from .schema import MAX_STEPS, UINT32_MAX, FieldError, Limits, PredictionRequest, describe_error
+from .schema import CONTROL_FIELDS, FIELDS, UINT32_MAX, FieldError, Limits, PredictionRequest, describe_error
 from .uploads import save_condition
 
-# The paper's settings, and a quicker variant: fewer steps, and sync only in the first five, where
-# the layout is decided (the public hosted API syncs in the first five too).
-PAPER = dict(guidance_scale=7.5, sync_weight=20.0, sync_decay_rate=0.95, sync_freq=1, sync_threshold=None,
-             num_inference_steps=50)
-FAST = {**PAPER, "num_inference_steps": 20, "sync_threshold": 5}
-PRESET_FIELDS = ("guidance_scale", "sync_weight", "sync_decay_rate", "sync_freq", "sync_threshold",
-                 "num_inference_steps", "stride")
-
-# The order of the generate function's inputs; then the randomize box, then with ControlNets
-# CONTROL_INPUTS and one condition image per ControlNet.
-INPUTS = ("prompt", "negative_prompt", "width", "height", "loop_closure", "guidance_scale", "sync_weight",
-          "sync_decay_rate", "sync_freq", "sync_threshold", "num_inference_steps", "stride", "seed")
-CONTROL_INPUTS = ("preprocess", "canny_low", "canny_high", "controlnet_conditioning_scale", "resize_condition")
+# Where each input goes on the page (the rest of FIELDS: at the top, in settings' order).
+SYNC_INPUTS = ("sync_weight", "sync_decay_rate", "sync_freq", "sync_threshold")
+DIFFUSION_INPUTS = ("guidance_scale", "num_inference_steps", "stride")
+SPEED_INPUTS = ("fast_modes", "sync_image_scale", "tiled_decode", "anchor")
+# The spans of the sliders of parameters whose range has no end (or an end no one would slide to).
+SLIDER_SPANS = {"sync_weight": (0, 100, 0.5), "sync_freq": (1, 50, 1), "num_inference_steps": (1, 200, 1),
+                "guidance_scale": (0, 30, 0.5), "sync_decay_rate": (0.01, 1, 0.01),
+                "sync_image_scale": (0.05, 1, 0.05), "controlnet_conditioning_scale": (0, 2, 0.05),
+                "canny_low": (0, settings.CANNY_MAX, 1), "canny_high": (0, settings.CANNY_MAX, 1)}
+PRESET_INFO = ("Each sets the sync and diffusion settings and the approximations of the sync step: paper is the "
+               "paper's gradient (faithful); the quicker one takes 20 steps and syncs in the first 5.")
+TILED = {"auto": None, "on": True, "off": False}  # tiled_decode's three states, as the page shows them
 
 
 def condition_picture(conditions: list[torch.Tensor]) -> PIL.Image.Image:
@@ -67,12 +66,52 @@ def preview_condition(path: str | None, preprocess: str, canny_low, canny_high) 
 
 
 def presets_for(model: PanoramaModel) -> dict[str, dict]:
-    stride = max(1, model.window // 4)
-    presets = {"paper": {**PAPER, "stride": stride}, "fast": {**FAST, "stride": stride}}
-    recommended = {name: model.defaults[name] for name in PRESET_FIELDS}
-    if recommended != presets["paper"]:  # the model ships its own settings
-        presets = {"recommended": recommended, **presets}
-    return presets
+    return settings.presets(model.defaults, model.geometry)
+
+
+def parameter_input(name: str, value, model: PanoramaModel, limits: Limits, **options):
+    """The page's input for the parameter `name`, set to `value`: made from its type and range."""
+    parameter = settings.BY_NAME[name]
+    common = {"label": name, "elem_id": name, "info": parameter.help, **options}
+    if parameter.kind is list and parameter.choices:
+        return gr.CheckboxGroup(list(parameter.choices), value=list(value or []), **common)
+    if name == "tiled_decode":
+        return gr.Radio(list(TILED), value=next(k for k, v in TILED.items() if v == value), **common)
+    if parameter.choices:
+        return gr.Radio(list(parameter.choices), value=value, **common)
+    if parameter.kind is bool:
+        return gr.Checkbox(value=bool(value), **{**common, "label": f"{name}: {parameter.help}", "info": None})
+    if parameter.kind is str:
+        return gr.Textbox(value=value or "", max_length=parameter.maximum, **common)
+    if name in ("width", "height"):
+        window, factor = model.window * model.vae_factor, model.vae_factor
+        return gr.Slider(window, largest_side(model, limits), value=value, step=factor, **common)
+    if name == "stride":
+        return gr.Slider(1, model.window, value=value, step=1, **common)
+    if name == "controlnet_conditioning_scale":
+        value = value[0]
+    if name in SLIDER_SPANS and value is not None:
+        low, high, step = SLIDER_SPANS[name]
+        return gr.Slider(low, high, value=value, step=step, **common)
+    if parameter.unset is not None and common["info"] == parameter.help:
+        common["info"] = f"{parameter.help}; empty: {parameter.unset}"
+    return gr.Number(**{"value": value, "precision": 0 if parameter.kind is int else None,
+                        "minimum": parameter.minimum, "maximum": parameter.maximum, **common})
+
+
+def page_values(names: tuple[str, ...], values) -> dict:
+    """The page's input values as a request's fields: empty numbers are unset, tiled_decode's words
+    are its states, a lone conditioning scale stands for all ControlNets."""
+    fields = dict(zip(names, values))
+    if "tiled_decode" in fields:
+        fields["tiled_decode"] = TILED[fields["tiled_decode"]]
+    if "controlnet_conditioning_scale" in fields:
+        fields["controlnet_conditioning_scale"] = [fields["controlnet_conditioning_scale"]]
+    for name, value in fields.items():
+        if settings.BY_NAME[name].kind is int and isinstance(value, float) and value.is_integer():
+            fields[name] = int(value)  # a slider's whole number comes as a float
+    fields["negative_prompt"] = fields.get("negative_prompt") or ""
+    return fields
 
 
 def largest_side(model: PanoramaModel, limits: Limits) -> int:
@@ -86,33 +125,33 @@ def build_ui(model: PanoramaModel, limits: Limits, out_dir: str | Path) -> gr.Bl
     out_dir = Path(out_dir).expanduser()
     presets = presets_for(model)
     defaults = model.defaults
-    window, factor = model.window * model.vae_factor, model.vae_factor
+    window = model.window * model.vae_factor
     longest = largest_side(model, limits)
     # ControlSync's canvas defaults to the condition's size: until one is uploaded, the usual canvas
-    canvas = {side: defaults[side] or size for side, size in canvas_defaults(model.window, factor).items()}
+    canvas = settings.fill_canvas(defaults, model.geometry)
+    names = FIELDS + (tuple(name for name in CONTROL_FIELDS if name != "condition") if model.control else ())
+    inputs: dict[str, gr.components.Component] = {}
+
+    def add(name, **options):
+        inputs[name] = parameter_input(name, canvas.get(name, defaults.get(name)), model, limits, **options)
+        return inputs[name]
 
     def generate(*values, progress=gr.Progress()):
-        fields = dict(zip(INPUTS, values))
-        randomize = values[len(INPUTS)]
+        fields = page_values(names, values[:len(names)])
+        randomize = values[len(names)]
+        condition_paths = values[len(names) + 1:]
         if randomize or fields["seed"] is None:
-            fields["seed"] = random.randint(0, UINT32_MAX)
-        fields["negative_prompt"] = fields["negative_prompt"] or ""
-        condition_paths = []
-        if model.control:
-            control_values = values[len(INPUTS) + 1:]
-            fields.update(zip(CONTROL_INPUTS, control_values))
-            fields["controlnet_conditioning_scale"] = [fields["controlnet_conditioning_scale"]]
-            condition_paths = control_values[len(CONTROL_INPUTS):]
+            fields["seed"] = settings.draw_seed()
         try:
             given = PredictionRequest(**fields).given()
             if model.control:
                 if not all(condition_paths):
                     raise FieldError("condition", "Upload a condition for every ControlNet. " + MISSING_CONDITION)
-                given["condition"] = [load_condition_image(path) for path in condition_paths]
+                given["condition"] = [load_condition_image(path, limits.max_pixels) for path in condition_paths]
             parameters = model.prepare(given, limits)
         except ValidationError as error:
             raise gr.Error("; ".join(describe_error(e) for e in error.errors())) from None
-        except (FieldError, ValueError) as error:  # FieldError is a ValueError; the latter from reading an image
+        except ValueError as error:  # a FieldError, or from reading an image
             raise gr.Error(str(error)) from None
         if model.control:  # kept beside the panoramas: their metadata names the files, as the command's does
             parameters["condition"] = [str(save_condition(image, out_dir / "conditions"))
@@ -132,8 +171,9 @@ def build_ui(model: PanoramaModel, limits: Limits, out_dir: str | Path) -> gr.Bl
         seconds = time.perf_counter() - started
         path = out_dir / f"panosync-{parameters['seed']}-{uuid.uuid4().hex[:8]}.png"
         save_png(image, path, model.metadata(parameters, image))
-        summary = (f"{image.width} × {image.height}, seed {parameters['seed']}, {total} steps, {seconds:.1f} s"
-                   + (", 360°" if parameters["loop_closure"] else "")
+        faithful = "" if parameters["fast_modes"] else ", faithful"
+        summary = (f"{image.width} × {image.height}, seed {parameters['seed']}, {total} steps{faithful}, "
+                   f"{seconds:.1f} s" + (", 360°" if parameters["loop_closure"] else "")
                    + (", following the condition" if model.control else "") + f" — saved as `{path}`")
         loop = bool(parameters["loop_closure"])
         outputs = (str(path), gr.update(value=str(path), visible=True), summary, parameters["seed"],
@@ -145,7 +185,7 @@ def build_ui(model: PanoramaModel, limits: Limits, out_dir: str | Path) -> gr.Bl
     def fit_canvas(path, width_now, height_now):
         """The canvas follows an uploaded condition's size, when the sliders can show it."""
         try:
-            size = load_condition_image(path).size if path else None
+            size = load_condition_image(path, limits.max_pixels).size if path else None
         except ValueError:
             size = None
         if size is None:
@@ -154,7 +194,7 @@ def build_ui(model: PanoramaModel, limits: Limits, out_dir: str | Path) -> gr.Bl
         return (size[0] if fits[0] else width_now), (size[1] if fits[1] else height_now)
 
     def apply_preset(name):
-        return [presets[name][field] for field in PRESET_FIELDS]
+        return [presets[name][field] for field in settings.PRESET_NAMES]
 
     with gr.Blocks(title="panosync", analytics_enabled=False) as page:
         controlnets = "; ControlNet: " + ", ".join(f"`{name}`" for name in model.controlnets) if model.control else ""
@@ -162,68 +202,42 @@ def build_ui(model: PanoramaModel, limits: Limits, out_dir: str | Path) -> gr.Bl
                     f"{controlnets}.")
         with gr.Row():
             with gr.Column(scale=2):
-                prompt = gr.Textbox(label="prompt", placeholder="a photo of a mountain range at twilight",
-                                    elem_id="prompt", max_length=2000)
-                negative_prompt = gr.Textbox(label="negative_prompt", value=defaults["negative_prompt"] or "",
-                                             elem_id="negative_prompt", max_length=2000)
-                conditions, control_inputs = [], []
+                add("prompt", placeholder="a photo of a mountain range at twilight", info=None)
+                add("negative_prompt")
+                conditions = []
                 if model.control:
                     # first: the condition decides the canvas
                     with gr.Accordion("ControlSync: the condition the panorama follows", open=True,
                                       elem_id="control-settings"):
-                        names = model.controlnets
-                        conditions = [gr.Image(label="condition" + (f" for {name}" if len(names) > 1 else ""),
+                        several = len(model.controlnets) > 1
+                        conditions = [gr.Image(label="condition" + (f" for {name}" if several else ""),
                                                type="filepath", image_mode=None, sources=["upload"], height=160,
-                                               elem_id="condition" if len(names) == 1 else f"condition-{index}")
-                                      for index, name in enumerate(names)]
-                        preprocess = gr.Radio(["none", "canny"], value=defaults["preprocess"], label="preprocess",
-                                              info="none: the image is the condition (an edge map); canny: take "
-                                                   "the image's Canny edges", elem_id="preprocess")
+                                               elem_id=f"condition-{index}" if several else "condition")
+                                      for index, name in enumerate(model.controlnets)]
+                        add("preprocess")
                         with gr.Row():
-                            canny_low = gr.Slider(0, 1020, value=defaults["canny_low"], step=1, label="canny_low",
-                                                  info="gradients below are never edges", elem_id="canny_low")
-                            canny_high = gr.Slider(0, 1020, value=defaults["canny_high"], step=1, label="canny_high",
-                                                   info="gradients above are always edges", elem_id="canny_high")
-                        conditioning_scale = gr.Slider(
-                            0, 2, value=defaults["controlnet_conditioning_scale"][0], step=0.05,
-                            label="controlnet_conditioning_scale",
-                            info="weight of the ControlNet" + ("s" if len(names) > 1 else "") + "; 0 turns it off",
-                            elem_id="controlnet_conditioning_scale")
-                        resize_condition = gr.Checkbox(value=bool(defaults["resize_condition"]),
-                                                       label="resize_condition: fit a condition of another size to "
-                                                             "width × height", elem_id="resize_condition")
-                    control_inputs = [preprocess, canny_low, canny_high, conditioning_scale, resize_condition,
-                                      *conditions]
+                            add("canny_low")
+                            add("canny_high")
+                        add("controlnet_conditioning_scale")
+                        add("resize_condition")
                 with gr.Row():
-                    width = gr.Slider(window, longest, value=canvas["width"], step=factor, label="width",
-                                      info=f"pixels, a multiple of {factor}", elem_id="width")
-                    height = gr.Slider(window, longest, value=canvas["height"], step=factor, label="height",
-                                       info=f"at most {limits.max_pixels:,} pixels in all", elem_id="height")
-                loop_closure = gr.Checkbox(value=bool(defaults["loop_closure"]), elem_id="loop_closure",
-                                           label="loop_closure: a 360° panorama whose edges meet")
-                preset = gr.Radio(list(presets), value=next(iter(presets)), label="preset", elem_id="preset")
+                    add("width")
+                    add("height", info=f"at most {limits.max_pixels:,} pixels in all")
+                add("loop_closure")
+                preset = gr.Radio(list(presets), value=next(iter(presets)), label="preset", elem_id="preset",
+                                  info=PRESET_INFO + (" The model's own settings come first." if "recommended"
+                                                      in presets else ""))
                 with gr.Accordion("synchronization", open=False, elem_id="sync-settings"):
-                    sync_weight = gr.Slider(0, 100, value=defaults["sync_weight"], step=0.5, label="sync_weight",
-                                            info="w; 0 is plain MultiDiffusion", elem_id="sync_weight")
-                    sync_decay_rate = gr.Slider(0.01, 1, value=defaults["sync_decay_rate"], step=0.01,
-                                                label="sync_decay_rate", info="the weight at step i is w · rate^i",
-                                                elem_id="sync_decay_rate")
-                    sync_freq = gr.Slider(1, 50, value=defaults["sync_freq"], step=1, label="sync_freq",
-                                          info="sync every n-th step", elem_id="sync_freq")
-                    sync_threshold = gr.Number(value=defaults["sync_threshold"], precision=0, minimum=0,
-                                               maximum=MAX_STEPS, label="sync_threshold",
-                                               info="sync only in the first n steps; empty: every step",
-                                               elem_id="sync_threshold")
+                    for name in SYNC_INPUTS:
+                        add(name)
                 with gr.Accordion("diffusion", open=False, elem_id="diffusion-settings"):
-                    guidance_scale = gr.Slider(0, 30, value=defaults["guidance_scale"], step=0.5,
-                                               label="guidance_scale", elem_id="guidance_scale")
-                    num_inference_steps = gr.Slider(1, 200, value=defaults["num_inference_steps"], step=1,
-                                                    label="num_inference_steps", elem_id="num_inference_steps")
-                    stride = gr.Slider(1, model.window, value=defaults["stride"], step=1, label="stride",
-                                       info="latent pixels between views", elem_id="stride")
+                    for name in DIFFUSION_INPUTS:
+                        add(name)
+                with gr.Accordion("speed: fast modes and decoding", open=False, elem_id="speed-settings"):
+                    for name in SPEED_INPUTS:
+                        add(name)
                 with gr.Row():
-                    seed = gr.Number(value=defaults["seed"], precision=0, minimum=0, maximum=UINT32_MAX,
-                                     label="seed", elem_id="seed")
+                    add("seed", minimum=0, maximum=UINT32_MAX, info=None)
                     randomize = gr.Checkbox(value=True, label="new random seed each time", elem_id="randomize")
                     dice = gr.Button("new random seed", elem_id="dice")
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -239,20 +253,21 @@ def build_ui(model: PanoramaModel, limits: Limits, out_dir: str | Path) -> gr.Bl
                     control_view = gr.Image(label="the condition the ControlNet sees", type="pil", format="png",
                                             interactive=False, height=160, elem_id="control_view")
 
-        preset_outputs = [guidance_scale, sync_weight, sync_decay_rate, sync_freq, sync_threshold,
-                          num_inference_steps, stride]
-        preset.change(apply_preset, preset, preset_outputs)
-        dice.click(lambda: (random.randint(0, UINT32_MAX), False), None, [seed, randomize])
-        inputs = [prompt, negative_prompt, width, height, loop_closure, guidance_scale, sync_weight,
-                  sync_decay_rate, sync_freq, sync_threshold, num_inference_steps, stride, seed, randomize,
-                  *control_inputs]
-        outputs = [panorama, download, summary, seed, look_around, *([control_view] if model.control else [])]
-        run.click(generate, inputs, outputs)
-        prompt.submit(generate, inputs, outputs)
+        missing = set(names) - set(inputs)
+        if missing:  # every served parameter has its input: a new one needs a place above
+            raise RuntimeError(f"the page has no input for {', '.join(sorted(missing))}")
+        preset.change(apply_preset, preset, [inputs[name] for name in settings.PRESET_NAMES])
+        dice.click(lambda: (settings.draw_seed(), False), None, [inputs["seed"], randomize])
+        run_inputs = [inputs[name] for name in names] + [randomize, *conditions]
+        outputs = [panorama, download, summary, inputs["seed"], look_around,
+                   *([control_view] if model.control else [])]
+        run.click(generate, run_inputs, outputs)
+        inputs["prompt"].submit(generate, run_inputs, outputs)
         if model.control:
-            conditions[0].change(fit_canvas, [conditions[0], width, height], [width, height])
-            preview_inputs = [conditions[0], preprocess, canny_low, canny_high]
-            for source in (conditions[0], preprocess, canny_low, canny_high):
+            conditions[0].change(fit_canvas, [conditions[0], inputs["width"], inputs["height"]],
+                                 [inputs["width"], inputs["height"]])
+            preview_inputs = [conditions[0], *(inputs[name] for name in ("preprocess", "canny_low", "canny_high"))]
+            for source in preview_inputs:
                 source.change(preview_condition, preview_inputs, control_view)
     # One model, one run at a time; the rest wait in a bounded queue.
     page.queue(default_concurrency_limit=1, max_size=limits.max_queue)

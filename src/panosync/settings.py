@@ -1,0 +1,513 @@
+"""Every generation parameter, once: its name, type, range, help and the paper's default; the
+order in which a value's sources take precedence; and the checks a request must pass, which need
+only the model's geometry (read from its configs before any weights load).
+
+Every front end is made from this table: the command's options (`add_options`, also evaluate's),
+the HTTP API's request schema (server/schema.py), the web page's inputs and presets
+(server/ui.py), and the pipeline checks its own call with `check` too, so that a value is refused
+with the same sentence wherever it comes from. A new parameter is one more `Parameter` here.
+
+Precedence, highest first: the values given (options, fields), the PNG of --from-png, the model's
+recommended.json, the paper's defaults (`paper_defaults`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+# The model a front end loads when none is named: SyncDiffusion's paper used Stable Diffusion 2 base.
+DEFAULT_MODEL = "stabilityai/stable-diffusion-2-base"
+# The ControlSync paper's models: Stable Diffusion 1.5 (now published under this id; the original
+# runwayml/stable-diffusion-v1-5 was withdrawn) and the Canny ControlNet trained for it.
+DEFAULT_CONTROL_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_CONTROLNET = "lllyasviel/sd-controlnet-canny"
+
+UINT32_MAX = 2**32 - 1
+MAX_PROMPT_CHARACTERS = 2000  # CLIP reads 77 tokens; anything far longer is a mistake, not a prompt
+MAX_STEPS = 1000  # the DDPM training schedule has 1000 timesteps: DDIM cannot take more
+# The largest canvas anything makes: ComfyUI's largest side, and 16384 × 4096 pixels in all (a
+# latent of 4 MB in float32 at factor 8). A bound, so that a typo cannot ask for gigabytes.
+MAX_SIDE = 16384
+MAX_PIXELS = 16384 * 4096
+# The fast modes, each a named approximation of the sync step (fast.py says exactly what each does).
+FAST_MODES = {
+    "reuse_noise": "denoise with the gradient pass's noise prediction (made before the sync move): "
+                   "no second UNet pass",
+    "no_unet_backward": "treat the noise prediction as constant in the sync gradient: no backward through the UNet",
+    "dpm_solver": "DPM-Solver++ (2nd order, multistep) instead of DDIM, for fewer steps; each view keeps its own "
+                  "solver history",
+}
+NO_FAST_MODE = "none"  # names no mode: faithful even where the model recommends one
+PREPROCESSORS = ("none", "canny")
+CANNY_MAX = 255 * 4  # the largest gradient OpenCV's Sobel can give an 8-bit image
+# LPIPS-VGG pools four times before its last stage: smaller images have no features left there.
+SMALLEST_LPIPS_SIDE = 16
+
+
+class SettingError(ValueError):
+    """A value a front end or the pipeline cannot use: `field` names the parameter (None when the
+    sentence is about several), the message says what to change."""
+
+    def __init__(self, field: str | None, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What the checks need of a model: its window (latent pixels of a view's side), its VAE
+    factor (image pixels per latent pixel) and the most denoising steps its scheduler allows."""
+
+    window: int
+    vae_factor: int
+    max_steps: int = MAX_STEPS
+
+    @property
+    def window_pixels(self) -> int:
+        return self.window * self.vae_factor
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One generation parameter.
+
+    kind      str, int, float, bool, or list (of `item`s)
+    default   the paper's (None: decided later, see `unset`)
+    unset     what None means, where it is allowed ("a random one"); None: a value is required
+    minimum, maximum   the range, inclusive; `above` makes the minimum exclusive
+    choices   the values allowed (for a list: of each item)
+    flags     the command's extra option strings (beside --name-with-dashes)
+    served    whether the HTTP API and the page take it (not: a path on the server's disk, or a
+              setting of the server itself)
+    control   ControlSync's only
+    """
+
+    name: str
+    kind: type
+    default: Any
+    help: str
+    unset: str | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    above: bool = False
+    choices: tuple = ()
+    item: type = str
+    flags: tuple[str, ...] = ()
+    served: bool = True
+    control: bool = False
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def range_words(self) -> str:
+        """The range in words: "from 0 to 30", "1 or more", "more than 0 and at most 1"."""
+        low, high = _number(self.minimum), _number(self.maximum)
+        if self.above:
+            return f"more than {low}" + (f" and at most {high}" if high is not None else "")
+        if low is not None and high is not None:
+            return f"from {low} to {high}"
+        if low is not None:
+            return f"{low} or more"
+        return f"at most {high}" if high is not None else "any value"
+
+
+def _number(value) -> str | None:
+    if value is None:
+        return None
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+P = Parameter
+PARAMETERS: tuple[Parameter, ...] = (
+    P("prompt", str, None, "what the panorama shows", maximum=MAX_PROMPT_CHARACTERS),
+    P("negative_prompt", str, "", "what the panorama should not show", maximum=MAX_PROMPT_CHARACTERS),
+    P("width", int, None, "pixels, a multiple of the VAE factor, at least one window", unset="four windows",
+      minimum=1, maximum=MAX_SIDE),
+    P("height", int, None, "pixels, a multiple of the VAE factor, at least one window", unset="one window",
+      minimum=1, maximum=MAX_SIDE),
+    P("guidance_scale", float, 7.5, "classifier-free guidance scale", minimum=0, maximum=30),
+    P("sync_weight", float, 20.0, "gradient-descent weight w of the sync step; 0 gives MultiDiffusion", minimum=0),
+    P("sync_decay_rate", float, 0.95, "the weight at step i is w · rate^i", minimum=0, maximum=1, above=True),
+    P("sync_freq", int, 1, "sync every n-th step", minimum=1, maximum=MAX_STEPS),
+    P("sync_threshold", int, None, "sync only in the first n steps", unset="every step, as the paper", minimum=0,
+      maximum=MAX_STEPS),
+    P("num_inference_steps", int, 50, "denoising (DDIM) steps", minimum=1, maximum=MAX_STEPS, flags=("--steps",)),
+    P("stride", int, None, "view stride in latent pixels, 1 to the window", unset="a quarter window", minimum=1),
+    P("seed", int, None, "seed of the initial noise", unset="a random one, reported with the result", minimum=0,
+      maximum=UINT32_MAX),
+    P("loop_closure", bool, False, "a 360° panorama whose left and right edges meet"),
+    P("anchor", int, None, "index of the view the others are pulled towards", unset="the centre view", minimum=0),
+    P("view_batch_size", int, None, "views per network call: the same result but for rounding",
+      unset="chosen for the device", minimum=1, served=False),  # a server's: its own --view-batch-size
+    P("fast_modes", list, [], "fast modes, each an approximation of the sync step; none: faithful",
+      choices=tuple(FAST_MODES)),
+    P("sync_image_scale", float, 1.0, "compare images downscaled by this factor in the sync loss (fast mode; "
+      "1: faithful)", minimum=0, maximum=1, above=True),
+    P("sync_decoder", str, None, "diffusers AutoencoderTiny folder (e.g. TAESD) that decodes the sync loss's images "
+      "(fast mode)", unset="the model's VAE", served=False),  # a folder on the server's disk: not the client's to name
+    P("tiled_decode", bool, None, "decode in overlapping tiles, bounding memory", unset="when larger than 6 windows"),
+    # ControlSync
+    P("condition", list, None, "the image the panorama follows, of its size; one per ControlNet",
+      unset="none: required", item=object, control=True),  # files on the command, images on a server
+    P("controlnet", list, None, "diffusers ControlNet folder or hub id, one per condition", unset=DEFAULT_CONTROLNET,
+      control=True, served=False),  # a server's: loaded once, with --controlnet
+    P("controlnet_conditioning_scale", list, [1.0], "weight of each ControlNet's residuals, one for all or one per "
+      "ControlNet; 0 turns one off", minimum=0, item=float, flags=("--conditioning-scale",), control=True),
+    P("preprocess", str, "none", "none (the condition is ready) or canny (take the image's Canny edges)",
+      choices=PREPROCESSORS, control=True),
+    P("canny_low", int, 100, "Canny: gradients below this are never edges", minimum=0, maximum=CANNY_MAX,
+      control=True),
+    P("canny_high", int, 200, "Canny: gradients above this are always edges", minimum=0, maximum=CANNY_MAX,
+      control=True),
+    P("resize_condition", bool, False, "resize a condition whose size is not width × height (default: refuse it)",
+      control=True),
+)
+del P
+
+BY_NAME = {parameter.name: parameter for parameter in PARAMETERS}
+# The parameters of SyncDiffusionPipeline.__call__ that this table describes, in the table's order.
+PIPELINE_NAMES = tuple(p.name for p in PARAMETERS if not p.control)
+CONTROL_NAMES = tuple(p.name for p in PARAMETERS if p.control)
+# Old names a PNG's metadata may carry, and the parameter each now is.
+RENAMED = {"conditioning_scale": "controlnet_conditioning_scale"}
+# Where ControlSync's paper departs from SyncDiffusion's: sync in the first 10 of 50 steps.
+CONTROL_PAPER = {"sync_threshold": 10}
+
+
+def paper_defaults(control: bool = False) -> dict:
+    """Every parameter's default: the SyncDiffusion paper's, or with `control` the ControlSync paper's."""
+    names = PIPELINE_NAMES + (CONTROL_NAMES if control else ())
+    return {name: _copy(BY_NAME[name].default) for name in names} | (CONTROL_PAPER if control else {})
+
+
+def _copy(value):
+    return list(value) if isinstance(value, list) else value
+
+
+def recommended_of(source) -> dict:
+    """The settings a model recommends (a diffusers folder's recommended.json), as parameters;
+    {} for other sources. A key that is no parameter is a SettingError: the file is wrong."""
+    from .bundled import recommended_settings
+
+    if getattr(source, "kind", None) != "folder":
+        return {}
+    recommended = recommended_settings(source.ref)
+    unknown = sorted(set(recommended) - set(BY_NAME))
+    if unknown:
+        raise SettingError(None, f"{Path(source.ref) / 'recommended.json'} sets {', '.join(unknown)}, which no "
+                                 f"parameter is: fix the file.")
+    return recommended
+
+
+def model_defaults(source, control: bool = False) -> dict:
+    """The defaults of every parameter for the model `source` names: its recommended settings,
+    else the paper's."""
+    return {**paper_defaults(control), **recommended_of(source)}
+
+
+def resolve(given: dict, stored: dict | None = None, recommended: dict | None = None, control: bool = False) -> dict:
+    """Every parameter of a panorama, each from the first source that has it: `given` (None there
+    means not given), `stored` (the PNG of --from-png), `recommended` (the model's), the paper's."""
+    values = {**paper_defaults(control), **(recommended or {})}
+    values.update({name: value for name, value in (stored or {}).items() if name in values})
+    values.update({name: value for name, value in given.items() if name in values and value is not None})
+    if values.get("fast_modes") is not None:
+        values["fast_modes"] = fast_modes(values["fast_modes"])
+    return values
+
+
+def stored_parameters(metadata) -> dict:
+    """The parameters of a PNG's metadata (panosync's JSON), renamed to today's names; a
+    SettingError when it is not a JSON object (tampered with, or another program's)."""
+    if not isinstance(metadata, dict):
+        raise SettingError(None, f"The PNG's panosync metadata is a JSON {type(metadata).__name__}, not an object of "
+                                 f"parameters: it was changed after panosync wrote it.")
+    return {RENAMED.get(name, name): value for name, value in metadata.items()}
+
+
+def fast_modes(modes: Iterable[str] | str | None) -> list[str]:
+    """The named fast modes, sorted; "none" names none (faithful). A SettingError for others."""
+    if modes is None:
+        return []
+    if isinstance(modes, str):
+        modes = modes.replace(",", " ").split()
+    if not isinstance(modes, (list, tuple, set, frozenset)) or not all(isinstance(m, str) for m in modes):
+        raise SettingError("fast_modes", f"fast_modes must be a list of names ({', '.join(FAST_MODES)}), got "
+                                         f"{modes!r}.")
+    chosen = set(modes) - {NO_FAST_MODE}
+    unknown = sorted(chosen - set(FAST_MODES))
+    if unknown:
+        raise SettingError("fast_modes", f"fast_modes: unknown fast mode {', '.join(map(repr, unknown))}: use any of "
+                                         f"{', '.join(FAST_MODES)}, or none.")
+    return sorted(chosen)
+
+
+# --------------------------------------------------------------------------------------- checks
+
+KIND_WORDS = {int: "a whole number", float: "a number", str: "text", bool: "true or false", list: "a list"}
+
+
+def _check_one(parameter: Parameter, value, item_of: str | None = None) -> None:
+    name = item_of or parameter.name
+    kind = parameter.item if item_of else parameter.kind
+    if kind is list:
+        if not isinstance(value, (list, tuple)):
+            raise SettingError(parameter.name, f"{name} must be a list, got {value!r}.")
+        for item in value:
+            _check_one(parameter, item, item_of=f"{name}: every value")
+        return
+    if kind is object:  # anything the front end reads itself (condition images)
+        return
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    fits = {int: isinstance(value, int) and not isinstance(value, bool), float: is_number,
+            str: isinstance(value, str), bool: isinstance(value, bool)}[kind]
+    if not fits:
+        raise SettingError(parameter.name, f"{name} must be {KIND_WORDS[kind]}, got {value!r}.")
+    if kind is float and not math.isfinite(value):
+        raise SettingError(parameter.name, f"{name} must be a finite number, got {value}.")
+    if parameter.choices and value not in parameter.choices:
+        raise SettingError(parameter.name, f"{name} must be one of {', '.join(parameter.choices)}, got {value!r}.")
+    if kind is str:
+        if parameter.maximum is not None and len(value) > parameter.maximum:
+            raise SettingError(parameter.name, f"{name} must be at most {parameter.maximum} characters, got "
+                                               f"{len(value)}.")
+        return
+    if kind is bool:
+        return
+    low, high = parameter.minimum, parameter.maximum
+    if (low is not None and (value <= low if parameter.above else value < low)) or (high is not None and value > high):
+        raise SettingError(parameter.name, f"{name} must be {parameter.range_words()}, got {value}.")
+
+
+def check(values: dict, geometry: Geometry | None = None) -> None:
+    """Raise a SettingError that names the parameter and says what to change, for any of `values`
+    out of its type or range; with the model's `geometry`, also for what depends on the model
+    (multiples of the VAE factor, at least one window, the stride, the steps its scheduler allows,
+    the anchor's index). Touches no model: front ends call it before loading any weights."""
+    for name, value in values.items():
+        parameter = BY_NAME.get(name)
+        if parameter is None:
+            continue
+        if value is None:
+            if parameter.unset is None:
+                raise SettingError(name, f"{name} must be given ({KIND_WORDS[parameter.kind]}).")
+            continue
+        _check_one(parameter, value)
+    if values.get("fast_modes") is not None:
+        fast_modes(values["fast_modes"])
+    decoder = values.get("sync_decoder")
+    if decoder is not None and not (Path(decoder).expanduser() / "config.json").is_file():
+        raise SettingError("sync_decoder", f"sync_decoder {decoder} is not a diffusers AutoencoderTiny folder (it has "
+                                           f"no config.json): give the folder of a saved TAESD.")
+    if "canny_low" in values and "canny_high" in values and values["canny_low"] > values["canny_high"]:
+        raise SettingError("canny_low", f"canny_low ({values['canny_low']}) must not exceed canny_high "
+                                        f"({values['canny_high']}).")
+    width, height = values.get("width"), values.get("height")
+    if width is not None and height is not None and width * height > MAX_PIXELS:
+        raise SettingError("width" if width >= height else "height",
+                           f"width × height must be at most {MAX_PIXELS:,} pixels, got {width} × {height}.")
+    if geometry is not None:
+        _check_geometry(values, geometry)
+
+
+def _check_geometry(values: dict, geometry: Geometry) -> None:
+    from .views import views_for_canvas
+
+    window, factor = geometry.window, geometry.vae_factor
+    width, height = values.get("width"), values.get("height")
+    for side in ("width", "height"):
+        size = values.get(side)
+        if size is None:
+            continue
+        if size % factor:
+            raise SettingError(side, f"{side} must be a multiple of {factor} pixels (the VAE factor), got {size}.")
+        if size < geometry.window_pixels:
+            raise SettingError(side, f"{side} must be at least one window, {geometry.window_pixels} pixels, got "
+                                     f"{size}.")
+    stride = values.get("stride")
+    if stride is not None and stride > window:
+        raise SettingError("stride", f"stride must be between 1 and the window size ({window} latent pixels), got "
+                                     f"{stride}.")
+    steps = values.get("num_inference_steps")
+    if steps is not None and steps > geometry.max_steps:
+        raise SettingError("num_inference_steps", f"num_inference_steps must be at most {geometry.max_steps} with "
+                                                  f"this model's scheduler, got {steps}.")
+    scale = values.get("sync_image_scale")
+    if scale is not None and round(geometry.window_pixels * scale) < SMALLEST_LPIPS_SIDE:
+        smallest = SMALLEST_LPIPS_SIDE / geometry.window_pixels
+        raise SettingError("sync_image_scale", f"sync_image_scale {scale:g} shrinks the {geometry.window_pixels}-pixel "
+                                               f"views below {SMALLEST_LPIPS_SIDE} pixels, too small for LPIPS-VGG: "
+                                               f"use {smallest:g} or more.")
+    anchor = values.get("anchor")
+    if anchor is not None and None not in (width, height, stride):
+        count = len(views_for_canvas(height // factor, width // factor, window, stride,
+                                     bool(values.get("loop_closure"))))
+        if anchor >= count:
+            raise SettingError("anchor", f"anchor must be a view index from 0 to {count - 1} (this canvas has {count} "
+                                         f"views), got {anchor}.")
+
+
+def fill_canvas(values: dict, geometry: Geometry) -> dict:
+    """`values` with the canvas a model of this geometry makes where they leave it unset: one
+    window high, four wide, views a quarter window apart (512 × 2048 at stride 16 for Stable
+    Diffusion 2 base, the paper's). ControlSync's canvas is the condition's, set before this."""
+    canvas = canvas_defaults(geometry.window, geometry.vae_factor)
+    return {**values, **{name: value for name, value in canvas.items() if values.get(name) is None}}
+
+
+def canvas_defaults(window: int, vae_factor: int) -> dict:
+    """The default canvas of a model: one window high, four wide, views a quarter window apart."""
+    return dict(width=4 * window * vae_factor, height=window * vae_factor, stride=max(1, window // 4))
+
+
+def draw_seed() -> int:
+    """A random seed for a request that names none; reported with the result, so it can be reused."""
+    return random.randrange(UINT32_MAX + 1)
+
+
+def sync_schedule(values: dict):
+    """The SyncSchedule of checked `values`."""
+    from .sync import SyncSchedule
+
+    return SyncSchedule(values["sync_weight"], values["sync_decay_rate"], values["sync_freq"], values["sync_threshold"])
+
+
+# ------------------------------------------------------------------------------------- geometry
+
+
+def window_of(unet_config) -> int:
+    """The UNet's native latent size: the side of every view (64 for Stable Diffusion 2 base)."""
+    size = unet_config["sample_size"]
+    return size if isinstance(size, int) else size[0]
+
+
+def vae_factor_of(vae_config) -> int:
+    """How many image pixels one latent pixel stands for (8 for Stable Diffusion)."""
+    return 2 ** (len(vae_config["block_out_channels"]) - 1)
+
+
+def geometry_of_folder(folder: str | Path) -> Geometry | None:
+    """A diffusers folder's geometry from its configs alone; None when they cannot be read. The
+    steps its scheduler allows are DDIM's with its config, the scheduler the pipeline switches to."""
+    folder = Path(folder)
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+        vae = json.loads((folder / "vae" / "config.json").read_text())
+        window, factor = window_of(unet), vae_factor_of(vae)
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+    return Geometry(window, factor, _most_steps_of(folder / "scheduler" / "scheduler_config.json"))
+
+
+def _most_steps_of(config_file: Path) -> int:
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError):
+        return MAX_STEPS
+    from diffusers import DDIMScheduler
+
+    from .schedulers import most_steps
+
+    try:
+        return most_steps(DDIMScheduler.from_config(config), MAX_STEPS)
+    except Exception:  # a config DDIM cannot read: the pipeline checks again with the scheduler it loads
+        return MAX_STEPS
+
+
+def geometry_of_pipeline(pipe) -> Geometry:
+    """A loaded pipeline's geometry."""
+    from .schedulers import most_steps
+
+    return Geometry(pipe.window, pipe.vae_factor, most_steps(pipe.scheduler, MAX_STEPS))
+
+
+# --------------------------------------------------------------------------- command-line options
+
+
+def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, names: Iterable[str],
+                helps: dict | None = None) -> None:
+    """The command-line option of each parameter `names` lists, every default None (not given: the
+    next source decides, see `resolve`). `helps` replaces some parameters' help."""
+    for name in names:
+        parameter = BY_NAME[name]
+        text = (helps or {}).get(name) or _help(parameter)
+        flags = [parameter.flag, *parameter.flags]
+        if name == "prompt":
+            parser.add_argument("prompt", nargs="?", help=text)
+        elif parameter.kind is bool:
+            parser.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif name == "fast_modes":
+            modes = _fast_mode_help()
+            parser.add_argument("--fast", dest=name, action="append", choices=list(modes), default=None,
+                                help=text + ": " + "; ".join(f"{mode}: {words}" for mode, words in modes.items()))
+        elif parameter.kind is list:
+            item = str if parameter.item is object else parameter.item  # a condition on the command: its file
+            parser.add_argument(*flags, dest=name, action="append", type=item, default=None,
+                                metavar=name.upper(), help=text + " (repeatable)")
+        else:
+            # no argparse choices: settings.check refuses another value with one sentence, not a usage text
+            parser.add_argument(*flags, dest=name, type=parameter.kind, default=None, help=text)
+
+
+def _help(parameter: Parameter) -> str:
+    default = parameter.unset if parameter.default is None else json.dumps(parameter.default)
+    limits = "" if parameter.kind in (str, bool, list) or (parameter.minimum is None and parameter.maximum is None) \
+        else f"; {parameter.range_words()}"
+    return f"{parameter.help}{limits} (default: {default})" if default is not None else parameter.help
+
+
+def _fast_mode_help() -> dict:
+    return {**FAST_MODES, NO_FAST_MODE: "none of them, even those the model recommends (faithful mode)"}
+
+
+def given_options(args: argparse.Namespace) -> dict:
+    """The parameters the options give (None: not given)."""
+    return {name: getattr(args, name) for name in BY_NAME if getattr(args, name, None) is not None}
+
+
+def add_model_options(parser: argparse.ArgumentParser, default_model: str, control: bool = False) -> None:
+    """The options that say which model runs where, shared by every command that loads one."""
+    from .precision import DTYPE_HELP
+
+    parser.add_argument("--model", default=None,
+                        help=f"bundled name (pocket, tiny-random), diffusers folder, .safetensors file or hub id "
+                             f"(default: {default_model}); its recommended.json gives the defaults")
+    if control:
+        parser.add_argument("--controlnet", action="append", default=None, metavar="FOLDER_OR_ID",
+                            help=f"diffusers ControlNet folder or hub id, repeatable (default: {DEFAULT_CONTROLNET}; "
+                                 f"tiny-random: random weights, a smoke test)")
+    parser.add_argument("--model-config", dest="model_config", default=None, metavar="FOLDER_OR_ID",
+                        help="for a .safetensors/.ckpt --model: diffusers folder or hub id whose configs describe the "
+                             "checkpoint's architecture; needed offline")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 …")
+    parser.add_argument("--dtype", default="auto", help=DTYPE_HELP)
+
+
+# ------------------------------------------------------------------------------------- presets
+
+# What a preset sets: the sync and diffusion settings, the fast modes included, so that choosing
+# "paper" runs the paper's gradient even on a model that recommends a fast mode.
+PRESET_NAMES = ("guidance_scale", "sync_weight", "sync_decay_rate", "sync_freq", "sync_threshold",
+                "num_inference_steps", "stride", "fast_modes", "sync_image_scale")
+
+
+def presets(defaults: dict, geometry: Geometry) -> dict[str, dict]:
+    """The presets of a model whose defaults (settings.model_defaults) are `defaults`: "paper" (the
+    paper's settings, faithful), "fast" (20 steps, sync only in the first 5, where the layout is
+    decided, as the public hosted API does; faithful too), and first "recommended", the model's own,
+    when they differ from the paper's."""
+    paper = {name: _copy(value) for name, value in fill_canvas(paper_defaults(), geometry).items()
+             if name in PRESET_NAMES}
+    fast = {**paper, "num_inference_steps": 20, "sync_threshold": 5}
+    recommended = {name: _copy(defaults[name]) for name in PRESET_NAMES}
+    if recommended.get("stride") is None:
+        recommended["stride"] = paper["stride"]
+    chosen = {"paper": paper, "fast": fast}
+    return {"recommended": recommended, **chosen} if recommended != paper else chosen

@@ -1,0 +1,295 @@
+"""The one settings layer: every front end is made from settings.PARAMETERS, the precedence of a
+value's sources, and every family of hostile input refused before any model work, with one
+sentence (exit 2 on the command, 422 naming the field on the API)."""
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import PIL.Image
+import PIL.PngImagePlugin
+import pytest
+
+from panosync import models, settings
+from panosync.cli import build_parser, main
+from panosync.metadata import read_parameters, save_png
+
+SRC = Path(__file__).parents[1] / "src" / "panosync"
+
+
+def imports_of(path: Path) -> set[str]:
+    """The panosync modules a file imports, as dotted names relative to the package ("cli", "server.jobs")."""
+    package = path.relative_to(SRC).parent.parts
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = list(package[: len(package) - node.level + 1])
+                module = ".".join(base + ([node.module] if node.module else []))
+                names = [module] if node.module else [".".join(base + [alias.name]) for alias in node.names]
+                found.update(name.strip(".") for name in names)
+            elif node.module and node.module.startswith("panosync"):
+                found.add(node.module.removeprefix("panosync").strip("."))
+        elif isinstance(node, ast.Import):
+            found.update(alias.name.removeprefix("panosync").strip(".") for alias in node.names
+                         if alias.name.startswith("panosync"))
+    return found
+
+
+def test_no_front_end_imports_another():
+    for path in [*SRC.glob("server/*.py"), *SRC.glob("eval/*.py")]:
+        imported = imports_of(path)
+        assert "cli" not in imported, f"{path.name} imports the command module"
+        other = "eval" if path.parent.name == "server" else "server"
+        assert not any(name == other or name.startswith(other + ".") for name in imported), path
+    settings_imports = imports_of(SRC / "settings.py")
+    assert not any(name.split(".")[0] in ("cli", "server", "eval") for name in settings_imports), settings_imports
+
+
+def test_every_parameter_reaches_every_front_end():
+    from panosync.eval.command import NOT_EVALUATED, SHARED_PARAMETERS, SYNC_PARAMETERS
+    from panosync.server.schema import CONTROL_FIELDS, FIELDS, PredictionRequest
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for command, names in (("generate", settings.PIPELINE_NAMES),
+                           ("control", settings.PIPELINE_NAMES + settings.CONTROL_NAMES)):
+        destinations = {action.dest for action in commands[command]._actions}
+        assert set(names) <= destinations, set(names) - destinations
+    served = {p.name for p in settings.PARAMETERS if p.served}
+    assert set(FIELDS + CONTROL_FIELDS) == served == set(PredictionRequest.model_fields)
+    assert {"fast_modes", "sync_image_scale", "anchor", "tiled_decode"} <= set(FIELDS)
+    assert set(SHARED_PARAMETERS + SYNC_PARAMETERS + NOT_EVALUATED) == set(settings.PIPELINE_NAMES)
+    evaluate = {action.dest for action in commands["evaluate"]._actions}
+    assert set(SHARED_PARAMETERS + SYNC_PARAMETERS) <= evaluate
+
+
+def test_a_new_parameter_added_in_settings_appears_in_every_front_end(tmp_path):
+    """One Parameter more in settings.PARAMETERS, and nothing else: the command, the API's schema,
+    the page and evaluate take it."""
+    script = tmp_path / "new_parameter.py"
+    script.write_text("""
+import sys
+from panosync import settings
+new = settings.Parameter("sparkle", float, 0.5, "how much it sparkles", minimum=0, maximum=1)
+settings.PARAMETERS += (new,)
+settings.BY_NAME["sparkle"] = new
+settings.PIPELINE_NAMES += ("sparkle",)
+from panosync.cli import build_parser
+parser = build_parser()
+args = parser.parse_args(["generate", "a", "--sparkle", "0.25"])
+assert args.sparkle == 0.25
+assert parser.parse_args(["evaluate", "--prompts", "p", "--out", "o", "--sparkle", "0.5"]).sparkle == 0.5
+from panosync.server.schema import FIELDS, PredictionRequest
+assert "sparkle" in FIELDS and PredictionRequest(prompt="a", sparkle=0.75).given() == {"prompt": "a", "sparkle": 0.75}
+try:
+    PredictionRequest(prompt="a", sparkle=2)
+except Exception as error:
+    assert "less than or equal to 1" in str(error)
+else:
+    raise AssertionError("the API took sparkle 2")
+from panosync.server import ui
+from panosync.server.generation import PanoramaModel
+from panosync.server.schema import Limits
+from panosync.tiny import tiny_random_components
+from panosync.pipeline import SyncDiffusionPipeline
+pipe = SyncDiffusionPipeline(**tiny_random_components(window=8, vae_factor=2))
+ui.SPEED_INPUTS += ("sparkle",)  # where the page shows it: a layout choice, not a definition
+ui.SLIDER_SPANS["sparkle"] = (0, 1, 0.05)
+page = ui.build_ui(PanoramaModel(pipe, "tiny", settings.model_defaults(None)), Limits(), sys.argv[1])
+assert any(getattr(block, "elem_id", None) == "sparkle" for block in page.blocks.values())
+print("ok")
+""")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(SRC.parent)}
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "out")], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+
+
+def test_precedence_given_then_png_then_recommended_then_paper():
+    stored = {"sync_weight": 5.0, "guidance_scale": 3.0, "seed": 4}
+    recommended = {"sync_weight": 40.0, "guidance_scale": 6.0, "num_inference_steps": 30}
+    values = settings.resolve({"sync_weight": 1.0, "seed": None}, stored, recommended)
+    assert values["sync_weight"] == 1.0  # given
+    assert values["guidance_scale"] == 3.0 and values["seed"] == 4  # the PNG's (an option left out is None)
+    assert values["num_inference_steps"] == 30  # the model's
+    assert values["sync_decay_rate"] == 0.95 and values["fast_modes"] == []  # the paper's
+    assert settings.paper_defaults(control=True)["sync_threshold"] == 10  # ControlSync's paper
+
+
+def test_the_pipelines_defaults_are_the_settings_defaults():
+    import inspect
+
+    from panosync.control import ControlSyncPipeline
+    from panosync.pipeline import SyncDiffusionPipeline
+
+    for pipeline, control in ((SyncDiffusionPipeline, False), (ControlSyncPipeline, True)):
+        signature = inspect.signature(pipeline.__call__).parameters
+        paper = settings.paper_defaults(control)
+        for name in settings.PIPELINE_NAMES:
+            default = signature[name].default
+            default = list(default) if isinstance(default, tuple) else default
+            assert name == "prompt" or default == paper[name], (pipeline.__name__, name)
+        assert all(signature[name].kind is inspect.Parameter.KEYWORD_ONLY for name in settings.PIPELINE_NAMES
+                   if name != "prompt")
+
+
+def test_the_command_uses_the_models_recommended_settings_and_the_png_over_them(tmp_path, sync_pipe, monkeypatch):
+    folder = tmp_path / "model"
+    sync_pipe.save_pretrained(folder)
+    (folder / "recommended.json").write_text(json.dumps({"sync_weight": 40.0, "num_inference_steps": 30,
+                                                          "fast_modes": ["no_unet_backward"]}))
+    seen = {}
+
+    def make_panorama(args, request, source, out, load=None, inputs=None):
+        seen.update(request)
+        return 0
+
+    monkeypatch.setattr("panosync.cli.make_panorama", make_panorama)
+    assert main(["generate", "a", "--model", str(folder), "--out", str(tmp_path / "a.png")]) == 0
+    assert (seen["sync_weight"], seen["num_inference_steps"], seen["fast_modes"]) == (40.0, 30, ["no_unet_backward"])
+    png = tmp_path / "stored.png"
+    save_png(PIL.Image.new("RGB", (4, 4)), png, {"prompt": "b", "model": str(folder), "sync_weight": 7.0,
+                                                  "fast_modes": []})
+    assert main(["generate", "--from-png", str(png), "--fast", "reuse_noise", "--out", str(tmp_path / "b.png")]) == 0
+    assert (seen["prompt"], seen["sync_weight"], seen["num_inference_steps"]) == ("b", 7.0, 30)
+    assert seen["fast_modes"] == ["reuse_noise"]
+
+
+# ----------------------------------------------------------------------- hostile inputs, by family
+
+
+def tampered_png(path: Path, text: str) -> str:
+    info = PIL.PngImagePlugin.PngInfo()
+    info.add_text("panosync", text)
+    PIL.Image.new("RGB", (4, 4)).save(path, pnginfo=info)
+    return str(path)
+
+
+def run_refused(argv, capsys, monkeypatch, message):
+    """Run the command; it must exit 2 with one line holding `message`, having loaded no model."""
+    from test_cli import no_loading
+
+    monkeypatch.setattr(models, "load_pipeline", no_loading)
+    monkeypatch.setattr(models, "load_control_pipeline", no_loading)
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[1, 2]", "are a JSON list, not an object"),
+    ('"a string"', "are a JSON str, not an object"),
+    ("{not json", "are not JSON"),
+    ('{"prompt": "a", "model": "tiny-random", "guidance_scale": "NaN"}', "guidance_scale must be a number, got 'NaN'"),
+    ('{"prompt": "a", "model": "tiny-random", "seed": "x"}', "seed must be a whole number, got 'x'"),
+    ('{"prompt": "a", "model": "tiny-random", "seed": true}', "seed must be a whole number, got True"),
+    ('{"prompt": "a", "model": "tiny-random", "sync_weight": 1e999}', "sync_weight must be a finite number"),
+    ('{"prompt": 5, "model": "tiny-random"}', "prompt must be text, got 5"),
+    ('{"prompt": "a", "model": ["tiny-random"]}', "model must be text"),
+    ('{"prompt": "a", "model": "tiny-random", "fast_modes": "turbo"}', "unknown fast mode 'turbo'"),
+])
+def test_a_tampered_png_is_one_sentence(tmp_path, capsys, monkeypatch, text, message):
+    png = tampered_png(tmp_path / "tampered.png", text)
+    run_refused(["generate", "--from-png", png, "--out", str(tmp_path / "out.png")], capsys, monkeypatch, message)
+
+
+def test_outputs_are_checked_before_generating(tmp_path, capsys, monkeypatch):
+    common = ["generate", "a", "--model", "tiny-random", "--width", "512", "--steps", "1"]
+    run_refused([*common, "--out", str(tmp_path)], capsys, monkeypatch, "is a folder: give a file name")
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    run_refused([*common, "--out", str(a_file / "x.png")], capsys, monkeypatch, "is a file")
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        run_refused([*common, "--out", str(locked / "x.png")], capsys, monkeypatch, "cannot be made or written")
+
+
+@pytest.mark.parametrize("side,message", [(20000, "could be decompression bomb"),  # PIL's own limit, at open
+                                          (9000, "= 81,000,000 pixels, more than the 67,108,864 allowed")])
+def test_a_huge_condition_is_refused_from_its_header(tmp_path, capsys, monkeypatch, side, message):
+    """A 20000 × 20000 palette PNG is a few hundred kilobytes: refused before it is decoded."""
+    bomb = tmp_path / "bomb.png"
+    PIL.Image.new("P", (side, side)).save(bomb, optimize=True)
+    assert bomb.stat().st_size < 1_000_000
+    run_refused(["control", "a", "--model", "tiny-random", "--controlnet", "tiny-random", "--condition", str(bomb)],
+                capsys, monkeypatch, message)
+
+
+@pytest.mark.parametrize("options,message", [
+    (["--seeds", "0-4294967296"], "--seeds must be from 0 to 4294967295, got 0-4294967296"),
+    (["--seeds", "0-4294967295"], "--seeds names more than 100,000 seeds"),
+    (["--guidance-scale", "nan"], "guidance_scale must be a finite number"),
+    (["--sync-weight", "inf"], "sync_weight must be a finite number"),
+    (["--steps", "100000"], "num_inference_steps must be from 1 to 1000"),
+    (["--view-batch-size", "0"], "view_batch_size must be 1 or more"),
+    (["--fast", "none", "--anchor", "99", "--width", "1024"], "anchor must be a view index from 0 to"),
+    (["--out", "FILE"], "is a file: give a folder"),
+])
+def test_evaluate_refuses_hostile_options_before_loading(tmp_path, capsys, monkeypatch, options, message):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a landscape\n")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    options = [str(a_file) if option == "FILE" else option for option in options]
+    out = [] if "--out" in options else ["--out", str(tmp_path / "out")]
+    run_refused(["evaluate", "--model", "tiny-random", "--prompts", str(prompts), *out, *options], capsys,
+                monkeypatch, message)
+
+
+def test_serve_and_ui_refuse_bad_options_before_loading(tmp_path, capsys, monkeypatch):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    run_refused(["serve", "--model", "tiny-random", "--view-batch-size", "0", "--state-dir", str(tmp_path / "s")],
+                capsys, monkeypatch, "view_batch_size must be 1 or more")
+    run_refused(["ui", "--model", "tiny-random", "--out-dir", str(a_file)], capsys, monkeypatch, "is a file")
+    run_refused(["serve", "--model", "tiny-random", "--device", "foo", "--state-dir", str(tmp_path / "s")], capsys,
+                monkeypatch, "--device foo is not a device")
+
+
+def test_presets_set_the_fast_modes():
+    """On pocket, which recommends no_unet_backward, "paper" is the paper's gradient."""
+    from panosync.models import resolve_model
+
+    source = resolve_model("pocket")
+    presets = settings.presets(settings.model_defaults(source), source.geometry)
+    assert list(presets) == ["recommended", "paper", "fast"]
+    assert presets["recommended"]["fast_modes"] == ["no_unet_backward"]
+    assert presets["paper"]["fast_modes"] == [] and presets["fast"]["fast_modes"] == []
+    assert presets["paper"]["sync_weight"] == 20.0 and presets["paper"]["stride"] == source.geometry.window // 4
+    assert set(presets["paper"]) == set(settings.PRESET_NAMES)
+
+
+def test_the_command_runs_without_the_extras(tmp_path):
+    """`pip install panosync` brings what the pipelines need: the command works without the
+    server's, the page's, evaluate's and OpenCV's packages, and a command that needs one says
+    which extra brings it."""
+    script = tmp_path / "lean.py"
+    script.write_text("""
+import sys
+BLOCKED = {"pydantic", "pydantic_core", "fastapi", "starlette", "uvicorn", "gradio", "torchmetrics", "matplotlib", "cv2"}
+for name in BLOCKED:  # None in sys.modules: not installed, for `import` and for importlib.util.find_spec alike
+    sys.modules[name] = None
+from panosync.cli import main
+import panosync, panosync.pipeline, panosync.control, panosync.settings
+assert main(["generate", "a", "--model", "tiny-random", "--width", "100"]) == 2
+assert main(["serve", "--model", "tiny-random", "--state-dir", sys.argv[1]]) == 2
+assert main(["evaluate", "--model", "tiny-random", "--prompts", sys.argv[2], "--out", sys.argv[1] + "/eval",
+             "--width", "1024", "--steps", "1"]) == 2
+print("ok")
+""")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(SRC.parent)}
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "state"), str(prompts)], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+    errors = done.stderr.strip().splitlines()
+    assert errors[0] == "panosync: error: width must be a multiple of 8 pixels (the VAE factor), got 100."
+    assert errors[1] == ("panosync: error: panosync serve needs uvicorn, which comes with the serve extra: "
+                         "pip install 'panosync[serve]'.")
+    assert "which comes with the eval extra: pip install 'panosync[eval]'." in errors[2]
