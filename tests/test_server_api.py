@@ -297,24 +297,30 @@ def test_a_killed_server_keeps_its_results_on_restart(model_folder, tmp_path):
     assert np.array_equal(np.asarray(PIL.Image.open(first)), np.asarray(PIL.Image.open(second)))
 
 
-def test_the_api_runs_pocket_faithful_and_in_its_recommended_fast_mode(tmp_path):
-    """The bundled pocket model recommends no_unet_backward; `fast_modes: []` asks for the paper's
-    gradient, and the job's parameters say which ran."""
+def test_the_api_runs_pocket_in_its_recommended_mode_faithful_and_fast(tmp_path):
+    """No `fast_modes` runs the model's recommended settings (pocket's: the paper's gradient), `[]`
+    asks for the paper's gradient and a list for those fast modes; the job's parameters say which ran."""
+    from panosync.bundled import bundled_model_folder, recommended_settings
+
+    recommended = recommended_settings(bundled_model_folder("pocket"))
     pocket = PanoramaModel.load("pocket", device="cpu", dtype="float32")
     small = dict(width=128, num_inference_steps=2, sync_threshold=1, seed=3)
     with client_for(pocket, tmp_path / "state") as client:
         jobs = {}
-        for name, extra in (("recommended", {}), ("faithful", {"fast_modes": []})):
+        for name, extra in (("recommended", {}), ("faithful", {"fast_modes": []}),
+                            ("fast", {"fast_modes": ["no_unet_backward"]})):
             answer = client.post("/predictions", json={"prompt": "snowy mountains", **small, **extra},
                                  headers={"Prefer": "wait=120"})
             assert answer.status_code == 201, answer.text
             jobs[name] = answer.json()
             assert jobs[name]["status"] == "succeeded", jobs[name]
-        assert jobs["recommended"]["parameters"]["fast_modes"] == ["no_unet_backward"]
+        assert jobs["recommended"]["parameters"]["fast_modes"] == recommended["fast_modes"]
         assert jobs["faithful"]["parameters"]["fast_modes"] == []
-        assert jobs["faithful"]["parameters"]["sync_weight"] == 40.0  # the rest stays the model's
-        pictures = [client.get(jobs[name]["urls"]["output"]).content for name in ("recommended", "faithful")]
-        assert pictures[0] != pictures[1]
+        assert jobs["fast"]["parameters"]["fast_modes"] == ["no_unet_backward"]
+        for name in jobs:  # the rest stays the model's
+            assert jobs[name]["parameters"]["sync_weight"] == recommended["sync_weight"]
+        pictures = {name: client.get(jobs[name]["urls"]["output"]).content for name in jobs}
+        assert pictures["fast"] != pictures["faithful"]
 
 
 # the parameters the API took after the public ones: (body, field, words of the message)

@@ -251,11 +251,14 @@ def test_serve_and_ui_refuse_bad_options_before_loading(tmp_path, capsys, monkey
                 monkeypatch, "--device foo is not a device")
 
 
-def test_presets_set_the_fast_modes():
-    """On pocket, which recommends no_unet_backward, "paper" is the paper's gradient."""
+def test_presets_set_the_fast_modes(tmp_path, sync_pipe):
+    """On a model that recommends a fast mode, "paper" is the paper's gradient."""
     from panosync.models import resolve_model
 
-    source = resolve_model("pocket")
+    folder = tmp_path / "model"
+    sync_pipe.save_pretrained(folder)
+    (folder / "recommended.json").write_text(json.dumps({"sync_weight": 40.0, "fast_modes": ["no_unet_backward"]}))
+    source = resolve_model(str(folder))
     presets = settings.presets(settings.model_defaults(source), source.geometry)
     assert list(presets) == ["recommended", "paper", "fast"]
     assert presets["recommended"]["fast_modes"] == ["no_unet_backward"]
