@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	HF_HUB_OFFLINE=1 $(BIN)/panosync generate "snowy mountains" --model $(MODEL) --width 512 --seed 3 --out panorama.png
+	HF_HUB_OFFLINE=1 $(BIN)/panosync generate "snowy mountains" --model $(MODEL) --width 512 --seed 100 --out panorama.png
 
 serve: setup
 	HF_HUB_OFFLINE=1 $(BIN)/panosync serve --model $(MODEL)

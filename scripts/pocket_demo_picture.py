@@ -1,0 +1,32 @@
+"""The README's picture: `make demo`'s panorama and one more prompt, MultiDiffusion above SyncDiffusion
+(the model's recommended settings), the same seed, on the bundled pocket model.
+
+    python scripts/pocket_demo_picture.py --out docs/demo.png
+"""
+
+import argparse
+
+import numpy as np
+import PIL.Image
+
+from panosync.bundled import bundled_model_folder, recommended_settings
+from panosync.models import load_pipeline
+from panosync.pocket.panorama_bars import labelled
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("--out", default="docs/demo.png")
+parser.add_argument("--scale", type=int, default=2, help="pixel repetition, for a readable picture")
+args = parser.parse_args()
+
+pipe = load_pipeline("pocket")
+pipe.set_progress_bar_config(disable=True)
+settings = recommended_settings(bundled_model_folder("pocket"))
+rows = []
+for prompt, seed in [("snowy mountains", 100), ("a landscape", 101), ("green hills at sunset", 100)]:
+    for name, overrides in [("MultiDiffusion", {"sync_weight": 0.0}), ("SyncDiffusion", {})]:
+        image = pipe(prompt, width=512, height=64, seed=seed, output_type="np", **{**settings, **overrides}).images[0]
+        image = (image * 255).round().astype(np.uint8).repeat(args.scale, 0).repeat(args.scale, 1)
+        rows.append(labelled(image, f"{name}\n“{prompt}”, seed {seed}", margin=170))
+    rows.append(np.full((6, rows[-1].shape[1], 3), 255, np.uint8))
+PIL.Image.fromarray(np.concatenate(rows[:-1])).save(args.out)
+print(f"wrote {args.out}")
