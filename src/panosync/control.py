@@ -193,6 +193,12 @@ class ControlSyncPipeline(SyncDiffusionPipeline):
         return [value] * count
 
 
+def in_dtype(inputs: dict, dtype: torch.dtype) -> dict:
+    """Keyword inputs (tensors, and dicts of tensors: SDXL's added_cond_kwargs) cast to `dtype`."""
+    return {name: in_dtype(value, dtype) if isinstance(value, dict) else value.to(dtype)
+            for name, value in inputs.items()}
+
+
 @dataclasses.dataclass(frozen=True)
 class ControlConditioning(ViewConditioning):
     """ControlSync's part of a request: each ControlNet, its condition of the canvas's size (a
@@ -205,11 +211,12 @@ class ControlConditioning(ViewConditioning):
     vae_factor: int
     unet_dtype: torch.dtype
 
-    def unet_inputs(self, model_input, t, context, views) -> dict:
+    def unet_inputs(self, model_input, t, inputs, views) -> dict:
         """The ControlNets' residuals for a batch of views, summed over the ControlNets: each sees
         its condition's crop for each view, the same for both guidance branches (`model_input` holds
-        the unconditional half, then the conditional). A ControlNet at scale 0 would add only zeros,
-        so it is not run; with every scale at 0 the UNet call is plain SyncDiffusion's."""
+        the unconditional half, then the conditional), and the UNet's own prompt `inputs` (the text
+        context, and SDXL's added conditioning). A ControlNet at scale 0 would add only zeros, so
+        it is not run; with every scale at 0 the UNet call is plain SyncDiffusion's."""
         if views is None:
             raise TypeError("ControlSync needs the views of the batch to crop the conditions for them.")
         down, mid = None, None
@@ -220,9 +227,8 @@ class ControlConditioning(ViewConditioning):
             # each input in the ControlNet's dtype, its residuals in the UNet's (the two may differ)
             dtype = controlnet.dtype
             net_down, net_mid = controlnet(sample=model_input.to(dtype), timestep=t,
-                                           encoder_hidden_states=context.to(dtype),
                                            controlnet_cond=torch.cat([crops, crops]).to(dtype),
-                                           conditioning_scale=scale, return_dict=False)
+                                           conditioning_scale=scale, return_dict=False, **in_dtype(inputs, dtype))
             net_down = [residual.to(self.unet_dtype) for residual in net_down]
             net_mid = net_mid.to(self.unet_dtype)
             if down is None:

@@ -1,0 +1,7 @@
+"""One small adapter per model family (base.py says what an adapter gives the joint diffusion)."""
+
+from .base import Backbone, PromptConditioning, Sampler, ViewConditioning
+from .sd import StableDiffusionBackbone, TextConditioning
+
+__all__ = ["Backbone", "PromptConditioning", "Sampler", "ViewConditioning", "StableDiffusionBackbone",
+           "TextConditioning"]
