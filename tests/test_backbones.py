@@ -9,12 +9,14 @@ from diffusers import (
     DDIMScheduler,
     StableDiffusionControlNetPipeline,
     StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
 )
 from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 
 from panosync.control import ControlSyncPipeline, random_controlnet_like
 from panosync.pipeline import SyncDiffusionPipeline
-from panosync.tiny import tiny_random_components
+from panosync.tiny import tiny_random_components, tiny_random_xl_components
+from panosync.xl import SyncDiffusionXLPipeline
 
 # 32-pixel windows (16 latents, VAE factor 2); three DDIM steps.
 WINDOW = dict(window=16, vae_factor=2)
@@ -89,3 +91,31 @@ def test_one_window_controlsync_is_stable_diffusion_controlnet_pipelines_image()
     plain = ours("a land", image=conditions, controlnet_conditioning_scale=[0, 0], width=side, height=side,
                  num_inference_steps=STEPS, latents=noise, output_type="latent").images
     assert (plain - results["latent"][0]).abs().max() > 1e-2
+
+
+# --- Stable Diffusion XL -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def xl_components():
+    return tiny_random_xl_components(**WINDOW)
+
+
+def test_one_window_is_stable_diffusion_xl_pipelines_image(xl_components):
+    ours = quiet(SyncDiffusionXLPipeline(**xl_components))
+    theirs = quiet(StableDiffusionXLPipeline(**xl_components, add_watermarker=False))
+    assert_same_image(both(ours, theirs, one_window_noise(ours, seed=3)))
+
+
+def test_xl_size_conditioning_and_negative_prompt_are_diffusers(xl_components):
+    """Other size and crop conditioning, and a negative prompt, as diffusers takes them."""
+    ours = quiet(SyncDiffusionXLPipeline(**xl_components))
+    theirs = quiet(StableDiffusionXLPipeline(**xl_components, add_watermarker=False))
+    sizes = dict(original_size=(64, 96), crops_coords_top_left=(8, 4), target_size=(48, 48))
+    results = both(ours, theirs, one_window_noise(ours, seed=5),
+                   ours_kwargs=dict(negative_prompt="blurry", **sizes),
+                   theirs_kwargs=dict(negative_prompt="blurry", **sizes))
+    assert_same_image(results)
+    native = ours("a land", width=32, height=32, num_inference_steps=STEPS, latents=one_window_noise(ours, seed=5),
+                  negative_prompt="blurry", output_type="latent").images
+    assert (native - results["latent"][0]).abs().max() > 1e-3  # the conditioning reaches the UNet

@@ -2,6 +2,7 @@
 
 from .base import Backbone, PromptConditioning, Sampler, ViewConditioning
 from .sd import StableDiffusionBackbone, TextConditioning
+from .sdxl import StableDiffusionXLBackbone, XLConditioning
 
 __all__ = ["Backbone", "PromptConditioning", "Sampler", "ViewConditioning", "StableDiffusionBackbone",
-           "TextConditioning"]
+           "TextConditioning", "StableDiffusionXLBackbone", "XLConditioning"]
