@@ -9,11 +9,12 @@ from diffusers import (
     DDIMScheduler,
     StableDiffusionControlNetPipeline,
     StableDiffusionPipeline,
+    StableDiffusionXLControlNetPipeline,
     StableDiffusionXLPipeline,
 )
 from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 
-from panosync.control import ControlSyncPipeline, random_controlnet_like
+from panosync.control import ControlSyncPipeline, ControlSyncXLPipeline, random_controlnet_like
 from panosync.pipeline import SyncDiffusionPipeline
 from panosync.tiny import tiny_random_components, tiny_random_xl_components
 from panosync.xl import SyncDiffusionXLPipeline
@@ -119,3 +120,32 @@ def test_xl_size_conditioning_and_negative_prompt_are_diffusers(xl_components):
     native = ours("a land", width=32, height=32, num_inference_steps=STEPS, latents=one_window_noise(ours, seed=5),
                   negative_prompt="blurry", output_type="latent").images
     assert (native - results["latent"][0]).abs().max() > 1e-3  # the conditioning reaches the UNet
+
+
+# --- ControlSync on SDXL ---------------------------------------------------------------------------
+
+
+def test_one_window_controlsync_xl_is_stable_diffusion_xl_controlnet_pipelines_image(xl_components):
+    nets = [random_controlnet_like(xl_components["unet"], 2, seed=seed) for seed in (1, 2)]
+    ours = quiet(ControlSyncXLPipeline(**xl_components, controlnet=nets))
+    theirs = quiet(StableDiffusionXLControlNetPipeline(**xl_components, controlnet=MultiControlNetModel(nets),
+                                                       add_watermarker=False))
+    side = ours.window * ours.vae_factor
+    generator = torch.Generator().manual_seed(6)
+    conditions = [torch.rand((1, 3, side, side), generator=generator) for _ in nets]
+    inputs = dict(image=conditions, controlnet_conditioning_scale=[0.7, 1.3], guidance_scale=5.0)
+    noise = one_window_noise(ours, seed=7)
+    results = both(ours, theirs, noise, ours_kwargs=inputs, theirs_kwargs=inputs)
+    assert_same_image(results)
+    plain = ours("a land", **{**inputs, "controlnet_conditioning_scale": [0, 0]}, width=side, height=side,
+                 num_inference_steps=STEPS, latents=noise, output_type="latent").images
+    assert (plain - results["latent"][0]).abs().max() > 1e-2  # the ControlNets matter
+
+
+def test_synced_controlsync_xl_panorama(xl_components):
+    nets = [random_controlnet_like(xl_components["unet"], 2, seed=1)]
+    pipe = quiet(ControlSyncXLPipeline(**xl_components, controlnet=nets[0]))
+    condition = torch.rand((1, 3, 32, 64), generator=torch.Generator().manual_seed(8))
+    image = pipe("a land", image=condition, stride=8, num_inference_steps=2, sync_threshold=2, seed=1,
+                 output_type="np").images[0]
+    assert image.shape == (32, 64, 3) and np.isfinite(image).all()

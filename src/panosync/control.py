@@ -21,6 +21,7 @@ from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 
 from .conditions import condition_size, fit_to_canvas
 from .pipeline import SyncDiffusionPipeline, ViewConditioning
+from .xl import SyncDiffusionXLPipeline
 from .views import View, crop
 
 
@@ -82,9 +83,13 @@ class ControlSyncPipeline(SyncDiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->controlnet->unet->vae"
 
     def __init__(self, vae, text_encoder, tokenizer, unet, controlnet, scheduler):
+        super().__init__(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+        self.add_controlnet(controlnet)
+
+    def add_controlnet(self, controlnet) -> None:
+        """Register `controlnet` (one, a list, or a MultiControlNetModel), frozen, once checked."""
         if isinstance(controlnet, (list, tuple)):
             controlnet = MultiControlNetModel(controlnet)
-        super().__init__(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
         self.register_modules(controlnet=controlnet)
         controlnet.requires_grad_(False)
         self.check_controlnets()
@@ -197,6 +202,21 @@ def in_dtype(inputs: dict, dtype: torch.dtype) -> dict:
     """Keyword inputs (tensors, and dicts of tensors: SDXL's added_cond_kwargs) cast to `dtype`."""
     return {name: in_dtype(value, dtype) if isinstance(value, dict) else value.to(dtype)
             for name, value in inputs.items()}
+
+
+class ControlSyncXLPipeline(ControlSyncPipeline, SyncDiffusionXLPipeline):
+    """ControlSync with an SDXL model and SDXL ControlNets (one, a list, or a MultiControlNetModel):
+    ControlSyncPipeline's call on SyncDiffusionXLPipeline's backbone. Each ControlNet gets the
+    UNet's own prompt inputs, SDXL's added conditioning included. Load like diffusers'
+    StableDiffusionXLControlNetPipeline."""
+
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->controlnet->unet->vae"
+
+    def __init__(self, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, controlnet, scheduler,
+                 force_zeros_for_empty_prompt: bool = True):
+        SyncDiffusionXLPipeline.__init__(self, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet,
+                                         scheduler, force_zeros_for_empty_prompt)
+        self.add_controlnet(controlnet)
 
 
 @dataclasses.dataclass(frozen=True)
