@@ -97,9 +97,9 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
     def __init__(self, vae, text_encoder, tokenizer, unet, scheduler):
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
-        self.freeze(vae, text_encoder, unet)
+        self.set_up(vae, text_encoder, unet)
 
-    def freeze(self, *models) -> None:
+    def set_up(self, *models) -> None:
         """Freeze the models (the sync step needs gradients with respect to latents only) and set up
         the state every family's pipeline keeps: its backbone adapter, and what a call learns."""
         for model in models:

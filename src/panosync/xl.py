@@ -41,7 +41,7 @@ class SyncDiffusionXLPipeline(SyncDiffusionPipeline):
         self.register_modules(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
                               tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler)
         self.register_to_config(force_zeros_for_empty_prompt=force_zeros_for_empty_prompt)
-        self.freeze(vae, text_encoder, text_encoder_2, unet)
+        self.set_up(vae, text_encoder, text_encoder_2, unet)
 
     @torch.no_grad()
     def __call__(self, prompt: str, *, original_size: tuple[int, int] | None = None,
