@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["SyncDiffusionPipeline", "SyncDiffusionOutput", "ControlSyncPipeline", "__version__"]
+__all__ = ["SyncDiffusionPipeline", "SyncDiffusionOutput", "SyncDiffusionXLPipeline", "ControlSyncPipeline", "__version__"]
 
 
 def __getattr__(name):
@@ -11,6 +11,10 @@ def __getattr__(name):
         from . import pipeline
 
         return getattr(pipeline, name)
+    if name == "SyncDiffusionXLPipeline":
+        from . import xl
+
+        return xl.SyncDiffusionXLPipeline
     if name == "ControlSyncPipeline":
         from . import control
 

@@ -85,6 +85,7 @@ def panorama_request(args: argparse.Namespace, control: bool = False) -> tuple[d
     default_model = settings.DEFAULT_CONTROL_MODEL if control else settings.DEFAULT_MODEL
     model = _text(args.model or stored.get("model") or default_model, "model")
     model_config = args.model_config or stored.get("model_config")
+    vae = getattr(args, "vae", None) or stored.get("vae")
     source = resolve_model(model)
     values = settings.resolve(given, stored, settings.recommended_of(source), control)
     values["controlnet"] = getattr(args, "controlnet", None) or stored.get("controlnet")
@@ -96,7 +97,8 @@ def panorama_request(args: argparse.Namespace, control: bool = False) -> tuple[d
     if values["seed"] is None:
         values["seed"] = settings.draw_seed()
     request = {**values, "model": model, **({"model_config": _text(model_config, "model_config")}
-                                             if model_config else {})}
+                                             if model_config else {}),
+               **({"vae": _text(vae, "vae")} if vae else {})}
     return request, source
 
 
@@ -158,7 +160,8 @@ def control(args: argparse.Namespace) -> int:
                   resize_condition=request["resize_condition"])
 
     def load(device, precision):
-        return load_control_pipeline(source, controlnets, device, precision, config=request.get("model_config"))
+        return load_control_pipeline(source, controlnets, device, precision, config=request.get("model_config"),
+                                     vae=request.get("vae"))
 
     return make_panorama(args, request, source, out, load, inputs)
 
@@ -179,7 +182,7 @@ def make_panorama(args: argparse.Namespace, request: dict, source: "ModelSource"
 
     started = time.perf_counter()
     if load is None:
-        pipe = load_pipeline(source, device, precision, config=request.get("model_config"))
+        pipe = load_pipeline(source, device, precision, config=request.get("model_config"), vae=request.get("vae"))
     else:
         pipe = load(device, precision)
     pipe.set_progress_bar_config(disable=args.quiet, desc="denoising", unit="step")

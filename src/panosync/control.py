@@ -21,6 +21,7 @@ from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 
 from .conditions import condition_size, fit_to_canvas
 from .pipeline import SyncDiffusionPipeline, ViewConditioning
+from .xl import SyncDiffusionXLPipeline
 from .views import View, crop
 
 
@@ -82,9 +83,13 @@ class ControlSyncPipeline(SyncDiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->controlnet->unet->vae"
 
     def __init__(self, vae, text_encoder, tokenizer, unet, controlnet, scheduler):
+        super().__init__(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+        self.add_controlnet(controlnet)
+
+    def add_controlnet(self, controlnet) -> None:
+        """Register `controlnet` (one, a list, or a MultiControlNetModel), frozen, once checked."""
         if isinstance(controlnet, (list, tuple)):
             controlnet = MultiControlNetModel(controlnet)
-        super().__init__(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
         self.register_modules(controlnet=controlnet)
         controlnet.requires_grad_(False)
         self.check_controlnets()
@@ -193,6 +198,27 @@ class ControlSyncPipeline(SyncDiffusionPipeline):
         return [value] * count
 
 
+def in_dtype(inputs: dict, dtype: torch.dtype) -> dict:
+    """Keyword inputs (tensors, and dicts of tensors: SDXL's added_cond_kwargs) cast to `dtype`."""
+    return {name: in_dtype(value, dtype) if isinstance(value, dict) else value.to(dtype)
+            for name, value in inputs.items()}
+
+
+class ControlSyncXLPipeline(ControlSyncPipeline, SyncDiffusionXLPipeline):
+    """ControlSync with an SDXL model and SDXL ControlNets (one, a list, or a MultiControlNetModel):
+    ControlSyncPipeline's call on SyncDiffusionXLPipeline's backbone. Each ControlNet gets the
+    UNet's own prompt inputs, SDXL's added conditioning included. Load like diffusers'
+    StableDiffusionXLControlNetPipeline."""
+
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->controlnet->unet->vae"
+
+    def __init__(self, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, controlnet, scheduler,
+                 force_zeros_for_empty_prompt: bool = True):
+        SyncDiffusionXLPipeline.__init__(self, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet,
+                                         scheduler, force_zeros_for_empty_prompt)
+        self.add_controlnet(controlnet)
+
+
 @dataclasses.dataclass(frozen=True)
 class ControlConditioning(ViewConditioning):
     """ControlSync's part of a request: each ControlNet, its condition of the canvas's size (a
@@ -205,11 +231,12 @@ class ControlConditioning(ViewConditioning):
     vae_factor: int
     unet_dtype: torch.dtype
 
-    def unet_inputs(self, model_input, t, context, views) -> dict:
+    def unet_inputs(self, model_input, t, inputs, views) -> dict:
         """The ControlNets' residuals for a batch of views, summed over the ControlNets: each sees
         its condition's crop for each view, the same for both guidance branches (`model_input` holds
-        the unconditional half, then the conditional). A ControlNet at scale 0 would add only zeros,
-        so it is not run; with every scale at 0 the UNet call is plain SyncDiffusion's."""
+        the unconditional half, then the conditional), and the UNet's own prompt `inputs` (the text
+        context, and SDXL's added conditioning). A ControlNet at scale 0 would add only zeros, so
+        it is not run; with every scale at 0 the UNet call is plain SyncDiffusion's."""
         if views is None:
             raise TypeError("ControlSync needs the views of the batch to crop the conditions for them.")
         down, mid = None, None
@@ -220,9 +247,8 @@ class ControlConditioning(ViewConditioning):
             # each input in the ControlNet's dtype, its residuals in the UNet's (the two may differ)
             dtype = controlnet.dtype
             net_down, net_mid = controlnet(sample=model_input.to(dtype), timestep=t,
-                                           encoder_hidden_states=context.to(dtype),
                                            controlnet_cond=torch.cat([crops, crops]).to(dtype),
-                                           conditioning_scale=scale, return_dict=False)
+                                           conditioning_scale=scale, return_dict=False, **in_dtype(inputs, dtype))
             net_down = [residual.to(self.unet_dtype) for residual in net_down]
             net_mid = net_mid.to(self.unet_dtype)
             if down is None:

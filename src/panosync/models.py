@@ -2,7 +2,9 @@
 Hugging Face hub id; and choosing the device and precision.
 
 Everything that can be wrong with the model argument is found by `resolve_model`, which reads no
-weights, so that a bad argument costs the user nothing.
+weights, so that a bad argument costs the user nothing: its family too (auto.py), from a folder's
+model_index.json or a checkpoint's keys, so that SDXL loads as SDXL and an unsupported family is
+refused in one sentence.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Callable
 
 import torch
 
+from .auto import SD, family_of_checkpoint, family_of_model_index, pipeline_class, read_model_index
 from .bundled import bundled_controlnet_folder, bundled_controlnet_names, bundled_model_folder, bundled_model_names
 from .pipeline import SyncDiffusionPipeline
 from .precision import Precision
@@ -46,6 +49,7 @@ class ModelSource:
     kind: str  # "bundled", "folder", "file" or "hub"
     ref: str
     geometry: Geometry | None = None  # read from the configs, when they can be before loading
+    family: str | None = None  # auto.py's SD or SDXL; None: a hub model not in the cache, known when loaded
 
     @property
     def window(self) -> int | None:
@@ -100,26 +104,61 @@ def _check_hub_model(repo_id: str, marker: str = "model_index.json", what: str =
 def resolve_model(model: str) -> ModelSource:
     """Say what `model` names, or raise a ValueError that says what to change. Reads no weights."""
     if model == "tiny-random":
-        return ModelSource("bundled", model, Geometry(**TINY_RANDOM_SHAPE, max_steps=TINY_RANDOM_STEPS))
+        return ModelSource("bundled", model, Geometry(**TINY_RANDOM_SHAPE, max_steps=TINY_RANDOM_STEPS), SD)
     path = bundled_model_folder(model) or Path(model).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise ValueError(f"{model} is a folder but not a diffusers model folder (it has no model_index.json).")
-        return ModelSource("folder", str(path), geometry_of_folder(path))
+        family = family_of_model_index(_readable_index(path, model), f"Model {model}")
+        return ModelSource("folder", str(path), geometry_of_folder(path), family)
     if path.is_file():
         if path.suffix not in CHECKPOINT_SUFFIXES:
             raise ValueError(f"{model} is not a model checkpoint: give a .safetensors or .ckpt file or a diffusers folder.")
         _check_checkpoint(path)
-        return ModelSource("file", str(path))
+        return ModelSource("file", str(path), family=family_of_checkpoint(path))
     if path.suffix in CHECKPOINT_SUFFIXES or os.sep in model and not HUB_ID.match(model):
         raise ValueError(f"No such model file or folder: {model}.")
     if HUB_ID.match(model):
         _check_hub_model(model)
-        return ModelSource("hub", model)
+        return ModelSource("hub", model, family=_cached_family(model))
     raise ValueError(
         f"Unknown model {model!r}: give a bundled model ({', '.join([*BUNDLED, *bundled_model_names()])}), a diffusers folder, a .safetensors "
         f"checkpoint, or a Hugging Face model id such as stabilityai/stable-diffusion-2-base."
     )
+
+
+def _readable_index(folder: Path, model: str) -> dict:
+    try:
+        return read_model_index(folder)
+    except (OSError, ValueError):
+        raise ValueError(f"{model}'s model_index.json cannot be read as JSON: the folder is not a diffusers model "
+                         f"folder.") from None
+
+
+def _cached_family(repo_id: str) -> str | None:
+    """The family of a hub model whose model_index.json is in the local cache; None when it is not."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id, "model_index.json")
+    if not isinstance(cached, str):
+        return None
+    return family_of_model_index(_readable_index(Path(cached).parent, repo_id), f"Model {repo_id}")
+
+
+def load_vae(vae: str, dtype: torch.dtype):
+    """An AutoencoderKL from a diffusers folder or hub id, in `dtype`: an fp16-safe VAE in place of a
+    model's own (SDXL's overflows in float16; madebyollin/sdxl-vae-fp16-fix does not)."""
+    from diffusers import AutoencoderKL
+
+    path = Path(vae).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"--vae {vae} is a folder but not a diffusers VAE folder (it has no config.json).")
+        return AutoencoderKL.from_pretrained(path, dtype=dtype, local_files_only=True)
+    if not HUB_ID.match(vae):
+        raise ValueError(f"No such VAE folder: {vae} (give a diffusers AutoencoderKL folder or a hub id).")
+    _check_hub_model(vae, marker="config.json", what="VAE")
+    return AutoencoderKL.from_pretrained(vae, dtype=dtype, local_files_only=_hub_is_offline())
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -139,7 +178,8 @@ def as_precision(precision: Precision | torch.dtype) -> Precision:
     return precision if isinstance(precision, Precision) else Precision(precision)
 
 
-def _load_checkpoint(path: str, dtype: torch.dtype, config: str | None) -> SyncDiffusionPipeline:
+def _load_checkpoint(path: str, dtype: torch.dtype, config: str | None, family: str | None = SD,
+                     **components) -> SyncDiffusionPipeline:
     """An original-format checkpoint holds weights only: diffusers takes the architecture (and the tokenizer and
     scheduler) from `config`, a diffusers folder or hub id, or else from the hub repo it guesses from the keys."""
     import logging
@@ -156,8 +196,8 @@ def _load_checkpoint(path: str, dtype: torch.dtype, config: str | None) -> SyncD
     if offline:
         quiet.setLevel(logging.ERROR)
     try:
-        return SyncDiffusionPipeline.from_single_file(path, dtype=dtype, local_files_only=offline,
-                                                      **({} if config is None else {"config": config}))
+        return pipeline_class(family or SD).from_single_file(path, dtype=dtype, local_files_only=offline, **components,
+                                                            **({} if config is None else {"config": config}))
     except LocalEntryNotFoundError:
         if config is None:
             raise ValueError(
@@ -173,24 +213,32 @@ def _load_checkpoint(path: str, dtype: torch.dtype, config: str | None) -> SyncD
 
 
 def load_pipeline(source: ModelSource | str, device: torch.device | str = "cpu",
-                  precision: Precision | torch.dtype = torch.float32, config: str | None = None) -> SyncDiffusionPipeline:
+                  precision: Precision | torch.dtype = torch.float32, config: str | None = None,
+                  vae: str | None = None) -> SyncDiffusionPipeline:
     """Load the pipeline `source` names onto `device` in `precision` (a dtype, or a Precision: weights'
-    dtype and autocast). `config` (a diffusers folder or hub id) gives the architecture of a checkpoint
-    file; offline, a checkpoint cannot be loaded without it unless the configs diffusers guesses for it
-    are in the local Hugging Face cache. It is ignored for other sources."""
+    dtype and autocast): the pipeline of its family (auto.py). `config` (a diffusers folder or hub id)
+    gives the architecture of a checkpoint file; offline, a checkpoint cannot be loaded without it
+    unless the configs diffusers guesses for it are in the local Hugging Face cache. It is ignored for
+    other sources. `vae` (a diffusers folder or hub id) replaces the model's VAE."""
+    from .auto import AutoSyncPipeline
+
     precision = as_precision(precision)
     dtype = precision.weights
     if isinstance(source, str):
         source = resolve_model(source)
+    components = {} if vae is None else {"vae": load_vae(vae, dtype)}
     if source.kind == "bundled":
         pipe = BUNDLED[source.ref]()
+        if components:
+            pipe = type(pipe)(**{**pipe.components, **components})
         if pipe.unet.dtype != dtype:
             pipe = pipe.to(dtype=dtype)
     elif source.kind == "file":
-        pipe = _load_checkpoint(source.ref, dtype, config)
+        pipe = _load_checkpoint(source.ref, dtype, config, source.family, **components)
     else:
         local = source.kind == "folder" or _hub_is_offline()
-        pipe = SyncDiffusionPipeline.from_pretrained(source.ref, dtype=dtype, local_files_only=local)
+        loader = AutoSyncPipeline if source.family is None else pipeline_class(source.family)
+        pipe = loader.from_pretrained(source.ref, dtype=dtype, local_files_only=local, **components)
     if precision.autocast is not None:
         pipe.enable_autocast(precision.autocast)
     # silenced: diffusers warns that float16 "cannot run" on the CPU; it runs there, only slowly
@@ -246,14 +294,20 @@ def load_controlnet(source: ModelSource | str, base: SyncDiffusionPipeline, dtyp
 
 def load_control_pipeline(source: ModelSource | str, controlnets: list[ModelSource | str],
                           device: torch.device | str = "cpu", precision: Precision | torch.dtype = torch.float32,
-                          config: str | None = None):
-    """A ControlSyncPipeline: the base model as `load_pipeline` loads it, with one or several ControlNets."""
-    from .control import ControlSyncPipeline
+                          config: str | None = None, vae: str | None = None):
+    """The ControlSync pipeline of the base model's family (ControlSyncPipeline, ControlSyncXLPipeline):
+    the base model as `load_pipeline` loads it, with one or several ControlNets."""
+    from .auto import SDXL
+    from .xl import SyncDiffusionXLPipeline
 
     precision = as_precision(precision)
-    base = load_pipeline(source, "cpu", precision.weights, config=config)
+    base = load_pipeline(source, "cpu", precision.weights, config=config, vae=vae)
     nets = [load_controlnet(controlnet, base, precision.weights) for controlnet in controlnets]
-    pipe = ControlSyncPipeline(**base.components, controlnet=nets[0] if len(nets) == 1 else nets)
+    family = SDXL if isinstance(base, SyncDiffusionXLPipeline) else SD
+    # what the base's config holds besides its components (SDXL's force_zeros_for_empty_prompt)
+    settings = {name: base.config[name] for name in ("force_zeros_for_empty_prompt",) if name in base.config}
+    pipe = pipeline_class(family, control=True)(**base.components, **settings,
+                                                controlnet=nets[0] if len(nets) == 1 else nets)
     if precision.autocast is not None:
         pipe.enable_autocast(precision.autocast)
     # silenced: diffusers warns that float16 "cannot run" on the CPU; it runs there, only slowly

@@ -12,6 +12,7 @@ speed, each by name; a wide panorama is decoded in tiles (`decode.py`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from contextlib import nullcontext
@@ -26,13 +27,14 @@ from diffusers import DDIMScheduler, DiffusionPipeline
 from diffusers.loaders import FromSingleFileMixin
 from diffusers.utils import BaseOutput
 
+from .backbones import Backbone, PromptConditioning, Sampler, StableDiffusionBackbone, ViewConditioning
 from .chunks import ViewChunks, default_view_batch_size
 from .decode import decode_tiled, should_tile
 from . import settings
 from .fast import SyncShortcuts, check_sync_decoder, downscale, load_sync_decoder
 from .precision import NonFiniteError, Precision, is_half
 from .schedulers import SUPPORTED as SUPPORTED_SCHEDULERS
-from .schedulers import ViewSchedulers, most_steps, multistep_like, predicted_original, steps_fit
+from .schedulers import ViewSchedulers, most_steps, multistep_like, predicted_original, steps_fit  # noqa: F401
 from .settings import canvas_defaults, vae_factor_of, window_of  # noqa: F401 (their old home)
 from .sync import SyncSchedule, half_precision_loss_scale, sync_gradient
 from .views import View, add_view, coverage, crop, views_for_canvas
@@ -71,38 +73,41 @@ class PanoramaRequest:
     output_type: str
     shortcuts: SyncShortcuts = SyncShortcuts()
     tiled_decode: bool | None = None  # None: tiled when the panorama is large (decode.py)
-    conditioning: ViewConditioning | None = None  # each view's extra UNet inputs (ControlSync)
-
-
-class ViewConditioning:
-    """What conditions each view's UNet call besides the prompt, carried on a PanoramaRequest:
-    ControlSync's conditions and ControlNets (control.py). None on a request is plain SyncDiffusion."""
-
-    def unet_inputs(self, model_input: torch.Tensor, t, context: torch.Tensor, views: list[View]) -> dict:
-        """More keyword arguments for the UNet call on `model_input` (both guidance branches of `views`)."""
-        raise NotImplementedError
+    conditioning: ViewConditioning | None = None  # each view's extra network inputs (ControlSync)
+    prompt_options: dict = dataclasses.field(default_factory=dict)  # a family's own (SDXL: size conditioning)
 
 
 class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
-    """SyncDiffusion panoramas with any Stable-Diffusion-shaped model.
+    """SyncDiffusion panoramas with Stable Diffusion 1.x and 2.x models (ε- or v-prediction).
 
     Components as in diffusers' StableDiffusionPipeline: vae, text_encoder, tokenizer, unet,
     scheduler. Loading with `from_pretrained` / `from_single_file` switches the scheduler to DDIM
     (η = 0, as in the paper) unless a `scheduler` is passed. The models are frozen: the sync step
     needs gradients with respect to latents only.
+
+    The joint diffusion is written here once for every family; what a family changes (prompt
+    conditioning, the guided prediction, x̂₀, the step, decoding) is its `backbone`
+    (backbones/): another family is a subclass with its components and `backbone_class`
+    (SyncDiffusionXLPipeline, xl.py).
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
+    backbone_class: type[Backbone] = StableDiffusionBackbone
 
     def __init__(self, vae, text_encoder, tokenizer, unet, scheduler):
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
-        for model in (vae, text_encoder, unet):
+        self.set_up(vae, text_encoder, unet)
+
+    def set_up(self, *models) -> None:
+        """Freeze the models (the sync step needs gradients with respect to latents only) and set up
+        the state every family's pipeline keeps: its backbone adapter, and what a call learns."""
+        for model in models:
             model.requires_grad_(False)
+        self.backbone = self.backbone_class(self)
         self._perceptual = None
         self._sync_decoders: dict[str, torch.nn.Module] = {}  # loaded from folders, by folder
         self.autocast_dtype: torch.dtype | None = None  # set by enable_autocast
-        self._vae_upcast = False  # the VAE was moved to float32 after overflowing (upcast_vae)
         self._loss_scale_cap: float | None = None  # the largest sync loss scale that has not overflowed, this call
 
     # ----------------------------------------------------------------------------------- loading
@@ -142,14 +147,15 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
 
     @property
     def window(self) -> int:
-        return window_of(self.unet.config)
+        """The side of a view in latent pixels: the network's native size."""
+        return self.backbone.window
 
     @property
     def compute_dtype(self) -> torch.dtype:
         """The dtype of latents and noise predictions between the networks: float32 for float32 and
         half-precision models (as the reference's autocast), float64 for float64 ones (for tests
         that tell arithmetic from rounding)."""
-        return torch.float64 if self.unet.dtype == torch.float64 else torch.float32
+        return torch.float64 if self.backbone.network.dtype == torch.float64 else torch.float32
 
     # ------------------------------------------------------------------------------- precision
 
@@ -168,20 +174,17 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
     @property
     def precision(self) -> Precision:
         """The weights' dtype and the autocast dtype in force (precision.py)."""
-        return Precision(self.unet.dtype, self.autocast_dtype)
+        return Precision(self.backbone.network.dtype, self.autocast_dtype)
 
     @property
     def computes_in_half(self) -> bool:
         """Whether the networks compute in float16 or bfloat16 (half weights, or autocast)."""
-        return is_half(self.unet.dtype) or self.autocast_dtype is not None
+        return is_half(self.backbone.network.dtype) or self.autocast_dtype is not None
 
     @property
     def vae_may_upcast(self) -> bool:
-        """Whether the VAE may be moved to float32 when it overflows in float16: its config's
-        `force_upcast` (diffusers' flag; SDXL's VAE overflows in float16) and the VAE computing in
-        float16 (its weights, or autocast)."""
-        in_float16 = self.vae.dtype == torch.float16 or (self.autocast_dtype == torch.float16 and not self._vae_upcast)
-        return bool(self.vae.config.get("force_upcast", False)) and in_float16
+        """Whether the VAE may be moved to float32 when it overflows in float16 (backbones/base.py)."""
+        return self.backbone.vae_may_upcast
 
     def autocast_context(self, device: torch.device):
         """torch.autocast in the dtype enable_autocast chose; nothing when it was not called."""
@@ -190,16 +193,8 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         return torch.autocast(torch.device(device).type, dtype=self.autocast_dtype)
 
     def upcast_vae(self) -> None:
-        """Decode in float32 from now on: the VAE's weights in float32, and autocast off around it.
-        Done at the first float16 decode that overflows, not up front: diffusers fills a config
-        without the key with force_upcast=True, and Stable Diffusion 1 and 2's VAEs, which decode
-        well in float16, would otherwise pay float32's cost in every synced step."""
-        log.warning("The VAE overflowed in float16; its config allows float32 (force_upcast), so it decodes in "
-                    "float32 from now on.")
-        # nn.Module's own .to: diffusers warns against casting a loaded model, meant for going down
-        # to half precision, not back up
-        torch.nn.Module.to(self.vae, torch.float32)
-        self._vae_upcast = True
+        """Decode in float32 from now on (backbones/base.py)."""
+        self.backbone.upcast_vae()
 
     # --------------------------------------------------------------------------- model pieces
 
@@ -210,56 +205,29 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
 
         if self._perceptual is None:
             self._perceptual = PerceptualDistance(load_lpips("vgg"))
-        return self._perceptual.to(device=self.vae.device, dtype=self.unet.dtype)
+        return self._perceptual.to(device=self.vae.device, dtype=self.backbone.network.dtype)
 
-    @torch.no_grad()
-    def encode_prompt(self, prompt: str, negative_prompt: str, device) -> torch.Tensor:
-        """Text embeddings for classifier-free guidance, (2, tokens, width): [negative, prompt]."""
-        embeddings = []
-        for text in (negative_prompt, prompt):
-            tokens = self.tokenizer(
-                text, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
-            )
-            embeddings.append(self.text_encoder(tokens.input_ids.to(device))[0])
-        return torch.cat(embeddings)
+    def encode_prompt(self, prompt: str, negative_prompt: str, device, **options) -> PromptConditioning:
+        """The prompts' conditioning for classifier-free guidance, negative first (the backbone's)."""
+        return self.backbone.encode_prompt(prompt, negative_prompt, device, **options)
 
     def guided_noise(self, latents, t, embeddings, guidance_scale, views: list[View] | None = None,
                      conditioning: ViewConditioning | None = None) -> torch.Tensor:
-        """ε̂ = ε_u + g (ε_c − ε_u) for a batch of views, in float32.
-
-        `views` are the views the batch holds, in its order; `conditioning` adds what each view's
-        UNet call needs besides the prompt (ControlSync: its ControlNets' residuals).
-        """
-        count = latents.shape[0]
-        model_input = self.scheduler.scale_model_input(torch.cat([latents, latents]), t).to(self.unet.dtype)
-        # negative for the first half, prompt for the second; in the UNet's dtype (the text encoder's may differ)
-        context = embeddings.repeat_interleave(count, dim=0).to(self.unet.dtype)
-        extra = {} if conditioning is None else conditioning.unet_inputs(model_input, t, context, views)
-        noise = self.unet(model_input, t, encoder_hidden_states=context, **extra).sample.to(self.compute_dtype)
-        unconditional, conditional = noise.chunk(2)
-        return unconditional + guidance_scale * (conditional - unconditional)
+        """The guided prediction (ε̂ = ε_u + g (ε_c − ε_u) for ε-prediction) for a batch of views, in
+        the compute dtype: the backbone's. `embeddings` are encode_prompt's; `views` the views the
+        batch holds, in its order; `conditioning` adds what each view's network call needs besides
+        the prompt (ControlSync: its ControlNets' residuals)."""
+        return self.backbone.guided_prediction(latents, t, embeddings, guidance_scale, views, conditioning)
 
     def decode_to_unit(self, latents: torch.Tensor, decoder=None, check_finite: bool = False) -> torch.Tensor:
         """Decode to images in [0, 1] (clamped, as the reference: saturated pixels pass no gradient),
-        with the VAE or another `decoder` of the same latents (a fast mode's tiny decoder). A VAE
-        that overflows in float16 and may be upcast (vae_may_upcast) decodes again in float32.
-        `check_finite`: a NonFiniteError where the decoder's output is NaN or infinite (before the
-        clamp hides an infinity)."""
-        decoder = self.vae if decoder is None else decoder
-        images = self._decode(decoder, latents)
-        if decoder is self.vae and self.vae_may_upcast and not torch.isfinite(images).all():
-            self.upcast_vae()
-            images = self._decode(self.vae, latents)
+        with the VAE or another `decoder` of the same latents (a fast mode's tiny decoder), in the
+        backbone's way and precision. `check_finite`: a NonFiniteError where the decoder's output is
+        NaN or infinite (before the clamp hides an infinity)."""
+        images = self.backbone.decode(latents, decoder)
         if check_finite and not torch.isfinite(images).all():
             raise NonFiniteError("The decoded panorama", self.precision.name)
         return (images / 2 + 0.5).clamp(0, 1)
-
-    def _decode(self, decoder, latents: torch.Tensor) -> torch.Tensor:
-        """The decoder's image of `latents`, in compute_dtype (an upcast VAE with autocast off)."""
-        full_precision = decoder is self.vae and self._vae_upcast
-        with torch.autocast(latents.device.type, enabled=False) if full_precision else nullcontext():
-            scaled = latents / decoder.config.scaling_factor
-            return decoder.decode(scaled.to(decoder.dtype)).sample.to(self.compute_dtype)
 
     def foreseen_image(self, predicted_original: torch.Tensor, shortcuts: SyncShortcuts) -> torch.Tensor:
         """The image the sync loss compares, from a predicted clean latent x̂₀: the VAE's decode in
@@ -415,7 +383,7 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         width, height, stride = values["width"], values["height"], values["stride"]
         latent_height, latent_width = height // self.vae_factor, width // self.vae_factor
         views = views_for_canvas(latent_height, latent_width, self.window, stride, loop_closure)
-        shape = (1, self.unet.config.in_channels, latent_height, latent_width)
+        shape = (1, self.backbone.latent_channels, latent_height, latent_width)
         noise, seed = self.initial_noise(shape, seed, generator, latents)
         return PanoramaRequest(prompt, negative_prompt, width, height, guidance_scale, settings.sync_schedule(values),
                                num_inference_steps, loop_closure, views, self.anchor_index(anchor, views), noise, seed,
@@ -445,11 +413,12 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
                 self._sync_decoders[key] = load_sync_decoder(sync_decoder)
             sync_decoder = self._sync_decoders[key]
         if sync_decoder is not None:
-            check_sync_decoder(sync_decoder, self.unet.config.in_channels, self.vae_factor)
+            check_sync_decoder(sync_decoder, self.backbone.latent_channels, self.vae_factor)
             # in the pipeline's weights' dtype, not the VAE's: a tiny decoder is half-precision-safe
             # where the VAE may be upcast
-            if (sync_decoder.device, sync_decoder.dtype) != (self.vae.device, self.unet.dtype):
-                sync_decoder = sync_decoder.to(device=self.vae.device, dtype=self.unet.dtype)
+            weights = self.backbone.network.dtype
+            if (sync_decoder.device, sync_decoder.dtype) != (self.vae.device, weights):
+                sync_decoder = sync_decoder.to(device=self.vae.device, dtype=weights)
         return SyncShortcuts("reuse_noise" in modes, "no_unet_backward" in modes, scale, sync_decoder,
                              "dpm_solver" in modes)
 
@@ -468,22 +437,21 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         device = self._execution_device
 
         # 2. Encode the prompt
-        embeddings = self.encode_prompt(request.prompt, request.negative_prompt, device)
+        embeddings = self.encode_prompt(request.prompt, request.negative_prompt, device, **request.prompt_options)
 
         # 3. Timesteps and the initial latent
-        scheduler = multistep_like(self.scheduler) if request.shortcuts.multistep else self.scheduler
-        scheduler.set_timesteps(request.num_inference_steps, device=device)
-        latents = request.noise.to(device, self.compute_dtype) * scheduler.init_noise_sigma
+        sampler = self.backbone.sampler(request.num_inference_steps, len(views), device, request.shortcuts.multistep)
+        latents = request.noise.to(device, self.compute_dtype) * sampler.init_noise_sigma
         view_counts = coverage(latent_height, latent_width, views).to(device)
         chunk_size = request.view_batch_size or default_view_batch_size(device, self.window * self.vae_factor,
                                                                               len(views))
         chunks = ViewChunks(chunk_size)  # shrinks, for the rest of the call, where a chunk does not fit
         denoise = dict(embeddings=embeddings, guidance_scale=request.guidance_scale, shortcuts=request.shortcuts,
-                       schedulers=ViewSchedulers(scheduler, len(views)), conditioning=request.conditioning)
+                       sampler=sampler, conditioning=request.conditioning)
 
         # 4. The joint denoising loop
         with self.progress_bar(total=request.num_inference_steps) as progress:
-            for i, t in enumerate(scheduler.timesteps):
+            for i, t in enumerate(sampler.timesteps):
                 # a lone view has no one to agree with: its anchor pass would change nothing
                 weight = request.schedule.weight_at(i) if len(views) > 1 else 0.0
                 progress.set_postfix_str(f"sync w={weight:.3g}" if weight else "no sync", refresh=False)
@@ -511,18 +479,19 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         return SyncDiffusionOutput(images=images, seed=request.seed)
 
     def denoise_views(self, latents, views, t, weight, anchor, chunks: ViewChunks | int, embeddings, guidance_scale,
-                      shortcuts: SyncShortcuts = SyncShortcuts(), schedulers: ViewSchedulers | None = None,
+                      shortcuts: SyncShortcuts = SyncShortcuts(), sampler: Sampler | None = None,
                       conditioning: ViewConditioning | None = None):
         """One step for every view (docs/algorithm.md, section 3, steps 1 to 3): each view's x_{t-1}.
 
         With weight λ > 0 each view but the anchor first moves by −λ ∂LPIPS/∂x towards the
         anchor's foreseen image, then takes its denoising step from the moved latent. `chunks`
         (or a number of views) says how many views go through the networks together; `shortcuts`
-        are the fast modes in force (fast.py); `schedulers` each view's scheduler (default: this
-        pipeline's DDIM for all); `conditioning` each view's extra UNet inputs (ControlSync).
+        are the fast modes in force (fast.py); `sampler` the views' scheduler state (the backbone's;
+        default: this pipeline's scheduler, its timesteps set); `conditioning` each view's extra
+        network inputs (ControlSync).
         """
         chunks = ViewChunks(chunks) if isinstance(chunks, int) else chunks
-        schedulers = schedulers or ViewSchedulers(self.scheduler, len(views))
+        sampler = sampler or ViewSchedulers(self.scheduler, len(views))
         denoised: dict[int, torch.Tensor] = {}
 
         def noise_of(x, batch_views):
@@ -534,10 +503,10 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
             #    also gives its denoising step.
             anchor_latent = crop(latents, views[anchor])
             anchor_noise = noise_of(anchor_latent, [views[anchor]])
-            anchor_original = schedulers.predicted_original(anchor_noise, t, anchor_latent)
+            anchor_original = sampler.predicted_original(anchor_latent, anchor_noise, t)
             perceptual = self.perceptual_distance()
             target = perceptual.target_features(self.foreseen_image(anchor_original, shortcuts) * 2 - 1)
-            denoised[anchor] = schedulers.step([anchor], anchor_noise, t, anchor_latent)
+            denoised[anchor] = sampler.step([anchor], anchor_latent, anchor_noise, t)
 
             def distance_to_anchor(images):
                 return perceptual(images * 2 - 1, target)
@@ -549,14 +518,13 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
             # 2. Move each view towards the anchor, then denoise from where it moved to.
             if weight > 0:
                 gradient, noise_before_move = self.sync_gradient_and_noise(x, t, batch_views, noise_of,
-                                                                           distance_to_anchor, shortcuts,
-                                                                           schedulers.scheduler)
+                                                                           distance_to_anchor, shortcuts, sampler)
                 x = x - weight * gradient
                 if shortcuts.reuse_noise:
                     noise = noise_before_move
             if noise is None:
                 noise = noise_of(x, batch_views)
-            return list(schedulers.step(batch, noise, t, x))
+            return list(sampler.step(batch, x, noise, t))
 
         pending = [j for j in range(len(views)) if j not in denoised]
         for j, view_latent in zip(pending, chunks.map(pending, step_views)):
@@ -564,13 +532,16 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         return denoised
 
     def sync_gradient_and_noise(self, x, t, batch_views, noise_of, distance_to_anchor, shortcuts: SyncShortcuts,
-                                scheduler=None):
+                                sampler: Sampler | None = None):
         """∂LPIPS/∂x for a batch of views, and the noise prediction the gradient pass made at x.
+        `sampler` gives x̂₀ (default: this pipeline's scheduler, its timesteps set).
 
         Faithful: the gradient flows through the VAE decoder, x̂₀ and the UNet. With the fast mode
         no_unet_backward the UNet runs without autograd, so ε̂ is a constant and ∂x̂₀/∂x = 1/√ᾱ_t.
         """
         made = {}
+        if not hasattr(sampler, "predicted_original"):  # a bare scheduler (older callers), or None: this pipeline's
+            sampler = ViewSchedulers(sampler or self.scheduler, len(x))
 
         def foresee(latent):
             if shortcuts.no_unet_backward:
@@ -579,7 +550,7 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
             else:
                 noise = noise_of(latent, batch_views)
             made["noise"] = noise.detach()
-            return self.foreseen_image(predicted_original(scheduler or self.scheduler, noise, t, latent), shortcuts)
+            return self.foreseen_image(sampler.predicted_original(latent, noise, t), shortcuts)
 
         loss_scale = 1.0
         if self.computes_in_half:

@@ -57,19 +57,28 @@ def predicted_original(scheduler, noise: torch.Tensor, t, latents: torch.Tensor)
 
 
 class ViewSchedulers:
-    """The scheduler state of every view of one panorama."""
+    """The scheduler state of every view of one panorama: the UNet families' sampler
+    (backbones/base.py, Sampler). The scheduler's timesteps are set before."""
 
     def __init__(self, scheduler, view_count: int):
         self.scheduler = scheduler
         self.per_view = None if isinstance(scheduler, DDIMScheduler) else [copy.deepcopy(scheduler)
                                                                            for _ in range(view_count)]
 
-    def predicted_original(self, noise, t, latents):
-        return predicted_original(self.scheduler, noise, t, latents)
+    @property
+    def timesteps(self) -> torch.Tensor:
+        return self.scheduler.timesteps
 
-    def step(self, views: list[int], noise: torch.Tensor, t, latents: torch.Tensor) -> torch.Tensor:
+    @property
+    def init_noise_sigma(self) -> float:
+        return self.scheduler.init_noise_sigma
+
+    def predicted_original(self, x: torch.Tensor, prediction: torch.Tensor, t) -> torch.Tensor:
+        return predicted_original(self.scheduler, prediction, t, x)
+
+    def step(self, views: list[int], x: torch.Tensor, prediction: torch.Tensor, t) -> torch.Tensor:
         """x_{t-1} of a batch of views (indices `views`, in the batch's order)."""
         if self.per_view is None:
-            return self.scheduler.step(noise, t, latents).prev_sample
-        return torch.cat([self.per_view[j].step(noise[k : k + 1], t, latents[k : k + 1]).prev_sample
+            return self.scheduler.step(prediction, t, x).prev_sample
+        return torch.cat([self.per_view[j].step(prediction[k : k + 1], t, x[k : k + 1]).prev_sample
                           for k, j in enumerate(views)])

@@ -486,6 +486,9 @@ def add_model_options(parser: argparse.ArgumentParser, default_model: str, contr
     parser.add_argument("--model-config", dest="model_config", default=None, metavar="FOLDER_OR_ID",
                         help="for a .safetensors/.ckpt --model: diffusers folder or hub id whose configs describe the "
                              "checkpoint's architecture; needed offline")
+    parser.add_argument("--vae", default=None, metavar="FOLDER_OR_ID",
+                        help="diffusers VAE folder or hub id in place of the model's own, e.g. an fp16-safe SDXL VAE "
+                             "(madebyollin/sdxl-vae-fp16-fix): SDXL's own overflows in float16 and decodes in float32")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 …")
     parser.add_argument("--dtype", default="auto", help=DTYPE_HELP)
 

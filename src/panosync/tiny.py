@@ -1,4 +1,4 @@
-"""Tiny random-weight models with the shape of Stable Diffusion, built from configs.
+"""Tiny random-weight models with the shape of Stable Diffusion (1/2, and XL), built from configs.
 
 They make no picture worth looking at: they exist so that the whole pipeline (views, sync
 gradient through UNet and VAE, merging, decoding, the command) can run and be tested offline,
@@ -7,6 +7,7 @@ in seconds, on a CPU. `panosync generate --model tiny-random` uses them as a smo
 
 from __future__ import annotations
 
+import copy
 import json
 import tempfile
 from pathlib import Path
@@ -129,3 +130,85 @@ def tiny_random_components(
     for module in (text_encoder, unet, vae):
         module.eval()
     return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+
+
+def tiny_random_xl_components(
+    seed: int = 0,
+    window: int = 16,
+    vae_factor: int = 2,
+    unet_channels: tuple[int, ...] = (32, 64),
+    vae_channels: int = 32,
+    text_width: int = 16,
+    time_embedding_width: int = 8,
+) -> dict:
+    """Random-weight components with the shape of Stable Diffusion XL (as diffusers'
+    StableDiffusionXLPipeline takes them): vae, text_encoder (CLIPTextModel), text_encoder_2
+    (CLIPTextModelWithProjection: the pooled embedding), two tokenizers, a UNet with SDXL's added
+    conditioning ("text_time": six size numbers and the pooled embedding), and SDXL's DDIM
+    scheduler. The cross-attention context is both encoders' hidden states side by side, as SDXL's
+    768 + 1280; the VAE has SDXL's scaling factor and force_upcast."""
+    from transformers import CLIPTextModelWithProjection
+
+    if vae_factor < 1 or vae_factor & (vae_factor - 1):
+        raise ValueError(f"vae_factor must be a power of two, got {vae_factor}.")
+    torch.manual_seed(seed)
+    tokenizer = build_clip_tokenizer()
+    text_config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=text_width,
+        intermediate_size=2 * text_width,
+        num_attention_heads=2,
+        num_hidden_layers=2,
+        max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        projection_dim=text_width,
+    )
+    text_encoder = CLIPTextModel(text_config)
+    text_encoder_2 = CLIPTextModelWithProjection(text_config)
+    depth = len(unet_channels)
+    unet = UNet2DConditionModel(
+        sample_size=window,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=unet_channels,
+        layers_per_block=1,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (depth - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (depth - 1) + ("UpBlock2D",),
+        cross_attention_dim=2 * text_width,
+        attention_head_dim=8,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_embedding_width,
+        projection_class_embeddings_input_dim=6 * time_embedding_width + text_width,
+        norm_num_groups=8,
+    )
+    vae_blocks = vae_factor.bit_length()
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * vae_blocks,
+        up_block_types=("UpDecoderBlock2D",) * vae_blocks,
+        block_out_channels=(vae_channels,) * vae_blocks,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=window * vae_factor,
+        scaling_factor=0.13025,
+        force_upcast=True,
+    )
+    # stabilityai/stable-diffusion-xl-base-1.0's scheduler settings, as DDIM
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+    for module in (text_encoder, text_encoder_2, unet, vae):
+        module.eval()
+    return dict(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+                tokenizer_2=copy.deepcopy(tokenizer), unet=unet, scheduler=scheduler)

@@ -458,7 +458,7 @@ def evaluate(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     made = 0
     if todo is None or todo:
-        pipe = load_pipeline(plan.source, device, precision, config=args.model_config)
+        pipe = load_pipeline(plan.source, device, precision, config=args.model_config, vae=getattr(args, "vae", None))
         if todo is None:  # a hub model or checkpoint file: its shape is known only now
             settle_canvas(plan, settings.geometry_of_pipeline(pipe))
             todo = images_to_make(plan)

@@ -98,7 +98,7 @@ def _load(args: argparse.Namespace):
     with_controlnets = f" with {', '.join(args.controlnet)}" if args.controlnet else ""
     print(f"loading {model}{with_controlnets} …", file=sys.stderr)
     return PanoramaModel.load(model, args.device, args.dtype, args.model_config, args.view_batch_size,
-                              args.controlnet)
+                              args.controlnet, args.vae)
 
 
 def _is_loopback(host: str) -> bool:

@@ -60,17 +60,19 @@ class PanoramaModel:
 
     @classmethod
     def load(cls, model: str, device: str = "auto", dtype: str = "auto", model_config: str | None = None,
-             view_batch_size: int | None = None, controlnets: list[str] | None = None) -> "PanoramaModel":
-        """Load `model` (anything `panosync generate --model` takes), and `controlnets` when given
-        (anything `panosync control --controlnet` takes), once, for every request after."""
+             view_batch_size: int | None = None, controlnets: list[str] | None = None,
+             vae: str | None = None) -> "PanoramaModel":
+        """Load `model` (anything `panosync generate --model` takes, of any family panosync runs), and
+        `controlnets` when given (anything `panosync control --controlnet` takes), once, for every
+        request after; `vae` in place of the model's own (--vae)."""
         source = resolve_model(model)
         controlnet_sources = [resolve_controlnet(controlnet) for controlnet in controlnets or []]
         device = pick_device(device)
         precision = pick_precision(dtype, device)
         if not controlnets:
-            pipe = load_pipeline(source, device, precision, config=model_config)
+            pipe = load_pipeline(source, device, precision, config=model_config, vae=vae)
             return cls(pipe, model, settings.model_defaults(source), model_config, view_batch_size)
-        pipe = load_control_pipeline(source, controlnet_sources, device, precision, config=model_config)
+        pipe = load_control_pipeline(source, controlnet_sources, device, precision, config=model_config, vae=vae)
         return cls(pipe, model, settings.model_defaults(source, control=True), model_config, view_batch_size,
                    list(controlnets))
 

@@ -1,0 +1,155 @@
+"""Picking the pipeline class from the model: a diffusers folder's model_index.json, or a single
+checkpoint file's keys, name the model's family before any weights load.
+
+`AutoSyncPipeline.from_pretrained` / `from_single_file` return the family's pipeline, as
+diffusers' AutoPipelineForText2Image does; models.py loads through the same choice, so every
+front end (the command, the server, the page, evaluate) takes an SDXL model as it takes an SD one.
+A family panosync does not run is one sentence that names those it does.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+SD, SDXL = "Stable Diffusion 1.x/2.x", "Stable Diffusion XL"
+SUPPORTED_FAMILIES = (SD, SDXL)
+
+# model_index.json's _class_name, for the pipelines whose family is plain from the name.
+FAMILY_OF_CLASS = {
+    "StableDiffusionPipeline": SD, "StableDiffusionPanoramaPipeline": SD, "SyncDiffusionPipeline": SD,
+    "StableDiffusionControlNetPipeline": SD, "ControlSyncPipeline": SD,
+    "StableDiffusionXLPipeline": SDXL, "SyncDiffusionXLPipeline": SDXL, "StableDiffusionXLControlNetPipeline": SDXL,
+    "ControlSyncXLPipeline": SDXL,
+}
+# What other pipelines are, in the sentence that refuses them.
+OTHER_FAMILIES = {"StableDiffusion3Pipeline": "Stable Diffusion 3", "FluxPipeline": "FLUX.1",
+                  "StableDiffusionXLImg2ImgPipeline": "an SDXL refiner (image to image)",
+                  "StableDiffusionUpscalePipeline": "an upscaler", "StableDiffusionInpaintPipeline": "inpainting"}
+# diffusers' names for single-file checkpoints (loaders.single_file_utils.infer_diffusers_model_type).
+FAMILY_OF_CHECKPOINT = {"v1": SD, "v2": SD, "xl_base": SDXL}
+
+
+def unsupported(what: str, kind: str) -> ValueError:
+    return ValueError(f"{what} is {kind}, which panosync does not run: it runs {' and '.join(SUPPORTED_FAMILIES)} "
+                      f"models.")
+
+
+def family_of_model_index(index: dict, name: str = "The model") -> str:
+    """The family of a diffusers model_index.json, or a ValueError naming the supported ones. A
+    pipeline class it does not know is judged by its components: a UNet with two text encoders is
+    SDXL's shape, a UNet with one is Stable Diffusion's."""
+    class_name = index.get("_class_name", "")
+    if class_name in FAMILY_OF_CLASS:
+        return FAMILY_OF_CLASS[class_name]
+    if class_name in OTHER_FAMILIES:
+        raise unsupported(name, f"{OTHER_FAMILIES[class_name]} ({class_name})")
+    has = {component for component, value in index.items() if isinstance(value, list) and value[0] is not None}
+    if {"unet", "vae", "text_encoder", "text_encoder_2", "tokenizer_2"} <= has:
+        return SDXL
+    if {"unet", "vae", "text_encoder", "tokenizer"} <= has and "text_encoder_2" not in has:
+        return SD
+    raise unsupported(name, f"a {class_name or 'pipeline of unknown kind'}")
+
+
+def read_model_index(folder: str | Path) -> dict:
+    return json.loads((Path(folder) / "model_index.json").read_text())
+
+
+class CheckpointShapes:
+    """A checkpoint's keys, and for each an object with the tensor's `.shape`, without loading the
+    tensors: what diffusers needs to tell a checkpoint's model type."""
+
+    class _Shape:
+        def __init__(self, shape):
+            self.shape = tuple(shape)
+
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as checkpoint:
+                self.shapes = {key: checkpoint.get_slice(key).get_shape() for key in checkpoint.keys()}
+        else:  # .ckpt: a pickle, mapped rather than read
+            import torch
+
+            state = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
+            state = state.get("state_dict", state)
+            self.shapes = {key: getattr(value, "shape", ()) for key, value in state.items()}
+
+    def __contains__(self, key) -> bool:
+        return key in self.shapes
+
+    def __getitem__(self, key):
+        return self._Shape(self.shapes[key])
+
+    def keys(self):
+        return self.shapes.keys()
+
+    def __iter__(self):
+        return iter(self.shapes)
+
+    def __len__(self):
+        return len(self.shapes)
+
+
+def family_of_checkpoint(path: str | Path) -> str:
+    """The family of an original-format checkpoint, from its keys (diffusers' own inference)."""
+    from diffusers.loaders.single_file_utils import infer_diffusers_model_type
+
+    model_type = infer_diffusers_model_type(CheckpointShapes(path))
+    if model_type not in FAMILY_OF_CHECKPOINT:
+        raise unsupported(f"Checkpoint {path}", f"a {model_type!r} model (as diffusers names it)")
+    return FAMILY_OF_CHECKPOINT[model_type]
+
+
+def pipeline_class(family: str, control: bool = False):
+    """The pipeline class of a family: SyncDiffusion's, or with `control` ControlSync's."""
+    if family == SDXL:
+        if control:
+            from .control import ControlSyncXLPipeline
+
+            return ControlSyncXLPipeline
+        from .xl import SyncDiffusionXLPipeline
+
+        return SyncDiffusionXLPipeline
+    if control:
+        from .control import ControlSyncPipeline
+
+        return ControlSyncPipeline
+    from .pipeline import SyncDiffusionPipeline
+
+    return SyncDiffusionPipeline
+
+
+class AutoSyncPipeline:
+    """Loads the SyncDiffusion pipeline of a model's family: `AutoSyncPipeline.from_pretrained(
+    "stabilityai/stable-diffusion-xl-base-1.0")` is a SyncDiffusionXLPipeline, a Stable Diffusion 2
+    folder a SyncDiffusionPipeline. With `controlnet=` it is the family's ControlSync pipeline."""
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("AutoSyncPipeline is not made but loaded: use AutoSyncPipeline.from_pretrained or "
+                        "from_single_file.")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """A hub id, a diffusers folder, or a bundled model's name; keyword arguments as diffusers'."""
+        from .bundled import bundled_model_folder
+
+        name = str(pretrained_model_name_or_path)
+        folder = bundled_model_folder(name) or Path(name).expanduser()
+        if folder.is_dir():
+            index = read_model_index(folder)
+        else:
+            from huggingface_hub import hf_hub_download
+
+            index = json.loads(Path(hf_hub_download(name, "model_index.json", revision=kwargs.get("revision"),
+                                                    local_files_only=kwargs.get("local_files_only", False))).read_text())
+        family = family_of_model_index(index, f"Model {name}")
+        return pipeline_class(family, "controlnet" in kwargs).from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
+    def from_single_file(cls, path, **kwargs):
+        """An original-format checkpoint (.safetensors, .ckpt); its family from its keys."""
+        return pipeline_class(family_of_checkpoint(path), "controlnet" in kwargs).from_single_file(path, **kwargs)

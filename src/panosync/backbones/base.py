@@ -1,0 +1,151 @@
+"""The backbone adapter: everything a model family changes in the joint diffusion, behind one small
+interface (docs/algorithm.md, "Other backbones").
+
+SyncDiffusion needs four things of a model: the prompt's conditioning, a guided prediction for a
+batch of latent views, the clean latent x̂₀ that prediction foresees (differentiable, for the sync
+gradient), and the scheduler's step; and at the end, and in every synced step, the VAE's decode.
+A `Backbone` gives exactly these for one family (SD 1/2, SDXL; next, the flow-matching
+transformers), and the pipeline's loop (views, anchor, sync gradient, fast modes, merge, loop
+closure, tiled decode) is written once over it.
+
+What is the same for every family lives here: decoding with a diffusers VAE in the pipeline's
+precision, and moving a VAE that overflows float16 to float32 where its config allows it
+(`force_upcast`: SDXL's VAE needs it).
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+
+if TYPE_CHECKING:
+    from ..views import View
+
+log = logging.getLogger("panosync")
+
+
+class PromptConditioning:
+    """A family's encoding of a request's prompts, for classifier-free guidance: the negative
+    prompt's first, then the prompt's. Opaque to the loop: only its backbone reads it."""
+
+
+class ViewConditioning:
+    """What conditions each view's network call besides the prompt (ControlSync's ControlNets,
+    control.py), carried on a request. None on a request is plain SyncDiffusion."""
+
+    def unet_inputs(self, model_input: torch.Tensor, t, inputs: dict, views: list[View]) -> dict:
+        """More keyword arguments for the network's call on `model_input` (both guidance branches of
+        `views`, unconditional first), given the call's other keyword `inputs` (the prompt's
+        conditioning in the network's dtype: encoder_hidden_states, and SDXL's added_cond_kwargs)."""
+        raise NotImplementedError
+
+
+class Sampler(Protocol):
+    """The scheduler state of one panorama's views: the timesteps, x̂₀ and the step.
+
+    `views` in `step` are the indices of the views in the batch, in its order: a multistep solver
+    keeps one history per view."""
+
+    timesteps: torch.Tensor
+    init_noise_sigma: float
+
+    def predicted_original(self, x: torch.Tensor, prediction: torch.Tensor, t) -> torch.Tensor: ...
+
+    def step(self, views: list[int], x: torch.Tensor, prediction: torch.Tensor, t) -> torch.Tensor: ...
+
+
+class Backbone(ABC):
+    """One model family's side of the joint diffusion, over a pipeline's components.
+
+    It holds the pipeline and reads its components when called, so that `.to()`, a component
+    replaced after loading, or an upcast VAE are always seen."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+        self.vae_upcast = False  # the VAE was moved to float32 after overflowing in float16
+
+    # ------------------------------------------------------------------------------ geometry
+
+    @property
+    @abstractmethod
+    def network(self) -> torch.nn.Module:
+        """The denoising network (a UNet, a transformer): its dtype is the pipeline's weights' dtype."""
+
+    @property
+    @abstractmethod
+    def window(self) -> int:
+        """The side of a view in latent pixels: the network's native size."""
+
+    @property
+    def latent_channels(self) -> int:
+        return self.pipe.vae.config.latent_channels
+
+    # ---------------------------------------------------------------------- the four things
+
+    @abstractmethod
+    def encode_prompt(self, prompt: str, negative_prompt: str, device, **options) -> PromptConditioning:
+        """The prompts' conditioning; `options` are a family's own (SDXL: size and crop conditioning)."""
+
+    @abstractmethod
+    def guided_prediction(self, latents: torch.Tensor, t, conditioning: PromptConditioning, guidance_scale: float,
+                          views: list[View] | None = None, extras: ViewConditioning | None = None) -> torch.Tensor:
+        """The guided prediction for a batch of views (N, C, w, w), in the pipeline's compute dtype
+        (differentiable in `latents`). `views` are the batch's views, in its order; `extras` add
+        each view's own inputs (ControlSync's residuals)."""
+
+    @abstractmethod
+    def sampler(self, num_inference_steps: int, view_count: int, device, multistep: bool = False) -> Sampler:
+        """The timesteps of a call, x̂₀ and the step, for `view_count` views; `multistep`: the fast
+        mode dpm_solver, a multistep solver of the same noise schedule."""
+
+    # ---------------------------------------------------------------------------- decoding
+
+    def decoder_input(self, latents: torch.Tensor, decoder) -> torch.Tensor:
+        """What `decoder` decodes for a latent of the diffusion: latents / scaling_factor, shifted
+        where the VAE's config has a shift (SD3, FLUX)."""
+        scaled = latents / decoder.config.scaling_factor
+        shift = decoder.config.get("shift_factor")
+        return scaled + shift if shift else scaled
+
+    @property
+    def vae_may_upcast(self) -> bool:
+        """Whether the VAE may be moved to float32 when it overflows in float16: its config's
+        `force_upcast` (diffusers' flag; SDXL's VAE overflows in float16) and the VAE computing in
+        float16 (its weights, or autocast)."""
+        vae = self.pipe.vae
+        in_float16 = vae.dtype == torch.float16 or (self.pipe.autocast_dtype == torch.float16 and not self.vae_upcast)
+        return bool(vae.config.get("force_upcast", False)) and in_float16
+
+    def upcast_vae(self) -> None:
+        """Decode in float32 from now on: the VAE's weights in float32, and autocast off around it.
+        Done at the first float16 decode that overflows, not up front: diffusers fills a config
+        without the key with force_upcast=True, and Stable Diffusion 1 and 2's VAEs, which decode
+        well in float16, would otherwise pay float32's cost in every synced step."""
+        log.warning("The VAE overflowed in float16; its config allows float32 (force_upcast), so it decodes in "
+                    "float32 from now on.")
+        # nn.Module's own .to: diffusers warns against casting a loaded model, meant for going down
+        # to half precision, not back up
+        torch.nn.Module.to(self.pipe.vae, torch.float32)
+        self.vae_upcast = True
+
+    def decode(self, latents: torch.Tensor, decoder=None) -> torch.Tensor:
+        """The decoder's image of `latents` in [-1, 1] (not clamped), in the compute dtype: the VAE,
+        or another `decoder` of the same latents (a fast mode's tiny decoder). A VAE that
+        overflows in float16 and may be upcast (vae_may_upcast) decodes again in float32."""
+        vae = self.pipe.vae
+        decoder = vae if decoder is None else decoder
+        images = self._decode(decoder, latents)
+        if decoder is vae and self.vae_may_upcast and not torch.isfinite(images).all():
+            self.upcast_vae()
+            images = self._decode(vae, latents)
+        return images
+
+    def _decode(self, decoder, latents: torch.Tensor) -> torch.Tensor:
+        full_precision = decoder is self.pipe.vae and self.vae_upcast
+        with torch.autocast(latents.device.type, enabled=False) if full_precision else nullcontext():
+            scaled = self.decoder_input(latents, decoder)
+            return decoder.decode(scaled.to(decoder.dtype)).sample.to(self.pipe.compute_dtype)

@@ -1,0 +1,51 @@
+"""The UNet families (Stable Diffusion 1/2 and SDXL): ε- or v-predicting UNets on a DDPM noise
+schedule, stepped by DDIM (or, as a fast mode, DPM-Solver++). What the two share is here: the
+guided UNet call and the sampler; each family says how it encodes the prompt and what the UNet's
+call takes besides the latents (`unet_inputs`)."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+
+import torch
+
+from ..schedulers import ViewSchedulers, multistep_like
+from ..settings import window_of
+from .base import Backbone, PromptConditioning, ViewConditioning
+
+
+class UNetBackbone(Backbone):
+    @property
+    def network(self) -> torch.nn.Module:
+        return self.pipe.unet
+
+    @property
+    def window(self) -> int:
+        return window_of(self.pipe.unet.config)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.pipe.unet.config.in_channels
+
+    @abstractmethod
+    def unet_inputs(self, conditioning: PromptConditioning, count: int) -> dict:
+        """The UNet's keyword inputs besides the latents and t for `count` views in both guidance
+        branches (negative first), in the UNet's dtype."""
+
+    def guided_prediction(self, latents, t, conditioning, guidance_scale, views=None,
+                          extras: ViewConditioning | None = None) -> torch.Tensor:
+        """ε̂ = ε_u + g (ε_c − ε_u) (or v̂ likewise) for a batch of views, in the compute dtype."""
+        unet = self.pipe.unet
+        count = latents.shape[0]
+        model_input = self.pipe.scheduler.scale_model_input(torch.cat([latents, latents]), t).to(unet.dtype)
+        inputs = self.unet_inputs(conditioning, count)
+        if extras is not None:
+            inputs |= extras.unet_inputs(model_input, t, inputs, views)
+        prediction = unet(model_input, t, **inputs).sample.to(self.pipe.compute_dtype)
+        unconditional, conditional = prediction.chunk(2)
+        return unconditional + guidance_scale * (conditional - unconditional)
+
+    def sampler(self, num_inference_steps, view_count, device, multistep=False) -> ViewSchedulers:
+        scheduler = multistep_like(self.pipe.scheduler) if multistep else self.pipe.scheduler
+        scheduler.set_timesteps(num_inference_steps, device=device)
+        return ViewSchedulers(scheduler, view_count)

@@ -1,0 +1,116 @@
+"""The pipeline class from the model: model_index.json or a checkpoint's keys name the family, before
+any weights load, for the library (AutoSyncPipeline) and every front end (models.py)."""
+
+import json
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from diffusers import AutoencoderKL, StableDiffusionXLPipeline
+from safetensors.torch import save_file
+
+from panosync import models
+from panosync.auto import AutoSyncPipeline, family_of_checkpoint
+from panosync.cli import main
+from panosync.control import ControlSyncXLPipeline, random_controlnet_like
+from panosync.metadata import read_parameters
+from panosync.pipeline import SyncDiffusionPipeline
+from panosync.tiny import tiny_random_components, tiny_random_xl_components
+from panosync.xl import SyncDiffusionXLPipeline
+
+NARROW_XL = dict(window=16, vae_factor=2, unet_channels=(16, 32), vae_channels=8, text_width=16)
+SUPPORTED_SENTENCE = "runs Stable Diffusion 1.x/2.x and Stable Diffusion XL models."
+
+
+@pytest.fixture(scope="module")
+def xl_folder(tmp_path_factory):
+    """A tiny SDXL saved by diffusers' own StableDiffusionXLPipeline, as a downloaded SDXL folder is."""
+    folder = tmp_path_factory.mktemp("sdxl")
+    StableDiffusionXLPipeline(**tiny_random_xl_components(**NARROW_XL), add_watermarker=False).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sd_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sd")
+    SyncDiffusionPipeline(**tiny_random_components(window=16, vae_factor=2)).save_pretrained(folder)
+    return folder
+
+
+def test_auto_pipeline_picks_the_family_from_model_index(xl_folder, sd_folder):
+    xl = AutoSyncPipeline.from_pretrained(xl_folder)
+    assert type(xl) is SyncDiffusionXLPipeline and type(xl.scheduler).__name__ == "DDIMScheduler"
+    assert xl.config.force_zeros_for_empty_prompt
+    assert type(AutoSyncPipeline.from_pretrained(sd_folder)) is SyncDiffusionPipeline
+    controlnet = random_controlnet_like(xl.unet, xl.vae_factor)
+    assert type(AutoSyncPipeline.from_pretrained(xl_folder, controlnet=controlnet)) is ControlSyncXLPipeline
+
+
+def test_every_front_end_loads_the_family_of_the_model(xl_folder):
+    source = models.resolve_model(str(xl_folder))
+    assert source.family == "Stable Diffusion XL" and source.window == 16
+    assert type(models.load_pipeline(source)) is SyncDiffusionXLPipeline
+    control = models.load_control_pipeline(source, ["tiny-random"])
+    assert type(control) is ControlSyncXLPipeline
+    from panosync.server.generation import PanoramaModel
+
+    assert type(PanoramaModel.load(str(xl_folder), device="cpu", dtype="float32").pipe) is SyncDiffusionXLPipeline
+
+
+def flux_like_folder(tmp_path):
+    folder = tmp_path / "flux"
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps({
+        "_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"],
+        "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"]}))
+    return folder
+
+
+def test_an_unsupported_family_is_one_sentence_before_weights_load(tmp_path, capsys):
+    folder = flux_like_folder(tmp_path)  # no weights at all: nothing may try to load them
+    with pytest.raises(ValueError, match=f"is FLUX.1 \\(FluxPipeline\\), which panosync does not run: it "
+                                         f"{SUPPORTED_SENTENCE}"):
+        models.resolve_model(str(folder))
+    with pytest.raises(ValueError, match=SUPPORTED_SENTENCE):
+        AutoSyncPipeline.from_pretrained(folder)
+    assert main(["generate", "a land", "--model", str(folder), "--quiet"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.endswith(SUPPORTED_SENTENCE) and len(error.splitlines()) == 1 and "Traceback" not in error
+
+
+def test_a_checkpoints_family_is_read_from_its_keys(tmp_path):
+    xl = tmp_path / "xl.safetensors"
+    save_file({"conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias": torch.zeros(2)}, str(xl))
+    assert family_of_checkpoint(xl) == "Stable Diffusion XL"
+    flux = tmp_path / "flux.safetensors"
+    save_file({"double_blocks.0.img_attn.norm.key_norm.scale": torch.zeros(2),
+               "guidance_in.in_layer.weight": torch.zeros(2)}, str(flux))
+    with pytest.raises(ValueError, match=SUPPORTED_SENTENCE):
+        models.resolve_model(str(flux))
+
+
+def test_generate_with_an_sdxl_folder_and_reproduce_it_from_the_png(xl_folder, tmp_path, capsys):
+    first = tmp_path / "xl.png"
+    code = main(["generate", "a land", "--model", str(xl_folder), "--width", "64", "--height", "32", "--stride", "8",
+                 "--steps", "2", "--seed", "3", "--loop-closure", "--out", str(first), "--quiet"])
+    assert code == 0 and "wrote" in capsys.readouterr().out
+    parameters = read_parameters(first)
+    assert parameters["model"] == str(xl_folder) and parameters["loop_closure"] is True
+    again = tmp_path / "again.png"
+    assert main(["generate", "--from-png", str(first), "--out", str(again), "--quiet"]) == 0
+    assert np.array_equal(np.asarray(PIL.Image.open(first)), np.asarray(PIL.Image.open(again)))
+
+
+def test_a_vae_in_place_of_the_models_own(xl_folder, tmp_path):
+    """--vae: an fp16-safe VAE (here another tiny one) replaces the model's, and the PNG records it."""
+    vae_folder = tmp_path / "vae"
+    tiny_random_xl_components(**NARROW_XL, seed=9)["vae"].save_pretrained(vae_folder)
+    pipe = models.load_pipeline(str(xl_folder), vae=str(vae_folder))
+    assert torch.equal(pipe.vae.decoder.conv_in.weight, AutoencoderKL.from_pretrained(vae_folder).decoder.conv_in.weight)
+    out = tmp_path / "vae.png"
+    assert main(["generate", "a land", "--model", str(xl_folder), "--vae", str(vae_folder), "--width", "32",
+                 "--height", "32", "--steps", "1", "--seed", "1", "--out", str(out), "--quiet"]) == 0
+    assert read_parameters(out)["vae"] == str(vae_folder)
+    with pytest.raises(ValueError, match="not a diffusers VAE folder"):
+        models.load_pipeline(str(xl_folder), vae=str(tmp_path))
