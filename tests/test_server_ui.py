@@ -158,8 +158,11 @@ def test_control_page_follows_an_uploaded_condition(control_page_url, tmp_path):
             page.locator("#preprocess").get_by_text("canny", exact=True).click()
             preview = page.locator("#control_view img")
             expect(preview).to_be_visible(timeout=30_000)  # the edges, before generating
-            page.wait_for_function("() => document.querySelector('#control_view img')?.naturalWidth > 0")
-            assert preview.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [48, 16]
+            # the preview is re-rendered while the preprocessing settles: wait for the final image's
+            # size itself (a wrong size times out) rather than read one that may be replaced meanwhile
+            page.wait_for_function("() => { const img = document.querySelector('#control_view img');"
+                                   " return img && img.naturalWidth === 48 && img.naturalHeight === 16; }",
+                                   timeout=30_000)
             set_number(page, "controlnet_conditioning_scale", 0.5)
             page.locator("#diffusion-settings button.label-wrap").click()
             set_number(page, "num_inference_steps", 2)
