@@ -329,7 +329,8 @@ def markdown(report: dict, picture: str) -> str:
     lines = ["# Panorama bars: coherent and still a picture", "",
              f"Measured by `python -m panosync.pocket.panorama_bars` on model `{report['model']}` in "
              f"{report['seconds'] / 60:.0f} min on the CPU: {len(report['prompts'])} prompts × {len(seeds)} seeds "
-             f"({seeds[0]}–{seeds[-1]}, {'tuning seeds: a sweep' if report.get('tuning') else 'never used for tuning'}), {report['width']}×{report['height']} panoramas, "
+             f"({seeds[0]}–{seeds[-1]}, {'tuning seeds: a sweep' if report.get('tuning') else 'never used for tuning'}), "
+             f"{report['width']}×{report['height']} panoramas, "
              f"{report['references']} single-window references per prompt (seeds from {REFERENCE_SEEDS_FROM}). "
              f"Settings: {json.dumps(report['settings'])}.", "",
              "## Bars (MultiDiffusion is the baseline)", "", *bar_table(report), "",

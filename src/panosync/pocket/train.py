@@ -101,7 +101,9 @@ def noise_schedule_config(snr_shift: float = 1.0) -> dict:
     (Hoogeboom et al. 2023, "simple diffusion"; Chen 2023, "On the importance of noise scheduling").
     As in simple diffusion's interpolated schedule, the division fades out towards the clean end
     (log-SNR shifted by t/T * log 16), where single pixels, not the mean, are being decided and the
-    original ratios are the right ones; so the last steps and alpha_0 stay Stable Diffusion's."""
+    original ratios are the right ones; so the last steps and alpha_0 stay Stable Diffusion's.
+    The bundled pocket went on to 64, which moved the decision later still and synced better
+    (docs/pocket-progress.md, fourth round)."""
     config = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                   clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     if snr_shift == 1.0:
@@ -243,7 +245,8 @@ def encode_dataset(run: Path) -> dict:
 def adopt_vae(run: Path, folder: Path) -> None:
     """A run that fine-tunes an exported model starts from its autoencoder (float32), not a new one."""
     vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", dtype=torch.float32)
-    record = json.loads((folder / "training.json").read_text()).get("vae", {}) if (folder / "training.json").exists() else {}
+    record_path = folder / "training.json"
+    record = json.loads(record_path.read_text()).get("vae", {}) if record_path.exists() else {}
     save_atomically({"model": new_vae().state_dict() | vae.state_dict(), **record, "adopted_from": str(folder)},
                     run / "vae.pt")
 
@@ -260,7 +263,8 @@ def stage_unet(run: Path, steps: int, batch: int, lr: float, drop_caption: float
     torch.manual_seed(seed)
     unet, text_encoder = new_unet(), new_text_encoder(tokenizer)
     if init is not None and not checkpoint_path.exists():
-        unet.load_state_dict(UNet2DConditionModel.from_pretrained(init, subfolder="unet", dtype=torch.float32).state_dict())
+        exported_unet = UNet2DConditionModel.from_pretrained(init, subfolder="unet", dtype=torch.float32)
+        unet.load_state_dict(exported_unet.state_dict())
         text_encoder.load_state_dict(CLIPTextModel.from_pretrained(init, subfolder="text_encoder",
                                                                    dtype=torch.float32).state_dict())
     parameters = list(unet.parameters()) + list(text_encoder.parameters())
@@ -373,7 +377,8 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, default=BUNDLE, help="export folder")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--snr-shift", type=float, default=1.0,
-                        help="divide the noisy end's signal-to-noise ratio by this (unet stage; 16 for pocket)")
+                        help="divide the noisy end's signal-to-noise ratio by this (unet stage; the bundled "
+                             "pocket: 16, then 64)")
     parser.add_argument("--init", type=Path, default=None,
                         help="fine-tune this exported model folder (unet stage, on a new --run)")
     args = parser.parse_args(argv)

@@ -87,15 +87,16 @@ def markdown(report: dict) -> str:
     lines = ["# The 360° wrap against the other view boundaries", "",
              f"Measured by `python -m panosync.pocket.wrap` on model `{report['model']}` in "
              f"{report['seconds'] / 60:.0f} min: “{report['prompt']}”, {report['width']}×{report['height']}, "
-             f"loop closure, seeds {report['seeds'][0]}–{report['seeds'][-1]}. Settings: {json.dumps(report['settings'])}.",
+             f"loop closure, seeds {report['seeds'][0]}–{report['seeds'][-1]}. "
+             f"Settings: {json.dumps(report['settings'])}.",
              "", "Jump: the mean absolute difference between two neighbouring pixel columns (0–255). Ratio: the "
              "wrap's jump over the mean jump across the panorama's other view boundaries. Percentile: the wrap's "
              "rank among those boundaries (a wrap like any other boundary averages 50 %).", "",
              "| method | anchor | mean ratio | median | worst | > 2× | mean percentile |",
              "|---|---|---|---|---|---|---|"]
     for name, s in report["methods"].items():
-        lines.append(f"| {name.split(' @ ')[0]} | {s['anchor']} | {s['mean_ratio']:.2f}× | {s['median_ratio']:.2f}× | "
-                     f"{s['worst_ratio']:.2f}× | {s['share_above_2x']:.0%} | {s['mean_percentile']:.0%} "
+        lines.append(f"| {name.split(' @ ')[0]} | {s['anchor']} | {s['mean_ratio']:.2f}× | "
+                     f"{s['median_ratio']:.2f}× | {s['worst_ratio']:.2f}× | {s['share_above_2x']:.0%} | {s['mean_percentile']:.0%} "
                      f"± {s['percentile_standard_error']:.0%} |")
     return "\n".join(lines) + "\n"
 
