@@ -451,10 +451,15 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
 
         # 4. The joint denoising loop
         with self.progress_bar(total=request.num_inference_steps) as progress:
+            shown_status = None
             for i, t in enumerate(sampler.timesteps):
                 # a lone view has no one to agree with: its anchor pass would change nothing
                 weight = request.schedule.weight_at(i) if len(views) > 1 else 0.0
-                progress.set_postfix_str(f"sync w={weight:.3g}" if weight else "no sync", refresh=False)
+                status = f"sync w={weight:.3g}" if weight else "no sync"
+                # drawn at once when it changes: tqdm skips redraws closer together than its
+                # mininterval, and fast steps would hide when syncing starts and stops
+                progress.set_postfix_str(status, refresh=status != shown_status)
+                shown_status = status
                 denoised = self.denoise_views(latents, views, t, weight, anchor, chunks, **denoise)
                 latents = self.merge(denoised, views, view_counts)
                 if not torch.isfinite(latents).all():  # stop now, not after the rest of the steps
