@@ -7,9 +7,9 @@ much). What can still set the wrap apart is SyncDiffusion's anchor: it sits in t
 canvas, so the wrap is the one place farthest from it. This script measures, over many loop-closed
 panoramas, the jump across the wrap (mean absolute difference of the two pixel columns) against
 the jumps across the other view boundaries: the ratio to their mean, and the wrap's rank among them
-(its percentile; about 50 % on average if the wrap is like any other boundary). `--anchor-at-wrap`
-repeats it with the anchor next to the wrap, which tells the anchor's distance from any effect of
-the wrap itself.
+(its percentile; about 50 % on average if the wrap is like any other boundary), for MultiDiffusion
+and SyncDiffusion with the model's settings, then SyncDiffusion again with the anchor next to the
+wrap, which tells the anchor's distance from any effect of the wrap itself.
 
     python -m panosync.pocket.wrap --out docs/pocket-wrap
 """
