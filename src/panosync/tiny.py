@@ -62,6 +62,69 @@ def build_clip_tokenizer(words: list[str] = (), max_length: int = 77) -> CLIPTok
     return tokenizer
 
 
+def _check_vae_factor(vae_factor: int) -> None:
+    if vae_factor < 1 or vae_factor & (vae_factor - 1):
+        raise ValueError(f"vae_factor must be a power of two, got {vae_factor}.")
+
+
+def _text_config(tokenizer: CLIPTokenizer, text_width: int, **extra) -> CLIPTextConfig:
+    """A 2-layer CLIP text encoder's config over `tokenizer`, `text_width` wide."""
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=text_width,
+        intermediate_size=2 * text_width,
+        num_attention_heads=2,
+        num_hidden_layers=2,
+        max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **extra,
+    )
+
+
+def _unet(window: int, unet_channels: tuple[int, ...], cross_attention_dim: int, **family) -> UNet2DConditionModel:
+    """A UNet on `window`-sized latents: attention in every block but the outermost; `family` adds
+    a family's own settings (SDXL's added conditioning)."""
+    depth = len(unet_channels)
+    return UNet2DConditionModel(
+        sample_size=window,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=unet_channels,
+        layers_per_block=1,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (depth - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (depth - 1) + ("UpBlock2D",),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8,
+        norm_num_groups=8,
+        **family,
+    )
+
+
+def _vae(window: int, vae_factor: int, vae_channels: int, **family) -> AutoencoderKL:
+    """An AutoencoderKL downsampling by `vae_factor`; `family` sets its scaling factor and the like."""
+    blocks = vae_factor.bit_length()  # one more block than downsamplings
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
+        block_out_channels=(vae_channels,) * blocks,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=window * vae_factor,
+        **family,
+    )
+
+
+def _ddim(**extra) -> DDIMScheduler:
+    """Stable Diffusion's (and SDXL's) scheduler settings, as DDIM."""
+    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                         set_alpha_to_one=False, steps_offset=1, **extra)
+
+
 def tiny_random_components(
     seed: int = 0,
     window: int = 64,
@@ -76,57 +139,13 @@ def tiny_random_components(
     `window` is the UNet's native latent size (Stable Diffusion 2 base: 64); `vae_factor` the VAE's
     downsampling (a power of two; Stable Diffusion: 8).
     """
-    if vae_factor < 1 or vae_factor & (vae_factor - 1):
-        raise ValueError(f"vae_factor must be a power of two, got {vae_factor}.")
+    _check_vae_factor(vae_factor)
     torch.manual_seed(seed)
     tokenizer = build_clip_tokenizer()
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=text_width,
-            intermediate_size=2 * text_width,
-            num_attention_heads=2,
-            num_hidden_layers=2,
-            max_position_embeddings=tokenizer.model_max_length,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
-    depth = len(unet_channels)
-    unet = UNet2DConditionModel(
-        sample_size=window,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=unet_channels,
-        layers_per_block=1,
-        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (depth - 1),
-        up_block_types=("CrossAttnUpBlock2D",) * (depth - 1) + ("UpBlock2D",),
-        cross_attention_dim=text_width,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    )
-    vae_blocks = vae_factor.bit_length()  # one more block than downsamplings
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * vae_blocks,
-        up_block_types=("UpDecoderBlock2D",) * vae_blocks,
-        block_out_channels=(vae_channels,) * vae_blocks,
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=window * vae_factor,
-        scaling_factor=0.18215,
-    )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    text_encoder = CLIPTextModel(_text_config(tokenizer, text_width))
+    unet = _unet(window, unet_channels, cross_attention_dim=text_width)
+    vae = _vae(window, vae_factor, vae_channels, scaling_factor=0.18215)
+    scheduler = _ddim()
     for module in (text_encoder, unet, vae):
         module.eval()
     return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
@@ -149,65 +168,17 @@ def tiny_random_xl_components(
     768 + 1280; the VAE has SDXL's scaling factor and force_upcast."""
     from transformers import CLIPTextModelWithProjection
 
-    if vae_factor < 1 or vae_factor & (vae_factor - 1):
-        raise ValueError(f"vae_factor must be a power of two, got {vae_factor}.")
+    _check_vae_factor(vae_factor)
     torch.manual_seed(seed)
     tokenizer = build_clip_tokenizer()
-    text_config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=text_width,
-        intermediate_size=2 * text_width,
-        num_attention_heads=2,
-        num_hidden_layers=2,
-        max_position_embeddings=tokenizer.model_max_length,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        projection_dim=text_width,
-    )
+    text_config = _text_config(tokenizer, text_width, projection_dim=text_width)
     text_encoder = CLIPTextModel(text_config)
     text_encoder_2 = CLIPTextModelWithProjection(text_config)
-    depth = len(unet_channels)
-    unet = UNet2DConditionModel(
-        sample_size=window,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=unet_channels,
-        layers_per_block=1,
-        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (depth - 1),
-        up_block_types=("CrossAttnUpBlock2D",) * (depth - 1) + ("UpBlock2D",),
-        cross_attention_dim=2 * text_width,
-        attention_head_dim=8,
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=time_embedding_width,
-        projection_class_embeddings_input_dim=6 * time_embedding_width + text_width,
-        norm_num_groups=8,
-    )
-    vae_blocks = vae_factor.bit_length()
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * vae_blocks,
-        up_block_types=("UpDecoderBlock2D",) * vae_blocks,
-        block_out_channels=(vae_channels,) * vae_blocks,
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=window * vae_factor,
-        scaling_factor=0.13025,
-        force_upcast=True,
-    )
-    # stabilityai/stable-diffusion-xl-base-1.0's scheduler settings, as DDIM
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        timestep_spacing="leading",
-    )
+    unet = _unet(window, unet_channels, cross_attention_dim=2 * text_width, use_linear_projection=True,
+                 addition_embed_type="text_time", addition_time_embed_dim=time_embedding_width,
+                 projection_class_embeddings_input_dim=6 * time_embedding_width + text_width)
+    vae = _vae(window, vae_factor, vae_channels, scaling_factor=0.13025, force_upcast=True)
+    scheduler = _ddim(timestep_spacing="leading")  # stabilityai/stable-diffusion-xl-base-1.0's
     for module in (text_encoder, text_encoder_2, unet, vae):
         module.eval()
     return dict(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
