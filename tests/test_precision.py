@@ -21,6 +21,7 @@ from panosync.precision import NonFiniteError, Precision, pick_precision
 from panosync.sync import half_precision_loss_scale, sync_gradient
 from panosync.tiny import tiny_random_components
 
+from in_precision import in_precision
 from test_fast_modes import tiny_decoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -35,13 +36,7 @@ NARROW = dict(window=16, vae_factor=2, unet_channels=(8, 16), vae_channels=8, te
 
 def tiny_pipe(precision: str = "float32", seed: int = 0) -> SyncDiffusionPipeline:
     """A narrow sync_pipe in `precision` ("float32", "float16", "bfloat16" or "autocast")."""
-    pipe = SyncDiffusionPipeline(**tiny_random_components(seed=seed, **NARROW))
-    pipe.set_progress_bar_config(disable=True)
-    chosen = pick_precision(precision, "cpu")
-    pipe.to(dtype=chosen.weights)
-    if chosen.autocast is not None:
-        pipe.enable_autocast(chosen.autocast)
-    return pipe
+    return in_precision(SyncDiffusionPipeline(**tiny_random_components(seed=seed, **NARROW)), precision)
 
 
 @pytest.fixture(scope="module", params=PRECISIONS)

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from panosync.precision import pick_precision
 from panosync.tiny import tiny_random_xl_components
 from panosync.xl import SyncDiffusionXLPipeline
+
+from in_precision import in_precision
 
 # 32-pixel windows (16 latents, VAE factor 2), narrow networks: float16 convolutions are slow on a CPU.
 NARROW = dict(window=16, vae_factor=2, unet_channels=(16, 32), vae_channels=8, text_width=16)
@@ -18,13 +19,7 @@ CANVASES = {
 
 
 def xl_pipe(precision="float32"):
-    pipe = SyncDiffusionXLPipeline(**tiny_random_xl_components(**NARROW))
-    pipe.set_progress_bar_config(disable=True)
-    chosen = pick_precision(precision, "cpu")
-    pipe.to(dtype=chosen.weights)
-    if chosen.autocast is not None:
-        pipe.enable_autocast(chosen.autocast)
-    return pipe
+    return in_precision(SyncDiffusionXLPipeline(**tiny_random_xl_components(**NARROW)), precision)
 
 
 @pytest.fixture(scope="module", params=["float32", "float16", "bfloat16"])
