@@ -37,7 +37,7 @@ from ..eval.perceptual import intra_lpips
 from ..lpips import PerceptualDistance
 from .classify import classify
 from .landscapes import ATTRIBUTES, parse_prompt, render_landscape
-from .quality import FAITHFUL, crop_times, sample_windows
+from .quality import FAITHFUL, crop_times, load_for_measurement, sample_windows
 
 BASELINE = "MultiDiffusion"
 SINGLE = "single windows"  # held-out single-window samples: the score a genuine sample gets
@@ -405,11 +405,9 @@ def parse_methods(texts: list[str]) -> dict[str, dict]:
 
 
 def main(argv=None):
-    from ..bundled import recommended_settings
     from ..eval.fidelity import inception_features
     from ..eval.inception import load_inception
     from ..lpips import load_lpips
-    from ..models import load_pipeline, resolve_model
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="pocket")
@@ -438,10 +436,7 @@ def main(argv=None):
         check_fresh_seeds(seeds)
     methods = parse_methods(args.method)
     started = time.time()
-    source = resolve_model(args.model)
-    pipe = load_pipeline(source)
-    pipe.set_progress_bar_config(disable=True)
-    settings = recommended_settings(source.ref) if source.kind == "folder" else {}
+    pipe, settings = load_for_measurement(args.model)
     size = pipe.window * pipe.vae_factor
     lpips, inception = load_lpips("vgg"), load_inception()
 

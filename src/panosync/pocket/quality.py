@@ -52,6 +52,18 @@ def sample_windows(pipe, prompt: str, seeds: list[int], steps: int = 50, guidanc
     return (images * 255).round().astype(np.uint8)
 
 
+def load_for_measurement(model: str):
+    """The pipeline (progress bar off) and the settings its folder recommends ({} for any other
+    model): what every pocket measurement starts from."""
+    from ..bundled import recommended_settings
+    from ..models import load_pipeline, resolve_model
+
+    source = resolve_model(model)
+    pipe = load_pipeline(source)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, recommended_settings(source.ref) if source.kind == "folder" else {}
+
+
 def crop_times(panorama: np.ndarray, size: int) -> str:
     """The time of day of each non-overlapping crop of a uint8 panorama, a letter each (d day, s sunset,
     n night): a panorama whose letters differ mixes times of day."""
@@ -124,9 +136,6 @@ def markdown(report: dict, picture: str) -> str:
 
 
 def main(argv=None):
-    from ..bundled import recommended_settings
-    from ..models import load_pipeline, resolve_model
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="pocket")
     parser.add_argument("--out", type=Path, default=Path("docs/pocket-quality"))
@@ -138,10 +147,7 @@ def main(argv=None):
                              "them (the paper's gradient) on this many seeds (default: 0, skip)")
     args = parser.parse_args(argv)
     started = time.time()
-    source = resolve_model(args.model)
-    pipe = load_pipeline(source)
-    pipe.set_progress_bar_config(disable=True)
-    settings = recommended_settings(source.ref) if source.kind == "folder" else {}
+    pipe, settings = load_for_measurement(args.model)
     steps = settings.get("num_inference_steps", 50)
     guidance = settings.get("guidance_scale", 7.5)
     size = pipe.window * pipe.vae_factor

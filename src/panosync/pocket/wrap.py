@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from ..views import views_for_canvas
+from .panorama_bars import panorama
+from .quality import load_for_measurement
 
 PROMPT = "a landscape"
 
@@ -65,22 +67,19 @@ def summary(figures: list[dict]) -> dict:
             "share_above_2x": round(float((ratios > 2).mean()), 3)}
 
 
-def measure(pipe, prompt: str, seeds: list[int], width: int, settings: dict, sync: dict, anchor_at_wrap: bool):
+def measure(pipe, prompt: str, seeds: list[int], width: int, settings: dict, sync: dict, anchor_at_wrap: bool) -> dict:
+    """One method's wrap figures over loop-closed panoramas of `seeds`."""
     size = pipe.window * pipe.vae_factor
     stride = settings.get("stride") or pipe.window // 4
     boundaries = boundary_columns(width, size, pipe.window, stride, pipe.vae_factor)
-    per_panorama, images = [], []
+    per_panorama = []
+    placed = {**sync, "loop_closure": True, "anchor": 0 if anchor_at_wrap else None}
     for seed in seeds:
-        image = pipe(prompt, width=width, height=size, seed=seed, loop_closure=True, output_type="np",
-                     num_inference_steps=settings.get("num_inference_steps", 50),
-                     guidance_scale=settings.get("guidance_scale", 7.5), stride=stride, view_batch_size=32,
-                     anchor=0 if anchor_at_wrap else None, **sync).images[0]
-        image = (image * 255).round().astype(np.uint8)
-        images.append(image)
+        image = panorama(pipe, prompt, seed, width, {**settings, "stride": stride}, placed)
         per_panorama.append({"seed": seed, **wrap_figures(image, boundaries)})
         print(json.dumps(per_panorama[-1]), file=sys.stderr, flush=True)
     return {"settings": sync, "anchor": "next to the wrap" if anchor_at_wrap else "middle (default)",
-            **summary(per_panorama), "per_panorama": per_panorama}, images
+            **summary(per_panorama), "per_panorama": per_panorama}
 
 
 def markdown(report: dict) -> str:
@@ -96,15 +95,12 @@ def markdown(report: dict) -> str:
              "|---|---|---|---|---|---|---|"]
     for name, s in report["methods"].items():
         lines.append(f"| {name.split(' @ ')[0]} | {s['anchor']} | {s['mean_ratio']:.2f}× | "
-                     f"{s['median_ratio']:.2f}× | {s['worst_ratio']:.2f}× | {s['share_above_2x']:.0%} | {s['mean_percentile']:.0%} "
-                     f"± {s['percentile_standard_error']:.0%} |")
+                     f"{s['median_ratio']:.2f}× | {s['worst_ratio']:.2f}× | {s['share_above_2x']:.0%} | "
+                     f"{s['mean_percentile']:.0%} ± {s['percentile_standard_error']:.0%} |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None):
-    from ..bundled import recommended_settings
-    from ..models import load_pipeline, resolve_model
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="pocket")
     parser.add_argument("--prompt", default=PROMPT)
@@ -114,10 +110,7 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, default=Path("docs/pocket-wrap"))
     args = parser.parse_args(argv)
     started = time.time()
-    source = resolve_model(args.model)
-    pipe = load_pipeline(source)
-    pipe.set_progress_bar_config(disable=True)
-    settings = recommended_settings(source.ref) if source.kind == "folder" else {}
+    pipe, settings = load_for_measurement(args.model)
     size = pipe.window * pipe.vae_factor
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     synced = {k: v for k, v in settings.items() if k.startswith("sync_") or k == "fast_modes"}
@@ -126,8 +119,8 @@ def main(argv=None):
     report = {"model": args.model, "prompt": args.prompt, "width": args.windows * size, "height": size,
               "seeds": seeds, "settings": settings, "methods": {}}
     for name, (sync, anchor_at_wrap) in methods.items():
-        report["methods"][name], _ = measure(pipe, args.prompt, seeds, args.windows * size, settings, sync,
-                                             anchor_at_wrap)
+        report["methods"][name] = measure(pipe, args.prompt, seeds, args.windows * size, settings, sync,
+                                          anchor_at_wrap)
     report["seconds"] = round(time.time() - started)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2))
