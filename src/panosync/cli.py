@@ -21,6 +21,7 @@ import time
 
 from . import settings
 from .precision import NonFiniteError
+from .runner.maker import TaskFailed
 
 CONTROL_HELPS = dict(
     width="pixels, a multiple of the VAE factor (default: the condition's width)",
@@ -256,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"panosync: error: panosync {args.command} needs {error.name}, which comes with the {extra} extra: "
               f"pip install 'panosync[{extra}]'.", file=sys.stderr)
         return 2
-    except NonFiniteError as error:  # not the input's fault: the arithmetic overflowed; nothing was written
+    except (NonFiniteError, TaskFailed) as error:  # not the input's fault (the arithmetic overflowed …)
         print(f"panosync: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -12,7 +12,6 @@ DIR/summary.json says what ran, where, and how long.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from .. import settings
@@ -40,7 +39,7 @@ def batch(args: argparse.Namespace) -> int:
     from ..files import check_folder
     from ..models import pick_device, resolve_model
     from ..precision import pick_precision
-    from ..runner import ModelSpec
+    from ..runner import ModelSpec, open_engine
     from .jobs import read_jobs
     from .run import FAILED, run_batch
 
@@ -55,24 +54,9 @@ def batch(args: argparse.Namespace) -> int:
             **({"vae": args.vae} if args.vae else {})}
     jobs = read_jobs(args.jobs, keys, source, args.view_batch_size)
     spec = ModelSpec(model, args.model_config, args.vae, args.device, args.dtype)
-    summary = run_batch(jobs, Path(out), engine_opener(spec, args.ray, args.workers), args.jobs,
+    summary = run_batch(jobs, Path(out), lambda on_step: open_engine(spec, args.ray, args.workers, on_step), args.jobs,
                         {"kind": "ray", "address": args.ray} if args.ray else {"kind": "local"}, quiet=args.quiet)
     counts = summary["counts"]
     print(f"{counts['made']} made, {counts['kept']} kept, {counts['failed']} failed in {summary['seconds']:.1f} s; "
           f"summary in {Path(out) / 'summary.json'}")
     return 1 if counts[FAILED] else 0
-
-
-def engine_opener(spec, address: str | None, workers: int | None):
-    """The function that opens the batch's engine: Ray workers with --ray, else this process."""
-    def open_engine(on_step):
-        if address is None:
-            from ..runner import LocalEngine
-
-            return LocalEngine(spec, on_step)
-        from ..runner.cluster import RayEngine
-
-        print(f"starting {workers or 'one per GPU'} Ray worker(s) at {address} …", file=sys.stderr)
-        return RayEngine(spec, address, workers, on_step)
-
-    return open_engine

@@ -48,6 +48,10 @@ class Done:
     canceled: bool = False
 
 
+class TaskFailed(Exception):
+    """A panorama a front end needed could not be made: the message says which and why."""
+
+
 class Canceled(Exception):
     """Raised by a step callback to stop a panorama (a cancelled job)."""
 
