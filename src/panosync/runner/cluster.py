@@ -138,13 +138,16 @@ class RayEngine:
         import ray
 
         resources = ray.cluster_resources()
-        gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
+        gpus = int(resources.get("GPU", 0))
         on_gpu = gpus > 0 and spec.device != "cpu"
         count = workers or (gpus if on_gpu else 1)
-        if on_gpu and count > gpus:
-            raise ValueError(f"--workers {count} asks for more workers than the cluster's {gpus} GPUs (one each).")
-        if not on_gpu and count > cpus:
-            raise ValueError(f"--workers {count} asks for more workers than the cluster's {cpus} CPUs (one each).")
+        # A worker Ray cannot place would wait for ever: say so instead (an autoscaling cluster
+        # should have its nodes up before a batch starts).
+        kind = "GPU" if on_gpu else "CPU"
+        total, free = int(resources.get(kind, 0)), int(ray.available_resources().get(kind, 0))
+        if count > free:
+            raise ValueError(f"--workers {count} needs {count} free {kind}s (one a worker), and the Ray cluster has "
+                             f"{free} free of {total}: ask for fewer, or add nodes.")
         actor = ray.remote(PanoramaWorker).options(
             num_gpus=1 if on_gpu else 0, num_cpus=1, max_concurrency=2, max_restarts=MAX_RESTARTS,
             max_task_retries=MAX_RESTARTS)
@@ -182,7 +185,7 @@ class RayEngine:
         self._running[self.actors[index].make.remote(key, call)] = (key, index)
 
     def cancel(self, key) -> None:
-        for running, index in self._running.values():
+        for running, index in list(self._running.values()):  # called from other threads (a server's)
             if running == key:
                 self.actors[index].cancel.remote(key)
 

@@ -66,6 +66,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--public-docs", dest="public_docs", action="store_true",
                         help="serve /openapi.json, /docs and /redoc without the token (default: with --token, "
                              "they need it too)")
+    from ..runner.cluster import add_cluster_options
+
+    add_cluster_options(parser)
     parser.add_argument("--max-waiters", dest="max_waiters", type=int, default=Limits.max_waiters,
                         help=f"clients that may wait for their jobs at once (Prefer: wait); past them a job is "
                              f"queued and answered at once (default {Limits.max_waiters})")
@@ -151,6 +154,11 @@ def serve(args: argparse.Namespace) -> int:
     from .api import create_app
     from .retention import parse_keep, parse_min_free
 
+    from ..runner.cluster import check_cluster_options
+
+    check_cluster_options(args.ray, args.workers)
+    if args.ray and args.controlnet:
+        raise ValueError("serve --ray makes SyncDiffusion panoramas: ControlSync (--controlnet) runs without --ray.")
     limits = _limits(args)
     retention = None if args.keep is None else parse_keep(args.keep)
     min_free = DEFAULT_MIN_FREE_BYTES if args.min_free is None else parse_min_free(args.min_free)
@@ -161,10 +169,21 @@ def serve(args: argparse.Namespace) -> int:
     state_dir = (args.state_dir or default_state_dir()).expanduser()
     check_state_dir(state_dir)  # now, not after loading the model
     warn_if_short_of_space(state_dir, min_free)
-    app = create_app(_load(args), state_dir, limits, token, public_docs=args.public_docs, retention=retention,
-                     min_free_bytes=min_free)
-    print(f"jobs and outputs in {state_dir}", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    model = _load(args)
+    engine = None
+    if args.ray:  # the model above checks requests and describes the PNGs; the Ray workers make them
+        from ..runner import ModelSpec, open_engine
+
+        engine = open_engine(ModelSpec(model.name, args.model_config, args.vae, args.device, args.dtype), args.ray,
+                             args.workers)
+    try:
+        app = create_app(model, state_dir, limits, token, public_docs=args.public_docs, retention=retention,
+                         min_free_bytes=min_free, engine=engine)
+        print(f"jobs and outputs in {state_dir}", file=sys.stderr)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    finally:
+        if engine is not None:
+            engine.close()
     return 0
 
 
