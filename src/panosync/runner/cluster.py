@@ -206,9 +206,14 @@ class RayEngine:
             try:
                 dones.append(ray.get(ref))
                 self._idle.append(index)
-            except ray.exceptions.RayActorError as error:  # died past its restarts: it takes no more tasks
+            except ray.exceptions.ActorDiedError as error:  # past its restarts: it takes no more tasks
                 self._dead.add(index)
-                dones.append(Done(key, error=f"its Ray worker died {MAX_RESTARTS + 1} times ({error})"))
+                dones.append(Done(key, error=f"its Ray worker died while making it, and again after each of its "
+                                             f"{MAX_RESTARTS} restarts ({error})"))
+            except ray.exceptions.RayActorError as error:  # died, its retries spent; restarted, it takes more
+                self._idle.append(index)
+                dones.append(Done(key, error=f"its Ray worker died while making it, and the retries were spent "
+                                             f"({error})"))
         self._report_progress()
         return dones
 
