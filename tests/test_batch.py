@@ -138,3 +138,17 @@ def test_an_interrupted_batch_keeps_what_is_finished_and_a_rerun_makes_the_rest(
     assert batch(jobs, tmp_path / "whole") == 0
     for name in ("p0.png", "p1.png", "p2.png"):
         assert (out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+
+
+def test_evaluate_and_serve_refuse_bad_cluster_options_before_loading(tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("hills\n")
+    assert main(["evaluate", "--model", "pocket", "--prompts", str(prompts), "--out", str(tmp_path / "eval"),
+                 "--workers", "0", "--ray", "local"]) == 2
+    assert "--workers must be 1 or more, got 0." in capsys.readouterr().err
+    assert main(["serve", "--model", "pocket", "--state-dir", str(tmp_path / "state"), "--ray", "local",
+                 "--controlnet", "tiny-random"]) == 2
+    assert "ControlSync (--controlnet) runs without --ray" in capsys.readouterr().err
+    assert main(["serve", "--model", "pocket", "--state-dir", str(tmp_path / "state"), "--ray", "head"]) == 2
+    assert "--ray must be local" in capsys.readouterr().err
+    assert not (tmp_path / "eval").exists() and not (tmp_path / "state").exists()

@@ -9,6 +9,9 @@ image already made with the same parameters, so an interrupted evaluation contin
 stopped. Then it measures every method (`panosync.eval`) and writes results.md (laid out like the
 paper's Table 1), results.json, results.csv, results-chart.png and results-examples.png.
 
+With --ray ADDRESS the images are made on Ray workers through the same runner as `panosync batch`
+(runner/), the same pictures as here; the metrics are measured here.
+
 Methods: `multidiffusion` is the joint diffusion without synchronisation (sync weight 0);
 `syncdiffusion` synchronises with the model's recommended sync settings, else the pipeline's
 defaults; --sync-weight and the other sync options override them.
