@@ -16,7 +16,7 @@ import os
 import re
 from typing import Callable
 
-from .maker import Done, ModelSpec, PanoramaMaker, where
+from .maker import Done, ModelSpec, PanoramaMaker, TaskFailed, where
 
 # A worker whose process dies is restarted, and its task retried, this many times; past that the
 # task fails with a sentence (something kills it each time: out of memory, a broken GPU).
@@ -155,7 +155,7 @@ class RayEngine:
         try:  # every worker has loaded the model (a model a node cannot load fails here, before any task)
             self.places = ray.get([worker.where.remote() for worker in self.actors])
         except ray.exceptions.RayActorError as error:
-            raise RuntimeError(f"A Ray worker could not load {spec.model}: {error}") from None
+            raise TaskFailed(f"A Ray worker could not load {spec.model}: {error}") from None
         self.slots = count
         self._idle = list(range(count))
         self._running: dict = {}  # ObjectRef of make -> (key, worker index)
@@ -172,7 +172,7 @@ class RayEngine:
 
     def free(self) -> int:
         if not self._idle and not self._running:
-            raise RuntimeError(f"Every Ray worker died more than {MAX_RESTARTS} times: no task can run.")
+            raise TaskFailed(f"Every Ray worker died more than {MAX_RESTARTS} times: no task can run.")
         return len(self._idle)
 
     def geometry(self):
