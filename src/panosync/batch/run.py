@@ -73,7 +73,7 @@ def run_batch(jobs: list[BatchJob], out: Path, open_engine: Callable, jobs_file:
             summary["engine"]["workers"] = engine.workers
             if any(job.parameters.get("width") is None for job in todo):  # geometry known only once loaded
                 settle_canvas(todo, engine.geometry(), jobs_file)
-            run_all(engine, [(job.line, {k: v for k, v in job.parameters.items()}) for job in todo], finished)
+            run_all(engine, [(job.line, dict(job.parameters)) for job in todo], finished)
     except KeyboardInterrupt:
         summary["interrupted"] = True
         raise

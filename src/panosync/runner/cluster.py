@@ -16,7 +16,7 @@ import os
 import re
 from typing import Callable
 
-from .maker import Done, ModelSpec, PanoramaMaker, TaskFailed, where
+from .maker import Canceled, Done, ModelSpec, PanoramaMaker, TaskFailed, where
 
 # A worker whose process dies is restarted, and its task retried, this many times; past that the
 # task fails with a sentence (something kills it each time: out of memory, a broken GPU).
@@ -94,8 +94,6 @@ class PanoramaWorker:
         return self.maker.geometry()
 
     def make(self, key, call: dict) -> Done:
-        from .maker import Canceled
-
         def on_step(step: int, sync_weight: float) -> None:
             self._steps[key] = (step, sync_weight)
             if key in self._canceled:
@@ -123,8 +121,6 @@ class RayEngine:
 
     def __init__(self, spec: ModelSpec, address: str, workers: int | None = None,
                  on_step: ProgressCallback | None = None):
-        import ray
-
         check_cluster_options(address, workers)
         self.on_step = on_step
         self._started = start_ray(address, workers)
