@@ -89,19 +89,21 @@ def _limits(args: argparse.Namespace) -> Limits:
                   max_waiters=getattr(args, "max_waiters", Limits.max_waiters))
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace, device: str | None = None, dtype: str | None = None):
+    """The model, on `device` in `dtype` (default: --device, --dtype)."""
     from .generation import PanoramaModel
 
     from ..models import pick_device
     from ..precision import pick_precision
 
     settings.check({"view_batch_size": args.view_batch_size})
-    pick_precision(args.dtype, pick_device(args.device))  # a bad --device or --dtype: one sentence, before loading
+    if not getattr(args, "ray", None):  # on Ray the workers pick their device: this machine may have no GPU
+        pick_precision(args.dtype, pick_device(args.device))  # a bad --device or --dtype: one sentence, first
     model = args.model or (settings.DEFAULT_CONTROL_MODEL if args.controlnet else settings.DEFAULT_MODEL)
     with_controlnets = f" with {', '.join(args.controlnet)}" if args.controlnet else ""
     print(f"loading {model}{with_controlnets} …", file=sys.stderr)
-    return PanoramaModel.load(model, args.device, args.dtype, args.model_config, args.view_batch_size,
-                              args.controlnet, args.vae)
+    return PanoramaModel.load(model, device or args.device, dtype or args.dtype, args.model_config,
+                              args.view_batch_size, args.controlnet, args.vae)
 
 
 def _is_loopback(host: str) -> bool:
@@ -169,9 +171,11 @@ def serve(args: argparse.Namespace) -> int:
     state_dir = (args.state_dir or default_state_dir()).expanduser()
     check_state_dir(state_dir)  # now, not after loading the model
     warn_if_short_of_space(state_dir, min_free)
-    model = _load(args)
+    # With --ray the server's own copy only checks requests and describes the PNGs: on the CPU, so
+    # that it takes no GPU from the Ray workers on the same machine (their device is --device's).
+    model = _load(args, "cpu", "float32") if args.ray else _load(args)
     engine = None
-    if args.ray:  # the model above checks requests and describes the PNGs; the Ray workers make them
+    if args.ray:
         from ..runner import ModelSpec, open_engine
 
         engine = open_engine(ModelSpec(model.name, args.model_config, args.vae, args.device, args.dtype), args.ray,
