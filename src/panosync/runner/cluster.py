@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from typing import Callable
 
 from .maker import Canceled, Done, ModelSpec, PanoramaMaker, TaskFailed, where
@@ -23,6 +24,8 @@ from .maker import Canceled, Done, ModelSpec, PanoramaMaker, TaskFailed, where
 MAX_RESTARTS = 3
 ADDRESS = re.compile(r"^(local|auto|ray://[\w.-]+(:\d+)?|[\w.-]+:\d+)$")
 ADDRESS_WORDS = "local (start Ray here), auto (join the cluster this machine belongs to), or ray://HOST:PORT"
+# How long a new engine waits for the resources of workers just stopped to be free again.
+RELEASE_SECONDS = 15.0
 # A local instance's shared-memory object store: pictures are a few MB, and the default (30% of
 # the memory) would take from the workers' models what the pictures never need.
 LOCAL_OBJECT_STORE_BYTES = 512 * 2**20
@@ -140,7 +143,7 @@ class RayEngine:
         # A worker Ray cannot place would wait for ever: say so instead (an autoscaling cluster
         # should have its nodes up before a batch starts).
         kind = "GPU" if on_gpu else "CPU"
-        total, free = int(resources.get(kind, 0)), int(ray.available_resources().get(kind, 0))
+        total, free = int(resources.get(kind, 0)), self._free(kind, count)
         if count > free:
             raise ValueError(f"--workers {count} needs {count} free {kind}s (one a worker), and the Ray cluster has "
                              f"{free} free of {total}: ask for fewer, or add nodes.")
@@ -157,6 +160,19 @@ class RayEngine:
         self._running: dict = {}  # ObjectRef of make -> (key, worker index)
         self._polls: dict = {}  # worker index -> ObjectRef of its progress call
         self._dead: set = set()
+
+    @staticmethod
+    def _free(kind: str, wanted: int) -> int:
+        """The free GPUs or CPUs, waiting a little for `wanted`: workers killed a moment ago (an
+        engine just closed) give theirs back only when Ray has seen them go."""
+        import ray
+
+        deadline = time.monotonic() + RELEASE_SECONDS
+        while True:
+            free = int(ray.available_resources().get(kind, 0))
+            if free >= wanted or time.monotonic() > deadline:
+                return free
+            time.sleep(0.2)
 
     @property
     def workers(self) -> list[dict]:
