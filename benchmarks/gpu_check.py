@@ -790,6 +790,7 @@ class Check:
         try:
             for family in plan.backbones:
                 self.backbone(family)
+                free_memory(plan.device)  # the family's pipeline went with backbone()'s frame
         finally:
             for pipe in parked:
                 pipe.to(plan.device)
@@ -839,8 +840,6 @@ class Check:
             self.attempt(f"{family.name} {height}×{width}, {views} views", expected, panorama(height, width),
                          family=family.name, what="panorama", canvas=f"{height}x{width}", views=views,
                          precision=family.precision)
-        del built["pipe"], pipe
-        free_memory(plan.device)
 
 
 def largest_chunk_within(runs: list[dict], limit: int) -> dict | None:

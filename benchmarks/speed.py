@@ -40,8 +40,11 @@ import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
-# panosync from this checkout; tests/reference_loop.py, the reference implementation's loop
-sys.path[:0] = [str(HERE), str(HERE.parent / "src"), str(HERE.parent / "tests")]
+# panosync from this checkout; pocket (its classifier, for coherence); tests/reference_loop.py, the
+# reference implementation's loop
+sys.path[:0] = [str(HERE), str(HERE.parent / "src"), str(HERE.parent), str(HERE.parent / "tests")]
+
+from panosync.files import write_atomically  # noqa: E402  (gpu_check.py and cost.py take it from here)
 
 PROMPT = "snowy mountains"  # names no time of day: the montage failure's prompt (docs/pocket-progress.md)
 
@@ -469,7 +472,7 @@ def coherence(folder: Path, seeds: list[int], crop_size: int, faithful: Path | N
     from panosync.eval.crops import crop_batch, crops
     from panosync.eval.perceptual import intra_lpips
     from panosync.lpips import load_lpips
-    from panosync.pocket.classify import classify_time
+    from pocket.classify import classify_time
 
     lpips = load_lpips("vgg")
     intra, disagree, to_faithful = [], 0, []
@@ -644,12 +647,6 @@ def main(argv=None) -> int:
         write_atomically(out, text + "\n")
         print(f"wrote {out} and {out.with_suffix('.json')}")
     return 0
-
-
-def write_atomically(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.tmp")
-    partial.write_text(text)
-    partial.replace(path)
 
 
 def headline(report: dict) -> list[str]:

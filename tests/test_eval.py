@@ -21,7 +21,7 @@ from panosync.eval.inception import load_inception, resize_like_tensorflow1
 from panosync.eval.perceptual import (VGG_LAYERS, gram_matrices, intra_lpips, intra_style_loss, load_style_features,
                                       lpips_between_pairs, pairs, style_loss)
 from panosync.eval.report import METRICS, csv_columns, csv_text, markdown
-from panosync.pocket.landscapes import render_landscape
+from pocket.landscapes import render_landscape
 
 SIZE = 32  # crop size of the tests: LPIPS-VGG's five stages still have a pixel at the last
 
@@ -53,7 +53,7 @@ def test_crops_cover_rows_and_columns_without_overlap():
 def test_pocket_quality_uses_the_eval_implementation():
     from panosync.eval import perceptual
     from panosync.eval import crops as eval_crops
-    from panosync.pocket import quality
+    from pocket import quality
 
     assert quality.crops is eval_crops.crops and quality.intra_lpips is perceptual.intra_lpips
 
