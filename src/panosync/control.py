@@ -150,6 +150,7 @@ class ControlSyncPipeline(SyncDiffusionPipeline):
         sync_image_scale: float = 1.0,
         sync_decoder=None,
         tiled_decode: bool | None = None,
+        window: int | None = None,
     ):
         """Generate one panorama that follows `image`, the condition: a PIL image, numpy array or
         (1, 3, H, W) tensor in [0, 1] of the panorama's size in pixels (see panosync.conditions),
@@ -178,7 +179,7 @@ class ControlSyncPipeline(SyncDiffusionPipeline):
             sync_threshold=sync_threshold, num_inference_steps=num_inference_steps, stride=stride, seed=seed,
             loop_closure=loop_closure, generator=generator, latents=latents, anchor=anchor,
             view_batch_size=view_batch_size, output_type=output_type, fast_modes=fast_modes,
-            sync_image_scale=sync_image_scale, sync_decoder=sync_decoder, tiled_decode=tiled_decode,
+            sync_image_scale=sync_image_scale, sync_decoder=sync_decoder, tiled_decode=tiled_decode, window=window,
         )
         fitted = [fit_to_canvas(condition, request.width, request.height, resize_condition) for condition in conditions]
         fitted = [condition.to(self._execution_device, self.controlnet.dtype) for condition in fitted]

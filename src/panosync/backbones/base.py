@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from ..settings import MAX_STEPS, Geometry
+
 if TYPE_CHECKING:
     from ..views import View
 
@@ -83,6 +85,22 @@ class Backbone(ABC):
     @property
     def latent_channels(self) -> int:
         return self.pipe.vae.config.latent_channels
+
+    # whether loading switches the model's own scheduler to DDIM (the UNet families: the paper's sampler)
+    switches_to_ddim = False
+
+    def geometry(self, vae_factor: int) -> Geometry:
+        """What the request checks need of this model (settings.Geometry): the default window, the
+        steps its scheduler allows; a family that lets the window be chosen says how."""
+        return Geometry(self.window, vae_factor, self.most_steps())
+
+    def most_steps(self) -> int:
+        """The most denoising steps the scheduler allows."""
+        return MAX_STEPS
+
+    @abstractmethod
+    def check_scheduler(self, scheduler) -> None:
+        """A ValueError that says which schedulers this family steps with, for any other."""
 
     # ---------------------------------------------------------------------- the four things
 

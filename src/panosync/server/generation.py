@@ -83,7 +83,7 @@ class PanoramaModel:
 
     @property
     def device(self) -> torch.device:
-        return self.pipe.unet.device
+        return self.pipe.backbone.network.device
 
     @property
     def dtype(self) -> str:
@@ -140,6 +140,11 @@ class PanoramaModel:
 
     def _prepare_panorama(self, given: dict, limits: Limits) -> dict:
         parameters = {**self.defaults, **given}
+        if given.get("window") not in (None, self.defaults.get("window")):
+            # the default canvas is the default window's: a request's own window makes its own
+            for name in ("width", "height", "stride"):
+                if given.get(name) is None:
+                    parameters[name] = None
         if parameters.get("seed") is None:
             parameters["seed"] = settings.draw_seed()
         if not self.control:
