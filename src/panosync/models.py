@@ -231,7 +231,7 @@ def load_pipeline(source: ModelSource | str, device: torch.device | str = "cpu",
         pipe = BUNDLED[source.ref]()
         if components:
             pipe = type(pipe)(**{**pipe.components, **components})
-        if pipe.unet.dtype != dtype:
+        if pipe.backbone.network.dtype != dtype:
             pipe = pipe.to(dtype=dtype)
     elif source.kind == "file":
         pipe = _load_checkpoint(source.ref, dtype, config, source.family, **components)
@@ -297,13 +297,16 @@ def load_control_pipeline(source: ModelSource | str, controlnets: list[ModelSour
                           config: str | None = None, vae: str | None = None):
     """The ControlSync pipeline of the base model's family (ControlSyncPipeline, ControlSyncXLPipeline):
     the base model as `load_pipeline` loads it, with one or several ControlNets."""
-    from .auto import SDXL
-    from .xl import SyncDiffusionXLPipeline
+    from .auto import check_control_family, family_of_pipeline
 
     precision = as_precision(precision)
+    if isinstance(source, str):
+        source = resolve_model(source)
+    check_control_family(source.family)  # before any weights load
     base = load_pipeline(source, "cpu", precision.weights, config=config, vae=vae)
+    family = family_of_pipeline(base)
+    check_control_family(family)  # a hub model's family is known only once loaded
     nets = [load_controlnet(controlnet, base, precision.weights) for controlnet in controlnets]
-    family = SDXL if isinstance(base, SyncDiffusionXLPipeline) else SD
     # what the base's config holds besides its components (SDXL's force_zeros_for_empty_prompt)
     settings = {name: base.config[name] for name in ("force_zeros_for_empty_prompt",) if name in base.config}
     pipe = pipeline_class(family, control=True)(**base.components, **settings,

@@ -202,6 +202,19 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         """Decode in float32 from now on (backbones/base.py)."""
         self.backbone.upcast_vae()
 
+    def enable_sync_checkpointing(self, enabled: bool = True):
+        """Gradient checkpointing of the network in the sync gradient's pass: its activations are
+        recomputed in the backward instead of kept, for memory (a transformer's, at a large window,
+        are most of a synced step's). The result is the same but for rounding; the passes without
+        autograd (the anchor's, the denoising step's, no_unet_backward's) are not affected.
+        Returns the pipeline."""
+        network = self.backbone.network
+        if enabled:
+            network.enable_gradient_checkpointing()
+        else:
+            network.disable_gradient_checkpointing()
+        return self
+
     # --------------------------------------------------------------------------- model pieces
 
     def perceptual_distance(self):

@@ -428,8 +428,11 @@ def vae_factor_of(vae_config) -> int:
 
 def geometry_of_folder(folder: str | Path) -> Geometry | None:
     """A diffusers folder's geometry from its configs alone; None when they cannot be read. The
-    steps its scheduler allows are DDIM's with its config, the scheduler the pipeline switches to."""
+    steps a UNet model's scheduler allows are DDIM's with its config, the scheduler the pipeline
+    switches to; a transformer's (SD3, FLUX) are its flow-matching scheduler's."""
     folder = Path(folder)
+    if (folder / "transformer" / "config.json").is_file():
+        return _transformer_geometry(folder)
     try:
         unet = json.loads((folder / "unet" / "config.json").read_text())
         vae = json.loads((folder / "vae" / "config.json").read_text())
@@ -437,6 +440,19 @@ def geometry_of_folder(folder: str | Path) -> Geometry | None:
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return None
     return Geometry(window, factor, _most_steps_of(folder / "scheduler" / "scheduler_config.json"))
+
+
+def _transformer_geometry(folder: Path) -> Geometry | None:
+    from .backbones.flow import backbone_of_transformer
+
+    try:
+        transformer = json.loads((folder / "transformer" / "config.json").read_text())
+        vae = json.loads((folder / "vae" / "config.json").read_text())
+        scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+        backbone = backbone_of_transformer(transformer.get("_class_name"))
+        return None if backbone is None else backbone.geometry_of(transformer, scheduler, vae_factor_of(vae))
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
 
 
 def _most_steps_of(config_file: Path) -> int:

@@ -86,23 +86,44 @@ class FlowBackbone(Backbone):
     def latent_channels(self) -> int:
         return self.pipe.vae.config.latent_channels
 
-    @property
+    # The geometry from the configs alone (settings.geometry_of_folder reads it before weights load).
+
+    @classmethod
     @abstractmethod
-    def patch(self) -> int:
+    def window_of(cls, transformer_config) -> int:
+        """The default window (latent pixels) of a transformer with this config."""
+
+    @classmethod
+    @abstractmethod
+    def patch_of(cls, transformer_config) -> int:
         """The side, in latent pixels, of one token: a window is a whole number of them."""
 
-    @property
-    def max_window(self) -> int | None:
-        """The largest window the transformer takes (latent pixels), None: no bound."""
+    @classmethod
+    def max_window_of(cls, transformer_config) -> int | None:
+        """The largest window the transformer takes (latent pixels); None: no bound."""
         return None
+
+    @classmethod
+    def geometry_of(cls, transformer_config, scheduler_config, vae_factor: int) -> Geometry:
+        steps = min(MAX_STEPS, scheduler_config.get("num_train_timesteps", MAX_STEPS))
+        return Geometry(cls.window_of(transformer_config), vae_factor, steps,
+                        window_multiple=cls.patch_of(transformer_config),
+                        max_window=cls.max_window_of(transformer_config), refused_fast_modes=(DPM_SOLVER_REFUSED,))
+
+    @property
+    def window(self) -> int:
+        return self.window_of(self.pipe.transformer.config)
+
+    @property
+    def patch(self) -> int:
+        return self.patch_of(self.pipe.transformer.config)
 
     def tokens(self, window: int) -> int:
         """How many image tokens a view of side `window` (latent pixels) is."""
         return (window // self.patch) ** 2
 
     def geometry(self, vae_factor: int) -> Geometry:
-        return Geometry(self.window, vae_factor, self.most_steps(), window_multiple=self.patch,
-                        max_window=self.max_window, refused_fast_modes=(DPM_SOLVER_REFUSED,))
+        return self.geometry_of(self.pipe.transformer.config, self.pipe.scheduler.config, vae_factor)
 
     def most_steps(self) -> int:
         return min(MAX_STEPS, self.pipe.scheduler.config.num_train_timesteps)
@@ -145,3 +166,11 @@ def expand_timestep(t, count: int, dtype: torch.dtype | None = None) -> torch.Te
     t = t.expand(count) if t.ndim == 0 else t.reshape(-1)[:1].expand(count)
     return t if dtype is None else t.to(dtype)
 
+
+
+def backbone_of_transformer(class_name: str | None) -> type[FlowBackbone] | None:
+    """The backbone of a transformer class diffusers names in a config (None: not one of these)."""
+    from .flux import FluxBackbone
+    from .sd3 import StableDiffusion3Backbone
+
+    return {"SD3Transformer2DModel": StableDiffusion3Backbone, "FluxTransformer2DModel": FluxBackbone}.get(class_name)

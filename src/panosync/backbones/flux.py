@@ -61,13 +61,13 @@ def position_ids(height: int, width: int, device, dtype) -> torch.Tensor:
 
 
 class FluxBackbone(FlowBackbone):
-    @property
-    def window(self) -> int:
+    @classmethod
+    def window_of(cls, transformer_config) -> int:
         return DEFAULT_WINDOW
 
-    @property
-    def patch(self) -> int:
-        return 2 * self.pipe.transformer.config.patch_size
+    @classmethod
+    def patch_of(cls, transformer_config) -> int:
+        return 2 * transformer_config.get("patch_size", 1)  # FluxPipeline packs 2x2 latent patches into a token
 
     def sigmas(self, num_inference_steps: int) -> np.ndarray | None:
         if self.pipe.scheduler.config.get("use_flow_sigmas"):

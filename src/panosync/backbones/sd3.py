@@ -32,19 +32,19 @@ class SD3Conditioning(PromptConditioning):
 class StableDiffusion3Backbone(FlowBackbone):
     default_max_shift = 1.16
 
-    @property
-    def window(self) -> int:
-        size = self.pipe.transformer.config.sample_size
+    @classmethod
+    def window_of(cls, transformer_config) -> int:
+        size = transformer_config["sample_size"]
         return size if isinstance(size, int) else size[0]
 
-    @property
-    def patch(self) -> int:
-        return self.pipe.transformer.config.patch_size
+    @classmethod
+    def patch_of(cls, transformer_config) -> int:
+        return transformer_config["patch_size"]
 
-    @property
-    def max_window(self) -> int | None:
-        largest = self.pipe.transformer.config.get("pos_embed_max_size")
-        return None if largest is None else largest * self.patch
+    @classmethod
+    def max_window_of(cls, transformer_config) -> int | None:
+        largest = transformer_config.get("pos_embed_max_size")
+        return None if largest is None else largest * transformer_config["patch_size"]
 
     @torch.no_grad()
     def encode_prompt(self, prompt, negative_prompt, device, max_sequence_length: int = T5_TOKENS) -> SD3Conditioning:
