@@ -1,0 +1,126 @@
+"""SD3 and FLUX through every front end: a folder saved by diffusers' own StableDiffusion3Pipeline or
+FluxPipeline (as a downloaded model is) is picked by its model_index.json, makes a panorama with
+the command (and again from its PNG), the server and the page; bad input is one sentence before
+any weights load. Tiny random-weight models, offline."""
+
+import json
+
+import numpy as np
+import PIL.Image
+import pytest
+from diffusers import FluxPipeline, StableDiffusion3Pipeline
+
+from panosync import models, settings
+from panosync.auto import AutoSyncPipeline
+from panosync.cli import main
+from panosync.flux import SyncFluxPipeline
+from panosync.metadata import read_parameters
+from panosync.sd3 import SyncDiffusion3Pipeline
+from panosync.server.limits import Limits
+from panosync.tiny import tiny_random_flux_components, tiny_random_sd3_components
+
+FAMILIES = {"sd3": (StableDiffusion3Pipeline, tiny_random_sd3_components, SyncDiffusion3Pipeline, "Stable Diffusion 3/3.5"),
+            "flux": (FluxPipeline, tiny_random_flux_components, SyncFluxPipeline, "FLUX.1")}
+CANVAS = ["--window", "32", "--width", "64", "--height", "32", "--stride", "8", "--steps", "2"]
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def folder(request, tmp_path_factory):
+    theirs, build, _, _ = FAMILIES[request.param]
+    path = tmp_path_factory.mktemp(request.param)
+    theirs(**build()).save_pretrained(path)
+    return request.param, path
+
+
+def test_the_folder_is_picked_by_its_family_before_weights_load(folder):
+    family, path = folder
+    _, _, ours, name = FAMILIES[family]
+    source = models.resolve_model(str(path))
+    assert source.family == name
+    geometry = source.geometry  # from the configs alone
+    assert geometry.window == (16 if family == "sd3" else 128) and geometry.vae_factor == 2
+    assert geometry.window_multiple == 2
+    pipe = AutoSyncPipeline.from_pretrained(path)
+    assert type(pipe) is ours and type(pipe.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler"
+    assert settings.geometry_of_pipeline(pipe) == geometry
+
+
+def test_generate_with_the_folder_and_reproduce_it_from_the_png(folder, tmp_path, capsys):
+    family, path = folder
+    first = tmp_path / "first.png"
+    code = main(["generate", "a land", "--model", str(path), *CANVAS, "--seed", "3", "--loop-closure",
+                 "--dtype", "float32", "--out", str(first), "--quiet"])
+    assert code == 0 and "wrote" in capsys.readouterr().out
+    parameters = read_parameters(first)
+    assert parameters["window"] == 32 and parameters["loop_closure"] is True
+    assert PIL.Image.open(first).size == (64, 32)
+    again = tmp_path / "again.png"
+    assert main(["generate", "--from-png", str(first), "--out", str(again), "--quiet"]) == 0
+    assert np.array_equal(np.asarray(PIL.Image.open(first)), np.asarray(PIL.Image.open(again)))
+
+
+def test_the_command_in_bfloat16_with_fast_modes(folder, tmp_path):
+    family, path = folder
+    out = tmp_path / "fast.png"
+    assert main(["generate", "a land", "--model", str(path), *CANVAS, "--seed", "1", "--dtype", "bfloat16",
+                 "--fast", "reuse_noise", "--fast", "no_unet_backward", "--sync-image-scale", "0.5",
+                 "--out", str(out), "--quiet"]) == 0
+    image = np.asarray(PIL.Image.open(out))
+    assert image.shape == (32, 64, 3) and image.std() > 2
+
+
+@pytest.mark.parametrize("options, sentence", [
+    (["--fast", "dpm_solver"], "dpm_solver is for the UNet models' DDPM schedule"),
+    (["--window", "33"], "window must be a multiple of 4 pixels for this model, got 33."),
+    (["--window", "32", "--stride", "17"], "stride must be between 1 and the window size (16 latent pixels)"),
+])
+def test_bad_input_is_one_sentence_before_weights_load(folder, tmp_path, capsys, monkeypatch, options, sentence):
+    family, path = folder
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("weights were loaded")
+
+    monkeypatch.setattr(models, "load_pipeline", no_loading)
+    out = tmp_path / "never.png"
+    assert main(["generate", "a land", "--model", str(path), "--steps", "1", *options, "--out", str(out),
+                 "--quiet"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert sentence in error and len(error.splitlines()) == 1 and not out.exists()
+
+
+def test_controlsync_refuses_the_family_in_one_sentence(folder, tmp_path, capsys):
+    family, path = folder
+    condition = tmp_path / "edges.png"
+    PIL.Image.new("RGB", (64, 32)).save(condition)
+    assert main(["control", "a land", "--model", str(path), "--condition", str(condition), "--quiet"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "ControlSync does not run" in error and len(error.splitlines()) == 1
+
+
+def test_the_server_takes_a_window_and_makes_its_canvas(folder):
+    from panosync.server.generation import PanoramaModel
+
+    family, path = folder
+    model = PanoramaModel.load(str(path), device="cpu", dtype="float32")
+    assert type(model.pipe) is FAMILIES[family][2] and model.device.type == "cpu"
+    parameters = model.prepare({"prompt": "a land", "window": 32, "num_inference_steps": 1, "seed": 2}, Limits())
+    assert (parameters["width"], parameters["height"], parameters["stride"]) == (128, 32, 4)  # four windows
+    image = model.generate({**parameters, "width": 64})
+    assert image.size == (64, 32)
+    with pytest.raises(ValueError, match="window must be a multiple of 4 pixels"):
+        model.prepare({"prompt": "a land", "window": 30}, Limits())
+
+
+def test_the_page_has_a_window_input_for_the_family(folder, tmp_path):
+    pytest.importorskip("gradio")
+    from panosync.server.generation import PanoramaModel
+    from panosync.server.ui import build_ui
+
+    family, path = folder
+    pipe = models.load_pipeline(str(path))
+    model = PanoramaModel(pipe, str(path), settings.model_defaults(models.resolve_model(str(path))))
+    page = build_ui(model, Limits(), tmp_path / "outputs")
+    config = json.loads(json.dumps(page.get_config_file(), default=str))
+    window = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "window")
+    assert window["props"]["value"] == model.window * model.vae_factor
+    assert window["props"].get("interactive") is not False
