@@ -19,6 +19,8 @@ from panosync.sd3 import SyncDiffusion3Pipeline
 from panosync.server.limits import Limits
 from panosync.tiny import tiny_random_flux_components, tiny_random_sd3_components
 
+from test_eval import tiny_clip  # noqa: F401 (a fixture: a random-weight CLIP folder)
+
 FAMILIES = {"sd3": (StableDiffusion3Pipeline, tiny_random_sd3_components, SyncDiffusion3Pipeline, "Stable Diffusion 3/3.5"),
             "flux": (FluxPipeline, tiny_random_flux_components, SyncFluxPipeline, "FLUX.1")}
 CANVAS = ["--window", "32", "--width", "64", "--height", "32", "--stride", "8", "--steps", "2"]
@@ -124,3 +126,18 @@ def test_the_page_has_a_window_input_for_the_family(folder, tmp_path):
     window = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "window")
     assert window["props"]["value"] == model.window * model.vae_factor
     assert window["props"].get("interactive") is not False
+
+
+def test_evaluate_with_a_flux_folder_at_a_chosen_window(tmp_path, tiny_clip, capsys):
+    pytest.importorskip("torchmetrics")
+    path = tmp_path / "flux"
+    FluxPipeline(**tiny_random_flux_components()).save_pretrained(path)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("snowy mountains\n")
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model", str(path), "--prompts", str(prompts), "--seeds", "0-1", *CANVAS,
+                 "--sync-threshold", "1", "--clip-model", str(tiny_clip), "--examples", "1", "--out", str(out),
+                 "--quiet", "--dtype", "float32"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["canvas"] == {"width": 64, "height": 32, "crop_size": 32, "crops_per_panorama": 2}
+    assert read_parameters(out / "panoramas/syncdiffusion/000-seed0.png")["window"] == 32

@@ -188,6 +188,8 @@ def make_panorama(args: argparse.Namespace, request: dict, source: "ModelSource"
     else:
         pipe = load(device, precision)
     pipe.set_progress_bar_config(disable=args.quiet, desc="denoising", unit="step")
+    if getattr(args, "gradient_checkpointing", False):
+        pipe.enable_sync_checkpointing()
     if source.geometry is None:  # a hub model or a checkpoint file: its shape is known only now
         request.update(settings.fill_canvas(request, settings.geometry_of_pipeline(pipe)))
     generation = {name: request[name] for name in settings.PIPELINE_NAMES}

@@ -537,6 +537,9 @@ def add_model_options(parser: argparse.ArgumentParser, default_model: str, contr
     parser.add_argument("--vae", default=None, metavar="FOLDER_OR_ID",
                         help="diffusers VAE folder or hub id in place of the model's own, e.g. an fp16-safe SDXL VAE "
                              "(madebyollin/sdxl-vae-fp16-fix): SDXL's own overflows in float16 and decodes in float32")
+    parser.add_argument("--gradient-checkpointing", dest="gradient_checkpointing", action="store_true",
+                        help="recompute the network's activations in the sync gradient's backward instead of keeping "
+                             "them: less memory (SD3 and FLUX at large windows), slower synced steps, same result")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 …")
     parser.add_argument("--dtype", default="auto", help=DTYPE_HELP)
 
