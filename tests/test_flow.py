@@ -103,7 +103,7 @@ CANVASES = {
 }
 
 
-@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+@pytest.mark.parametrize("precision", ["float32", "bfloat16", "float16"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_synced_panorama_of_each_shape_in_each_precision(family, precision):
     pipe = ours(family, precision)
