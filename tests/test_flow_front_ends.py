@@ -141,3 +141,19 @@ def test_evaluate_with_a_flux_folder_at_a_chosen_window(tmp_path, tiny_clip, cap
     results = json.loads((out / "results.json").read_text())
     assert results["canvas"] == {"width": 64, "height": 32, "crop_size": 32, "crops_per_panorama": 2}
     assert read_parameters(out / "panoramas/syncdiffusion/000-seed0.png")["window"] == 32
+
+
+def test_the_familys_guidance_is_the_default_of_every_front_end(folder, tmp_path):
+    family, path = folder
+    expected = 7.0 if family == "sd3" else 3.5  # diffusers' pipelines' (FLUX.1-dev's is distilled)
+    source = models.resolve_model(str(path))
+    assert settings.model_defaults(source)["guidance_scale"] == expected
+    out = tmp_path / "default.png"
+    assert main(["generate", "a land", "--model", str(path), *CANVAS, "--seed", "1", "--out", str(out),
+                 "--quiet"]) == 0
+    assert read_parameters(out)["guidance_scale"] == expected
+    (path / "recommended.json").write_text(json.dumps({"guidance_scale": 2.0}))
+    try:
+        assert settings.model_defaults(source)["guidance_scale"] == 2.0  # the model's own file comes first
+    finally:
+        (path / "recommended.json").unlink()

@@ -16,6 +16,10 @@ from pathlib import Path
 SD, SDXL = "Stable Diffusion 1.x/2.x", "Stable Diffusion XL"
 SD3, FLUX = "Stable Diffusion 3/3.5", "FLUX.1"
 SUPPORTED_FAMILIES = (SD, SDXL, SD3, FLUX)
+# Where a family's diffusers pipeline defaults otherwise than the paper, and the paper's value
+# would be wrong for it: FLUX.1-dev's guidance is distilled (7.5 burns the image), SD3's is 7.
+# Every front end takes these under a model's recommended.json (settings.recommended_of).
+FAMILY_DEFAULTS = {SD3: {"guidance_scale": 7.0}, FLUX: {"guidance_scale": 3.5}}
 # The families whose ControlNets panosync does not run yet.
 NO_CONTROLSYNC = (SD3, FLUX)
 

@@ -8,7 +8,7 @@ the HTTP API's request schema (server/schema.py), the web page's inputs and pres
 with the same sentence wherever it comes from. A new parameter is one more `Parameter` here.
 
 Precedence, highest first: the values given (options, fields), the PNG of --from-png, the model's
-recommended.json, the paper's defaults (`paper_defaults`).
+recommended.json, its family's defaults (auto.FAMILY_DEFAULTS), the paper's (`paper_defaults`).
 """
 
 from __future__ import annotations
@@ -220,18 +220,21 @@ def _copy(value):
 
 
 def recommended_of(source) -> dict:
-    """The settings a model recommends (a diffusers folder's recommended.json), as parameters;
-    {} for other sources. A key that is no parameter is a SettingError: the file is wrong."""
+    """The settings a model recommends: its family's (auto.FAMILY_DEFAULTS: FLUX's distilled
+    guidance 3.5, SD3's 7, diffusers' own) under a diffusers folder's recommended.json, as
+    parameters. A key that is no parameter is a SettingError: the file is wrong."""
+    from .auto import FAMILY_DEFAULTS
     from .bundled import recommended_settings
 
+    family = dict(FAMILY_DEFAULTS.get(getattr(source, "family", None), {}))
     if getattr(source, "kind", None) != "folder":
-        return {}
+        return family
     recommended = recommended_settings(source.ref)
     unknown = sorted(set(recommended) - set(BY_NAME))
     if unknown:
         raise SettingError(None, f"{Path(source.ref) / 'recommended.json'} sets {', '.join(unknown)}, which no "
                                  f"parameter is: fix the file.")
-    return recommended
+    return {**family, **recommended}
 
 
 def model_defaults(source, control: bool = False) -> dict:
