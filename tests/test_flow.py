@@ -266,3 +266,20 @@ def test_gradient_checkpointing_gives_the_same_panorama():
     pipe.enable_sync_checkpointing()
     assert pipe.transformer.is_gradient_checkpointing
     torch.testing.assert_close(pipe("a land", **case).images, plain, rtol=0, atol=1e-5)
+
+
+def test_tiled_decode_tiles_at_the_calls_window(pipe):
+    """Tiles are the call's window, not the family's default: a canvas of one 64-pixel window is one
+    tile, the one-piece decode exactly (with the VAE's shift and scaling factors); a wider canvas in
+    tiles stays close to it."""
+    _, pipe = pipe
+    case = dict(height=64, window=64, stride=8, num_inference_steps=1, seed=4, sync_weight=0, output_type="np",
+                max_sequence_length=32)
+    whole = pipe("a land", width=64, tiled_decode=False, **case).images[0]
+    tiled = pipe("a land", width=64, tiled_decode=True, **case).images[0]
+    np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-5)
+    wide = dict(case, width=160)
+    whole = pipe("a land", tiled_decode=False, **wide).images[0]
+    tiled = pipe("a land", tiled_decode=True, **wide).images[0]
+    assert tiled.shape == whole.shape == (64, 160, 3)
+    assert 0 < np.abs(tiled - whole).mean() < 0.25 * whole.std()
