@@ -532,6 +532,9 @@ class Check:
         self.part("memory", self.memory)
         for width in others:
             self.part(f"speed {plan.height}x{width}", lambda width=width: self.speed(width))
+        # SD3.5 medium and FLUX.1 (flow_check.py): last, with the SD pipelines dropped; alone with --only flow
+        self.drop_pipelines(keep=None)
+        self.part("flow transformers", self.flow)
         self.report.data["finished"] = True
         self.report.save()
 
@@ -550,6 +553,11 @@ class Check:
             f"{time.perf_counter() - started:.1f} s; UNet "
             f"{sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.0f} M parameters, window {pipe.window} latents, "
             f"VAE factor {pipe.vae_factor}")
+
+    def flow(self) -> None:
+        import flow_check
+
+        flow_check.flow_part(self)
 
     def speed_pipeline(self):
         return self.pipelines[precision_of(self.plan.speed_precision, self.plan.device)[0]]
@@ -825,6 +833,10 @@ def markdown(data: dict) -> str:
             lines += speed_table(runs, part)
         elif name == "memory":
             lines += memory_table(runs, part)
+        elif name.startswith("flow"):
+            import flow_check
+
+            lines += flow_check.flow_table(runs)
         failed = [row for row in runs if row.get("error")]
         lines += [f"- failed: {row['run']}: {row['error'][:500]}" for row in failed]
         lines += [f"- skipped: {row['run']}: {row['reason']}" for row in part.get("skipped", [])]

@@ -12,24 +12,19 @@ transformer forward. An unsynced step is one guided transformer forward. Prints 
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import torch
 import torchvision
 from diffusers import AutoencoderKL, FluxTransformer2DModel, SD3Transformer2DModel
 from torch.utils.flop_counter import FlopCounterMode
 
-# stabilityai/stable-diffusion-3.5-medium's transformer config
-SD35_MEDIUM = dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
-                   num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
-                   pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=384,
-                   dual_attention_layers=tuple(range(13)), qk_norm="rms_norm")
-# black-forest-labs/FLUX.1-dev's (schnell's is the same without guidance_embeds)
-FLUX1_DEV = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
-                 num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
-                 axes_dims_rope=(16, 56, 56))
-# the 16-channel VAE both use
-VAE16 = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=16,
-             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-             use_quant_conv=False, use_post_quant_conv=False)
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "src")]
+
+from flow_check import FLUX1_DEV, SD35_MEDIUM, VAE16  # noqa: E402 (the architectures, with the GPU check's)
+
 WINDOW = 128  # latent pixels: 1024 pixels
 
 
