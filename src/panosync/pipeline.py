@@ -33,7 +33,6 @@ from .decode import decode_tiled, should_tile
 from . import settings
 from .fast import SyncShortcuts, check_sync_decoder, downscale, load_sync_decoder
 from .precision import NonFiniteError, Precision, is_half
-from .schedulers import SUPPORTED as SUPPORTED_SCHEDULERS
 from .schedulers import ViewSchedulers, most_steps, multistep_like, predicted_original, steps_fit  # noqa: F401
 from .settings import canvas_defaults, vae_factor_of, window_of  # noqa: F401 (their old home)
 from .sync import SyncSchedule, half_precision_loss_scale, sync_gradient

@@ -4,8 +4,8 @@ interface (docs/algorithm.md, "Other backbones").
 SyncDiffusion needs four things of a model: the prompt's conditioning, a guided prediction for a
 batch of latent views, the clean latent x̂₀ that prediction foresees (differentiable, for the sync
 gradient), and the scheduler's step; and at the end, and in every synced step, the VAE's decode.
-A `Backbone` gives exactly these for one family (SD 1/2, SDXL; next, the flow-matching
-transformers), and the pipeline's loop (views, anchor, sync gradient, fast modes, merge, loop
+A `Backbone` gives exactly these for one family (SD 1/2, SDXL, and the flow-matching
+transformers SD3 and FLUX), and the pipeline's loop (views, anchor, sync gradient, fast modes, merge, loop
 closure, tiled decode) is written once over it.
 
 What is the same for every family lives here: decoding with a diffusers VAE in the pipeline's
