@@ -16,6 +16,9 @@ speed        at 512×2048, then (last, with whatever time is left) 512×3072, fl
              StableDiffusionPanoramaPipeline and each fast mode of speed.py's `modes()`.
 memory       the peak memory of one synced step (faithful mode, float16) and of the final decode
              (tiled and in one piece) at 512×8192 and 2048×2048.
+flow transformers  (flow_check.py; last, with the time left, or alone: --only flow) SD3.5 medium's
+             and FLUX.1-dev's architectures in bfloat16 at 1024×4096: seconds per synced and plain
+             step, faithful and no_unet_backward, and each run's peak memory.
 
 Per-step times: every panorama of the speed parts takes a few steps, synced in the first half; each
 step is timed (the device synchronised in callback_on_step_end) and the median of the synced and of
