@@ -148,12 +148,8 @@ def test_the_sync_step_lowers_the_lpips_distance_to_the_anchor(pipe, mode):
     noise = torch.randn((1, 4, 16, 48), generator=torch.Generator().manual_seed(11))
     views = views_for_canvas(16, 48, 16, 8)
     anchor = len(views) // 2
-    conditioning = pipe.encode_prompt("a land", "", "cpu", **({"max_sequence_length": 32}))
-    pipe._call_window = 16
-    try:
-        sampler = pipe.backbone.sampler(20, len(views), "cpu")
-    finally:
-        pipe._call_window = None
+    conditioning = pipe.encode_prompt("a land", "", "cpu", max_sequence_length=32)
+    sampler = pipe.backbone.sampler(20, len(views), "cpu")  # shifted for the default window: any schedule will do
     t = sampler.timesteps[0]
     shortcuts = SyncShortcuts(no_unet_backward=mode == "no_unet_backward")
     noise_of, foreseen = foresight(pipe, t, conditioning, sampler)
@@ -175,11 +171,7 @@ def test_the_sync_step_lowers_the_lpips_distance_to_the_anchor(pipe, mode):
 
 def test_x0_is_the_latent_minus_sigma_times_the_velocity(pipe):
     _, pipe = pipe
-    pipe._call_window = 16
-    try:
-        sampler = pipe.backbone.sampler(4, 1, "cpu")
-    finally:
-        pipe._call_window = None
+    sampler = pipe.backbone.sampler(4, 1, "cpu")
     t = sampler.timesteps[1]
     sigma = sampler.sigma(t)
     x, v = torch.randn((2, 4, 16, 16)), torch.randn((2, 4, 16, 16))
