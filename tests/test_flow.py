@@ -255,13 +255,22 @@ def test_a_unet_model_takes_only_its_native_window(sync_pipe):
         sync_pipe("a land", window=64, width=64, height=64, num_inference_steps=1)
 
 
-def test_gradient_checkpointing_gives_the_same_panorama():
-    pipe = ours("sd3")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gradient_checkpointing_gives_the_same_panorama(family):
+    pipe = ours(family)
     case = dict(width=64, height=32, window=WINDOW, stride=8, num_inference_steps=2, seed=2, output_type="latent")
     plain = pipe("a land", **case).images
     pipe.enable_sync_checkpointing()
     assert pipe.transformer.is_gradient_checkpointing
+    recomputed = []  # the real checkpointing, counted: it runs in the gradient pass only
+    checkpoint = pipe.transformer._gradient_checkpointing_func
+    pipe.transformer._gradient_checkpointing_func = lambda *args: recomputed.append(1) or checkpoint(*args)
     torch.testing.assert_close(pipe("a land", **case).images, plain, rtol=0, atol=1e-5)
+    assert recomputed
+    recomputed.clear()
+    pipe("a land", **{**case, "sync_weight": 0})  # no sync: no pass with autograd, nothing checkpointed
+    assert not recomputed
+    assert not pipe.enable_sync_checkpointing(False).transformer.is_gradient_checkpointing
 
 
 def test_tiled_decode_tiles_at_the_calls_window(pipe):
