@@ -182,9 +182,14 @@ class ControlSyncPipeline(SyncDiffusionPipeline):
             sync_image_scale=sync_image_scale, sync_decoder=sync_decoder, tiled_decode=tiled_decode, window=window,
         )
         fitted = [fit_to_canvas(condition, request.width, request.height, resize_condition) for condition in conditions]
-        fitted = [condition.to(self._execution_device, self.controlnet.dtype) for condition in fitted]
-        conditioning = ControlConditioning(self.controlnets, fitted, scales, self.vae_factor, self.unet.dtype)
+        conditioning = self.control_conditioning(fitted, scales)
         return self.generate(dataclasses.replace(request, conditioning=conditioning), callback_on_step_end, return_dict)
+
+    def control_conditioning(self, conditions: list[torch.Tensor], scales: list[float]) -> ViewConditioning:
+        """The request's ControlNet inputs from its conditions, each (1, 3, height, width) in [0, 1]
+        of the canvas's size: a family's own (SD3's ControlNets read VAE latents, control_sd3.py)."""
+        conditions = [condition.to(self._execution_device, self.controlnet.dtype) for condition in conditions]
+        return ControlConditioning(self.controlnets, conditions, scales, self.vae_factor, self.unet.dtype)
 
     def per_controlnet(self, value, name: str) -> list:
         """`value` as one entry per ControlNet: a list of that length, or one value for a lone ControlNet

@@ -76,9 +76,8 @@ class StableDiffusion3Backbone(FlowBackbone):
 
     def guided_prediction(self, latents, t, conditioning: SD3Conditioning, guidance_scale, views=None,
                           extras=None) -> torch.Tensor:
-        """v̂ = v_u + g (v_c − v_u) where g > 1 (one batch of both branches), v_c otherwise."""
-        if extras is not None:
-            raise ValueError("ControlNets are not supported on SD3 models yet.")
+        """v̂ = v_u + g (v_c − v_u) where g > 1 (one batch of both branches), v_c otherwise; `extras`
+        add each view's inputs (ControlSync's block samples, control_sd3.py)."""
         transformer = self.pipe.transformer
         dtype = transformer.dtype
         count = latents.shape[0]
@@ -87,9 +86,11 @@ class StableDiffusion3Backbone(FlowBackbone):
         model_input = torch.cat([latents] * len(branches)).to(dtype)
         embeddings = torch.cat([conditioning.embeddings[b:b + 1].expand(count, -1, -1) for b in branches]).to(dtype)
         pooled = torch.cat([conditioning.pooled[b:b + 1].expand(count, -1) for b in branches]).to(dtype)
-        prediction = transformer(hidden_states=model_input, timestep=expand_timestep(t, model_input.shape[0]),
-                                 encoder_hidden_states=embeddings, pooled_projections=pooled,
-                                 return_dict=False)[0].to(self.pipe.compute_dtype)
+        inputs = dict(timestep=expand_timestep(t, model_input.shape[0]), encoder_hidden_states=embeddings,
+                      pooled_projections=pooled)
+        if extras is not None:
+            inputs |= extras.unet_inputs(model_input, t, inputs, views)
+        prediction = transformer(hidden_states=model_input, **inputs, return_dict=False)[0].to(self.pipe.compute_dtype)
         if not guided:
             return prediction
         unconditional, conditional = prediction.chunk(2)
