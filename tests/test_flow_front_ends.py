@@ -90,13 +90,41 @@ def test_bad_input_is_one_sentence_before_weights_load(folder, tmp_path, capsys,
     assert sentence in error and len(error.splitlines()) == 1 and not out.exists()
 
 
-def test_controlsync_refuses_the_family_in_one_sentence(folder, tmp_path, capsys):
+def test_controlsync_with_the_command_sd3_runs_flux_is_refused(folder, tmp_path, capsys):
     family, path = folder
     condition = tmp_path / "edges.png"
+    PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 64, 3), dtype=np.uint8)).save(condition)
+    out = tmp_path / "control.png"
+    code = main(["control", "a land", "--model", str(path), "--condition", str(condition), "--controlnet",
+                 "tiny-random", "--window", "32", "--stride", "8", "--steps", "2", "--seed", "1", "--out", str(out),
+                 "--quiet"])
+    if family == "flux":
+        error = capsys.readouterr().err.strip()
+        assert code == 2 and "ControlSync does not run FLUX.1 models yet" in error and len(error.splitlines()) == 1
+        return
+    assert code == 0 and PIL.Image.open(out).size == (64, 32)
+    again = tmp_path / "again.png"
+    assert main(["control", "--from-png", str(out), "--out", str(again), "--quiet"]) == 0
+    assert np.array_equal(np.asarray(PIL.Image.open(out)), np.asarray(PIL.Image.open(again)))
+
+
+def test_a_controlnet_of_another_familys_kind_is_one_sentence_before_weights_load(folder, tmp_path, capsys,
+                                                                                  monkeypatch):
+    family, path = folder
+    if family == "flux":
+        pytest.skip("FLUX's ControlSync is refused whatever the ControlNet")
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("weights were loaded")
+
+    monkeypatch.setattr(models, "load_pipeline", no_loading)
+    condition = tmp_path / "edges.png"
     PIL.Image.new("RGB", (64, 32)).save(condition)
-    assert main(["control", "a land", "--model", str(path), "--condition", str(condition), "--quiet"]) == 2
+    assert main(["control", "a land", "--model", str(path), "--condition", str(condition), "--controlnet",
+                 "pocket-canny", "--quiet"]) == 2
     error = capsys.readouterr().err.strip()
-    assert "ControlSync does not run" in error and len(error.splitlines()) == 1
+    assert "is of class ControlNetModel, but this Stable Diffusion 3/3.5 model takes SD3ControlNetModel" in error
+    assert len(error.splitlines()) == 1
 
 
 def test_the_server_takes_a_window_and_makes_its_canvas(folder):
@@ -157,3 +185,16 @@ def test_the_familys_guidance_is_the_default_of_every_front_end(folder, tmp_path
         assert settings.model_defaults(source)["guidance_scale"] == 2.0  # the model's own file comes first
     finally:
         (path / "recommended.json").unlink()
+
+
+def test_the_server_makes_sd3_controlsync_panoramas(tmp_path):
+    from panosync.server.generation import PanoramaModel
+
+    path = tmp_path / "sd3"
+    StableDiffusion3Pipeline(**tiny_random_sd3_components()).save_pretrained(path)
+    model = PanoramaModel.load(str(path), device="cpu", dtype="float32", controlnets=["tiny-random"])
+    assert model.control and type(model.pipe).__name__ == "ControlSync3Pipeline"
+    condition = PIL.Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 64, 3), dtype=np.uint8))
+    parameters = model.prepare({"prompt": "a land", "condition": [condition], "window": 32, "stride": 8,
+                                "num_inference_steps": 1, "seed": 2}, Limits())
+    assert model.generate(parameters).size == (64, 32)

@@ -5,7 +5,7 @@ checkpoint file's keys, name the model's family before any weights load.
 diffusers' AutoPipelineForText2Image does; models.py loads through the same choice, so every
 front end (the command, the server, the page, evaluate) takes an SDXL model as it takes an SD one.
 A family panosync does not run is one sentence that names those it does. SD3 / 3.5 and FLUX.1
-run SyncDiffusion (not yet ControlSync).
+run SyncDiffusion, SD3 ControlSync too (not yet FLUX's ControlNets).
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ SUPPORTED_FAMILIES = (SD, SDXL, SD3, FLUX)
 # Every front end takes these under a model's recommended.json (settings.recommended_of).
 FAMILY_DEFAULTS = {SD3: {"guidance_scale": 7.0}, FLUX: {"guidance_scale": 3.5}}
 # The families whose ControlNets panosync does not run yet.
-NO_CONTROLSYNC = (SD3, FLUX)
+NO_CONTROLSYNC = (FLUX,)
+# The ControlNet class (its config's _class_name) of each family panosync runs ControlSync on.
+CONTROLNET_CLASS = {SD: "ControlNetModel", SDXL: "ControlNetModel", SD3: "SD3ControlNetModel"}
 
 # model_index.json's _class_name, for the pipelines whose family is plain from the name.
 FAMILY_OF_CLASS = {
@@ -29,11 +31,11 @@ FAMILY_OF_CLASS = {
     "StableDiffusionControlNetPipeline": SD, "ControlSyncPipeline": SD,
     "StableDiffusionXLPipeline": SDXL, "SyncDiffusionXLPipeline": SDXL, "StableDiffusionXLControlNetPipeline": SDXL,
     "ControlSyncXLPipeline": SDXL,
-    "StableDiffusion3Pipeline": SD3, "SyncDiffusion3Pipeline": SD3, "FluxPipeline": FLUX, "SyncFluxPipeline": FLUX,
+    "StableDiffusion3Pipeline": SD3, "SyncDiffusion3Pipeline": SD3, "StableDiffusion3ControlNetPipeline": SD3,
+    "ControlSync3Pipeline": SD3, "FluxPipeline": FLUX, "SyncFluxPipeline": FLUX,
 }
 # What other pipelines are, in the sentence that refuses them.
-OTHER_FAMILIES = {"StableDiffusion3ControlNetPipeline": "an SD3 ControlNet pipeline",
-                  "FluxControlNetPipeline": "a FLUX.1 ControlNet pipeline",
+OTHER_FAMILIES = {"FluxControlNetPipeline": "a FLUX.1 ControlNet pipeline",
                   "FluxFillPipeline": "FLUX.1 Fill (inpainting)", "FluxControlPipeline": "FLUX.1 Canny/Depth",
                   "StableDiffusionXLImg2ImgPipeline": "an SDXL refiner (image to image)",
                   "StableDiffusionUpscalePipeline": "an upscaler", "StableDiffusionInpaintPipeline": "inpainting"}
@@ -133,7 +135,7 @@ def check_control_family(family: str | None) -> None:
     """A ValueError for a family whose ControlNets panosync does not run (None: not known yet)."""
     if family in NO_CONTROLSYNC:
         raise ValueError(f"ControlSync does not run {family} models yet: panosync control takes Stable Diffusion "
-                         f"1.x/2.x and XL models; panosync generate takes {family}.")
+                         f"1.x/2.x, XL and 3/3.5 models; panosync generate takes {family}.")
 
 
 def pipeline_class(family: str, control: bool = False):
@@ -141,6 +143,10 @@ def pipeline_class(family: str, control: bool = False):
     if control:
         check_control_family(family)
     if family == SD3:
+        if control:
+            from .control_sd3 import ControlSync3Pipeline
+
+            return ControlSync3Pipeline
         from .sd3 import SyncDiffusion3Pipeline
 
         return SyncDiffusion3Pipeline

@@ -133,7 +133,7 @@ def control(args: argparse.Namespace) -> int:
     from .conditions import load_condition_image, prepare_condition
     from .control import check_condition_canvas
     from .auto import check_control_family
-    from .models import load_control_pipeline, resolve_controlnet
+    from .models import check_controlnet_fits, load_control_pipeline, resolve_controlnet
 
     request, source = panorama_request(args, control=True)
     check_control_family(source.family)
@@ -141,6 +141,9 @@ def control(args: argparse.Namespace) -> int:
         raise ValueError("Give --condition: the image the panorama follows (an edge map, or a photo with "
                          "--preprocess canny).")
     controlnets = [resolve_controlnet(_text(controlnet, "controlnet")) for controlnet in request["controlnet"]]
+    for index, controlnet in enumerate(controlnets):  # of the base model's kind, before any weights load
+        check_controlnet_fits(controlnet, source.family, f"ControlNet {index}" if len(controlnets) > 1 else
+                              "The ControlNet")
     if len(request["condition"]) != len(controlnets):
         raise ValueError(f"Give one --condition per --controlnet: got {len(request['condition'])} conditions for "
                          f"{len(controlnets)} ControlNets.")

@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from .auto import SD, family_of_checkpoint, family_of_model_index, pipeline_class, read_model_index
+from .auto import CONTROLNET_CLASS, SD, family_of_checkpoint, family_of_model_index, pipeline_class, read_model_index
 from .bundled import bundled_controlnet_folder, bundled_controlnet_names, bundled_model_folder, bundled_model_names
 from .pipeline import SyncDiffusionPipeline
 from .precision import Precision
@@ -50,6 +50,7 @@ class ModelSource:
     ref: str
     geometry: Geometry | None = None  # read from the configs, when they can be before loading
     family: str | None = None  # auto.py's SD or SDXL; None: a hub model not in the cache, known when loaded
+    controlnet_class: str | None = None  # a ControlNet folder's model class (its config's _class_name)
 
     @property
     def window(self) -> int | None:
@@ -260,10 +261,11 @@ def resolve_controlnet(controlnet: str) -> ModelSource:
         except (OSError, ValueError):
             raise ValueError(f"{controlnet} is a folder but not a diffusers ControlNet folder (it has no readable "
                              f"config.json).") from None
-        if config.get("_class_name") != "ControlNetModel":
-            raise ValueError(f"{controlnet} holds a {config.get('_class_name', 'model of unknown kind')}, not a "
-                             f"ControlNetModel: give a diffusers ControlNet folder or hub id.")
-        return ModelSource("folder", str(path))
+        kind = config.get("_class_name")
+        if kind not in CONTROLNET_CLASS.values():
+            raise ValueError(f"{controlnet} holds a {kind or 'model of unknown kind'}, not a ControlNetModel or "
+                             f"SD3ControlNetModel: give a diffusers ControlNet folder or hub id.")
+        return ModelSource("folder", str(path), controlnet_class=kind)
     if path.is_file():
         raise ValueError(f"{controlnet} is a file: give a diffusers ControlNet folder (config.json beside the weights) "
                          f"or a hub id.")
@@ -277,19 +279,37 @@ def resolve_controlnet(controlnet: str) -> ModelSource:
                      f"ControlNet folder, or a Hugging Face id such as lllyasviel/sd-controlnet-canny.")
 
 
-def load_controlnet(source: ModelSource | str, base: SyncDiffusionPipeline, dtype: torch.dtype = torch.float32):
-    """The ControlNet `source` names, in `dtype`, for the base model `base`."""
-    from diffusers import ControlNetModel
+def check_controlnet_fits(controlnet: ModelSource, family: str | None, name: str = "The ControlNet") -> None:
+    """A ValueError, before any weights load, for a ControlNet of another family's kind than the base
+    model's (both known: a folder's class, a folder's or cached model's family)."""
+    wanted = CONTROLNET_CLASS.get(family)
+    if controlnet.controlnet_class is not None and wanted is not None and controlnet.controlnet_class != wanted:
+        raise ValueError(f"{name} {controlnet.ref} is of class {controlnet.controlnet_class}, but this {family} model "
+                         f"takes {wanted} ControlNets: give a ControlNet trained for this base model.")
 
+
+def load_controlnet(source: ModelSource | str, base: SyncDiffusionPipeline, dtype: torch.dtype = torch.float32):
+    """The ControlNet `source` names, in `dtype`, for the base model `base` (of its family's kind:
+    an SD3ControlNetModel for SD3, else a ControlNetModel)."""
+    from diffusers import ControlNetModel, SD3ControlNetModel
+
+    from .auto import SD3, family_of_pipeline
     from .control import random_controlnet_like
+    from .control_sd3 import random_sd3_controlnet_like
 
     if isinstance(source, str):
         source = resolve_controlnet(source)
+    family = family_of_pipeline(base)
+    check_controlnet_fits(source, family)
     if source.kind == "bundled":
-        controlnet = random_controlnet_like(base.unet, base.vae_factor)
+        if family == SD3:
+            controlnet = random_sd3_controlnet_like(base.transformer)
+        else:
+            controlnet = random_controlnet_like(base.unet, base.vae_factor)
         return controlnet if controlnet.dtype == dtype else controlnet.to(dtype=dtype)
     local = source.kind == "folder" or _hub_is_offline()
-    return ControlNetModel.from_pretrained(source.ref, dtype=dtype, local_files_only=local)
+    kind = SD3ControlNetModel if family == SD3 else ControlNetModel
+    return kind.from_pretrained(source.ref, dtype=dtype, local_files_only=local)
 
 
 def load_control_pipeline(source: ModelSource | str, controlnets: list[ModelSource | str],
@@ -303,6 +323,10 @@ def load_control_pipeline(source: ModelSource | str, controlnets: list[ModelSour
     if isinstance(source, str):
         source = resolve_model(source)
     check_control_family(source.family)  # before any weights load
+    for index, controlnet in enumerate(controlnets):
+        if isinstance(controlnet, ModelSource):
+            check_controlnet_fits(controlnet, source.family, f"ControlNet {index}" if len(controlnets) > 1 else
+                                  "The ControlNet")
     base = load_pipeline(source, "cpu", precision.weights, config=config, vae=vae)
     family = family_of_pipeline(base)
     check_control_family(family)  # a hub model's family is known only once loaded
