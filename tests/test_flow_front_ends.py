@@ -90,7 +90,7 @@ def test_bad_input_is_one_sentence_before_weights_load(folder, tmp_path, capsys,
     assert sentence in error and len(error.splitlines()) == 1 and not out.exists()
 
 
-def test_controlsync_with_the_command_sd3_runs_flux_is_refused(folder, tmp_path, capsys):
+def test_controlsync_with_the_command_and_again_from_its_png(folder, tmp_path):
     family, path = folder
     condition = tmp_path / "edges.png"
     PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 64, 3), dtype=np.uint8)).save(condition)
@@ -98,10 +98,6 @@ def test_controlsync_with_the_command_sd3_runs_flux_is_refused(folder, tmp_path,
     code = main(["control", "a land", "--model", str(path), "--condition", str(condition), "--controlnet",
                  "tiny-random", "--window", "32", "--stride", "8", "--steps", "2", "--seed", "1", "--out", str(out),
                  "--quiet"])
-    if family == "flux":
-        error = capsys.readouterr().err.strip()
-        assert code == 2 and "ControlSync does not run FLUX.1 models yet" in error and len(error.splitlines()) == 1
-        return
     assert code == 0 and PIL.Image.open(out).size == (64, 32)
     again = tmp_path / "again.png"
     assert main(["control", "--from-png", str(out), "--out", str(again), "--quiet"]) == 0
@@ -111,8 +107,6 @@ def test_controlsync_with_the_command_sd3_runs_flux_is_refused(folder, tmp_path,
 def test_a_controlnet_of_another_familys_kind_is_one_sentence_before_weights_load(folder, tmp_path, capsys,
                                                                                   monkeypatch):
     family, path = folder
-    if family == "flux":
-        pytest.skip("FLUX's ControlSync is refused whatever the ControlNet")
 
     def no_loading(*args, **kwargs):
         raise AssertionError("weights were loaded")
@@ -123,7 +117,9 @@ def test_a_controlnet_of_another_familys_kind_is_one_sentence_before_weights_loa
     assert main(["control", "a land", "--model", str(path), "--condition", str(condition), "--controlnet",
                  "pocket-canny", "--quiet"]) == 2
     error = capsys.readouterr().err.strip()
-    assert "is of class ControlNetModel, but this Stable Diffusion 3/3.5 model takes SD3ControlNetModel" in error
+    kind = "Stable Diffusion 3/3.5 model takes SD3ControlNetModel" if family == "sd3" else \
+        "FLUX.1 model takes FluxControlNetModel"
+    assert f"is of class ControlNetModel, but this {kind} ControlNets" in error
     assert len(error.splitlines()) == 1
 
 
@@ -187,13 +183,13 @@ def test_the_familys_guidance_is_the_default_of_every_front_end(folder, tmp_path
         (path / "recommended.json").unlink()
 
 
-def test_the_server_makes_sd3_controlsync_panoramas(tmp_path):
+def test_the_server_makes_controlsync_panoramas(folder):
     from panosync.server.generation import PanoramaModel
 
-    path = tmp_path / "sd3"
-    StableDiffusion3Pipeline(**tiny_random_sd3_components()).save_pretrained(path)
+    family, path = folder
     model = PanoramaModel.load(str(path), device="cpu", dtype="float32", controlnets=["tiny-random"])
-    assert model.control and type(model.pipe).__name__ == "ControlSync3Pipeline"
+    assert model.control
+    assert type(model.pipe).__name__ == ("ControlSync3Pipeline" if family == "sd3" else "ControlSyncFluxPipeline")
     condition = PIL.Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 64, 3), dtype=np.uint8))
     parameters = model.prepare({"prompt": "a land", "condition": [condition], "window": 32, "stride": 8,
                                 "num_inference_steps": 1, "seed": 2}, Limits())

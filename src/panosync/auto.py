@@ -5,7 +5,7 @@ checkpoint file's keys, name the model's family before any weights load.
 diffusers' AutoPipelineForText2Image does; models.py loads through the same choice, so every
 front end (the command, the server, the page, evaluate) takes an SDXL model as it takes an SD one.
 A family panosync does not run is one sentence that names those it does. SD3 / 3.5 and FLUX.1
-run SyncDiffusion, SD3 ControlSync too (not yet FLUX's ControlNets).
+run SyncDiffusion and ControlSync (SD3ControlNetModel, FluxControlNetModel of InstantX's kind).
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ SUPPORTED_FAMILIES = (SD, SDXL, SD3, FLUX)
 # Every front end takes these under a model's recommended.json (settings.recommended_of).
 FAMILY_DEFAULTS = {SD3: {"guidance_scale": 7.0}, FLUX: {"guidance_scale": 3.5}}
 # The families whose ControlNets panosync does not run yet.
-NO_CONTROLSYNC = (FLUX,)
+NO_CONTROLSYNC: tuple[str, ...] = ()
 # The ControlNet class (its config's _class_name) of each family panosync runs ControlSync on.
-CONTROLNET_CLASS = {SD: "ControlNetModel", SDXL: "ControlNetModel", SD3: "SD3ControlNetModel"}
+CONTROLNET_CLASS = {SD: "ControlNetModel", SDXL: "ControlNetModel", SD3: "SD3ControlNetModel",
+                    FLUX: "FluxControlNetModel"}
 
 # model_index.json's _class_name, for the pipelines whose family is plain from the name.
 FAMILY_OF_CLASS = {
@@ -32,11 +33,11 @@ FAMILY_OF_CLASS = {
     "StableDiffusionXLPipeline": SDXL, "SyncDiffusionXLPipeline": SDXL, "StableDiffusionXLControlNetPipeline": SDXL,
     "ControlSyncXLPipeline": SDXL,
     "StableDiffusion3Pipeline": SD3, "SyncDiffusion3Pipeline": SD3, "StableDiffusion3ControlNetPipeline": SD3,
-    "ControlSync3Pipeline": SD3, "FluxPipeline": FLUX, "SyncFluxPipeline": FLUX,
+    "ControlSync3Pipeline": SD3, "FluxPipeline": FLUX, "SyncFluxPipeline": FLUX, "FluxControlNetPipeline": FLUX,
+    "ControlSyncFluxPipeline": FLUX,
 }
 # What other pipelines are, in the sentence that refuses them.
-OTHER_FAMILIES = {"FluxControlNetPipeline": "a FLUX.1 ControlNet pipeline",
-                  "FluxFillPipeline": "FLUX.1 Fill (inpainting)", "FluxControlPipeline": "FLUX.1 Canny/Depth",
+OTHER_FAMILIES = {"FluxFillPipeline": "FLUX.1 Fill (inpainting)", "FluxControlPipeline": "FLUX.1 Canny/Depth",
                   "StableDiffusionXLImg2ImgPipeline": "an SDXL refiner (image to image)",
                   "StableDiffusionUpscalePipeline": "an upscaler", "StableDiffusionInpaintPipeline": "inpainting"}
 # diffusers' names for single-file checkpoints (loaders.single_file_utils.infer_diffusers_model_type).
@@ -151,6 +152,10 @@ def pipeline_class(family: str, control: bool = False):
 
         return SyncDiffusion3Pipeline
     if family == FLUX:
+        if control:
+            from .control_flux import ControlSyncFluxPipeline
+
+            return ControlSyncFluxPipeline
         from .flux import SyncFluxPipeline
 
         return SyncFluxPipeline

@@ -151,6 +151,7 @@ class ControlSyncPipeline(SyncDiffusionPipeline):
         sync_decoder=None,
         tiled_decode: bool | None = None,
         window: int | None = None,
+        **prompt_options,
     ):
         """Generate one panorama that follows `image`, the condition: a PIL image, numpy array or
         (1, 3, H, W) tensor in [0, 1] of the panorama's size in pixels (see panosync.conditions),
@@ -162,6 +163,8 @@ class ControlSyncPipeline(SyncDiffusionPipeline):
         parameters are SyncDiffusionPipeline's, with the ControlSync paper's defaults: sync weight
         20, decay 0.95, sync in the first 10 steps (of 50). The fast modes and `tiled_decode` are
         SyncDiffusionPipeline's too; the ControlNets run in every UNet call a fast mode keeps.
+        `prompt_options` are the family's own prompt options (SDXL's size conditioning, SD3's and
+        FLUX's max_sequence_length, FLUX's true_cfg_scale), as its SyncDiffusion pipeline takes them.
         """
         # 1. Check inputs: the conditions decide the canvas unless it is given
         if image is None:
@@ -183,7 +186,8 @@ class ControlSyncPipeline(SyncDiffusionPipeline):
         )
         fitted = [fit_to_canvas(condition, request.width, request.height, resize_condition) for condition in conditions]
         conditioning = self.control_conditioning(fitted, scales)
-        return self.generate(dataclasses.replace(request, conditioning=conditioning), callback_on_step_end, return_dict)
+        request = dataclasses.replace(request, conditioning=conditioning, prompt_options=prompt_options)
+        return self.generate(request, callback_on_step_end, return_dict)
 
     def control_conditioning(self, conditions: list[torch.Tensor], scales: list[float]) -> ViewConditioning:
         """The request's ControlNet inputs from its conditions, each (1, 3, height, width) in [0, 1]

@@ -22,7 +22,8 @@ from diffusers.models.controlnets.controlnet_sd3 import SD3MultiControlNetModel
 
 from .control import ControlSyncPipeline
 from .pipeline import ViewConditioning
-from .sd3 import SyncDiffusion3Pipeline
+from .backbones.sd3 import T5_TOKENS
+from .sd3 import DEFAULT_SD3_GUIDANCE, SyncDiffusion3Pipeline
 from .views import crop
 
 # The transformer config keys an SD3ControlNetModel shares with its transformer.
@@ -58,6 +59,14 @@ class ControlSync3Pipeline(ControlSyncPipeline, SyncDiffusion3Pipeline):
         SyncDiffusion3Pipeline.__init__(self, transformer, scheduler, vae, text_encoder, tokenizer, text_encoder_2,
                                         tokenizer_2, text_encoder_3, tokenizer_3, image_encoder, feature_extractor)
         self.add_controlnet(controlnet)
+
+    @torch.no_grad()
+    def __call__(self, prompt: str, image=None, *, max_sequence_length: int = T5_TOKENS, **parameters):
+        """ControlSyncPipeline's call with SyncDiffusion3Pipeline's options: `guidance_scale`
+        default 7 (diffusers'), `max_sequence_length`."""
+        parameters.setdefault("guidance_scale", DEFAULT_SD3_GUIDANCE)
+        return ControlSyncPipeline.__call__(self, prompt, image, max_sequence_length=max_sequence_length,
+                                            **parameters)
 
     def add_controlnet(self, controlnet) -> None:
         if isinstance(controlnet, (list, tuple)):

@@ -22,6 +22,12 @@ DEFAULT_FLUX_MODEL = "black-forest-labs/FLUX.1-schnell"
 DEFAULT_FLUX_GUIDANCE = 3.5  # diffusers' FluxPipeline's default (dev's distilled guidance; schnell ignores it)
 
 
+def check_true_cfg_scale(true_cfg_scale) -> None:
+    if isinstance(true_cfg_scale, bool) or not isinstance(true_cfg_scale, (int, float)) or \
+            not math.isfinite(true_cfg_scale) or true_cfg_scale < 0:
+        raise ValueError(f"true_cfg_scale must be a finite number, 0 or more, got {true_cfg_scale!r}.")
+
+
 class SyncFluxPipeline(SyncDiffusionPipeline):
     """SyncDiffusion panoramas with a FLUX.1 model.
 
@@ -58,8 +64,7 @@ class SyncFluxPipeline(SyncDiffusionPipeline):
         classifier-free guidance with `negative_prompt` ("" by default), a second branch, as
         FluxPipeline's option. `max_sequence_length`: T5's tokens (diffusers' 512).
         """
-        if not isinstance(true_cfg_scale, (int, float)) or not math.isfinite(true_cfg_scale) or true_cfg_scale < 0:
-            raise ValueError(f"true_cfg_scale must be a finite number, 0 or more, got {true_cfg_scale!r}.")
+        check_true_cfg_scale(true_cfg_scale)
         parameters.setdefault("guidance_scale", DEFAULT_FLUX_GUIDANCE)
         request = self.make_request(prompt=prompt, **parameters)
         options = dict(max_sequence_length=max_sequence_length, true_cfg_scale=true_cfg_scale)

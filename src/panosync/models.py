@@ -263,8 +263,9 @@ def resolve_controlnet(controlnet: str) -> ModelSource:
                              f"config.json).") from None
         kind = config.get("_class_name")
         if kind not in CONTROLNET_CLASS.values():
-            raise ValueError(f"{controlnet} holds a {kind or 'model of unknown kind'}, not a ControlNetModel or "
-                             f"SD3ControlNetModel: give a diffusers ControlNet folder or hub id.")
+            raise ValueError(f"{controlnet} holds a {kind or 'model of unknown kind'}, not a ControlNet "
+                             f"({', '.join(sorted(set(CONTROLNET_CLASS.values())))}): give a diffusers ControlNet "
+                             f"folder or hub id.")
         return ModelSource("folder", str(path), controlnet_class=kind)
     if path.is_file():
         raise ValueError(f"{controlnet} is a file: give a diffusers ControlNet folder (config.json beside the weights) "
@@ -290,11 +291,12 @@ def check_controlnet_fits(controlnet: ModelSource, family: str | None, name: str
 
 def load_controlnet(source: ModelSource | str, base: SyncDiffusionPipeline, dtype: torch.dtype = torch.float32):
     """The ControlNet `source` names, in `dtype`, for the base model `base` (of its family's kind:
-    an SD3ControlNetModel for SD3, else a ControlNetModel)."""
-    from diffusers import ControlNetModel, SD3ControlNetModel
+    an SD3ControlNetModel for SD3, a FluxControlNetModel for FLUX, else a ControlNetModel)."""
+    from diffusers import ControlNetModel, FluxControlNetModel, SD3ControlNetModel
 
-    from .auto import SD3, family_of_pipeline
+    from .auto import FLUX, SD3, family_of_pipeline
     from .control import random_controlnet_like
+    from .control_flux import random_flux_controlnet_like
     from .control_sd3 import random_sd3_controlnet_like
 
     if isinstance(source, str):
@@ -304,11 +306,13 @@ def load_controlnet(source: ModelSource | str, base: SyncDiffusionPipeline, dtyp
     if source.kind == "bundled":
         if family == SD3:
             controlnet = random_sd3_controlnet_like(base.transformer)
+        elif family == FLUX:
+            controlnet = random_flux_controlnet_like(base.transformer)
         else:
             controlnet = random_controlnet_like(base.unet, base.vae_factor)
         return controlnet if controlnet.dtype == dtype else controlnet.to(dtype=dtype)
     local = source.kind == "folder" or _hub_is_offline()
-    kind = SD3ControlNetModel if family == SD3 else ControlNetModel
+    kind = {SD3: SD3ControlNetModel, FLUX: FluxControlNetModel}.get(family, ControlNetModel)
     return kind.from_pretrained(source.ref, dtype=dtype, local_files_only=local)
 
 

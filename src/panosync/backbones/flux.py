@@ -95,9 +95,8 @@ class FluxBackbone(FlowBackbone):
     def guided_prediction(self, latents, t, conditioning: FluxConditioning, guidance_scale, views=None,
                           extras=None) -> torch.Tensor:
         """v̂ for a batch of views, each packed as its own image; with true CFG,
-        v_u + s (v_c − v_u) over a batch of both branches."""
-        if extras is not None:
-            raise ValueError("ControlNets are not supported on FLUX models yet.")
+        v_u + s (v_c − v_u) over a batch of both branches. `extras` add each view's inputs
+        (ControlSync's block samples, control_flux.py), given the call's and the guidance scale."""
         transformer = self.pipe.transformer
         dtype = transformer.dtype
         count, _, height, width = latents.shape
@@ -109,10 +108,12 @@ class FluxBackbone(FlowBackbone):
         if transformer.config.guidance_embeds:  # dev: the distilled guidance is an input; schnell has none
             guidance = torch.full([1], guidance_scale, device=latents.device, dtype=torch.float32).expand(len(tokens))
         text_ids = torch.zeros(embeddings.shape[1], 3, device=latents.device, dtype=self.pipe.text_encoder.dtype)
-        prediction = transformer(
-            hidden_states=tokens, timestep=expand_timestep(t, len(tokens), dtype) / 1000, guidance=guidance,
-            pooled_projections=pooled, encoder_hidden_states=embeddings, txt_ids=text_ids,
-            img_ids=position_ids(height, width, latents.device, self.pipe.text_encoder_2.dtype), return_dict=False)[0]
+        inputs = dict(timestep=expand_timestep(t, len(tokens), dtype) / 1000, guidance=guidance,
+                      pooled_projections=pooled, encoder_hidden_states=embeddings, txt_ids=text_ids,
+                      img_ids=position_ids(height, width, latents.device, self.pipe.text_encoder_2.dtype))
+        if extras is not None:
+            inputs |= extras.unet_inputs(tokens, t, dict(inputs, guidance_scale=guidance_scale), views)
+        prediction = transformer(hidden_states=tokens, **inputs, return_dict=False)[0]
         prediction = unpack(prediction, height, width).to(self.pipe.compute_dtype)
         if not conditioning.true_cfg:
             return prediction
