@@ -157,8 +157,8 @@ class FluxControlConditioning(ViewConditioning):
                 return None
             return [sample.to(self.transformer_dtype).repeat(branches, 1, 1) for sample in samples]
 
-        return dict(controlnet_block_samples=every_branch(blocks), controlnet_single_block_samples=every_branch(singles),
-                    controlnet_blocks_repeat=False)
+        return dict(controlnet_block_samples=every_branch(blocks),
+                    controlnet_single_block_samples=every_branch(singles), controlnet_blocks_repeat=False)
 
 
 def _summed(total, samples):
