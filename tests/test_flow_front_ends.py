@@ -3,6 +3,7 @@ FluxPipeline (as a downloaded model is) is picked by its model_index.json, makes
 the command (and again from its PNG), the server and the page; bad input is one sentence before
 any weights load. Tiny random-weight models, offline."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -194,3 +195,32 @@ def test_the_server_makes_controlsync_panoramas(folder):
     parameters = model.prepare({"prompt": "a land", "condition": [condition], "window": 32, "stride": 8,
                                 "num_inference_steps": 1, "seed": 2}, Limits())
     assert model.generate(parameters).size == (64, 32)
+
+
+def test_a_model_whose_family_is_known_only_once_loaded_gets_its_familys_defaults(tmp_path, monkeypatch):
+    """A hub model not in the local cache: its family (and so FLUX's guidance 3.5) is known only once
+    it loads; the command and the server then take the family's defaults unless told otherwise."""
+    from panosync.server.generation import PanoramaModel
+
+    path = tmp_path / "flux"
+    FluxPipeline(**tiny_random_flux_components()).save_pretrained(path)
+    resolve = models.resolve_model
+
+    def family_unknown(model):
+        source = resolve(model)
+        return dataclasses.replace(source, family=None)
+
+    monkeypatch.setattr(models, "resolve_model", family_unknown)
+    first = tmp_path / "first.png"
+    assert main(["generate", "a land", "--model", str(path), *CANVAS, "--seed", "1", "--out", str(first),
+                 "--quiet"]) == 0
+    assert read_parameters(first)["guidance_scale"] == 3.5
+    told = tmp_path / "told.png"
+    assert main(["generate", "a land", "--model", str(path), *CANVAS, "--seed", "1", "--guidance-scale", "5",
+                 "--out", str(told), "--quiet"]) == 0
+    assert read_parameters(told)["guidance_scale"] == 5
+    again = tmp_path / "again.png"
+    assert main(["generate", "--from-png", str(told), "--out", str(again), "--quiet"]) == 0
+    assert read_parameters(again)["guidance_scale"] == 5
+    monkeypatch.setattr("panosync.server.generation.resolve_model", family_unknown)
+    assert PanoramaModel.load(str(path), device="cpu", dtype="float32").defaults["guidance_scale"] == 3.5
