@@ -1,7 +1,8 @@
 """What a synced step costs, by family: FLOPs per view and part at each family's real size, and CPU
 seconds per step of tiny random models of each family on this machine.
 
-FLOPs: the SDXL and SD 2 base architectures are built on the meta device, which counts every
+FLOPs: the SDXL and SD 2 base architectures (and SD3.5 medium's and FLUX.1-dev's transformers,
+flow_cost.py) are built on the meta device, which counts every
 operation without computing it (torch.utils.flop_counter). A synced step per view is the guided
 UNet forward with gradient (CFG batch of 2) and its backward, the VAE decoder forward and
 backward, LPIPS-VGG forward and backward on the foreseen image (at `sync_image_scale`), and the
@@ -74,6 +75,9 @@ def flops_by_part(unet_config: dict, text_tokens: int, xl: bool, image_scale: fl
 
 
 def flop_rows() -> list[dict]:
+    """The UNet families' at each sync_image_scale, then the flow transformers' (flow_cost.py)."""
+    import flow_cost
+
     rows = []
     for name, config, xl, scales in (("SDXL (1024 px)", SDXL_BASE_UNET, True, (1.0, 0.5, 0.25)),
                                      ("SD 2 base (512 px)", SD2_BASE_UNET, False, (1.0,))):
@@ -81,6 +85,10 @@ def flop_rows() -> list[dict]:
             parts = flops_by_part(config, 77, xl, scale)
             rows.append(dict(model=name, sync_image_scale=scale, parts=parts, synced_step=sum(parts.values()),
                              unsynced_step=parts[DENOISING_PASS]))
+    for name, kind, config, forward in flow_cost.FAMILIES:
+        parts = flow_cost.parts(kind, config, forward)
+        rows.append(dict(model=f"{name} (1024 px)", sync_image_scale=1.0, parts=parts, synced_step=sum(parts.values()),
+                         unsynced_step=parts["transformer forward (guided, the denoising pass)"]))
     return rows
 
 

@@ -19,6 +19,9 @@ memory       the peak memory of one synced step (faithful mode, float16) and of 
 backbones    other families' architectures with random weights, in the precision their users run
              (SDXL base: float16, 1024×4096 and 2048×2048 at a quarter-window stride): seconds per
              synced and per plain step of faithful mode, and the peak memory of the whole panorama.
+flow transformers  (flow_check.py; last, with the time left, or alone: --only flow) SD3.5 medium's
+             and FLUX.1-dev's architectures in bfloat16 at 1024×4096: seconds per synced and plain
+             step, faithful and no_unet_backward, and each run's peak memory.
 
 Per-step times: every panorama of the speed parts takes a few steps, synced in the first half; each
 step is timed (the device synchronised in callback_on_step_end) and the median of the synced and of
@@ -563,6 +566,9 @@ class Check:
         self.part("backbones", self.backbones)
         for width in others:
             self.part(f"speed {plan.height}x{width}", lambda width=width: self.speed(width))
+        # SD3.5 medium and FLUX.1 (flow_check.py): last, with the SD pipelines dropped; alone with --only flow
+        self.drop_pipelines(keep=None)
+        self.part("flow transformers", self.flow)
         self.report.data["finished"] = True
         self.report.save()
 
@@ -581,6 +587,11 @@ class Check:
             f"{time.perf_counter() - started:.1f} s; UNet "
             f"{sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.0f} M parameters, window {pipe.window} latents, "
             f"VAE factor {pipe.vae_factor}")
+
+    def flow(self) -> None:
+        import flow_check
+
+        flow_check.flow_part(self)
 
     def speed_pipeline(self):
         return self.pipelines[precision_of(self.plan.speed_precision, self.plan.device)[0]]
@@ -920,6 +931,10 @@ def markdown(data: dict) -> str:
             lines += memory_table(runs, part)
         elif name == "backbones":
             lines += backbones_table(runs)
+        elif name.startswith("flow"):
+            import flow_check
+
+            lines += flow_check.flow_table(runs)
         failed = [row for row in runs if row.get("error")]
         lines += [f"- failed: {row['run']}: {row['error'][:500]}" for row in failed]
         lines += [f"- skipped: {row['run']}: {row['reason']}" for row in part.get("skipped", [])]

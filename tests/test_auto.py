@@ -20,7 +20,7 @@ from panosync.tiny import tiny_random_components, tiny_random_xl_components
 from panosync.xl import SyncDiffusionXLPipeline
 
 NARROW_XL = dict(window=16, vae_factor=2, unet_channels=(16, 32), vae_channels=8, text_width=16)
-SUPPORTED_SENTENCE = "runs Stable Diffusion 1.x/2.x and Stable Diffusion XL models."
+SUPPORTED_SENTENCE = "runs Stable Diffusion 1.x/2.x, Stable Diffusion XL, Stable Diffusion 3/3.5 and FLUX.1 models."
 
 
 @pytest.fixture(scope="module")
@@ -58,18 +58,19 @@ def test_every_front_end_loads_the_family_of_the_model(xl_folder):
     assert type(PanoramaModel.load(str(xl_folder), device="cpu", dtype="float32").pipe) is SyncDiffusionXLPipeline
 
 
-def flux_like_folder(tmp_path):
-    folder = tmp_path / "flux"
+def flux_fill_like_folder(tmp_path):
+    folder = tmp_path / "flux-fill"
     folder.mkdir()
     (folder / "model_index.json").write_text(json.dumps({
-        "_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"],
+        "_class_name": "FluxFillPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"],
         "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"]}))
     return folder
 
 
 def test_an_unsupported_family_is_one_sentence_before_weights_load(tmp_path, capsys):
-    folder = flux_like_folder(tmp_path)  # no weights at all: nothing may try to load them
-    with pytest.raises(ValueError, match=f"is FLUX.1 \\(FluxPipeline\\), which panosync does not run: it "
+    folder = flux_fill_like_folder(tmp_path)  # no weights at all: nothing may try to load them
+    with pytest.raises(ValueError, match=f"is FLUX.1 Fill \\(inpainting\\) \\(FluxFillPipeline\\), which panosync does "
+                                         f"not run: it "
                                          f"{SUPPORTED_SENTENCE}"):
         models.resolve_model(str(folder))
     with pytest.raises(ValueError, match=SUPPORTED_SENTENCE):
@@ -86,8 +87,11 @@ def test_a_checkpoints_family_is_read_from_its_keys(tmp_path):
     flux = tmp_path / "flux.safetensors"
     save_file({"double_blocks.0.img_attn.norm.key_norm.scale": torch.zeros(2),
                "guidance_in.in_layer.weight": torch.zeros(2)}, str(flux))
+    assert family_of_checkpoint(flux) == "FLUX.1"
+    flux2 = tmp_path / "flux2.safetensors"
+    save_file({"single_stream_modulation.lin.weight": torch.zeros(2)}, str(flux2))
     with pytest.raises(ValueError, match=SUPPORTED_SENTENCE):
-        models.resolve_model(str(flux))
+        models.resolve_model(str(flux2))
 
 
 def test_generate_with_an_sdxl_folder_and_reproduce_it_from_the_png(xl_folder, tmp_path, capsys):

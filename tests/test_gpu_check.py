@@ -40,7 +40,8 @@ def test_smoke_run_measures_every_part(tmp_path):
     data = json.loads((tmp_path / "GPU.json").read_text())
     plan = gpu_check.smoke_plan(0)
     speed = [f"speed {plan.height}x{width}" for width in plan.speed_widths]
-    assert list(data["parts"]) == ["setup", "correctness", "gradient", speed[0], "memory", "backbones", *speed[1:]]
+    assert list(data["parts"]) == ["setup", "correctness", "gradient", speed[0], "memory", "backbones", *speed[1:],
+                                   "flow transformers"]
     assert data["finished"] and data["environment"]["smoke"]
     for name, part in data["parts"].items():
         assert part["status"] == "done", (name, part["status"])
@@ -64,8 +65,13 @@ def test_smoke_run_measures_every_part(tmp_path):
     backbones = [run for run in data["parts"]["backbones"]["runs"] if run["what"] == "panorama"]
     assert [run["canvas"] for run in backbones] == [f"{h}x{w}" for h, w in plan.backbones[0].canvases]
     assert all(run["synced_step_s"] > 0 and run["plain_step_s"] > 0 and run["peak_bytes"] > 0 for run in backbones)
+    flow = data["parts"]["flow transformers"]["runs"]
+    assert [(run["family"], run["mode"]) for run in flow] == [
+        (family, mode) for family in ("SD3.5 medium", "FLUX.1-dev") for mode in ("faithful", "no_unet_backward")]
+    assert all(run["synced_step_s"] > 0 and run["plain_step_s"] > 0 for run in flow)
     text = (tmp_path / "GPU.md").read_text()
     assert text.startswith("# GPU check") and "SMOKE RUN" in text and "3× target" in text
+    assert "| FLUX.1-dev | no_unet_backward |" in text
 
 
 def test_smoke_run_never_writes_the_gpu_results():

@@ -188,8 +188,9 @@ def settle_canvas(plan: Plan, geometry: settings.Geometry) -> None:
     s = plan.shared
     for prompt in plan.prompts:
         settings.check({**s, **plan.methods.get("syncdiffusion", {}), "prompt": prompt}, geometry)
-    check_crop_count(s["height"], s["width"], geometry.window_pixels)
-    plan.images = list_images(plan, geometry.window_pixels)
+    window = s.get("window") or geometry.window_pixels  # the chosen window (SD3, FLUX), in pixels
+    check_crop_count(s["height"], s["width"], window)
+    plan.images = list_images(plan, window)
 
 
 def list_images(plan: Plan, size: int) -> list[PlannedImage]:
@@ -197,7 +198,8 @@ def list_images(plan: Plan, size: int) -> list[PlannedImage]:
     panorama, so that an interrupted run leaves complete groups to compare."""
     s = plan.shared
     common = {"negative_prompt": s["negative_prompt"], "guidance_scale": s["guidance_scale"],
-              "num_inference_steps": s["num_inference_steps"], "stride": s["stride"], "model": plan.model}
+              "num_inference_steps": s["num_inference_steps"], "stride": s["stride"], "model": plan.model,
+              "window": s.get("window")}
     images = []
     for index, prompt in enumerate(plan.prompts):
         for seed in plan.seeds:
@@ -223,6 +225,8 @@ def images_to_make(plan: Plan) -> list[PlannedImage]:
             continue
         stored = read_parameters(image.path)
         for name, wanted in image.parameters.items():
+            if name == "window" and name not in stored:  # made before the window was a parameter: the native one
+                continue
             if name not in NOT_COMPARED and stored.get(name) != wanted:
                 raise ValueError(
                     f"{image.path} was made with {name} {stored.get(name)!r}, this evaluation asks for {wanted!r}: "
@@ -459,10 +463,12 @@ def evaluate(args: argparse.Namespace) -> int:
     made = 0
     if todo is None or todo:
         pipe = load_pipeline(plan.source, device, precision, config=args.model_config, vae=getattr(args, "vae", None))
+        if getattr(args, "gradient_checkpointing", False):
+            pipe.enable_sync_checkpointing()
         if todo is None:  # a hub model or checkpoint file: its shape is known only now
             settle_canvas(plan, settings.geometry_of_pipeline(pipe))
             todo = images_to_make(plan)
-        size = pipe.window * pipe.vae_factor
+        size = plan.shared.get("window") or pipe.window * pipe.vae_factor
         made = len(todo)
         generate(plan, pipe, todo, device, precision.name, args.quiet)
         del pipe  # the metrics' networks need the memory
@@ -471,7 +477,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
             torch.cuda.empty_cache()
     else:
-        size = plan.source.window * plan.source.vae_factor
+        size = plan.shared.get("window") or plan.source.window * plan.source.vae_factor
     kept = len(plan.images) - made
     print(f"images: {made} made, {kept} kept from an earlier run ({time.perf_counter() - started:.0f} s)")
     results = measure(plan, size, device, args.quiet)

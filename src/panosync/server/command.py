@@ -97,8 +97,11 @@ def _load(args: argparse.Namespace):
     model = args.model or (settings.DEFAULT_CONTROL_MODEL if args.controlnet else settings.DEFAULT_MODEL)
     with_controlnets = f" with {', '.join(args.controlnet)}" if args.controlnet else ""
     print(f"loading {model}{with_controlnets} …", file=sys.stderr)
-    return PanoramaModel.load(model, args.device, args.dtype, args.model_config, args.view_batch_size,
-                              args.controlnet, args.vae)
+    loaded = PanoramaModel.load(model, args.device, args.dtype, args.model_config, args.view_batch_size,
+                                args.controlnet, args.vae)
+    if getattr(args, "gradient_checkpointing", False):
+        loaded.pipe.enable_sync_checkpointing()
+    return loaded
 
 
 def _is_loopback(host: str) -> bool:

@@ -33,7 +33,7 @@ from .uploads import save_condition
 
 # Where each input goes on the page (the rest of FIELDS: at the top, in settings' order).
 SYNC_INPUTS = ("sync_weight", "sync_decay_rate", "sync_freq", "sync_threshold")
-DIFFUSION_INPUTS = ("guidance_scale", "num_inference_steps", "stride")
+DIFFUSION_INPUTS = ("guidance_scale", "num_inference_steps", "window", "stride")
 SPEED_INPUTS = ("fast_modes", "sync_image_scale", "tiled_decode", "anchor")
 # The spans of the sliders of parameters whose range has no end (or an end no one would slide to).
 SLIDER_SPANS = {"sync_weight": (0, 100, 0.5), "sync_freq": (1, 50, 1), "num_inference_steps": (1, 200, 1),
@@ -88,6 +88,11 @@ def parameter_input(name: str, value, model: PanoramaModel, limits: Limits, **op
         return gr.Slider(window, largest_side(model, limits), value=value, step=factor, **common)
     if name == "stride":
         return gr.Slider(1, model.window, value=value, step=1, **common)
+    if name == "window":  # a UNet's is its native size; SD3's and FLUX's may be chosen, in steps of their packing
+        step = model.geometry.window_multiple * model.vae_factor
+        if not step:
+            return gr.Number(value=value, precision=0, interactive=False, **common)
+        return gr.Number(value=value, precision=0, minimum=step, step=step, **common)
     if name == "controlnet_conditioning_scale":
         value = value[0]
     if name in SLIDER_SPANS and value is not None:
