@@ -53,21 +53,33 @@ def unsupported(what: str, kind: str) -> ValueError:
 
 def family_of_model_index(index: dict, name: str = "The model") -> str:
     """The family of a diffusers model_index.json, or a ValueError naming the supported ones. A
-    pipeline class it does not know is judged by its components: a UNet with two text encoders is
-    SDXL's shape, a UNet with one is Stable Diffusion's."""
+    pipeline class it does not know is judged by its components: a transformer by its class (SD3's or
+    FLUX's), a UNet with two text encoders is SDXL's shape, a UNet with one is Stable Diffusion's."""
     class_name = index.get("_class_name", "")
     if class_name in FAMILY_OF_CLASS:
         return FAMILY_OF_CLASS[class_name]
     if class_name in OTHER_FAMILIES:
         raise unsupported(name, f"{OTHER_FAMILIES[class_name]} ({class_name})")
     has = {component for component, value in index.items() if isinstance(value, list) and value[0] is not None}
-    if {"transformer", "vae", "text_encoder", "text_encoder_2"} <= has:
-        return SD3 if "text_encoder_3" in has else FLUX
+    if "transformer" in has:  # many transformers share these components (HunyuanDiT, HiDream): the class decides
+        transformer = index["transformer"][1] if len(index["transformer"]) > 1 else None
+        family = family_of_transformer(transformer)
+        if family is None:
+            raise unsupported(name, f"a {class_name or 'pipeline of unknown kind'} (its transformer a {transformer})")
+        return family
     if {"unet", "vae", "text_encoder", "text_encoder_2", "tokenizer_2"} <= has:
         return SDXL
     if {"unet", "vae", "text_encoder", "tokenizer"} <= has and "text_encoder_2" not in has:
         return SD
     raise unsupported(name, f"a {class_name or 'pipeline of unknown kind'}")
+
+
+def family_of_transformer(class_name: str | None) -> str | None:
+    """The family of a transformer class diffusers names in a model_index (None: not one panosync runs)."""
+    from .backbones.flow import backbone_of_transformer
+
+    backbone = backbone_of_transformer(class_name)
+    return None if backbone is None else backbone.family
 
 
 def read_model_index(folder: str | Path) -> dict:
