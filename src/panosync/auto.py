@@ -20,6 +20,10 @@ SUPPORTED_FAMILIES = (SD, SDXL, SD3, FLUX)
 # would be wrong for it: FLUX.1-dev's guidance is distilled (7.5 burns the image), SD3's is 7.
 # Every front end takes these under a model's recommended.json (settings.recommended_of).
 FAMILY_DEFAULTS = {SD3: {"guidance_scale": 7.0}, FLUX: {"guidance_scale": 3.5}}
+# The half precision `--dtype auto` takes on CUDA where not float16 (precision.pick_precision): SD3's and
+# FLUX's transformers are released in bfloat16, and FLUX's overflows float16 (diffusers documents that its
+# float16 output differs).
+HALF_PRECISION = {SD3: "bfloat16", FLUX: "bfloat16"}
 # The families whose ControlNets panosync does not run yet.
 NO_CONTROLSYNC: tuple[str, ...] = ()
 # The ControlNet class (its config's _class_name) of each family panosync runs ControlSync on.

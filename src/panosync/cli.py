@@ -180,7 +180,7 @@ def make_panorama(args: argparse.Namespace, request: dict, source: "ModelSource"
     from .precision import pick_precision
 
     device = pick_device(args.device)
-    precision = pick_precision(args.dtype, device)
+    precision = pick_precision(args.dtype, device, source.family)
     if device.type == "cpu" and computes_in_float16(precision) and not args.quiet:
         print("panosync: note: float16 on the CPU is about 10 times slower than float32 (no fast float16 "
               "convolution there); --dtype bfloat16 or float32 is faster on a CPU.", file=sys.stderr)

@@ -456,7 +456,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
     plan = make_plan(args)
     device = pick_device(args.device)
-    precision = pick_precision(args.dtype, device)
+    precision = pick_precision(args.dtype, device, plan.source.family)
     _check_metric_weights()
     todo = images_to_make(plan) if plan.images else None
     started = time.perf_counter()
