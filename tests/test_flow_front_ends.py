@@ -224,3 +224,36 @@ def test_a_model_whose_family_is_known_only_once_loaded_gets_its_familys_default
     assert read_parameters(again)["guidance_scale"] == 5
     monkeypatch.setattr("panosync.server.generation.resolve_model", family_unknown)
     assert PanoramaModel.load(str(path), device="cpu", dtype="float32").defaults["guidance_scale"] == 3.5
+
+
+def test_the_page_makes_a_chosen_windows_canvas(folder, tmp_path):
+    """Changing the window refills width, height and stride with that window's canvas, which the
+    sliders can show (from the smallest window up; stride up to the largest window), and the page
+    makes it."""
+    pytest.importorskip("gradio")
+    from panosync.server.generation import PanoramaModel
+    from panosync.server.ui import build_ui
+
+    family, path = folder
+    pipe = models.load_pipeline(str(path))
+    model = PanoramaModel(pipe, str(path), settings.model_defaults(models.resolve_model(str(path))))
+    page = build_ui(model, Limits(), tmp_path / "outputs")
+    blocks = {block.elem_id: block for block in page.blocks.values() if getattr(block, "elem_id", None)}
+    step = model.geometry.window_multiple * model.vae_factor
+    assert blocks["width"].minimum == blocks["height"].minimum == step
+    assert blocks["stride"].maximum >= (model.geometry.max_window or 4 * model.window)  # FLUX: no bound of its own
+    change = next(function for function in page.fns.values() if function.name == "canvas_of_window")
+    assert [block.elem_id for block in change.inputs] == ["window", "width", "height", "stride"]
+    assert [block.elem_id for block in change.outputs] == ["width", "height", "stride"]
+    for window in (step, blocks["stride"].maximum * model.vae_factor):
+        assert change.fn(window, 1, 2, 3) == (4 * window, window, max(1, window // model.vae_factor // 4))
+    assert change.fn(step + 1, 1, 2, 3) == (1, 2, 3)  # refused: the canvas stays, the request says why
+    generate = next(function for function in page.fns.values() if function.name == "generate")
+    values = {block.elem_id: block.value for block in generate.inputs}
+    window = 16  # neither family's default (FLUX's 256, SD3's 32 pixels here)
+    width, height, stride = change.fn(window, values["width"], values["height"], values["stride"])
+    values.update(prompt="a land", randomize=False, window=window, width=width, height=height, stride=stride,
+                  num_inference_steps=1)
+    outputs = generate.fn(*[values[block.elem_id] for block in generate.inputs], progress=lambda *a, **k: None)
+    assert PIL.Image.open(outputs[0]).size == (4 * window, window)
+    assert read_parameters(outputs[0])["window"] == window
