@@ -257,3 +257,24 @@ def test_the_page_makes_a_chosen_windows_canvas(folder, tmp_path):
     outputs = generate.fn(*[values[block.elem_id] for block in generate.inputs], progress=lambda *a, **k: None)
     assert PIL.Image.open(outputs[0]).size == (4 * window, window)
     assert read_parameters(outputs[0])["window"] == window
+
+
+def test_evaluate_gives_a_model_whose_family_is_known_only_once_loaded_its_familys_defaults(tmp_path, tiny_clip,
+                                                                                              monkeypatch):
+    """As the command does: a hub model not in the local cache (neither its shape nor its family known
+    before it loads) is evaluated with its family's guidance, unless an option sets it."""
+    pytest.importorskip("torchmetrics")
+    path = tmp_path / "flux"
+    FluxPipeline(**tiny_random_flux_components()).save_pretrained(path)
+    resolve = models.resolve_model
+    monkeypatch.setattr(models, "resolve_model",
+                        lambda model: dataclasses.replace(resolve(model), family=None, geometry=None))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("snowy mountains\n")
+    for options, expected in (([], 3.5), (["--guidance-scale", "5"], 5)):
+        out = tmp_path / f"eval{len(options)}"
+        assert main(["evaluate", "--model", str(path), "--prompts", str(prompts), "--seeds", "0-1", *CANVAS,
+                     "--steps", "1", "--methods", "syncdiffusion", "--sync-threshold", "1", "--clip-model",
+                     str(tiny_clip), "--examples", "0", "--out", str(out), "--quiet", "--dtype", "float32",
+                     *options]) == 0
+        assert read_parameters(out / "panoramas/syncdiffusion/000-seed0.png")["guidance_scale"] == expected

@@ -237,6 +237,17 @@ def recommended_of(source) -> dict:
     return {**family, **recommended}
 
 
+def family_defaults_after_loading(pipe, explicit: Iterable[str] = ()) -> dict:
+    """The defaults of a loaded pipeline's family (auto.FAMILY_DEFAULTS: FLUX's distilled guidance)
+    but those named in `explicit` (set by options, or a PNG): for a model whose family was not known
+    before it loaded (a hub model not in the local cache), which recommended_of could not give."""
+    from .auto import FAMILY_DEFAULTS, family_of_pipeline
+
+    explicit = set(explicit)
+    defaults = FAMILY_DEFAULTS.get(family_of_pipeline(pipe), {})
+    return {name: value for name, value in defaults.items() if name not in explicit}
+
+
 def model_defaults(source, control: bool = False) -> dict:
     """The defaults of every parameter for the model `source` names: its recommended settings,
     else the paper's."""
