@@ -250,6 +250,23 @@ def test_a_window_sets_the_views_and_the_dynamic_shift():
     assert pipe.window == 128  # the call's window does not outlive it
 
 
+def test_a_window_is_refused_for_what_it_is():
+    """Its type first (the Python API takes any value), and a bound it breaks named as the window's."""
+    flux = ours("flux")
+    for bad in ("32", 32.0, True):
+        with pytest.raises(settings.SettingError, match="window must be a whole number, got"):
+            flux("a land", window=bad, num_inference_steps=1, output_type="latent")
+    # alone, a large window's default canvas (four windows wide) breaks the canvas limit: the window says so
+    with pytest.raises(settings.SettingError, match="window 8192 is too large for the canvas limit: its default "
+                                                    "canvas, four windows wide, would be 32768 pixels wide, over "
+                                                    "16384; choose a window of at most 4096 pixels, or give width."):
+        flux("a land", window=8192, num_inference_steps=1, output_type="latent")
+    # below LPIPS's smallest view no sync_image_scale helps: the window's own lower bound
+    for pipe in (flux, ours("sd3")):
+        with pytest.raises(settings.SettingError, match="^window must be at least 16 pixels"):
+            pipe("a land", window=4, width=16, height=4, num_inference_steps=1, output_type="latent")
+
+
 def test_a_unet_model_takes_only_its_native_window(sync_pipe):
     with pytest.raises(ValueError, match="window must be 32 pixels for this model"):
         sync_pipe("a land", window=64, width=64, height=64, num_inference_steps=1)

@@ -75,6 +75,7 @@ def test_the_command_in_bfloat16_with_fast_modes(folder, tmp_path):
 @pytest.mark.parametrize("options, sentence", [
     (["--fast", "dpm_solver"], "dpm_solver is for the UNet models' DDPM schedule"),
     (["--window", "33"], "window must be a multiple of 4 pixels for this model, got 33."),
+    (["--window", "4"], "window must be at least 16 pixels (LPIPS-VGG compares views of 16 pixels or more), got 4."),
     (["--window", "32", "--stride", "17"], "stride must be between 1 and the window size (16 latent pixels)"),
 ])
 def test_bad_input_is_one_sentence_before_weights_load(folder, tmp_path, capsys, monkeypatch, options, sentence):
