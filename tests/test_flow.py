@@ -3,6 +3,8 @@ each family's own diffusers image; synced panoramas (3 views, loop-closed, 2-D) 
 bfloat16; the sync step pulls the views towards the anchor; the fast modes; the window parameter.
 Tiny random-weight models built from configs, offline (tiny.py)."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -213,6 +215,26 @@ def test_dpm_solver_is_refused_in_one_sentence(pipe):
     with pytest.raises(ValueError, match="dpm_solver is for the UNet models' DDPM schedule") as error:
         pipe("a land", window=WINDOW, fast_modes=["dpm_solver"], num_inference_steps=1)
     assert len(str(error.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("control", [False, True])
+def test_max_sequence_length_is_a_whole_number_up_to_512(control):
+    """diffusers refuses more than 512 T5 tokens; panosync says so in one sentence, before any model work."""
+    from panosync.control_flux import ControlSyncFluxPipeline, random_flux_controlnet_like
+    from panosync.control_sd3 import ControlSync3Pipeline, random_sd3_controlnet_like
+
+    for family in FAMILIES:
+        if control:
+            kind, like = ((ControlSync3Pipeline, random_sd3_controlnet_like) if family == "sd3" else
+                          (ControlSyncFluxPipeline, random_flux_controlnet_like))
+            parts = components(family)
+            pipe = kind(**parts, controlnet=like(parts["transformer"]))
+        else:
+            pipe = ours(family)
+        for bad in (0, 513, 32.0, "32", True, None):
+            with pytest.raises(ValueError, match=f"^max_sequence_length must be a whole number from 1 to 512 \\(the "
+                                                 f"prompt's T5 tokens\\), got {re.escape(repr(bad))}.$"):
+                pipe("a land", max_sequence_length=bad, num_inference_steps=1, output_type="latent")
 
 
 # --- the window -----------------------------------------------------------------------------------------
