@@ -237,6 +237,39 @@ def test_max_sequence_length_is_a_whole_number_up_to_512(control):
                 pipe("a land", max_sequence_length=bad, num_inference_steps=1, output_type="latent")
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("control", [False, True])
+def test_several_views_per_batch_make_the_panorama_one_view_per_batch_makes(family, control):
+    """With both guidance branches (SD3's CFG, FLUX's true CFG) and with a ControlNet: each view meets
+    its own branch's prompt in the batch (FLUX's embeddings are interleaved, not tiled)."""
+    import PIL.Image
+
+    from panosync.control_flux import ControlSyncFluxPipeline, random_flux_controlnet_like
+    from panosync.control_sd3 import ControlSync3Pipeline, random_sd3_controlnet_like
+
+    parts = components(family)
+    options = dict(negative_prompt="dull", **(dict(guidance_scale=5.0) if family == "sd3" else
+                                               dict(true_cfg_scale=2.0)))
+    if control:
+        kind, like = ((ControlSync3Pipeline, random_sd3_controlnet_like) if family == "sd3" else
+                      (ControlSyncFluxPipeline, random_flux_controlnet_like))
+        pipe = kind(**parts, controlnet=like(parts["transformer"], seed=1))
+        pixels = np.random.default_rng(0).integers(0, 256, (32, 64, 3), dtype=np.uint8)
+        options["image"] = PIL.Image.fromarray(pixels)
+    else:
+        pipe = (SyncDiffusion3Pipeline if family == "sd3" else SyncFluxPipeline)(**parts)
+    # in float64: float32 batches round differently, which the sync gradient amplifies (test_fast_modes)
+    pipe = pipe.to(torch.float64)
+    pipe.set_progress_bar_config(disable=True)
+    case = dict(width=64, height=32, window=WINDOW, stride=8, num_inference_steps=2, seed=4, output_type="latent",
+                max_sequence_length=32, **options)
+    assert len(views_for_canvas(16, 32, WINDOW // 2, 8)) == 3
+    one = pipe("a land", view_batch_size=1, **case).images
+    several = pipe("a land", view_batch_size=3, **case).images
+    assert one.dtype == torch.float64
+    torch.testing.assert_close(several, one, rtol=0, atol=1e-9)
+
+
 # --- the window -----------------------------------------------------------------------------------------
 
 
