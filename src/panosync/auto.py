@@ -24,8 +24,6 @@ FAMILY_DEFAULTS = {SD3: {"guidance_scale": 7.0}, FLUX: {"guidance_scale": 3.5}}
 # FLUX's transformers are released in bfloat16, and FLUX's overflows float16 (diffusers documents that its
 # float16 output differs).
 HALF_PRECISION = {SD3: "bfloat16", FLUX: "bfloat16"}
-# The families whose ControlNets panosync does not run yet.
-NO_CONTROLSYNC: tuple[str, ...] = ()
 # The ControlNet class (its config's _class_name) of each family panosync runs ControlSync on.
 CONTROLNET_CLASS = {SD: "ControlNetModel", SDXL: "ControlNetModel", SD3: "SD3ControlNetModel",
                     FLUX: "FluxControlNetModel"}
@@ -148,17 +146,8 @@ def family_of_pipeline(pipe) -> str:
     return next((family for kind, family in kinds if isinstance(pipe, kind)), SD)
 
 
-def check_control_family(family: str | None) -> None:
-    """A ValueError for a family whose ControlNets panosync does not run (None: not known yet)."""
-    if family in NO_CONTROLSYNC:
-        raise ValueError(f"ControlSync does not run {family} models yet: panosync control takes Stable Diffusion "
-                         f"1.x/2.x, XL and 3/3.5 models; panosync generate takes {family}.")
-
-
 def pipeline_class(family: str, control: bool = False):
     """The pipeline class of a family: SyncDiffusion's, or with `control` ControlSync's."""
-    if control:
-        check_control_family(family)
     if family == SD3:
         if control:
             from .control_sd3 import ControlSync3Pipeline

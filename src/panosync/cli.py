@@ -132,11 +132,9 @@ def control(args: argparse.Namespace) -> int:
     ControlNets, all before any weights load, then make the panorama as `generate` does."""
     from .conditions import load_condition_image, prepare_condition
     from .control import check_condition_canvas
-    from .auto import check_control_family
     from .models import check_controlnet_fits, load_control_pipeline, resolve_controlnet
 
     request, source = panorama_request(args, control=True)
-    check_control_family(source.family)
     if not request["condition"]:
         raise ValueError("Give --condition: the image the panorama follows (an edge map, or a photo with "
                          "--preprocess canny).")
