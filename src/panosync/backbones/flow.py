@@ -93,10 +93,6 @@ class FlowBackbone(Backbone):
     def network(self) -> torch.nn.Module:
         return self.pipe.transformer
 
-    @property
-    def latent_channels(self) -> int:
-        return self.pipe.vae.config.latent_channels
-
     # The geometry from the configs alone (settings.geometry_of_folder reads it before weights load).
 
     @classmethod
