@@ -20,8 +20,6 @@ from panosync.sd3 import SyncDiffusion3Pipeline
 from panosync.server.limits import Limits
 from panosync.tiny import tiny_random_flux_components, tiny_random_sd3_components
 
-from test_eval import tiny_clip  # noqa: F401 (a fixture: a random-weight CLIP folder)
-
 FAMILIES = {"sd3": (StableDiffusion3Pipeline, tiny_random_sd3_components, SyncDiffusion3Pipeline, "Stable Diffusion 3/3.5"),
             "flux": (FluxPipeline, tiny_random_flux_components, SyncFluxPipeline, "FLUX.1")}
 CANVAS = ["--window", "32", "--width", "64", "--height", "32", "--stride", "8", "--steps", "2"]
