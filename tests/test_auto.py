@@ -118,3 +118,28 @@ def test_a_vae_in_place_of_the_models_own(xl_folder, tmp_path):
     assert read_parameters(out)["vae"] == str(vae_folder)
     with pytest.raises(ValueError, match="not a diffusers VAE folder"):
         models.load_pipeline(str(xl_folder), vae=str(tmp_path))
+
+
+def test_a_transformer_of_another_family_is_one_sentence_before_weights_load(tmp_path, capsys):
+    """HunyuanDiT (like HiDream) has a transformer, a VAE and two text encoders, as SD3 and FLUX do:
+    the transformer's class, not the components, says it is neither."""
+    folder = tmp_path / "hunyuan"
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps({
+        "_class_name": "HunyuanDiTPipeline", "_diffusers_version": "0.30.0",
+        "transformer": ["diffusers", "HunyuanDiT2DModel"], "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "BertModel"], "text_encoder_2": ["transformers", "T5EncoderModel"],
+        "tokenizer": ["transformers", "BertTokenizer"], "tokenizer_2": ["transformers", "T5Tokenizer"],
+        "scheduler": ["diffusers", "DDPMScheduler"]}))
+    for part, config in (("transformer", {"_class_name": "HunyuanDiT2DModel", "sample_size": 128, "patch_size": 2}),
+                         ("vae", {"_class_name": "AutoencoderKL", "block_out_channels": [128, 256, 512, 512]}),
+                         ("scheduler", {"_class_name": "DDPMScheduler", "num_train_timesteps": 1000})):
+        (folder / part).mkdir()
+        name = "scheduler_config.json" if part == "scheduler" else "config.json"
+        (folder / part / name).write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="is a HunyuanDiTPipeline \\(its transformer a HunyuanDiT2DModel\\), which "
+                                         "panosync does not run"):
+        models.resolve_model(str(folder))
+    assert main(["generate", "a land", "--model", str(folder), "--quiet"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.endswith(SUPPORTED_SENTENCE) and len(error.splitlines()) == 1 and "Traceback" not in error

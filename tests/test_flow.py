@@ -3,6 +3,8 @@ each family's own diffusers image; synced panoramas (3 views, loop-closed, 2-D) 
 bfloat16; the sync step pulls the views towards the anchor; the fast modes; the window parameter.
 Tiny random-weight models built from configs, offline (tiny.py)."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -215,6 +217,59 @@ def test_dpm_solver_is_refused_in_one_sentence(pipe):
     assert len(str(error.value).splitlines()) == 1
 
 
+@pytest.mark.parametrize("control", [False, True])
+def test_max_sequence_length_is_a_whole_number_up_to_512(control):
+    """diffusers refuses more than 512 T5 tokens; panosync says so in one sentence, before any model work."""
+    from panosync.control_flux import ControlSyncFluxPipeline, random_flux_controlnet_like
+    from panosync.control_sd3 import ControlSync3Pipeline, random_sd3_controlnet_like
+
+    for family in FAMILIES:
+        if control:
+            kind, like = ((ControlSync3Pipeline, random_sd3_controlnet_like) if family == "sd3" else
+                          (ControlSyncFluxPipeline, random_flux_controlnet_like))
+            parts = components(family)
+            pipe = kind(**parts, controlnet=like(parts["transformer"]))
+        else:
+            pipe = ours(family)
+        for bad in (0, 513, 32.0, "32", True, None):
+            with pytest.raises(ValueError, match=f"^max_sequence_length must be a whole number from 1 to 512 \\(the "
+                                                 f"prompt's T5 tokens\\), got {re.escape(repr(bad))}.$"):
+                pipe("a land", max_sequence_length=bad, num_inference_steps=1, output_type="latent")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("control", [False, True])
+def test_several_views_per_batch_make_the_panorama_one_view_per_batch_makes(family, control):
+    """With both guidance branches (SD3's CFG, FLUX's true CFG) and with a ControlNet: each view meets
+    its own branch's prompt in the batch (FLUX's embeddings are interleaved, not tiled)."""
+    import PIL.Image
+
+    from panosync.control_flux import ControlSyncFluxPipeline, random_flux_controlnet_like
+    from panosync.control_sd3 import ControlSync3Pipeline, random_sd3_controlnet_like
+
+    parts = components(family)
+    options = dict(negative_prompt="dull", **(dict(guidance_scale=5.0) if family == "sd3" else
+                                               dict(true_cfg_scale=2.0)))
+    if control:
+        kind, like = ((ControlSync3Pipeline, random_sd3_controlnet_like) if family == "sd3" else
+                      (ControlSyncFluxPipeline, random_flux_controlnet_like))
+        pipe = kind(**parts, controlnet=like(parts["transformer"], seed=1))
+        pixels = np.random.default_rng(0).integers(0, 256, (32, 64, 3), dtype=np.uint8)
+        options["image"] = PIL.Image.fromarray(pixels)
+    else:
+        pipe = (SyncDiffusion3Pipeline if family == "sd3" else SyncFluxPipeline)(**parts)
+    # in float64: float32 batches round differently, which the sync gradient amplifies (test_fast_modes)
+    pipe = pipe.to(torch.float64)
+    pipe.set_progress_bar_config(disable=True)
+    case = dict(width=64, height=32, window=WINDOW, stride=8, num_inference_steps=2, seed=4, output_type="latent",
+                max_sequence_length=32, **options)
+    assert len(views_for_canvas(16, 32, WINDOW // 2, 8)) == 3
+    one = pipe("a land", view_batch_size=1, **case).images
+    several = pipe("a land", view_batch_size=3, **case).images
+    assert one.dtype == torch.float64
+    torch.testing.assert_close(several, one, rtol=0, atol=1e-9)
+
+
 # --- the window -----------------------------------------------------------------------------------------
 
 
@@ -248,6 +303,23 @@ def test_a_window_sets_the_views_and_the_dynamic_shift():
     # ... and the shift is one view's, whatever the panorama's size
     assert steps[1] == steps[5]
     assert pipe.window == 128  # the call's window does not outlive it
+
+
+def test_a_window_is_refused_for_what_it_is():
+    """Its type first (the Python API takes any value), and a bound it breaks named as the window's."""
+    flux = ours("flux")
+    for bad in ("32", 32.0, True):
+        with pytest.raises(settings.SettingError, match="window must be a whole number, got"):
+            flux("a land", window=bad, num_inference_steps=1, output_type="latent")
+    # alone, a large window's default canvas (four windows wide) breaks the canvas limit: the window says so
+    with pytest.raises(settings.SettingError, match="window 8192 is too large for the canvas limit: its default "
+                                                    "canvas, four windows wide, would be 32768 pixels wide, over "
+                                                    "16384; choose a window of at most 4096 pixels, or give width."):
+        flux("a land", window=8192, num_inference_steps=1, output_type="latent")
+    # below LPIPS's smallest view no sync_image_scale helps: the window's own lower bound
+    for pipe in (flux, ours("sd3")):
+        with pytest.raises(settings.SettingError, match="^window must be at least 16 pixels"):
+            pipe("a land", window=4, width=16, height=4, num_inference_steps=1, output_type="latent")
 
 
 def test_a_unet_model_takes_only_its_native_window(sync_pipe):

@@ -20,8 +20,6 @@ from panosync.sd3 import SyncDiffusion3Pipeline
 from panosync.server.limits import Limits
 from panosync.tiny import tiny_random_flux_components, tiny_random_sd3_components
 
-from test_eval import tiny_clip  # noqa: F401 (a fixture: a random-weight CLIP folder)
-
 FAMILIES = {"sd3": (StableDiffusion3Pipeline, tiny_random_sd3_components, SyncDiffusion3Pipeline, "Stable Diffusion 3/3.5"),
             "flux": (FluxPipeline, tiny_random_flux_components, SyncFluxPipeline, "FLUX.1")}
 CANVAS = ["--window", "32", "--width", "64", "--height", "32", "--stride", "8", "--steps", "2"]
@@ -75,6 +73,7 @@ def test_the_command_in_bfloat16_with_fast_modes(folder, tmp_path):
 @pytest.mark.parametrize("options, sentence", [
     (["--fast", "dpm_solver"], "dpm_solver is for the UNet models' DDPM schedule"),
     (["--window", "33"], "window must be a multiple of 4 pixels for this model, got 33."),
+    (["--window", "4"], "window must be at least 16 pixels (LPIPS-VGG compares views of 16 pixels or more), got 4."),
     (["--window", "32", "--stride", "17"], "stride must be between 1 and the window size (16 latent pixels)"),
 ])
 def test_bad_input_is_one_sentence_before_weights_load(folder, tmp_path, capsys, monkeypatch, options, sentence):
@@ -224,3 +223,57 @@ def test_a_model_whose_family_is_known_only_once_loaded_gets_its_familys_default
     assert read_parameters(again)["guidance_scale"] == 5
     monkeypatch.setattr("panosync.server.generation.resolve_model", family_unknown)
     assert PanoramaModel.load(str(path), device="cpu", dtype="float32").defaults["guidance_scale"] == 3.5
+
+
+def test_the_page_makes_a_chosen_windows_canvas(folder, tmp_path):
+    """Changing the window refills width, height and stride with that window's canvas, which the
+    sliders can show (from the smallest window up; stride up to the largest window), and the page
+    makes it."""
+    pytest.importorskip("gradio")
+    from panosync.server.generation import PanoramaModel
+    from panosync.server.ui import build_ui
+
+    family, path = folder
+    pipe = models.load_pipeline(str(path))
+    model = PanoramaModel(pipe, str(path), settings.model_defaults(models.resolve_model(str(path))))
+    page = build_ui(model, Limits(), tmp_path / "outputs")
+    blocks = {block.elem_id: block for block in page.blocks.values() if getattr(block, "elem_id", None)}
+    step = model.geometry.window_multiple * model.vae_factor
+    assert blocks["width"].minimum == blocks["height"].minimum == step
+    assert blocks["stride"].maximum >= (model.geometry.max_window or 4 * model.window)  # FLUX: no bound of its own
+    change = next(function for function in page.fns.values() if function.name == "canvas_of_window")
+    assert [block.elem_id for block in change.inputs] == ["window", "width", "height", "stride"]
+    assert [block.elem_id for block in change.outputs] == ["width", "height", "stride"]
+    for window in (step, blocks["stride"].maximum * model.vae_factor):
+        assert change.fn(window, 1, 2, 3) == (4 * window, window, max(1, window // model.vae_factor // 4))
+    assert change.fn(step + 1, 1, 2, 3) == (1, 2, 3)  # refused: the canvas stays, the request says why
+    generate = next(function for function in page.fns.values() if function.name == "generate")
+    values = {block.elem_id: block.value for block in generate.inputs}
+    window = 16  # neither family's default (FLUX's 256, SD3's 32 pixels here)
+    width, height, stride = change.fn(window, values["width"], values["height"], values["stride"])
+    values.update(prompt="a land", randomize=False, window=window, width=width, height=height, stride=stride,
+                  num_inference_steps=1)
+    outputs = generate.fn(*[values[block.elem_id] for block in generate.inputs], progress=lambda *a, **k: None)
+    assert PIL.Image.open(outputs[0]).size == (4 * window, window)
+    assert read_parameters(outputs[0])["window"] == window
+
+
+def test_evaluate_gives_a_model_whose_family_is_known_only_once_loaded_its_familys_defaults(tmp_path, tiny_clip,
+                                                                                              monkeypatch):
+    """As the command does: a hub model not in the local cache (neither its shape nor its family known
+    before it loads) is evaluated with its family's guidance, unless an option sets it."""
+    pytest.importorskip("torchmetrics")
+    path = tmp_path / "flux"
+    FluxPipeline(**tiny_random_flux_components()).save_pretrained(path)
+    resolve = models.resolve_model
+    monkeypatch.setattr(models, "resolve_model",
+                        lambda model: dataclasses.replace(resolve(model), family=None, geometry=None))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("snowy mountains\n")
+    for options, expected in (([], 3.5), (["--guidance-scale", "5"], 5)):
+        out = tmp_path / f"eval{len(options)}"
+        assert main(["evaluate", "--model", str(path), "--prompts", str(prompts), "--seeds", "0-1", *CANVAS,
+                     "--steps", "1", "--methods", "syncdiffusion", "--sync-threshold", "1", "--clip-model",
+                     str(tiny_clip), "--examples", "0", "--out", str(out), "--quiet", "--dtype", "float32",
+                     *options]) == 0
+        assert read_parameters(out / "panoramas/syncdiffusion/000-seed0.png")["guidance_scale"] == expected

@@ -20,8 +20,10 @@ SUPPORTED_FAMILIES = (SD, SDXL, SD3, FLUX)
 # would be wrong for it: FLUX.1-dev's guidance is distilled (7.5 burns the image), SD3's is 7.
 # Every front end takes these under a model's recommended.json (settings.recommended_of).
 FAMILY_DEFAULTS = {SD3: {"guidance_scale": 7.0}, FLUX: {"guidance_scale": 3.5}}
-# The families whose ControlNets panosync does not run yet.
-NO_CONTROLSYNC: tuple[str, ...] = ()
+# The half precision `--dtype auto` takes on CUDA where not float16 (precision.pick_precision): SD3's and
+# FLUX's transformers are released in bfloat16, and FLUX's overflows float16 (diffusers documents that its
+# float16 output differs).
+HALF_PRECISION = {SD3: "bfloat16", FLUX: "bfloat16"}
 # The ControlNet class (its config's _class_name) of each family panosync runs ControlSync on.
 CONTROLNET_CLASS = {SD: "ControlNetModel", SDXL: "ControlNetModel", SD3: "SD3ControlNetModel",
                     FLUX: "FluxControlNetModel"}
@@ -53,21 +55,33 @@ def unsupported(what: str, kind: str) -> ValueError:
 
 def family_of_model_index(index: dict, name: str = "The model") -> str:
     """The family of a diffusers model_index.json, or a ValueError naming the supported ones. A
-    pipeline class it does not know is judged by its components: a UNet with two text encoders is
-    SDXL's shape, a UNet with one is Stable Diffusion's."""
+    pipeline class it does not know is judged by its components: a transformer by its class (SD3's or
+    FLUX's), a UNet with two text encoders is SDXL's shape, a UNet with one is Stable Diffusion's."""
     class_name = index.get("_class_name", "")
     if class_name in FAMILY_OF_CLASS:
         return FAMILY_OF_CLASS[class_name]
     if class_name in OTHER_FAMILIES:
         raise unsupported(name, f"{OTHER_FAMILIES[class_name]} ({class_name})")
     has = {component for component, value in index.items() if isinstance(value, list) and value[0] is not None}
-    if {"transformer", "vae", "text_encoder", "text_encoder_2"} <= has:
-        return SD3 if "text_encoder_3" in has else FLUX
+    if "transformer" in has:  # many transformers share these components (HunyuanDiT, HiDream): the class decides
+        transformer = index["transformer"][1] if len(index["transformer"]) > 1 else None
+        family = family_of_transformer(transformer)
+        if family is None:
+            raise unsupported(name, f"a {class_name or 'pipeline of unknown kind'} (its transformer a {transformer})")
+        return family
     if {"unet", "vae", "text_encoder", "text_encoder_2", "tokenizer_2"} <= has:
         return SDXL
     if {"unet", "vae", "text_encoder", "tokenizer"} <= has and "text_encoder_2" not in has:
         return SD
     raise unsupported(name, f"a {class_name or 'pipeline of unknown kind'}")
+
+
+def family_of_transformer(class_name: str | None) -> str | None:
+    """The family of a transformer class diffusers names in a model_index (None: not one panosync runs)."""
+    from .backbones.flow import backbone_of_transformer
+
+    backbone = backbone_of_transformer(class_name)
+    return None if backbone is None else backbone.family
 
 
 def read_model_index(folder: str | Path) -> dict:
@@ -132,17 +146,8 @@ def family_of_pipeline(pipe) -> str:
     return next((family for kind, family in kinds if isinstance(pipe, kind)), SD)
 
 
-def check_control_family(family: str | None) -> None:
-    """A ValueError for a family whose ControlNets panosync does not run (None: not known yet)."""
-    if family in NO_CONTROLSYNC:
-        raise ValueError(f"ControlSync does not run {family} models yet: panosync control takes Stable Diffusion "
-                         f"1.x/2.x, XL and 3/3.5 models; panosync generate takes {family}.")
-
-
 def pipeline_class(family: str, control: bool = False):
     """The pipeline class of a family: SyncDiffusion's, or with `control` ControlSync's."""
-    if control:
-        check_control_family(family)
     if family == SD3:
         if control:
             from .control_sd3 import ControlSync3Pipeline

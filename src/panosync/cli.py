@@ -132,11 +132,9 @@ def control(args: argparse.Namespace) -> int:
     ControlNets, all before any weights load, then make the panorama as `generate` does."""
     from .conditions import load_condition_image, prepare_condition
     from .control import check_condition_canvas
-    from .auto import check_control_family
     from .models import check_controlnet_fits, load_control_pipeline, resolve_controlnet
 
     request, source = panorama_request(args, control=True)
-    check_control_family(source.family)
     if not request["condition"]:
         raise ValueError("Give --condition: the image the panorama follows (an edge map, or a photo with "
                          "--preprocess canny).")
@@ -180,7 +178,7 @@ def make_panorama(args: argparse.Namespace, request: dict, source: "ModelSource"
     from .precision import pick_precision
 
     device = pick_device(args.device)
-    precision = pick_precision(args.dtype, device)
+    precision = pick_precision(args.dtype, device, source.family)
     if device.type == "cpu" and computes_in_float16(precision) and not args.quiet:
         print("panosync: note: float16 on the CPU is about 10 times slower than float32 (no fast float16 "
               "convolution there); --dtype bfloat16 or float32 is faster on a CPU.", file=sys.stderr)
@@ -196,7 +194,12 @@ def make_panorama(args: argparse.Namespace, request: dict, source: "ModelSource"
     if source.geometry is None:  # a hub model or a checkpoint file: its shape is known only now
         request.update(settings.fill_canvas(request, settings.geometry_of_pipeline(pipe)))
     if source.family is None:  # a hub model first seen now: its family's defaults, where nothing else set them
-        request.update(family_defaults_after_loading(args, pipe))
+        explicit = set(settings.given_options(args))
+        if args.from_png:
+            from .metadata import read_parameters
+
+            explicit |= set(settings.stored_parameters(read_parameters(args.from_png)))
+        request.update(settings.family_defaults_after_loading(pipe, explicit))
     generation = {name: request[name] for name in settings.PIPELINE_NAMES}
     result = pipe(**generation, **(inputs or {}))
     image = result.images[0]
@@ -205,20 +208,6 @@ def make_panorama(args: argparse.Namespace, request: dict, source: "ModelSource"
     seconds = time.perf_counter() - started
     print(f"wrote {out} ({image.width}x{image.height}, seed {request['seed']}, {seconds:.1f} s)")
     return 0
-
-
-def family_defaults_after_loading(args: argparse.Namespace, pipe) -> dict:
-    """The defaults of a loaded pipeline's family (auto.FAMILY_DEFAULTS: FLUX's distilled guidance)
-    that neither the options nor the PNG of --from-png set: for a model whose family was not known
-    before it loaded (a hub model not in the local cache)."""
-    from .auto import FAMILY_DEFAULTS, family_of_pipeline
-    from .metadata import read_parameters
-
-    explicit = set(settings.given_options(args))
-    if args.from_png:
-        explicit |= set(settings.stored_parameters(read_parameters(args.from_png)))
-    defaults = FAMILY_DEFAULTS.get(family_of_pipeline(pipe), {})
-    return {name: value for name, value in defaults.items() if name not in explicit}
 
 
 # The packages of each extra (pyproject.toml), by the name they are imported as.

@@ -21,6 +21,7 @@ import torch
 from diffusers import FluxControlNetModel, FluxTransformer2DModel
 from diffusers.models.controlnets.controlnet_flux import FluxMultiControlNetModel
 
+from .backbones.flow import check_max_sequence_length
 from .backbones.flux import T5_TOKENS, pack
 from .control import ControlSyncPipeline
 from .flux import DEFAULT_FLUX_GUIDANCE, SyncFluxPipeline, check_true_cfg_scale
@@ -65,6 +66,7 @@ class ControlSyncFluxPipeline(ControlSyncPipeline, SyncFluxPipeline):
         """ControlSyncPipeline's call with SyncFluxPipeline's options: `guidance_scale` the distilled
         guidance (default 3.5, diffusers'), `true_cfg_scale`, `max_sequence_length`."""
         check_true_cfg_scale(true_cfg_scale)
+        check_max_sequence_length(max_sequence_length)
         parameters.setdefault("guidance_scale", DEFAULT_FLUX_GUIDANCE)
         return ControlSyncPipeline.__call__(self, prompt, image, true_cfg_scale=true_cfg_scale,
                                             max_sequence_length=max_sequence_length, **parameters)

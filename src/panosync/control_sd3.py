@@ -22,6 +22,7 @@ from diffusers.models.controlnets.controlnet_sd3 import SD3MultiControlNetModel
 
 from .control import ControlSyncPipeline
 from .pipeline import ViewConditioning
+from .backbones.flow import check_max_sequence_length
 from .backbones.sd3 import T5_TOKENS
 from .sd3 import DEFAULT_SD3_GUIDANCE, SyncDiffusion3Pipeline
 from .views import crop
@@ -64,6 +65,7 @@ class ControlSync3Pipeline(ControlSyncPipeline, SyncDiffusion3Pipeline):
     def __call__(self, prompt: str, image=None, *, max_sequence_length: int = T5_TOKENS, **parameters):
         """ControlSyncPipeline's call with SyncDiffusion3Pipeline's options: `guidance_scale`
         default 7 (diffusers'), `max_sequence_length`."""
+        check_max_sequence_length(max_sequence_length)
         parameters.setdefault("guidance_scale", DEFAULT_SD3_GUIDANCE)
         return ControlSyncPipeline.__call__(self, prompt, image, max_sequence_length=max_sequence_length,
                                             **parameters)

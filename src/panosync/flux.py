@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 from diffusers import DiffusionPipeline
 
+from .backbones.flow import check_max_sequence_length
 from .backbones.flux import T5_TOKENS, FluxBackbone
 from .pipeline import SyncDiffusionPipeline
 
@@ -65,6 +66,7 @@ class SyncFluxPipeline(SyncDiffusionPipeline):
         FluxPipeline's option. `max_sequence_length`: T5's tokens (diffusers' 512).
         """
         check_true_cfg_scale(true_cfg_scale)
+        check_max_sequence_length(max_sequence_length)
         parameters.setdefault("guidance_scale", DEFAULT_FLUX_GUIDANCE)
         request = self.make_request(prompt=prompt, **parameters)
         options = dict(max_sequence_length=max_sequence_length, true_cfg_scale=true_cfg_scale)

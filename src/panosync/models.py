@@ -49,7 +49,7 @@ class ModelSource:
     kind: str  # "bundled", "folder", "file" or "hub"
     ref: str
     geometry: Geometry | None = None  # read from the configs, when they can be before loading
-    family: str | None = None  # auto.py's SD or SDXL; None: a hub model not in the cache, known when loaded
+    family: str | None = None  # auto.py's SD, SDXL, SD3 or FLUX; None: a hub model not in the cache, known when loaded
     controlnet_class: str | None = None  # a ControlNet folder's model class (its config's _class_name)
 
     @property
@@ -319,21 +319,20 @@ def load_controlnet(source: ModelSource | str, base: SyncDiffusionPipeline, dtyp
 def load_control_pipeline(source: ModelSource | str, controlnets: list[ModelSource | str],
                           device: torch.device | str = "cpu", precision: Precision | torch.dtype = torch.float32,
                           config: str | None = None, vae: str | None = None):
-    """The ControlSync pipeline of the base model's family (ControlSyncPipeline, ControlSyncXLPipeline):
-    the base model as `load_pipeline` loads it, with one or several ControlNets."""
-    from .auto import check_control_family, family_of_pipeline
+    """The ControlSync pipeline of the base model's family (ControlSyncPipeline, ControlSyncXLPipeline,
+    ControlSync3Pipeline, ControlSyncFluxPipeline): the base model as `load_pipeline` loads it, with
+    one or several ControlNets."""
+    from .auto import family_of_pipeline
 
     precision = as_precision(precision)
     if isinstance(source, str):
         source = resolve_model(source)
-    check_control_family(source.family)  # before any weights load
     for index, controlnet in enumerate(controlnets):
         if isinstance(controlnet, ModelSource):
             check_controlnet_fits(controlnet, source.family, f"ControlNet {index}" if len(controlnets) > 1 else
                                   "The ControlNet")
     base = load_pipeline(source, "cpu", precision.weights, config=config, vae=vae)
     family = family_of_pipeline(base)
-    check_control_family(family)  # a hub model's family is known only once loaded
     nets = [load_controlnet(controlnet, base, precision.weights) for controlnet in controlnets]
     # what the base's config holds besides its components (SDXL's force_zeros_for_empty_prompt)
     settings = {name: base.config[name] for name in ("force_zeros_for_empty_prompt",) if name in base.config}

@@ -564,7 +564,8 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         `sampler` gives x̂₀ (default: this pipeline's scheduler, its timesteps set).
 
         Faithful: the gradient flows through the VAE decoder, x̂₀ and the UNet. With the fast mode
-        no_unet_backward the UNet runs without autograd, so ε̂ is a constant and ∂x̂₀/∂x = 1/√ᾱ_t.
+        no_unet_backward the UNet runs without autograd, so ε̂ is a constant and ∂x̂₀/∂x = 1/√ᾱ_t
+        (for the flow families, whose v̂ is then the constant: x̂₀ = x − σ·v̂, so ∂x̂₀/∂x = 1).
         """
         made = {}
         if not hasattr(sampler, "predicted_original"):  # a bare scheduler (older callers), or None: this pipeline's

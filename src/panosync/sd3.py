@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 from diffusers import DiffusionPipeline
 
+from .backbones.flow import check_max_sequence_length
 from .backbones.sd3 import T5_TOKENS, StableDiffusion3Backbone
 from .pipeline import SyncDiffusionPipeline
 
@@ -58,6 +59,7 @@ class SyncDiffusion3Pipeline(SyncDiffusionPipeline):
         `guidance_scale` defaults to 7, diffusers' StableDiffusion3Pipeline's; at 1 or less the
         negative branch is not run, as there. `max_sequence_length`: T5's tokens (diffusers' 256).
         """
+        check_max_sequence_length(max_sequence_length)
         parameters.setdefault("guidance_scale", DEFAULT_SD3_GUIDANCE)
         request = self.make_request(prompt=prompt, **parameters)
         options = dict(max_sequence_length=max_sequence_length)

@@ -84,7 +84,10 @@ class Geometry:
     def with_window(self, pixels: int | None) -> "Geometry":
         """This geometry with the window `pixels` wide (checked: a SettingError that says what to
         give); itself for None."""
-        if pixels is None or pixels == self.window_pixels:
+        if pixels is None:
+            return self
+        _check_one(BY_NAME["window"], pixels)  # a whole number first: "32", 32.0 or True is no window
+        if pixels == self.window_pixels:
             return self
         if not self.window_multiple:
             raise SettingError("window", f"window must be {self.window_pixels} pixels for this model (its UNet's "
@@ -237,6 +240,17 @@ def recommended_of(source) -> dict:
     return {**family, **recommended}
 
 
+def family_defaults_after_loading(pipe, explicit: Iterable[str] = ()) -> dict:
+    """The defaults of a loaded pipeline's family (auto.FAMILY_DEFAULTS: FLUX's distilled guidance)
+    but those named in `explicit` (set by options, or a PNG): for a model whose family was not known
+    before it loaded (a hub model not in the local cache), which recommended_of could not give."""
+    from .auto import FAMILY_DEFAULTS, family_of_pipeline
+
+    explicit = set(explicit)
+    defaults = FAMILY_DEFAULTS.get(family_of_pipeline(pipe), {})
+    return {name: value for name, value in defaults.items() if name not in explicit}
+
+
 def model_defaults(source, control: bool = False) -> dict:
     """The defaults of every parameter for the model `source` names: its recommended settings,
     else the paper's."""
@@ -374,6 +388,12 @@ def _check_geometry(values: dict, geometry: Geometry) -> None:
     if steps is not None and steps > geometry.max_steps:
         raise SettingError("num_inference_steps", f"num_inference_steps must be at most {geometry.max_steps} with "
                                                   f"this model's scheduler, got {steps}.")
+    if geometry.window_multiple and geometry.window_pixels < SMALLEST_LPIPS_SIDE:
+        # no sync_image_scale (at most 1) helps a window below LPIPS's smallest: name the window's own bound
+        step = geometry.window_multiple * factor
+        lowest = -(-SMALLEST_LPIPS_SIDE // step) * step
+        raise SettingError("window", f"window must be at least {lowest} pixels (LPIPS-VGG compares views of "
+                                     f"{SMALLEST_LPIPS_SIDE} pixels or more), got {geometry.window_pixels}.")
     scale = values.get("sync_image_scale")
     if scale is not None and round(geometry.window_pixels * scale) < SMALLEST_LPIPS_SIDE:
         smallest = SMALLEST_LPIPS_SIDE / geometry.window_pixels
@@ -395,6 +415,12 @@ def fill_canvas(values: dict, geometry: Geometry) -> dict:
     Diffusion 2 base, the paper's). ControlSync's canvas is the condition's, set before this."""
     geometry = geometry.with_window(values.get("window"))
     canvas = dict(window=geometry.window_pixels, **canvas_defaults(geometry.window, geometry.vae_factor))
+    if values.get("width") is None and canvas["width"] > MAX_SIDE:  # the window's fault, not the width's
+        step = max(geometry.window_multiple, 1) * geometry.vae_factor
+        largest = MAX_SIDE // 4 // step * step
+        raise SettingError("window", f"window {geometry.window_pixels} is too large for the canvas limit: its default "
+                                     f"canvas, four windows wide, would be {canvas['width']} pixels wide, over "
+                                     f"{MAX_SIDE}; choose a window of at most {largest} pixels, or give width.")
     return {**values, **{name: value for name, value in canvas.items() if values.get(name) is None}}
 
 

@@ -31,6 +31,17 @@ from .base import Backbone
 DPM_SOLVER_REFUSED = ("dpm_solver", "fast_modes: dpm_solver is for the UNet models' DDPM schedule; SD3 and FLUX step "
                                     "with their own flow-matching Euler scheduler: leave dpm_solver out.")
 
+# The most T5 tokens a prompt may take: diffusers' SD3 and FLUX pipelines refuse more.
+MOST_T5_TOKENS = 512
+
+
+def check_max_sequence_length(max_sequence_length) -> None:
+    """A ValueError unless `max_sequence_length` (the prompt's T5 tokens) is a whole number 1..512."""
+    if isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int) or \
+            not 1 <= max_sequence_length <= MOST_T5_TOKENS:
+        raise ValueError(f"max_sequence_length must be a whole number from 1 to {MOST_T5_TOKENS} (the prompt's T5 "
+                         f"tokens), got {max_sequence_length!r}.")
+
 
 def shift_of(scheduler_config, tokens: int, default_max_shift: float) -> float:
     """μ, the dynamic shift of a schedule for an image of `tokens` tokens: linear in the token count
@@ -81,10 +92,6 @@ class FlowBackbone(Backbone):
     @property
     def network(self) -> torch.nn.Module:
         return self.pipe.transformer
-
-    @property
-    def latent_channels(self) -> int:
-        return self.pipe.vae.config.latent_channels
 
     # The geometry from the configs alone (settings.geometry_of_folder reads it before weights load).
 

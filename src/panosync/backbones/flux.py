@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..auto import FLUX
 from .base import PromptConditioning
 from .flow import FlowBackbone, expand_timestep
 
@@ -61,6 +62,7 @@ def position_ids(height: int, width: int, device, dtype) -> torch.Tensor:
 
 
 class FluxBackbone(FlowBackbone):
+    family = FLUX
     @classmethod
     def window_of(cls, transformer_config) -> int:
         return DEFAULT_WINDOW

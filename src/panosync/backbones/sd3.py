@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..auto import SD3
 from .base import PromptConditioning
 from .flow import FlowBackbone, expand_timestep
 
@@ -30,6 +31,7 @@ class SD3Conditioning(PromptConditioning):
 
 
 class StableDiffusion3Backbone(FlowBackbone):
+    family = SD3
     default_max_shift = 1.16
 
     @classmethod

@@ -456,7 +456,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
     plan = make_plan(args)
     device = pick_device(args.device)
-    precision = pick_precision(args.dtype, device)
+    precision = pick_precision(args.dtype, device, plan.source.family)
     _check_metric_weights()
     todo = images_to_make(plan) if plan.images else None
     started = time.perf_counter()
@@ -466,6 +466,9 @@ def evaluate(args: argparse.Namespace) -> int:
         if getattr(args, "gradient_checkpointing", False):
             pipe.enable_sync_checkpointing()
         if todo is None:  # a hub model or checkpoint file: its shape is known only now
+            if plan.source.family is None:  # and a hub model's family: its defaults, where no option set them
+                defaults = settings.family_defaults_after_loading(pipe, settings.given_options(args))
+                plan.shared.update({name: value for name, value in defaults.items() if name in plan.shared})
             settle_canvas(plan, settings.geometry_of_pipeline(pipe))
             todo = images_to_make(plan)
         size = plan.shared.get("window") or pipe.window * pipe.vae_factor

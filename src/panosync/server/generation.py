@@ -70,7 +70,7 @@ class PanoramaModel:
         source = resolve_model(model)
         controlnet_sources = [resolve_controlnet(controlnet) for controlnet in controlnets or []]
         device = pick_device(device)
-        precision = pick_precision(dtype, device)
+        precision = pick_precision(dtype, device, source.family)
         if not controlnets:
             pipe = load_pipeline(source, device, precision, config=model_config, vae=vae)
         else:
