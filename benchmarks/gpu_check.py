@@ -16,6 +16,12 @@ speed        at 512×2048, then (last, with whatever time is left) 512×3072, fl
              StableDiffusionPanoramaPipeline and each fast mode of speed.py's `modes()`.
 memory       the peak memory of one synced step (faithful mode, float16) and of the final decode
              (tiled and in one piece) at 512×8192 and 2048×2048.
+backbones    other families' architectures with random weights, in the precision their users run
+             (SDXL base: float16, 1024×4096 and 2048×2048 at a quarter-window stride): seconds per
+             synced and per plain step of faithful mode, and the peak memory of the whole panorama.
+flow transformers  (flow_check.py; last, with the time left, or alone: --only flow) SD3.5 medium's
+             and FLUX.1-dev's architectures in bfloat16 at 1024×4096: seconds per synced and plain
+             step, faithful and no_unet_backward, and each run's peak memory.
 
 Per-step times: every panorama of the speed parts takes a few steps, synced in the first half; each
 step is timed (the device synchronised in callback_on_step_end) and the median of the synced and of
@@ -54,13 +60,33 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "src"), str(HERE.parent / "tests")]
 
 from speed import (  # noqa: E402
-    PROMPT, diffusers_panorama, modes, peak_memory, reset_peak_memory, sd2_base_components, taesd_shaped_decoder,
-    write_atomically,
+    PROMPT, diffusers_panorama, modes, peak_memory, reset_peak_memory, sd2_base_components, sdxl_base_components,
+    taesd_shaped_decoder, write_atomically,
 )
 
 GIB = 2**30
 TARGET_BYTES = 24 * 10**9  # "within 24 GB": a 24 GB card, less room for the CUDA context and the allocator's cache
 TARGET_SPEEDUP = 3.0  # faithful mode (best chunk) against the reference order, per synced step, float16
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """Another family's architecture, measured in the backbones part."""
+
+    name: str
+    build: Callable[[bool], object]  # smoke -> the family's SyncDiffusion pipeline, random weights, on the CPU
+    precision: str
+    canvases: tuple[tuple[int, int], ...]  # (height, width) in pixels
+    stride: int  # latent pixels between views
+    # FLOPs of a synced and of a plain view-step against SD 2 base's (benchmarks/COST.md), to judge what fits
+    synced_cost: float
+    plain_cost: float
+
+
+def sdxl_pipeline(smoke: bool):
+    from panosync.xl import SyncDiffusionXLPipeline
+
+    return SyncDiffusionXLPipeline(**sdxl_base_components(smoke))
 
 
 @dataclass(frozen=True)
@@ -88,6 +114,8 @@ class Plan:
     # ~120 TFLOP/s; smoke: measured on a 2-core CPU).
     synced_view_s: float = 0.12
     plain_view_s: float = 0.015
+    backbones: tuple[Backbone, ...] = ()
+    backbone_steps: int = 3  # each synced in the first 2: one synced step timed (the first is left out), one plain
 
 
 def gpu_plan(deadline_s: float) -> Plan:
@@ -95,7 +123,9 @@ def gpu_plan(deadline_s: float) -> Plan:
                 chunks=(16, 8, 4, 1), correctness_width=2048, correctness_steps=20, correctness_synced=4,
                 precisions=("float16", "autocast", "bfloat16"), speed_precision="float16",
                 memory_canvases=((512, 8192), (2048, 2048)), deadline_s=deadline_s,
-                budgets={"correctness": 90, "gradient": 40, "speed 512x2048": 110, "memory": 80})
+                budgets={"correctness": 90, "gradient": 40, "speed 512x2048": 110, "memory": 80, "backbones": 100},
+                backbones=(Backbone("SDXL base", sdxl_pipeline, "float16", ((1024, 4096), (2048, 2048)), stride=32,
+                                    synced_cost=6.2, plain_cost=8.4),))
 
 
 def smoke_plan(deadline_s: float) -> Plan:
@@ -106,7 +136,9 @@ def smoke_plan(deadline_s: float) -> Plan:
     return Plan(smoke=True, device="cpu", height=128, speed_widths=(192, 256), stride=8, steps=3, synced_steps=2,
                 chunks=(4, 1), correctness_width=192, correctness_steps=3, correctness_synced=2,
                 precisions=("bfloat16",), speed_precision="float32",
-                memory_canvases=((128, 256), (192, 192)), deadline_s=deadline_s, synced_view_s=1.0, plain_view_s=0.05)
+                memory_canvases=((128, 256), (192, 192)), deadline_s=deadline_s, synced_view_s=1.0, plain_view_s=0.05,
+                backbones=(Backbone("SDXL (tiny)", sdxl_pipeline, "float32", ((128, 256), (192, 192)), stride=8,
+                                    synced_cost=1.0, plain_cost=1.0),))
 
 
 # ------------------------------------------------------------------------------------- the clock
@@ -338,12 +370,13 @@ def image_figures(image) -> dict:
 
 
 def run_pipeline(pipe, plan: Plan, height: int, width: int, steps: int, synced: int | None, autocast=None,
-                 **options) -> tuple[dict, np.ndarray]:
+                 stride: int | None = None, **options) -> tuple[dict, np.ndarray]:
     """One panorama of our pipeline, timed step by step. `synced`: sync in the first this many steps
-    (None: every step); options go to the call (sync_weight, view_batch_size, fast modes...)."""
+    (None: every step); `stride` defaults to the plan's; options go to the call (sync_weight,
+    view_batch_size, fast modes...)."""
     times = StepTimes(plan.device)
     with computing_in(pipe, autocast):
-        image = pipe(PROMPT, width=width, height=height, stride=plan.stride, num_inference_steps=steps,
+        image = pipe(PROMPT, width=width, height=height, stride=stride or plan.stride, num_inference_steps=steps,
                      sync_threshold=synced, latents=canvas_noise(pipe, height, width).to(plan.device),
                      output_type="np", callback_on_step_end=times.mark, **options).images[0]
     synced_count = 0 if options.get("sync_weight") == 0 else (steps if synced is None else min(synced, steps))
@@ -530,8 +563,12 @@ class Check:
         first, *others = plan.speed_widths
         self.part(f"speed {plan.height}x{first}", lambda: self.speed(first))
         self.part("memory", self.memory)
+        self.part("backbones", self.backbones)
         for width in others:
             self.part(f"speed {plan.height}x{width}", lambda width=width: self.speed(width))
+        # SD3.5 medium and FLUX.1 (flow_check.py): last, with the SD pipelines dropped; alone with --only flow
+        self.drop_pipelines(keep=None)
+        self.part("flow transformers", self.flow)
         self.report.data["finished"] = True
         self.report.save()
 
@@ -550,6 +587,11 @@ class Check:
             f"{time.perf_counter() - started:.1f} s; UNet "
             f"{sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.0f} M parameters, window {pipe.window} latents, "
             f"VAE factor {pipe.vae_factor}")
+
+    def flow(self) -> None:
+        import flow_check
+
+        flow_check.flow_part(self)
 
     def speed_pipeline(self):
         return self.pipelines[precision_of(self.plan.speed_precision, self.plan.device)[0]]
@@ -748,6 +790,68 @@ class Check:
         self.part_data["largest_chunk_within_24GB"] = largest_chunk_within(self.part_data["runs"], TARGET_BYTES)
         self.report.save()
 
+    def backbones(self) -> None:
+        """Each other family's architecture alone on the device (the SD 2 pipelines wait on the CPU, so
+        that the peak is the family's own): a panorama per canvas, timed step by step, its peak memory."""
+        plan = self.plan
+        parked = list(self.pipelines.values())
+        for pipe in parked:
+            pipe.to("cpu")
+        free_memory(plan.device)
+        try:
+            for family in plan.backbones:
+                self.backbone(family)
+                free_memory(plan.device)  # the family's pipeline went with backbone()'s frame
+        finally:
+            for pipe in parked:
+                pipe.to(plan.device)
+
+    def backbone(self, family: Backbone) -> None:
+        plan = self.plan
+        weights, autocast = precision_of(family.precision, plan.device)
+        steps, synced = plan.backbone_steps, plan.backbone_steps - 1
+        built = {}
+
+        def build() -> dict:
+            started = time.perf_counter()
+            try:  # weights initialised on the device: tens of seconds faster than on a CPU for SDXL's 2.6 G
+                with torch.device(plan.device):
+                    pipe = family.build(plan.smoke)
+            except Exception:  # some constructor does not honour the default device: build on the CPU, move
+                pipe = family.build(plan.smoke)
+            pipe = pipe.to(plan.device, weights)
+            pipe.set_progress_bar_config(disable=True)
+            pipe.perceptual_distance()
+            built["pipe"] = pipe
+            return dict(seconds=time.perf_counter() - started, finite=True,
+                        unet_parameters=sum(p.numel() for p in pipe.unet.parameters()))
+
+        self.attempt(f"{family.name}: build, {family.precision}", 60 if not plan.smoke else 20, build,
+                     family=family.name, what="build")
+        pipe = built.get("pipe")
+        if pipe is None:
+            return
+        self.part_data["notes"].append(
+            f"{family.name}: {family.precision}, window {pipe.window} latents ({pipe.window * pipe.vae_factor} px), "
+            f"stride {family.stride}; each panorama {steps} DDIM steps synced in the first {synced}, faithful mode at "
+            f"the device's view batch size; peak = the whole panorama's, its weights included")
+
+        def panorama(height: int, width: int) -> Callable[[], dict]:
+            def work() -> dict:
+                held = reset_peak_memory(plan.device)
+                row, _ = run_pipeline(pipe, plan, height, width, steps, synced, autocast, stride=family.stride)
+                return dict(row, peak_bytes=peak_memory(plan.device), held_before_bytes=held)
+
+            return work
+
+        for height, width in family.canvases:
+            views = view_count(pipe, height, width, family.stride)
+            expected = views * (synced * family.synced_cost * self.costs.synced_view_s
+                                + (steps - synced) * family.plain_cost * self.costs.plain_view_s) + 10
+            self.attempt(f"{family.name} {height}×{width}, {views} views", expected, panorama(height, width),
+                         family=family.name, what="panorama", canvas=f"{height}x{width}", views=views,
+                         precision=family.precision)
+
 
 def largest_chunk_within(runs: list[dict], limit: int) -> dict | None:
     """Memory grows linearly with the views per call: from two synced-step peaks of one canvas, the
@@ -825,6 +929,12 @@ def markdown(data: dict) -> str:
             lines += speed_table(runs, part)
         elif name == "memory":
             lines += memory_table(runs, part)
+        elif name == "backbones":
+            lines += backbones_table(runs)
+        elif name.startswith("flow"):
+            import flow_check
+
+            lines += flow_check.flow_table(runs)
         failed = [row for row in runs if row.get("error")]
         lines += [f"- failed: {row['run']}: {row['error'][:500]}" for row in failed]
         lines += [f"- skipped: {row['run']}: {row['reason']}" for row in part.get("skipped", [])]
@@ -942,6 +1052,19 @@ def memory_table(runs: list[dict], part: dict) -> list[str]:
     return lines + [""]
 
 
+def backbones_table(runs: list[dict]) -> list[str]:
+    lines = ["| family | canvas | views | synced step (s) | plain step (s) | final decode (s) | peak memory |",
+             "|---|---|---|---|---|---|---|"]
+    for row in runs:
+        if row.get("what") != "panorama" or row.get("error"):
+            continue
+        peak = f"{row['peak_bytes'] / GIB:.1f} GiB" if row.get("peak_bytes") is not None else "?"
+        lines.append(f"| {row['family']}, {row['precision']} | {row['canvas']} | {row['views']} | "
+                     f"{seconds_text(row.get('synced_step_s'))} | {seconds_text(row.get('plain_step_s'))} | "
+                     f"{seconds_text(row.get('decode_s'))} | {peak} |")
+    return lines + [""]
+
+
 def notes(precision: str) -> list[str]:
     return [line.replace("{precision}", precision) for line in NOTES]
 
@@ -972,7 +1095,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for GPU.md and GPU.json (default: benchmarks/; --smoke: a new temporary folder)")
     parser.add_argument("--deadline", type=float, default=None,
-                        help="seconds after which the parts left are skipped (default: GPU 400, smoke 600)")
+                        help="seconds after which the parts left are skipped (default: GPU 480, smoke 600)")
     parser.add_argument("--only", nargs="*", default=None, help="only the parts whose names start with these")
     args = parser.parse_args(argv)
 
@@ -988,7 +1111,7 @@ def main(argv=None) -> int:
         if not torch.cuda.is_available():
             parser.error("no CUDA device: run on the GPU machine, or use --smoke")
         out = args.out or HERE
-        plan = gpu_plan(args.deadline or 400)
+        plan = gpu_plan(args.deadline or 480)
 
     def stop(signum, frame):
         raise Interrupted()

@@ -16,7 +16,7 @@ started=$(date +%s)
 
 PYTHON=${PYTHON:-python3}
 SITE=${GPU_CHECK_SITE:-/tmp/site}
-LIMIT=${GPU_CHECK_TIMEOUT:-450}  # seconds; the script's own deadline is 400 s after it starts
+LIMIT=${GPU_CHECK_TIMEOUT:-530}  # seconds; the script's own deadline is 480 s after it starts
 
 if ! ls .gpu-bundle/*.whl > /dev/null 2>&1; then
     echo "no .gpu-bundle/*.whl: run 'make gpu-bundle' where PyPI is reachable, and carry .gpu-bundle" >&2

@@ -40,8 +40,11 @@ import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
-# panosync from this checkout; tests/reference_loop.py, the reference implementation's loop
-sys.path[:0] = [str(HERE), str(HERE.parent / "src"), str(HERE.parent / "tests")]
+# panosync from this checkout; pocket (its classifier, for coherence); tests/reference_loop.py, the
+# reference implementation's loop
+sys.path[:0] = [str(HERE), str(HERE.parent / "src"), str(HERE.parent), str(HERE.parent / "tests")]
+
+from panosync.files import write_atomically  # noqa: E402  (gpu_check.py and cost.py take it from here)
 
 PROMPT = "snowy mountains"  # names no time of day: the montage failure's prompt (docs/pocket-progress.md)
 
@@ -112,40 +115,85 @@ def modes(fast_decoder: bool = True) -> list[Mode]:
 # ------------------------------------------------------------------------------------------ models
 
 
+# The real architectures' configs (diffusers' names), shared by the builders below and cost.py.
+SD2_BASE_UNET = dict(sample_size=64, in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280, 1280),
+                     layers_per_block=2, down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                     up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, attention_head_dim=(5, 10, 20, 20),
+                     cross_attention_dim=1024, use_linear_projection=True)
+SDXL_BASE_UNET = dict(sample_size=128, in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280),
+                      layers_per_block=2, down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * 2,
+                      up_block_types=("CrossAttnUpBlock2D",) * 2 + ("UpBlock2D",), transformer_layers_per_block=(1, 2, 10),
+                      attention_head_dim=(5, 10, 20), cross_attention_dim=2048, use_linear_projection=True,
+                      addition_embed_type="text_time", addition_time_embed_dim=256,
+                      projection_class_embeddings_input_dim=2816)
+SD_VAE = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+              up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+              latent_channels=4, norm_num_groups=32)
+
+
+def clip_text_encoder(tokenizer, width: int, layers: int, heads: int, projection: bool = False):
+    """A CLIP text encoder of the given size over panosync's small tokenizer (a smaller embedding
+    table than the real one's: a lookup, no FLOPs to speak of)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=width, intermediate_size=4 * width, num_attention_heads=heads,
+        num_hidden_layers=layers, hidden_act="gelu", max_position_embeddings=tokenizer.model_max_length,
+        projection_dim=width, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
+
+
 def sd2_base_components(smoke: bool) -> dict:
     """Stable Diffusion 2 base's architecture (UNet 865 M parameters, VAE, OpenCLIP-H-sized text
     encoder) with random weights: it costs exactly what the real model costs. `smoke` shrinks every
-    width so the same code path runs on a CPU in seconds. The tokenizer is panosync's small one
-    (a smaller embedding table: a lookup, no FLOPs to speak of)."""
+    width so the same code path runs on a CPU in seconds."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     from panosync.tiny import build_clip_tokenizer
 
     torch.manual_seed(0)
     tokenizer = build_clip_tokenizer()
     width, layers, heads = (64, 2, 2) if smoke else (1024, 23, 16)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=width, intermediate_size=4 * width, num_attention_heads=heads,
-        num_hidden_layers=layers, hidden_act="gelu", max_position_embeddings=tokenizer.model_max_length,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
-    channels = (32, 64, 64, 64) if smoke else (320, 640, 1280, 1280)
-    unet = UNet2DConditionModel(
-        sample_size=16 if smoke else 64, in_channels=4, out_channels=4, block_out_channels=channels, layers_per_block=2,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        attention_head_dim=(2, 4, 4, 4) if smoke else (5, 10, 20, 20), use_linear_projection=True,
-        cross_attention_dim=width, norm_num_groups=32)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(32, 32, 64, 64) if smoke else (128, 256, 512, 512),
-        layers_per_block=2, latent_channels=4, norm_num_groups=32, sample_size=128 if smoke else 512,
-        scaling_factor=0.18215)
+    text_encoder = clip_text_encoder(tokenizer, width, layers, heads)
+    unet_config = dict(SD2_BASE_UNET, cross_attention_dim=width)
+    vae_config = dict(SD_VAE, sample_size=512, scaling_factor=0.18215)
+    if smoke:
+        unet_config.update(sample_size=16, block_out_channels=(32, 64, 64, 64), attention_head_dim=(2, 4, 4, 4))
+        vae_config.update(block_out_channels=(32, 32, 64, 64), sample_size=128)
+    unet = UNet2DConditionModel(**unet_config)
+    vae = AutoencoderKL(**vae_config)
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                               set_alpha_to_one=False, steps_offset=1)
     for module in (text_encoder, unet, vae):
         module.eval()
     return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+
+
+def sdxl_base_components(smoke: bool) -> dict:
+    """Stable Diffusion XL base's architecture (UNet 2.6 G parameters, CLIP ViT-L and OpenCLIP
+    bigG-sized text encoders, its VAE) with random weights, as diffusers' StableDiffusionXLPipeline
+    takes them. `smoke`: panosync's tiny SDXL with 128-pixel windows, the same code path in seconds."""
+    import copy
+
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+
+    from panosync.tiny import build_clip_tokenizer, tiny_random_xl_components
+
+    if smoke:
+        return tiny_random_xl_components(window=16, vae_factor=8)
+    torch.manual_seed(0)
+    tokenizer = build_clip_tokenizer()
+    components = dict(
+        text_encoder=clip_text_encoder(tokenizer, 768, 12, 12),
+        text_encoder_2=clip_text_encoder(tokenizer, 1280, 32, 20, projection=True),
+        unet=UNet2DConditionModel(**SDXL_BASE_UNET),
+        vae=AutoencoderKL(**SD_VAE, sample_size=1024, scaling_factor=0.13025, force_upcast=True))
+    for module in components.values():
+        module.eval()
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading")
+    return dict(components, tokenizer=tokenizer, tokenizer_2=copy.deepcopy(tokenizer), scheduler=scheduler)
 
 
 def load(setup: Setup):
@@ -424,7 +472,7 @@ def coherence(folder: Path, seeds: list[int], crop_size: int, faithful: Path | N
     from panosync.eval.crops import crop_batch, crops
     from panosync.eval.perceptual import intra_lpips
     from panosync.lpips import load_lpips
-    from panosync.pocket.classify import classify_time
+    from pocket.classify import classify_time
 
     lpips = load_lpips("vgg")
     intra, disagree, to_faithful = [], 0, []
@@ -599,12 +647,6 @@ def main(argv=None) -> int:
         write_atomically(out, text + "\n")
         print(f"wrote {out} and {out.with_suffix('.json')}")
     return 0
-
-
-def write_atomically(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.tmp")
-    partial.write_text(text)
-    partial.replace(path)
 
 
 def headline(report: dict) -> list[str]:

@@ -1,4 +1,4 @@
-"""Fixtures: tiny random-weight Stable-Diffusion-shaped pipelines, built from configs (no downloads)."""
+"""Fixtures: tiny random-weight Stable-Diffusion-shaped pipelines and a CLIP, built from configs (no downloads)."""
 
 import pytest
 
@@ -36,3 +36,23 @@ def sd_shaped_pipe():
 def lpips_vgg():
     """LPIPS-VGG with its genuine weights, loaded once (the metric tests compare against it)."""
     return load_lpips("vgg")
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    """A random-weight CLIP saved as a folder, as a downloaded one would be."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    from panosync.tiny import build_clip_tokenizer
+
+    folder = tmp_path_factory.mktemp("clip")
+    tokenizer = build_clip_tokenizer(["snowy", "mountains", "green", "hills"])
+    torch.manual_seed(0)
+    small = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
+    config = CLIPConfig(text_config=dict(vocab_size=len(tokenizer), max_position_embeddings=77, **small),
+                        vision_config=dict(image_size=32, patch_size=8, **small), projection_dim=16)
+    CLIPModel(config).save_pretrained(folder)
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=processor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder

@@ -5,8 +5,16 @@ layout of the Stable Diffusion 1.x `.safetensors` files people download:
     first_stage_model.*                  the VAE
     cond_stage_model.transformer.*       the CLIP text encoder (SD 1.x style)
 
+and an SDXL pipeline in the layout of Stability's SGM checkpoints (sd_xl_base_1.0.safetensors):
+
+    model.diffusion_model.*                the UNet, its added (size + pooled) embedding as label_emb.0
+    first_stage_model.*                    the VAE
+    conditioner.embedders.0.transformer.*  CLIP ViT-L (text_encoder), in Hugging Face's CLIP layout
+    conditioner.embedders.1.model.*        OpenCLIP ViT-bigG (text_encoder_2), in OpenCLIP's own layout
+
 The key mapping is the inverse of diffusers' single-file loader (diffusers/loaders/single_file_utils.py:
-convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint, convert_ldm_clip_checkpoint).
+convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint, convert_ldm_clip_checkpoint,
+convert_open_clip_checkpoint).
 """
 
 from __future__ import annotations
@@ -42,6 +50,8 @@ def unet_to_ldm(state: dict[str, torch.Tensor], layers_per_block: int) -> dict[s
         (r"(resnets\.\d+\.)(\w+)", lambda m: m[1] + UNET_RESNET[m[2]]),
         (r"^time_embedding\.linear_1\.", "time_embed.0."),
         (r"^time_embedding\.linear_2\.", "time_embed.2."),
+        (r"^add_embedding\.linear_1\.", "label_emb.0.0."),  # SDXL's "text_time" embedding
+        (r"^add_embedding\.linear_2\.", "label_emb.0.2."),
         (r"^conv_in\.", "input_blocks.0.0."),
         (r"^conv_norm_out\.", "out.0."),
         (r"^conv_out\.", "out.2."),
@@ -80,19 +90,78 @@ def vae_to_ldm(state: dict[str, torch.Tensor], blocks: int) -> dict[str, torch.T
     return ldm
 
 
+def clip_text(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A CLIPTextModel's weights under `text_model.` (newer transformers drop that level from CLIPTextModel)."""
+    return {f"text_model.{key.removeprefix('text_model.')}": value for key, value in state.items()}
+
+
+def open_clip_text(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A CLIPTextModelWithProjection in OpenCLIP's layout: each layer's q, k and v projections are one
+    `in_proj` (rows q, then k, then v), and the projection is a plain matrix applied as x @ P (the transpose
+    of the Linear's weight)."""
+    state = {key.removeprefix("text_model."): value for key, value in state.items()}
+    rules = [
+        (r"^embeddings\.token_embedding\.", "token_embedding."),
+        (r"^embeddings\.position_embedding\.weight$", "positional_embedding"),
+        (r"^final_layer_norm\.", "ln_final."),
+        (r"^encoder\.layers\.(\d+)\.", r"transformer.resblocks.\1."),
+        (r"\.self_attn\.out_proj\.", ".attn.out_proj."),
+        (r"\.layer_norm1\.", ".ln_1."),
+        (r"\.layer_norm2\.", ".ln_2."),
+        (r"\.mlp\.fc1\.", ".mlp.c_fc."),
+        (r"\.mlp\.fc2\.", ".mlp.c_proj."),
+    ]
+    openclip = {}
+    for key, value in state.items():
+        if key == "text_projection.weight":
+            openclip["text_projection"] = value.T
+        elif ".self_attn.q_proj." in key:
+            layer, kind = key.split(".self_attn.q_proj.")
+            together = [state[f"{layer}.self_attn.{name}_proj.{kind}"] for name in "qkv"]
+            openclip[_rename(f"{layer}.", rules) + f"attn.in_proj_{kind}"] = torch.cat(together)
+        elif ".self_attn.k_proj." in key or ".self_attn.v_proj." in key:
+            continue  # in the q key's in_proj
+        else:
+            openclip[_rename(key, rules)] = value
+    return openclip
+
+
 def ldm_state_dict(pipe) -> dict[str, torch.Tensor]:
     unet = unet_to_ldm(pipe.unet.state_dict(), pipe.unet.config.layers_per_block)
     vae = vae_to_ldm(pipe.vae.state_dict(), len(pipe.vae.config.block_out_channels))
-    clip = {key.removeprefix("text_model."): value for key, value in pipe.text_encoder.state_dict().items()}
+    clip = clip_text(pipe.text_encoder.state_dict())
     return {
         **{f"model.diffusion_model.{key}": value for key, value in unet.items()},
         **{f"first_stage_model.{key}": value for key, value in vae.items()},
-        **{f"cond_stage_model.transformer.text_model.{key}": value for key, value in clip.items()},
+        **{f"cond_stage_model.transformer.{key}": value for key, value in clip.items()},
     }
+
+
+def sgm_xl_state_dict(pipe) -> dict[str, torch.Tensor]:
+    """An SDXL pipeline (unet, vae, text_encoder, text_encoder_2) in the layout of Stability's SDXL base."""
+    unet = unet_to_ldm(pipe.unet.state_dict(), pipe.unet.config.layers_per_block)
+    vae = vae_to_ldm(pipe.vae.state_dict(), len(pipe.vae.config.block_out_channels))
+    clip = clip_text(pipe.text_encoder.state_dict())
+    openclip = open_clip_text(pipe.text_encoder_2.state_dict())
+    return {
+        **{f"model.diffusion_model.{key}": value for key, value in unet.items()},
+        **{f"first_stage_model.{key}": value for key, value in vae.items()},
+        **{f"conditioner.embedders.0.transformer.{key}": value for key, value in clip.items()},
+        **{f"conditioner.embedders.1.model.{key}": value for key, value in openclip.items()},
+    }
+
+
+def _save(state: dict[str, torch.Tensor], path: str | Path) -> Path:
+    save_file({key: value.detach().contiguous() for key, value in state.items()}, str(path))
+    return Path(path)
 
 
 def save_ldm_checkpoint(pipe, path: str | Path) -> Path:
     """Write `pipe`'s unet, vae and text encoder as one original-format .safetensors checkpoint."""
-    state = {key: value.detach().contiguous() for key, value in ldm_state_dict(pipe).items()}
-    save_file(state, str(path))
-    return Path(path)
+    return _save(ldm_state_dict(pipe), path)
+
+
+def save_sgm_xl_checkpoint(pipe, path: str | Path) -> Path:
+    """Write an SDXL pipeline's unet, vae and both text encoders as one .safetensors checkpoint laid out as
+    Stability's sd_xl_base_1.0.safetensors."""
+    return _save(sgm_xl_state_dict(pipe), path)

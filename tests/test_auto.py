@@ -20,7 +20,7 @@ from panosync.tiny import tiny_random_components, tiny_random_xl_components
 from panosync.xl import SyncDiffusionXLPipeline
 
 NARROW_XL = dict(window=16, vae_factor=2, unet_channels=(16, 32), vae_channels=8, text_width=16)
-SUPPORTED_SENTENCE = "runs Stable Diffusion 1.x/2.x and Stable Diffusion XL models."
+SUPPORTED_SENTENCE = "runs Stable Diffusion 1.x/2.x, Stable Diffusion XL, Stable Diffusion 3/3.5 and FLUX.1 models."
 
 
 @pytest.fixture(scope="module")
@@ -58,18 +58,19 @@ def test_every_front_end_loads_the_family_of_the_model(xl_folder):
     assert type(PanoramaModel.load(str(xl_folder), device="cpu", dtype="float32").pipe) is SyncDiffusionXLPipeline
 
 
-def flux_like_folder(tmp_path):
-    folder = tmp_path / "flux"
+def flux_fill_like_folder(tmp_path):
+    folder = tmp_path / "flux-fill"
     folder.mkdir()
     (folder / "model_index.json").write_text(json.dumps({
-        "_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"],
+        "_class_name": "FluxFillPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"],
         "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"]}))
     return folder
 
 
 def test_an_unsupported_family_is_one_sentence_before_weights_load(tmp_path, capsys):
-    folder = flux_like_folder(tmp_path)  # no weights at all: nothing may try to load them
-    with pytest.raises(ValueError, match=f"is FLUX.1 \\(FluxPipeline\\), which panosync does not run: it "
+    folder = flux_fill_like_folder(tmp_path)  # no weights at all: nothing may try to load them
+    with pytest.raises(ValueError, match=f"is FLUX.1 Fill \\(inpainting\\) \\(FluxFillPipeline\\), which panosync does "
+                                         f"not run: it "
                                          f"{SUPPORTED_SENTENCE}"):
         models.resolve_model(str(folder))
     with pytest.raises(ValueError, match=SUPPORTED_SENTENCE):
@@ -86,8 +87,11 @@ def test_a_checkpoints_family_is_read_from_its_keys(tmp_path):
     flux = tmp_path / "flux.safetensors"
     save_file({"double_blocks.0.img_attn.norm.key_norm.scale": torch.zeros(2),
                "guidance_in.in_layer.weight": torch.zeros(2)}, str(flux))
+    assert family_of_checkpoint(flux) == "FLUX.1"
+    flux2 = tmp_path / "flux2.safetensors"
+    save_file({"single_stream_modulation.lin.weight": torch.zeros(2)}, str(flux2))
     with pytest.raises(ValueError, match=SUPPORTED_SENTENCE):
-        models.resolve_model(str(flux))
+        models.resolve_model(str(flux2))
 
 
 def test_generate_with_an_sdxl_folder_and_reproduce_it_from_the_png(xl_folder, tmp_path, capsys):
@@ -114,3 +118,28 @@ def test_a_vae_in_place_of_the_models_own(xl_folder, tmp_path):
     assert read_parameters(out)["vae"] == str(vae_folder)
     with pytest.raises(ValueError, match="not a diffusers VAE folder"):
         models.load_pipeline(str(xl_folder), vae=str(tmp_path))
+
+
+def test_a_transformer_of_another_family_is_one_sentence_before_weights_load(tmp_path, capsys):
+    """HunyuanDiT (like HiDream) has a transformer, a VAE and two text encoders, as SD3 and FLUX do:
+    the transformer's class, not the components, says it is neither."""
+    folder = tmp_path / "hunyuan"
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps({
+        "_class_name": "HunyuanDiTPipeline", "_diffusers_version": "0.30.0",
+        "transformer": ["diffusers", "HunyuanDiT2DModel"], "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "BertModel"], "text_encoder_2": ["transformers", "T5EncoderModel"],
+        "tokenizer": ["transformers", "BertTokenizer"], "tokenizer_2": ["transformers", "T5Tokenizer"],
+        "scheduler": ["diffusers", "DDPMScheduler"]}))
+    for part, config in (("transformer", {"_class_name": "HunyuanDiT2DModel", "sample_size": 128, "patch_size": 2}),
+                         ("vae", {"_class_name": "AutoencoderKL", "block_out_channels": [128, 256, 512, 512]}),
+                         ("scheduler", {"_class_name": "DDPMScheduler", "num_train_timesteps": 1000})):
+        (folder / part).mkdir()
+        name = "scheduler_config.json" if part == "scheduler" else "config.json"
+        (folder / part / name).write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="is a HunyuanDiTPipeline \\(its transformer a HunyuanDiT2DModel\\), which "
+                                         "panosync does not run"):
+        models.resolve_model(str(folder))
+    assert main(["generate", "a land", "--model", str(folder), "--quiet"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.endswith(SUPPORTED_SENTENCE) and len(error.splitlines()) == 1 and "Traceback" not in error

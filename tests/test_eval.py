@@ -21,7 +21,7 @@ from panosync.eval.inception import load_inception, resize_like_tensorflow1
 from panosync.eval.perceptual import (VGG_LAYERS, gram_matrices, intra_lpips, intra_style_loss, load_style_features,
                                       lpips_between_pairs, pairs, style_loss)
 from panosync.eval.report import METRICS, csv_columns, csv_text, markdown
-from panosync.pocket.landscapes import render_landscape
+from pocket.landscapes import render_landscape
 
 SIZE = 32  # crop size of the tests: LPIPS-VGG's five stages still have a pixel at the last
 
@@ -53,7 +53,7 @@ def test_crops_cover_rows_and_columns_without_overlap():
 def test_pocket_quality_uses_the_eval_implementation():
     from panosync.eval import perceptual
     from panosync.eval import crops as eval_crops
-    from panosync.pocket import quality
+    from pocket import quality
 
     assert quality.crops is eval_crops.crops and quality.intra_lpips is perceptual.intra_lpips
 
@@ -169,25 +169,6 @@ def test_knn_giqa_is_the_sum_of_inverse_l1_distances_to_the_k_nearest():
 
 
 # ------------------------------------------------------------------------------------------- CLIP
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    """A random-weight CLIP saved as a folder, as a downloaded one would be."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-
-    from panosync.tiny import build_clip_tokenizer
-
-    folder = tmp_path_factory.mktemp("clip")
-    tokenizer = build_clip_tokenizer(["snowy", "mountains", "green", "hills"])
-    torch.manual_seed(0)
-    small = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
-    config = CLIPConfig(text_config=dict(vocab_size=len(tokenizer), max_position_embeddings=77, **small),
-                        vision_config=dict(image_size=32, patch_size=8, **small), projection_dim=16)
-    CLIPModel(config).save_pretrained(folder)
-    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    CLIPProcessor(image_processor=processor, tokenizer=tokenizer).save_pretrained(folder)
-    return folder
 
 
 def test_clip_score_is_100_times_the_cosine_of_the_embeddings(tiny_clip):

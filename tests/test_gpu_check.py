@@ -40,7 +40,8 @@ def test_smoke_run_measures_every_part(tmp_path):
     data = json.loads((tmp_path / "GPU.json").read_text())
     plan = gpu_check.smoke_plan(0)
     speed = [f"speed {plan.height}x{width}" for width in plan.speed_widths]
-    assert list(data["parts"]) == ["setup", "correctness", "gradient", speed[0], "memory", *speed[1:]]
+    assert list(data["parts"]) == ["setup", "correctness", "gradient", speed[0], "memory", "backbones", *speed[1:],
+                                   "flow transformers"]
     assert data["finished"] and data["environment"]["smoke"]
     for name, part in data["parts"].items():
         assert part["status"] == "done", (name, part["status"])
@@ -61,8 +62,16 @@ def test_smoke_run_measures_every_part(tmp_path):
         modes = {run["mode"] for run in runs}
         assert {"faithful", "reference", "multidiffusion", "diffusers", "fast: reuse_noise"} <= modes
         assert all(run["synced_step_s"] > 0 and run["total_first_10_s"] > 0 for run in runs if run["syncs"])
+    backbones = [run for run in data["parts"]["backbones"]["runs"] if run["what"] == "panorama"]
+    assert [run["canvas"] for run in backbones] == [f"{h}x{w}" for h, w in plan.backbones[0].canvases]
+    assert all(run["synced_step_s"] > 0 and run["plain_step_s"] > 0 and run["peak_bytes"] > 0 for run in backbones)
+    flow = data["parts"]["flow transformers"]["runs"]
+    assert [(run["family"], run["mode"]) for run in flow] == [
+        (family, mode) for family in ("SD3.5 medium", "FLUX.1-dev") for mode in ("faithful", "no_unet_backward")]
+    assert all(run["synced_step_s"] > 0 and run["plain_step_s"] > 0 for run in flow)
     text = (tmp_path / "GPU.md").read_text()
     assert text.startswith("# GPU check") and "SMOKE RUN" in text and "3× target" in text
+    assert "| FLUX.1-dev | no_unet_backward |" in text
 
 
 def test_smoke_run_never_writes_the_gpu_results():
@@ -87,3 +96,14 @@ def test_largest_chunk_within_a_memory_limit():
             dict(what="decode", canvas="512x8192", chunk=None, peak_bytes=50 * 2**30, error=None)]
     derived = gpu_check.largest_chunk_within(runs, 24 * 2**30)["512x8192"]
     assert derived["bytes_per_view"] == 2 * 2**30 and derived["largest_chunk"] == 10  # 3 + 2·10 = 23 GiB
+
+
+def test_the_gpu_checks_sdxl_is_sdxl_base_in_size():
+    """Random weights cost what the real ones cost only if the architecture is the real one: SDXL
+    base's UNet has 2,567,463,684 parameters (built on the meta device: no memory, no time)."""
+    import speed
+
+    with torch.device("meta"):
+        components = speed.sdxl_base_components(smoke=False)
+    assert sum(p.numel() for p in components["unet"].parameters()) == 2_567_463_684
+    assert components["unet"].config.sample_size == 128 and components["vae"].config.force_upcast

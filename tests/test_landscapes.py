@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from panosync.pocket.classify import (
+from pocket.classify import (
     accuracy,
     classify,
     classify_time,
     terrain_features,
     time_features,
 )
-from panosync.pocket.landscapes import (
+from pocket.landscapes import (
     ATTRIBUTES,
     VOCABULARY,
     caption,

@@ -10,8 +10,8 @@ from panosync.bundled import bundled_model_folder, recommended_settings
 from panosync.cli import main
 from panosync.metadata import read_parameters
 from panosync.pipeline import SyncDiffusionPipeline
-from panosync.pocket.classify import classify, classify_time
-from panosync.pocket.quality import sample_windows
+from pocket.classify import classify
+from pocket.quality import sample_windows
 
 pytestmark = pytest.mark.skipif(bundled_model_folder("pocket") is None, reason="the pocket model is not bundled")
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from panosync.pocket.landscapes import render_landscape
-from panosync.pocket.panorama_bars import (FAITHFUL, adherence, check_fresh_seeds, judgeable, lpips_to_references,
+from pocket.landscapes import render_landscape
+from pocket.panorama_bars import (FAITHFUL, adherence, check_fresh_seeds, judgeable, lpips_to_references,
                                            nearest_lpips, panorama_bars, sync_methods)
 
 SIZE = 64  # the pocket model's window in pixels: what the classifier and the references are made at
@@ -93,7 +93,7 @@ def test_tuning_seeds_are_refused_and_the_faithful_gradient_is_measured_beside_f
 
 
 def test_sweep_methods_come_after_multidiffusion_and_bad_json_is_one_sentence():
-    from panosync.pocket.panorama_bars import BASELINE, parse_methods
+    from pocket.panorama_bars import BASELINE, parse_methods
 
     methods = parse_methods(['faithful w80={"sync_weight": 80, "fast_modes": []}'])
     assert list(methods) == [BASELINE, "faithful w80"] and methods["faithful w80"]["sync_weight"] == 80

@@ -9,9 +9,9 @@ import torch
 from panosync.bundled import bundled_controlnet_folder, bundled_model_names
 from panosync.conditions import canny_edges
 from panosync.models import load_control_pipeline, resolve_controlnet
-from panosync.pocket.control_train import edge_maps, new_controlnet, train_controlnet
-from panosync.pocket.edge_match import edge_fscore
-from panosync.pocket.landscapes import render_landscape
+from pocket.control_train import edge_maps, new_controlnet, train_controlnet
+from pocket.edge_match import edge_fscore
+from pocket.landscapes import render_landscape
 from panosync.tiny import tiny_random_components
 
 needs_bundle = pytest.mark.skipif(bundled_controlnet_folder("pocket-canny") is None,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from panosync.pipeline import SyncDiffusionPipeline
-from panosync.pocket import train
+from pocket import train
 
 
 def test_training_stages_resume_export_and_load(tmp_path):

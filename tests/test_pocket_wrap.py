@@ -1,8 +1,8 @@
-"""The wrap measurement (panosync.pocket.wrap): jumps round the circle, the view boundaries, the figures."""
+"""The wrap measurement (pocket.wrap): jumps round the circle, the view boundaries, the figures."""
 
 import numpy as np
 
-from panosync.pocket.wrap import boundary_columns, column_jumps, summary, wrap_figures
+from pocket.wrap import boundary_columns, column_jumps, summary, wrap_figures
 
 
 def test_boundaries_are_the_view_edges_round_the_circle():

@@ -13,6 +13,7 @@ import PIL.Image
 import pytest
 import torch
 
+from panosync.auto import FLUX, SD, SD3, SDXL
 from panosync.cli import main
 from panosync.control import ControlSyncPipeline, random_controlnet_like
 from panosync.metadata import read_parameters
@@ -275,6 +276,11 @@ def test_the_server_generates_in_half_precision():
 def test_pick_precision():
     assert pick_precision("auto", "cpu") == Precision(torch.float32)
     assert pick_precision("auto", "cuda") == Precision(torch.float16)
+    assert pick_precision("auto", "cuda", SD) == pick_precision("auto", "cuda", SDXL) == Precision(torch.float16)
+    # SD3 and FLUX are released in bfloat16, and FLUX's transformer overflows float16
+    assert pick_precision("auto", "cuda", SD3) == pick_precision("auto", "cuda", FLUX) == Precision(torch.bfloat16)
+    assert pick_precision("auto", "cpu", FLUX) == Precision(torch.float32)
+    assert pick_precision("float16", "cuda", FLUX) == Precision(torch.float16)
     assert pick_precision("autocast", "cpu") == Precision(torch.float32, torch.float16)
     with pytest.raises(ValueError, match="dtype must be one of auto, float32, float16, bfloat16, autocast"):
         pick_precision("float64", "cpu")

@@ -15,7 +15,7 @@ import pytest
 
 from panosync import models, settings
 from panosync.cli import build_parser, main
-from panosync.metadata import read_parameters, save_png
+from panosync.metadata import save_png
 
 SRC = Path(__file__).parents[1] / "src" / "panosync"
 

@@ -2,7 +2,8 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["SyncDiffusionPipeline", "SyncDiffusionOutput", "SyncDiffusionXLPipeline", "ControlSyncPipeline", "__version__"]
+__all__ = ["SyncDiffusionPipeline", "SyncDiffusionOutput", "SyncDiffusionXLPipeline", "SyncDiffusion3Pipeline",
+           "SyncFluxPipeline", "ControlSyncPipeline", "__version__"]
 
 
 def __getattr__(name):
@@ -15,6 +16,14 @@ def __getattr__(name):
         from . import xl
 
         return xl.SyncDiffusionXLPipeline
+    if name == "SyncDiffusion3Pipeline":
+        from . import sd3
+
+        return sd3.SyncDiffusion3Pipeline
+    if name == "SyncFluxPipeline":
+        from . import flux
+
+        return flux.SyncFluxPipeline
     if name == "ControlSyncPipeline":
         from . import control
 

@@ -4,7 +4,8 @@ checkpoint file's keys, name the model's family before any weights load.
 `AutoSyncPipeline.from_pretrained` / `from_single_file` return the family's pipeline, as
 diffusers' AutoPipelineForText2Image does; models.py loads through the same choice, so every
 front end (the command, the server, the page, evaluate) takes an SDXL model as it takes an SD one.
-A family panosync does not run is one sentence that names those it does.
+A family panosync does not run is one sentence that names those it does. SD3 / 3.5 and FLUX.1
+run SyncDiffusion and ControlSync (SD3ControlNetModel, FluxControlNetModel of InstantX's kind).
 """
 
 from __future__ import annotations
@@ -13,7 +14,19 @@ import json
 from pathlib import Path
 
 SD, SDXL = "Stable Diffusion 1.x/2.x", "Stable Diffusion XL"
-SUPPORTED_FAMILIES = (SD, SDXL)
+SD3, FLUX = "Stable Diffusion 3/3.5", "FLUX.1"
+SUPPORTED_FAMILIES = (SD, SDXL, SD3, FLUX)
+# Where a family's diffusers pipeline defaults otherwise than the paper, and the paper's value
+# would be wrong for it: FLUX.1-dev's guidance is distilled (7.5 burns the image), SD3's is 7.
+# Every front end takes these under a model's recommended.json (settings.recommended_of).
+FAMILY_DEFAULTS = {SD3: {"guidance_scale": 7.0}, FLUX: {"guidance_scale": 3.5}}
+# The half precision `--dtype auto` takes on CUDA where not float16 (precision.pick_precision): SD3's and
+# FLUX's transformers are released in bfloat16, and FLUX's overflows float16 (diffusers documents that its
+# float16 output differs).
+HALF_PRECISION = {SD3: "bfloat16", FLUX: "bfloat16"}
+# The ControlNet class (its config's _class_name) of each family panosync runs ControlSync on.
+CONTROLNET_CLASS = {SD: "ControlNetModel", SDXL: "ControlNetModel", SD3: "SD3ControlNetModel",
+                    FLUX: "FluxControlNetModel"}
 
 # model_index.json's _class_name, for the pipelines whose family is plain from the name.
 FAMILY_OF_CLASS = {
@@ -21,35 +34,54 @@ FAMILY_OF_CLASS = {
     "StableDiffusionControlNetPipeline": SD, "ControlSyncPipeline": SD,
     "StableDiffusionXLPipeline": SDXL, "SyncDiffusionXLPipeline": SDXL, "StableDiffusionXLControlNetPipeline": SDXL,
     "ControlSyncXLPipeline": SDXL,
+    "StableDiffusion3Pipeline": SD3, "SyncDiffusion3Pipeline": SD3, "StableDiffusion3ControlNetPipeline": SD3,
+    "ControlSync3Pipeline": SD3, "FluxPipeline": FLUX, "SyncFluxPipeline": FLUX, "FluxControlNetPipeline": FLUX,
+    "ControlSyncFluxPipeline": FLUX,
 }
 # What other pipelines are, in the sentence that refuses them.
-OTHER_FAMILIES = {"StableDiffusion3Pipeline": "Stable Diffusion 3", "FluxPipeline": "FLUX.1",
+OTHER_FAMILIES = {"FluxFillPipeline": "FLUX.1 Fill (inpainting)", "FluxControlPipeline": "FLUX.1 Canny/Depth",
                   "StableDiffusionXLImg2ImgPipeline": "an SDXL refiner (image to image)",
                   "StableDiffusionUpscalePipeline": "an upscaler", "StableDiffusionInpaintPipeline": "inpainting"}
 # diffusers' names for single-file checkpoints (loaders.single_file_utils.infer_diffusers_model_type).
-FAMILY_OF_CHECKPOINT = {"v1": SD, "v2": SD, "xl_base": SDXL}
+FAMILY_OF_CHECKPOINT = {"v1": SD, "v2": SD, "xl_base": SDXL, "sd3": SD3, "sd35_medium": SD3, "sd35_large": SD3,
+                        "flux-dev": FLUX, "flux-schnell": FLUX}
 
 
 def unsupported(what: str, kind: str) -> ValueError:
-    return ValueError(f"{what} is {kind}, which panosync does not run: it runs {' and '.join(SUPPORTED_FAMILIES)} "
+    families = ", ".join(SUPPORTED_FAMILIES[:-1]) + " and " + SUPPORTED_FAMILIES[-1]
+    return ValueError(f"{what} is {kind}, which panosync does not run: it runs {families} "
                       f"models.")
 
 
 def family_of_model_index(index: dict, name: str = "The model") -> str:
     """The family of a diffusers model_index.json, or a ValueError naming the supported ones. A
-    pipeline class it does not know is judged by its components: a UNet with two text encoders is
-    SDXL's shape, a UNet with one is Stable Diffusion's."""
+    pipeline class it does not know is judged by its components: a transformer by its class (SD3's or
+    FLUX's), a UNet with two text encoders is SDXL's shape, a UNet with one is Stable Diffusion's."""
     class_name = index.get("_class_name", "")
     if class_name in FAMILY_OF_CLASS:
         return FAMILY_OF_CLASS[class_name]
     if class_name in OTHER_FAMILIES:
         raise unsupported(name, f"{OTHER_FAMILIES[class_name]} ({class_name})")
     has = {component for component, value in index.items() if isinstance(value, list) and value[0] is not None}
+    if "transformer" in has:  # many transformers share these components (HunyuanDiT, HiDream): the class decides
+        transformer = index["transformer"][1] if len(index["transformer"]) > 1 else None
+        family = family_of_transformer(transformer)
+        if family is None:
+            raise unsupported(name, f"a {class_name or 'pipeline of unknown kind'} (its transformer a {transformer})")
+        return family
     if {"unet", "vae", "text_encoder", "text_encoder_2", "tokenizer_2"} <= has:
         return SDXL
     if {"unet", "vae", "text_encoder", "tokenizer"} <= has and "text_encoder_2" not in has:
         return SD
     raise unsupported(name, f"a {class_name or 'pipeline of unknown kind'}")
+
+
+def family_of_transformer(class_name: str | None) -> str | None:
+    """The family of a transformer class diffusers names in a model_index (None: not one panosync runs)."""
+    from .backbones.flow import backbone_of_transformer
+
+    backbone = backbone_of_transformer(class_name)
+    return None if backbone is None else backbone.family
 
 
 def read_model_index(folder: str | Path) -> dict:
@@ -104,8 +136,34 @@ def family_of_checkpoint(path: str | Path) -> str:
     return FAMILY_OF_CHECKPOINT[model_type]
 
 
+def family_of_pipeline(pipe) -> str:
+    """The family of a loaded panosync pipeline."""
+    from .flux import SyncFluxPipeline
+    from .sd3 import SyncDiffusion3Pipeline
+    from .xl import SyncDiffusionXLPipeline
+
+    kinds = ((SyncDiffusionXLPipeline, SDXL), (SyncDiffusion3Pipeline, SD3), (SyncFluxPipeline, FLUX))
+    return next((family for kind, family in kinds if isinstance(pipe, kind)), SD)
+
+
 def pipeline_class(family: str, control: bool = False):
     """The pipeline class of a family: SyncDiffusion's, or with `control` ControlSync's."""
+    if family == SD3:
+        if control:
+            from .control_sd3 import ControlSync3Pipeline
+
+            return ControlSync3Pipeline
+        from .sd3 import SyncDiffusion3Pipeline
+
+        return SyncDiffusion3Pipeline
+    if family == FLUX:
+        if control:
+            from .control_flux import ControlSyncFluxPipeline
+
+            return ControlSyncFluxPipeline
+        from .flux import SyncFluxPipeline
+
+        return SyncFluxPipeline
     if family == SDXL:
         if control:
             from .control import ControlSyncXLPipeline

@@ -140,13 +140,16 @@ def control(args: argparse.Namespace) -> int:
     ControlNets, all before any weights load, then make the panorama as `generate` does."""
     from .conditions import load_condition_image, prepare_condition
     from .control import check_condition_canvas
-    from .models import load_control_pipeline, resolve_controlnet
+    from .models import check_controlnet_fits, load_control_pipeline, resolve_controlnet
 
     request, source = panorama_request(args, control=True)
     if not request["condition"]:
         raise ValueError("Give --condition: the image the panorama follows (an edge map, or a photo with "
                          "--preprocess canny).")
     controlnets = [resolve_controlnet(_text(controlnet, "controlnet")) for controlnet in request["controlnet"]]
+    for index, controlnet in enumerate(controlnets):  # of the base model's kind, before any weights load
+        check_controlnet_fits(controlnet, source.family, f"ControlNet {index}" if len(controlnets) > 1 else
+                              "The ControlNet")
     if len(request["condition"]) != len(controlnets):
         raise ValueError(f"Give one --condition per --controlnet: got {len(request['condition'])} conditions for "
                          f"{len(controlnets)} ControlNets.")
@@ -183,7 +186,7 @@ def make_panorama(args: argparse.Namespace, request: dict, source: "ModelSource"
     from .precision import pick_precision
 
     device = pick_device(args.device)
-    precision = pick_precision(args.dtype, device)
+    precision = pick_precision(args.dtype, device, source.family)
     if device.type == "cpu" and computes_in_float16(precision) and not args.quiet:
         print("panosync: note: float16 on the CPU is about 10 times slower than float32 (no fast float16 "
               "convolution there); --dtype bfloat16 or float32 is faster on a CPU.", file=sys.stderr)
@@ -194,8 +197,17 @@ def make_panorama(args: argparse.Namespace, request: dict, source: "ModelSource"
     else:
         pipe = load(device, precision)
     pipe.set_progress_bar_config(disable=args.quiet, desc="denoising", unit="step")
+    if getattr(args, "gradient_checkpointing", False):
+        pipe.enable_sync_checkpointing()
     if source.geometry is None:  # a hub model or a checkpoint file: its shape is known only now
         request.update(settings.fill_canvas(request, settings.geometry_of_pipeline(pipe)))
+    if source.family is None:  # a hub model first seen now: its family's defaults, where nothing else set them
+        explicit = set(settings.given_options(args))
+        if args.from_png:
+            from .metadata import read_parameters
+
+            explicit |= set(settings.stored_parameters(read_parameters(args.from_png)))
+        request.update(settings.family_defaults_after_loading(pipe, explicit))
     generation = {name: request[name] for name in settings.PIPELINE_NAMES}
     result = pipe(**generation, **(inputs or {}))
     image = result.images[0]

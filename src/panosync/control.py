@@ -150,6 +150,8 @@ class ControlSyncPipeline(SyncDiffusionPipeline):
         sync_image_scale: float = 1.0,
         sync_decoder=None,
         tiled_decode: bool | None = None,
+        window: int | None = None,
+        **prompt_options,
     ):
         """Generate one panorama that follows `image`, the condition: a PIL image, numpy array or
         (1, 3, H, W) tensor in [0, 1] of the panorama's size in pixels (see panosync.conditions),
@@ -161,6 +163,8 @@ class ControlSyncPipeline(SyncDiffusionPipeline):
         parameters are SyncDiffusionPipeline's, with the ControlSync paper's defaults: sync weight
         20, decay 0.95, sync in the first 10 steps (of 50). The fast modes and `tiled_decode` are
         SyncDiffusionPipeline's too; the ControlNets run in every UNet call a fast mode keeps.
+        `prompt_options` are the family's own prompt options (SDXL's size conditioning, SD3's and
+        FLUX's max_sequence_length, FLUX's true_cfg_scale), as its SyncDiffusion pipeline takes them.
         """
         # 1. Check inputs: the conditions decide the canvas unless it is given
         if image is None:
@@ -178,12 +182,18 @@ class ControlSyncPipeline(SyncDiffusionPipeline):
             sync_threshold=sync_threshold, num_inference_steps=num_inference_steps, stride=stride, seed=seed,
             loop_closure=loop_closure, generator=generator, latents=latents, anchor=anchor,
             view_batch_size=view_batch_size, output_type=output_type, fast_modes=fast_modes,
-            sync_image_scale=sync_image_scale, sync_decoder=sync_decoder, tiled_decode=tiled_decode,
+            sync_image_scale=sync_image_scale, sync_decoder=sync_decoder, tiled_decode=tiled_decode, window=window,
         )
         fitted = [fit_to_canvas(condition, request.width, request.height, resize_condition) for condition in conditions]
-        fitted = [condition.to(self._execution_device, self.controlnet.dtype) for condition in fitted]
-        conditioning = ControlConditioning(self.controlnets, fitted, scales, self.vae_factor, self.unet.dtype)
-        return self.generate(dataclasses.replace(request, conditioning=conditioning), callback_on_step_end, return_dict)
+        conditioning = self.control_conditioning(fitted, scales)
+        request = dataclasses.replace(request, conditioning=conditioning, prompt_options=prompt_options)
+        return self.generate(request, callback_on_step_end, return_dict)
+
+    def control_conditioning(self, conditions: list[torch.Tensor], scales: list[float]) -> ViewConditioning:
+        """The request's ControlNet inputs from its conditions, each (1, 3, height, width) in [0, 1]
+        of the canvas's size: a family's own (SD3's ControlNets read VAE latents, control_sd3.py)."""
+        conditions = [condition.to(self._execution_device, self.controlnet.dtype) for condition in conditions]
+        return ControlConditioning(self.controlnets, conditions, scales, self.vae_factor, self.unet.dtype)
 
     def per_controlnet(self, value, name: str) -> list:
         """`value` as one entry per ControlNet: a list of that length, or one value for a lone ControlNet

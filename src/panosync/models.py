@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from .auto import SD, family_of_checkpoint, family_of_model_index, pipeline_class, read_model_index
+from .auto import CONTROLNET_CLASS, SD, family_of_checkpoint, family_of_model_index, pipeline_class, read_model_index
 from .bundled import bundled_controlnet_folder, bundled_controlnet_names, bundled_model_folder, bundled_model_names
 from .pipeline import SyncDiffusionPipeline
 from .precision import Precision
@@ -49,7 +49,8 @@ class ModelSource:
     kind: str  # "bundled", "folder", "file" or "hub"
     ref: str
     geometry: Geometry | None = None  # read from the configs, when they can be before loading
-    family: str | None = None  # auto.py's SD or SDXL; None: a hub model not in the cache, known when loaded
+    family: str | None = None  # auto.py's SD, SDXL, SD3 or FLUX; None: a hub model not in the cache, known when loaded
+    controlnet_class: str | None = None  # a ControlNet folder's model class (its config's _class_name)
 
     @property
     def window(self) -> int | None:
@@ -231,7 +232,7 @@ def load_pipeline(source: ModelSource | str, device: torch.device | str = "cpu",
         pipe = BUNDLED[source.ref]()
         if components:
             pipe = type(pipe)(**{**pipe.components, **components})
-        if pipe.unet.dtype != dtype:
+        if pipe.backbone.network.dtype != dtype:
             pipe = pipe.to(dtype=dtype)
     elif source.kind == "file":
         pipe = _load_checkpoint(source.ref, dtype, config, source.family, **components)
@@ -260,10 +261,12 @@ def resolve_controlnet(controlnet: str) -> ModelSource:
         except (OSError, ValueError):
             raise ValueError(f"{controlnet} is a folder but not a diffusers ControlNet folder (it has no readable "
                              f"config.json).") from None
-        if config.get("_class_name") != "ControlNetModel":
-            raise ValueError(f"{controlnet} holds a {config.get('_class_name', 'model of unknown kind')}, not a "
-                             f"ControlNetModel: give a diffusers ControlNet folder or hub id.")
-        return ModelSource("folder", str(path))
+        kind = config.get("_class_name")
+        if kind not in CONTROLNET_CLASS.values():
+            raise ValueError(f"{controlnet} holds a {kind or 'model of unknown kind'}, not a ControlNet "
+                             f"({', '.join(sorted(set(CONTROLNET_CLASS.values())))}): give a diffusers ControlNet "
+                             f"folder or hub id.")
+        return ModelSource("folder", str(path), controlnet_class=kind)
     if path.is_file():
         raise ValueError(f"{controlnet} is a file: give a diffusers ControlNet folder (config.json beside the weights) "
                          f"or a hub id.")
@@ -277,33 +280,60 @@ def resolve_controlnet(controlnet: str) -> ModelSource:
                      f"ControlNet folder, or a Hugging Face id such as lllyasviel/sd-controlnet-canny.")
 
 
-def load_controlnet(source: ModelSource | str, base: SyncDiffusionPipeline, dtype: torch.dtype = torch.float32):
-    """The ControlNet `source` names, in `dtype`, for the base model `base`."""
-    from diffusers import ControlNetModel
+def check_controlnet_fits(controlnet: ModelSource, family: str | None, name: str = "The ControlNet") -> None:
+    """A ValueError, before any weights load, for a ControlNet of another family's kind than the base
+    model's (both known: a folder's class, a folder's or cached model's family)."""
+    wanted = CONTROLNET_CLASS.get(family)
+    if controlnet.controlnet_class is not None and wanted is not None and controlnet.controlnet_class != wanted:
+        raise ValueError(f"{name} {controlnet.ref} is of class {controlnet.controlnet_class}, but this {family} model "
+                         f"takes {wanted} ControlNets: give a ControlNet trained for this base model.")
 
+
+def load_controlnet(source: ModelSource | str, base: SyncDiffusionPipeline, dtype: torch.dtype = torch.float32):
+    """The ControlNet `source` names, in `dtype`, for the base model `base` (of its family's kind:
+    an SD3ControlNetModel for SD3, a FluxControlNetModel for FLUX, else a ControlNetModel)."""
+    from diffusers import ControlNetModel, FluxControlNetModel, SD3ControlNetModel
+
+    from .auto import FLUX, SD3, family_of_pipeline
     from .control import random_controlnet_like
+    from .control_flux import random_flux_controlnet_like
+    from .control_sd3 import random_sd3_controlnet_like
 
     if isinstance(source, str):
         source = resolve_controlnet(source)
+    family = family_of_pipeline(base)
+    check_controlnet_fits(source, family)
     if source.kind == "bundled":
-        controlnet = random_controlnet_like(base.unet, base.vae_factor)
+        if family == SD3:
+            controlnet = random_sd3_controlnet_like(base.transformer)
+        elif family == FLUX:
+            controlnet = random_flux_controlnet_like(base.transformer)
+        else:
+            controlnet = random_controlnet_like(base.unet, base.vae_factor)
         return controlnet if controlnet.dtype == dtype else controlnet.to(dtype=dtype)
     local = source.kind == "folder" or _hub_is_offline()
-    return ControlNetModel.from_pretrained(source.ref, dtype=dtype, local_files_only=local)
+    kind = {SD3: SD3ControlNetModel, FLUX: FluxControlNetModel}.get(family, ControlNetModel)
+    return kind.from_pretrained(source.ref, dtype=dtype, local_files_only=local)
 
 
 def load_control_pipeline(source: ModelSource | str, controlnets: list[ModelSource | str],
                           device: torch.device | str = "cpu", precision: Precision | torch.dtype = torch.float32,
                           config: str | None = None, vae: str | None = None):
-    """The ControlSync pipeline of the base model's family (ControlSyncPipeline, ControlSyncXLPipeline):
-    the base model as `load_pipeline` loads it, with one or several ControlNets."""
-    from .auto import SDXL
-    from .xl import SyncDiffusionXLPipeline
+    """The ControlSync pipeline of the base model's family (ControlSyncPipeline, ControlSyncXLPipeline,
+    ControlSync3Pipeline, ControlSyncFluxPipeline): the base model as `load_pipeline` loads it, with
+    one or several ControlNets."""
+    from .auto import family_of_pipeline
 
     precision = as_precision(precision)
+    if isinstance(source, str):
+        source = resolve_model(source)
+    for index, controlnet in enumerate(controlnets):
+        if isinstance(controlnet, ModelSource):
+            check_controlnet_fits(controlnet, source.family, f"ControlNet {index}" if len(controlnets) > 1 else
+                                  "The ControlNet")
     base = load_pipeline(source, "cpu", precision.weights, config=config, vae=vae)
+    family = family_of_pipeline(base)
     nets = [load_controlnet(controlnet, base, precision.weights) for controlnet in controlnets]
-    family = SDXL if isinstance(base, SyncDiffusionXLPipeline) else SD
     # what the base's config holds besides its components (SDXL's force_zeros_for_empty_prompt)
     settings = {name: base.config[name] for name in ("force_zeros_for_empty_prompt",) if name in base.config}
     pipe = pipeline_class(family, control=True)(**base.components, **settings,

@@ -33,7 +33,6 @@ from .decode import decode_tiled, should_tile
 from . import settings
 from .fast import SyncShortcuts, check_sync_decoder, downscale, load_sync_decoder
 from .precision import NonFiniteError, Precision, is_half
-from .schedulers import SUPPORTED as SUPPORTED_SCHEDULERS
 from .schedulers import ViewSchedulers, most_steps, multistep_like, predicted_original, steps_fit  # noqa: F401
 from .settings import canvas_defaults, vae_factor_of, window_of  # noqa: F401 (their old home)
 from .sync import SyncSchedule, half_precision_loss_scale, sync_gradient
@@ -75,6 +74,7 @@ class PanoramaRequest:
     tiled_decode: bool | None = None  # None: tiled when the panorama is large (decode.py)
     conditioning: ViewConditioning | None = None  # each view's extra network inputs (ControlSync)
     prompt_options: dict = dataclasses.field(default_factory=dict)  # a family's own (SDXL: size conditioning)
+    window: int | None = None  # the side of a view in latent pixels; None: the family's default (backbone.window)
 
 
 class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
@@ -109,6 +109,7 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         self._sync_decoders: dict[str, torch.nn.Module] = {}  # loaded from folders, by folder
         self.autocast_dtype: torch.dtype | None = None  # set by enable_autocast
         self._loss_scale_cap: float | None = None  # the largest sync loss scale that has not overflowed, this call
+        self._call_window: int | None = None  # the window a call chose (the transformers'); None: the default
 
     # ----------------------------------------------------------------------------------- loading
 
@@ -129,7 +130,10 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         return pipe._with_default_scheduler(kwargs)
 
     def _with_default_scheduler(self, loading_kwargs: dict):
-        if "scheduler" not in loading_kwargs and not isinstance(self.scheduler, DDIMScheduler):
+        """DDIM (the paper's sampler) in place of a UNet model's own scheduler, unless one was given;
+        a flow-matching family keeps its own (backbone.switches_to_ddim)."""
+        if "scheduler" not in loading_kwargs and not isinstance(self.scheduler, DDIMScheduler) and \
+                self.backbone.switches_to_ddim:
             self.scheduler = DDIMScheduler.from_config(self.scheduler.config)
         return self
 
@@ -147,8 +151,9 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
 
     @property
     def window(self) -> int:
-        """The side of a view in latent pixels: the network's native size."""
-        return self.backbone.window
+        """The side of a view in latent pixels: the network's native size (the family's default for
+        the transformers), or during a call the window that call chose."""
+        return self._call_window or self.backbone.window
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -195,6 +200,19 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
     def upcast_vae(self) -> None:
         """Decode in float32 from now on (backbones/base.py)."""
         self.backbone.upcast_vae()
+
+    def enable_sync_checkpointing(self, enabled: bool = True):
+        """Gradient checkpointing of the network in the sync gradient's pass: its activations are
+        recomputed in the backward instead of kept, for memory (a transformer's, at a large window,
+        are most of a synced step's). The result is the same but for rounding; the passes without
+        autograd (the anchor's, the denoising step's, no_unet_backward's) are not affected.
+        Returns the pipeline."""
+        network = self.backbone.network
+        if enabled:
+            network.enable_gradient_checkpointing()
+        else:
+            network.disable_gradient_checkpointing()
+        return self
 
     # --------------------------------------------------------------------------- model pieces
 
@@ -269,11 +287,7 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         if output_type not in OUTPUT_TYPES:
             raise settings.SettingError("output_type", f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got "
                                                        f"{output_type!r}.")
-        if not isinstance(self.scheduler, SUPPORTED_SCHEDULERS):
-            # The loop steps every view from the same timestep: DDIM's step keeps no state, and
-            # DPM-Solver++ gets one copy per view (schedulers.py); others are not written for that.
-            raise ValueError(f"the scheduler must be DDIMScheduler or DPMSolverMultistepScheduler, got "
-                             f"{type(self.scheduler).__name__}.")
+        self.backbone.check_scheduler(self.scheduler)
 
     def initial_noise(self, shape, seed, generator, latents) -> tuple[torch.Tensor, int | None]:
         """The initial latent and its seed. The draw is the reference's: torch.randn on the CPU in
@@ -323,6 +337,7 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         sync_image_scale: float = 1.0,
         sync_decoder=None,
         tiled_decode: bool | None = None,
+        window: int | None = None,
     ):
         """Generate one panorama.
 
@@ -343,7 +358,8 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         `sync_image_scale` < 1 compares downscaled images in the sync loss; `sync_decoder`, an
         AutoencoderTiny (or its folder) for this model's latents, decodes the loss's images.
         `tiled_decode`: decode the panorama in overlapping tiles (memory of one tile); default: when
-        it is larger than 6 windows.
+        it is larger than 6 windows. `window`: the side of a view in pixels, the UNet's native size
+        (the only one it takes; the transformers, SD3 and FLUX, take others).
         """
         request = self.make_request(
             prompt=prompt, negative_prompt=negative_prompt, width=width, height=height, guidance_scale=guidance_scale,
@@ -351,7 +367,7 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
             sync_threshold=sync_threshold, num_inference_steps=num_inference_steps, stride=stride, seed=seed,
             loop_closure=loop_closure, generator=generator, latents=latents, anchor=anchor,
             view_batch_size=view_batch_size, output_type=output_type, fast_modes=fast_modes,
-            sync_image_scale=sync_image_scale, sync_decoder=sync_decoder, tiled_decode=tiled_decode,
+            sync_image_scale=sync_image_scale, sync_decoder=sync_decoder, tiled_decode=tiled_decode, window=window,
         )
         return self.generate(request, callback_on_step_end, return_dict)
 
@@ -359,7 +375,7 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
                      sync_weight=20.0, sync_decay_rate=0.95, sync_freq=1, sync_threshold=None,
                      num_inference_steps=50, stride=None, seed=None, loop_closure=False, generator=None,
                      latents=None, anchor=None, view_batch_size=None, output_type="pil", fast_modes=(),
-                     sync_image_scale=1.0, sync_decoder=None, tiled_decode=None,
+                     sync_image_scale=1.0, sync_decoder=None, tiled_decode=None, window=None,
                      conditioning: ViewConditioning | None = None) -> PanoramaRequest:
         """Step 1 of the call: check the inputs (a ValueError that says what to change, before any
         model work), fill in the canvas defaults, lay out the views and draw the initial noise.
@@ -377,24 +393,26 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
             loop_closure=loop_closure, anchor=anchor, view_batch_size=view_batch_size,
             fast_modes=settings.fast_modes(list(fast_modes) if isinstance(fast_modes, (tuple, set)) else fast_modes),
             sync_image_scale=sync_image_scale, sync_decoder=None if sync_decoder is None else str(sync_decoder),
-            tiled_decode=tiled_decode), geometry)
+            tiled_decode=tiled_decode, window=window), geometry)
         self.check_inputs(values, output_type)
         shortcuts = self.sync_shortcuts(values["fast_modes"], values["sync_image_scale"], decoder)
         width, height, stride = values["width"], values["height"], values["stride"]
+        window = geometry.with_window(values["window"]).window
         latent_height, latent_width = height // self.vae_factor, width // self.vae_factor
-        views = views_for_canvas(latent_height, latent_width, self.window, stride, loop_closure)
+        views = views_for_canvas(latent_height, latent_width, window, stride, loop_closure)
         shape = (1, self.backbone.latent_channels, latent_height, latent_width)
         noise, seed = self.initial_noise(shape, seed, generator, latents)
         return PanoramaRequest(prompt, negative_prompt, width, height, guidance_scale, settings.sync_schedule(values),
                                num_inference_steps, loop_closure, views, self.anchor_index(anchor, views), noise, seed,
-                               view_batch_size, output_type, shortcuts, tiled_decode, conditioning)
+                               view_batch_size, output_type, shortcuts, tiled_decode, conditioning,
+                               window=window)
 
     def prepare_request(self, prompt, negative_prompt, width, height, guidance_scale, sync_weight, sync_decay_rate,
                         sync_freq, sync_threshold, num_inference_steps, stride, seed, loop_closure, generator,
                         latents, anchor, view_batch_size, output_type, fast_modes=(), sync_image_scale=1.0,
                         sync_decoder=None, tiled_decode=None) -> PanoramaRequest:
         """`make_request` with positional arguments, as before it was keyword-only; kept for the
-        scripts that call it so (scripts/pocket_trace.py). New code: make_request."""
+        scripts that call it so (pocket/trace.py). New code: make_request."""
         return self.make_request(
             prompt=prompt, negative_prompt=negative_prompt, width=width, height=height, guidance_scale=guidance_scale,
             sync_weight=sync_weight, sync_decay_rate=sync_decay_rate, sync_freq=sync_freq,
@@ -427,8 +445,12 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         precision (under autocast where enable_autocast asked for it). The request's
         `conditioning` goes to every `guided_noise` call (ControlSync's conditions)."""
         self._loss_scale_cap = None
-        with self.autocast_context(self._execution_device):
-            return self._joint_diffusion(request, callback_on_step_end, return_dict)
+        self._call_window = request.window  # every part of the call (x̂₀'s decode, tiles, the shift) sees it
+        try:
+            with self.autocast_context(self._execution_device):
+                return self._joint_diffusion(request, callback_on_step_end, return_dict)
+        finally:
+            self._call_window = None
 
     def _joint_diffusion(self, request: PanoramaRequest, callback_on_step_end=None, return_dict: bool = True):
         """The body of `generate`, in whatever precision context the caller set up."""
@@ -542,7 +564,8 @@ class SyncDiffusionPipeline(DiffusionPipeline, FromSingleFileMixin):
         `sampler` gives x̂₀ (default: this pipeline's scheduler, its timesteps set).
 
         Faithful: the gradient flows through the VAE decoder, x̂₀ and the UNet. With the fast mode
-        no_unet_backward the UNet runs without autograd, so ε̂ is a constant and ∂x̂₀/∂x = 1/√ᾱ_t.
+        no_unet_backward the UNet runs without autograd, so ε̂ is a constant and ∂x̂₀/∂x = 1/√ᾱ_t
+        (for the flow families, whose v̂ is then the constant: x̂₀ = x − σ·v̂, so ∂x̂₀/∂x = 1).
         """
         made = {}
         if not hasattr(sampler, "predicted_original"):  # a bare scheduler (older callers), or None: this pipeline's

@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 # torch is imported where it is used, so that the command's --help stays quick.
 AUTOCAST = "autocast"
 PRECISIONS = ("auto", "float32", "float16", "bfloat16", AUTOCAST)
-DTYPE_HELP = ("auto (float16 on CUDA, float32 elsewhere), float32, float16, bfloat16, or autocast (float32 weights, "
-              "float16 arithmetic: the reference's precision)")
+DTYPE_HELP = ("auto (on CUDA bfloat16 for SD3 and FLUX, float16 for the others; float32 elsewhere), float32, "
+              "float16, bfloat16, or autocast (float32 weights, float16 arithmetic: the reference's precision)")
 
 
 def is_half(dtype: torch.dtype | None) -> bool:
@@ -51,13 +51,20 @@ class Precision:
         return AUTOCAST if self.autocast is not None else str(self.weights).removeprefix("torch.")
 
 
-def pick_precision(requested: str, device: torch.device | str) -> Precision:
-    """The precision `--dtype` asks for. auto: float16 on CUDA (half the memory and the fastest
-    kernels; every path is tested in it), float32 elsewhere (half precision is slow on most CPUs)."""
+def pick_precision(requested: str, device: torch.device | str, family: str | None = None) -> Precision:
+    """The precision `--dtype` asks for. auto on CUDA: the half precision of the model's `family`
+    (auto.HALF_PRECISION: bfloat16 for SD3 and FLUX, whose transformers are trained and released in it
+    and overflow float16; float16 for the UNets, and for a family not known yet: half the memory and
+    the fastest kernels; every path is tested in it); float32 elsewhere (half precision is slow on
+    most CPUs)."""
     import torch
 
     if requested == "auto":
-        return Precision(torch.float16 if torch.device(device).type == "cuda" else torch.float32)
+        if torch.device(device).type != "cuda":
+            return Precision(torch.float32)
+        from .auto import HALF_PRECISION
+
+        return Precision(getattr(torch, HALF_PRECISION.get(family, "float16")))
     if requested == AUTOCAST:
         # The reference's torch.autocast("cuda") computes in float16; so does the CPU's autocast here.
         return Precision(torch.float32, torch.float16)

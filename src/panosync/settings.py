@@ -8,12 +8,13 @@ the HTTP API's request schema (server/schema.py), the web page's inputs and pres
 with the same sentence wherever it comes from. A new parameter is one more `Parameter` here.
 
 Precedence, highest first: the values given (options, fields), the PNG of --from-png, the model's
-recommended.json, the paper's defaults (`paper_defaults`).
+recommended.json, its family's defaults (auto.FAMILY_DEFAULTS), the paper's (`paper_defaults`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import random
@@ -61,16 +62,44 @@ class SettingError(ValueError):
 
 @dataclass(frozen=True)
 class Geometry:
-    """What the checks need of a model: its window (latent pixels of a view's side), its VAE
-    factor (image pixels per latent pixel) and the most denoising steps its scheduler allows."""
+    """What the checks need of a model: its window (latent pixels of a view's side: the family's
+    default), its VAE factor (image pixels per latent pixel) and the most denoising steps its
+    scheduler allows. Where the window may be chosen (the transformers, which have no single native
+    size), `window_multiple` is what a chosen window's latent side must be a multiple of (FLUX's
+    2x2 packing, SD3's patches) and `max_window` the largest (SD3's position embedding); 0: the
+    window is the UNet's native size, fixed. `refused_fast_modes` are the fast modes the family
+    has no use for, with the sentence that says why."""
 
     window: int
     vae_factor: int
     max_steps: int = MAX_STEPS
+    window_multiple: int = 0
+    max_window: int | None = None
+    refused_fast_modes: tuple[tuple[str, str], ...] = ()
 
     @property
     def window_pixels(self) -> int:
         return self.window * self.vae_factor
+
+    def with_window(self, pixels: int | None) -> "Geometry":
+        """This geometry with the window `pixels` wide (checked: a SettingError that says what to
+        give); itself for None."""
+        if pixels is None:
+            return self
+        _check_one(BY_NAME["window"], pixels)  # a whole number first: "32", 32.0 or True is no window
+        if pixels == self.window_pixels:
+            return self
+        if not self.window_multiple:
+            raise SettingError("window", f"window must be {self.window_pixels} pixels for this model (its UNet's "
+                                         f"native size; only the transformers, SD3 and FLUX, take others), got "
+                                         f"{pixels}.")
+        step = self.window_multiple * self.vae_factor
+        if pixels % step or pixels < step:
+            raise SettingError("window", f"window must be a multiple of {step} pixels for this model, got {pixels}.")
+        if self.max_window is not None and pixels > self.max_window * self.vae_factor:
+            raise SettingError("window", f"window must be at most {self.max_window * self.vae_factor} pixels for this "
+                                         f"model (its position embedding's size), got {pixels}.")
+        return dataclasses.replace(self, window=pixels // self.vae_factor)
 
 
 @dataclass(frozen=True)
@@ -139,6 +168,8 @@ PARAMETERS: tuple[Parameter, ...] = (
     P("sync_threshold", int, None, "sync only in the first n steps", unset="every step, as the paper", minimum=0,
       maximum=MAX_STEPS),
     P("num_inference_steps", int, 50, "denoising (DDIM) steps", minimum=1, maximum=MAX_STEPS, flags=("--steps",)),
+    P("window", int, None, "side of a view in pixels: SD3 and FLUX take others than their default",
+      unset="the model's (UNets: their native size; FLUX: 1024; SD3: its config's)", minimum=1, maximum=MAX_SIDE),
     P("stride", int, None, "view stride in latent pixels, 1 to the window", unset="a quarter window", minimum=1),
     P("seed", int, None, "seed of the initial noise", unset="a random one, reported with the result", minimum=0,
       maximum=UINT32_MAX),
@@ -192,18 +223,32 @@ def _copy(value):
 
 
 def recommended_of(source) -> dict:
-    """The settings a model recommends (a diffusers folder's recommended.json), as parameters;
-    {} for other sources. A key that is no parameter is a SettingError: the file is wrong."""
+    """The settings a model recommends: its family's (auto.FAMILY_DEFAULTS: FLUX's distilled
+    guidance 3.5, SD3's 7, diffusers' own) under a diffusers folder's recommended.json, as
+    parameters. A key that is no parameter is a SettingError: the file is wrong."""
+    from .auto import FAMILY_DEFAULTS
     from .bundled import recommended_settings
 
+    family = dict(FAMILY_DEFAULTS.get(getattr(source, "family", None), {}))
     if getattr(source, "kind", None) != "folder":
-        return {}
+        return family
     recommended = recommended_settings(source.ref)
     unknown = sorted(set(recommended) - set(BY_NAME))
     if unknown:
         raise SettingError(None, f"{Path(source.ref) / 'recommended.json'} sets {', '.join(unknown)}, which no "
                                  f"parameter is: fix the file.")
-    return recommended
+    return {**family, **recommended}
+
+
+def family_defaults_after_loading(pipe, explicit: Iterable[str] = ()) -> dict:
+    """The defaults of a loaded pipeline's family (auto.FAMILY_DEFAULTS: FLUX's distilled guidance)
+    but those named in `explicit` (set by options, or a PNG): for a model whose family was not known
+    before it loaded (a hub model not in the local cache), which recommended_of could not give."""
+    from .auto import FAMILY_DEFAULTS, family_of_pipeline
+
+    explicit = set(explicit)
+    defaults = FAMILY_DEFAULTS.get(family_of_pipeline(pipe), {})
+    return {name: value for name, value in defaults.items() if name not in explicit}
 
 
 def model_defaults(source, control: bool = False) -> dict:
@@ -320,6 +365,10 @@ def check(values: dict, geometry: Geometry | None = None) -> None:
 def _check_geometry(values: dict, geometry: Geometry) -> None:
     from .views import views_for_canvas
 
+    geometry = geometry.with_window(values.get("window"))
+    for mode, reason in geometry.refused_fast_modes:
+        if mode in (values.get("fast_modes") or ()):
+            raise SettingError("fast_modes", reason)
     window, factor = geometry.window, geometry.vae_factor
     width, height = values.get("width"), values.get("height")
     for side in ("width", "height"):
@@ -339,6 +388,12 @@ def _check_geometry(values: dict, geometry: Geometry) -> None:
     if steps is not None and steps > geometry.max_steps:
         raise SettingError("num_inference_steps", f"num_inference_steps must be at most {geometry.max_steps} with "
                                                   f"this model's scheduler, got {steps}.")
+    if geometry.window_multiple and geometry.window_pixels < SMALLEST_LPIPS_SIDE:
+        # no sync_image_scale (at most 1) helps a window below LPIPS's smallest: name the window's own bound
+        step = geometry.window_multiple * factor
+        lowest = -(-SMALLEST_LPIPS_SIDE // step) * step
+        raise SettingError("window", f"window must be at least {lowest} pixels (LPIPS-VGG compares views of "
+                                     f"{SMALLEST_LPIPS_SIDE} pixels or more), got {geometry.window_pixels}.")
     scale = values.get("sync_image_scale")
     if scale is not None and round(geometry.window_pixels * scale) < SMALLEST_LPIPS_SIDE:
         smallest = SMALLEST_LPIPS_SIDE / geometry.window_pixels
@@ -358,7 +413,14 @@ def fill_canvas(values: dict, geometry: Geometry) -> dict:
     """`values` with the canvas a model of this geometry makes where they leave it unset: one
     window high, four wide, views a quarter window apart (512 × 2048 at stride 16 for Stable
     Diffusion 2 base, the paper's). ControlSync's canvas is the condition's, set before this."""
-    canvas = canvas_defaults(geometry.window, geometry.vae_factor)
+    geometry = geometry.with_window(values.get("window"))
+    canvas = dict(window=geometry.window_pixels, **canvas_defaults(geometry.window, geometry.vae_factor))
+    if values.get("width") is None and canvas["width"] > MAX_SIDE:  # the window's fault, not the width's
+        step = max(geometry.window_multiple, 1) * geometry.vae_factor
+        largest = MAX_SIDE // 4 // step * step
+        raise SettingError("window", f"window {geometry.window_pixels} is too large for the canvas limit: its default "
+                                     f"canvas, four windows wide, would be {canvas['width']} pixels wide, over "
+                                     f"{MAX_SIDE}; choose a window of at most {largest} pixels, or give width.")
     return {**values, **{name: value for name, value in canvas.items() if values.get(name) is None}}
 
 
@@ -395,8 +457,11 @@ def vae_factor_of(vae_config) -> int:
 
 def geometry_of_folder(folder: str | Path) -> Geometry | None:
     """A diffusers folder's geometry from its configs alone; None when they cannot be read. The
-    steps its scheduler allows are DDIM's with its config, the scheduler the pipeline switches to."""
+    steps a UNet model's scheduler allows are DDIM's with its config, the scheduler the pipeline
+    switches to; a transformer's (SD3, FLUX) are its flow-matching scheduler's."""
     folder = Path(folder)
+    if (folder / "transformer" / "config.json").is_file():
+        return _transformer_geometry(folder)
     try:
         unet = json.loads((folder / "unet" / "config.json").read_text())
         vae = json.loads((folder / "vae" / "config.json").read_text())
@@ -404,6 +469,19 @@ def geometry_of_folder(folder: str | Path) -> Geometry | None:
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return None
     return Geometry(window, factor, _most_steps_of(folder / "scheduler" / "scheduler_config.json"))
+
+
+def _transformer_geometry(folder: Path) -> Geometry | None:
+    from .backbones.flow import backbone_of_transformer
+
+    try:
+        transformer = json.loads((folder / "transformer" / "config.json").read_text())
+        vae = json.loads((folder / "vae" / "config.json").read_text())
+        scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+        backbone = backbone_of_transformer(transformer.get("_class_name"))
+        return None if backbone is None else backbone.geometry_of(transformer, scheduler, vae_factor_of(vae))
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
 
 
 def _most_steps_of(config_file: Path) -> int:
@@ -422,10 +500,9 @@ def _most_steps_of(config_file: Path) -> int:
 
 
 def geometry_of_pipeline(pipe) -> Geometry:
-    """A loaded pipeline's geometry."""
-    from .schedulers import most_steps
-
-    return Geometry(pipe.window, pipe.vae_factor, most_steps(pipe.scheduler, MAX_STEPS))
+    """A loaded pipeline's geometry: its backbone's (the family's default window, and whether
+    another may be chosen)."""
+    return pipe.backbone.geometry(pipe.vae_factor)
 
 
 # --------------------------------------------------------------------------- command-line options
@@ -489,6 +566,9 @@ def add_model_options(parser: argparse.ArgumentParser, default_model: str, contr
     parser.add_argument("--vae", default=None, metavar="FOLDER_OR_ID",
                         help="diffusers VAE folder or hub id in place of the model's own, e.g. an fp16-safe SDXL VAE "
                              "(madebyollin/sdxl-vae-fp16-fix): SDXL's own overflows in float16 and decodes in float32")
+    parser.add_argument("--gradient-checkpointing", dest="gradient_checkpointing", action="store_true",
+                        help="recompute the network's activations in the sync gradient's backward instead of keeping "
+                             "them: less memory (SD3 and FLUX at large windows), slower synced steps, same result")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 …")
     parser.add_argument("--dtype", default="auto", help=DTYPE_HELP)
 

@@ -1,4 +1,5 @@
-"""Tiny random-weight models with the shape of Stable Diffusion (1/2, and XL), built from configs.
+"""Tiny random-weight models with the shape of Stable Diffusion (1/2, XL and 3) and FLUX.1, built
+from configs.
 
 They make no picture worth looking at: they exist so that the whole pipeline (views, sync
 gradient through UNet and VAE, merging, decoding, the command) can run and be tested offline,
@@ -183,3 +184,116 @@ def tiny_random_xl_components(
         module.eval()
     return dict(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
                 tokenizer_2=copy.deepcopy(tokenizer), unet=unet, scheduler=scheduler)
+
+
+# --------------------------------------------------------------------- flow-matching transformers
+
+
+def build_t5_tokenizer(max_length: int = 32):
+    """A T5 tokenizer (a Unigram model, as T5's SentencePiece) with a small vocabulary: the special
+    tokens, the word boundary and every lower-case letter and digit, so any prompt tokenizes (other
+    characters are <unk>)."""
+    from transformers import T5Tokenizer
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [(symbol, -3.0) for symbol in "abcdefghijklmnopqrstuvwxyz0123456789"]
+    pieces += [("\u2581" + symbol, -2.5) for symbol in "abcdefghijklmnopqrstuvwxyz"]
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=max_length)
+
+
+def _t5_encoder(tokenizer, width: int):
+    """A 1-layer T5 encoder over `tokenizer`, `width` wide."""
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=width, d_kv=8, d_ff=2 * width, num_layers=1,
+                                   num_heads=2, relative_attention_num_buckets=8, pad_token_id=tokenizer.pad_token_id,
+                                   eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=0))
+
+
+def _flow_vae(window: int, vae_factor: int, vae_channels: int, latent_channels: int, scaling_factor: float,
+              shift_factor: float) -> AutoencoderKL:
+    """The VAE of SD3 and FLUX: no quant convolutions, latents scaled and shifted."""
+    blocks = vae_factor.bit_length()
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks, block_out_channels=(vae_channels,) * blocks, layers_per_block=1,
+        latent_channels=latent_channels, norm_num_groups=8, sample_size=window * vae_factor,
+        scaling_factor=scaling_factor, shift_factor=shift_factor, use_quant_conv=False, use_post_quant_conv=False,
+    )
+
+
+def tiny_random_sd3_components(
+    seed: int = 0,
+    window: int = 16,
+    vae_factor: int = 2,
+    latent_channels: int = 4,
+    vae_channels: int = 8,
+    text_width: int = 16,
+    t5_width: int = 32,
+    shift: float = 3.0,
+) -> dict:
+    """Random-weight components with the shape of Stable Diffusion 3 / 3.5 (as diffusers'
+    StableDiffusion3Pipeline takes them): two CLIP text encoders with projections (their
+    penultimate hidden states side by side, padded to T5's width, then T5's; their projections
+    concatenated as the pooled embedding), a T5 encoder, an SD3Transformer2DModel whose
+    `sample_size` is `window`, a VAE with SD3's scaling and shift factors, and SD3's
+    FlowMatchEulerDiscreteScheduler (static shift 3)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+    from transformers import CLIPTextModelWithProjection
+
+    _check_vae_factor(vae_factor)
+    torch.manual_seed(seed)
+    tokenizer = build_clip_tokenizer()
+    text_config = _text_config(tokenizer, text_width, projection_dim=text_width)
+    text_encoder = CLIPTextModelWithProjection(text_config)
+    text_encoder_2 = CLIPTextModelWithProjection(text_config)
+    tokenizer_3 = build_t5_tokenizer()
+    text_encoder_3 = _t5_encoder(tokenizer_3, t5_width)
+    transformer = SD3Transformer2DModel(
+        sample_size=window, patch_size=2, in_channels=latent_channels, out_channels=latent_channels, num_layers=2,
+        attention_head_dim=8, num_attention_heads=2, joint_attention_dim=t5_width, caption_projection_dim=16,
+        pooled_projection_dim=2 * text_width, pos_embed_max_size=window,
+    )
+    vae = _flow_vae(window, vae_factor, vae_channels, latent_channels, scaling_factor=1.5305, shift_factor=0.0609)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
+    for module in (text_encoder, text_encoder_2, text_encoder_3, transformer, vae):
+        module.eval()
+    return dict(transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                text_encoder_2=text_encoder_2, tokenizer_2=copy.deepcopy(tokenizer), text_encoder_3=text_encoder_3,
+                tokenizer_3=tokenizer_3)
+
+
+def tiny_random_flux_components(
+    seed: int = 0,
+    vae_factor: int = 2,
+    latent_channels: int = 4,
+    vae_channels: int = 8,
+    text_width: int = 16,
+    t5_width: int = 32,
+    guidance_embeds: bool = True,
+) -> dict:
+    """Random-weight components with the shape of FLUX.1 (as diffusers' FluxPipeline takes them): a
+    CLIP text encoder (its pooled output), a T5 encoder (its hidden states), a FluxTransformer2DModel
+    on 2x2-packed latents with rotary position ids, with `guidance_embeds` (dev) or without
+    (schnell), a VAE with FLUX's scaling and shift factors, and FLUX's FlowMatchEulerDiscrete-
+    Scheduler (dynamic shift by the image's token count)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+
+    _check_vae_factor(vae_factor)
+    torch.manual_seed(seed)
+    tokenizer = build_clip_tokenizer()
+    text_encoder = CLIPTextModel(_text_config(tokenizer, text_width))
+    tokenizer_2 = build_t5_tokenizer()
+    text_encoder_2 = _t5_encoder(tokenizer_2, t5_width)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=4 * latent_channels, num_layers=1, num_single_layers=1, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=t5_width, pooled_projection_dim=text_width,
+        guidance_embeds=guidance_embeds, axes_dims_rope=(2, 2, 4),
+    )
+    vae = _flow_vae(16, vae_factor, vae_channels, latent_channels, scaling_factor=0.3611, shift_factor=0.1159)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    for module in (text_encoder, text_encoder_2, transformer, vae):
+        module.eval()
+    return dict(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer)

@@ -4,8 +4,8 @@ interface (docs/algorithm.md, "Other backbones").
 SyncDiffusion needs four things of a model: the prompt's conditioning, a guided prediction for a
 batch of latent views, the clean latent x̂₀ that prediction foresees (differentiable, for the sync
 gradient), and the scheduler's step; and at the end, and in every synced step, the VAE's decode.
-A `Backbone` gives exactly these for one family (SD 1/2, SDXL; next, the flow-matching
-transformers), and the pipeline's loop (views, anchor, sync gradient, fast modes, merge, loop
+A `Backbone` gives exactly these for one family (SD 1/2, SDXL, and the flow-matching
+transformers SD3 and FLUX), and the pipeline's loop (views, anchor, sync gradient, fast modes, merge, loop
 closure, tiled decode) is written once over it.
 
 What is the same for every family lives here: decoding with a diffusers VAE in the pipeline's
@@ -21,6 +21,8 @@ from contextlib import nullcontext
 from typing import TYPE_CHECKING, Protocol
 
 import torch
+
+from ..settings import MAX_STEPS, Geometry
 
 if TYPE_CHECKING:
     from ..views import View
@@ -83,6 +85,22 @@ class Backbone(ABC):
     @property
     def latent_channels(self) -> int:
         return self.pipe.vae.config.latent_channels
+
+    # whether loading switches the model's own scheduler to DDIM (the UNet families: the paper's sampler)
+    switches_to_ddim = False
+
+    def geometry(self, vae_factor: int) -> Geometry:
+        """What the request checks need of this model (settings.Geometry): the default window, the
+        steps its scheduler allows; a family that lets the window be chosen says how."""
+        return Geometry(self.window, vae_factor, self.most_steps())
+
+    def most_steps(self) -> int:
+        """The most denoising steps the scheduler allows."""
+        return MAX_STEPS
+
+    @abstractmethod
+    def check_scheduler(self, scheduler) -> None:
+        """A ValueError that says which schedulers this family steps with, for any other."""
 
     # ---------------------------------------------------------------------- the four things
 

@@ -9,8 +9,8 @@ from abc import abstractmethod
 
 import torch
 
-from ..schedulers import ViewSchedulers, multistep_like
-from ..settings import window_of
+from ..schedulers import SUPPORTED, ViewSchedulers, most_steps, multistep_like
+from ..settings import MAX_STEPS, window_of
 from .base import Backbone, PromptConditioning, ViewConditioning
 
 
@@ -26,6 +26,18 @@ class UNetBackbone(Backbone):
     @property
     def latent_channels(self) -> int:
         return self.pipe.unet.config.in_channels
+
+    switches_to_ddim = True
+
+    def most_steps(self) -> int:
+        return most_steps(self.pipe.scheduler, MAX_STEPS)
+
+    def check_scheduler(self, scheduler) -> None:
+        if not isinstance(scheduler, SUPPORTED):
+            # The loop steps every view from the same timestep: DDIM's step keeps no state, and
+            # DPM-Solver++ gets one copy per view (schedulers.py); others are not written for that.
+            raise ValueError(f"the scheduler must be DDIMScheduler or DPMSolverMultistepScheduler, got "
+                             f"{type(scheduler).__name__}.")
 
     @abstractmethod
     def unet_inputs(self, conditioning: PromptConditioning, count: int) -> dict:

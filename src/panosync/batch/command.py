@@ -45,15 +45,15 @@ def batch(args: argparse.Namespace) -> int:
 
     check_cluster_options(args.ray, args.workers)
     settings.check({"view_batch_size": args.view_batch_size})
-    if args.ray is None:  # on Ray the workers pick their device: this machine may have no GPU
-        pick_precision(args.dtype, pick_device(args.device))
     model = args.model or settings.DEFAULT_MODEL
     source = resolve_model(model)
+    if args.ray is None:  # on Ray the workers pick their device: this machine may have no GPU
+        pick_precision(args.dtype, pick_device(args.device), source.family)
     out = check_folder(args.out, "--out")
     keys = {"model": model, **({"model_config": args.model_config} if args.model_config else {}),
             **({"vae": args.vae} if args.vae else {})}
     jobs = read_jobs(args.jobs, keys, source, args.view_batch_size)
-    spec = ModelSpec(model, args.model_config, args.vae, args.device, args.dtype)
+    spec = ModelSpec(model, args.model_config, args.vae, args.device, args.dtype, args.gradient_checkpointing)
     summary = run_batch(jobs, Path(out), lambda on_step: open_engine(spec, args.ray, args.workers, on_step), args.jobs,
                         {"kind": "ray", "address": args.ray} if args.ray else {"kind": "local"}, quiet=args.quiet)
     counts = summary["counts"]

@@ -22,7 +22,7 @@ NULL_MEANS_SOMETHING = ("sync_threshold", "seed", "anchor", "tiled_decode")
 NOT_COMPARED = ("device", "dtype", "view_batch_size")
 # Unset until the model is loaded, for a model whose configs cannot be read before (a hub id not in
 # the cache, a checkpoint file): then any canvas of the PNG is the one the model's defaults made.
-CANVAS = ("width", "height", "stride")
+CANVAS = ("width", "height", "stride", "window")
 
 
 @dataclass

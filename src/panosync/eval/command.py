@@ -193,8 +193,9 @@ def settle_canvas(plan: Plan, geometry: settings.Geometry) -> None:
     s = plan.shared
     for prompt in plan.prompts:
         settings.check({**s, **plan.methods.get("syncdiffusion", {}), "prompt": prompt}, geometry)
-    check_crop_count(s["height"], s["width"], geometry.window_pixels)
-    plan.images = list_images(plan, geometry.window_pixels)
+    window = s.get("window") or geometry.window_pixels  # the chosen window (SD3, FLUX), in pixels
+    check_crop_count(s["height"], s["width"], window)
+    plan.images = list_images(plan, window)
 
 
 def list_images(plan: Plan, size: int) -> list[PlannedImage]:
@@ -202,7 +203,8 @@ def list_images(plan: Plan, size: int) -> list[PlannedImage]:
     panorama, so that an interrupted run leaves complete groups to compare."""
     s = plan.shared
     common = {"negative_prompt": s["negative_prompt"], "guidance_scale": s["guidance_scale"],
-              "num_inference_steps": s["num_inference_steps"], "stride": s["stride"], "model": plan.model}
+              "num_inference_steps": s["num_inference_steps"], "stride": s["stride"], "model": plan.model,
+              "window": s.get("window")}
     images = []
     for index, prompt in enumerate(plan.prompts):
         for seed in plan.seeds:
@@ -228,6 +230,8 @@ def images_to_make(plan: Plan) -> list[PlannedImage]:
             continue
         stored = read_parameters(image.path)
         for name, wanted in image.parameters.items():
+            if name == "window" and name not in stored:  # made before the window was a parameter: the native one
+                continue
             if name not in NOT_COMPARED and stored.get(name) != wanted:
                 raise ValueError(
                     f"{image.path} was made with {name} {stored.get(name)!r}, this evaluation asks for {wanted!r}: "
@@ -473,26 +477,30 @@ def evaluate(args: argparse.Namespace) -> int:
     check_cluster_options(args.ray, args.workers)
     plan = make_plan(args)
     device = pick_device(args.device)  # the metrics' (and the images', without --ray)
-    pick_precision(args.dtype, device)
+    pick_precision(args.dtype, device, plan.source.family)
     _check_metric_weights()
     todo = images_to_make(plan) if plan.images else None
     started = time.perf_counter()
     made = 0
     if todo is None or todo:
-        spec = ModelSpec(plan.model, args.model_config, getattr(args, "vae", None), args.device, args.dtype)
+        spec = ModelSpec(plan.model, args.model_config, getattr(args, "vae", None), args.device, args.dtype,
+                         getattr(args, "gradient_checkpointing", False))
         engine = open_engine(spec, args.ray, args.workers)
         try:
             geometry = plan.source.geometry or engine.geometry()
             if todo is None:  # a hub model or checkpoint file: its shape is known only now
+                if plan.source.family is None:  # and a hub model's family: its defaults, where no option set them
+                    defaults = engine.family_defaults(settings.given_options(args))
+                    plan.shared.update({name: value for name, value in defaults.items() if name in plan.shared})
                 settle_canvas(plan, geometry)
                 todo = images_to_make(plan)
             made = len(todo)
             generate(plan, engine, todo, args.quiet)
         finally:
             engine.close()  # the metrics' networks need the memory
-        size = geometry.window_pixels
+        size = plan.shared.get("window") or geometry.window_pixels
     else:
-        size = plan.source.window * plan.source.vae_factor
+        size = plan.shared.get("window") or plan.source.window * plan.source.vae_factor
     kept = len(plan.images) - made
     print(f"images: {made} made, {kept} kept from an earlier run ({time.perf_counter() - started:.0f} s)")
     results = measure(plan, size, device, args.quiet)

@@ -96,6 +96,9 @@ class PanoramaWorker:
     def geometry(self):
         return self.maker.geometry()
 
+    def family_defaults(self, explicit=()) -> dict:
+        return self.maker.family_defaults(explicit)
+
     def make(self, key, call: dict) -> Done:
         def on_step(step: int, sync_weight: float) -> None:
             self._steps[key] = (step, sync_weight)
@@ -191,6 +194,11 @@ class RayEngine:
         import ray
 
         return ray.get(self.actors[0].geometry.remote())
+
+    def family_defaults(self, explicit=()) -> dict:
+        import ray
+
+        return ray.get(self.actors[0].family_defaults.remote(set(explicit)))
 
     def submit(self, key, call: dict) -> None:
         index = self._idle.pop(0)

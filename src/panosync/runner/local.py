@@ -44,6 +44,9 @@ class LocalEngine:
     def geometry(self):
         return self.maker.geometry()
 
+    def family_defaults(self, explicit=()) -> dict:
+        return self.maker.family_defaults(explicit)
+
     def submit(self, key, call: dict) -> None:
         self._queue.append((key, call))
 

@@ -25,6 +25,7 @@ class ModelSpec:
     vae: str | None = None
     device: str = "auto"
     dtype: str = "auto"
+    gradient_checkpointing: bool = False  # --gradient-checkpointing: less memory, more time
 
 
 @dataclass
@@ -69,15 +70,21 @@ class PanoramaMaker:
         from ..precision import pick_precision
 
         self.spec = spec
+        source = resolve_model(spec.model)
         device = pick_device(spec.device)
-        self.precision = pick_precision(spec.dtype, device)
-        self.pipe = load_pipeline(resolve_model(spec.model), device, self.precision, config=spec.model_config,
-                                  vae=spec.vae)
+        self.precision = pick_precision(spec.dtype, device, source.family)
+        self.pipe = load_pipeline(source, device, self.precision, config=spec.model_config, vae=spec.vae)
+        if spec.gradient_checkpointing:
+            self.pipe.enable_sync_checkpointing()
         self.pipe.set_progress_bar_config(disable=True)
         self.device = device
 
     def geometry(self) -> settings.Geometry:
         return settings.geometry_of_pipeline(self.pipe)
+
+    def family_defaults(self, explicit=()) -> dict:
+        """settings.family_defaults_after_loading: for a model whose family is known only now."""
+        return settings.family_defaults_after_loading(self.pipe, explicit)
 
     def make(self, call: dict, on_step: StepCallback | None = None) -> Made:
         """The panorama of `call` (SyncDiffusionPipeline's parameters). Errors are the pipeline's."""

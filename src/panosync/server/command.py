@@ -102,8 +102,11 @@ def _load(args: argparse.Namespace, device: str | None = None, dtype: str | None
     model = args.model or (settings.DEFAULT_CONTROL_MODEL if args.controlnet else settings.DEFAULT_MODEL)
     with_controlnets = f" with {', '.join(args.controlnet)}" if args.controlnet else ""
     print(f"loading {model}{with_controlnets} …", file=sys.stderr)
-    return PanoramaModel.load(model, device or args.device, dtype or args.dtype, args.model_config,
-                              args.view_batch_size, args.controlnet, args.vae)
+    loaded = PanoramaModel.load(model, device or args.device, dtype or args.dtype, args.model_config,
+                                args.view_batch_size, args.controlnet, args.vae)
+    if getattr(args, "gradient_checkpointing", False):
+        loaded.pipe.enable_sync_checkpointing()
+    return loaded
 
 
 def _is_loopback(host: str) -> bool:
@@ -178,8 +181,9 @@ def serve(args: argparse.Namespace) -> int:
     if args.ray:
         from ..runner import ModelSpec, open_engine
 
-        engine = open_engine(ModelSpec(model.name, args.model_config, args.vae, args.device, args.dtype), args.ray,
-                             args.workers)
+        spec = ModelSpec(model.name, args.model_config, args.vae, args.device, args.dtype,
+                         args.gradient_checkpointing)
+        engine = open_engine(spec, args.ray, args.workers)
     try:
         app = create_app(model, state_dir, limits, token, public_docs=args.public_docs, retention=retention,
                          min_free_bytes=min_free, engine=engine)

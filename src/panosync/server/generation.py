@@ -8,6 +8,7 @@ condition, checked like the `control` command checks it, and the PNG's metadata 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Callable
 
@@ -15,6 +16,7 @@ import PIL.Image
 import torch
 
 from .. import settings
+from ..auto import family_of_pipeline
 from ..conditions import load_condition_image, prepare_condition
 from ..control import ControlSyncPipeline, check_condition_canvas
 from ..models import load_control_pipeline, load_pipeline, pick_device, resolve_controlnet, resolve_model
@@ -68,11 +70,15 @@ class PanoramaModel:
         source = resolve_model(model)
         controlnet_sources = [resolve_controlnet(controlnet) for controlnet in controlnets or []]
         device = pick_device(device)
-        precision = pick_precision(dtype, device)
+        precision = pick_precision(dtype, device, source.family)
         if not controlnets:
             pipe = load_pipeline(source, device, precision, config=model_config, vae=vae)
+        else:
+            pipe = load_control_pipeline(source, controlnet_sources, device, precision, config=model_config, vae=vae)
+        if source.family is None:  # a hub model first seen now: its family is known once loaded
+            source = dataclasses.replace(source, family=family_of_pipeline(pipe))
+        if not controlnets:
             return cls(pipe, model, settings.model_defaults(source), model_config, view_batch_size)
-        pipe = load_control_pipeline(source, controlnet_sources, device, precision, config=model_config, vae=vae)
         return cls(pipe, model, settings.model_defaults(source, control=True), model_config, view_batch_size,
                    list(controlnets))
 
@@ -83,7 +89,7 @@ class PanoramaModel:
 
     @property
     def device(self) -> torch.device:
-        return self.pipe.unet.device
+        return self.pipe.backbone.network.device
 
     @property
     def dtype(self) -> str:
@@ -140,6 +146,11 @@ class PanoramaModel:
 
     def _prepare_panorama(self, given: dict, limits: Limits) -> dict:
         parameters = {**self.defaults, **given}
+        if given.get("window") not in (None, self.defaults.get("window")):
+            # the default canvas is the default window's: a request's own window makes its own
+            for name in ("width", "height", "stride"):
+                if given.get(name) is None:
+                    parameters[name] = None
         if parameters.get("seed") is None:
             parameters["seed"] = settings.draw_seed()
         if not self.control:

@@ -12,6 +12,7 @@ and shows the condition the ControlNets see: live while the settings change, and
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from pathlib import Path
@@ -33,7 +34,7 @@ from .uploads import save_condition
 
 # Where each input goes on the page (the rest of FIELDS: at the top, in settings' order).
 SYNC_INPUTS = ("sync_weight", "sync_decay_rate", "sync_freq", "sync_threshold")
-DIFFUSION_INPUTS = ("guidance_scale", "num_inference_steps", "stride")
+DIFFUSION_INPUTS = ("guidance_scale", "num_inference_steps", "window", "stride")
 SPEED_INPUTS = ("fast_modes", "sync_image_scale", "tiled_decode", "anchor")
 # The spans of the sliders of parameters whose range has no end (or an end no one would slide to).
 SLIDER_SPANS = {"sync_weight": (0, 100, 0.5), "sync_freq": (1, 50, 1), "num_inference_steps": (1, 200, 1),
@@ -83,11 +84,16 @@ def parameter_input(name: str, value, model: PanoramaModel, limits: Limits, **op
         return gr.Checkbox(value=bool(value), **{**common, "label": f"{name}: {parameter.help}", "info": None})
     if parameter.kind is str:
         return gr.Textbox(value=value or "", max_length=parameter.maximum, **common)
-    if name in ("width", "height"):
-        window, factor = model.window * model.vae_factor, model.vae_factor
-        return gr.Slider(window, largest_side(model, limits), value=value, step=factor, **common)
-    if name == "stride":
-        return gr.Slider(1, model.window, value=value, step=1, **common)
+    if name in ("width", "height"):  # from the smallest window a request may choose
+        return gr.Slider(smallest_window(model), largest_side(model, limits), value=value, step=model.vae_factor,
+                         **common)
+    if name == "stride":  # up to the largest window a request may choose
+        return gr.Slider(1, largest_window(model, limits), value=value, step=1, **common)
+    if name == "window":  # a UNet's is its native size; SD3's and FLUX's may be chosen, in steps of their packing
+        step = model.geometry.window_multiple * model.vae_factor
+        if not step:
+            return gr.Number(value=value, precision=0, interactive=False, **common)
+        return gr.Number(value=value, precision=0, minimum=step, step=step, **common)
     if name == "controlnet_conditioning_scale":
         value = value[0]
     if name in SLIDER_SPANS and value is not None:
@@ -112,6 +118,23 @@ def page_values(names: tuple[str, ...], values) -> dict:
             fields[name] = int(value)  # a slider's whole number comes as a float
     fields["negative_prompt"] = fields.get("negative_prompt") or ""
     return fields
+
+
+def smallest_window(model: PanoramaModel) -> int:
+    """The smallest window (image pixels) a request may choose: the model's own, where it is fixed."""
+    step = model.geometry.window_multiple * model.vae_factor
+    return step or model.window * model.vae_factor
+
+
+def largest_window(model: PanoramaModel, limits: Limits) -> int:
+    """The largest window (latent pixels) a request may choose: the model's bound, or the largest
+    square canvas the limits allow, in steps of the window's multiple; the model's own, where fixed."""
+    multiple = model.geometry.window_multiple
+    if not multiple:
+        return model.window
+    square = min(limits.max_side, math.isqrt(limits.max_pixels)) // model.vae_factor
+    largest = square if model.geometry.max_window is None else min(square, model.geometry.max_window)
+    return max(multiple, largest // multiple * multiple)
 
 
 def largest_side(model: PanoramaModel, limits: Limits) -> int:
@@ -190,8 +213,21 @@ def build_ui(model: PanoramaModel, limits: Limits, out_dir: str | Path) -> gr.Bl
             size = None
         if size is None:
             return width_now, height_now
-        fits = [window <= side <= longest for side in size]
+        fits = [smallest_window(model) <= side <= longest for side in size]
         return (size[0] if fits[0] else width_now), (size[1] if fits[1] else height_now)
+
+    def canvas_of_window(pixels, width_now, height_now, stride_now):
+        """A chosen window's own canvas (four windows wide, one high) and stride, as a request with
+        that window and no canvas gets; ControlSync's canvas stays the condition's."""
+        try:
+            canvas = settings.fill_canvas({"window": int(pixels)}, model.geometry)
+        except (TypeError, ValueError) as error:  # no window yet, or one the model refuses: the sentence
+            if isinstance(error, settings.SettingError):
+                gr.Warning(str(error))
+            return width_now, height_now, stride_now
+        if model.control:
+            return width_now, height_now, canvas["stride"]
+        return canvas["width"], canvas["height"], canvas["stride"]
 
     def apply_preset(name):
         return [presets[name][field] for field in settings.PRESET_NAMES]
@@ -263,6 +299,9 @@ def build_ui(model: PanoramaModel, limits: Limits, out_dir: str | Path) -> gr.Bl
                    *([control_view] if model.control else [])]
         run.click(generate, run_inputs, outputs)
         inputs["prompt"].submit(generate, run_inputs, outputs)
+        if model.geometry.window_multiple:  # a window that may be chosen makes its own canvas
+            canvas_inputs = [inputs[name] for name in ("width", "height", "stride")]
+            inputs["window"].change(canvas_of_window, [inputs["window"], *canvas_inputs], canvas_inputs)
         if model.control:
             conditions[0].change(fit_canvas, [conditions[0], inputs["width"], inputs["height"]],
                                  [inputs["width"], inputs["height"]])

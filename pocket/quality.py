@@ -6,11 +6,11 @@
 4. the montage failure and its fix: crops of MultiDiffusion panoramas disagree on the time of day,
    SyncDiffusion's agree, and Intra-LPIPS falls.
 
-    python -m panosync.pocket.quality --model pocket --out docs/pocket-quality
+    python -m pocket.quality --model pocket --out docs/pocket-quality
 
 These bars reward any picture that agrees with itself, blotches included. The bars that also ask the
 crops to stay pictures of the prompt (fidelity to single windows, adherence on crops; issue 13) are
-`panorama_bars`: python -m panosync.pocket.panorama_bars --out docs/pocket-bars
+`panorama_bars`: python -m pocket.panorama_bars --out docs/pocket-bars
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import numpy as np
 import PIL.Image
 import torch
 
-from ..eval.crops import crops
-from ..eval.perceptual import intra_lpips
-from ..lpips import load_lpips
+from panosync.eval.crops import crops
+from panosync.eval.perceptual import intra_lpips
+from panosync.lpips import load_lpips
 from .classify import accuracy, classify_time
 from .landscapes import make_dataset
 
@@ -55,8 +55,8 @@ def sample_windows(pipe, prompt: str, seeds: list[int], steps: int = 50, guidanc
 def load_for_measurement(model: str):
     """The pipeline (progress bar off) and the settings its folder recommends ({} for any other
     model): what every pocket measurement starts from."""
-    from ..bundled import recommended_settings
-    from ..models import load_pipeline, resolve_model
+    from panosync.bundled import recommended_settings
+    from panosync.models import load_pipeline, resolve_model
 
     source = resolve_model(model)
     pipe = load_pipeline(source)
@@ -123,7 +123,7 @@ def montage_table(report: dict) -> list[str]:
 def markdown(report: dict, picture: str) -> str:
     settings = ", ".join(f"{k} {v}" for k, v in report["settings"].items())
     lines = ["# The pocket model's quality bars", "",
-             f"Measured by `python -m panosync.pocket.quality` on model `{report['model']}` with its recommended "
+             f"Measured by `python -m pocket.quality` on model `{report['model']}` with its recommended "
              f"settings ({settings}) in {report['seconds'] / 60:.0f} min on the CPU.", "",
              "| bar | measured | met |", "|---|---|---|"]
     lines += [f"| {what} | {measured} | {'yes' if met else '**no**'} |" for what, measured, met in bars(report)]

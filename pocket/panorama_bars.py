@@ -14,7 +14,7 @@ kept*, so these bars measure both, per method, on seeds never used for tuning:
 A SyncDiffusion method passes when its (a) is within 10 % of MultiDiffusion's, its (b) is not lower,
 its share in (c) at most half of MultiDiffusion's and its Intra-LPIPS at least 15 % lower.
 
-    python -m panosync.pocket.panorama_bars --out docs/pocket-bars
+    python -m pocket.panorama_bars --out docs/pocket-bars
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ import PIL.Image
 import PIL.ImageDraw
 import torch
 
-from ..eval.crops import crops
-from ..eval.perceptual import intra_lpips
-from ..lpips import PerceptualDistance
+from panosync.eval.crops import crops
+from panosync.eval.perceptual import intra_lpips
+from panosync.lpips import PerceptualDistance
 from .classify import classify
 from .landscapes import ATTRIBUTES, parse_prompt, render_landscape
 from .quality import FAITHFUL, crop_times, load_for_measurement, sample_windows
@@ -226,7 +226,7 @@ def adherence(images_by_prompt: dict[str, list], judged: list[str]) -> dict[str,
 
 
 def fidelity(tiles_by_prompt: dict, references: dict, reference_features, lpips, inception) -> dict:
-    from ..eval.fidelity import fid, inception_features, kid
+    from panosync.eval.fidelity import fid, inception_features, kid
 
     nearest = {prompt: nearest_lpips(np.stack(tiles), references[prompt], lpips)
                for prompt, tiles in tiles_by_prompt.items()}
@@ -327,7 +327,7 @@ def check_table(report: dict) -> list[str]:
 def markdown(report: dict, picture: str) -> str:
     seeds = report["seeds"]
     lines = ["# Panorama bars: coherent and still a picture", "",
-             f"Measured by `python -m panosync.pocket.panorama_bars` on model `{report['model']}` in "
+             f"Measured by `python -m pocket.panorama_bars` on model `{report['model']}` in "
              f"{report['seconds'] / 60:.0f} min on the CPU: {len(report['prompts'])} prompts × {len(seeds)} seeds "
              f"({seeds[0]}–{seeds[-1]}, {'tuning seeds: a sweep' if report.get('tuning') else 'never used for tuning'}), "
              f"{report['width']}×{report['height']} panoramas, "
@@ -405,9 +405,9 @@ def parse_methods(texts: list[str]) -> dict[str, dict]:
 
 
 def main(argv=None):
-    from ..eval.fidelity import inception_features
-    from ..eval.inception import load_inception
-    from ..lpips import load_lpips
+    from panosync.eval.fidelity import inception_features
+    from panosync.eval.inception import load_inception
+    from panosync.lpips import load_lpips
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="pocket")

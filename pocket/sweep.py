@@ -3,7 +3,7 @@ panoramas whose crops disagree on it and their mean Intra-LPIPS, per setting, on
 same seeds for every setting). One JSON line per setting, with each panorama's crop times
 (d day, s sunset, n night).
 
-    python scripts/pocket_sweep.py pocket --seeds 8 --steps 30 --strides 12 --weights 0,40 --decays 0.95,0.98 \
+    python -m pocket.sweep pocket --seeds 8 --steps 30 --strides 12 --weights 0,40 --decays 0.95,0.98 \
         --fast no_unet_backward
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 from panosync.eval.perceptual import intra_lpips
 from panosync.lpips import load_lpips
 from panosync.models import load_pipeline
-from panosync.pocket.quality import crop_times
+from .quality import crop_times
 
 
 def numbers(kind):

@@ -1,7 +1,7 @@
 """The README's picture: `make demo`'s panorama and one more prompt, MultiDiffusion above SyncDiffusion
 (the model's recommended settings), the same seed, on the bundled pocket model.
 
-    python scripts/pocket_demo_picture.py --out docs/demo.png
+    python -m pocket.demo_picture --out docs/demo.png
 """
 
 import argparse
@@ -11,7 +11,7 @@ import PIL.Image
 
 from panosync.bundled import bundled_model_folder, recommended_settings
 from panosync.models import load_pipeline
-from panosync.pocket.panorama_bars import labelled
+from .panorama_bars import labelled
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--out", default="docs/demo.png")

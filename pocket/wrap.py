@@ -11,7 +11,7 @@ the jumps across the other view boundaries: the ratio to their mean, and the wra
 and SyncDiffusion with the model's settings, then SyncDiffusion again with the anchor next to the
 wrap, which tells the anchor's distance from any effect of the wrap itself.
 
-    python -m panosync.pocket.wrap --out docs/pocket-wrap
+    python -m pocket.wrap --out docs/pocket-wrap
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..views import views_for_canvas
+from panosync.views import views_for_canvas
 from .panorama_bars import panorama
 from .quality import load_for_measurement
 
@@ -84,7 +84,7 @@ def measure(pipe, prompt: str, seeds: list[int], width: int, settings: dict, syn
 
 def markdown(report: dict) -> str:
     lines = ["# The 360° wrap against the other view boundaries", "",
-             f"Measured by `python -m panosync.pocket.wrap` on model `{report['model']}` in "
+             f"Measured by `python -m pocket.wrap` on model `{report['model']}` in "
              f"{report['seconds'] / 60:.0f} min: “{report['prompt']}”, {report['width']}×{report['height']}, "
              f"loop closure, seeds {report['seeds'][0]}–{report['seeds'][-1]}. "
              f"Settings: {json.dumps(report['settings'])}.",

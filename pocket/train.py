@@ -1,9 +1,9 @@
 """Train the pocket model on the CPU, in stages that checkpoint and resume.
 
-    python -m panosync.pocket.train data   --run runs/pocket     # render the training set
-    python -m panosync.pocket.train vae    --run runs/pocket     # autoencoder, 64x64 px -> 16x16x4
-    python -m panosync.pocket.train unet   --run runs/pocket     # text encoder + UNet on latents
-    python -m panosync.pocket.train export --run runs/pocket     # fp16 diffusers folder in the package
+    python -m pocket.train data   --run runs/pocket     # render the training set
+    python -m pocket.train vae    --run runs/pocket     # autoencoder, 64x64 px -> 16x16x4
+    python -m pocket.train unet   --run runs/pocket     # text encoder + UNet on latents
+    python -m pocket.train export --run runs/pocket     # fp16 diffusers folder in the package
 
 Every stage writes its checkpoint atomically every few minutes and picks up where it stopped when
 run again; `--steps` is the total to reach, not the number to add.
@@ -25,14 +25,16 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditi
 from diffusers.training_utils import EMAModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from ..tiny import build_clip_tokenizer
+from panosync.files import write_atomically
+from panosync.tiny import build_clip_tokenizer
 from .landscapes import VOCABULARY, make_dataset
 
 IMAGE_SIZE = 64  # pixels: the model's native window
 VAE_FACTOR = 4
 WINDOW = IMAGE_SIZE // VAE_FACTOR  # 16 latent pixels
 MAX_TOKENS = 16
-BUNDLE = Path(__file__).resolve().parent.parent / "bundled" / "pocket"
+# exported into the checkout's package, where panosync finds the bundled model
+BUNDLE = Path(__file__).resolve().parents[1] / "src" / "panosync" / "bundled" / "pocket"
 
 
 # ------------------------------------------------------------------------------------ the parts
@@ -127,9 +129,8 @@ def training_noise_schedule(snr_shift: float = 1.0) -> DDPMScheduler:
 
 
 def save_atomically(state: dict, path: Path) -> None:
-    temporary = path.with_suffix(".tmp")
-    torch.save(state, temporary)
-    os.replace(temporary, path)
+    """torch.save, never seen half written: a checkpoint killed mid-write keeps the previous one."""
+    write_atomically(path, lambda file: torch.save(state, file))
 
 
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -173,10 +174,8 @@ def stage_data(run: Path, count: int, seed: int) -> None:
         return
     started = time.time()
     images, captions, attributes = make_dataset(count, seed=seed, size=IMAGE_SIZE)
-    temporary = run / "data.tmp.npz"
-    np.savez_compressed(temporary, images=images, captions=np.array(captions),
-                        attributes=np.array([json.dumps(a) for a in attributes]))
-    os.replace(temporary, path)
+    write_atomically(path, lambda file: np.savez_compressed(file, images=images, captions=np.array(captions),
+                                                            attributes=np.array([json.dumps(a) for a in attributes])))
     print(f"rendered {count} images in {time.time() - started:.0f} s -> {path}")
 
 
@@ -325,7 +324,7 @@ def stage_unet(run: Path, steps: int, batch: int, lr: float, drop_caption: float
 
 def trained_pipeline(run: Path, use_ema: bool = True):
     """The pocket pipeline from a run's checkpoints (float32)."""
-    from ..pipeline import SyncDiffusionPipeline
+    from panosync.pipeline import SyncDiffusionPipeline
 
     latents = encode_dataset(run)
     tokenizer = new_tokenizer()

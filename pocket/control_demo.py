@@ -1,7 +1,7 @@
 """Pocket + its Canny ControlNet (pocket-canny) on a wide procedural edge map: MultiDiffusion beside
 SyncDiffusion, each with the ControlNet and without it (conditioning scale 0), on the same seeds.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python scripts/pocket_control_demo.py --seeds 8 --out docs/pocket-control
+    OMP_NUM_THREADS=1 python -m pocket.control_demo --seeds 8 --out docs/pocket-control
 
 Writes OUT.png (the edge map on top, then per seed a MultiDiffusion row above a SyncDiffusion row,
 both with the ControlNet), OUT.json (every figure) and OUT.md (the table). Measures, per method:
@@ -26,20 +26,15 @@ import torch
 from panosync.bundled import recommended_settings
 from panosync.conditions import canny_edges
 from panosync.eval.perceptual import intra_lpips
+from panosync.files import write_atomically
 from panosync.lpips import load_lpips
 from panosync.models import load_control_pipeline, resolve_controlnet, resolve_model
-from panosync.pocket.edge_match import TOLERANCE, edge_fscore
-from panosync.pocket.quality import crop_times
-from panosync.pocket.landscapes import render_landscape
+from .edge_match import TOLERANCE, edge_fscore
+from .quality import crop_times
+from .landscapes import render_landscape
 
 PROMPT = "snowy mountains"  # no time of day: the model picks one, and the views must agree on it
 CONDITION_SOURCE = {"time": "day", "ground": "snow", "terrain": "mountains"}
-
-
-def atomic_write(path: Path, write) -> None:
-    temporary = path.with_name(path.stem + ".tmp" + path.suffix)
-    write(temporary)
-    os.replace(temporary, path)
 
 
 def main(argv=None):
@@ -56,7 +51,7 @@ def main(argv=None):
     if args.markdown_only:
         report = json.loads(args.out.with_suffix(".json").read_text())
         args.seeds = len(report["methods"]["MultiDiffusion"]["panoramas"])
-        atomic_write(args.out.with_suffix(".md"), lambda p: p.write_text(markdown(report, args)))
+        write_atomically(args.out.with_suffix(".md"), markdown(report, args))
         return
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     started = time.time()
@@ -114,9 +109,10 @@ def main(argv=None):
     stack = [edges, gap]
     for index in range(min(args.shown, args.seeds)):
         stack += [pictures["MultiDiffusion"][index], pictures["SyncDiffusion"][index], gap]
-    atomic_write(args.out.with_suffix(".png"), lambda p: PIL.Image.fromarray(np.concatenate(stack)).save(p, format="PNG"))
-    atomic_write(args.out.with_suffix(".json"), lambda p: p.write_text(json.dumps(report, indent=2) + "\n"))
-    atomic_write(args.out.with_suffix(".md"), lambda p: p.write_text(markdown(report, args)))
+    picture = PIL.Image.fromarray(np.concatenate(stack))
+    write_atomically(args.out.with_suffix(".png"), lambda file: picture.save(file, format="PNG"))
+    write_atomically(args.out.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
+    write_atomically(args.out.with_suffix(".md"), markdown(report, args))
     print(markdown(report, args))
 
 
@@ -146,7 +142,7 @@ def markdown(report: dict, args) -> str:
     training = json.loads((resolve_controlnet_folder() / "training.json").read_text())
     lines = [
         "# The pocket model following a wide edge map (pocket-canny ControlNet)", "",
-        f"Made by `scripts/pocket_control_demo.py --seeds {args.seeds}` in {report['seconds'] / 60:.0f} min on the CPU. "
+        f"Made by `python -m pocket.control_demo --seeds {args.seeds}` in {report['seconds'] / 60:.0f} min on the CPU. "
         f"Condition: the Canny edges (thresholds 100/200, as `panosync control --preprocess canny`) of a "
         f"{width}x{height} procedural landscape ({', '.join(report['condition']['source'].values())}, seed "
         f"{report['condition']['seed']}), {report['condition']['edge_pixels']:.1%} of its pixels edges. Prompt "
@@ -154,7 +150,7 @@ def markdown(report: dict, args) -> str:
         f"{s['guidance_scale']}, stride {s['stride']}; SyncDiffusion with pocket's recommended sync settings "
         f"({', '.join(f'{k} {v}' for k, v in report['methods']['SyncDiffusion']['settings'].items() if k != 'controlnet_conditioning_scale')}).",
         "", f"The ControlNet: `ControlNetModel.from_unet` of pocket's UNet, trained by "
-        f"`python -m panosync.pocket.control_train` on the Canny edges of pocket's {training['images']:,} training images "
+        f"`python -m pocket.control_train` on the Canny edges of pocket's {training['images']:,} training images "
         f"for {training['step']:,} steps of batch {training['batch']} (lr {training['lr']}, captions dropped "
         f"{training['drop_caption']:.0%} of the time) in {training['seconds'] / 60:.0f} min on the CPU, pocket frozen; "
         f"epsilon MSE {training.get('first_loss', float('nan')):.3f} at the start, {training['loss']:.3f} at the end.",
@@ -170,7 +166,7 @@ def markdown(report: dict, args) -> str:
         f"of the output's edges near a condition edge; recall: share of the condition's edges near an output edge). "
         f"Scale 0 runs the same pipeline with the ControlNet switched off: its F-score is what unrelated "
         f"mountains score against these edges by chance. Crops disagree: the share of panoramas whose eight "
-        f"non-overlapping {height}-px crops do not all get the same time of day from `panosync.pocket.classify`. "
+        f"non-overlapping {height}-px crops do not all get the same time of day from `pocket.classify`. "
         f"Intra-LPIPS: LPIPS-VGG averaged over all pairs of those crops (lower: more alike).", "",
         *comparison(report), "", "Per panorama (crop times: d day, s sunset, n night):", "",
         "| method | seed | F | crop times | Intra-LPIPS |", "|---|---|---|---|---|"]

@@ -1,6 +1,6 @@
 """Save a contact sheet of pocket landscapes: every attribute combination, and some wide renders.
 
-    python scripts/show_landscapes.py sheet.png [--seed 0] [--per-combination 3] [--wide 2]
+    python -m pocket.show_landscapes sheet.png [--seed 0] [--per-combination 3] [--wide 2]
                                                 [--scale 2] [--classify]
 
 The grid is 9 tiles wide: the 27 (time, ground, terrain) combinations, each rendered
@@ -15,17 +15,10 @@ import argparse
 import itertools
 from pathlib import Path
 
-import sys
-
 import numpy as np
 from PIL import Image, ImageDraw
 
-try:
-    import panosync  # noqa: F401
-except ImportError:  # running from a checkout without the package installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from panosync.pocket.landscapes import ATTRIBUTES, render_landscape
+from .landscapes import ATTRIBUTES, render_landscape
 
 
 def contact_sheet(seed: int = 0, per_combination: int = 3, wide: int = 2, wide_width: int = 512,
@@ -48,7 +41,7 @@ def contact_sheet(seed: int = 0, per_combination: int = 3, wide: int = 2, wide_w
     sheet = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     if classify:
-        from panosync.pocket.classify import classify as classify_image
+        from .classify import classify as classify_image
     for n, (attrs, image) in enumerate(tiles):
         r, c = divmod(n, grid_cols)
         x0, y0 = gap + c * (tile + gap), gap + r * (tile + gap + label_h)

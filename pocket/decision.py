@@ -2,7 +2,7 @@
 foreseen image (the decoded x̂₀ of each DDIM step) and find the step from which it stays the final
 image's time of day. A model that settles it in step 0 leaves the sync step nothing to steer.
 
-    python scripts/pocket_decision.py --model pocket --seeds 32
+    python -m pocket.decision --model pocket --seeds 32
 """
 
 import argparse
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from panosync.models import load_pipeline
-from panosync.pocket.classify import classify_time
+from .classify import classify_time
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--model", default="pocket")

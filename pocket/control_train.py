@@ -1,7 +1,7 @@
 """Train a Canny-edge ControlNet for the bundled pocket model, on the CPU, checkpointing and resuming.
 
-    python -m panosync.pocket.control_train train  --data runs/pocket --run runs/pocket-canny --steps 3000
-    python -m panosync.pocket.control_train export --run runs/pocket-canny  # -> panosync/bundled/pocket-canny
+    python -m pocket.control_train train  --data runs/pocket --run runs/pocket-canny --steps 3000
+    python -m pocket.control_train export --run runs/pocket-canny  # -> panosync/bundled/pocket-canny
 
 The conditions are the Canny edges of the pocket training images, taken by the same function as
 `panosync control --preprocess canny` uses, so that what the ControlNet learned to read is what it
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from diffusers import ControlNetModel, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from ..conditions import canny_edges
+from panosync.conditions import canny_edges
 from .train import BUNDLE, MAX_TOKENS, Progress, encode_dataset, load_data, save_atomically
 
 CONTROL_BUNDLE = BUNDLE.parent / "pocket-canny"

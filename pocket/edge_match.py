@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import PIL.Image
 
-from ..conditions import canny_edges
+from panosync.conditions import canny_edges
 
 TOLERANCE = 2  # pixels: a 64-px pocket window's edges may shift a little and still follow the condition
 

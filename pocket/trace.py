@@ -2,8 +2,8 @@
 classify each view's foreseen image (the decoded x̂₀ of its next noise prediction) and print one
 letter per view (d day, s sunset, n night).
 
-    python scripts/pocket_trace.py --seed 0 --sync-weight 0
-    python scripts/pocket_trace.py --seed 0 --sync-weight 40 --sync-decay-rate 0.98 --fast no_unet_backward
+    python -m pocket.trace --seed 0 --sync-weight 0
+    python -m pocket.trace --seed 0 --sync-weight 40 --sync-decay-rate 0.98 --fast no_unet_backward
 """
 
 import argparse
@@ -12,9 +12,10 @@ import numpy as np
 import torch
 
 from panosync.models import load_pipeline
-from panosync.pocket.classify import classify_time
-from panosync.pocket.quality import crop_times
 from panosync.views import crop
+
+from .classify import classify_time
+from .quality import crop_times
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--model", default="pocket")

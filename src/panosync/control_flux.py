@@ -1,0 +1,169 @@
+"""ControlSyncFluxPipeline: ControlSync with FLUX.1 and FLUX ControlNets (FluxControlNetModel).
+
+ControlSyncPipeline's call on SyncFluxPipeline's backbone. A FLUX ControlNet of InstantX's kind
+reads the condition's VAE latent, (mean − shift) · scaling, packed as the latents are, as
+diffusers' FluxControlNetPipeline computes it: the whole condition is encoded once per call, each
+view reads its crop of that latent (wrapped round for loop closure), packed as its own image. The
+ControlNet sees the prompt's branch of the view's transformer call (its timestep, the prompt, the
+view's position ids, the distilled guidance where it has guidance_embeds), and its block samples,
+summed over the ControlNets, go to both branches of true CFG, as in diffusers. The latent is the
+VAE posterior's mean where diffusers draws a sample, so that a seed means one panorama.
+
+Not taken (one sentence each): XLabs' ControlNets, which read pixels through their own hint
+block at a fixed scale, and union ControlNets, which need a control mode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from diffusers import FluxControlNetModel, FluxTransformer2DModel
+from diffusers.models.controlnets.controlnet_flux import FluxMultiControlNetModel
+
+from .backbones.flow import check_max_sequence_length
+from .backbones.flux import T5_TOKENS, pack
+from .control import ControlSyncPipeline
+from .flux import DEFAULT_FLUX_GUIDANCE, SyncFluxPipeline, check_true_cfg_scale
+from .pipeline import ViewConditioning
+from .views import crop
+
+# The transformer config keys a FluxControlNetModel shares with its transformer.
+SHARED_CONFIG = ("patch_size", "in_channels", "attention_head_dim", "num_attention_heads", "joint_attention_dim",
+                 "pooled_projection_dim", "guidance_embeds", "axes_dims_rope")
+
+
+def random_flux_controlnet_like(transformer: FluxTransformer2DModel, seed: int = 0, layers: int = 1,
+                                single_layers: int = 1) -> FluxControlNetModel:
+    """A FluxControlNetModel (InstantX's kind) shaped for `transformer`, with random weights: for
+    tests and smoke runs, not pictures. Its output blocks and condition embedder start at zero in
+    training; here they get ordinary random weights, so the condition visibly changes the result."""
+    torch.manual_seed(seed)
+    shared = {name: transformer.config[name] for name in SHARED_CONFIG if name in transformer.config}
+    controlnet = FluxControlNetModel(**shared, num_layers=layers, num_single_layers=single_layers)
+    for block in [*controlnet.controlnet_blocks, *controlnet.controlnet_single_blocks]:
+        block.reset_parameters()
+    controlnet.controlnet_x_embedder.reset_parameters()
+    return controlnet.eval()
+
+
+class ControlSyncFluxPipeline(ControlSyncPipeline, SyncFluxPipeline):
+    """ControlSync with a FLUX.1 model and FLUX ControlNets of InstantX's kind (one, a list, or a
+    FluxMultiControlNetModel). Components as in diffusers' FluxControlNetPipeline; the call is
+    ControlSyncPipeline's."""
+
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->controlnet->transformer->vae"
+
+    def __init__(self, scheduler, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, transformer, controlnet,
+                 image_encoder=None, feature_extractor=None):
+        SyncFluxPipeline.__init__(self, scheduler, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2,
+                                  transformer, image_encoder, feature_extractor)
+        self.add_controlnet(controlnet)
+
+    @torch.no_grad()
+    def __call__(self, prompt: str, image=None, *, true_cfg_scale: float = 1.0, max_sequence_length: int = T5_TOKENS,
+                 **parameters):
+        """ControlSyncPipeline's call with SyncFluxPipeline's options: `guidance_scale` the distilled
+        guidance (default 3.5, diffusers'), `true_cfg_scale`, `max_sequence_length`."""
+        check_true_cfg_scale(true_cfg_scale)
+        check_max_sequence_length(max_sequence_length)
+        parameters.setdefault("guidance_scale", DEFAULT_FLUX_GUIDANCE)
+        return ControlSyncPipeline.__call__(self, prompt, image, true_cfg_scale=true_cfg_scale,
+                                            max_sequence_length=max_sequence_length, **parameters)
+
+    def add_controlnet(self, controlnet) -> None:
+        if isinstance(controlnet, (list, tuple)):
+            controlnet = FluxMultiControlNetModel(controlnet)
+        self.register_modules(controlnet=controlnet)
+        controlnet.requires_grad_(False)
+        self.check_controlnets()
+
+    @property
+    def controlnets(self) -> list[FluxControlNetModel]:
+        if isinstance(self.controlnet, FluxMultiControlNetModel):
+            return list(self.controlnet.nets)
+        return [self.controlnet]
+
+    def check_controlnets(self) -> None:
+        for index, controlnet in enumerate(self.controlnets):
+            name = f"ControlNet {index}" if len(self.controlnets) > 1 else "The ControlNet"
+            if not isinstance(controlnet, FluxControlNetModel):
+                raise ValueError(f"{name} is a {type(controlnet).__name__}: a FLUX model takes FluxControlNetModels.")
+            if controlnet.input_hint_block is not None:
+                raise ValueError(f"{name} reads pixels through its own hint block (XLabs' kind), which panosync does "
+                                 f"not run yet: use a ControlNet of InstantX's kind, which reads VAE latents.")
+            if controlnet.union:
+                raise ValueError(f"{name} is a union ControlNet, which needs a control mode that panosync does not "
+                                 f"take yet: use a ControlNet of one kind of condition.")
+            if controlnet.config.in_channels != self.transformer.config.in_channels:
+                raise ValueError(f"{name} was made for another transformer ({controlnet.config.in_channels} packed "
+                                 f"latent channels; this one has {self.transformer.config.in_channels}): use a "
+                                 f"ControlNet trained for this base model.")
+
+    @torch.no_grad()
+    def control_conditioning(self, conditions: list[torch.Tensor], scales: list[float]) -> ViewConditioning:
+        """Each condition's VAE latent (the posterior's mean), as its ControlNet reads it."""
+        vae = self.vae
+        latents = []
+        for condition in conditions:
+            image = condition.to(self._execution_device, vae.dtype) * 2 - 1
+            mean = vae.encode(image).latent_dist.mode()
+            latents.append(((mean - vae.config.shift_factor) * vae.config.scaling_factor).to(self.compute_dtype))
+        return FluxControlConditioning(self.controlnets, latents, scales, self.transformer.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class FluxControlConditioning(ViewConditioning):
+    """FLUX ControlSync's part of a request: each ControlNet, its condition's latent of the canvas's
+    size (1, C, H/f, W/f) and its scale. It gives each view's transformer call the ControlNets'
+    block samples for that view's crop of the latents."""
+
+    controlnets: list
+    latents: list[torch.Tensor]
+    scales: list[float]
+    transformer_dtype: torch.dtype
+
+    def unet_inputs(self, model_input, t, inputs, views) -> dict:
+        """The block samples for a batch of views (`model_input`: their packed tokens, the negative
+        prompt's branch first where true CFG runs), from the prompt's branch, summed over the
+        ControlNets, repeated for every branch; none at scale 0 (not run). `inputs` are the
+        transformer call's, with the request's guidance_scale."""
+        if views is None:
+            raise TypeError("ControlSync needs the views of the batch to crop the conditions for them.")
+        count = len(views)
+        branches = model_input.shape[0] // count
+        prompt = slice(model_input.shape[0] - count, None)  # the prompt's branch: the last
+        blocks = singles = None
+        for controlnet, latent, scale in zip(self.controlnets, self.latents, self.scales):
+            if scale == 0:
+                continue
+            dtype = controlnet.dtype
+            crops = pack(torch.cat([crop(latent, view) for view in views]))
+            guidance = None
+            if controlnet.config.guidance_embeds:
+                guidance = torch.full([1], inputs["guidance_scale"], device=model_input.device,
+                                      dtype=torch.float32).expand(count)
+            net_blocks, net_singles = controlnet(
+                hidden_states=model_input[prompt].to(dtype), controlnet_cond=crops.to(dtype), conditioning_scale=scale,
+                timestep=inputs["timestep"][prompt], guidance=guidance,
+                pooled_projections=inputs["pooled_projections"][prompt].to(dtype),
+                encoder_hidden_states=inputs["encoder_hidden_states"][prompt].to(dtype), txt_ids=inputs["txt_ids"],
+                img_ids=inputs["img_ids"], return_dict=False)
+            blocks = _summed(blocks, net_blocks)
+            singles = _summed(singles, net_singles)
+        if blocks is None and singles is None:
+            return {}
+
+        def every_branch(samples):
+            if samples is None:
+                return None
+            return [sample.to(self.transformer_dtype).repeat(branches, 1, 1) for sample in samples]
+
+        return dict(controlnet_block_samples=every_branch(blocks),
+                    controlnet_single_block_samples=every_branch(singles), controlnet_blocks_repeat=False)
+
+
+def _summed(total, samples):
+    if samples is None:
+        return total
+    return list(samples) if total is None else [a + b for a, b in zip(total, samples)]
