@@ -6,6 +6,7 @@
     panosync serve --model pocket                   # HTTP API on 127.0.0.1:8000
     panosync ui --model pocket                      # web page on 127.0.0.1:7860
     panosync evaluate --model pocket --prompts prompts.txt --seeds 0-31 --width 512 --out runs/eval
+    panosync batch jobs.jsonl --model pocket --out runs/batch   # one PNG a line; --ray local|auto|ray://…
 
 The options of the panorama's parameters come from settings.py, as do their defaults, precedence
 and checks. Errors a user can cause print one sentence and exit with status 2, before any model is
@@ -20,6 +21,7 @@ import time
 
 from . import settings
 from .precision import NonFiniteError
+from .runner.maker import TaskFailed
 
 CONTROL_HELPS = dict(
     width="pixels, a multiple of the VAE factor (default: the condition's width)",
@@ -68,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    description="Generate panoramas with each method (resumable), measure the "
                                                "paper's metrics, write a table, JSON, CSV and charts.")
     add_evaluate_arguments(evaluate)
+    from .batch.command import add_arguments as add_batch_arguments
+
+    add_batch_arguments(commands.add_parser(
+        "batch", help="many panoramas from a JSONL file of jobs, here or on a Ray cluster (--ray)",
+        description="Make one panorama per line of a JSONL file (the HTTP API's fields, and an optional name), "
+                    "with the model loaded once, here or on Ray workers (resumable)."))
     return parser
 
 
@@ -247,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
             from .eval.command import evaluate
 
             return evaluate(args)
+        if args.command == "batch":
+            from .batch.command import batch
+
+            return batch(args)
     except ValueError as error:
         print(f"panosync: error: {error}", file=sys.stderr)
         return 2
@@ -257,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"panosync: error: panosync {args.command} needs {error.name}, which comes with the {extra} extra: "
               f"pip install 'panosync[{extra}]'.", file=sys.stderr)
         return 2
-    except NonFiniteError as error:  # not the input's fault: the arithmetic overflowed; nothing was written
+    except (NonFiniteError, TaskFailed) as error:  # not the input's fault (the arithmetic overflowed …)
         print(f"panosync: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -9,6 +9,9 @@ image already made with the same parameters, so an interrupted evaluation contin
 stopped. Then it measures every method (`panosync.eval`) and writes results.md (laid out like the
 paper's Table 1), results.json, results.csv, results-chart.png and results-examples.png.
 
+With --ray ADDRESS the images are made on Ray workers through the same runner as `panosync batch`
+(runner/), the same pictures as here; the metrics are measured here.
+
 Methods: `multidiffusion` is the joint diffusion without synchronisation (sync weight 0);
 `syncdiffusion` synchronises with the model's recommended sync settings, else the pipeline's
 defaults; --sync-weight and the other sync options override them.
@@ -23,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import settings
+from ..runner.cluster import add_cluster_options
 
 METHODS = ("multidiffusion", "syncdiffusion")
 # The parameters (settings.py) of syncdiffusion's panoramas alone, those of each image's own, and
@@ -63,6 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--examples", type=int, default=3, help="seeds of the first prompt shown in the example grid")
     parser.add_argument("--view-batch-size", dest="view_batch_size", type=int, default=1,
                         help="views per network call: faster on a GPU, same result")
+    add_cluster_options(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -237,22 +242,34 @@ def images_to_make(plan: Plan) -> list[PlannedImage]:
 # ------------------------------------------------------------------------------------ generation
 
 
-def generate(plan: Plan, pipe, todo: list[PlannedImage], device, precision: str, quiet: bool) -> None:
+def generate(plan: Plan, engine, todo: list[PlannedImage], quiet: bool) -> None:
+    """Make the images of `todo` on `engine` (this process, or Ray workers), writing each PNG here as
+    it arrives, so that an interruption keeps every image finished."""
     from tqdm.auto import tqdm
 
     from ..metadata import save_png
+    from ..runner import TaskFailed, run_all
 
-    pipe.set_progress_bar_config(disable=quiet, leave=False, desc="  denoising", unit="step")
     done = len(plan.images) - len(todo)
     with tqdm(total=len(plan.images), initial=done, desc="images", unit="image", disable=quiet) as bar:
-        for image in todo:
-            bar.set_postfix_str(f"{image.method or 'reference'}, seed {image.seed}")
-            started = time.perf_counter()
-            picture = pipe(**image.call(), view_batch_size=plan.args.view_batch_size).images[0]
-            seconds = round(time.perf_counter() - started, 3)
-            save_png(picture, image.path, {**image.parameters, "seconds": seconds, "device": device.type,
-                                           "dtype": precision})
+        def progress(index, step, sync_weight, worker):
+            image = todo[index]
+            bar.set_postfix_str(f"{image.method or 'reference'}, seed {image.seed}, step {step}/"
+                                f"{image.parameters['num_inference_steps']}", refresh=False)
+
+        def finished(outcome) -> None:
+            image = todo[outcome.key]
+            if outcome.made is None:
+                raise TaskFailed(f"{image.path} could not be made: {outcome.error}")
+            made = outcome.made
+            save_png(made.image, image.path, {**image.parameters, "seconds": round(made.seconds, 3),
+                                              "device": made.device, "dtype": made.dtype})
             bar.update()
+
+        engine.on_step = progress
+        tasks = [(index, {**image.call(), "view_batch_size": plan.args.view_batch_size})
+                 for index, image in enumerate(todo)]
+        run_all(engine, tasks, finished)
 
 
 # ---------------------------------------------------------------------------------- measurement
@@ -450,35 +467,38 @@ def _check_metric_weights() -> None:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    """The command: plan, make the missing images, measure, write the reports."""
-    from ..models import load_pipeline, pick_device
+    """The command: plan, make the missing images (here, or on Ray workers with --ray), measure, write
+    the reports."""
+    from ..models import pick_device
     from ..precision import pick_precision
+    from ..runner import ModelSpec, open_engine
+    from ..runner.cluster import check_cluster_options
 
+    check_cluster_options(args.ray, args.workers)
     plan = make_plan(args)
-    device = pick_device(args.device)
-    precision = pick_precision(args.dtype, device, plan.source.family)
+    device = pick_device(args.device)  # the metrics' (and the images', without --ray)
+    pick_precision(args.dtype, device, plan.source.family)
     _check_metric_weights()
     todo = images_to_make(plan) if plan.images else None
     started = time.perf_counter()
     made = 0
     if todo is None or todo:
-        pipe = load_pipeline(plan.source, device, precision, config=args.model_config, vae=getattr(args, "vae", None))
-        if getattr(args, "gradient_checkpointing", False):
-            pipe.enable_sync_checkpointing()
-        if todo is None:  # a hub model or checkpoint file: its shape is known only now
-            if plan.source.family is None:  # and a hub model's family: its defaults, where no option set them
-                defaults = settings.family_defaults_after_loading(pipe, settings.given_options(args))
-                plan.shared.update({name: value for name, value in defaults.items() if name in plan.shared})
-            settle_canvas(plan, settings.geometry_of_pipeline(pipe))
-            todo = images_to_make(plan)
-        size = plan.shared.get("window") or pipe.window * pipe.vae_factor
-        made = len(todo)
-        generate(plan, pipe, todo, device, precision.name, args.quiet)
-        del pipe  # the metrics' networks need the memory
-        if device.type == "cuda":
-            import torch
-
-            torch.cuda.empty_cache()
+        spec = ModelSpec(plan.model, args.model_config, getattr(args, "vae", None), args.device, args.dtype,
+                         getattr(args, "gradient_checkpointing", False))
+        engine = open_engine(spec, args.ray, args.workers)
+        try:
+            geometry = plan.source.geometry or engine.geometry()
+            if todo is None:  # a hub model or checkpoint file: its shape is known only now
+                if plan.source.family is None:  # and a hub model's family: its defaults, where no option set them
+                    defaults = engine.family_defaults(settings.given_options(args))
+                    plan.shared.update({name: value for name, value in defaults.items() if name in plan.shared})
+                settle_canvas(plan, geometry)
+                todo = images_to_make(plan)
+            made = len(todo)
+            generate(plan, engine, todo, args.quiet)
+        finally:
+            engine.close()  # the metrics' networks need the memory
+        size = plan.shared.get("window") or geometry.window_pixels
     else:
         size = plan.shared.get("window") or plan.source.window * plan.source.vae_factor
     kept = len(plan.images) - made

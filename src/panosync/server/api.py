@@ -318,15 +318,22 @@ class Service:
 
 
 def create_app(model: PanoramaModel, state_dir: str | Path, limits: Limits = Limits(), token: str | None = None,
-               public_docs: bool = False, retention=None, min_free_bytes: int | None = None) -> FastAPI:
+               public_docs: bool = False, retention=None, min_free_bytes: int | None = None, engine=None) -> FastAPI:
     """The API for `model`, its jobs kept in `state_dir` (finished ones as long as `retention`, a
     retention.Retention, allows; new ones refused while the folder has under `min_free_bytes` free,
     None: the store's default). The store opens and the worker starts with the app (its lifespan),
     so one app object can be started, stopped and started again. With `token`, every route but
-    /health needs it, the schema and docs too unless `public_docs`."""
+    /health needs it, the schema and docs too unless `public_docs`. With `engine` (a Ray engine, see
+    runner/cluster.py) the jobs run on its workers, several at once (ray_worker.py); it stays open
+    across starts, for whoever opened it to close."""
     store = (JobStore(state_dir, retention=retention) if min_free_bytes is None else
              JobStore(state_dir, retention=retention, min_free_bytes=min_free_bytes))
-    worker = Worker(store, model)
+    if engine is None:
+        worker = Worker(store, model)
+    else:
+        from .ray_worker import RayWorker
+
+        worker = RayWorker(store, model, engine)
     waiters = JobWaiters(store, limits.max_waiters)
     service = Service(model, store, worker, waiters, limits)
 

@@ -66,6 +66,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--public-docs", dest="public_docs", action="store_true",
                         help="serve /openapi.json, /docs and /redoc without the token (default: with --token, "
                              "they need it too)")
+    from ..runner.cluster import add_cluster_options
+
+    add_cluster_options(parser)
     parser.add_argument("--max-waiters", dest="max_waiters", type=int, default=Limits.max_waiters,
                         help=f"clients that may wait for their jobs at once (Prefer: wait); past them a job is "
                              f"queued and answered at once (default {Limits.max_waiters})")
@@ -86,19 +89,21 @@ def _limits(args: argparse.Namespace) -> Limits:
                   max_waiters=getattr(args, "max_waiters", Limits.max_waiters))
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace, device: str | None = None, dtype: str | None = None):
+    """The model, on `device` in `dtype` (default: --device, --dtype)."""
     from .generation import PanoramaModel
 
     from ..models import pick_device
     from ..precision import pick_precision
 
     settings.check({"view_batch_size": args.view_batch_size})
-    pick_precision(args.dtype, pick_device(args.device))  # a bad --device or --dtype: one sentence, before loading
+    if not getattr(args, "ray", None):  # on Ray the workers pick their device: this machine may have no GPU
+        pick_precision(args.dtype, pick_device(args.device))  # a bad --device or --dtype: one sentence, first
     model = args.model or (settings.DEFAULT_CONTROL_MODEL if args.controlnet else settings.DEFAULT_MODEL)
     with_controlnets = f" with {', '.join(args.controlnet)}" if args.controlnet else ""
     print(f"loading {model}{with_controlnets} …", file=sys.stderr)
-    loaded = PanoramaModel.load(model, args.device, args.dtype, args.model_config, args.view_batch_size,
-                                args.controlnet, args.vae)
+    loaded = PanoramaModel.load(model, device or args.device, dtype or args.dtype, args.model_config,
+                                args.view_batch_size, args.controlnet, args.vae)
     if getattr(args, "gradient_checkpointing", False):
         loaded.pipe.enable_sync_checkpointing()
     return loaded
@@ -154,6 +159,11 @@ def serve(args: argparse.Namespace) -> int:
     from .api import create_app
     from .retention import parse_keep, parse_min_free
 
+    from ..runner.cluster import check_cluster_options
+
+    check_cluster_options(args.ray, args.workers)
+    if args.ray and args.controlnet:
+        raise ValueError("serve --ray makes SyncDiffusion panoramas: ControlSync (--controlnet) runs without --ray.")
     limits = _limits(args)
     retention = None if args.keep is None else parse_keep(args.keep)
     min_free = DEFAULT_MIN_FREE_BYTES if args.min_free is None else parse_min_free(args.min_free)
@@ -164,10 +174,24 @@ def serve(args: argparse.Namespace) -> int:
     state_dir = (args.state_dir or default_state_dir()).expanduser()
     check_state_dir(state_dir)  # now, not after loading the model
     warn_if_short_of_space(state_dir, min_free)
-    app = create_app(_load(args), state_dir, limits, token, public_docs=args.public_docs, retention=retention,
-                     min_free_bytes=min_free)
-    print(f"jobs and outputs in {state_dir}", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    # With --ray the server's own copy only checks requests and describes the PNGs: on the CPU, so
+    # that it takes no GPU from the Ray workers on the same machine (their device is --device's).
+    model = _load(args, "cpu", "float32") if args.ray else _load(args)
+    engine = None
+    if args.ray:
+        from ..runner import ModelSpec, open_engine
+
+        spec = ModelSpec(model.name, args.model_config, args.vae, args.device, args.dtype,
+                         args.gradient_checkpointing)
+        engine = open_engine(spec, args.ray, args.workers)
+    try:
+        app = create_app(model, state_dir, limits, token, public_docs=args.public_docs, retention=retention,
+                         min_free_bytes=min_free, engine=engine)
+        print(f"jobs and outputs in {state_dir}", file=sys.stderr)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    finally:
+        if engine is not None:
+            engine.close()
     return 0
 
 

@@ -1,0 +1,62 @@
+"""`panosync batch JOBS.jsonl --model M --out DIR`: one PNG per line of JOBS.jsonl, made here with
+the model loaded once, or on a Ray cluster with --ray (one worker per GPU, each loading it once).
+
+    {"prompt": "a photo of a mountain range at twilight", "seed": 7, "name": "twilight"}
+    {"prompt": "a city skyline at dusk", "width": 3072, "loop_closure": true}
+
+Every line holds the HTTP API's fields (and `name`, the PNG's name; else line-N.png) and is checked
+before anything runs. A rerun keeps the PNGs made with the same parameters and makes the others.
+DIR/summary.json says what ran, where, and how long.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .. import settings
+from ..runner.cluster import add_cluster_options, check_cluster_options
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = ("A line's fields left out take the model's recommended settings, else the paper's. A PNG already "
+                     "in DIR with the same parameters is kept (a seed left out matches any).")
+    parser.add_argument("jobs", metavar="JOBS.jsonl",
+                        help="one job a line: a JSON object of the HTTP API's fields (prompt, width, seed …) and an "
+                             "optional name")
+    settings.add_model_options(parser, settings.DEFAULT_MODEL)
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="folder of the PNGs and summary.json; rerunning with the same folder resumes")
+    parser.add_argument("--view-batch-size", dest="view_batch_size", type=int, default=None,
+                        help="views per network call: faster on a GPU, same result")
+    add_cluster_options(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def batch(args: argparse.Namespace) -> int:
+    """Check everything (options, every line), then make what is missing; the exit status is 1 when a
+    job failed."""
+    from ..files import check_folder
+    from ..models import pick_device, resolve_model
+    from ..precision import pick_precision
+    from ..runner import ModelSpec, open_engine
+    from .jobs import read_jobs
+    from .run import FAILED, run_batch
+
+    check_cluster_options(args.ray, args.workers)
+    settings.check({"view_batch_size": args.view_batch_size})
+    model = args.model or settings.DEFAULT_MODEL
+    source = resolve_model(model)
+    if args.ray is None:  # on Ray the workers pick their device: this machine may have no GPU
+        pick_precision(args.dtype, pick_device(args.device), source.family)
+    out = check_folder(args.out, "--out")
+    keys = {"model": model, **({"model_config": args.model_config} if args.model_config else {}),
+            **({"vae": args.vae} if args.vae else {})}
+    jobs = read_jobs(args.jobs, keys, source, args.view_batch_size)
+    spec = ModelSpec(model, args.model_config, args.vae, args.device, args.dtype, args.gradient_checkpointing)
+    summary = run_batch(jobs, Path(out), lambda on_step: open_engine(spec, args.ray, args.workers, on_step), args.jobs,
+                        {"kind": "ray", "address": args.ray} if args.ray else {"kind": "local"}, quiet=args.quiet)
+    counts = summary["counts"]
+    print(f"{counts['made']} made, {counts['kept']} kept, {counts['failed']} failed in {summary['seconds']:.1f} s; "
+          f"summary in {Path(out) / 'summary.json'}")
+    return 1 if counts[FAILED] else 0

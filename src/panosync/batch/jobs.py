@@ -1,0 +1,146 @@
+"""A batch's jobs: one JSON object a line, with the HTTP API's fields and an optional `name`, each
+checked against settings.py and the model's geometry before anything runs; and whether a job's
+PNG is already made (a rerun keeps it when its parameters match)."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import settings
+
+# The fields a line may set: the HTTP API's (settings' served parameters), but not ControlSync's
+# (a batch makes SyncDiffusion panoramas), and the PNG's name.
+FIELDS = tuple(p.name for p in settings.PARAMETERS if p.served and not p.control)
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# Fields where null means something other than "the default", as in the HTTP API (server/schema.py's
+# NULL_MEANS_SOMETHING; a test holds the two equal): every step, a random seed, the centre view …
+NULL_MEANS_SOMETHING = ("sync_threshold", "seed", "anchor", "tiled_decode")
+# Keys of a PNG's metadata that do not change the picture, or say where it was made: not compared.
+NOT_COMPARED = ("device", "dtype", "view_batch_size")
+# Unset until the model is loaded, for a model whose configs cannot be read before (a hub id not in
+# the cache, a checkpoint file): then any canvas of the PNG is the one the model's defaults made.
+CANVAS = ("width", "height", "stride", "window")
+
+
+@dataclass
+class BatchJob:
+    line: int  # in the file, from 1
+    name: str  # the PNG's name, without .png: the line's `name`, else line-N
+    parameters: dict  # every pipeline parameter, defaults filled in, the seed drawn when not given
+    metadata: dict  # what the PNG carries, but for the device and precision it is made in
+    seed_given: bool
+
+    @property
+    def file(self) -> str:
+        return f"{self.name}.png"
+
+
+def read_jobs(path: str | Path, model: dict, source, view_batch_size: int | None = None) -> list[BatchJob]:
+    """Every job of the JSONL file `path`, checked; a ValueError naming the line and the field for
+    the first that is wrong. `model` holds the metadata's model keys (model, model_config, vae);
+    `source` is its ModelSource (its geometry, when known, checks the canvas now)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file (give a JSONL file, one job a line).")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text (byte {error.start}): write the jobs as JSON lines.") from None
+    recommended = settings.recommended_of(source)
+    jobs, names = [], {}
+    for number, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        try:
+            job = _read_job(number, text, recommended, source.geometry, model, view_batch_size)
+        except ValueError as error:
+            raise ValueError(f"{path} line {number}: {error}") from None
+        if job.name in names:
+            raise ValueError(f"{path} line {number}: name {job.name!r} is the name of line {names[job.name]} too: "
+                             f"give every job its own name.")
+        names[job.name] = number
+        jobs.append(job)
+    if not jobs:
+        raise ValueError(f"{path} holds no job: write one JSON object a line, e.g. {{\"prompt\": \"snowy mountains\", "
+                         f"\"seed\": 1}}.")
+    return jobs
+
+
+def _read_job(number: int, text: str, recommended: dict, geometry, model: dict,
+              view_batch_size: int | None) -> BatchJob:
+    try:
+        fields = json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"not valid JSON ({error}).") from None
+    if not isinstance(fields, dict):
+        raise ValueError(f"a job is a JSON object of fields, got a JSON {type(fields).__name__}.")
+    unknown = sorted(set(fields) - set(FIELDS) - {"name"})
+    if unknown:
+        raise ValueError(f"{unknown[0]} is no field of a job: the fields are {', '.join(FIELDS)}, and name.")
+    name = fields.pop("name", None)
+    if name is not None and not (isinstance(name, str) and NAME.match(name)):
+        raise ValueError(f"name must be a file name of letters, digits, '.', '-' and '_', not starting with a dot "
+                         f"or dash, at most 100 characters, got {name!r}.")
+    if name is not None and re.fullmatch(r"line-\d+", name):
+        raise ValueError(f"name {name!r} is how jobs without a name are named: choose another.")
+    given = {key: value for key, value in fields.items() if value is not None or key in NULL_MEANS_SOMETHING}
+    if given.get("prompt") is None:
+        raise ValueError("prompt must be given (text).")
+    values = settings.resolve({key: value for key, value in given.items() if value is not None}, None, recommended)
+    for key in NULL_MEANS_SOMETHING:  # an explicit null wins over a recommended value
+        if key in given and given[key] is None:
+            values[key] = None
+    values = {key: value for key, value in values.items() if key in settings.PIPELINE_NAMES}
+    values["view_batch_size"] = view_batch_size
+    if geometry is not None:
+        values = settings.fill_canvas(values, geometry)
+    settings.check(values, geometry)
+    seed_given = values["seed"] is not None
+    if not seed_given:
+        values["seed"] = settings.draw_seed()
+    metadata = {**values, **model}
+    return BatchJob(number, name or f"line-{number}", values, metadata, seed_given)
+
+
+def settle_canvas(jobs: list[BatchJob], geometry, path: str | Path) -> None:
+    """Fill in and check each job's canvas once the model's geometry is known (a model whose configs
+    could not be read before it loaded); a ValueError naming the line as `read_jobs` does."""
+    for job in jobs:
+        job.parameters.update(settings.fill_canvas(job.parameters, geometry))
+        job.metadata.update({key: job.parameters[key] for key in CANVAS})
+        try:
+            settings.check(job.parameters, geometry)
+        except ValueError as error:
+            raise ValueError(f"{path} line {job.line}: {error}") from None
+
+
+def is_made(job: BatchJob, folder: Path) -> bool:
+    """Whether `folder` holds the job's PNG made with its parameters (a seed the line left to chance
+    matches any); a PNG of other parameters, or not panosync's, is made again."""
+    from ..metadata import read_parameters
+
+    path = folder / job.file
+    if not path.is_file():
+        return False
+    try:
+        stored = settings.stored_parameters(read_parameters(path))
+    except ValueError:
+        return False
+    for key, wanted in job.metadata.items():
+        if key in NOT_COMPARED or (key == "seed" and not job.seed_given) or (wanted is None and key in CANVAS):
+            continue
+        if stored.get(key) != wanted:
+            return False
+    return True
+
+
+def adopt_seed(job: BatchJob, folder: Path) -> None:
+    """A kept PNG's seed, for a job whose line left it to chance: the summary says the seed made."""
+    from ..metadata import read_parameters
+
+    if not job.seed_given:
+        seed = read_parameters(folder / job.file).get("seed")
+        job.parameters["seed"] = job.metadata["seed"] = seed

@@ -1,0 +1,124 @@
+"""One loaded model that makes panoramas: the unit of work every engine runs, here or on a Ray worker."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import PIL.Image
+
+from .. import settings
+
+# on_step(steps_done, sync_weight_of_that_step); an exception it raises stops the panorama there
+StepCallback = Callable[[int, float], None]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to load, as `panosync generate` takes it: sent to every worker, which loads it itself."""
+
+    model: str
+    model_config: str | None = None
+    vae: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    gradient_checkpointing: bool = False  # --gradient-checkpointing: less memory, more time
+
+
+@dataclass
+class Made:
+    """A panorama and where and how it was made (for the PNG's metadata and the batch summary)."""
+
+    image: PIL.Image.Image
+    seconds: float  # the pipeline's own time
+    device: str  # "cpu", "cuda"
+    dtype: str  # the precision's name
+    worker: dict = field(default_factory=dict)  # host, pid (and GPUs on Ray)
+
+
+@dataclass
+class Done:
+    """What became of a task: `made`, or `error` (a sentence), or `canceled`."""
+
+    key: object
+    made: Made | None = None
+    error: str | None = None
+    canceled: bool = False
+
+
+class TaskFailed(Exception):
+    """A panorama a front end needed could not be made: the message says which and why."""
+
+
+class Canceled(Exception):
+    """Raised by a step callback to stop a panorama (a cancelled job)."""
+
+
+def where() -> dict:
+    """This process: the host and pid a task ran on."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+class PanoramaMaker:
+    """`spec`'s pipeline, loaded once on construction, making one panorama per `make` call."""
+
+    def __init__(self, spec: ModelSpec):
+        from ..models import load_pipeline, pick_device, resolve_model
+        from ..precision import pick_precision
+
+        self.spec = spec
+        source = resolve_model(spec.model)
+        device = pick_device(spec.device)
+        self.precision = pick_precision(spec.dtype, device, source.family)
+        self.pipe = load_pipeline(source, device, self.precision, config=spec.model_config, vae=spec.vae)
+        if spec.gradient_checkpointing:
+            self.pipe.enable_sync_checkpointing()
+        self.pipe.set_progress_bar_config(disable=True)
+        self.device = device
+
+    def geometry(self) -> settings.Geometry:
+        return settings.geometry_of_pipeline(self.pipe)
+
+    def family_defaults(self, explicit=()) -> dict:
+        """settings.family_defaults_after_loading: for a model whose family is known only now."""
+        return settings.family_defaults_after_loading(self.pipe, explicit)
+
+    def make(self, call: dict, on_step: StepCallback | None = None) -> Made:
+        """The panorama of `call` (SyncDiffusionPipeline's parameters). Errors are the pipeline's."""
+        def after_step(pipe, step, timestep, values):
+            if on_step is not None:
+                on_step(step + 1, float(values["sync_weight"]))
+
+        started = time.perf_counter()
+        image = self.pipe(**call, callback_on_step_end=after_step).images[0]
+        return Made(image, time.perf_counter() - started, self.device.type, self.precision.name, where())
+
+    def attempt(self, key, call: dict, on_step: StepCallback | None = None) -> Done:
+        """`make`, with whatever a task can cause caught into the Done: one bad task must not stop a
+        batch, and on Ray an application error must not look like a dead worker (which is retried)."""
+        try:
+            return Done(key, made=self.make(call, on_step))
+        except Canceled:
+            return Done(key, canceled=True)
+        except Exception as error:  # noqa: BLE001 — reported with the task, the next one runs
+            return Done(key, error=describe_failure(error))
+
+    def close(self) -> None:
+        del self.pipe
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+
+def describe_failure(error: BaseException) -> str:
+    """A sentence for a task that failed: ours are sentences already; others get their type."""
+    from ..precision import NonFiniteError
+
+    text = str(error).strip()
+    if isinstance(error, (ValueError, NonFiniteError)) and text:
+        return text
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

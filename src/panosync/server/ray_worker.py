@@ -1,0 +1,109 @@
+"""`serve --ray`: the worker that hands the store's jobs to Ray workers (runner.cluster.RayEngine),
+as many at once as there are (one per GPU), instead of running them in this process.
+
+The SQLite store stays the truth, as with one worker: a job is claimed (running) when it is handed
+out, recorded when its picture comes back, and written here by the server (the outputs folder
+need not be shared with the Ray workers). A stop cancels the running jobs after their current step
+and fails them as interrupted; queued jobs stay queued for the next start, which fails any job a
+crash left running (JobStore.open), as today.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .. import settings
+from ..metadata import save_png
+from ..runner import Done
+from .generation import PanoramaModel
+from .jobs import CANCELED, FAILED, INTERRUPTED, SUCCEEDED, Job, JobStore, failure_reason
+from .worker import DEGRADED_PAUSE_SECONDS, RETENTION_DEGRADED_SECONDS, RETENTION_IDLE_SECONDS, Worker
+
+log = logging.getLogger("panosync.server")
+
+# How long the worker waits for a Ray job to end before it looks for new jobs (and progress) again.
+POLL_SECONDS = 0.2
+
+
+class RayWorker(Worker):
+    """Runs the queued jobs of a store on an engine's workers, oldest first, several at once.
+    `model` checks requests and describes the PNGs here; `engine` makes the pictures."""
+
+    def __init__(self, store: JobStore, model: PanoramaModel, engine):
+        super().__init__(store, model)
+        self.engine = engine
+        engine.on_step = self._on_step
+        self._jobs: dict[str, Job] = {}  # handed out, not yet back
+
+    def _on_step(self, job_id, step: int, sync_weight: float, worker: dict) -> None:
+        try:
+            self.store.record_step(job_id, step, sync_weight)
+        except Exception:  # progress is a courtesy: a busy store must not lose the job
+            log.warning("could not record the progress of job %s", job_id)
+
+    def cancel(self, job_id: str) -> None:
+        with self._lock:
+            if job_id in self._jobs:
+                self.engine.cancel(job_id)
+
+    def _run_next(self) -> None:
+        self._wake.clear()
+        healthy = self._folder_healthy()
+        if healthy:
+            self._hand_out()
+        if self._jobs:
+            for done in self.engine.wait(POLL_SECONDS):
+                self._finish(done)
+            return
+        if not healthy:
+            self._apply_retention(every=RETENTION_DEGRADED_SECONDS)
+            self._stopping.wait(DEGRADED_PAUSE_SECONDS)
+            return
+        self._apply_retention(every=RETENTION_IDLE_SECONDS)
+        self._wake.wait(self._idle_timeout())
+
+    def _hand_out(self) -> None:
+        """Claim a queued job for every free Ray worker, oldest first."""
+        while not self._stopping.is_set() and self.engine.free() > 0:
+            job = self.store.claim_next()
+            if job is None:
+                return
+            with self._lock:
+                self._jobs[job.id] = job
+                self.engine.submit(job.id, {name: job.parameters[name] for name in settings.PIPELINE_NAMES})
+            if self.store.get(job.id).cancel_requested:  # asked between the claim and now
+                self.engine.cancel(job.id)
+
+    def _finish(self, done: Done) -> None:
+        with self._lock:
+            job = self._jobs.pop(done.key)
+        self._record(job, *self._outcome_of(job, done))
+        self._apply_retention()
+
+    def _outcome_of(self, job: Job, done: Done) -> tuple[str, dict]:
+        if done.canceled:
+            return (FAILED, dict(error=INTERRUPTED)) if self._stopping.is_set() else (CANCELED, {})
+        if done.made is None:
+            log.error("job %s failed: %s", job.id, done.error)
+            return FAILED, dict(error=done.error)
+        made = done.made
+        try:
+            output = f"{job.id}.png"
+            metadata = {**self.model.metadata(job.parameters, made.image), "device": made.device, "dtype": made.dtype}
+            save_png(made.image, self.store.outputs / output, metadata)
+            return SUCCEEDED, dict(output=output, pipeline_seconds=made.seconds)
+        except Exception as error:
+            log.exception("job %s failed", job.id)
+            return FAILED, dict(error=failure_reason(error, self.store.state_dir))
+
+    def stop(self) -> None:
+        """Stop handing out jobs; the running ones stop after their current step and are failed as
+        interrupted (as with one worker; one that ended first is kept), so the engine is idle for
+        a next start."""
+        super().stop()
+        with self._lock:
+            for job_id in self._jobs:
+                self.engine.cancel(job_id)
+        while self._jobs:  # each ends within a step: canceled (interrupted), or made just before
+            for done in self.engine.wait(POLL_SECONDS):
+                self._finish(done)
