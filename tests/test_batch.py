@@ -44,6 +44,8 @@ def pixels(path):
     ('{"prompt": "hills",}', "line 2: not valid JSON"),
     ('["hills"]', "line 2: a job is a JSON object of fields, got a JSON list"),
     ('{"prompt": "hills", "condition": "edges.png"}', "line 2: condition is no field of a job"),
+    ('{"prompt": "hills", "name": "ok\\n"}', "line 2: name must be a file name"),  # "$" took a final newline
+    ("[" * 100_000, "line 2: not valid JSON"),  # nested beyond Python's stack: RecursionError, once a traceback
 ])
 def test_a_bad_line_is_one_sentence_naming_it_and_nothing_runs(tmp_path, capsys, line, words):
     jobs = write_jobs(tmp_path / "jobs.jsonl", {"prompt": "snowy mountains", "name": "first", **SMALL}, line)
@@ -61,7 +63,48 @@ def test_an_empty_file_and_a_bad_ray_address_are_refused_before_work(tmp_path, c
     assert "--ray must be local (start Ray here), auto" in capsys.readouterr().err
     assert batch(jobs, tmp_path / "out", "--workers", "2") == 2
     assert "give --ray too" in capsys.readouterr().err
+    # the workers pick the device on their machines, but the names are checked here, before Ray starts
+    assert batch(jobs, tmp_path / "out", "--ray", "local", "--dtype", "float8") == 2
+    assert "--dtype float8 is not a precision" in capsys.readouterr().err
+    assert batch(jobs, tmp_path / "out", "--ray", "local", "--device", "cuda:1") == 2
+    assert "each worker has its own" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_byte_order_mark_and_crlf_line_ends_are_read_as_json_lines(tmp_path):
+    jobs = tmp_path / "jobs.jsonl"
+    # a raw U+2028 (JSON allows it in a string): str.splitlines would end the line there
+    jobs.write_bytes('\ufeff{"prompt": "hills\u2028at night"}\r\n{"prompt": "a sea"}\r\n'.encode())
+    read = read_jobs(jobs, {"model": "pocket"}, resolve_model("pocket"))
+    assert [(job.line, job.parameters["prompt"]) for job in read] == [(1, "hills\u2028at night"), (2, "a sea")]
+
+
+def test_a_png_that_cannot_be_written_fails_its_job_and_the_others_are_made(tmp_path, capsys):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", {"prompt": "hills", "seed": 1, "name": "blocked", **SMALL},
+                      {"prompt": "a sea", "seed": 2, **SMALL})
+    out = tmp_path / "out"
+    (out / "blocked.png").mkdir(parents=True)  # a folder where the PNG goes
+    assert batch(jobs, out) == 1
+    captured = capsys.readouterr()
+    assert "blocked (line 1) failed: its PNG could not be written" in captured.err and "Traceback" not in captured.err
+    summary = json.loads((out / "summary.json").read_text())
+    assert [job["status"] for job in summary["jobs"]] == ["failed", "made"] and (out / "line-2.png").is_file()
+
+
+def test_a_png_cut_short_or_made_with_another_vae_is_made_again(tmp_path, capsys):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", {"prompt": "hills", "seed": 1, **SMALL},
+                      {"prompt": "a sea", "seed": 2, **SMALL})
+    out = tmp_path / "out"
+    assert batch(jobs, out) == 0
+    first = out / "line-1.png"
+    first.write_bytes(first.read_bytes()[:-40])  # its metadata is whole, its pixels are not
+    from panosync.metadata import save_png
+
+    with PIL.Image.open(out / "line-2.png") as image:
+        save_png(image.copy(), out / "line-2.png", {**read_parameters(out / "line-2.png"), "vae": "another/vae"})
+    capsys.readouterr()
+    assert batch(jobs, out) == 0
+    assert "2 made, 0 kept" in capsys.readouterr().out
 
 
 def test_the_fields_are_the_apis_and_null_means_what_it_means_there():
@@ -152,3 +195,34 @@ def test_evaluate_and_serve_refuse_bad_cluster_options_before_loading(tmp_path, 
     assert main(["serve", "--model", "pocket", "--state-dir", str(tmp_path / "state"), "--ray", "head"]) == 2
     assert "--ray must be local" in capsys.readouterr().err
     assert not (tmp_path / "eval").exists() and not (tmp_path / "state").exists()
+
+
+def test_serve_on_ray_fails_the_queued_jobs_once_no_ray_worker_is_left(tmp_path, caplog):
+    """RayEngine.free() raises TaskFailed once every worker died past its restarts; serve --ray's
+    worker then fails what is queued with that sentence, saying it once in the log, instead of a
+    traceback every half second while jobs wait for ever."""
+    from panosync.runner import TaskFailed
+    from panosync.server.jobs import FAILED, JobStore
+    from panosync.server.ray_worker import RayWorker
+
+    class NoWorkerLeft:  # RayEngine's answer with every worker gone (runner/cluster.py, free)
+        on_step = None
+
+        def free(self):
+            raise TaskFailed("Every Ray worker died more than 3 times: no task can run.")
+
+    store = JobStore(tmp_path / "state")
+    store.open()
+    try:
+        jobs = [store.add({"prompt": "hills"}, {"prompt": "hills", "num_inference_steps": 3}, max_queue=10)
+                for _ in range(2)]
+        worker = RayWorker(store, model=None, engine=NoWorkerLeft())
+        with caplog.at_level("ERROR", logger="panosync.server"):
+            worker._hand_out()
+            worker._hand_out()
+        for job in jobs:
+            ended = store.get(job.id)
+            assert ended.status == FAILED and ended.error.startswith("Every Ray worker died") and "Restart" in ended.error
+        assert len([record for record in caplog.records if "Every Ray worker died" in record.message]) == 1
+    finally:
+        store.close()

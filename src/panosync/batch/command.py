@@ -43,7 +43,7 @@ def batch(args: argparse.Namespace) -> int:
     from .jobs import read_jobs
     from .run import FAILED, run_batch
 
-    check_cluster_options(args.ray, args.workers)
+    check_cluster_options(args.ray, args.workers, args.dtype, args.device)
     settings.check({"view_batch_size": args.view_batch_size})
     model = args.model or settings.DEFAULT_MODEL
     source = resolve_model(model)

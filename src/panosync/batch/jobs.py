@@ -14,12 +14,14 @@ from .. import settings
 # The fields a line may set: the HTTP API's (settings' served parameters), but not ControlSync's
 # (a batch makes SyncDiffusion panoramas), and the PNG's name.
 FIELDS = tuple(p.name for p in settings.PARAMETERS if p.served and not p.control)
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # fullmatch: "$" would let a final newline through
 # Fields where null means something other than "the default", as in the HTTP API (server/schema.py's
 # NULL_MEANS_SOMETHING; a test holds the two equal): every step, a random seed, the centre view …
 NULL_MEANS_SOMETHING = ("sync_threshold", "seed", "anchor", "tiled_decode")
 # Keys of a PNG's metadata that do not change the picture, or say where it was made: not compared.
 NOT_COMPARED = ("device", "dtype", "view_batch_size")
+# The model's keys that a PNG carries only when they were given: one given then and not now differs too.
+MODEL_OPTIONS = ("model_config", "vae")
 # Unset until the model is loaded, for a model whose configs cannot be read before (a hub id not in
 # the cache, a checkpoint file): then any canvas of the PNG is the one the model's defaults made.
 CANVAS = ("width", "height", "stride", "window")
@@ -46,7 +48,9 @@ def read_jobs(path: str | Path, model: dict, source, view_batch_size: int | None
     if not path.is_file():
         raise ValueError(f"{path}: no such file (give a JSONL file, one job a line).")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # utf-8-sig: a byte-order mark some editors write is not part of the first line. Lines end at
+        # \n only (str.splitlines would also split inside a prompt at U+2028 and the like).
+        lines = [line.removesuffix("\r") for line in path.read_text(encoding="utf-8-sig").split("\n")]
     except UnicodeDecodeError as error:
         raise ValueError(f"{path} is not UTF-8 text (byte {error.start}): write the jobs as JSON lines.") from None
     recommended = settings.recommended_of(source)
@@ -73,7 +77,7 @@ def _read_job(number: int, text: str, recommended: dict, geometry, model: dict,
               view_batch_size: int | None) -> BatchJob:
     try:
         fields = json.loads(text)
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:  # RecursionError: JSON nested beyond Python's stack
         raise ValueError(f"not valid JSON ({error}).") from None
     if not isinstance(fields, dict):
         raise ValueError(f"a job is a JSON object of fields, got a JSON {type(fields).__name__}.")
@@ -81,7 +85,7 @@ def _read_job(number: int, text: str, recommended: dict, geometry, model: dict,
     if unknown:
         raise ValueError(f"{unknown[0]} is no field of a job: the fields are {', '.join(FIELDS)}, and name.")
     name = fields.pop("name", None)
-    if name is not None and not (isinstance(name, str) and NAME.match(name)):
+    if name is not None and not (isinstance(name, str) and NAME.fullmatch(name)):
         raise ValueError(f"name must be a file name of letters, digits, '.', '-' and '_', not starting with a dot "
                          f"or dash, at most 100 characters, got {name!r}.")
     if name is not None and re.fullmatch(r"line-\d+", name):
@@ -122,12 +126,18 @@ def is_made(job: BatchJob, folder: Path) -> bool:
     matches any); a PNG of other parameters, or not panosync's, is made again."""
     from ..metadata import read_parameters
 
+    import PIL.Image
+
     path = folder / job.file
     if not path.is_file():
         return False
     try:
         stored = settings.stored_parameters(read_parameters(path))
-    except ValueError:
+        with PIL.Image.open(path) as image:
+            image.load()  # the pixels too: a PNG cut short (a crash mid-copy) is made again
+    except (ValueError, OSError, SyntaxError):
+        return False
+    if any(stored.get(key) != job.metadata.get(key) for key in MODEL_OPTIONS):
         return False
     for key, wanted in job.metadata.items():
         if key in NOT_COMPARED or (key == "seed" and not job.seed_given) or (wanted is None and key in CANVAS):

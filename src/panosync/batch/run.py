@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -53,15 +54,19 @@ def run_batch(jobs: list[BatchJob], out: Path, open_engine: Callable, jobs_file:
 
         job, entry = by_line[done.key], entries[done.key]
         steps.pop(done.key, None)
-        if done.made is None:
-            entry.update(status=FAILED, error=done.error or "canceled")
-            bar.write(f"panosync: {job.name} (line {job.line}) failed: {entry['error']}")
-        else:
+        error = done.error or "canceled" if done.made is None else None
+        if error is None:
             made = done.made
-            save_png(made.image, out / job.file, {**job.metadata, "width": made.image.width,
-                                                  "height": made.image.height, "device": made.device,
-                                                  "dtype": made.dtype})
-            entry.update(status=MADE, seconds=round(made.seconds, 3), worker=made.worker)
+            try:
+                save_png(made.image, out / job.file, {**job.metadata, "width": made.image.width,
+                                                      "height": made.image.height, "device": made.device,
+                                                      "dtype": made.dtype})
+                entry.update(status=MADE, seconds=round(made.seconds, 3), worker=made.worker)
+            except OSError as failure:  # a full disk, a folder in the way: this job fails, the others go on
+                error = f"its PNG could not be written to {out / job.file}: {failure.strerror or failure}"
+        if error is not None:
+            entry.update(status=FAILED, error=error)
+            bar.write(f"panosync: {job.name} (line {job.line}) failed: {error}", file=sys.stderr)
         bar.update()
 
     engine = None

@@ -474,7 +474,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from ..runner import ModelSpec, open_engine
     from ..runner.cluster import check_cluster_options
 
-    check_cluster_options(args.ray, args.workers)
+    check_cluster_options(args.ray, args.workers, args.dtype, args.device)
     plan = make_plan(args)
     device = pick_device(args.device)  # the metrics' (and the images', without --ray)
     pick_precision(args.dtype, device, plan.source.family)

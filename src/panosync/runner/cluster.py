@@ -42,8 +42,25 @@ def add_cluster_options(parser) -> None:
                         help="Ray workers, each loading the model once (default: one per GPU of the cluster, else 1)")
 
 
-def check_cluster_options(address: str | None, workers: int | None) -> None:
-    """A ValueError with one sentence for a bad --ray or --workers, before anything starts."""
+def check_cluster_options(address: str | None, workers: int | None, dtype: str | None = None,
+                          device: str | None = None) -> None:
+    """A ValueError with one sentence for a bad --ray or --workers, before anything starts; with
+    --ray also for a --dtype or --device that is no such name (the workers pick the device itself,
+    on their own machines: here only the names can be checked)."""
+    if address is not None and dtype is not None:
+        from ..precision import PRECISIONS
+
+        if dtype not in PRECISIONS:
+            raise ValueError(f"--dtype {dtype} is not a precision: use {', '.join(PRECISIONS)}.")
+    if address is not None and device not in (None, "auto"):
+        import torch
+
+        try:
+            parsed = torch.device(device)
+        except (RuntimeError, TypeError, ValueError):
+            raise ValueError(f"--device {device} is not a device: use auto, cpu or cuda.") from None
+        if parsed.index is not None:  # Ray gives each worker its own GPU, which it sees as cuda:0
+            raise ValueError(f"--device {device} names one GPU, but on Ray each worker has its own: use --device cuda.")
     if workers is not None and address is None:
         raise ValueError("--workers counts Ray workers: give --ray too (--ray local starts Ray here).")
     if workers is not None and workers < 1:

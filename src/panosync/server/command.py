@@ -161,7 +161,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from ..runner.cluster import check_cluster_options
 
-    check_cluster_options(args.ray, args.workers)
+    check_cluster_options(args.ray, args.workers, args.dtype, args.device)
     if args.ray and args.controlnet:
         raise ValueError("serve --ray makes SyncDiffusion panoramas: ControlSync (--controlnet) runs without --ray.")
     limits = _limits(args)

@@ -14,7 +14,7 @@ import logging
 
 from .. import settings
 from ..metadata import save_png
-from ..runner import Done
+from ..runner import Done, TaskFailed
 from .generation import PanoramaModel
 from .jobs import CANCELED, FAILED, INTERRUPTED, SUCCEEDED, Job, JobStore, failure_reason
 from .worker import DEGRADED_PAUSE_SECONDS, RETENTION_DEGRADED_SECONDS, RETENTION_IDLE_SECONDS, Worker
@@ -34,6 +34,7 @@ class RayWorker(Worker):
         self.engine = engine
         engine.on_step = self._on_step
         self._jobs: dict[str, Job] = {}  # handed out, not yet back
+        self._workers_lost = False  # every Ray worker is gone: said once in the log
 
     def _on_step(self, job_id, step: int, sync_weight: float, worker: dict) -> None:
         try:
@@ -63,8 +64,16 @@ class RayWorker(Worker):
         self._wake.wait(self._idle_timeout())
 
     def _hand_out(self) -> None:
-        """Claim a queued job for every free Ray worker, oldest first."""
-        while not self._stopping.is_set() and self.engine.free() > 0:
+        """Claim a queued job for every free Ray worker, oldest first. When no Ray worker is left
+        (each died past its restarts), every queued job fails with that sentence, once each, rather
+        than waiting for workers that will not come back: the server must be restarted."""
+        while not self._stopping.is_set():
+            try:
+                if self.engine.free() == 0:
+                    return
+            except TaskFailed as error:
+                self._fail_queued(str(error))
+                return
             job = self.store.claim_next()
             if job is None:
                 return
@@ -73,6 +82,13 @@ class RayWorker(Worker):
                 self.engine.submit(job.id, {name: job.parameters[name] for name in settings.PIPELINE_NAMES})
             if self.store.get(job.id).cancel_requested:  # asked between the claim and now
                 self.engine.cancel(job.id)
+
+    def _fail_queued(self, reason: str) -> None:
+        if not self._workers_lost:
+            log.error("%s Queued and new jobs fail until the server is restarted.", reason)
+            self._workers_lost = True
+        while (job := self.store.claim_next()) is not None:
+            self._record(job, FAILED, dict(error=f"{reason} Restart the server."))
 
     def _finish(self, done: Done) -> None:
         with self._lock:
