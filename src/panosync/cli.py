@@ -18,10 +18,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from . import settings
 from .precision import NonFiniteError
 from .runner.maker import TaskFailed
+
+if TYPE_CHECKING:
+    from .models import ModelSource
 
 CONTROL_HELPS = dict(
     width="pixels, a multiple of the VAE factor (default: the condition's width)",
@@ -79,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def panorama_request(args: argparse.Namespace, control: bool = False) -> tuple[dict, "ModelSource"]:
+def panorama_request(args: argparse.Namespace, control: bool = False) -> tuple[dict, ModelSource]:
     """Every parameter of the panorama (settings.resolve: the options given, the PNG of --from-png,
     the model's recommended settings, the paper's), with the model and the seed, checked as far as
     the model's configs allow (all of it for a folder or a bundled model). Loads no weights."""
@@ -177,7 +181,7 @@ def control(args: argparse.Namespace) -> int:
     return make_panorama(args, request, source, out, load, inputs)
 
 
-def make_panorama(args: argparse.Namespace, request: dict, source: "ModelSource", out: str, load=None,
+def make_panorama(args: argparse.Namespace, request: dict, source: ModelSource, out: str, load=None,
                   inputs: dict | None = None) -> int:
     """Load the pipeline (`load(device, precision)`; default: SyncDiffusion's), make the panorama
     with the request's pipeline parameters and `inputs`, write the PNG with the request."""
