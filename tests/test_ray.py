@@ -33,11 +33,21 @@ JOBS = [{"prompt": "snowy mountains", "seed": 1, "name": "snow", "width": 128, "
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
-    """Two CPUs, so two workers; the workers import this tree's panosync, whatever is installed."""
+    """Two CPUs, so two workers; the workers import this tree's panosync, whatever is installed.
+
+    Each worker computes on one thread (a Ray worker of one CPU), so the pictures made here to
+    compare with theirs are made on one thread too: on a CPU the sums of a matrix product split
+    over two threads round differently in the last bit, and a PNG can differ by a level (CI runs
+    the tests on every core)."""
+    import torch
+
     path = os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES, log_to_driver=False,
              logging_level=logging.WARNING, runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"}})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(threads)
     ray.shutdown()
 
 
