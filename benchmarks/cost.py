@@ -1,12 +1,12 @@
 """What a synced step costs, by family: FLOPs per view and part at each family's real size, and CPU
 seconds per step of tiny random models of each family on this machine.
 
-FLOPs: the SDXL and SD 2 base architectures (and SD3.5 medium's and FLUX.1-dev's transformers,
-flow_cost.py) are built on the meta device, which counts every
-operation without computing it (torch.utils.flop_counter). A synced step per view is the guided
-UNet forward with gradient (CFG batch of 2) and its backward, the VAE decoder forward and
-backward, LPIPS-VGG forward and backward on the foreseen image (at `sync_image_scale`), and the
-second guided UNet forward. An unsynced step is one guided UNet forward.
+FLOPs: the SD 2 base, SDXL, SD3.5 medium and FLUX.1-dev architectures are built on the meta
+device, which counts every operation without computing it (torch.utils.flop_counter). A synced
+step per view is the guided network's forward with gradient (a CFG batch of 2; FLUX.1-dev, its
+guidance distilled, one pass) and its backward, the VAE decoder forward and backward, LPIPS-VGG
+forward and backward on the foreseen image (at `sync_image_scale`), and the second guided
+forward. An unsynced step is one guided forward.
 
 CPU seconds: a panorama of five views of panosync's tiny random SD and tiny random SDXL (the same
 UNet widths, 128-pixel windows), synced in its first steps, each step timed; the medians of the
@@ -28,16 +28,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import AutoencoderKL, FluxTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel
 from torch.utils.flop_counter import FlopCounterMode
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "src")]
 
+from flow_check import FLUX1_DEV, SD35_MEDIUM, VAE16  # noqa: E402 (the architectures, with the GPU check's)
 from speed import PROMPT, SD2_BASE_UNET, SD_VAE, SDXL_BASE_UNET, write_atomically  # noqa: E402
-
-DENOISING_PASS = "UNet forward (guided, the denoising pass)"
-
 
 def count(work) -> int:
     with FlopCounterMode(display=False) as counter:
@@ -45,51 +43,95 @@ def count(work) -> int:
     return counter.get_total_flops()
 
 
-def flops_by_part(unet_config: dict, text_tokens: int, xl: bool, image_scale: float) -> dict:
+def synced_step_parts(network: str, forward, vae, latent: torch.Tensor, side: int) -> dict:
+    """FLOPs of each pass of a synced step for one view (on the meta device): `forward(latent)` is
+    the guided `network`'s call; LPIPS-VGG sees the foreseen image at `side` pixels. The last part,
+    the denoising pass, is an unsynced step."""
+    vgg = torchvision.models.vgg16().features[:30].requires_grad_(False)  # LPIPS-VGG's five stages
+
+    def with_backward(function):
+        def work():
+            x = latent.clone().requires_grad_(True)
+            function(x).sum().backward()
+        return work
+
+    return {
+        f"{network} forward + backward (guided, with gradient)": count(with_backward(forward)),
+        "VAE decoder forward + backward": count(with_backward(lambda x: vae.decode(x).sample)),
+        f"LPIPS-VGG forward + backward ({side}²)": count(
+            with_backward(lambda x: vgg(torch.randn(1, 3, side, side) + x.mean()))),
+        f"{network} forward (guided, the denoising pass)": count(lambda: forward(latent)),
+    }
+
+
+def unet_parts(unet_config: dict, text_tokens: int, xl: bool, image_scale: float) -> dict:
     with torch.device("meta"):
         unet = UNet2DConditionModel(**unet_config).requires_grad_(False)
         vae = AutoencoderKL(**SD_VAE).requires_grad_(False)
-        vgg = torchvision.models.vgg16().features[:30].requires_grad_(False)  # LPIPS-VGG's five stages
         window = unet_config["sample_size"]
-        x = torch.randn(1, 4, window, window)
         context = torch.randn(2, text_tokens, unet_config["cross_attention_dim"])
         added = dict(added_cond_kwargs=dict(text_embeds=torch.randn(2, 1280), time_ids=torch.randn(2, 6))) if xl else {}
 
         def unet_forward(latent):
             return unet(torch.cat([latent, latent]), 500, encoder_hidden_states=context, **added).sample
 
-        def with_backward(forward):
-            def work():
-                latent = x.clone().requires_grad_(True)
-                forward(latent).sum().backward()
-            return work
+        return synced_step_parts("UNet", unet_forward, vae, torch.randn(1, 4, window, window),
+                                 round(window * 8 * image_scale))
 
-        side = round(window * 8 * image_scale)
-        return {
-            "UNet forward + backward (guided, with gradient)": count(with_backward(unet_forward)),
-            "VAE decoder forward + backward": count(with_backward(lambda latent: vae.decode(latent).sample)),
-            f"LPIPS-VGG forward + backward ({side}²)": count(
-                with_backward(lambda latent: vgg(torch.randn(1, 3, side, side) + latent.mean()))),
-            DENOISING_PASS: count(lambda: unet_forward(x)),
-        }
+
+def sd3_forward(transformer):
+    context = torch.randn(2, 77 + 256, 4096)  # CLIP's 77 tokens, then T5's 256
+    pooled = torch.randn(2, 2048)
+
+    def forward(latent):
+        return transformer(hidden_states=torch.cat([latent, latent]), timestep=torch.full((2,), 500.0),
+                           encoder_hidden_states=context, pooled_projections=pooled).sample
+    return forward
+
+
+def flux_forward(transformer):
+    from panosync.backbones.flux import pack, position_ids
+
+    context = torch.randn(1, 512, 4096)  # T5's 512 tokens
+    pooled = torch.randn(1, 768)
+
+    def forward(latent):
+        return transformer(hidden_states=pack(latent), timestep=torch.full((1,), 0.5), guidance=torch.full((1,), 3.5),
+                           pooled_projections=pooled, encoder_hidden_states=context, txt_ids=torch.zeros(512, 3),
+                           img_ids=position_ids(FLOW_WINDOW, FLOW_WINDOW, "meta", torch.float32)).sample
+    return forward
+
+
+# SD3 (CFG: a batch of 2) and FLUX.1-dev (its guidance distilled: one pass), at their 1024-pixel window
+FLOW_WINDOW = 128  # latent pixels
+FLOW_FAMILIES = (("SD3.5 medium", SD3Transformer2DModel, SD35_MEDIUM, sd3_forward),
+                 ("FLUX.1-dev", FluxTransformer2DModel, FLUX1_DEV, flux_forward))
+
+
+def transformer_parts(kind, config: dict, make_forward) -> dict:
+    with torch.device("meta"):
+        transformer = kind(**config).requires_grad_(False)
+        vae = AutoencoderKL(**VAE16).requires_grad_(False)
+        return synced_step_parts("transformer", make_forward(transformer), vae,
+                                 torch.randn(1, 16, FLOW_WINDOW, FLOW_WINDOW), FLOW_WINDOW * 8)
 
 
 def flop_rows() -> list[dict]:
-    """The UNet families' at each sync_image_scale, then the flow transformers' (flow_cost.py)."""
-    import flow_cost
-
+    """The UNet families' at each sync_image_scale, then the flow transformers'."""
     rows = []
     for name, config, xl, scales in (("SDXL (1024 px)", SDXL_BASE_UNET, True, (1.0, 0.5, 0.25)),
                                      ("SD 2 base (512 px)", SD2_BASE_UNET, False, (1.0,))):
         for scale in scales:
-            parts = flops_by_part(config, 77, xl, scale)
-            rows.append(dict(model=name, sync_image_scale=scale, parts=parts, synced_step=sum(parts.values()),
-                             unsynced_step=parts[DENOISING_PASS]))
-    for name, kind, config, forward in flow_cost.FAMILIES:
-        parts = flow_cost.parts(kind, config, forward)
-        rows.append(dict(model=f"{name} (1024 px)", sync_image_scale=1.0, parts=parts, synced_step=sum(parts.values()),
-                         unsynced_step=parts["transformer forward (guided, the denoising pass)"]))
+            rows.append(row(name, scale, unet_parts(config, 77, xl, scale)))
+    for name, kind, config, forward in FLOW_FAMILIES:
+        rows.append(row(f"{name} (1024 px)", 1.0, transformer_parts(kind, config, forward)))
     return rows
+
+
+def row(model: str, scale: float, parts: dict) -> dict:
+    unsynced = next(flops for part, flops in parts.items() if part.endswith("(guided, the denoising pass)"))
+    return dict(model=model, sync_image_scale=scale, parts=parts, synced_step=sum(parts.values()),
+                unsynced_step=unsynced)
 
 
 def cpu_step_seconds(family: str, steps: int = 5, synced: int = 3) -> dict:

@@ -7,7 +7,7 @@ The transformers and the 16-channel VAE are the real architectures (the configs 
 models' folders give them), so a step costs what it costs with the real weights. The text
 encoders are not: a step never runs them, so they are one-layer stand-ins of the real widths
 (CLIP-L 768, CLIP-G 1280, T5-XXL 4096) whose tokenizers pad to the real token counts (77, and T5's
-256 for SD3, 512 for FLUX), which is what the transformer sees. flow_cost.py counts the
+256 for SD3, 512 for FLUX), which is what the transformer sees. cost.py counts the
 same step's FLOPs from these configs.
 
 gpu_check.py runs this as its last part ("flow transformers"), or alone: `gpu_check.py --only flow`.
@@ -148,7 +148,7 @@ def flow_part(check) -> None:
         check.part_data["notes"].append(
             f"{family}: transformer {parameters:.2f} B parameters, {str(dtype).removeprefix('torch.')}, built in "
             f"{time.perf_counter() - started:.0f} s")
-        # seconds expected: FLOPs per view of a synced and a plain step (flow_cost.py, COST.md) at ~400 TFLOP/s
+        # seconds expected: FLOPs per view of a synced and a plain step (cost.py, COST.md) at ~400 TFLOP/s
         synced_view, plain_view = (0.25, 0.06) if family == "SD3.5 medium" else (0.65, 0.19)
         if plan.smoke:
             synced_view, plain_view = plan.synced_view_s, plan.plain_view_s
