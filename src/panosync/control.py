@@ -268,3 +268,23 @@ class ControlConditioning(ViewConditioning):
         if down is None:
             return {}
         return dict(down_block_additional_residuals=down, mid_block_additional_residual=mid)
+
+
+def condition_latent(vae, condition: torch.Tensor, device, dtype: torch.dtype, shift: float) -> torch.Tensor:
+    """A condition image (values in [0, 1]) as a flow transformer's ControlNet reads it: the mean of
+    the VAE's posterior (so that a seed makes one panorama; diffusers draws a sample), less `shift`,
+    times the VAE's scaling factor, in `dtype`."""
+    mean = vae.encode(condition.to(device, vae.dtype) * 2 - 1).latent_dist.mode()
+    return ((mean - shift) * vae.config.scaling_factor).to(dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentConditioning(ViewConditioning):
+    """A flow transformer's ControlSync part of a request (SD3's, FLUX's): each ControlNet, its
+    condition's latent of the canvas's size (1, C, H/f, W/f) and its scale; the transformer's dtype,
+    that of the block samples it is given. Each family says how a batch of views gets them."""
+
+    controlnets: list
+    latents: list[torch.Tensor]
+    scales: list[float]
+    transformer_dtype: torch.dtype

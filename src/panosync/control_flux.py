@@ -23,7 +23,7 @@ from diffusers.models.controlnets.controlnet_flux import FluxMultiControlNetMode
 
 from .backbones.flow import check_max_sequence_length
 from .backbones.flux import T5_TOKENS, pack
-from .control import ControlSyncPipeline
+from .control import ControlSyncPipeline, LatentConditioning, condition_latent
 from .flux import DEFAULT_FLUX_GUIDANCE, SyncFluxPipeline, check_true_cfg_scale
 from .pipeline import ViewConditioning
 from .views import crop
@@ -103,25 +103,15 @@ class ControlSyncFluxPipeline(ControlSyncPipeline, SyncFluxPipeline):
     @torch.no_grad()
     def control_conditioning(self, conditions: list[torch.Tensor], scales: list[float]) -> ViewConditioning:
         """Each condition's VAE latent (the posterior's mean), as its ControlNet reads it."""
-        vae = self.vae
-        latents = []
-        for condition in conditions:
-            image = condition.to(self._execution_device, vae.dtype) * 2 - 1
-            mean = vae.encode(image).latent_dist.mode()
-            latents.append(((mean - vae.config.shift_factor) * vae.config.scaling_factor).to(self.compute_dtype))
+        latents = [condition_latent(self.vae, condition, self._execution_device, self.compute_dtype,
+                                    self.vae.config.shift_factor) for condition in conditions]
         return FluxControlConditioning(self.controlnets, latents, scales, self.transformer.dtype)
 
 
 @dataclasses.dataclass(frozen=True)
-class FluxControlConditioning(ViewConditioning):
-    """FLUX ControlSync's part of a request: each ControlNet, its condition's latent of the canvas's
-    size (1, C, H/f, W/f) and its scale. It gives each view's transformer call the ControlNets'
+class FluxControlConditioning(LatentConditioning):
+    """FLUX ControlSync's part of a request. It gives each view's transformer call the ControlNets'
     block samples for that view's crop of the latents."""
-
-    controlnets: list
-    latents: list[torch.Tensor]
-    scales: list[float]
-    transformer_dtype: torch.dtype
 
     def unet_inputs(self, model_input, t, inputs, views) -> dict:
         """The block samples for a batch of views (`model_input`: their packed tokens, the negative

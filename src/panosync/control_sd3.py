@@ -20,7 +20,7 @@ import torch
 from diffusers import SD3ControlNetModel, SD3Transformer2DModel
 from diffusers.models.controlnets.controlnet_sd3 import SD3MultiControlNetModel
 
-from .control import ControlSyncPipeline
+from .control import ControlSyncPipeline, LatentConditioning, condition_latent
 from .pipeline import ViewConditioning
 from .backbones.flow import check_max_sequence_length
 from .backbones.sd3 import T5_TOKENS
@@ -104,27 +104,18 @@ class ControlSync3Pipeline(ControlSyncPipeline, SyncDiffusion3Pipeline):
     @torch.no_grad()
     def control_conditioning(self, conditions: list[torch.Tensor], scales: list[float]) -> ViewConditioning:
         """Each condition's VAE latent (the posterior's mean), as its ControlNet reads it."""
-        vae = self.vae
         latents = []
         for controlnet, condition in zip(self.controlnets, conditions):
             # diffusers: InstantX's ControlNets (zero pooled projections) were trained on unshifted latents
-            shift = 0 if controlnet.config.force_zeros_for_pooled_projection else vae.config.shift_factor
-            image = condition.to(self._execution_device, vae.dtype) * 2 - 1
-            mean = vae.encode(image).latent_dist.mode()
-            latents.append(((mean - shift) * vae.config.scaling_factor).to(self.compute_dtype))
+            shift = 0 if controlnet.config.force_zeros_for_pooled_projection else self.vae.config.shift_factor
+            latents.append(condition_latent(self.vae, condition, self._execution_device, self.compute_dtype, shift))
         return SD3ControlConditioning(self.controlnets, latents, scales, self.transformer.dtype)
 
 
 @dataclasses.dataclass(frozen=True)
-class SD3ControlConditioning(ViewConditioning):
-    """SD3 ControlSync's part of a request: each ControlNet, its condition's latent of the canvas's
-    size (1, C, H/f, W/f) and its scale. It gives each view's transformer call the ControlNets'
+class SD3ControlConditioning(LatentConditioning):
+    """SD3 ControlSync's part of a request. It gives each view's transformer call the ControlNets'
     block samples for that view's crop of the latents."""
-
-    controlnets: list
-    latents: list[torch.Tensor]
-    scales: list[float]
-    transformer_dtype: torch.dtype
 
     def unet_inputs(self, model_input, t, inputs, views) -> dict:
         """The block samples for a batch of views (both guidance branches where `model_input` holds
