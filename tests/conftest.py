@@ -56,3 +56,40 @@ def tiny_clip(tmp_path_factory):
     processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     CLIPProcessor(image_processor=processor, tokenizer=tokenizer).save_pretrained(folder)
     return folder
+
+
+def with_a_point_posterior(components: dict) -> dict:
+    """`components` with a VAE that encodes to a point (log-variance −30: a standard deviation of
+    3·10⁻⁷), so that diffusers' sample of a condition's latent is its mean, which panosync takes."""
+    import torch
+
+    encoder = components["vae"].encoder
+    channels = components["vae"].config.latent_channels
+    with torch.no_grad():
+        encoder.conv_out.weight[channels:] = 0
+        encoder.conv_out.bias[channels:] = -30
+    return components
+
+
+def random_condition(seed, width=32, height=32):
+    """A condition image of random pixels."""
+    import numpy as np
+    import PIL.Image
+
+    return PIL.Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+# A tiny SDXL with 32-pixel windows (16 latents, VAE factor 2): a panorama in a second on a CPU.
+NARROW_XL = dict(window=16, vae_factor=2, unet_channels=(16, 32), vae_channels=8, text_width=16)
+
+
+@pytest.fixture(scope="session")
+def xl_folder(tmp_path_factory):
+    """A tiny SDXL saved by diffusers' own StableDiffusionXLPipeline, as a downloaded SDXL folder is."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from panosync.tiny import tiny_random_xl_components
+
+    folder = tmp_path_factory.mktemp("sdxl")
+    StableDiffusionXLPipeline(**tiny_random_xl_components(**NARROW_XL), add_watermarker=False).save_pretrained(folder)
+    return folder

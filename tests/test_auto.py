@@ -7,9 +7,10 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from diffusers import AutoencoderKL, StableDiffusionXLPipeline
+from diffusers import AutoencoderKL
 from safetensors.torch import save_file
 
+from conftest import NARROW_XL
 from panosync import models
 from panosync.auto import AutoSyncPipeline, family_of_checkpoint
 from panosync.cli import main
@@ -19,16 +20,7 @@ from panosync.pipeline import SyncDiffusionPipeline
 from panosync.tiny import tiny_random_components, tiny_random_xl_components
 from panosync.xl import SyncDiffusionXLPipeline
 
-NARROW_XL = dict(window=16, vae_factor=2, unet_channels=(16, 32), vae_channels=8, text_width=16)
 SUPPORTED_SENTENCE = "runs Stable Diffusion 1.x/2.x, Stable Diffusion XL, Stable Diffusion 3/3.5 and FLUX.1 models."
-
-
-@pytest.fixture(scope="module")
-def xl_folder(tmp_path_factory):
-    """A tiny SDXL saved by diffusers' own StableDiffusionXLPipeline, as a downloaded SDXL folder is."""
-    folder = tmp_path_factory.mktemp("sdxl")
-    StableDiffusionXLPipeline(**tiny_random_xl_components(**NARROW_XL), add_watermarker=False).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

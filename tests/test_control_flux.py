@@ -4,12 +4,13 @@ conditions; XLabs' and union ControlNets are refused in one sentence. Tiny rando
 offline."""
 
 import numpy as np
-import PIL.Image
 import pytest
 import torch
 from diffusers import FluxControlNetModel, FluxControlNetPipeline
 from diffusers.models.controlnets.controlnet_flux import FluxMultiControlNetModel
 
+
+from conftest import random_condition, with_a_point_posterior
 from panosync.backbones.flux import pack
 from panosync.control_flux import ControlSyncFluxPipeline, random_flux_controlnet_like
 from panosync.tiny import tiny_random_flux_components
@@ -18,20 +19,7 @@ ROUNDING = 1e-5
 
 
 def components_with_a_point_posterior():
-    """Tiny FLUX components whose VAE encodes to a point (log-variance −30: a standard deviation of
-    3·10⁻⁷), so that diffusers' sample of the condition's latent is its mean, which panosync takes."""
-    components = tiny_random_flux_components()
-    encoder = components["vae"].encoder
-    channels = components["vae"].config.latent_channels
-    with torch.no_grad():
-        encoder.conv_out.weight[channels:] = 0
-        encoder.conv_out.bias[channels:] = -30
-    return components
-
-
-def condition(seed, width=32, height=32):
-    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    return PIL.Image.fromarray(pixels)
+    return with_a_point_posterior(tiny_random_flux_components())
 
 
 @pytest.mark.parametrize("case", ["one", "two", "true-cfg"])
@@ -43,7 +31,7 @@ def test_one_window_controlsync_flux_is_flux_controlnet_pipelines_image(case):
     theirs = FluxControlNetPipeline(**components, controlnet=FluxMultiControlNetModel(nets) if count > 1 else nets[0])
     for pipe in (ours, theirs):
         pipe.set_progress_bar_config(disable=True)
-    conditions = [condition(seed) for seed in range(count)]
+    conditions = [random_condition(seed) for seed in range(count)]
     images, scales = (conditions, [0.7, 1.3]) if count > 1 else (conditions[0], 0.8)
     options = dict(true_cfg_scale=2.0, negative_prompt="dull") if case == "true-cfg" else {}
     noise = torch.randn((1, 4, 16, 16), generator=torch.Generator().manual_seed(3))
@@ -71,10 +59,10 @@ def test_a_synced_loop_closed_flux_controlsync_panorama_follows_its_conditions()
     pipe.set_progress_bar_config(disable=True)
     canvas = dict(window=32, stride=8, num_inference_steps=2, seed=1, loop_closure=True, output_type="np",
                   max_sequence_length=32)
-    conditions = [condition(1, 64, 32), condition(2, 64, 32)]
+    conditions = [random_condition(1, 64, 32), random_condition(2, 64, 32)]
     synced = pipe("a land", conditions, **canvas).images[0]
     unsynced = pipe("a land", conditions, sync_weight=0, **canvas).images[0]
-    other = pipe("a land", [condition(3, 64, 32), condition(2, 64, 32)], **canvas).images[0]
+    other = pipe("a land", [random_condition(3, 64, 32), random_condition(2, 64, 32)], **canvas).images[0]
     assert synced.shape == (32, 64, 3) and np.isfinite(synced).all()
     assert np.abs(synced - unsynced).max() > 1e-3  # it syncs
     assert np.abs(synced - other).max() > 1e-3  # it follows the conditions

@@ -3,12 +3,13 @@ image (one and several ControlNets, InstantX's zero pooled projections and not),
 panorama follows its condition. Tiny random-weight models, offline."""
 
 import numpy as np
-import PIL.Image
 import pytest
 import torch
 from diffusers import StableDiffusion3ControlNetPipeline
 from diffusers.models.controlnets.controlnet_sd3 import SD3MultiControlNetModel
 
+
+from conftest import random_condition, with_a_point_posterior
 from panosync.control_sd3 import ControlSync3Pipeline, random_sd3_controlnet_like
 from panosync.tiny import tiny_random_sd3_components
 
@@ -16,20 +17,7 @@ ROUNDING = 1e-5
 
 
 def components_with_a_point_posterior():
-    """Tiny SD3 components whose VAE encodes to a point (log-variance −30: a standard deviation of
-    3·10⁻⁷), so that diffusers' sample of the condition's latent is its mean, which panosync takes."""
-    components = tiny_random_sd3_components()
-    encoder = components["vae"].encoder
-    channels = components["vae"].config.latent_channels
-    with torch.no_grad():
-        encoder.conv_out.weight[channels:] = 0
-        encoder.conv_out.bias[channels:] = -30
-    return components
-
-
-def condition(seed, width=32, height=32):
-    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    return PIL.Image.fromarray(pixels)
+    return with_a_point_posterior(tiny_random_sd3_components())
 
 
 @pytest.mark.parametrize("zero_pooled", [True, False], ids=["instantx", "pooled"])
@@ -43,7 +31,7 @@ def test_one_window_controlsync3_is_sd3_controlnet_pipelines_image(count, zero_p
                                                 controlnet=SD3MultiControlNetModel(nets) if count > 1 else nets[0])
     for pipe in (ours, theirs):
         pipe.set_progress_bar_config(disable=True)
-    conditions = [condition(seed) for seed in range(count)]
+    conditions = [random_condition(seed) for seed in range(count)]
     scales = [0.7, 1.3][:count]
     noise = torch.randn((1, 4, 16, 16), generator=torch.Generator().manual_seed(3))
     canvas = dict(width=32, height=32, num_inference_steps=3, guidance_scale=5.0, negative_prompt="blurry")
@@ -71,10 +59,10 @@ def test_a_synced_loop_closed_sd3_controlsync_panorama_follows_its_condition():
     pipe = ControlSync3Pipeline(**components, controlnet=nets)
     pipe.set_progress_bar_config(disable=True)
     canvas = dict(window=32, stride=8, num_inference_steps=2, seed=1, loop_closure=True, output_type="np")
-    conditions = [condition(1, 64, 32), condition(2, 64, 32)]
+    conditions = [random_condition(1, 64, 32), random_condition(2, 64, 32)]
     synced = pipe("a land", conditions, **canvas).images[0]
     unsynced = pipe("a land", conditions, sync_weight=0, **canvas).images[0]
-    other = pipe("a land", [condition(3, 64, 32), condition(2, 64, 32)], **canvas).images[0]
+    other = pipe("a land", [random_condition(3, 64, 32), random_condition(2, 64, 32)], **canvas).images[0]
     assert synced.shape == (32, 64, 3) and np.isfinite(synced).all()
     assert np.abs(synced - unsynced).max() > 1e-3  # it syncs
     assert np.abs(synced - other).max() > 1e-3  # it follows the conditions

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import PIL.Image
 import pytest
-from diffusers import StableDiffusionXLPipeline
 
 from panosync import settings
 from panosync.cli import main
@@ -15,19 +14,9 @@ from panosync.metadata import read_parameters
 from panosync.server.api import create_app
 from panosync.server.generation import PanoramaModel
 from panosync.server.schema import Limits
-from panosync.tiny import tiny_random_xl_components
 from panosync.xl import SyncDiffusionXLPipeline
 
-# 32-pixel windows (16 latents, VAE factor 2): an SDXL panorama in a second on a CPU
-NARROW_XL = dict(window=16, vae_factor=2, unet_channels=(16, 32), vae_channels=8, text_width=16)
 CANVAS = dict(width=64, height=32, stride=8, num_inference_steps=2, sync_threshold=1, seed=5)
-
-
-@pytest.fixture(scope="module")
-def xl_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sdxl")
-    StableDiffusionXLPipeline(**tiny_random_xl_components(**NARROW_XL), add_watermarker=False).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
