@@ -257,6 +257,17 @@ def free_memory(device: str) -> None:
         torch.cuda.empty_cache()
 
 
+def built_on(device: str, build: Callable):
+    """What `build()` makes, its weights initialised on `device` itself (initialising a model of a
+    billion parameters or more on a CPU takes tens of seconds); on the CPU where some constructor does
+    not honour the default device, for the caller to move."""
+    try:
+        with torch.device(device):
+            return build()
+    except Exception:
+        return build()
+
+
 def build_pipelines(plan: Plan, dtypes: tuple[torch.dtype, ...]) -> dict:
     """One SyncDiffusionPipeline per weights dtype, all with the same random weights. The float32
     weights are made on the device itself: initialising the 865 M-parameter UNet on a CPU takes tens
@@ -265,11 +276,7 @@ def build_pipelines(plan: Plan, dtypes: tuple[torch.dtype, ...]) -> dict:
 
     from panosync.pipeline import SyncDiffusionPipeline
 
-    try:
-        with torch.device(plan.device):
-            components = sd2_base_components(plan.smoke)
-    except Exception:  # some constructor does not honour the default device: build on the CPU, move
-        components = sd2_base_components(plan.smoke)
+    components = built_on(plan.device, lambda: sd2_base_components(plan.smoke))
     # the scheduler's tables stay on the CPU, where diffusers keeps them
     components["scheduler"] = DDIMScheduler.from_config(components["scheduler"].config)
     pipelines = {}
@@ -814,12 +821,7 @@ class Check:
 
         def build() -> dict:
             started = time.perf_counter()
-            try:  # weights initialised on the device: tens of seconds faster than on a CPU for SDXL's 2.6 G
-                with torch.device(plan.device):
-                    pipe = family.build(plan.smoke)
-            except Exception:  # some constructor does not honour the default device: build on the CPU, move
-                pipe = family.build(plan.smoke)
-            pipe = pipe.to(plan.device, weights)
+            pipe = built_on(plan.device, lambda: family.build(plan.smoke)).to(plan.device, weights)
             pipe.set_progress_bar_config(disable=True)
             pipe.perceptual_distance()
             built["pipe"] = pipe
