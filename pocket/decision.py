@@ -1,8 +1,10 @@
-"""When does a pocket sample settle its time of day? For single windows of one prompt, classify the
-foreseen image (the decoded x̂₀ of each DDIM step) and find the step from which it stays the final
-image's time of day. A model that settles it in step 0 leaves the sync step nothing to steer.
+"""When does a pocket sample settle its time of day (or its terrain, or its ground)? For single
+windows of one prompt, classify the foreseen image (the decoded x̂₀ of each DDIM step) and find the
+step from which it stays the final image's value. A model that settles it in step 0 leaves the sync
+step nothing to steer; an attribute settled later than the time of day can be left alone by a sync
+step that stops in between.
 
-    python -m pocket.decision --model pocket --seeds 32
+    python -m pocket.decision --model pocket --seeds 32 --attribute terrain
 """
 
 import argparse
@@ -12,7 +14,7 @@ import numpy as np
 import torch
 
 from panosync.models import load_pipeline
-from .classify import classify_time
+from .classify import classify
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--model", default="pocket")
@@ -21,6 +23,7 @@ parser.add_argument("--seeds", type=int, default=32)
 parser.add_argument("--first-seed", type=int, default=100)
 parser.add_argument("--steps", type=int, default=30)
 parser.add_argument("--guidance-scale", type=float, default=7.5)
+parser.add_argument("--attribute", choices=["time", "terrain", "ground"], default="time")
 args = parser.parse_args()
 
 pipe = load_pipeline(args.model)
@@ -30,7 +33,7 @@ window = pipe.window
 
 def letter(latent):
     image = pipe.decode_to_unit(latent)[0].permute(1, 2, 0).cpu().numpy()
-    return classify_time((image * 255).round().astype(np.uint8))[0]
+    return classify((image * 255).round().astype(np.uint8))[args.attribute][0]
 
 
 settled_at, traces = [], []
@@ -50,7 +53,7 @@ with torch.no_grad():
         settled_at.append(changed[-1] + 1 if changed else 0)
         traces.append(letters + " -> " + final)
 print("\n".join(traces))
-print(json.dumps({"model": args.model, "prompt": args.prompt, "steps": args.steps,
+print(json.dumps({"model": args.model, "prompt": args.prompt, "attribute": args.attribute, "steps": args.steps,
                   "mean_settling_step": float(np.mean(settled_at)),
                   "settled_in_step_0": float(np.mean([s == 0 for s in settled_at])),
                   "settling_steps": settled_at}))

@@ -7,7 +7,8 @@ import torch
 
 from pocket.landscapes import render_landscape
 from pocket.panorama_bars import (FAITHFUL, adherence, check_fresh_seeds, judgeable, lpips_to_references,
-                                           nearest_lpips, panorama_bars, sync_methods)
+                                           nearest_lpips, paired_adherence_difference, panorama_bars, shown_counts,
+                                           sync_methods)
 
 SIZE = 64  # the pocket model's window in pixels: what the classifier and the references are made at
 
@@ -100,3 +101,29 @@ def test_sweep_methods_come_after_multidiffusion_and_bad_json_is_one_sentence():
     assert parse_methods([]) == {}  # the model's recommended setting and the paper's gradient
     with pytest.raises(SystemExit, match="NAME="):
         parse_methods(["w80={sync_weight: 80}"])
+
+
+def test_shown_counts_count_the_crops_showing_what_the_prompt_names():
+    tiles = [render(seed, terrain="mountains") for seed in range(3)] + [render(9, terrain="sea")]
+    judged = ["terrain = mountains", "ground = green"]
+    assert shown_counts("green mountains", tiles, judged) == {"terrain = mountains": 3, "ground = green": 4}
+    assert shown_counts("mountains at night", tiles, judged) == {"terrain = mountains": 3}  # night: not judged
+    assert shown_counts("a landscape", tiles, judged) == {}
+
+
+def test_the_adherence_interval_resamples_panoramas_in_pairs():
+    """Seeds vary a lot (0 to 8 crops of 8), the method loses one crop on every seed: kept in pairs the
+    difference is exactly -1/8 in every resample, where resampling the two methods apart would scatter it."""
+    key = "terrain = hills"
+
+    def summary(counts):
+        return {"panoramas": [{"prompt": "hills", "seed": seed, "shown": {key: count}, "crops": 8}
+                              for seed, count in enumerate(counts)]}
+    baseline = [8, 1, 8, 3, 8, 5, 8, 2, 8, 7, 8, 4]
+    paired = paired_adherence_difference(summary(baseline), summary([c - 1 for c in baseline]), key)
+    assert paired["panoramas"] == 12
+    assert paired["difference"] == paired["low"] == paired["high"] == pytest.approx(-1 / 8)
+    noisy = paired_adherence_difference(summary(baseline), summary([8 - c for c in baseline]), key)
+    assert noisy["low"] < noisy["difference"] < noisy["high"]
+    assert noisy["difference"] == pytest.approx((sum(8 - c for c in baseline) - sum(baseline)) / 96)
+    assert paired_adherence_difference({"panoramas": [{"prompt": "hills", "seed": 0}]}, summary(baseline), key) is None
