@@ -25,6 +25,9 @@ def test_a_seam_at_the_wrap_stands_out_and_a_seamless_circle_does_not():
     seam = wrap_figures(ramp_image(384, 60), boundaries)
     assert seamless["ratio"] == 1.0 and seamless["percentile"] == 0.5, seamless
     assert seam["ratio"] > 10 and seam["percentile"] == 1.0, seam
+    assert seamless["others_above_2x"] == seam["others_above_2x"] == 0.0
+    turned = wrap_figures(np.roll(ramp_image(384, 60), 96, axis=1), boundaries)  # the seam at column 96, a boundary
+    assert turned["ratio"] < 1 and abs(turned["others_above_2x"] - 1 / (len(boundaries) - 1)) < 1e-3, turned
     assert column_jumps(ramp_image(384, 60))[0] == max(column_jumps(ramp_image(384, 60)))
 
 
