@@ -15,6 +15,7 @@ import torch
 
 from panosync.models import load_pipeline
 from .classify import classify
+from .landscapes import ATTRIBUTES
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--model", default="pocket")
@@ -25,6 +26,8 @@ parser.add_argument("--steps", type=int, default=30)
 parser.add_argument("--guidance-scale", type=float, default=7.5)
 parser.add_argument("--attribute", choices=["time", "terrain", "ground"], default="time")
 args = parser.parse_args()
+# the traces write each value as its first letter, which names it within an attribute
+assert len({value[0] for value in ATTRIBUTES[args.attribute]}) == len(ATTRIBUTES[args.attribute])
 
 pipe = load_pipeline(args.model)
 embeddings = pipe.encode_prompt(args.prompt, "", pipe.device)

@@ -46,6 +46,8 @@ FIDELITY_SLACK = 0.10  # SyncDiffusion's NN-LPIPS and FID at most 10 % above Mul
 MONTAGE_FACTOR = 0.5  # the share of mixed panoramas at least halved
 INTRA_LPIPS_DROP = 0.15  # Intra-LPIPS at least 15 % lower
 MONTAGE_PRESENT = 0.30  # below this MultiDiffusion shows too little montage for the bar to mean much
+BOOTSTRAP_DRAWS = 4000  # resamples of the panoramas for an adherence difference's interval
+INTERVAL_LEVEL = 0.95
 GENERATOR_ACCURACY = 0.95  # the classifier on crops of wide rendered landscapes (known answers)
 MODEL_CROP_ACCURACY = 0.90  # ... and on MultiDiffusion crops of prompts naming the value
 
@@ -222,9 +224,11 @@ def shown_counts(prompt: str, tiles: list, judged: list[str]) -> dict[str, int]:
             for attribute, value in named}
 
 
-def paired_adherence_difference(baseline: dict, candidate: dict, key: str, resamples: int = 4000,
-                                level: float = 0.95) -> dict | None:
-    """The candidate's adherence to `key` minus the baseline's, in crops, with a bootstrap interval.
+def paired_adherence_difference(baseline: dict, candidate: dict, key: str, resamples: int = BOOTSTRAP_DRAWS,
+                                level: float = INTERVAL_LEVEL) -> dict | None:
+    """The candidate's adherence to `key` minus the baseline's, each a share of crops pooled over the
+    (prompt, seed) pairs both methods hold (Σ shown / Σ crops; pairs held by one method only are left
+    out), with a percentile bootstrap interval.
 
     A synced panorama's crops copy one scene, so they are not independent draws: the unit that varies
     is the panorama (its seed). Both methods draw the same (prompt, seed) pairs, so the interval
@@ -237,14 +241,18 @@ def paired_adherence_difference(baseline: dict, candidate: dict, key: str, resam
     pairs = sorted(set(mine) & set(theirs))
     if not pairs:
         return None
-    shown = np.array([[mine[pair][0], theirs[pair][0]] for pair in pairs], dtype=float)
-    crops_each = np.array([mine[pair][1] for pair in pairs], dtype=float)
+    # columns: candidate shown, candidate crops, baseline shown, baseline crops
+    table = np.array([[*mine[pair], *theirs[pair]] for pair in pairs], dtype=float)
+
+    def difference(rows: np.ndarray) -> np.ndarray:
+        totals = rows.sum(axis=-2)
+        return totals[..., 0] / totals[..., 1] - totals[..., 2] / totals[..., 3]
+
     rng = np.random.default_rng(0)  # a fixed stream: the report is reproducible from its JSON
-    picks = rng.integers(0, len(pairs), size=(resamples, len(pairs)))
-    differences = (shown[picks, 0] - shown[picks, 1]).sum(axis=1) / crops_each[picks].sum(axis=1)
-    low, high = np.quantile(differences, [(1 - level) / 2, (1 + level) / 2])
-    return {"difference": float((shown[:, 0] - shown[:, 1]).sum() / crops_each.sum()),
-            "low": float(low), "high": float(high), "panoramas": len(pairs)}
+    resampled = difference(table[rng.integers(0, len(pairs), size=(resamples, len(pairs)))])
+    low, high = np.quantile(resampled, [(1 - level) / 2, (1 + level) / 2])
+    return {"difference": float(difference(table)), "low": float(low), "high": float(high),
+            "panoramas": len(pairs)}
 
 
 def adherence(images_by_prompt: dict[str, list], judged: list[str]) -> dict[str, float]:
@@ -280,9 +288,10 @@ def measure_method(pipe, prompts, seeds, width, settings, sync, judged, referenc
         for seed in seeds:
             image = panorama(pipe, prompt, seed, width, settings, sync)
             panoramas.setdefault(prompt, []).append(image)
+            panorama_crops = crops(image, size)
             figures = {"prompt": prompt, "seed": seed, "crop_times": crop_times(image, size),
                        "intra_lpips": round(intra_lpips(image, size, lpips), 4),
-                       "shown": shown_counts(prompt, crops(image, size), judged), "crops": len(crops(image, size))}
+                       "shown": shown_counts(prompt, panorama_crops, judged), "crops": len(panorama_crops)}
             per_panorama.append(figures)
             print(f"{name}: {figures}", file=sys.stderr, flush=True)
     seconds = (time.time() - started) / len(per_panorama)
@@ -352,7 +361,7 @@ def prompt_table(report: dict) -> list[str]:
 
 def adherence_table(report: dict) -> list[str]:
     """Adherence per value: the model's own single windows, MultiDiffusion, and each method's difference
-    from MultiDiffusion with its 95 % interval over panoramas."""
+    from MultiDiffusion with its interval over panoramas."""
     methods = {name: s for name, s in report["methods"].items() if name != BASELINE}
     baseline = report["methods"][BASELINE]
     lines = ["| value | single windows | MultiDiffusion | " + " | ".join(methods) + " |",
@@ -361,13 +370,37 @@ def adherence_table(report: dict) -> list[str]:
         cells = []
         for summary in methods.values():
             paired = paired_adherence_difference(baseline, summary, key)
-            interval = (f" ({100 * paired['difference']:+.0f} points, 95 % interval {100 * paired['low']:+.0f} "
-                        f"to {100 * paired['high']:+.0f})") if paired else ""
+            interval = (f" ({100 * paired['difference']:+.1f} points, {INTERVAL_LEVEL:.0%} interval "
+                        f"{100 * paired['low']:+.1f} to {100 * paired['high']:+.1f}, "
+                        f"{paired['panoramas']} panoramas)") if paired else ""
             cells.append(f"{summary['adherence'][key]:.0%}{interval}")
         single = report["single_windows"]["adherence"].get(key)
         lines.append(f"| {key} | {'–' if single is None else f'{single:.0%}'} | {share:.0%} | " +
                      " | ".join(cells) + " |")
     return lines
+
+
+def adherence_section(report: dict) -> list[str]:
+    """The adherence table with the sentences that read it; the interval's only where the report holds
+    per-panorama counts."""
+    baseline = report["methods"][BASELINE]
+    intervals = any(paired_adherence_difference(baseline, summary, key) is not None
+                    for name, summary in report["methods"].items() if name != BASELINE
+                    for key in baseline["adherence"])
+    reading = ("“single windows”: held-out single-window samples of the same prompts, each one picture of the "
+               "model. A panorama that is one scene copies its anchor window, so its crops should tend to this "
+               "share rather than to MultiDiffusion's, which blends many windows.")
+    if intervals:
+        reading += (f" In brackets: the difference from MultiDiffusion in percentage points, with a "
+                    f"{INTERVAL_LEVEL:.0%} bootstrap interval that resamples the panoramas ({BOOTSTRAP_DRAWS:,} "
+                    f"draws, paired by prompt and seed), since a synced panorama's crops are not independent; at "
+                    f"100 % on every panorama it collapses to zero width. The bars compare the measured shares "
+                    f"and ignore these intervals.")
+    else:
+        reading += " (No intervals: this report predates per-panorama counts.)"
+    return ["Adherence against what the model itself draws" + (", and how far the difference from "
+            "MultiDiffusion could be sampling noise:" if intervals else ":"), "", *adherence_table(report), "",
+            reading, ""]
 
 
 def check_table(report: dict) -> list[str]:
@@ -395,13 +428,7 @@ def markdown(report: dict, picture: str) -> str:
              f"{'yes' if montage_present(report['methods'][BASELINE]) else '**no**'}). Mixed shares count only "
              f"prompts that name no time of day. Adherence: the share of crops showing the value the prompt "
              f"names, on judgeable values only.", "",
-             "Adherence against what the model itself draws, and how far the difference from MultiDiffusion "
-             "could be sampling noise:", "", *adherence_table(report), "",
-             "“single windows”: held-out single-window samples of the same prompts, each one picture of the model; "
-             "a panorama that is one scene copies its anchor window, so its crops tend to this share rather than "
-             "to MultiDiffusion's blend of many windows. The interval resamples the panoramas (paired by prompt "
-             "and seed, 4,000 draws): a synced panorama's crops are not independent. The bars above are judged "
-             "on the measured shares, without this allowance.", "",
+             *adherence_section(report),
              "## Figures", "", *figures_table(report), "",
              f"“{SINGLE}”: held-out single-window samples (seeds from {HELD_OUT_SEEDS_FROM}), as many as a "
              f"method's crops: what a genuine sample scores. NN-LPIPS: each crop's LPIPS-VGG to its nearest "

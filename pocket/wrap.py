@@ -70,7 +70,9 @@ def summary(figures: list[dict]) -> dict:
             # a uniform percentile has standard deviation 1/sqrt(12)
             "percentile_standard_error": round(float(1 / np.sqrt(12 * len(figures))), 3),
             "share_above_2x": round(float((ratios > 2).mean()), 3),
-            "others_above_2x": round(float(np.mean([f.get("others_above_2x", np.nan) for f in figures])), 3)}
+            # None (valid JSON) for figures measured before this share was recorded
+            "others_above_2x": (round(float(np.mean([f["others_above_2x"] for f in figures])), 3)
+                                if all("others_above_2x" in f for f in figures) else None)}
 
 
 def measure(pipe, prompt: str, seeds: list[int], width: int, settings: dict, sync: dict, anchor_at_wrap: bool) -> dict:
@@ -86,6 +88,12 @@ def measure(pipe, prompt: str, seeds: list[int], width: int, settings: dict, syn
         print(json.dumps(per_panorama[-1]), file=sys.stderr, flush=True)
     return {"settings": sync, "anchor": "next to the wrap" if anchor_at_wrap else "middle (default)",
             **summary(per_panorama), "per_panorama": per_panorama}
+
+
+def others_cell(summary: dict) -> str:
+    """The other boundaries' share over 2x, or a dash for a report measured before it was recorded."""
+    share = summary.get("others_above_2x")
+    return "–" if share is None else f"{share:.0%}"
 
 
 def markdown(report: dict) -> str:
@@ -104,7 +112,7 @@ def markdown(report: dict) -> str:
     for name, s in report["methods"].items():
         lines.append(f"| {name.split(' @ ')[0]} | {s['anchor']} | {s['mean_ratio']:.2f}× | "
                      f"{s['median_ratio']:.2f}× | {s['worst_ratio']:.2f}× | {s['share_above_2x']:.0%} | "
-                     f"{s.get('others_above_2x', float('nan')):.0%} | "
+                     f"{others_cell(s)} | "
                      f"{s['mean_percentile']:.0%} ± {s['percentile_standard_error']:.0%} |")
     return "\n".join(lines) + "\n"
 

@@ -122,8 +122,20 @@ def test_the_adherence_interval_resamples_panoramas_in_pairs():
     baseline = [8, 1, 8, 3, 8, 5, 8, 2, 8, 7, 8, 4]
     paired = paired_adherence_difference(summary(baseline), summary([c - 1 for c in baseline]), key)
     assert paired["panoramas"] == 12
-    assert paired["difference"] == paired["low"] == paired["high"] == pytest.approx(-1 / 8)
+    assert [paired["difference"], paired["low"], paired["high"]] == pytest.approx([-1 / 8] * 3)
     noisy = paired_adherence_difference(summary(baseline), summary([8 - c for c in baseline]), key)
     assert noisy["low"] < noisy["difference"] < noisy["high"]
     assert noisy["difference"] == pytest.approx((sum(8 - c for c in baseline) - sum(baseline)) / 96)
     assert paired_adherence_difference({"panoramas": [{"prompt": "hills", "seed": 0}]}, summary(baseline), key) is None
+
+
+def test_the_adherence_difference_pools_crops_and_takes_each_methods_own_count():
+    """Shares pooled over crops (a ratio of sums, as the adherence table), each method over its own crops."""
+    key = "terrain = hills"
+    baseline = {"panoramas": [{"prompt": "hills", "seed": 0, "shown": {key: 8}, "crops": 8},
+                              {"prompt": "hills", "seed": 1, "shown": {key: 0}, "crops": 4}]}
+    candidate = {"panoramas": [{"prompt": "hills", "seed": 0, "shown": {key: 2}, "crops": 4},
+                               {"prompt": "hills", "seed": 1, "shown": {key: 4}, "crops": 4}]}
+    paired = paired_adherence_difference(baseline, candidate, key)
+    assert paired["difference"] == pytest.approx(6 / 8 - 8 / 12)
+    assert paired["low"] <= paired["difference"] <= paired["high"]
