@@ -512,6 +512,9 @@ def main(argv=None):
     parser.add_argument("--method", action="append", default=[], metavar="NAME=JSON",
                         help="measure this sync setting (JSON of pipeline arguments) instead of the model's "
                              "recommended one and the paper's gradient; repeatable; MultiDiffusion is always measured")
+    parser.add_argument("--stride", type=int, default=None,
+                        help="a stride in latent pixels for every method, MultiDiffusion included, in place of "
+                             "the model's recommended one (a sweep over strides must move the baseline too)")
     parser.add_argument("--tuning", action="store_true",
                         help="a settings sweep: on tuning seeds (from 100), so the report is not a fresh-seed result")
     parser.add_argument("--markdown-only", action="store_true",
@@ -527,6 +530,8 @@ def main(argv=None):
     methods = parse_methods(args.method)
     started = time.time()
     pipe, settings = load_for_measurement(args.model)
+    if args.stride is not None:
+        settings = {**settings, "stride": args.stride}
     size = pipe.window * pipe.vae_factor
     lpips, inception = load_lpips("vgg"), load_inception()
 
