@@ -381,8 +381,8 @@ def adherence_table(report: dict) -> list[str]:
 
 
 def adherence_section(report: dict) -> list[str]:
-    """The adherence table with the sentences that read it; the interval's only where the report holds
-    per-panorama counts."""
+    """The adherence table with the sentences that read it, those on intervals only where the report
+    holds per-panorama counts."""
     baseline = report["methods"][BASELINE]
     intervals = any(paired_adherence_difference(baseline, summary, key) is not None
                     for name, summary in report["methods"].items() if name != BASELINE
@@ -420,8 +420,9 @@ def markdown(report: dict, picture: str) -> str:
              f"({seeds[0]}–{seeds[-1]}, {'tuning seeds: a sweep' if report.get('tuning') else 'never used for tuning'}), "
              f"{report['width']}×{report['height']} panoramas, "
              f"{report['references']} single-window references per prompt (seeds from {REFERENCE_SEEDS_FROM}). "
-             f"The model's recommended settings (steps, guidance and stride for every method; the sync "
-             f"settings of each method are listed under the picture): {json.dumps(report['settings'])}.", "",
+             f"Steps, guidance and stride, the same for every method (the model's recommended settings, "
+             f"with `--stride` in place of its stride if given; each method's sync settings are listed under "
+             f"the picture): {json.dumps(report['settings'])}.", "",
              "## Bars (MultiDiffusion is the baseline)", "", *bar_table(report), "",
              f"MultiDiffusion mixes times of day in {report['methods'][BASELINE]['mixed_share']:.0%} of panoramas "
              f"(the montage bar needs ≥ {MONTAGE_PRESENT:.0%} to test anything: "
