@@ -11,13 +11,11 @@ from pathlib import Path
 
 from .. import settings
 
-# The fields a line may set: the HTTP API's (settings' served parameters), but not ControlSync's
-# (a batch makes SyncDiffusion panoramas), and the PNG's name.
-FIELDS = tuple(p.name for p in settings.PARAMETERS if p.served and not p.control)
+# The fields a line may set: the HTTP API's SyncDiffusion fields (a batch makes no ControlSync
+# panoramas), and the PNG's name.
+FIELDS = settings.SERVED_FIELDS
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # fullmatch: "$" would let a final newline through
-# Fields where null means something other than "the default", as in the HTTP API (server/schema.py's
-# NULL_MEANS_SOMETHING; a test holds the two equal): every step, a random seed, the centre view …
-NULL_MEANS_SOMETHING = ("sync_threshold", "seed", "anchor", "tiled_decode")
+NULL_MEANS_SOMETHING = settings.NULL_MEANS_SOMETHING  # as in the HTTP API
 # Keys of a PNG's metadata that do not change the picture, or say where it was made: not compared.
 NOT_COMPARED = ("device", "dtype", "view_batch_size")
 # The model's keys that a PNG carries only when they were given: one given then and not now differs too.

@@ -18,14 +18,10 @@ from ..settings import SettingError as FieldError  # noqa: F401 (a request's fie
 from .limits import FIELDS_BODY_BYTES, Limits  # noqa: F401 (their old home)
 
 SERVED = tuple(parameter for parameter in settings.PARAMETERS if parameter.served)
-# The fields of the API, in settings' order: the public SyncDiffusion API's first.
-FIELDS = tuple(parameter.name for parameter in SERVED if not parameter.control)
+FIELDS = settings.SERVED_FIELDS
 # ControlSync's fields, for a server started with --controlnet.
 CONTROL_FIELDS = tuple(parameter.name for parameter in SERVED if parameter.control)
-
-# Fields where an explicit null means something other than "the model's default": every step, a
-# random seed, the centre view, tiled when large.
-NULL_MEANS_SOMETHING = ("sync_threshold", "seed", "anchor", "tiled_decode")
+NULL_MEANS_SOMETHING = settings.NULL_MEANS_SOMETHING
 
 
 def _one_or_a_list(value):
