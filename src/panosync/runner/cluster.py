@@ -15,9 +15,8 @@ import logging
 import os
 import re
 import time
-from typing import Callable
 
-from .maker import Canceled, Done, ModelSpec, PanoramaMaker, TaskFailed, where
+from .maker import Canceled, Done, ModelSpec, PanoramaMaker, ProgressCallback, TaskFailed, where
 
 # A worker whose process dies is restarted, and its task retried, this many times; past that the
 # task fails with a sentence (something kills it each time: out of memory, a broken GPU).
@@ -29,9 +28,6 @@ RELEASE_SECONDS = 15.0
 # A local instance's shared-memory object store: pictures are a few MB, and the default (30% of
 # the memory) would take from the workers' models what the pictures never need.
 LOCAL_OBJECT_STORE_BYTES = 512 * 2**20
-
-# on_step(key, steps_done, sync_weight, worker)
-ProgressCallback = Callable[[object, int, float, dict], None]
 
 
 def add_cluster_options(parser) -> None:
@@ -179,7 +175,6 @@ class RayEngine:
         self._idle = list(range(count))
         self._running: dict = {}  # ObjectRef of make -> (key, worker index)
         self._polls: dict = {}  # worker index -> ObjectRef of its progress call
-        self._dead: set = set()
 
     @staticmethod
     def _free(kind: str, wanted: int) -> int:
@@ -243,8 +238,7 @@ class RayEngine:
             try:
                 dones.append(ray.get(ref))
                 self._idle.append(index)
-            except ray.exceptions.ActorDiedError as error:  # past its restarts: it takes no more tasks
-                self._dead.add(index)
+            except ray.exceptions.ActorDiedError as error:  # past its restarts: never idle again
                 dones.append(Done(key, error=f"its Ray worker died while making it, and again after each of its "
                                              f"{MAX_RESTARTS} restarts ({error})"))
             except ray.exceptions.RayActorError as error:  # died, its retries spent; restarted, it takes more

@@ -6,10 +6,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Callable, Iterable
 
-from .maker import Canceled, Done, ModelSpec, PanoramaMaker, where
-
-# on_step(key, steps_done, sync_weight, worker): a task's progress, with where it runs
-ProgressCallback = Callable[[object, int, float, dict], None]
+from .maker import Canceled, Done, ModelSpec, PanoramaMaker, ProgressCallback, where
 
 
 class LocalEngine:

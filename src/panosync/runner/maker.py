@@ -14,6 +14,8 @@ from .. import settings
 
 # on_step(steps_done, sync_weight_of_that_step); an exception it raises stops the panorama there
 StepCallback = Callable[[int, float], None]
+# an engine's on_step(key, steps_done, sync_weight, worker): a task's progress, with where it runs
+ProgressCallback = Callable[[object, int, float, dict], None]
 
 
 @dataclass(frozen=True)
