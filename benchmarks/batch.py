@@ -29,6 +29,7 @@ import torch  # noqa: E402
 
 from panosync.batch.jobs import read_jobs  # noqa: E402
 from panosync.batch.run import run_batch  # noqa: E402
+from panosync.files import write_atomically  # noqa: E402
 from panosync.models import resolve_model  # noqa: E402
 from panosync.runner import LocalEngine, ModelSpec  # noqa: E402
 
@@ -134,8 +135,8 @@ def main() -> int:
               "figures": figures, "machine": f"{cpu}, {cores} cores, torch {torch.__version__}, ray {ray.__version__}",
               "load_average_before": [round(v, 2) for v in load_before],
               "load_average_after": [round(v, 2) for v in load_after]}
-    (HERE / "BATCH.json").write_text(json.dumps(report, indent=2) + "\n")
-    (HERE / "BATCH.md").write_text(markdown(report))
+    write_atomically(HERE / "BATCH.json", json.dumps(report, indent=2) + "\n")
+    write_atomically(HERE / "BATCH.md", markdown(report))
     print(markdown(report))
     return 0
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from panosync.files import write_atomically
 from panosync.views import views_for_canvas
 from .panorama_bars import panorama
 from .quality import load_for_measurement
@@ -140,8 +141,8 @@ def main(argv=None):
                                           anchor_at_wrap)
     report["seconds"] = round(time.time() - started)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    args.out.with_suffix(".md").write_text(markdown(report))
+    write_atomically(args.out.with_suffix(".json"), json.dumps(report, indent=2))
+    write_atomically(args.out.with_suffix(".md"), markdown(report))
     print(markdown(report))
 
 
