@@ -34,6 +34,7 @@ import torch
 
 from panosync.eval.crops import crops
 from panosync.eval.perceptual import intra_lpips
+from panosync.files import write_atomically
 from panosync.lpips import PerceptualDistance
 from .classify import classify
 from .landscapes import ATTRIBUTES, parse_prompt, render_landscape
@@ -255,6 +256,18 @@ def paired_adherence_difference(baseline: dict, candidate: dict, key: str, resam
             "panoramas": len(pairs)}
 
 
+def pooled_adherence(per_panorama: list[dict]) -> dict[str, float]:
+    """`adherence` of a method's crops from its panoramas' counts (`shown_counts`), which the
+    intervals resample: the table and its intervals come from one classification."""
+    shown: dict[str, list[int]] = {}
+    for figures in per_panorama:
+        for key, count in figures["shown"].items():
+            totals = shown.setdefault(key, [0, 0])
+            totals[0] += count
+            totals[1] += figures["crops"]
+    return {key: count / crops for key, (count, crops) in shown.items()}
+
+
 def adherence(images_by_prompt: dict[str, list], judged: list[str]) -> dict[str, float]:
     """Per judgeable value named by some prompt: the share of the images of the prompts naming it that
     show it."""
@@ -299,7 +312,7 @@ def measure_method(pipe, prompts, seeds, width, settings, sync, judged, referenc
     free = [p for p in per_panorama if "time" not in parse_prompt(p["prompt"])]  # a named time leaves no montage
     summary = {"settings": sync, "seconds_per_panorama": round(seconds, 1),
                **fidelity(tiles, references, reference_features, lpips, inception),
-               "adherence": adherence(tiles, judged),
+               "adherence": pooled_adherence(per_panorama),
                "mixed_share": float(np.mean([len(set(p["crop_times"])) > 1 for p in free])) if free else float("nan"),
                "intra_lpips": float(np.mean([p["intra_lpips"] for p in per_panorama])),
                "panoramas": per_panorama}
@@ -554,15 +567,16 @@ def main(argv=None):
     report["seconds"] = round(time.time() - started)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    PIL.Image.fromarray(picture(references, panoramas, args.picture_seeds, seeds)).save(args.out.with_suffix(".png"))
+    sheet = PIL.Image.fromarray(picture(references, panoramas, args.picture_seeds, seeds))
+    write_atomically(args.out.with_suffix(".png"), lambda file: sheet.save(file, format="PNG"))
     write_report(report, args.out)
 
 
 def write_report(report: dict, out: Path) -> None:
     """OUT.json and OUT.md, with the bars judged afresh; the bar table goes to stdout."""
     report["bars"] = {name: [vars(bar) for bar in rows] for name, rows in verdicts(report).items()}
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    out.with_suffix(".md").write_text(markdown(report, out.with_suffix(".png").name))
+    write_atomically(out.with_suffix(".json"), json.dumps(report, indent=2))
+    write_atomically(out.with_suffix(".md"), markdown(report, out.with_suffix(".png").name))
     print("\n".join(bar_table(report)))
 
 

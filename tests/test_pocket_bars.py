@@ -7,8 +7,8 @@ import torch
 
 from pocket.landscapes import render_landscape
 from pocket.panorama_bars import (FAITHFUL, adherence, check_fresh_seeds, judgeable, lpips_to_references,
-                                           nearest_lpips, paired_adherence_difference, panorama_bars, shown_counts,
-                                           sync_methods)
+                                           nearest_lpips, paired_adherence_difference, panorama_bars, pooled_adherence,
+                                           shown_counts, sync_methods)
 
 SIZE = 64  # the pocket model's window in pixels: what the classifier and the references are made at
 
@@ -109,6 +109,18 @@ def test_shown_counts_count_the_crops_showing_what_the_prompt_names():
     assert shown_counts("green mountains", tiles, judged) == {"terrain = mountains": 3, "ground = green": 4}
     assert shown_counts("mountains at night", tiles, judged) == {"terrain = mountains": 3}  # night: not judged
     assert shown_counts("a landscape", tiles, judged) == {}
+
+
+def test_adherence_from_the_panoramas_counts_is_adherence_of_their_crops():
+    judged = ["terrain = mountains", "ground = green", "ground = snow"]
+    panoramas = {"green mountains": [[render(1), render(2, terrain="sea")], [render(3, ground="snow")]],
+                 "snowy hills": [[render(4, ground="snow", terrain="hills"), render(5)]]}
+    per_panorama = [{"shown": shown_counts(prompt, tiles, judged), "crops": len(tiles)}
+                    for prompt, images in panoramas.items() for tiles in images]
+    crops_by_prompt = {prompt: [tile for tiles in images for tile in tiles] for prompt, images in panoramas.items()}
+    assert pooled_adherence(per_panorama) == pytest.approx(adherence(crops_by_prompt, judged))
+    assert pooled_adherence(per_panorama) == pytest.approx({"terrain = mountains": 2 / 3, "ground = green": 2 / 3,
+                                                            "ground = snow": 1 / 2})
 
 
 def test_the_adherence_interval_resamples_panoramas_in_pairs():
