@@ -206,8 +206,6 @@ BY_NAME = {parameter.name: parameter for parameter in PARAMETERS}
 # The parameters of SyncDiffusionPipeline.__call__ that this table describes, in the table's order.
 PIPELINE_NAMES = tuple(p.name for p in PARAMETERS if not p.control)
 CONTROL_NAMES = tuple(p.name for p in PARAMETERS if p.control)
-# The HTTP API's SyncDiffusion fields (a batch line's too), in this order: the public API's first.
-SERVED_FIELDS = tuple(p.name for p in PARAMETERS if p.served and not p.control)
 # Fields where an explicit null means something other than "the model's default": every step, a
 # random seed, the centre view, tiled when large (the API and a batch line both read them so).
 NULL_MEANS_SOMETHING = ("sync_threshold", "seed", "anchor", "tiled_decode")

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from .. import settings
 
-# The fields a line may set: the HTTP API's SyncDiffusion fields (a batch makes no ControlSync
-# panoramas), and the PNG's name.
-FIELDS = settings.SERVED_FIELDS
+# The fields a line may set: the HTTP API's (settings' served parameters), but not ControlSync's
+# (a batch makes SyncDiffusion panoramas), and the PNG's name.
+FIELDS = tuple(p.name for p in settings.PARAMETERS if p.served and not p.control)
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # fullmatch: "$" would let a final newline through
 NULL_MEANS_SOMETHING = settings.NULL_MEANS_SOMETHING  # as in the HTTP API
 # Keys of a PNG's metadata that do not change the picture, or say where it was made: not compared.

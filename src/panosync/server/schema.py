@@ -18,7 +18,9 @@ from ..settings import SettingError as FieldError  # noqa: F401 (a request's fie
 from .limits import FIELDS_BODY_BYTES, Limits  # noqa: F401 (their old home)
 
 SERVED = tuple(parameter for parameter in settings.PARAMETERS if parameter.served)
-FIELDS = settings.SERVED_FIELDS
+# The fields of the API, in settings' order: the public SyncDiffusion API's first. Derived here, at
+# import, so that a parameter added to settings.PARAMETERS before this import is served.
+FIELDS = tuple(parameter.name for parameter in SERVED if not parameter.control)
 # ControlSync's fields, for a server started with --controlnet.
 CONTROL_FIELDS = tuple(parameter.name for parameter in SERVED if parameter.control)
 NULL_MEANS_SOMETHING = settings.NULL_MEANS_SOMETHING
