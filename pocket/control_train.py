@@ -26,6 +26,7 @@ from diffusers import ControlNetModel, DDIMScheduler, DDPMScheduler, UNet2DCondi
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from panosync.conditions import canny_edges
+from panosync.files import write_atomically
 from .train import BUNDLE, MAX_TOKENS, Progress, encode_dataset, load_data, save_atomically
 
 CONTROL_BUNDLE = BUNDLE.parent / "pocket-canny"
@@ -155,7 +156,7 @@ def export_controlnet(run: Path, out: Path = CONTROL_BUNDLE, base_folder: Path =
               **{key: state.get(key) for key in ("images", "step", "batch", "lr", "drop_caption", "seconds", "loss",
                                                  "threads", "init")},
               "loss_note": "mean epsilon MSE over the last logged stretch of steps"}
-    (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_atomically(out / "training.json", json.dumps(record, indent=2) + "\n")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"exported {out} ({size / 2**20:.1f} MiB, trained {state['step']} steps)")
     return out

@@ -10,6 +10,7 @@ import numpy as np
 import PIL.Image
 
 from panosync.bundled import bundled_model_folder, recommended_settings
+from panosync.files import write_atomically
 from panosync.models import load_pipeline
 from .panorama_bars import labelled
 
@@ -28,5 +29,6 @@ for prompt, seed in [("snowy mountains", 100), ("a landscape", 101), ("green hil
         image = (image * 255).round().astype(np.uint8).repeat(args.scale, 0).repeat(args.scale, 1)
         rows.append(labelled(image, f"{name}\n“{prompt}”, seed {seed}", margin=170))
     rows.append(np.full((6, rows[-1].shape[1], 3), 255, np.uint8))
-PIL.Image.fromarray(np.concatenate(rows[:-1])).save(args.out)
+sheet = PIL.Image.fromarray(np.concatenate(rows[:-1]))
+write_atomically(args.out, lambda file: sheet.save(file, format="PNG"))
 print(f"wrote {args.out}")

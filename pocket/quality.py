@@ -27,6 +27,7 @@ import torch
 
 from panosync.eval.crops import crops
 from panosync.eval.perceptual import intra_lpips
+from panosync.files import write_atomically
 from panosync.lpips import load_lpips
 from .classify import accuracy, classify_time
 from .landscapes import make_dataset
@@ -197,11 +198,12 @@ def main(argv=None):
     report["seconds"] = round(time.time() - started)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    write_atomically(args.out.with_suffix(".json"), json.dumps(report, indent=2))
     rows = [np.concatenate([pictures["MultiDiffusion"][i], pictures["SyncDiffusion"][i],
                             np.full((4, width, 3), 255, np.uint8)]) for i in range(len(pictures["SyncDiffusion"]))]
-    PIL.Image.fromarray(np.concatenate(rows)).save(args.out.with_suffix(".png"))
-    args.out.with_suffix(".md").write_text(markdown(report, args.out.with_suffix(".png").name))
+    sheet = PIL.Image.fromarray(np.concatenate(rows))
+    write_atomically(args.out.with_suffix(".png"), lambda file: sheet.save(file, format="PNG"))
+    write_atomically(args.out.with_suffix(".md"), markdown(report, args.out.with_suffix(".png").name))
     print(json.dumps(report, indent=2))
     print(markdown(report, args.out.with_suffix(".png").name))
 

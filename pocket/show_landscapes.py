@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from panosync.files import write_atomically
+
 from .landscapes import ATTRIBUTES, render_landscape
 
 
@@ -76,7 +78,7 @@ def main() -> None:
     sheet = contact_sheet(args.seed, args.per_combination, args.wide, scale=args.scale,
                           classify=args.classify)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(args.out)
+    write_atomically(args.out, lambda file: sheet.save(file, format="PNG"))
     print(f"wrote {args.out} ({sheet.width}x{sheet.height})")
 
 

@@ -359,7 +359,8 @@ def stage_export(run: Path, out: Path) -> None:
     pipe, steps = trained_pipeline(run)
     out.mkdir(parents=True, exist_ok=True)
     pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
-    (out / "training.json").write_text(json.dumps(training_record(run, pipe.vae.config.scaling_factor), indent=2) + "\n")
+    write_atomically(out / "training.json",
+                     json.dumps(training_record(run, pipe.vae.config.scaling_factor), indent=2) + "\n")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"exported {out} ({size / 2**20:.1f} MiB, unet trained {steps} steps)")
 

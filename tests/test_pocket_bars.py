@@ -8,7 +8,7 @@ import torch
 from pocket.landscapes import render_landscape
 from pocket.panorama_bars import (FAITHFUL, adherence, check_fresh_seeds, judgeable, lpips_to_references,
                                            nearest_lpips, paired_adherence_difference, panorama_bars, pooled_adherence,
-                                           shown_counts, sync_methods)
+                                           shared_settings, shown_counts, sync_methods)
 
 SIZE = 64  # the pocket model's window in pixels: what the classifier and the references are made at
 
@@ -151,3 +151,12 @@ def test_the_adherence_difference_pools_crops_and_takes_each_methods_own_count()
     paired = paired_adherence_difference(baseline, candidate, key)
     assert paired["difference"] == pytest.approx(6 / 8 - 8 / 12)
     assert paired["low"] <= paired["difference"] <= paired["high"]
+
+
+def test_stride_and_guidance_move_every_method_and_leave_the_rest():
+    recommended = {"num_inference_steps": 30, "guidance_scale": 7.5, "stride": 12, "sync_weight": 14.0}
+    assert shared_settings(recommended) == recommended
+    assert shared_settings(recommended, guidance=5.0) == {**recommended, "guidance_scale": 5.0}
+    assert shared_settings(recommended, stride=10, guidance=5.0) == {**recommended, "stride": 10,
+                                                                          "guidance_scale": 5.0}
+    assert recommended["guidance_scale"] == 7.5  # the model's own settings are not changed in place
