@@ -127,6 +127,9 @@ def value_key(attribute: str, value: str) -> str:
     return f"{attribute} = {value}"
 
 
+EVERY_VALUE = [value_key(attribute, value) for attribute, value in CHECK_PROMPTS]  # what the check tries
+
+
 # ------------------------------------------------------------------------------------------ bars
 
 
@@ -292,9 +295,17 @@ def fidelity(tiles_by_prompt: dict, references: dict, reference_features, lpips,
             "fid": fid(reference_features, features), "kid": kid_mean, "kid_std": kid_std}
 
 
+def split_by_judgeable(shares: dict[str, float], judged: list[str]) -> dict[str, dict[str, float]]:
+    """"adherence", which the bars judge, and "adherence_unjudged": the values the classifier check
+    found it cannot judge, reported beside them as information only."""
+    return {"adherence": {key: share for key, share in shares.items() if key in judged},
+            "adherence_unjudged": {key: share for key, share in shares.items() if key not in judged}}
+
+
 def measure_method(pipe, prompts, seeds, width, settings, sync, judged, references, reference_features,
                    lpips, inception, name) -> tuple[dict, dict]:
-    """One method's summary, and its panoramas by prompt (for the picture)."""
+    """One method's summary, and its panoramas by prompt (for the picture). Its crops are counted for
+    every value the prompt names; the bars use the judgeable ones only."""
     size = pipe.window * pipe.vae_factor
     started, panoramas, per_panorama = time.time(), {}, []
     for prompt in prompts:
@@ -304,7 +315,7 @@ def measure_method(pipe, prompts, seeds, width, settings, sync, judged, referenc
             panorama_crops = crops(image, size)
             figures = {"prompt": prompt, "seed": seed, "crop_times": crop_times(image, size),
                        "intra_lpips": round(intra_lpips(image, size, lpips), 4),
-                       "shown": shown_counts(prompt, panorama_crops, judged), "crops": len(panorama_crops)}
+                       "shown": shown_counts(prompt, panorama_crops, EVERY_VALUE), "crops": len(panorama_crops)}
             per_panorama.append(figures)
             print(f"{name}: {figures}", file=sys.stderr, flush=True)
     seconds = (time.time() - started) / len(per_panorama)
@@ -312,7 +323,7 @@ def measure_method(pipe, prompts, seeds, width, settings, sync, judged, referenc
     free = [p for p in per_panorama if "time" not in parse_prompt(p["prompt"])]  # a named time leaves no montage
     summary = {"settings": sync, "seconds_per_panorama": round(seconds, 1),
                **fidelity(tiles, references, reference_features, lpips, inception),
-               "adherence": pooled_adherence(per_panorama),
+               **split_by_judgeable(pooled_adherence(per_panorama), judged),
                "mixed_share": float(np.mean([len(set(p["crop_times"])) > 1 for p in free])) if free else float("nan"),
                "intra_lpips": float(np.mean([p["intra_lpips"] for p in per_panorama])),
                "panoramas": per_panorama}
@@ -324,7 +335,7 @@ def measure_single_windows(pipe, prompts, count, settings, judged, references, r
     """Held-out single windows, as many as a method's crops: the figures a genuine sample gets."""
     held_out = {prompt: list(windows(pipe, prompt, HELD_OUT_SEEDS_FROM, count, settings)) for prompt in prompts}
     return {**fidelity(held_out, references, reference_features, lpips, inception),
-            "adherence": adherence(held_out, judged)}
+            **split_by_judgeable(adherence(held_out, EVERY_VALUE), judged)}
 
 
 # ---------------------------------------------------------------------------------------- report
@@ -372,6 +383,11 @@ def prompt_table(report: dict) -> list[str]:
     return lines
 
 
+def every_share(summary: dict) -> dict[str, float]:
+    """A summary's adherence to every value its prompts name, judgeable or not."""
+    return {**summary["adherence"], **summary.get("adherence_unjudged", {})}
+
+
 def adherence_table(report: dict) -> list[str]:
     """Adherence per value: the model's own single windows, MultiDiffusion, and each method's difference
     from MultiDiffusion with its interval over panoramas."""
@@ -379,16 +395,18 @@ def adherence_table(report: dict) -> list[str]:
     baseline = report["methods"][BASELINE]
     lines = ["| value | single windows | MultiDiffusion | " + " | ".join(methods) + " |",
              "|---|---|---|" + "---|" * len(methods)]
-    for key, share in baseline["adherence"].items():
+    unjudged = baseline.get("adherence_unjudged", {})
+    for key, share in [*baseline["adherence"].items(), *unjudged.items()]:
         cells = []
         for summary in methods.values():
             paired = paired_adherence_difference(baseline, summary, key)
             interval = (f" ({100 * paired['difference']:+.1f} points, {INTERVAL_LEVEL:.0%} interval "
                         f"{100 * paired['low']:+.1f} to {100 * paired['high']:+.1f}, "
                         f"{paired['panoramas']} panoramas)") if paired else ""
-            cells.append(f"{summary['adherence'][key]:.0%}{interval}")
-        single = report["single_windows"]["adherence"].get(key)
-        lines.append(f"| {key} | {'–' if single is None else f'{single:.0%}'} | {share:.0%} | " +
+            cells.append(f"{every_share(summary)[key]:.0%}{interval}")
+        single = every_share(report["single_windows"]).get(key)
+        label = f"{key} (not judgeable: information only)" if key in unjudged else key
+        lines.append(f"| {label} | {'–' if single is None else f'{single:.0%}'} | {share:.0%} | " +
                      " | ".join(cells) + " |")
     return lines
 
@@ -411,6 +429,9 @@ def adherence_section(report: dict) -> list[str]:
                     f"and ignore these intervals.")
     else:
         reading += " (No intervals: this report predates per-panorama counts.)"
+    if baseline.get("adherence_unjudged"):
+        reading += (" Values the classifier check found it cannot judge are listed for information: no bar "
+                    "judges them, since the classifier's own error on them is as large as the differences.")
     return ["Adherence against what the model itself draws" + (", and how far the difference from "
             "MultiDiffusion could be sampling noise:" if intervals else ":"), "", *adherence_table(report), "",
             reading, ""]

@@ -160,3 +160,21 @@ def test_stride_and_guidance_move_every_method_and_leave_the_rest():
     assert shared_settings(recommended, stride=10, guidance=5.0) == {**recommended, "stride": 10,
                                                                           "guidance_scale": 5.0}
     assert recommended["guidance_scale"] == 7.5  # the model's own settings are not changed in place
+
+
+def test_an_unjudgeable_value_is_reported_as_information_and_never_barred():
+    from pocket.panorama_bars import BASELINE, adherence_table, split_by_judgeable
+
+    shares = {"ground = snow": 0.9, "terrain = hills": 0.5}
+    assert split_by_judgeable(shares, ["ground = snow"]) == {"adherence": {"ground = snow": 0.9},
+                                                             "adherence_unjudged": {"terrain = hills": 0.5}}
+    # a method far below MultiDiffusion on the unjudgeable value still meets every bar
+    candidate = {**summary(mixed=0.3, intra=0.3),
+                 **split_by_judgeable({"ground = snow": 0.9, "terrain = hills": 0.1}, ["ground = snow"])}
+    baseline = {**summary(), **split_by_judgeable(shares, ["ground = snow"])}
+    assert [bar.met for bar in panorama_bars(baseline, candidate)] == [True] * 6
+    report = {"methods": {BASELINE: {**baseline, "panoramas": []}, "SyncDiffusion": {**candidate, "panoramas": []}},
+              "single_windows": split_by_judgeable({"ground = snow": 1.0, "terrain = hills": 0.8}, ["ground = snow"])}
+    rows = adherence_table(report)
+    assert rows[2] == "| ground = snow | 100% | 90% | 90% |"
+    assert rows[3] == "| terrain = hills (not judgeable: information only) | 80% | 50% | 10% |"
