@@ -48,8 +48,8 @@ def test_blotches_and_a_flat_image_score_worse_fidelity_than_a_genuine_sample(lp
     assert scores[0] < scores[1:].min(), scores
 
 
-def summary(landscape=0.40, mountains=0.30, fid=180.0, snow=0.9, mixed=0.8, intra=0.5):
-    return {"nn_lpips_by_prompt": {"a landscape": landscape, "snowy mountains": mountains}, "fid": fid,
+def summary(landscape=0.40, mountains=0.30, fid=180.0, kid=0.020, snow=0.9, mixed=0.8, intra=0.5):
+    return {"nn_lpips_by_prompt": {"a landscape": landscape, "snowy mountains": mountains}, "fid": fid, "kid": kid,
             "adherence": {"ground = snow": snow}, "mixed_share": mixed, "intra_lpips": intra}
 
 
@@ -58,17 +58,17 @@ def met(candidate):
 
 
 def test_the_bars_pass_at_their_limits_and_fail_past_them():
-    at_limits = dict(landscape=0.44, mountains=0.33, fid=198.0, snow=0.9, mixed=0.4, intra=0.425)
-    assert met(summary(**at_limits)) == [True] * 6
-    for past in (dict(landscape=0.441), dict(mountains=0.331), dict(fid=198.5), dict(snow=0.89), dict(mixed=0.41),
-                 dict(intra=0.426)):
+    at_limits = dict(landscape=0.44, mountains=0.33, fid=198.0, kid=0.022, snow=0.9, mixed=0.4, intra=0.425)
+    assert met(summary(**at_limits)) == [True] * 7
+    for past in (dict(landscape=0.441), dict(mountains=0.331), dict(fid=198.5), dict(kid=0.0221), dict(snow=0.89),
+                 dict(mixed=0.41), dict(intra=0.426)):
         assert met(summary(**{**at_limits, **past})).count(False) == 1, past
 
 
 def test_a_destroyed_but_coherent_picture_fails_fidelity_even_on_one_prompt_of_two():
     """The picture of issue 13: blotches agree with each other, so the montage bars pass; fidelity does not,
     even where the other prompt's panoramas are fine."""
-    assert met(summary(landscape=0.50, fid=190.0, mixed=0.2, intra=0.3)) == [False, True, True, True, True, True]
+    assert met(summary(landscape=0.50, fid=190.0, mixed=0.2, intra=0.3)) == [False, True, True, True, True, True, True]
 
 
 def test_adherence_pools_the_prompts_naming_a_value_and_skips_unjudgeable_ones():
@@ -172,7 +172,7 @@ def test_an_unjudgeable_value_is_reported_as_information_and_never_barred():
     candidate = {**summary(mixed=0.3, intra=0.3),
                  **split_by_judgeable({"ground = snow": 0.9, "terrain = hills": 0.1}, ["ground = snow"])}
     baseline = {**summary(), **split_by_judgeable(shares, ["ground = snow"])}
-    assert [bar.met for bar in panorama_bars(baseline, candidate)] == [True] * 6
+    assert [bar.met for bar in panorama_bars(baseline, candidate)] == [True] * 7
     report = {"methods": {BASELINE: {**baseline, "panoramas": []}, "SyncDiffusion": {**candidate, "panoramas": []}},
               "single_windows": split_by_judgeable({"ground = snow": 1.0, "terrain = hills": 0.8}, ["ground = snow"])}
     rows = adherence_table(report)
