@@ -1,7 +1,8 @@
 """How often single windows show the terrain their prompt names, per guidance scale.
 
 A synced panorama copies its anchor window, so it can show the prompt's terrain only as reliably as
-one window of the model does; this prints that share, with the model's other recommended settings:
+one window of the model does; this prints that share, with the model's other recommended settings.
+The windows are the bars' references (seeds from 5000), not the panoramas' seeds:
 
     python -m pocket.guidance_probe --model pocket --guidance 5 7.5 10
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from .panorama_bars import REFERENCE_SEEDS_FROM, named_share, windows
+from .panorama_bars import REFERENCE_SEEDS_FROM, named_share, shared_settings, windows
 from .quality import load_for_measurement
 
 TERRAIN_PROMPTS = {"mountains": "snowy mountains", "hills": "green hills at sunset"}
@@ -24,7 +25,7 @@ def main(argv=None):
     pipe, settings = load_for_measurement(args.model)
     for guidance in args.guidance:
         shares = {terrain: named_share(windows(pipe, prompt, REFERENCE_SEEDS_FROM, args.windows,
-                                               {**settings, "guidance_scale": guidance}), "terrain", terrain)
+                                               shared_settings(settings, guidance=guidance)), "terrain", terrain)
                   for terrain, prompt in TERRAIN_PROMPTS.items()}
         print(f"{args.model} guidance {guidance:g}: " +
               ", ".join(f"{terrain} {share:.1%}" for terrain, share in shares.items()), flush=True)

@@ -8,7 +8,7 @@ import torch
 from pocket.landscapes import render_landscape
 from pocket.panorama_bars import (FAITHFUL, adherence, check_fresh_seeds, judgeable, lpips_to_references,
                                            nearest_lpips, paired_adherence_difference, panorama_bars, pooled_adherence,
-                                           shared_settings, shown_counts, sync_methods)
+                                           kid_testable, shared_settings, shown_counts, sync_methods)
 
 SIZE = 64  # the pocket model's window in pixels: what the classifier and the references are made at
 
@@ -71,11 +71,11 @@ def test_a_destroyed_but_coherent_picture_fails_fidelity_even_on_one_prompt_of_t
     assert met(summary(landscape=0.50, fid=190.0, mixed=0.2, intra=0.3)) == [False, True, True, True, True, True, True]
 
 
-def test_adherence_pools_the_prompts_naming_a_value_and_skips_unjudgeable_ones():
+def test_adherence_pools_the_prompts_naming_a_value_and_counts_only_the_values_asked_for():
     images = {"snowy mountains": [render(1, ground="snow"), render(2, ground="snow")],
               "snowy hills": [render(3, ground="green", terrain="hills")],
               "a landscape": [render(4)]}
-    shares = adherence(images, judged=["ground = snow", "terrain = mountains"])
+    shares = adherence(images, values=["ground = snow", "terrain = mountains"])
     assert shares == {"ground = snow": pytest.approx(2 / 3), "terrain = mountains": 1.0}
 
 
@@ -107,7 +107,7 @@ def test_shown_counts_count_the_crops_showing_what_the_prompt_names():
     tiles = [render(seed, terrain="mountains") for seed in range(3)] + [render(9, terrain="sea")]
     judged = ["terrain = mountains", "ground = green"]
     assert shown_counts("green mountains", tiles, judged) == {"terrain = mountains": 3, "ground = green": 4}
-    assert shown_counts("mountains at night", tiles, judged) == {"terrain = mountains": 3}  # night: not judged
+    assert shown_counts("mountains at night", tiles, judged) == {"terrain = mountains": 3}  # night: not asked for
     assert shown_counts("a landscape", tiles, judged) == {}
 
 
@@ -178,3 +178,11 @@ def test_an_unjudgeable_value_is_reported_as_information_and_never_barred():
     rows = adherence_table(report)
     assert rows[2] == "| ground = snow | 100% | 90% | 90% |"
     assert rows[3] == "| terrain = hills (not judgeable: information only) | 80% | 50% | 10% |"
+
+
+def test_the_kid_bar_is_left_out_where_multidiffusions_kid_is_within_noise_of_zero():
+    clear, near_zero = summary(kid=0.020), {**summary(kid=0.001), "kid_std": 0.0007}
+    assert kid_testable(clear) and not kid_testable(near_zero) and not kid_testable({**summary(kid=-0.001)})
+    candidate = summary(kid=0.5, mixed=0.3, intra=0.3)  # any KID at all
+    assert [bar.met for bar in panorama_bars(near_zero, candidate)] == [True] * 6
+    assert [bar.met for bar in panorama_bars(clear, candidate)].count(False) == 1
