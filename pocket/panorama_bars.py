@@ -443,7 +443,7 @@ def adherence_section(report: dict) -> list[str]:
         reading += " (No intervals: this report predates per-panorama counts.)"
     if baseline.get("adherence_unjudged"):
         reading += (" Values the classifier check found it cannot judge are listed for information: no bar "
-                    "judges them, since the classifier's own error on them is as large as the differences.")
+                    "judges them, since the classifier misreads too many of MultiDiffusion's own crops of them.")
     return ["Adherence against what the model itself draws" + (", and how far the difference from "
             "MultiDiffusion could be sampling noise:" if intervals else ":"), "", *adherence_table(report), "",
             reading, ""]
@@ -475,8 +475,8 @@ def markdown(report: dict, picture: str) -> str:
              f"{report['width']}×{report['height']} panoramas, "
              f"{report['references']} single-window references per prompt (seeds from {REFERENCE_SEEDS_FROM}). "
              f"Steps, guidance and stride, the same for every method (the model's recommended settings, "
-             f"with `--stride` or `--guidance` in place of its own if given; each method's sync settings are listed under "
-             f"the picture): {json.dumps(report['settings'])}.", "",
+             f"with `--stride` or `--guidance` in place of its own if given; each method's sync settings are "
+             f"listed under the picture): {json.dumps(report['settings'])}.", "",
              "## Bars (MultiDiffusion is the baseline)", "", *bar_table(report), "",
              f"MultiDiffusion mixes times of day in {report['methods'][BASELINE]['mixed_share']:.0%} of panoramas "
              f"(the montage bar needs ≥ {MONTAGE_PRESENT:.0%} to test anything: "
