@@ -7,8 +7,8 @@ import torch
 
 from pocket.landscapes import render_landscape
 from pocket.panorama_bars import (FAITHFUL, adherence, check_fresh_seeds, judgeable, lpips_to_references,
-                                           nearest_lpips, paired_adherence_difference, panorama_bars, pooled_adherence,
-                                           kid_testable, shared_settings, shown_counts, sync_methods)
+                                           kid_testable, nearest_lpips, paired_adherence_difference, panorama_bars,
+                                           pooled_adherence, shared_settings, shown_counts, sync_methods)
 
 SIZE = 64  # the pocket model's window in pixels: what the classifier and the references are made at
 
