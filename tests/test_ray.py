@@ -160,6 +160,40 @@ def test_a_worker_killed_mid_job_is_replaced_and_its_job_made_again(jobs_file, m
 LONG = dict(width=128, num_inference_steps=400, sync_weight=0)  # runs until the server stops
 
 
+def test_serve_on_ray_loads_no_model_of_its_own(pocket_workers, monkeypatch):
+    """`serve --ray` asks the workers for what the checks need (the geometry, the defaults, the
+    device), and they are what a model loaded here would say; nothing is loaded in the server."""
+    import panosync.models
+    import panosync.runner
+    from panosync.cli import build_parser
+    from panosync.server import command, generation
+
+    loaded = generation.PanoramaModel.load("pocket", device="cpu")
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the server loaded a model of its own")
+
+    opened = []
+
+    def lend_workers(spec, address, workers):
+        opened.append((spec, address, workers))
+        return Borrowed(pocket_workers, None)
+
+    monkeypatch.setattr(panosync.models, "load_pipeline", no_loading)
+    monkeypatch.setattr(generation, "load_pipeline", no_loading)  # imported there by name
+    monkeypatch.setattr(panosync.runner, "open_engine", lend_workers)
+    args = build_parser().parse_args(["serve", "--model", "pocket", "--ray", "local", "--workers", "2",
+                                      "--view-batch-size", "2"])
+    model, engine = command._open_workers(args)
+    assert opened == [(ModelSpec("pocket"), "local", 2)]
+    assert model.pipe is None
+    assert (model.geometry, model.window, model.vae_factor) == (loaded.geometry, loaded.window, loaded.vae_factor)
+    assert model.defaults == {**loaded.defaults, "view_batch_size": 2}
+    assert (model.device.type, model.dtype, model.name, model.control) == ("cpu", "float32", "pocket", False)
+    with pytest.raises(TypeError, match="Ray workers"):
+        model.generate(model.defaults)
+
+
 def test_serve_on_ray_runs_two_jobs_at_once_and_survives_a_restart(pocket_workers, tmp_path):
     """Two Ray workers: two long jobs run at the same time and a third waits. The server stops: both
     running jobs fail as interrupted, the finished one and the queued one stay. Started again, the
@@ -167,9 +201,9 @@ def test_serve_on_ray_runs_two_jobs_at_once_and_survives_a_restart(pocket_worker
     from fastapi.testclient import TestClient
 
     from panosync.server.api import create_app
-    from panosync.server.generation import PanoramaModel
+    from panosync.server.ray_worker import WorkersModel
 
-    model, state = PanoramaModel.load("pocket", device="cpu"), tmp_path / "state"
+    model, state = WorkersModel("pocket", pocket_workers), tmp_path / "state"
 
     def wait_for(client, job_id, done, timeout=120):
         deadline = time.monotonic() + timeout

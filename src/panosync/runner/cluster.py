@@ -112,6 +112,9 @@ class PanoramaWorker:
     def family_defaults(self, explicit=()) -> dict:
         return self.maker.family_defaults(explicit)
 
+    def runs_on(self) -> tuple[str, str]:
+        return self.maker.runs_on()
+
     def make(self, key, call: dict) -> Done:
         def on_step(step: int, sync_weight: float) -> None:
             self._steps[key] = (step, sync_weight)
@@ -211,6 +214,12 @@ class RayEngine:
         import ray
 
         return ray.get(self.actors[0].family_defaults.remote(set(explicit)))
+
+    def runs_on(self) -> tuple[str, str]:
+        """The device and precision of the workers (the first one's: all load the same spec)."""
+        import ray
+
+        return ray.get(self.actors[0].runs_on.remote())
 
     def submit(self, key, call: dict) -> None:
         index = self._idle.pop(0)

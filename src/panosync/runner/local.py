@@ -44,6 +44,9 @@ class LocalEngine:
     def family_defaults(self, explicit=()) -> dict:
         return self.maker.family_defaults(explicit)
 
+    def runs_on(self) -> tuple[str, str]:
+        return self.maker.runs_on()
+
     def submit(self, key, call: dict) -> None:
         self._queue.append((key, call))
 

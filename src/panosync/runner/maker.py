@@ -84,6 +84,10 @@ class PanoramaMaker:
     def geometry(self) -> settings.Geometry:
         return settings.geometry_of_pipeline(self.pipe)
 
+    def runs_on(self) -> tuple[str, str]:
+        """The device and the precision the pictures are made with: ("cuda", "float16")."""
+        return self.device.type, self.precision.name
+
     def family_defaults(self, explicit=()) -> dict:
         """settings.family_defaults_after_loading: for a model whose family is known only now."""
         return settings.family_defaults_after_loading(self.pipe, explicit)

@@ -89,24 +89,43 @@ def _limits(args: argparse.Namespace) -> Limits:
                   max_waiters=getattr(args, "max_waiters", Limits.max_waiters))
 
 
-def _load(args: argparse.Namespace, device: str | None = None, dtype: str | None = None):
-    """The model, on `device` in `dtype` (default: --device, --dtype)."""
+def _load(args: argparse.Namespace):
+    """The model, loaded here on --device in --dtype."""
     from .generation import PanoramaModel
 
     from ..models import pick_device
     from ..precision import pick_precision
 
     settings.check({"view_batch_size": args.view_batch_size})
-    if not getattr(args, "ray", None):  # on Ray the workers pick their device: this machine may have no GPU
-        pick_precision(args.dtype, pick_device(args.device))  # a bad --device or --dtype: one sentence, first
+    pick_precision(args.dtype, pick_device(args.device))  # a bad --device or --dtype: one sentence, first
     model = args.model or (settings.DEFAULT_CONTROL_MODEL if args.controlnet else settings.DEFAULT_MODEL)
     with_controlnets = f" with {', '.join(args.controlnet)}" if args.controlnet else ""
     print(f"loading {model}{with_controlnets} …", file=sys.stderr)
-    loaded = PanoramaModel.load(model, device or args.device, dtype or args.dtype, args.model_config,
+    loaded = PanoramaModel.load(model, args.device, args.dtype, args.model_config,
                                 args.view_batch_size, args.controlnet, args.vae)
     if getattr(args, "gradient_checkpointing", False):
         loaded.pipe.enable_sync_checkpointing()
     return loaded
+
+
+def _open_workers(args: argparse.Namespace):
+    """serve --ray: the Ray workers, each loading the model, and the model as they loaded it
+    (ray_worker.WorkersModel). The server loads no copy of its own: it only checks requests and
+    writes the PNGs, so its machine needs neither the weights' memory nor a GPU."""
+    from ..models import resolve_model
+    from ..runner import ModelSpec, open_engine
+    from .ray_worker import WorkersModel
+
+    settings.check({"view_batch_size": args.view_batch_size})
+    name = args.model or settings.DEFAULT_MODEL
+    resolve_model(name)  # a model that is not there: one sentence, before any worker starts
+    spec = ModelSpec(name, args.model_config, args.vae, args.device, args.dtype, args.gradient_checkpointing)
+    engine = open_engine(spec, args.ray, args.workers)
+    try:
+        return WorkersModel(name, engine, args.model_config, args.view_batch_size), engine
+    except BaseException:
+        engine.close()
+        raise
 
 
 def _is_loopback(host: str) -> bool:
@@ -174,16 +193,11 @@ def serve(args: argparse.Namespace) -> int:
     state_dir = (args.state_dir or default_state_dir()).expanduser()
     check_state_dir(state_dir)  # now, not after loading the model
     warn_if_short_of_space(state_dir, min_free)
-    # With --ray the server's own copy only checks requests and describes the PNGs: on the CPU, so
-    # that it takes no GPU from the Ray workers on the same machine (their device is --device's).
-    model = _load(args, "cpu", "float32") if args.ray else _load(args)
     engine = None
     if args.ray:
-        from ..runner import ModelSpec, open_engine
-
-        spec = ModelSpec(model.name, args.model_config, args.vae, args.device, args.dtype,
-                         args.gradient_checkpointing)
-        engine = open_engine(spec, args.ray, args.workers)
+        model, engine = _open_workers(args)
+    else:
+        model = _load(args)
     try:
         app = create_app(model, state_dir, limits, token, public_docs=args.public_docs, retention=retention,
                          min_free_bytes=min_free, engine=engine)

@@ -43,11 +43,16 @@ class PanoramaModel:
             raise TypeError(f"The pipeline has {len(pipe.controlnets)} ControlNets; {len(controlnets)} names given.")
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe
+        self._describe(settings.geometry_of_pipeline(pipe), name, defaults, model_config, view_batch_size, controlnets)
+
+    def _describe(self, geometry: settings.Geometry, name: str, defaults: dict, model_config: str | None,
+                  view_batch_size: int | None, controlnets: list[str] | None) -> None:
+        """What the checks and the metadata need: the model's geometry, names and defaults."""
         self.name = name
         self.model_config = model_config
         self.controlnets = controlnets
-        self.geometry = settings.geometry_of_pipeline(pipe)
-        self.window, self.vae_factor, self.max_steps = pipe.window, pipe.vae_factor, self.geometry.max_steps
+        self.geometry = geometry
+        self.window, self.vae_factor, self.max_steps = geometry.window, geometry.vae_factor, geometry.max_steps
         # every parameter's default: the model's (settings.model_defaults), the canvas filled in but
         # for ControlSync's, which is the condition's unless a request says otherwise
         defaults = {**settings.paper_defaults(self.control), **defaults}

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
 from .. import settings
 from ..metadata import save_png
 from ..runner import Done, TaskFailed
@@ -23,6 +25,35 @@ log = logging.getLogger("panosync.server")
 
 # How long the worker waits for a Ray job to end before it looks for new jobs (and progress) again.
 POLL_SECONDS = 0.2
+
+
+class WorkersModel(PanoramaModel):
+    """The model as the Ray workers loaded it, for the server that hands them its jobs: what the
+    request checks and the PNGs' metadata need (the geometry, the defaults, the device), asked of a
+    worker. No pipeline is loaded here: the server's machine need not hold a copy of the weights
+    (FLUX's are tens of GB), nor have a GPU."""
+
+    def __init__(self, name: str, engine, model_config: str | None = None, view_batch_size: int | None = None):
+        from ..models import resolve_model
+
+        source = resolve_model(name)
+        defaults = settings.model_defaults(source)
+        if source.family is None:  # a hub model not in this machine's cache: its family is the workers' to say
+            defaults.update(engine.family_defaults())
+        self.pipe = None
+        self._device, self._dtype = engine.runs_on()
+        self._describe(engine.geometry(), name, defaults, model_config, view_batch_size, None)
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self._device)
+
+    @property
+    def dtype(self) -> str:
+        return self._dtype
+
+    def generate(self, parameters: dict, on_step=None):
+        raise TypeError("The Ray workers make this model's panoramas: hand the job to the engine (RayWorker).")
 
 
 class RayWorker(Worker):
