@@ -146,10 +146,11 @@ class Bar:
         return f"{value:.0%}" if self.share else f"{value:.3f}"
 
 
-def panorama_bars(baseline: dict, candidate: dict) -> list[Bar]:
+def panorama_bars(baseline: dict, candidate: dict, judged: list[str]) -> list[Bar]:
     """Every bar of a SyncDiffusion method (`candidate`) against MultiDiffusion (`baseline`); both are
     summaries with "nn_lpips_by_prompt", "fid", "kid", "adherence" ({value key: share}), "mixed_share" and
-    "intra_lpips"."""
+    "intra_lpips". Adherence is barred on the values in `judged` only: those the classifier check found
+    it can read on panorama crops."""
     limit = 1 + FIDELITY_SLACK
     # NN-LPIPS per prompt: a method that destroys one prompt's panoramas must fail even where the
     # other prompts' keep the mean down
@@ -163,7 +164,7 @@ def panorama_bars(baseline: dict, candidate: dict) -> list[Bar]:
     if kid_testable(baseline):
         rows.append(Bar(f"fidelity: KID ×10³ within {FIDELITY_SLACK:.0%} of MultiDiffusion's",
                         1000 * baseline["kid"], 1000 * candidate["kid"], candidate["kid"] <= limit * baseline["kid"]))
-    for key, share in baseline["adherence"].items():
+    for key, share in split_judged(baseline["adherence"], judged)[0].items():
         rows.append(Bar(f"adherence: {key}, not lower", share, candidate["adherence"][key],
                         candidate["adherence"][key] >= share, share=True))
     rows.append(Bar(f"montage: mixed panoramas at most {MONTAGE_FACTOR:.0%} of MultiDiffusion's",
@@ -173,6 +174,12 @@ def panorama_bars(baseline: dict, candidate: dict) -> list[Bar]:
     rows.append(Bar(f"Intra-LPIPS at least {INTRA_LPIPS_DROP:.0%} lower", baseline["intra_lpips"],
                     candidate["intra_lpips"], candidate["intra_lpips"] <= drop_limit))
     return rows
+
+
+def split_judged(shares: dict[str, float], judged: list[str]) -> tuple[dict[str, float], dict[str, float]]:
+    """`shares` split in two: the values the bars judge, and the others (information only)."""
+    return ({key: share for key, share in shares.items() if key in judged},
+            {key: share for key, share in shares.items() if key not in judged})
 
 
 def kid_testable(baseline: dict) -> bool:
@@ -272,8 +279,9 @@ def paired_adherence_difference(baseline: dict, candidate: dict, key: str, resam
 
 
 def pooled_adherence(per_panorama: list[dict]) -> dict[str, float]:
-    """`adherence` of a method's crops from its panoramas' counts (`shown_counts`), which the
-    intervals resample: the table and its intervals come from one classification."""
+    """Per value some prompt names: the share of the crops of the panoramas whose prompt names it that
+    show it, from the panoramas' counts (`shown_counts`), which the intervals resample: the table and its
+    intervals come from one classification."""
     shown: dict[str, list[int]] = {}
     for figures in per_panorama:
         for key, count in figures["shown"].items():
@@ -283,16 +291,10 @@ def pooled_adherence(per_panorama: list[dict]) -> dict[str, float]:
     return {key: count / crops for key, (count, crops) in shown.items()}
 
 
-def adherence(images_by_prompt: dict[str, list], values: list[str]) -> dict[str, float]:
-    """Per value of `values` named by some prompt: the share of the images of the prompts naming it
-    that show it."""
-    shown: dict[str, list[bool]] = {}
-    for prompt, images in images_by_prompt.items():
-        for attribute, value in parse_prompt(prompt).items():
-            if value_key(attribute, value) in values:
-                shown.setdefault(value_key(attribute, value), []).extend(
-                    classify(image)[attribute] == value for image in images)
-    return {key: float(np.mean(hits)) for key, hits in shown.items()}
+def single_window_adherence(images_by_prompt: dict[str, list]) -> dict[str, float]:
+    """`pooled_adherence` of single windows, each counted as a panorama of one crop."""
+    return pooled_adherence([{"shown": shown_counts(prompt, [image], EVERY_VALUE), "crops": 1}
+                             for prompt, images in images_by_prompt.items() for image in images])
 
 
 def fidelity(tiles_by_prompt: dict, references: dict, reference_features, lpips, inception) -> dict:
@@ -307,15 +309,8 @@ def fidelity(tiles_by_prompt: dict, references: dict, reference_features, lpips,
             "fid": fid(reference_features, features), "kid": kid_mean, "kid_std": kid_std}
 
 
-def split_by_judgeable(shares: dict[str, float], judged: list[str]) -> dict[str, dict[str, float]]:
-    """"adherence", which the bars judge, and "adherence_unjudged": the values the classifier check
-    found it cannot judge, reported beside them as information only."""
-    return {"adherence": {key: share for key, share in shares.items() if key in judged},
-            "adherence_unjudged": {key: share for key, share in shares.items() if key not in judged}}
-
-
-def measure_method(pipe, prompts, seeds, width, settings, sync, judged, references, reference_features,
-                   lpips, inception, name) -> tuple[dict, dict]:
+def measure_method(pipe, prompts, seeds, width, settings, sync, references, reference_features, lpips, inception,
+                   name) -> tuple[dict, dict]:
     """One method's summary, and its panoramas by prompt (for the picture). Its crops are counted for
     every value the prompt names; the bars use the judgeable ones only."""
     size = pipe.window * pipe.vae_factor
@@ -335,19 +330,19 @@ def measure_method(pipe, prompts, seeds, width, settings, sync, judged, referenc
     free = [p for p in per_panorama if "time" not in parse_prompt(p["prompt"])]  # a named time leaves no montage
     summary = {"settings": sync, "seconds_per_panorama": round(seconds, 1),
                **fidelity(tiles, references, reference_features, lpips, inception),
-               **split_by_judgeable(pooled_adherence(per_panorama), judged),
+               "adherence": pooled_adherence(per_panorama),
                "mixed_share": float(np.mean([len(set(p["crop_times"])) > 1 for p in free])) if free else float("nan"),
                "intra_lpips": float(np.mean([p["intra_lpips"] for p in per_panorama])),
                "panoramas": per_panorama}
     return summary, panoramas
 
 
-def measure_single_windows(pipe, prompts, count, settings, judged, references, reference_features, lpips,
+def measure_single_windows(pipe, prompts, count, settings, references, reference_features, lpips,
                            inception) -> dict:
     """Held-out single windows, as many as a method's crops: the figures a genuine sample gets."""
     held_out = {prompt: list(windows(pipe, prompt, HELD_OUT_SEEDS_FROM, count, settings)) for prompt in prompts}
     return {**fidelity(held_out, references, reference_features, lpips, inception),
-            **split_by_judgeable(adherence(held_out, EVERY_VALUE), judged)}
+            "adherence": single_window_adherence(held_out)}
 
 
 # ---------------------------------------------------------------------------------------- report
@@ -355,7 +350,8 @@ def measure_single_windows(pipe, prompts, count, settings, judged, references, r
 
 def verdicts(report: dict) -> dict[str, list[Bar]]:
     methods = report["methods"]
-    return {name: panorama_bars(methods[BASELINE], summary) for name, summary in methods.items() if name != BASELINE}
+    return {name: panorama_bars(methods[BASELINE], summary, report["judgeable"])
+            for name, summary in methods.items() if name != BASELINE}
 
 
 def bar_table(report: dict) -> list[str]:
@@ -395,11 +391,6 @@ def prompt_table(report: dict) -> list[str]:
     return lines
 
 
-def every_share(summary: dict) -> dict[str, float]:
-    """A summary's adherence to every value its prompts name, judgeable or not."""
-    return {**summary["adherence"], **summary.get("adherence_unjudged", {})}
-
-
 def adherence_table(report: dict) -> list[str]:
     """Adherence per value: the model's own single windows, MultiDiffusion, and each method's difference
     from MultiDiffusion with its interval over panoramas."""
@@ -407,16 +398,16 @@ def adherence_table(report: dict) -> list[str]:
     baseline = report["methods"][BASELINE]
     lines = ["| value | single windows | MultiDiffusion | " + " | ".join(methods) + " |",
              "|---|---|---|" + "---|" * len(methods)]
-    unjudged = baseline.get("adherence_unjudged", {})
-    for key, share in [*baseline["adherence"].items(), *unjudged.items()]:
+    judged, unjudged = split_judged(baseline["adherence"], report["judgeable"])
+    for key, share in [*judged.items(), *unjudged.items()]:
         cells = []
         for summary in methods.values():
             paired = paired_adherence_difference(baseline, summary, key)
             interval = (f" ({100 * paired['difference']:+.1f} points, {INTERVAL_LEVEL:.0%} interval "
                         f"{100 * paired['low']:+.1f} to {100 * paired['high']:+.1f}, "
                         f"{paired['panoramas']} panoramas)") if paired else ""
-            cells.append(f"{every_share(summary)[key]:.0%}{interval}")
-        single = every_share(report["single_windows"]).get(key)
+            cells.append(f"{summary['adherence'][key]:.0%}{interval}")
+        single = report["single_windows"]["adherence"].get(key)
         label = f"{key} (not judgeable: information only)" if key in unjudged else key
         lines.append(f"| {label} | {'–' if single is None else f'{single:.0%}'} | {share:.0%} | " +
                      " | ".join(cells) + " |")
@@ -429,7 +420,7 @@ def adherence_section(report: dict) -> list[str]:
     baseline = report["methods"][BASELINE]
     intervals = any(paired_adherence_difference(baseline, summary, key) is not None
                     for name, summary in report["methods"].items() if name != BASELINE
-                    for key in every_share(baseline))
+                    for key in baseline["adherence"])
     reading = ("“single windows”: held-out single-window samples of the same prompts, each one picture of the "
                "model. A panorama that is one scene copies its anchor window, so its crops should tend to this "
                "share rather than to MultiDiffusion's, which blends many windows.")
@@ -441,7 +432,7 @@ def adherence_section(report: dict) -> list[str]:
                     f"and ignore these intervals.")
     else:
         reading += " (No intervals: this report predates per-panorama counts.)"
-    if baseline.get("adherence_unjudged"):
+    if split_judged(baseline["adherence"], report["judgeable"])[1]:
         reading += (" Values the classifier check found it cannot judge are listed for information: no bar "
                     "judges them, since the classifier misreads too many of MultiDiffusion's own crops of them.")
     return ["Adherence against what the model itself draws" + (", and how far the difference from "
@@ -610,13 +601,13 @@ def main(argv=None):
     report = {"model": args.model, "settings": settings, "prompts": args.prompts, "seeds": seeds,
               "width": args.windows * size, "height": size, "references": args.references,
               "classifier_check": check, "judgeable": judged, "tuning": args.tuning}
-    report["single_windows"] = measure_single_windows(pipe, args.prompts, args.seeds * args.windows, settings, judged,
+    report["single_windows"] = measure_single_windows(pipe, args.prompts, args.seeds * args.windows, settings,
                                                       references, reference_features, lpips, inception)
     report["methods"], panoramas = {}, {}
     for name, sync in (methods or sync_methods(settings)).items():
         report["methods"][name], panoramas[name] = measure_method(
-            pipe, args.prompts, seeds, args.windows * size, settings, sync, judged, references, reference_features,
-            lpips, inception, name)
+            pipe, args.prompts, seeds, args.windows * size, settings, sync, references, reference_features, lpips,
+            inception, name)
     report["seconds"] = round(time.time() - started)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)

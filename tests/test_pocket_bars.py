@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from pocket.landscapes import render_landscape
-from pocket.panorama_bars import (FAITHFUL, adherence, check_fresh_seeds, judgeable, lpips_to_references,
-                                           kid_testable, nearest_lpips, paired_adherence_difference, panorama_bars,
-                                           pooled_adherence, shared_settings, shown_counts, sync_methods)
+from pocket.panorama_bars import (EVERY_VALUE, FAITHFUL, check_fresh_seeds, judgeable, kid_testable,
+                                           lpips_to_references, nearest_lpips, paired_adherence_difference,
+                                           panorama_bars, pooled_adherence, shared_settings, shown_counts,
+                                           single_window_adherence, sync_methods)
 
 SIZE = 64  # the pocket model's window in pixels: what the classifier and the references are made at
 
@@ -53,8 +54,11 @@ def summary(landscape=0.40, mountains=0.30, fid=180.0, kid=0.020, snow=0.9, mixe
             "adherence": {"ground = snow": snow}, "mixed_share": mixed, "intra_lpips": intra}
 
 
+JUDGED = ["ground = snow"]
+
+
 def met(candidate):
-    return [bar.met for bar in panorama_bars(summary(), candidate)]
+    return [bar.met for bar in panorama_bars(summary(), candidate, JUDGED)]
 
 
 def test_the_bars_pass_at_their_limits_and_fail_past_them():
@@ -71,12 +75,12 @@ def test_a_destroyed_but_coherent_picture_fails_fidelity_even_on_one_prompt_of_t
     assert met(summary(landscape=0.50, fid=190.0, mixed=0.2, intra=0.3)) == [False, True, True, True, True, True, True]
 
 
-def test_adherence_pools_the_prompts_naming_a_value_and_counts_only_the_values_asked_for():
+def test_adherence_pools_the_prompts_naming_a_value_and_counts_only_the_values_named():
     images = {"snowy mountains": [render(1, ground="snow"), render(2, ground="snow")],
-              "snowy hills": [render(3, ground="green", terrain="hills")],
+              "snowy hills": [render(3, ground="green", terrain="sea")],
               "a landscape": [render(4)]}
-    shares = adherence(images, values=["ground = snow", "terrain = mountains"])
-    assert shares == {"ground = snow": pytest.approx(2 / 3), "terrain = mountains": 1.0}
+    shares = single_window_adherence(images)
+    assert shares == {"ground = snow": pytest.approx(2 / 3), "terrain = mountains": 1.0, "terrain = hills": 0.0}
 
 
 def test_a_value_is_judgeable_only_when_read_on_both_kinds_of_crops():
@@ -112,15 +116,14 @@ def test_shown_counts_count_the_crops_showing_what_the_prompt_names():
 
 
 def test_adherence_from_the_panoramas_counts_is_adherence_of_their_crops():
-    judged = ["terrain = mountains", "ground = green", "ground = snow"]
     panoramas = {"green mountains": [[render(1), render(2, terrain="sea")], [render(3, ground="snow")]],
                  "snowy hills": [[render(4, ground="snow", terrain="hills"), render(5)]]}
-    per_panorama = [{"shown": shown_counts(prompt, tiles, judged), "crops": len(tiles)}
+    per_panorama = [{"shown": shown_counts(prompt, tiles, EVERY_VALUE), "crops": len(tiles)}
                     for prompt, images in panoramas.items() for tiles in images]
     crops_by_prompt = {prompt: [tile for tiles in images for tile in tiles] for prompt, images in panoramas.items()}
-    assert pooled_adherence(per_panorama) == pytest.approx(adherence(crops_by_prompt, judged))
+    assert pooled_adherence(per_panorama) == pytest.approx(single_window_adherence(crops_by_prompt))
     assert pooled_adherence(per_panorama) == pytest.approx({"terrain = mountains": 2 / 3, "ground = green": 2 / 3,
-                                                            "ground = snow": 1 / 2})
+                                                            "ground = snow": 1 / 2, "terrain = hills": 1 / 2})
 
 
 def test_the_adherence_interval_resamples_panoramas_in_pairs():
@@ -163,18 +166,17 @@ def test_stride_and_guidance_move_every_method_and_leave_the_rest():
 
 
 def test_an_unjudgeable_value_is_reported_as_information_and_never_barred():
-    from pocket.panorama_bars import BASELINE, adherence_table, split_by_judgeable
+    from pocket.panorama_bars import BASELINE, adherence_table
 
-    shares = {"ground = snow": 0.9, "terrain = hills": 0.5}
-    assert split_by_judgeable(shares, ["ground = snow"]) == {"adherence": {"ground = snow": 0.9},
-                                                             "adherence_unjudged": {"terrain = hills": 0.5}}
+    # listed unjudged value first: the table still puts the judged ones first
+    baseline = {**summary(), "adherence": {"terrain = hills": 0.5, "ground = snow": 0.9}}
     # a method far below MultiDiffusion on the unjudgeable value still meets every bar
-    candidate = {**summary(mixed=0.3, intra=0.3),
-                 **split_by_judgeable({"ground = snow": 0.9, "terrain = hills": 0.1}, ["ground = snow"])}
-    baseline = {**summary(), **split_by_judgeable(shares, ["ground = snow"])}
-    assert [bar.met for bar in panorama_bars(baseline, candidate)] == [True] * 7
+    candidate = {**summary(mixed=0.3, intra=0.3), "adherence": {"ground = snow": 0.9, "terrain = hills": 0.1}}
+    bars = panorama_bars(baseline, candidate, JUDGED)
+    assert [bar.met for bar in bars] == [True] * 7 and not any("hills" in bar.what for bar in bars)
+    assert [bar.met for bar in panorama_bars(baseline, candidate, [*JUDGED, "terrain = hills"])].count(False) == 1
     report = {"methods": {BASELINE: {**baseline, "panoramas": []}, "SyncDiffusion": {**candidate, "panoramas": []}},
-              "single_windows": split_by_judgeable({"ground = snow": 1.0, "terrain = hills": 0.8}, ["ground = snow"])}
+              "single_windows": {"adherence": {"ground = snow": 1.0, "terrain = hills": 0.8}}, "judgeable": JUDGED}
     rows = adherence_table(report)
     assert rows[2] == "| ground = snow | 100% | 90% | 90% |"
     assert rows[3] == "| terrain = hills (not judgeable: information only) | 80% | 50% | 10% |"
@@ -184,5 +186,5 @@ def test_the_kid_bar_is_left_out_where_multidiffusions_kid_is_within_noise_of_ze
     clear, near_zero = summary(kid=0.020), {**summary(kid=0.001), "kid_std": 0.0007}
     assert kid_testable(clear) and not kid_testable(near_zero) and not kid_testable({**summary(kid=-0.001)})
     candidate = summary(kid=0.5, mixed=0.3, intra=0.3)  # any KID at all
-    assert [bar.met for bar in panorama_bars(near_zero, candidate)] == [True] * 6
-    assert [bar.met for bar in panorama_bars(clear, candidate)].count(False) == 1
+    assert [bar.met for bar in panorama_bars(near_zero, candidate, JUDGED)] == [True] * 6
+    assert [bar.met for bar in panorama_bars(clear, candidate, JUDGED)].count(False) == 1
