@@ -11,8 +11,8 @@ from diffusers import AutoencoderKL
 from safetensors.torch import save_file
 
 from conftest import NARROW_XL
-from panosync import models
-from panosync.auto import AutoSyncPipeline, family_of_checkpoint
+from panosync import models, settings
+from panosync.auto import AutoSyncPipeline, family_of_checkpoint, identify_checkpoint
 from panosync.cli import main
 from panosync.control import ControlSyncXLPipeline, random_controlnet_like
 from panosync.metadata import read_parameters
@@ -78,8 +78,13 @@ def test_a_checkpoints_family_is_read_from_its_keys(tmp_path):
     assert family_of_checkpoint(xl) == "Stable Diffusion XL"
     flux = tmp_path / "flux.safetensors"
     save_file({"double_blocks.0.img_attn.norm.key_norm.scale": torch.zeros(2),
-               "guidance_in.in_layer.weight": torch.zeros(2)}, str(flux))
+               "guidance_in.in_layer.bias": torch.zeros(2), "img_in.weight": torch.zeros(2, 64)}, str(flux))
     assert family_of_checkpoint(flux) == "FLUX.1"
+    assert settings.recommended_of(models.resolve_model(str(flux))) == {"guidance_scale": 3.5}  # dev
+    schnell = tmp_path / "schnell.safetensors"  # no guidance input: FLUX.1 schnell, distilled to a few steps
+    save_file({"double_blocks.0.img_attn.norm.key_norm.scale": torch.zeros(2)}, str(schnell))
+    assert identify_checkpoint(schnell) == ("FLUX.1", "schnell")
+    assert settings.recommended_of(models.resolve_model(str(schnell)))["num_inference_steps"] == 4
     flux2 = tmp_path / "flux2.safetensors"
     save_file({"single_stream_modulation.lin.weight": torch.zeros(2)}, str(flux2))
     with pytest.raises(ValueError, match=SUPPORTED_SENTENCE):

@@ -42,10 +42,12 @@ def pixels(path):
     ('{"prompt": "hills", "name": "../up"}', "line 2: name must be a file name"),
     ('{"prompt": "hills", "name": "first"}', "line 2: name 'first' is the name of line 1 too"),
     ('{"prompt": "hills",}', "line 2: not valid JSON"),
-    ('["hills"]', "line 2: a job is a JSON object of fields, got a JSON list"),
+    ('["hills"]', "line 2: a job is a JSON object of fields, got a JSON array"),
     ('{"prompt": "hills", "condition": "edges.png"}', "line 2: condition is no field of a job"),
     ('{"prompt": "hills", "name": "ok\\n"}', "line 2: name must be a file name"),  # "$" took a final newline
     ("[" * 100_000, "line 2: not valid JSON"),  # nested beyond Python's stack: RecursionError, once a traceback
+    ('{"prompt": "\\ud800"}', "line 2: prompt must be UTF-8 text"),  # a lone surrogate: no tokenizer takes it
+    ("null", "line 2: a job is a JSON object of fields, got a JSON null"),
 ])
 def test_a_bad_line_is_one_sentence_naming_it_and_nothing_runs(tmp_path, capsys, line, words):
     jobs = write_jobs(tmp_path / "jobs.jsonl", {"prompt": "snowy mountains", "name": "first", **SMALL}, line)

@@ -46,6 +46,53 @@ def test_the_folder_is_picked_by_its_family_before_weights_load(folder):
     assert settings.geometry_of_pipeline(pipe) == geometry
 
 
+def test_flux_schnell_takes_its_four_steps_by_default_wherever_its_variant_is_read(tmp_path, capsys):
+    """schnell (a FLUX transformer without a guidance input) defaults to 4 steps, as diffusers documents
+    it, where dev keeps the paper's 50: from the folder's configs before loading, and from the loaded
+    pipeline for a model whose family was known only then. An option still wins."""
+    dev, schnell = tmp_path / "dev", tmp_path / "schnell"
+    FluxPipeline(**tiny_random_flux_components()).save_pretrained(dev)
+    FluxPipeline(**tiny_random_flux_components(guidance_embeds=False)).save_pretrained(schnell)
+    assert (models.resolve_model(str(dev)).variant, models.resolve_model(str(schnell)).variant) == (None, "schnell")
+    canvas = [arg for arg in CANVAS if arg not in ("--steps", "2")]
+    steps = {}
+    for path, extra in ((dev, ["--steps", "3"]), (schnell, []), (schnell, ["--steps", "2"])):
+        out = tmp_path / f"{path.name}{len(extra)}.png"
+        assert main(["generate", "a land", "--model", str(path), *canvas, *extra, "--seed", "3", "--out", str(out),
+                     "--quiet"]) == 0
+        steps[out.stem] = read_parameters(out)["num_inference_steps"]
+    assert steps == {"dev2": 3, "schnell0": 4, "schnell2": 2}
+    assert settings.recommended_of(models.resolve_model(str(dev))).get("num_inference_steps") is None
+    loaded = AutoSyncPipeline.from_pretrained(schnell)
+    assert settings.family_defaults_after_loading(loaded) == {"guidance_scale": 3.5, "num_inference_steps": 4}
+    assert settings.family_defaults_after_loading(loaded, explicit={"num_inference_steps"}) == {"guidance_scale": 3.5}
+    assert settings.family_defaults_after_loading(AutoSyncPipeline.from_pretrained(dev)) == {"guidance_scale": 3.5}
+
+
+def test_a_cached_hub_model_is_known_as_schnell_before_it_loads(tmp_path, monkeypatch):
+    """A hub model in the local cache: its model_index.json names the family and its transformer's
+    config the variant, so the defaults are right before any weights load."""
+    import shutil
+
+    import huggingface_hub
+
+    schnell = tmp_path / "schnell"
+    FluxPipeline(**tiny_random_flux_components(guidance_embeds=False)).save_pretrained(schnell)
+    cache = tmp_path / "hub-cache"
+    snapshot = cache / "models--someone--tiny-schnell" / "snapshots" / "0123abcd"
+    (snapshot / "transformer").mkdir(parents=True)
+    shutil.copy(schnell / "model_index.json", snapshot)
+    shutil.copy(schnell / "transformer" / "config.json", snapshot / "transformer")
+    (cache / "models--someone--tiny-schnell" / "refs").mkdir()
+    (cache / "models--someone--tiny-schnell" / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    source = models.resolve_model("someone/tiny-schnell")
+    assert (source.kind, source.family, source.variant) == ("hub", "FLUX.1", "schnell")
+    assert settings.recommended_of(source)["num_inference_steps"] == 4
+
+
 def test_generate_with_the_folder_and_reproduce_it_from_the_png(folder, tmp_path, capsys):
     family, path = folder
     first = tmp_path / "first.png"

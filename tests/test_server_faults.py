@@ -654,6 +654,36 @@ def test_serve_refuses_a_bad_min_free_in_one_sentence_before_loading(serve_witho
     assert serve_without_a_model == {}
 
 
+@pytest.mark.parametrize("command", ["serve", "ui"])
+def test_a_host_or_port_that_cannot_be_listened_on_is_one_sentence_before_loading(command, tmp_path, capsys,
+                                                                                  monkeypatch):
+    """Once found by the web server after the model had loaded (uvicorn's OverflowError traceback for
+    --port 99999, its exit 3 for a port in use)."""
+    import socket
+
+    from panosync.server import command as server_command
+
+    loaded = []
+    monkeypatch.setattr(server_command, "_load", lambda args: loaded.append(args))
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    taken = holder.getsockname()[1]
+    where = ["--state-dir", str(tmp_path / "state")] if command == "serve" else ["--out-dir", str(tmp_path / "out")]
+    cases = [(["--port", "99999"], "--port must be from 0 to 65535, got 99999."),
+             (["--port", "-1"], "--port must be from 0 to 65535, got -1."),
+             (["--host", "999.1.1.1"], "--host 999.1.1.1 is not an address this machine can listen on"),
+             (["--port", str(taken)], f"Cannot listen on 127.0.0.1 port {taken}")]
+    try:
+        for options, sentence in cases:
+            assert main([command, *where, *options]) == 2, options
+            error = capsys.readouterr().err
+            assert sentence in error and error.count("\n") == 1 and "Traceback" not in error, error
+    finally:
+        holder.close()
+    assert loaded == []
+
+
 def test_serve_passes_min_free_to_the_app_and_warns_when_the_disk_is_already_short(serve_without_a_model, tmp_path,
                                                                                    capsys):
     # Broke: serve without warn_if_short_of_space (no warning), and without min_free_bytes (the default went).

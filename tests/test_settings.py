@@ -5,6 +5,7 @@ sentence (exit 2 on the command, 422 naming the field on the API)."""
 import ast
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -181,8 +182,9 @@ def run_refused(argv, capsys, monkeypatch, message):
 
 
 @pytest.mark.parametrize("text,message", [
-    ("[1, 2]", "are a JSON list, not an object"),
-    ('"a string"', "are a JSON str, not an object"),
+    ("[1, 2]", "are a JSON array, not an object"),
+    ("[" * 100000 + "]" * 100000, "are not JSON"),
+    ('"a string"', "are a JSON string, not an object"),
     ("{not json", "are not JSON"),
     ('{"prompt": "a", "model": "tiny-random", "guidance_scale": "NaN"}', "guidance_scale must be a number, got 'NaN'"),
     ('{"prompt": "a", "model": "tiny-random", "seed": "x"}', "seed must be a whole number, got 'x'"),
@@ -197,12 +199,26 @@ def test_a_tampered_png_is_one_sentence(tmp_path, capsys, monkeypatch, text, mes
     run_refused(["generate", "--from-png", png, "--out", str(tmp_path / "out.png")], capsys, monkeypatch, message)
 
 
+@pytest.mark.parametrize("option", ["prompt", "--negative-prompt"])
+def test_a_prompt_of_bytes_that_are_no_text_is_one_sentence(tmp_path, capsys, monkeypatch, option):
+    """The shell hands Python bytes that are no UTF-8 as lone surrogates ("\\udcff"): refused before
+    loading, not a tokenizer's traceback after it."""
+    words = ["\udcff\udcfe"] if option == "prompt" else ["a", option, "\udcff"]
+    name = option.lstrip("-").replace("-", "_")
+    run_refused(["generate", *words, "--model", "tiny-random", "--out", str(tmp_path / "x.png")], capsys, monkeypatch,
+                f"{name} must be UTF-8 text")
+
+
 def test_outputs_are_checked_before_generating(tmp_path, capsys, monkeypatch):
     common = ["generate", "a", "--model", "tiny-random", "--width", "512", "--steps", "1"]
     run_refused([*common, "--out", str(tmp_path)], capsys, monkeypatch, "is a folder: give a file name")
     a_file = tmp_path / "file"
     a_file.write_text("")
     run_refused([*common, "--out", str(a_file / "x.png")], capsys, monkeypatch, "is a file")
+    pipe = tmp_path / "pipe"  # as /dev/full or /dev/sda would be: the panorama must not replace it
+    os.mkfifo(pipe)
+    run_refused([*common, "--out", str(pipe)], capsys, monkeypatch, "is a device, pipe or socket, not a file")
+    assert stat.S_ISFIFO(os.lstat(pipe).st_mode)
     if os.geteuid() != 0:  # root writes anywhere
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)

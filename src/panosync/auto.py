@@ -20,6 +20,11 @@ SUPPORTED_FAMILIES = (SD, SDXL, SD3, FLUX)
 # would be wrong for it: FLUX.1-dev's guidance is distilled (7.5 burns the image), SD3's is 7.
 # Every front end takes these under a model's recommended.json (settings.recommended_of).
 FAMILY_DEFAULTS = {SD3: {"guidance_scale": 7.0}, FLUX: {"guidance_scale": 3.5}}
+# A variant whose defaults differ from its family's: FLUX.1 schnell is distilled to a few steps
+# (diffusers documents it at 4; the paper's 50 cost 12 times as much for no better picture). It is
+# told from dev by its transformer, which has no guidance input (guidance_embeds false).
+SCHNELL = "schnell"
+VARIANT_DEFAULTS = {SCHNELL: {"num_inference_steps": 4}}
 # The half precision `--dtype auto` takes on CUDA where not float16 (precision.pick_precision): SD3's and
 # FLUX's transformers are released in bfloat16, and FLUX's overflows float16 (diffusers documents that its
 # float16 output differs).
@@ -45,6 +50,28 @@ OTHER_FAMILIES = {"FluxFillPipeline": "FLUX.1 Fill (inpainting)", "FluxControlPi
 # diffusers' names for single-file checkpoints (loaders.single_file_utils.infer_diffusers_model_type).
 FAMILY_OF_CHECKPOINT = {"v1": SD, "v2": SD, "xl_base": SDXL, "sd3": SD3, "sd35_medium": SD3, "sd35_large": SD3,
                         "flux-dev": FLUX, "flux-schnell": FLUX}
+VARIANT_OF_CHECKPOINT = {"flux-schnell": SCHNELL}
+
+
+def defaults_of(family: str | None, variant: str | None = None) -> dict:
+    """The defaults of a family (FAMILY_DEFAULTS) with its variant's over them (VARIANT_DEFAULTS)."""
+    return {**FAMILY_DEFAULTS.get(family, {}), **VARIANT_DEFAULTS.get(variant, {})}
+
+
+def variant_of_transformer(family: str | None, transformer_config) -> str | None:
+    """SCHNELL for a FLUX.1 transformer without a guidance input; None for every other model."""
+    if family == FLUX and transformer_config is not None and not transformer_config.get("guidance_embeds", True):
+        return SCHNELL
+    return None
+
+
+def variant_of_folder(folder: str | Path, family: str | None) -> str | None:
+    """The variant of a diffusers folder, from its transformer's config; None when it has none."""
+    try:
+        config = json.loads((Path(folder) / "transformer" / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return variant_of_transformer(family, config if isinstance(config, dict) else None)
 
 
 def unsupported(what: str, kind: str) -> ValueError:
@@ -128,12 +155,17 @@ class CheckpointShapes:
 
 def family_of_checkpoint(path: str | Path) -> str:
     """The family of an original-format checkpoint, from its keys (diffusers' own inference)."""
+    return identify_checkpoint(path)[0]
+
+
+def identify_checkpoint(path: str | Path) -> tuple[str, str | None]:
+    """The family and variant of an original-format checkpoint, from its keys (diffusers' own inference)."""
     from diffusers.loaders.single_file_utils import infer_diffusers_model_type
 
     model_type = infer_diffusers_model_type(CheckpointShapes(path))
     if model_type not in FAMILY_OF_CHECKPOINT:
         raise unsupported(f"Checkpoint {path}", f"a {model_type!r} model (as diffusers names it)")
-    return FAMILY_OF_CHECKPOINT[model_type]
+    return FAMILY_OF_CHECKPOINT[model_type], VARIANT_OF_CHECKPOINT.get(model_type)
 
 
 def family_of_pipeline(pipe) -> str:
@@ -144,6 +176,12 @@ def family_of_pipeline(pipe) -> str:
 
     kinds = ((SyncDiffusionXLPipeline, SDXL), (SyncDiffusion3Pipeline, SD3), (SyncFluxPipeline, FLUX))
     return next((family for kind, family in kinds if isinstance(pipe, kind)), SD)
+
+
+def variant_of_pipeline(pipe) -> str | None:
+    """The variant of a loaded panosync pipeline (variant_of_transformer)."""
+    transformer = getattr(pipe, "transformer", None)
+    return variant_of_transformer(family_of_pipeline(pipe), None if transformer is None else transformer.config)
 
 
 def pipeline_class(family: str, control: bool = False):

@@ -43,10 +43,15 @@ def write_atomically(path: str | Path, write: Callable[[BinaryIO], None] | bytes
 
 def check_writable(path: str | Path, option: str) -> None:
     """A ValueError with one sentence when a file cannot be written at `path` (named by `option`,
-    e.g. --out): it is a folder, or its folder cannot be made or written (check_folder)."""
+    e.g. --out): it is a folder or another file that is not a regular one (a device such as
+    /dev/null, a pipe, a socket, which the new file would replace), or its folder cannot be made or
+    written (check_folder)."""
     path = Path(path).expanduser()
     if path.is_dir():
         raise ValueError(f"{option} {path} is a folder: give a file name, e.g. {path / 'panorama.png'}.")
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{option} {path} is a device, pipe or socket, not a file: give a file name, e.g. "
+                         f"panorama.png.")
     check_folder(path.parent, f"The folder of {option}")
 
 

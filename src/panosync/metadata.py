@@ -10,6 +10,7 @@ import PIL.PngImagePlugin
 
 from . import __version__
 from .files import write_atomically
+from .settings import json_kind
 
 KEY = "panosync"
 
@@ -37,11 +38,11 @@ def read_parameters(path: str | Path) -> dict:
         raise ValueError(f"{path} carries no panosync parameters: it was not written by panosync generate.")
     try:
         parameters = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: arrays nested beyond Python's stack
         raise ValueError(f"{path} carries panosync parameters that are not JSON: it was changed after panosync "
                          f"wrote it.") from None
     if not isinstance(parameters, dict):
-        raise ValueError(f"{path} carries panosync parameters that are a JSON {type(parameters).__name__}, not an "
+        raise ValueError(f"{path} carries panosync parameters that are a JSON {json_kind(parameters)}, not an "
                          f"object: it was changed after panosync wrote it.")
     parameters.pop("panosync_version", None)
     return parameters

@@ -18,7 +18,8 @@ from typing import Callable
 
 import torch
 
-from .auto import CONTROLNET_CLASS, SD, family_of_checkpoint, family_of_model_index, pipeline_class, read_model_index
+from .auto import (CONTROLNET_CLASS, SD, family_of_model_index, identify_checkpoint, pipeline_class, read_model_index,
+                   variant_of_folder)
 from .bundled import bundled_controlnet_folder, bundled_controlnet_names, bundled_model_folder, bundled_model_names
 from .pipeline import SyncDiffusionPipeline
 from .precision import Precision
@@ -51,6 +52,7 @@ class ModelSource:
     geometry: Geometry | None = None  # read from the configs, when they can be before loading
     family: str | None = None  # auto.py's SD, SDXL, SD3 or FLUX; None: a hub model not in the cache, known when loaded
     controlnet_class: str | None = None  # a ControlNet folder's model class (its config's _class_name)
+    variant: str | None = None  # auto.SCHNELL for FLUX.1 schnell, whose defaults differ; None: none, or not known yet
 
     @property
     def window(self) -> int | None:
@@ -111,17 +113,19 @@ def resolve_model(model: str) -> ModelSource:
         if not (path / "model_index.json").is_file():
             raise ValueError(f"{model} is a folder but not a diffusers model folder (it has no model_index.json).")
         family = family_of_model_index(_readable_index(path, model), f"Model {model}")
-        return ModelSource("folder", str(path), geometry_of_folder(path), family)
+        return ModelSource("folder", str(path), geometry_of_folder(path), family, variant=variant_of_folder(path, family))
     if path.is_file():
         if path.suffix not in CHECKPOINT_SUFFIXES:
             raise ValueError(f"{model} is not a model checkpoint: give a .safetensors or .ckpt file or a diffusers folder.")
         _check_checkpoint(path)
-        return ModelSource("file", str(path), family=family_of_checkpoint(path))
+        family, variant = identify_checkpoint(path)
+        return ModelSource("file", str(path), family=family, variant=variant)
     if path.suffix in CHECKPOINT_SUFFIXES or os.sep in model and not HUB_ID.match(model):
         raise ValueError(f"No such model file or folder: {model}.")
     if HUB_ID.match(model):
         _check_hub_model(model)
-        return ModelSource("hub", model, family=_cached_family(model))
+        family = _cached_family(model)
+        return ModelSource("hub", model, family=family, variant=_cached_variant(model, family))
     raise ValueError(
         f"Unknown model {model!r}: give a bundled model ({', '.join([*BUNDLED, *bundled_model_names()])}), a diffusers folder, a .safetensors "
         f"checkpoint, or a Hugging Face model id such as stabilityai/stable-diffusion-2-base."
@@ -144,6 +148,14 @@ def _cached_family(repo_id: str) -> str | None:
     if not isinstance(cached, str):
         return None
     return family_of_model_index(_readable_index(Path(cached).parent, repo_id), f"Model {repo_id}")
+
+
+def _cached_variant(repo_id: str, family: str | None) -> str | None:
+    """The variant of a hub model whose transformer config is in the local cache; None when it is not."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id, "transformer/config.json")
+    return variant_of_folder(Path(cached).parents[1], family) if isinstance(cached, str) else None
 
 
 def load_vae(vae: str, dtype: torch.dtype):

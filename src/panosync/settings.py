@@ -8,7 +8,7 @@ the HTTP API's request schema (server/schema.py), the web page's inputs and pres
 with the same sentence wherever it comes from. A new parameter is one more `Parameter` here.
 
 Precedence, highest first: the values given (options, fields), the PNG of --from-png, the model's
-recommended.json, its family's defaults (auto.FAMILY_DEFAULTS), the paper's (`paper_defaults`).
+recommended.json, its family's and variant's defaults (auto.defaults_of), the paper's (`paper_defaults`).
 """
 
 from __future__ import annotations
@@ -227,12 +227,12 @@ def _copy(value):
 
 def recommended_of(source) -> dict:
     """The settings a model recommends: its family's (auto.FAMILY_DEFAULTS: FLUX's distilled
-    guidance 3.5, SD3's 7, diffusers' own) under a diffusers folder's recommended.json, as
-    parameters. A key that is no parameter is a SettingError: the file is wrong."""
-    from .auto import FAMILY_DEFAULTS
+    guidance 3.5, SD3's 7, diffusers' own) and its variant's (auto.VARIANT_DEFAULTS: FLUX.1
+    schnell's 4 steps) under a diffusers folder's recommended.json, as parameters. A key that is no parameter is a SettingError: the file is wrong."""
+    from .auto import defaults_of
     from .bundled import recommended_settings
 
-    family = dict(FAMILY_DEFAULTS.get(getattr(source, "family", None), {}))
+    family = defaults_of(getattr(source, "family", None), getattr(source, "variant", None))
     if getattr(source, "kind", None) != "folder":
         return family
     recommended = recommended_settings(source.ref)
@@ -244,13 +244,13 @@ def recommended_of(source) -> dict:
 
 
 def family_defaults_after_loading(pipe, explicit: Iterable[str] = ()) -> dict:
-    """The defaults of a loaded pipeline's family (auto.FAMILY_DEFAULTS: FLUX's distilled guidance)
-    but those named in `explicit` (set by options, or a PNG): for a model whose family was not known
+    """The defaults of a loaded pipeline's family and variant (auto.defaults_of: FLUX's distilled
+    guidance, schnell's 4 steps) but those named in `explicit` (set by options, or a PNG): for a model whose family was not known
     before it loaded (a hub model not in the local cache), which recommended_of could not give."""
-    from .auto import FAMILY_DEFAULTS, family_of_pipeline
+    from .auto import defaults_of, family_of_pipeline, variant_of_pipeline
 
     explicit = set(explicit)
-    defaults = FAMILY_DEFAULTS.get(family_of_pipeline(pipe), {})
+    defaults = defaults_of(family_of_pipeline(pipe), variant_of_pipeline(pipe))
     return {name: value for name, value in defaults.items() if name not in explicit}
 
 
@@ -271,11 +271,21 @@ def resolve(given: dict, stored: dict | None = None, recommended: dict | None = 
     return values
 
 
+def json_kind(value) -> str:
+    """What a decoded JSON value is, in JSON's words (array, not list; null, not NoneType)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    kinds = ((dict, "object"), (list, "array"), (str, "string"), ((int, float), "number"))
+    return next((word for kind, word in kinds if isinstance(value, kind)), type(value).__name__)
+
+
 def stored_parameters(metadata) -> dict:
     """The parameters of a PNG's metadata (panosync's JSON), renamed to today's names; a
     SettingError when it is not a JSON object (tampered with, or another program's)."""
     if not isinstance(metadata, dict):
-        raise SettingError(None, f"The PNG's panosync metadata is a JSON {type(metadata).__name__}, not an object of "
+        raise SettingError(None, f"The PNG's panosync metadata is a JSON {json_kind(metadata)}, not an object of "
                                  f"parameters: it was changed after panosync wrote it.")
     return {RENAMED.get(name, name): value for name, value in metadata.items()}
 
@@ -323,6 +333,11 @@ def _check_one(parameter: Parameter, value, item_of: str | None = None) -> None:
     if parameter.choices and value not in parameter.choices:
         raise SettingError(parameter.name, f"{name} must be one of {', '.join(parameter.choices)}, got {value!r}.")
     if kind is str:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # bytes the shell passed that are no UTF-8, or JSON's lone "\ud800"
+            raise SettingError(parameter.name, f"{name} must be UTF-8 text, and it holds bytes that are no "
+                                               f"character: type it again as plain text.") from None
         if parameter.maximum is not None and len(value) > parameter.maximum:
             raise SettingError(parameter.name, f"{name} must be at most {parameter.maximum} characters, got "
                                                f"{len(value)}.")

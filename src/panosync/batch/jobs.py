@@ -78,7 +78,7 @@ def _read_job(number: int, text: str, recommended: dict, geometry, model: dict,
     except (ValueError, RecursionError) as error:  # RecursionError: JSON nested beyond Python's stack
         raise ValueError(f"not valid JSON ({error}).") from None
     if not isinstance(fields, dict):
-        raise ValueError(f"a job is a JSON object of fields, got a JSON {type(fields).__name__}.")
+        raise ValueError(f"a job is a JSON object of fields, got a JSON {settings.json_kind(fields)}.")
     unknown = sorted(set(fields) - set(FIELDS) - {"name"})
     if unknown:
         raise ValueError(f"{unknown[0]} is no field of a job: the fields are {', '.join(FIELDS)}, and name.")

@@ -1,8 +1,8 @@
 """`panosync serve` (the HTTP API) and `panosync ui` (the web page). Both load the model once,
 before they listen, so a bad --model is an error at the command line, not in the first request;
-so are a bad --keep or --min-free and a --state-dir that is a file or cannot be written (one
-sentence, exit 2, before the model loads); a state folder already short of the --min-free reserve
-is a one-line warning. Both listen on loopback unless told otherwise. With --controlnet they
+so are a bad --keep or --min-free, a --host or --port it cannot listen on and a --state-dir that is
+a file or cannot be written (one sentence, exit 2, before the model loads); a state folder already
+short of the --min-free reserve is a one-line warning. Both listen on loopback unless told otherwise. With --controlnet they
 make ControlSync panoramas (the `control` command's), the ControlNets loaded once like the model."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import socket
 import sqlite3
 import sys
 import tempfile
@@ -128,6 +129,27 @@ def _open_workers(args: argparse.Namespace):
         raise
 
 
+def check_address(host: str, port: int) -> None:
+    """A ValueError with one sentence when the server could not listen on `host`:`port` (a port out
+    of range, a host that is no address, a port another program holds): found before the model
+    loads, not by the web server after it. A probe socket binds as uvicorn's does (SO_REUSEADDR)."""
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port must be from 0 to 65535, got {port}.")
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as error:
+        raise ValueError(f"--host {host} is not an address this machine can listen on ({error}): give an IP "
+                         f"address such as 127.0.0.1 or 0.0.0.0, or a name that resolves.") from None
+    with socket.socket(family, kind, protocol) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            raise ValueError(f"Cannot listen on {host} port {port} ({error.strerror or error}): another program "
+                             f"has the port, or the address is not this machine's; give another --port or "
+                             f"--host.") from None
+
+
 def _is_loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
@@ -181,6 +203,7 @@ def serve(args: argparse.Namespace) -> int:
     from ..runner.cluster import check_cluster_options
 
     check_cluster_options(args.ray, args.workers, args.dtype, args.device)
+    check_address(args.host, args.port)
     if args.ray and args.controlnet:
         raise ValueError("serve --ray makes SyncDiffusion panoramas: ControlSync (--controlnet) runs without --ray.")
     limits = _limits(args)
@@ -214,6 +237,7 @@ def ui(args: argparse.Namespace) -> int:
     from .ui import build_ui, launch
 
     limits = _limits(args)
+    check_address(args.host, args.port)
     check_folder(args.out_dir, "--out-dir")  # now, not at the first panorama
     page = build_ui(_load(args), limits, args.out_dir)
     launch(page, args.out_dir, args.host, args.port)

@@ -16,7 +16,7 @@ import PIL.Image
 import torch
 
 from .. import settings
-from ..auto import family_of_pipeline
+from ..auto import family_of_pipeline, variant_of_pipeline
 from ..conditions import load_condition_image, prepare_condition
 from ..control import ControlSyncPipeline, check_condition_canvas
 from ..models import load_control_pipeline, load_pipeline, pick_device, resolve_controlnet, resolve_model
@@ -81,7 +81,7 @@ class PanoramaModel:
         else:
             pipe = load_control_pipeline(source, controlnet_sources, device, precision, config=model_config, vae=vae)
         if source.family is None:  # a hub model first seen now: its family is known once loaded
-            source = dataclasses.replace(source, family=family_of_pipeline(pipe))
+            source = dataclasses.replace(source, family=family_of_pipeline(pipe), variant=variant_of_pipeline(pipe))
         if not controlnets:
             return cls(pipe, model, settings.model_defaults(source), model_config, view_batch_size)
         return cls(pipe, model, settings.model_defaults(source, control=True), model_config, view_batch_size,
