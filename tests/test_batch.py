@@ -228,3 +228,9 @@ def test_serve_on_ray_fails_the_queued_jobs_once_no_ray_worker_is_left(tmp_path,
         assert len([record for record in caplog.records if "Every Ray worker died" in record.message]) == 1
     finally:
         store.close()
+
+
+def test_a_folder_given_as_the_jobs_file_is_named_a_folder(tmp_path, capsys):
+    assert main(["batch", str(tmp_path), "--model", "tiny-random", "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert f"{tmp_path} is a folder: give a JSONL file" in error and error.count("\n") == 1, error

@@ -202,3 +202,37 @@ def test_outputs_follow_the_umask(tmp_path):
         os.umask(old)
     assert {path.name: path.stat().st_mode & 0o777 for path in tmp_path.iterdir()} == {"a.png": 0o644,
                                                                                        "results.json": 0o644}
+
+
+def test_quiet_silences_the_libraries_loading_output_and_puts_their_settings_back(tmp_path, capfd):
+    """--quiet once left diffusers' "Loading pipeline components" bars and its advice to install
+    accelerate on stderr."""
+    import diffusers.utils.logging
+    import huggingface_hub.utils
+    import transformers.utils.logging
+
+    def state():
+        return ([(library.get_verbosity(), library.is_progress_bar_enabled())
+                 for library in (diffusers.utils.logging, transformers.utils.logging)],
+                huggingface_hub.utils.are_progress_bars_disabled())
+
+    before = state()
+    assert main(["generate", "snowy mountains", "--model", "pocket", "--width", "128", "--steps", "1", "--quiet",
+                 "--out", str(tmp_path / "quiet.png")]) == 0
+    out, err = capfd.readouterr()
+    assert err == "" and out.startswith("wrote"), err
+    assert state() == before
+
+
+@pytest.mark.parametrize("argv, sentence", [
+    (["generate", "x", "--width", "1e9"], "--width must be a whole number, got '1e9'"),
+    (["generate", "x", "--guidance-scale", "abc"], "--guidance-scale must be a number, got 'abc'"),
+    (["generate", "x", "--fast", "turbo"], "--fast must be one of"),
+    (["evaluate", "--examples", "x"], "--examples must be a whole number, got 'x'"),
+    (["nope"], "the command must be one of"),
+])
+def test_a_bad_command_line_is_one_sentence_not_the_usage_block(argv, sentence, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    error = capsys.readouterr().err
+    assert stopped.value.code == 2 and error.startswith(f"panosync: error: {sentence}") and error.count("\n") == 1, error

@@ -218,6 +218,17 @@ def test_evaluate_refuses_a_canvas_of_one_crop_before_loading(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_evaluate_refuses_one_prompt_and_one_seed_before_loading(tmp_path, capsys):
+    """One reference image: FID and KID need two; found once the images had been made."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a landscape\n")
+    code = main(["evaluate", "--model", "tiny-random", "--prompts", str(prompts), "--seeds", "3",
+                 "--out", str(tmp_path / "out")])
+    error = capsys.readouterr().err
+    assert code == 2 and "give more seeds" in error and error.count("\n") == 1, error
+    assert not (tmp_path / "out").exists()
+
+
 def test_syncdiffusion_takes_the_models_recommended_fast_modes_unless_told(tmp_path, tiny_model):
     from panosync.cli import build_parser
     from panosync.eval.command import make_plan

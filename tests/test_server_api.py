@@ -72,32 +72,38 @@ def test_openapi_schema_has_every_field_with_its_range(client):
 
 
 # (field, value, words the message must hold)
-OUT_OF_RANGE = [
-    ("prompt", "", "at least 1 character"),
+OUT_OF_RANGE = [  # the sentences of the command, batch and --from-png (settings.check), word for word
+    ("prompt", "", "prompt must not be empty"),
+    ("prompt", "   ", "prompt must not be empty"),
     ("prompt", "x" * 2001, "at most 2000 characters"),
-    ("negative_prompt", 5, "valid string"),
+    ("negative_prompt", 5, "negative_prompt must be text, got 5."),
     ("width", 65, "multiple of 2 pixels"),
     ("width", 16, "at least one window, 32 pixels"),
-    ("width", 100_000, "less than or equal to 16384"),
+    ("width", 100_000, "width must be from 1 to 16384, got 100000."),
+    ("width", "128", "width must be a whole number, got '128'."),  # lax pydantic took these three
+    ("width", 128.0, "width must be a whole number, got 128.0."),
+    ("width", True, "width must be a whole number, got True."),
     ("height", 31, "multiple of 2 pixels"),
-    ("height", 0, "greater than or equal to 1"),
-    ("guidance_scale", 30.5, "less than or equal to 30"),
-    ("guidance_scale", -1, "greater than or equal to 0"),
-    ("guidance_scale", "NaN", "finite number"),
-    ("sync_weight", -0.1, "greater than or equal to 0"),
-    ("sync_decay_rate", 0, "greater than 0"),
-    ("sync_decay_rate", 1.01, "less than or equal to 1"),
-    ("sync_freq", 0, "greater than or equal to 1"),
-    ("sync_freq", 1.5, "valid integer"),
-    ("sync_threshold", -1, "greater than or equal to 0"),
-    ("num_inference_steps", 0, "greater than or equal to 1"),
-    ("num_inference_steps", 1001, "less than or equal to 1000"),
+    ("height", 0, "height must be from 1 to 16384, got 0."),
+    ("guidance_scale", 30.5, "guidance_scale must be from 0 to 30, got 30.5."),
+    ("guidance_scale", -1, "guidance_scale must be from 0 to 30, got -1."),
+    ("guidance_scale", "NaN", "guidance_scale must be a finite number, got nan."),  # sent as a bare NaN, below
+    ("guidance_scale", "7.5", "guidance_scale must be a number, got '7.5'."),
+    ("sync_weight", -0.1, "sync_weight must be 0 or more, got -0.1."),
+    ("sync_decay_rate", 0, "sync_decay_rate must be more than 0 and at most 1, got 0."),
+    ("sync_decay_rate", 1.01, "sync_decay_rate must be more than 0 and at most 1, got 1.01."),
+    ("sync_freq", 0, "sync_freq must be from 1 to 1000, got 0."),
+    ("sync_freq", 1.5, "sync_freq must be a whole number, got 1.5."),
+    ("sync_threshold", -1, "sync_threshold must be from 0 to 1000, got -1."),
+    ("num_inference_steps", 0, "num_inference_steps must be from 1 to 1000, got 0."),
+    ("num_inference_steps", 1001, "num_inference_steps must be from 1 to 1000, got 1001."),
     ("num_inference_steps", 1000, "at most 999 with this model's scheduler"),  # DDIM's steps_offset 1
-    ("stride", 0, "greater than or equal to 1"),
+    ("stride", 0, "stride must be 1 or more, got 0."),
     ("stride", 17, "between 1 and the window size (16 latent pixels)"),
-    ("seed", -1, "greater than or equal to 0"),
-    ("seed", 2**32, "less than or equal to 4294967295"),
-    ("loop_closure", "sometimes", "valid boolean"),
+    ("seed", -1, "seed must be from 0 to 4294967295, got -1."),
+    ("seed", 2**32, "seed must be from 0 to 4294967295, got 4294967296."),
+    ("loop_closure", "sometimes", "loop_closure must be true or false, got 'sometimes'."),
+    ("loop_closure", "yes", "loop_closure must be true or false, got 'yes'."),
     ("sync_wieght", 3, "Extra inputs are not permitted (the fields are prompt"),
 ]
 
@@ -119,7 +125,7 @@ def test_a_field_out_of_range_is_refused_with_its_name_and_what_is_allowed(clien
 
 def test_the_prompt_is_required(client):
     response = client.post("/predictions", json=TINY)
-    assert response.status_code == 422 and response.json()["message"] == "prompt: Field required"
+    assert response.status_code == 422 and response.json()["message"] == "prompt must be given (text)."
 
 
 def test_null_means_the_default_except_for_threshold_and_seed():
@@ -135,6 +141,9 @@ def test_the_edges_of_every_range_are_accepted(model):
     assert model.prepare({"prompt": "a", "width": 64, "height": 32}, Limits(max_pixels=64 * 32))["width"] == 64
     with pytest.raises(FieldError, match="width × height must be at most 2,046 pixels"):
         model.prepare({"prompt": "a", "width": 64, "height": 32}, Limits(max_pixels=64 * 32 - 2))
+    # past settings' own limit too (67,108,864): the sentence gives this server's, the one that applies here
+    with pytest.raises(FieldError, match="width × height must be at most 4,194,304 pixels on this server"):
+        model.prepare({"prompt": "a", "width": 16384, "height": 16384}, Limits(max_pixels=4_194_304))
 
 
 def test_a_job_runs_to_a_png_with_the_commands_metadata(client, model):
@@ -325,13 +334,14 @@ def test_the_api_runs_pocket_in_its_recommended_mode_faithful_and_fast(tmp_path)
 
 # the parameters the API took after the public ones: (body, field, words of the message)
 NEW_FIELDS_OUT_OF_RANGE = [
-    ({"fast_modes": ["turbo"]}, "fast_modes", "Input should be 'reuse_noise', 'no_unet_backward' or 'dpm_solver'"),
-    ({"fast_modes": "reuse_noise"}, "fast_modes", "valid list"),
-    ({"sync_image_scale": 0}, "sync_image_scale", "greater than 0"),
+    ({"fast_modes": ["turbo"]}, "fast_modes", "fast_modes: every value must be one of reuse_noise, no_unet_backward, "
+                                              "dpm_solver, got 'turbo'."),
+    ({"fast_modes": "reuse_noise"}, "fast_modes", "fast_modes must be a list, got 'reuse_noise'."),
+    ({"sync_image_scale": 0}, "sync_image_scale", "sync_image_scale must be more than 0"),
     ({"sync_image_scale": 0.1}, "sync_image_scale", "shrinks the 32-pixel views below 16 pixels"),
     ({"anchor": 3}, "anchor", "anchor must be a view index from 0 to 2 (this canvas has 3 views)"),
-    ({"anchor": -1}, "anchor", "greater than or equal to 0"),
-    ({"tiled_decode": "sometimes"}, "tiled_decode", "valid boolean"),
+    ({"anchor": -1}, "anchor", "anchor must be 0 or more, got -1."),
+    ({"tiled_decode": "sometimes"}, "tiled_decode", "tiled_decode must be true or false, got 'sometimes'."),
     ({"view_batch_size": 2}, "view_batch_size", "Extra inputs are not permitted"),  # the server's own setting
     ({"sync_decoder": "/etc"}, "sync_decoder", "Extra inputs are not permitted"),  # not a path on the server
 ]
@@ -358,3 +368,12 @@ def test_the_newer_fields_run_and_are_reported(client, model):
     expected = model.pipe(**job["parameters"], output_type="np").images[0]
     png = PIL.Image.open(Path(client.app.state.store.outputs) / f"{job['id']}.png")
     assert np.array_equal(np.asarray(png), (expected * 255).round().astype(np.uint8))
+
+
+def test_an_overflow_fails_the_job_with_its_sentence_not_a_class_name(client):
+    """A weight so large the latent overflows: the job fails with NonFiniteError's advice, as the
+    command prints it (once "NonFiniteError: …")."""
+    body = {"prompt": "a land", **TINY, "sync_weight": 1e30}
+    job = client.post("/predictions", json=body, headers={"Prefer": "wait=60"}).json()
+    assert job["status"] == "failed" and "became NaN or infinite in float32" in job["error"], job
+    assert not job["error"].startswith("NonFiniteError"), job["error"]

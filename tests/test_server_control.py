@@ -134,12 +134,13 @@ BAD_CONTROL_REQUESTS = [
     ({"condition": "TRANSPARENT"}, "condition", "has transparency"),
     ({"condition": "PNG 64x32", "preprocess": "canny", "canny_low": 300, "canny_high": 200}, "canny_low",
      "canny_low (300) must not exceed canny_high (200)"),
-    ({"condition": "PNG 64x32", "preprocess": "sobel"}, "preprocess", "'none' or 'canny'"),
+    ({"condition": "PNG 64x32", "preprocess": "sobel"}, "preprocess",
+     "preprocess must be one of none, canny, got 'sobel'."),
     ({"condition": "PNG 64x32", "controlnet_conditioning_scale": -1}, "controlnet_conditioning_scale",
-     "greater than or equal to 0"),
+     "controlnet_conditioning_scale: every value must be 0 or more, got -1."),
     ({"condition": "PNG 64x32", "controlnet_conditioning_scale": [1, 1]}, "controlnet_conditioning_scale",
      "one number for all ControlNets or a list of one per ControlNet (1), got 2"),
-    ({"condition": "PNG 64x32", "width": 100_000}, "width", "less than or equal to 16384"),
+    ({"condition": "PNG 64x32", "width": 100_000}, "width", "width must be from 1 to 16384, got 100000."),
 ]
 
 

@@ -211,6 +211,15 @@ def test_a_lone_surrogate_in_text_is_a_422_naming_the_field(model, tmp_path, bod
         assert client.get("/predictions").json()["results"] == []
 
 
+def test_an_unknown_field_holding_a_lone_surrogate_is_named_unknown(model, tmp_path):
+    """The value's surrogate matters less than the field's being none of the API's."""
+    with client_for(model, tmp_path / "state") as client:
+        response = client.post("/predictions", content=rb'{"prompt": "a", "sync_wieght": "\ud800"}',
+                               headers={"content-type": "application/json"})
+        assert response.status_code == 422
+        assert response.json()["message"].startswith("sync_wieght: Extra inputs are not permitted (the fields are")
+
+
 @pytest.mark.parametrize("body, start", NOT_TEXT_NOR_THE_TYPE,
                          ids=[start.split()[0] for _, start in NOT_TEXT_NOR_THE_TYPE])
 def test_a_lone_surrogate_in_a_number_says_what_the_field_may_be(model, tmp_path, body, start):
@@ -249,6 +258,11 @@ def test_a_body_that_is_not_utf8_is_a_400_that_says_what_to_send(model, tmp_path
         assert deep.status_code == 400
         assert deep.json()["message"] == ("The body's JSON nests arrays or objects too deeply to read: send one flat "
                                           "object of fields.")
+        huge = client.post("/predictions", content=b'{"prompt": "a", "width": ' + b"9" * 5000 + b"}",
+                           headers={"content-type": "application/json"})  # past Python's 4300 digits
+        assert huge.status_code == 400
+        assert huge.json()["message"] == ("The body holds a number of thousands of digits, more than any field takes: "
+                                          "send numbers within the fields' ranges.")
         assert client.get("/predictions").json()["results"] == []
 
 
@@ -258,6 +272,11 @@ def test_malformed_json_is_a_422_that_says_where(model, tmp_path):
                                headers={"content-type": "application/json"})
         assert response.status_code == 422
         assert response.json()["message"] == "body: not valid JSON at character 26: Expecting ',' delimiter."
+        for headers in ({}, {"content-type": "text/plain"}):  # JSON without its header is text to FastAPI
+            response = client.post("/predictions", content=b'{"prompt": "a"}', headers=headers)
+            assert response.status_code == 422
+            assert response.json()["message"] == ("body: it arrived as text, not as JSON: send one JSON object of "
+                                                   "fields with the header Content-Type: application/json.")
 
 
 # ------------------------------------------------------------------------------ gone and deleted

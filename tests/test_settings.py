@@ -199,6 +199,21 @@ def test_a_tampered_png_is_one_sentence(tmp_path, capsys, monkeypatch, text, mes
     run_refused(["generate", "--from-png", png, "--out", str(tmp_path / "out.png")], capsys, monkeypatch, message)
 
 
+def test_a_refused_value_is_shown_cut_short():
+    """A megabyte sent as a width is not echoed back whole (the HTTP API's 422 uses these sentences)."""
+    sentence = settings.refusal("width", "x" * 10**6)
+    assert sentence.startswith("width must be a whole number, got 'xxx") and sentence.endswith(
+        "… (1,000,002 characters).") and len(sentence) < 150
+    assert settings.refusal("width", "128") == "width must be a whole number, got '128'."
+    assert settings.refusal("width", 128) is None and settings.refusal("no_such_parameter", 1) is None
+
+
+@pytest.mark.parametrize("prompt", ["", "   "])
+def test_an_empty_prompt_is_one_sentence_as_on_the_server(tmp_path, capsys, monkeypatch, prompt):
+    run_refused(["generate", prompt, "--model", "tiny-random", "--out", str(tmp_path / "x.png")], capsys, monkeypatch,
+                "prompt must not be empty: say what the panorama shows")
+
+
 @pytest.mark.parametrize("option", ["prompt", "--negative-prompt"])
 def test_a_prompt_of_bytes_that_are_no_text_is_one_sentence(tmp_path, capsys, monkeypatch, option):
     """The shell hands Python bytes that are no UTF-8 as lone surrogates ("\\udcff"): refused before

@@ -22,7 +22,8 @@ SUPPORTED_FAMILIES = (SD, SDXL, SD3, FLUX)
 FAMILY_DEFAULTS = {SD3: {"guidance_scale": 7.0}, FLUX: {"guidance_scale": 3.5}}
 # A variant whose defaults differ from its family's: FLUX.1 schnell is distilled to a few steps
 # (diffusers documents it at 4; the paper's 50 cost 12 times as much for no better picture). It is
-# told from dev by its transformer, which has no guidance input (guidance_embeds false).
+# told from dev as diffusers' checkpoint inference tells it: its transformer has no guidance input
+# (guidance_embeds false). A de-distilled model of that shape sets its steps in recommended.json.
 SCHNELL = "schnell"
 VARIANT_DEFAULTS = {SCHNELL: {"num_inference_steps": 4}}
 # The half precision `--dtype auto` takes on CUDA where not float16 (precision.pick_precision): SD3's and

@@ -16,6 +16,8 @@ loaded where the model's configs can be read (a folder, a bundled model).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import re
 import sys
 import time
 from typing import TYPE_CHECKING
@@ -50,8 +52,30 @@ def add_panorama_arguments(command: argparse.ArgumentParser, default_model: str,
     command.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+# argparse's words for an option's value of the wrong type, and this project's
+TYPE_ERROR = re.compile(r"argument (?P<option>[^:]+): invalid (?P<kind>int|float) value: (?P<value>.*)")
+CHOICE_ERROR = re.compile(r"argument (?P<option>[^:]+): invalid choice: (?P<value>.*) \(choose from (?P<choices>.*)\)")
+KIND_OF_TYPE = {"int": "a whole number", "float": "a number"}
+
+
+class OneSentenceParser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one sentence (exit 2), not the usage block then the
+    error: "--width must be a whole number, got '1e9'", as the settings' own checks say it. The
+    subcommands' parsers are of this class too (add_subparsers makes them of the parent's)."""
+
+    def error(self, message: str):
+        wrong_type, wrong_choice = TYPE_ERROR.fullmatch(message), CHOICE_ERROR.fullmatch(message)
+        if wrong_type:
+            option = wrong_type["option"].split("/")[0]
+            message = f"{option} must be {KIND_OF_TYPE[wrong_type['kind']]}, got {wrong_type['value']}"
+        elif wrong_choice:
+            option = wrong_choice["option"].split("/")[0].replace("command", "the command")
+            message = f"{option} must be one of {wrong_choice['choices']}, got {wrong_choice['value']}"
+        self.exit(2, f"panosync: error: {message.rstrip('.')} (see {self.prog} --help).\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="panosync", description="Coherent panoramas with SyncDiffusion.")
+    parser = OneSentenceParser(prog="panosync", description="Coherent panoramas with SyncDiffusion.")
     commands = parser.add_subparsers(dest="command", required=True)
     generate = commands.add_parser("generate", help="generate a panorama PNG",
                                    description="Generate a panorama; the PNG carries every parameter.")
@@ -244,8 +268,40 @@ def computes_in_float16(precision) -> bool:
     return torch.float16 in (precision.weights, precision.autocast)
 
 
+@contextlib.contextmanager
+def quiet_libraries(quiet: bool):
+    """With --quiet, diffusers' and transformers' loading bars and notices ("Loading pipeline
+    components", the advice to install accelerate) are silenced too, not only panosync's own; errors
+    still show. Their settings are put back after, for a program that calls main more than once."""
+    if not quiet:
+        yield
+        return
+    import diffusers.utils.logging
+    import huggingface_hub.utils
+    import transformers.utils.logging
+
+    libraries = (diffusers.utils.logging, transformers.utils.logging)
+    before = [(library.get_verbosity(), library.is_progress_bar_enabled()) for library in libraries]
+    hub_bars_off = huggingface_hub.utils.are_progress_bars_disabled()  # transformers' switch turns the hub's
+    for library in libraries:
+        library.set_verbosity_error()
+        library.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for library, (verbosity, bars) in zip(libraries, before):
+            library.set_verbosity(verbosity)
+            (library.enable_progress_bar if bars else library.disable_progress_bar)()
+        (huggingface_hub.utils.disable_progress_bars if hub_bars_off else huggingface_hub.utils.enable_progress_bars)()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with quiet_libraries(getattr(args, "quiet", False)):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         if args.command == "generate":
             return generate(args)

@@ -113,7 +113,8 @@ def resolve_model(model: str) -> ModelSource:
         if not (path / "model_index.json").is_file():
             raise ValueError(f"{model} is a folder but not a diffusers model folder (it has no model_index.json).")
         family = family_of_model_index(_readable_index(path, model), f"Model {model}")
-        return ModelSource("folder", str(path), geometry_of_folder(path), family, variant=variant_of_folder(path, family))
+        variant = variant_of_folder(path, family)
+        return ModelSource("folder", str(path), geometry_of_folder(path), family, variant=variant)
     if path.is_file():
         if path.suffix not in CHECKPOINT_SUFFIXES:
             raise ValueError(f"{model} is not a model checkpoint: give a .safetensors or .ckpt file or a diffusers folder.")

@@ -31,6 +31,7 @@ DEFAULT_CONTROLNET = "lllyasviel/sd-controlnet-canny"
 
 UINT32_MAX = 2**32 - 1
 MAX_PROMPT_CHARACTERS = 2000  # CLIP reads 77 tokens; anything far longer is a mistake, not a prompt
+PROMPTS = ("prompt", "negative_prompt")  # the text the tokenizers read
 MAX_STEPS = 1000  # the DDPM training schedule has 1000 timesteps: DDIM cannot take more
 # The largest canvas anything makes: ComfyUI's largest side, and 16384 × 4096 pixels in all (a
 # latent of 4 MB in float32 at factor 8). A bound, so that a typo cannot ask for gigabytes.
@@ -109,7 +110,8 @@ class Parameter:
     kind      str, int, float, bool, or list (of `item`s)
     default   the paper's (None: decided later, see `unset`)
     unset     what None means, where it is allowed ("a random one"); None: a value is required
-    minimum, maximum   the range, inclusive; `above` makes the minimum exclusive
+    minimum, maximum   the range, inclusive; `above` makes the minimum exclusive (for text: its
+              length, the minimum counting no blanks)
     choices   the values allowed (for a list: of each item)
     flags     the command's extra option strings (beside --name-with-dashes)
     served    whether the HTTP API and the page take it (not: a path on the server's disk, or a
@@ -155,7 +157,7 @@ def _number(value) -> str | None:
 
 P = Parameter
 PARAMETERS: tuple[Parameter, ...] = (
-    P("prompt", str, None, "what the panorama shows", maximum=MAX_PROMPT_CHARACTERS),
+    P("prompt", str, None, "what the panorama shows", minimum=1, maximum=MAX_PROMPT_CHARACTERS),
     P("negative_prompt", str, "", "what the panorama should not show", maximum=MAX_PROMPT_CHARACTERS),
     P("width", int, None, "pixels, a multiple of the VAE factor, at least one window", unset="four windows",
       minimum=1, maximum=MAX_SIDE),
@@ -228,7 +230,8 @@ def _copy(value):
 def recommended_of(source) -> dict:
     """The settings a model recommends: its family's (auto.FAMILY_DEFAULTS: FLUX's distilled
     guidance 3.5, SD3's 7, diffusers' own) and its variant's (auto.VARIANT_DEFAULTS: FLUX.1
-    schnell's 4 steps) under a diffusers folder's recommended.json, as parameters. A key that is no parameter is a SettingError: the file is wrong."""
+    schnell's 4 steps) under a diffusers folder's recommended.json, as parameters. A key that is
+    no parameter is a SettingError: the file is wrong."""
     from .auto import defaults_of
     from .bundled import recommended_settings
 
@@ -245,8 +248,9 @@ def recommended_of(source) -> dict:
 
 def family_defaults_after_loading(pipe, explicit: Iterable[str] = ()) -> dict:
     """The defaults of a loaded pipeline's family and variant (auto.defaults_of: FLUX's distilled
-    guidance, schnell's 4 steps) but those named in `explicit` (set by options, or a PNG): for a model whose family was not known
-    before it loaded (a hub model not in the local cache), which recommended_of could not give."""
+    guidance, schnell's 4 steps) but those named in `explicit` (set by options, or a PNG): for a
+    model whose family was not known before it loaded (a hub model not in the local cache), which
+    recommended_of could not give."""
     from .auto import defaults_of, family_of_pipeline, variant_of_pipeline
 
     explicit = set(explicit)
@@ -312,12 +316,21 @@ def fast_modes(modes: Iterable[str] | str | None) -> list[str]:
 KIND_WORDS = {int: "a whole number", float: "a number", str: "text", bool: "true or false", list: "a list"}
 
 
+SHOWN_CHARACTERS = 60  # of a refused value, in its sentence: a megabyte sent as a width is not echoed
+
+
+def shown(value) -> str:
+    """`value` as a refusal shows it: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARACTERS else f"{text[:SHOWN_CHARACTERS - 1]}… ({len(text):,} characters)"
+
+
 def _check_one(parameter: Parameter, value, item_of: str | None = None) -> None:
     name = item_of or parameter.name
     kind = parameter.item if item_of else parameter.kind
     if kind is list:
         if not isinstance(value, (list, tuple)):
-            raise SettingError(parameter.name, f"{name} must be a list, got {value!r}.")
+            raise SettingError(parameter.name, f"{name} must be a list, got {shown(value)}.")
         for item in value:
             _check_one(parameter, item, item_of=f"{name}: every value")
         return
@@ -327,17 +340,20 @@ def _check_one(parameter: Parameter, value, item_of: str | None = None) -> None:
     fits = {int: isinstance(value, int) and not isinstance(value, bool), float: is_number,
             str: isinstance(value, str), bool: isinstance(value, bool)}[kind]
     if not fits:
-        raise SettingError(parameter.name, f"{name} must be {KIND_WORDS[kind]}, got {value!r}.")
+        raise SettingError(parameter.name, f"{name} must be {KIND_WORDS[kind]}, got {shown(value)}.")
     if kind is float and not math.isfinite(value):
         raise SettingError(parameter.name, f"{name} must be a finite number, got {value}.")
     if parameter.choices and value not in parameter.choices:
-        raise SettingError(parameter.name, f"{name} must be one of {', '.join(parameter.choices)}, got {value!r}.")
+        raise SettingError(parameter.name, f"{name} must be one of {', '.join(parameter.choices)}, got {shown(value)}.")
     if kind is str:
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:  # bytes the shell passed that are no UTF-8, or JSON's lone "\ud800"
-            raise SettingError(parameter.name, f"{name} must be UTF-8 text, and it holds bytes that are no "
-                                               f"character: type it again as plain text.") from None
+        # text a tokenizer reads (a path, sync_decoder, may hold any bytes the file system allows)
+        if parameter.name in PROMPTS and lone_surrogate(value) is not None:
+            raise SettingError(parameter.name, f"{name} must be UTF-8 text, and it holds a lone surrogate (a byte "
+                                               f"that is no UTF-8, or half of a UTF-16 pair): type it again as "
+                                               f"plain text.")
+        if parameter.minimum is not None and len(value.strip()) < parameter.minimum:
+            example = ": say what the panorama shows, e.g. \"snowy mountains\"" if parameter.name == "prompt" else ""
+            raise SettingError(parameter.name, f"{name} must not be empty{example}.")
         if parameter.maximum is not None and len(value) > parameter.maximum:
             raise SettingError(parameter.name, f"{name} must be at most {parameter.maximum} characters, got "
                                                f"{len(value)}.")
@@ -347,6 +363,35 @@ def _check_one(parameter: Parameter, value, item_of: str | None = None) -> None:
     low, high = parameter.minimum, parameter.maximum
     if (low is not None and (value <= low if parameter.above else value < low)) or (high is not None and value > high):
         raise SettingError(parameter.name, f"{name} must be {parameter.range_words()}, got {value}.")
+
+
+def lone_surrogate(text: str) -> int | None:
+    """The index of the first lone surrogate in `text` (a JSON escape like \\ud800 with no partner, or
+    a byte the shell passed that is no UTF-8), None when there is none. Such a string is not text: it
+    cannot be encoded, stored, shown or tokenized."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return error.start
+    return None
+
+
+def refusal(name: str, value, item: bool = False) -> str | None:
+    """The sentence `check` refuses `value` of the parameter `name` with (with `item`, one item of a
+    list parameter); None when it takes the value or there is no such parameter."""
+    parameter = BY_NAME.get(name)
+    if parameter is None:
+        return None
+    try:
+        if value is None and not item:
+            check({name: None})
+        elif item and parameter.kind is list:
+            _check_one(parameter, value, item_of=f"{name}: every value")
+        else:
+            _check_one(parameter, value)
+    except SettingError as error:
+        return str(error)
+    return None
 
 
 def check(values: dict, geometry: Geometry | None = None) -> None:

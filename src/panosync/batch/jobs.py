@@ -43,6 +43,8 @@ def read_jobs(path: str | Path, model: dict, source, view_batch_size: int | None
     the first that is wrong. `model` holds the metadata's model keys (model, model_config, vae);
     `source` is its ModelSource (its geometry, when known, checks the canvas now)."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder: give a JSONL file, one job a line.")
     if not path.is_file():
         raise ValueError(f"{path}: no such file (give a JSONL file, one job a line).")
     try:

@@ -163,6 +163,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
 
     prompts = read_prompts(args.prompts)
     seeds = parse_seeds(args.seeds)
+    if len(prompts) * len(seeds) < 2:  # one reference image per prompt and seed
+        raise ValueError(f"FID and KID compare sets of at least two reference images, one per prompt and seed, and "
+                         f"{len(prompts)} prompt × {len(seeds)} seed make one: give more seeds (--seeds 0-7).")
     methods = parse_methods(args.methods)
     if args.examples < 0:
         raise ValueError(f"--examples must be 0 or more, got {args.examples}.")

@@ -128,6 +128,9 @@ def unreadable_body(error: StarletteHTTPException) -> str | None:
                 f"valid {cause.encoding.upper()}): send JSON encoded as UTF-8.")
     if isinstance(cause, RecursionError):
         return "The body's JSON nests arrays or objects too deeply to read: send one flat object of fields."
+    if isinstance(cause, ValueError) and "digits" in str(cause):  # int() refuses over 4300 (sys.get_int_max_str_digits)
+        return ("The body holds a number of thousands of digits, more than any field takes: send numbers within the "
+                "fields' ranges.")
     return f"The body cannot be read as JSON ({type(cause).__name__}): send one JSON object encoded as UTF-8."
 
 
@@ -154,7 +157,7 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError):
         errors = _finite(jsonable_encoder(error.errors()))
-        message = "; ".join(describe_error(e) for e in errors)
+        message = "; ".join(describe_error(e) for e in error.errors())  # the values as sent: NaN, not "nan"
         return JSONResponse(printable({"detail": errors, "message": message}), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)

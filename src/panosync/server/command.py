@@ -1,9 +1,10 @@
 """`panosync serve` (the HTTP API) and `panosync ui` (the web page). Both load the model once,
-before they listen, so a bad --model is an error at the command line, not in the first request;
-so are a bad --keep or --min-free, a --host or --port it cannot listen on and a --state-dir that is
-a file or cannot be written (one sentence, exit 2, before the model loads); a state folder already
-short of the --min-free reserve is a one-line warning. Both listen on loopback unless told otherwise. With --controlnet they
-make ControlSync panoramas (the `control` command's), the ControlNets loaded once like the model."""
+before they listen (`serve --ray`: its Ray workers do), so a bad --model is an error at the command
+line, not in the first request; so are a bad --keep or --min-free, a --host or --port it cannot
+listen on and a --state-dir that is a file or cannot be written (one sentence, exit 2, before the
+model loads); a state folder already short of the --min-free reserve is a one-line warning. Both
+listen on loopback unless told otherwise. With --controlnet they make ControlSync panoramas (the
+`control` command's), the ControlNets loaded once like the model."""
 
 from __future__ import annotations
 
@@ -119,11 +120,11 @@ def _open_workers(args: argparse.Namespace):
 
     settings.check({"view_batch_size": args.view_batch_size})
     name = args.model or settings.DEFAULT_MODEL
-    resolve_model(name)  # a model that is not there: one sentence, before any worker starts
+    source = resolve_model(name)  # a model that is not there: one sentence, before any worker starts
     spec = ModelSpec(name, args.model_config, args.vae, args.device, args.dtype, args.gradient_checkpointing)
     engine = open_engine(spec, args.ray, args.workers)
     try:
-        return WorkersModel(name, engine, args.model_config, args.view_batch_size), engine
+        return WorkersModel(name, engine, args.model_config, args.view_batch_size, source), engine
     except BaseException:
         engine.close()
         raise
@@ -132,11 +133,13 @@ def _open_workers(args: argparse.Namespace):
 def check_address(host: str, port: int) -> None:
     """A ValueError with one sentence when the server could not listen on `host`:`port` (a port out
     of range, a host that is no address, a port another program holds): found before the model
-    loads, not by the web server after it. A probe socket binds as uvicorn's does (SO_REUSEADDR)."""
+    loads, not by the web server after it. A probe socket binds as uvicorn's does (Gradio's too): IPv6
+    for a host with a colon, else IPv4, with SO_REUSEADDR."""
     if not 0 <= port <= 65535:
         raise ValueError(f"--port must be from 0 to 65535, got {port}.")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        family, kind, protocol, _, address = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)[0]
     except (socket.gaierror, UnicodeError) as error:
         raise ValueError(f"--host {host} is not an address this machine can listen on ({error}): give an IP "
                          f"address such as 127.0.0.1 or 0.0.0.0, or a name that resolves.") from None

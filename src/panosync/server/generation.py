@@ -164,12 +164,13 @@ class PanoramaModel:
             if isinstance(parameters[side], int) and parameters[side] > limits.max_side:
                 raise FieldError(side, f"{side} must be at most {limits.max_side} pixels on this server, got "
                                        f"{parameters[side]}.")
-        settings.check(parameters, self.geometry)  # a SettingError is a FieldError
         width, height = parameters["width"], parameters["height"]
-        if width * height > limits.max_pixels:
+        # this server's limit before settings' own, larger one: its sentence gives the limit that applies here
+        if all(isinstance(side, int) for side in (width, height)) and width * height > limits.max_pixels:
             raise FieldError("width" if width >= height else "height",
                              f"width × height must be at most {limits.max_pixels:,} pixels on this server, got "
                              f"{width} × {height} = {width * height:,}: ask for a smaller panorama.")
+        settings.check(parameters, self.geometry)  # a SettingError is a FieldError
         return parameters
 
     def generate(self, parameters: dict, on_step: StepCallback | None = None) -> PIL.Image.Image:

@@ -115,7 +115,9 @@ def failure_reason(error: BaseException, state_dir: Path) -> str:
         return full_sentence(state_dir)
     if isinstance(error, sqlite3.OperationalError):
         return fault_sentence(error, state_dir)
-    return f"{type(error).__name__}: {error}"
+    from ..runner.maker import describe_failure
+
+    return describe_failure(error)  # our sentences as they are (an overflow's NonFiniteError); others with their type
 
 
 def _write_probe(folder: Path) -> OSError | None:

@@ -33,10 +33,11 @@ class WorkersModel(PanoramaModel):
     worker. No pipeline is loaded here: the server's machine need not hold a copy of the weights
     (FLUX's are tens of GB), nor have a GPU."""
 
-    def __init__(self, name: str, engine, model_config: str | None = None, view_batch_size: int | None = None):
+    def __init__(self, name: str, engine, model_config: str | None = None, view_batch_size: int | None = None,
+                 source=None):
         from ..models import resolve_model
 
-        source = resolve_model(name)
+        source = source or resolve_model(name)  # models.ModelSource, when the caller has it already
         defaults = settings.model_defaults(source)
         if source.family is None:  # a hub model not in this machine's cache: its family is the workers' to say
             defaults.update(engine.family_defaults())

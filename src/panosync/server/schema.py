@@ -14,6 +14,7 @@ from pydantic_core import PydanticCustomError
 
 from .. import settings
 from ..settings import MAX_PROMPT_CHARACTERS, MAX_STEPS, UINT32_MAX  # noqa: F401 (the API's names for them)
+from ..settings import lone_surrogate
 from ..settings import SettingError as FieldError  # noqa: F401 (a request's field out of range: 422)
 from .limits import FIELDS_BODY_BYTES, Limits  # noqa: F401 (their old home)
 
@@ -29,16 +30,6 @@ NULL_MEANS_SOMETHING = settings.NULL_MEANS_SOMETHING
 def _one_or_a_list(value):
     """One condition or scale stands for a list of one: a lone ControlNet's."""
     return value if isinstance(value, list) or value is None else [value]
-
-
-def lone_surrogate(text: str) -> int | None:
-    """The index of the first lone surrogate in `text` (a JSON escape like \\ud800 with no partner),
-    None when there is none. Such a string is not text: it cannot be encoded, stored or shown."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as error:
-        return error.start
-    return None
 
 
 NOT_TEXT = "invalid_text"  # our error type; pydantic's own for such strings is "string_unicode"
@@ -61,7 +52,9 @@ ConditionList = Annotated[Optional[list[Text]], BeforeValidator(_one_or_a_list)]
 class _Request(BaseModel):
     """A panorama to make. Leave a field out for the model's recommended setting or the paper's."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # strict: "128", 128.0 and "yes" are not a width or a flag, as the command, batch and --from-png
+    # refuse them (pydantic's lax mode would convert them); a whole number is still a number
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     def given(self) -> dict:
         """The fields the request sets. A null counts as not set, except where null has a meaning
@@ -115,13 +108,25 @@ def describe_error(error: dict) -> str:
         reason = error.get("ctx", {}).get("error", "")
         return f"body: not valid JSON at character {error['loc'][-1]}{': ' + reason if reason else ''}."
     field = ".".join(str(part) for part in error["loc"] if part != "body") or "body"
-    if error.get("type") in (NOT_TEXT, "string_unicode"):
+    sent = error.get("input")
+    surrogate = isinstance(sent, str) and lone_surrogate(sent) is not None and error.get("type") != "extra_forbidden"
+    if error.get("type") in (NOT_TEXT, "string_unicode") or surrogate:
         kind = expected_kind(field.split(".")[0])
         if kind not in (None, "text"):  # a number, a flag or a choice sent as a string that is not text
             return _not_text_but(field, kind, error.get("input"))
         return _not_text(field, error.get("input"))
     if error.get("type") == "value_error":  # our own sentences name the field and what was sent
         return error["msg"] if error["msg"].startswith(field) else f"{field}: {error['msg']}"
+    if field == "body" and error.get("type") == "model_attributes_type" and isinstance(sent, (str, bytes)):
+        return ("body: it arrived as text, not as JSON: send one JSON object of fields with the header "
+                "Content-Type: application/json.")
+    name, *item = field.split(".")
+    if error.get("type") != "extra_forbidden" and ("input" in error or error.get("type") == "missing"):
+        # a parameter's value out of its type or range, or missing: the sentence the command and batch give
+        value = None if error.get("type") == "missing" else error.get("input")  # missing: its input is the body
+        sentence = settings.refusal(name, value, item=bool(item))
+        if sentence is not None:
+            return sentence
     text = f"{field}: {error['msg']}"
     if error.get("type") == "extra_forbidden":
         text += f" (the fields are {', '.join(FIELDS)}; with a ControlNet also {', '.join(CONTROL_FIELDS)})"
