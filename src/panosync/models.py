@@ -50,7 +50,8 @@ class ModelSource:
     kind: str  # "bundled", "folder", "file" or "hub"
     ref: str
     geometry: Geometry | None = None  # read from the configs, when they can be before loading
-    family: str | None = None  # auto.py's SD, SDXL, SD3 or FLUX; None: a hub model not in the cache, known when loaded
+    family: str | None = None  # auto.py's SD, SDXL, SD3 or FLUX; None: a hub model whose configs could not
+    # be had (models._hub_configs), known once loaded
     controlnet_class: str | None = None  # a ControlNet folder's model class (its config's _class_name)
     variant: str | None = None  # auto.SCHNELL for FLUX.1 schnell, whose defaults differ; None: none, or not known yet
 
@@ -125,8 +126,12 @@ def resolve_model(model: str) -> ModelSource:
         raise ValueError(f"No such model file or folder: {model}.")
     if HUB_ID.match(model):
         _check_hub_model(model)
-        family = _cached_family(model)
-        return ModelSource("hub", model, family=family, variant=_cached_variant(model, family))
+        configs = _hub_configs(model)
+        if configs is None:  # its family, variant and shape are known once it has loaded
+            return ModelSource("hub", model)
+        family = family_of_model_index(_readable_index(configs, model), f"Model {model}")
+        variant = variant_of_folder(configs, family)
+        return ModelSource("hub", model, geometry_of_folder(configs), family, variant=variant)
     raise ValueError(
         f"Unknown model {model!r}: give a bundled model ({', '.join([*BUNDLED, *bundled_model_names()])}), a diffusers folder, a .safetensors "
         f"checkpoint, or a Hugging Face model id such as stabilityai/stable-diffusion-2-base."
@@ -141,22 +146,25 @@ def _readable_index(folder: Path, model: str) -> dict:
                          f"folder.") from None
 
 
-def _cached_family(repo_id: str) -> str | None:
-    """The family of a hub model whose model_index.json is in the local cache; None when it is not."""
-    from huggingface_hub import try_to_load_from_cache
+# A hub model's files that say its family, variant and shape: kilobytes, fetched before its weights.
+CONFIG_FILES = ["model_index.json", "*/config.json", "scheduler/scheduler_config.json"]
+
+
+def _hub_configs(repo_id: str) -> Path | None:
+    """The folder of a hub model's configs: its snapshot in the local cache, else (online) one fetched
+    with the configs alone; None when neither can be had (a gated model without a token, say), and
+    the model is then known once it has loaded, as before."""
+    from huggingface_hub import snapshot_download, try_to_load_from_cache
 
     cached = try_to_load_from_cache(repo_id, "model_index.json")
-    if not isinstance(cached, str):
+    if isinstance(cached, str):
+        return Path(cached).parent
+    if _hub_is_offline():
         return None
-    return family_of_model_index(_readable_index(Path(cached).parent, repo_id), f"Model {repo_id}")
-
-
-def _cached_variant(repo_id: str, family: str | None) -> str | None:
-    """The variant of a hub model whose transformer config is in the local cache; None when it is not."""
-    from huggingface_hub import try_to_load_from_cache
-
-    cached = try_to_load_from_cache(repo_id, "transformer/config.json")
-    return variant_of_folder(Path(cached).parents[1], family) if isinstance(cached, str) else None
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=CONFIG_FILES))
+    except Exception:  # noqa: BLE001 — whatever the hub answers, loading will say it in its own words
+        return None
 
 
 def load_vae(vae: str, dtype: torch.dtype):

@@ -249,8 +249,8 @@ def recommended_of(source) -> dict:
 def family_defaults_after_loading(pipe, explicit: Iterable[str] = ()) -> dict:
     """The defaults of a loaded pipeline's family and variant (auto.defaults_of: FLUX's distilled
     guidance, schnell's 4 steps) but those named in `explicit` (set by options, or a PNG): for a
-    model whose family was not known before it loaded (a hub model not in the local cache), which
-    recommended_of could not give."""
+    model whose family was not known before it loaded (a hub model whose configs could not be had),
+    which recommended_of could not give."""
     from .auto import defaults_of, family_of_pipeline, variant_of_pipeline
 
     explicit = set(explicit)
