@@ -230,7 +230,14 @@ def test_serve_on_ray_fails_the_queued_jobs_once_no_ray_worker_is_left(tmp_path,
         store.close()
 
 
-def test_a_folder_given_as_the_jobs_file_is_named_a_folder(tmp_path, capsys):
+def test_a_folder_or_a_pipe_given_as_the_jobs_file_is_named_what_it_is(tmp_path, capsys):
+    import os
+
     assert main(["batch", str(tmp_path), "--model", "tiny-random", "--out", str(tmp_path / "out")]) == 2
     error = capsys.readouterr().err
     assert f"{tmp_path} is a folder: give a JSONL file" in error and error.count("\n") == 1, error
+    pipe = tmp_path / "jobs"
+    os.mkfifo(pipe)
+    assert main(["batch", str(pipe), "--model", "tiny-random", "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert f"{pipe} is a device, pipe or socket, not a file" in error and error.count("\n") == 1, error

@@ -377,3 +377,10 @@ def test_an_overflow_fails_the_job_with_its_sentence_not_a_class_name(client):
     job = client.post("/predictions", json=body, headers={"Prefer": "wait=60"}).json()
     assert job["status"] == "failed" and "became NaN or infinite in float32" in job["error"], job
     assert not job["error"].startswith("NonFiniteError"), job["error"]
+
+
+def test_fast_modes_none_is_faithful_as_on_the_command(client):
+    """["none"] names no fast mode on the command and in a JSONL job; the API once refused it."""
+    body = {"prompt": "a land", **TINY, "fast_modes": ["none"]}
+    job = client.post("/predictions", json=body, headers={"Prefer": "wait=60"}).json()
+    assert job["status"] == "succeeded" and job["parameters"]["fast_modes"] == [], job

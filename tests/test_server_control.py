@@ -123,6 +123,9 @@ def transparent_png() -> str:
 # (fields besides the prompt, the field named, words the message must hold)
 BAD_CONTROL_REQUESTS = [
     ({}, "condition", MISSING_CONDITION),
+    ({"condition": 5}, "condition", "condition must be an image as base64 text or a data URL, got 5."),
+    ({"condition": "PNG 64x32", "controlnet_conditioning_scale": []}, "controlnet_conditioning_scale",
+     "controlnet_conditioning_scale must hold at least one value, got []."),
     ({"condition": "not an image!"}, "condition", "neither base64 nor a data URL"),
     ({"condition": "data:image/png,abc"}, "condition", "a data URL but not a base64 one"),
     ({"condition": base64.b64encode(b"plain text, not a picture").decode()}, "condition", "not an image file"),

@@ -272,6 +272,13 @@ def test_malformed_json_is_a_422_that_says_where(model, tmp_path):
                                headers={"content-type": "application/json"})
         assert response.status_code == 422
         assert response.json()["message"] == "body: not valid JSON at character 26: Expecting ',' delimiter."
+        for body, got in ((b"", "nothing"), (b"[1]", "a JSON array"), (b"null", "a JSON null")):
+            response = client.post("/predictions", content=body, headers={"content-type": "application/json"})
+            assert response.status_code == 422
+            assert response.json()["message"] == ('body: send one JSON object of fields, e.g. {"prompt": "snowy '
+                                                  f'mountains"}}, got {got}.')
+        response = client.get("/predictions?limit=abc")
+        assert response.status_code == 422 and response.json()["message"] == "limit must be a whole number, got 'abc'."
         for headers in ({}, {"content-type": "text/plain"}):  # JSON without its header is text to FastAPI
             response = client.post("/predictions", content=b'{"prompt": "a"}', headers=headers)
             assert response.status_code == 422

@@ -193,3 +193,28 @@ def test_control_page_follows_an_uploaded_condition(control_page_url, tmp_path):
             print(f"screenshot: {tmp_path / 'panosync-ui-control.png'}")
         finally:
             browser.close()
+
+
+def test_the_page_hands_a_number_over_as_typed_for_the_requests_checks(tmp_path):
+    """Gradio rounded a typed seed of 7.5 to 8 (precision 0) and refused 1000 in its own words
+    (minimum and maximum): the page's numbers now reach the request's checks as typed."""
+    import json
+
+    from pydantic import ValidationError
+
+    from panosync.server.generation import PanoramaModel
+    from panosync.server.schema import Limits, PredictionRequest, describe_error
+    from panosync.server.ui import build_ui, page_values
+
+    model = PanoramaModel(make_pipe(window=8, vae_factor=2), "tiny-test", model_defaults(resolve_model("tiny-random")))
+    config = json.loads(json.dumps(build_ui(model, Limits(), tmp_path / "outputs").get_config_file(), default=str))
+    numbers = {c["props"]["elem_id"]: c["props"] for c in config["components"]
+               if c.get("type") == "number" and c["props"].get("elem_id") in ("seed", "sync_threshold", "anchor")}
+    assert set(numbers) == {"seed", "sync_threshold", "anchor"}
+    for name, props in numbers.items():
+        assert props.get("precision") is None and props.get("minimum") is None and props.get("maximum") is None, name
+    for fields, sentence in (({"seed": 7.5}, "seed must be a whole number, got 7.5."),
+                             ({"seed": 7.0, "sync_threshold": -1.0}, "sync_threshold must be from 0 to 1000, got -1.")):
+        with pytest.raises(ValidationError) as refused:
+            PredictionRequest(prompt="a", **page_values(tuple(fields), tuple(fields.values())))
+        assert describe_error(refused.value.errors()[0]) == sentence

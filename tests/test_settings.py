@@ -234,6 +234,10 @@ def test_outputs_are_checked_before_generating(tmp_path, capsys, monkeypatch):
     os.mkfifo(pipe)
     run_refused([*common, "--out", str(pipe)], capsys, monkeypatch, "is a device, pipe or socket, not a file")
     assert stat.S_ISFIFO(os.lstat(pipe).st_mode)
+    dangling = tmp_path / "dangling.png"
+    dangling.symlink_to(tmp_path / "missing" / "x.png")
+    run_refused([*common, "--out", str(dangling)], capsys, monkeypatch, "which does not exist: give the file name")
+    assert dangling.is_symlink()
     if os.geteuid() != 0:  # root writes anywhere
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)

@@ -52,6 +52,9 @@ def check_writable(path: str | Path, option: str) -> None:
     if path.exists() and not path.is_file():
         raise ValueError(f"{option} {path} is a device, pipe or socket, not a file: give a file name, e.g. "
                          f"panorama.png.")
+    if path.is_symlink() and not path.exists():  # the new file would replace the link, not write where it points
+        raise ValueError(f"{option} {path} is a link to {os.readlink(path)}, which does not exist: give the file "
+                         f"name itself.")
     check_folder(path.parent, f"The folder of {option}")
 
 

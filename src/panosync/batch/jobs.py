@@ -45,6 +45,8 @@ def read_jobs(path: str | Path, model: dict, source, view_batch_size: int | None
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a folder: give a JSONL file, one job a line.")
+    if path.exists() and not path.is_file():  # a pipe would be read once, and gone on a resume
+        raise ValueError(f"{path} is a device, pipe or socket, not a file: give a JSONL file, one job a line.")
     if not path.is_file():
         raise ValueError(f"{path}: no such file (give a JSONL file, one job a line).")
     try:

@@ -27,8 +27,8 @@ from .schema import CONTROL_FIELDS, FieldError, Limits, field_of
 # on_step(steps_done, sync_weight_of_that_step)
 StepCallback = Callable[[int, float], None]
 
-MISSING_CONDITION = ("Give condition: the image the panorama follows (an edge map of the canvas's size, or a photo "
-                     "with preprocess \"canny\"), as base64 or a data URL.")
+MISSING_CONDITION = ("condition must be given: the image the panorama follows (an edge map of the canvas's size, or "
+                     "a photo with preprocess \"canny\"), as base64 or a data URL.")
 
 
 class PanoramaModel:
@@ -151,6 +151,8 @@ class PanoramaModel:
 
     def _prepare_panorama(self, given: dict, limits: Limits) -> dict:
         parameters = {**self.defaults, **given}
+        if parameters.get("fast_modes") is not None:  # ["none"] is faithful: [], as the command takes it
+            parameters["fast_modes"] = settings.fast_modes(parameters["fast_modes"])
         if given.get("window") not in (None, self.defaults.get("window")):
             # the default canvas is the default window's: a request's own window makes its own
             for name in ("width", "height", "stride"):

@@ -39,7 +39,7 @@ class WorkersModel(PanoramaModel):
 
         source = source or resolve_model(name)  # models.ModelSource, when the caller has it already
         defaults = settings.model_defaults(source)
-        if source.family is None:  # a hub model not in this machine's cache: its family is the workers' to say
+        if source.family is None:  # a hub model whose configs could not be had here: the workers say its family
             defaults.update(engine.family_defaults())
         self.pipe = None
         self._device, self._dtype = engine.runs_on()

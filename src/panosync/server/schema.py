@@ -83,8 +83,9 @@ def _field(parameter: settings.Parameter):
         return ConditionList, Field(None, min_length=1, description=description)
     if parameter.kind is list and parameter.item is float:
         return ScaleList, Field(None, min_length=1, description=description)
-    if parameter.kind is list:
-        return Optional[list[Literal[parameter.choices]]], Field(None, description=description)
+    if parameter.kind is list:  # fast_modes: "none" names none, as on the command and in a JSONL job
+        choices = (*parameter.choices, settings.NO_FAST_MODE) if parameter.name == "fast_modes" else parameter.choices
+        return Optional[list[Literal[choices]]], Field(None, description=description)
     if parameter.choices:
         return Optional[Literal[parameter.choices]], Field(None, description=description)
     if parameter.kind is str:
@@ -120,6 +121,15 @@ def describe_error(error: dict) -> str:
     if field == "body" and error.get("type") == "model_attributes_type" and isinstance(sent, (str, bytes)):
         return ("body: it arrived as text, not as JSON: send one JSON object of fields with the header "
                 "Content-Type: application/json.")
+    if field == "body" and error.get("type") in ("missing", "model_attributes_type", "dict_type"):
+        got = "nothing" if error.get("type") == "missing" else f"a JSON {settings.json_kind(sent)}"
+        return f'body: send one JSON object of fields, e.g. {{"prompt": "snowy mountains"}}, got {got}.'
+    if field.split(".")[0] == "condition" and error.get("type") == "string_type":
+        return f"condition must be an image as base64 text or a data URL, got {settings.shown(sent)}."
+    if error.get("type") == "too_short":
+        return f"{field} must hold at least one value, got {settings.shown(sent)}."
+    if field.startswith("query.") and error.get("type") in ("int_parsing", "int_type"):
+        return f"{field.removeprefix('query.')} must be a whole number, got {settings.shown(sent)}."
     name, *item = field.split(".")
     if error.get("type") != "extra_forbidden" and ("input" in error or error.get("type") == "missing"):
         # a parameter's value out of its type or range, or missing: the sentence the command and batch give

@@ -28,8 +28,8 @@ from ..conditions import load_condition_image, prepare_condition
 from ..metadata import save_png
 from ..precision import NonFiniteError
 from . import viewer
-from .generation import MISSING_CONDITION, PanoramaModel
-from .schema import CONTROL_FIELDS, FIELDS, UINT32_MAX, FieldError, Limits, PredictionRequest, describe_error
+from .generation import PanoramaModel
+from .schema import CONTROL_FIELDS, FIELDS, FieldError, Limits, PredictionRequest, describe_error
 from .uploads import save_condition
 
 # Where each input goes on the page (the rest of FIELDS: at the top, in settings' order).
@@ -101,8 +101,9 @@ def parameter_input(name: str, value, model: PanoramaModel, limits: Limits, **op
         return gr.Slider(low, high, value=value, step=step, **common)
     if parameter.unset is not None and common["info"] == parameter.help:
         common["info"] = f"{parameter.help}; empty: {parameter.unset}"
-    return gr.Number(**{"value": value, "precision": 0 if parameter.kind is int else None,
-                        "minimum": parameter.minimum, "maximum": parameter.maximum, **common})
+    # No precision (Gradio would round 7.5 to a seed of 8) and no bounds (Gradio would refuse in its
+    # own words): the request's checks refuse such values with the command's sentences.
+    return gr.Number(**{"value": value, **common})
 
 
 def page_values(names: tuple[str, ...], values) -> dict:
@@ -169,7 +170,9 @@ def build_ui(model: PanoramaModel, limits: Limits, out_dir: str | Path) -> gr.Bl
             given = PredictionRequest(**fields).given()
             if model.control:
                 if not all(condition_paths):
-                    raise FieldError("condition", "Upload a condition for every ControlNet. " + MISSING_CONDITION)
+                    raise FieldError("condition", "Upload a condition for every ControlNet: the image the panorama "
+                                                  "follows (an edge map of the canvas's size, or a photo with preprocess "
+                                                  "\"canny\").")
                 given["condition"] = [load_condition_image(path, limits.max_pixels) for path in condition_paths]
             parameters = model.prepare(given, limits)
         except ValidationError as error:
@@ -273,7 +276,7 @@ def build_ui(model: PanoramaModel, limits: Limits, out_dir: str | Path) -> gr.Bl
                     for name in SPEED_INPUTS:
                         add(name)
                 with gr.Row():
-                    add("seed", minimum=0, maximum=UINT32_MAX, info=None)
+                    add("seed", info=None)
                     randomize = gr.Checkbox(value=True, label="new random seed each time", elem_id="randomize")
                     dice = gr.Button("new random seed", elem_id="dice")
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
