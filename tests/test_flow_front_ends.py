@@ -5,6 +5,9 @@ any weights load. Tiny random-weight models, offline."""
 
 import dataclasses
 import json
+import shutil
+
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -86,6 +89,7 @@ def hub(tmp_path, monkeypatch):
     import huggingface_hub
 
     cache = tmp_path / "hub-cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))  # models.configs_cache
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
@@ -109,36 +113,59 @@ def test_a_cached_hub_model_is_known_before_it_loads(tmp_path, hub):
 
 
 def test_an_uncached_hub_model_has_its_configs_fetched_alone_before_it_loads(tmp_path, hub, monkeypatch):
-    """Online, a hub model not in the cache has its configs fetched on their own (no weights), so
-    batch, evaluate and serve know its family's defaults from the start; when even they cannot be had
-    (a gated model without a token) it is known once loaded, as before."""
+    """Online, a hub model not in the cache has its configs fetched on their own (no weights), kept
+    beside the Hugging Face cache, so batch, evaluate and serve know its family's defaults from the
+    start, and offline later it is still "not in the local cache" (its weights are not) rather than
+    a loader's traceback; when even the configs cannot be had (a gated model without a token) it is
+    known once loaded, as before."""
     import huggingface_hub
+    from huggingface_hub.utils import filter_repo_objects
 
     dev = tmp_path / "dev"
     FluxPipeline(**tiny_random_flux_components()).save_pretrained(dev)
-    fetched = configs_only(dev, tmp_path / "fetched")
     asked = []
 
-    def snapshot_download(repo_id, allow_patterns=None, **options):
-        asked.append((repo_id, allow_patterns))
-        return str(fetched)
+    def snapshot_download(repo_id, allow_patterns=None, cache_dir=None, **options):
+        """The hub's client, faked: the files the patterns keep, in the cache's layout."""
+        asked.append((repo_id, cache_dir))
+        files = [str(path.relative_to(dev)) for path in dev.rglob("*") if path.is_file()]
+        snapshot = Path(cache_dir) / f"models--{repo_id.replace('/', '--')}" / "snapshots" / "0123abcd"
+        for name in filter_repo_objects(files, allow_patterns=allow_patterns):
+            (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(dev / name, snapshot / name)
+        (snapshot.parents[1] / "refs").mkdir(exist_ok=True)
+        (snapshot.parents[1] / "refs" / "main").write_text("0123abcd")
+        return str(snapshot)
 
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub, "model_info", lambda repo_id, timeout=None: None)  # it exists
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     source = models.resolve_model("someone/tiny-dev")
-    assert asked == [("someone/tiny-dev", models.CONFIG_FILES)]
-    assert not any(pattern.endswith((".safetensors", ".bin", "*")) for pattern in models.CONFIG_FILES)
+    assert asked == [("someone/tiny-dev", models.configs_cache())] and tmp_path in models.configs_cache().parents
+    fetched = {str(path.relative_to(models.configs_cache())).split("/", 3)[-1]
+               for path in models.configs_cache().rglob("*") if path.is_file() and "snapshots" in path.parts}
+    assert fetched and all(name.endswith(".json") for name in fetched), fetched  # no weights, no tokenizer
     assert (source.family, source.variant, source.geometry) == ("FLUX.1", None, models.resolve_model(str(dev)).geometry)
     assert settings.recommended_of(source) == {"guidance_scale": 3.5}
+    assert models.resolve_model("someone/tiny-dev") == source and len(asked) == 1  # the fetched configs serve again
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ValueError, match="is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"):
+        models.resolve_model("someone/tiny-dev")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
 
     def gated(repo_id, **options):
         raise huggingface_hub.errors.GatedRepoError("gated", response=None)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", gated)
-    source = models.resolve_model("someone/tiny-dev")
+    source = models.resolve_model("someone/gated-dev")
     assert (source.kind, source.family, source.geometry) == ("hub", None, None)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **options: str(tmp_path / "empty"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="has no model_index.json: it is not a diffusers model"):
+        models.resolve_model("someone/a-checkpoint-repo")
 
 
 def test_generate_with_the_folder_and_reproduce_it_from_the_png(folder, tmp_path, capsys):

@@ -229,7 +229,8 @@ def make_panorama(args: argparse.Namespace, request: dict, source: ModelSource, 
         pipe.enable_sync_checkpointing()
     if source.geometry is None:  # a hub model or a checkpoint file: its shape is known only now
         request.update(settings.fill_canvas(request, settings.geometry_of_pipeline(pipe)))
-    if source.family is None:  # a hub model first seen now: its family's defaults, where nothing else set them
+    if source.family is None:  # a hub model whose configs could not be had: its family's defaults, where nothing
+        # else set them
         explicit = set(settings.given_options(args))
         if args.from_png:
             from .metadata import read_parameters

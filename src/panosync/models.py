@@ -129,6 +129,9 @@ def resolve_model(model: str) -> ModelSource:
         configs = _hub_configs(model)
         if configs is None:  # its family, variant and shape are known once it has loaded
             return ModelSource("hub", model)
+        if not (configs / "model_index.json").is_file():
+            raise ValueError(f"{model} on the Hugging Face hub has no model_index.json: it is not a diffusers model; "
+                             f"give a diffusers repository, or a .safetensors checkpoint file.")
         family = family_of_model_index(_readable_index(configs, model), f"Model {model}")
         variant = variant_of_folder(configs, family)
         return ModelSource("hub", model, geometry_of_folder(configs), family, variant=variant)
@@ -150,21 +153,33 @@ def _readable_index(folder: Path, model: str) -> dict:
 CONFIG_FILES = ["model_index.json", "*/config.json", "scheduler/scheduler_config.json"]
 
 
+def configs_cache() -> Path:
+    """Where configs fetched alone are kept: beside, not in, the Hugging Face cache, whose
+    model_index.json alone would make a model look downloaded (`_check_hub_model`) when its
+    weights are not."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "panosync" / "hub-configs"
+
+
 def _hub_configs(repo_id: str) -> Path | None:
-    """The folder of a hub model's configs: its snapshot in the local cache, else (online) one fetched
-    with the configs alone; None when neither can be had (a gated model without a token, say), and
-    the model is then known once it has loaded, as before."""
+    """The folder of a hub model's configs: its snapshot in the local cache (or in configs_cache),
+    else (online) one fetched with the configs alone; a partly cached model's, with its family but
+    perhaps not its shape, when nothing better can be had; None when none can be had (a gated model
+    without a token, say), and the model is then known once it has loaded, as before."""
     from huggingface_hub import snapshot_download, try_to_load_from_cache
 
-    cached = try_to_load_from_cache(repo_id, "model_index.json")
-    if isinstance(cached, str):
-        return Path(cached).parent
+    partial = None
+    for cache_dir in (None, configs_cache()):
+        cached = try_to_load_from_cache(repo_id, "model_index.json", cache_dir=cache_dir)
+        if isinstance(cached, str):
+            if geometry_of_folder(Path(cached).parent) is not None:
+                return Path(cached).parent
+            partial = partial or Path(cached).parent
     if _hub_is_offline():
-        return None
+        return partial
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=CONFIG_FILES))
+        return Path(snapshot_download(repo_id, allow_patterns=CONFIG_FILES, cache_dir=configs_cache()))
     except Exception:  # noqa: BLE001 — whatever the hub answers, loading will say it in its own words
-        return None
+        return partial
 
 
 def load_vae(vae: str, dtype: torch.dtype):

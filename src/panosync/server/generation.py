@@ -80,7 +80,7 @@ class PanoramaModel:
             pipe = load_pipeline(source, device, precision, config=model_config, vae=vae)
         else:
             pipe = load_control_pipeline(source, controlnet_sources, device, precision, config=model_config, vae=vae)
-        if source.family is None:  # a hub model first seen now: its family is known once loaded
+        if source.family is None:  # a hub model whose configs could not be had: its family is known once loaded
             source = dataclasses.replace(source, family=family_of_pipeline(pipe), variant=variant_of_pipeline(pipe))
         if not controlnets:
             return cls(pipe, model, settings.model_defaults(source), model_config, view_batch_size)

@@ -93,7 +93,7 @@ def parameter_input(name: str, value, model: PanoramaModel, limits: Limits, **op
         step = model.geometry.window_multiple * model.vae_factor
         if not step:
             return gr.Number(value=value, precision=0, interactive=False, **common)
-        return gr.Number(value=value, precision=0, minimum=step, step=step, **common)
+        return gr.Number(value=value, step=step, **common)  # as typed, for the checks' sentences (below)
     if name == "controlnet_conditioning_scale":
         value = value[0]
     if name in SLIDER_SPANS and value is not None:
@@ -276,7 +276,7 @@ def build_ui(model: PanoramaModel, limits: Limits, out_dir: str | Path) -> gr.Bl
                     for name in SPEED_INPUTS:
                         add(name)
                 with gr.Row():
-                    add("seed", info=None)
+                    add("seed", info=f"0 to {settings.UINT32_MAX}")
                     randomize = gr.Checkbox(value=True, label="new random seed each time", elem_id="randomize")
                     dice = gr.Button("new random seed", elem_id="dice")
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
