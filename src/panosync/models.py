@@ -126,7 +126,7 @@ def resolve_model(model: str) -> ModelSource:
         raise ValueError(f"No such model file or folder: {model}.")
     if HUB_ID.match(model):
         _check_hub_model(model)
-        configs = _hub_configs(model)
+        configs, geometry = _hub_configs(model)
         if configs is None:  # its family, variant and shape are known once it has loaded
             return ModelSource("hub", model)
         if not (configs / "model_index.json").is_file():
@@ -134,7 +134,7 @@ def resolve_model(model: str) -> ModelSource:
                              f"give a diffusers repository, or a .safetensors checkpoint file.")
         family = family_of_model_index(_readable_index(configs, model), f"Model {model}")
         variant = variant_of_folder(configs, family)
-        return ModelSource("hub", model, geometry_of_folder(configs), family, variant=variant)
+        return ModelSource("hub", model, geometry, family, variant=variant)
     raise ValueError(
         f"Unknown model {model!r}: give a bundled model ({', '.join([*BUNDLED, *bundled_model_names()])}), a diffusers folder, a .safetensors "
         f"checkpoint, or a Hugging Face model id such as stabilityai/stable-diffusion-2-base."
@@ -160,26 +160,29 @@ def configs_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "panosync" / "hub-configs"
 
 
-def _hub_configs(repo_id: str) -> Path | None:
-    """The folder of a hub model's configs: its snapshot in the local cache (or in configs_cache),
-    else (online) one fetched with the configs alone; a partly cached model's, with its family but
-    perhaps not its shape, when nothing better can be had; None when none can be had (a gated model
-    without a token, say), and the model is then known once it has loaded, as before."""
+def _hub_configs(repo_id: str) -> tuple[Path | None, Geometry | None]:
+    """The folder of a hub model's configs and the geometry they give: its snapshot in the local
+    cache (or in configs_cache), else (online) one fetched with the configs alone; a partly cached
+    model's, with its family but perhaps not its shape, when nothing better can be had; (None, None)
+    when none can be had (a gated model without a token, say), and the model is then known once it
+    has loaded, as before."""
     from huggingface_hub import snapshot_download, try_to_load_from_cache
 
-    partial = None
+    partial = None, None
     for cache_dir in (None, configs_cache()):
         cached = try_to_load_from_cache(repo_id, "model_index.json", cache_dir=cache_dir)
         if isinstance(cached, str):
-            if geometry_of_folder(Path(cached).parent) is not None:
-                return Path(cached).parent
-            partial = partial or Path(cached).parent
+            geometry = geometry_of_folder(Path(cached).parent)
+            if geometry is not None:
+                return Path(cached).parent, geometry
+            partial = partial if partial[0] else (Path(cached).parent, None)
     if _hub_is_offline():
         return partial
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=CONFIG_FILES, cache_dir=configs_cache()))
+        fetched = Path(snapshot_download(repo_id, allow_patterns=CONFIG_FILES, cache_dir=configs_cache()))
     except Exception:  # noqa: BLE001 — whatever the hub answers, loading will say it in its own words
         return partial
+    return fetched, geometry_of_folder(fetched)
 
 
 def load_vae(vae: str, dtype: torch.dtype):
