@@ -46,6 +46,13 @@ results: setup
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
+# The fast tier (docs/development.md#test-tiers): every test but the slow, Ray, browser, benchmark
+# and training ones; under 90 s on 2 idle cores. `make test` (and CI) still runs every test.
+FAST_TIER := not slow and not ray and not browser and not benchmark and not training
+.PHONY: test-fast
+test-fast: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "$(FAST_TIER)"
+
 # The GPU check (benchmarks/gpu_check.py): gpu-bundle, here, fills .gpu-bundle/ with the wheels and
 # LPIPS weights the bare GPU machine lacks; gpu-check, there, installs them and writes
 # benchmarks/GPU.md and GPU.json. Carry .gpu-bundle with the repository to the GPU machine.

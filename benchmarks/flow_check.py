@@ -89,11 +89,11 @@ def real_size_components(family: str) -> dict:
 
 def build(family: str, smoke: bool, device: str, dtype: torch.dtype):
     """The family's pipeline on `device` in `dtype`: real-size on a GPU, tiny.py's in a smoke run."""
-    from panosync.flux import SyncFluxPipeline
+    from panosync.flux import SyncDiffusionFluxPipeline
     from panosync.sd3 import SyncDiffusion3Pipeline
     from panosync.tiny import tiny_random_flux_components, tiny_random_sd3_components
 
-    kind = SyncDiffusion3Pipeline if family == "SD3.5 medium" else SyncFluxPipeline
+    kind = SyncDiffusion3Pipeline if family == "SD3.5 medium" else SyncDiffusionFluxPipeline
     if smoke:
         components = (tiny_random_sd3_components if kind is SyncDiffusion3Pipeline else tiny_random_flux_components)()
     else:
@@ -116,7 +116,8 @@ def canvas(smoke: bool) -> dict:
 def timed_run(pipe, device: str, smoke: bool, fast_modes: tuple[str, ...]) -> dict:
     """One panorama, synced in its first SYNCED of STEPS steps, one view per network call: the
     medians of its synced and plain steps, and its peak memory."""
-    from gpu_check import StepTimes, free_memory, image_figures
+    from gpu.harness import free_memory
+    from gpu.parts import StepTimes, image_figures
 
     free_memory(device)
     if device == "cuda":
@@ -132,7 +133,7 @@ def timed_run(pipe, device: str, smoke: bool, fast_modes: tuple[str, ...]) -> di
 
 def flow_part(check) -> None:
     """The part's runs, each recorded by the check (a failure is a row, not the end of the part)."""
-    from gpu_check import free_memory
+    from gpu.harness import free_memory
 
     plan = check.plan
     dtype = torch.float32 if plan.smoke else torch.bfloat16

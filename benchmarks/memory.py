@@ -29,8 +29,8 @@ from speed import load_average, machine, reset_peak_memory, resident_memory, sd2
 
 
 def child(job: dict) -> dict:
-    from panosync.fast import SyncShortcuts
     from panosync.pipeline import SyncDiffusionPipeline
+    from panosync.sync import SyncModels, sync_step
 
     torch.set_num_threads(1)
     pipe = SyncDiffusionPipeline(**sd2_base_components(smoke=False))
@@ -38,19 +38,19 @@ def child(job: dict) -> dict:
     weights = sum(p.numel() * p.element_size() for m in (pipe.unet, pipe.vae, pipe.text_encoder) for p in m.parameters())
     if job["what"] == "sync pass":
         perceptual = pipe.perceptual_distance()
-        embeddings = pipe.encode_prompt("a photo of a mountain range", "", "cpu")
+        embeddings = pipe.backbone.encode_prompt(["a photo of a mountain range"], [""], "cpu")
         pipe.scheduler.set_timesteps(50)
         t = pipe.scheduler.timesteps[0]
         x = torch.randn((1, 4, 64, 64), generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             target = perceptual.target_features(pipe.decode_to_unit(x) * 2 - 1)
 
-        def noise_of(latent, views):
-            return pipe.guided_noise(latent, t, embeddings, 7.5)
+        models = SyncModels(lambda latent: pipe.backbone.guided_prediction(latent, t, embeddings, 7.5),
+                            lambda latent, prediction: pipe.scheduler.step(prediction, t, latent).pred_original_sample,
+                            pipe.foreseen_image, lambda images: perceptual(images * 2 - 1, target))
 
         def work():
-            pipe.sync_gradient_and_noise(x, t, None, noise_of, lambda images: perceptual(images * 2 - 1, target),
-                                         SyncShortcuts())
+            sync_step(x, 1.0, models)
     else:
         latent = torch.randn((1, 4, 64, job["width"] // 8), generator=torch.Generator().manual_seed(0))
 

@@ -233,7 +233,7 @@ def diffusers_panorama(pipe):
     window and factor instead (the stride is ours), and nothing else changes."""
     from diffusers import StableDiffusionPanoramaPipeline
 
-    window, factor = pipe.window, pipe.vae_factor
+    window, factor = pipe.window, pipe.vae_scale_factor
 
     class PanoramaForThisWindow(StableDiffusionPanoramaPipeline):
         view_stride = 8
@@ -300,7 +300,7 @@ def run_mode(setup: Setup, mode: Mode, seeds: list[int], out: Path) -> dict:
     torch.set_num_threads(setup.threads)
     pipe = load(setup)
     options = dict(mode.options)
-    factor, window = pipe.vae_factor, pipe.window
+    factor, window = pipe.vae_scale_factor, pipe.window
     view_count = len(views_for_canvas(setup.height // factor, setup.width // factor, window, setup.stride))
     chunk = default_view_batch_size(setup.device, window * factor, view_count)
     if options.get("sync_decoder") == "random-taesd":
@@ -364,15 +364,16 @@ def count_flops(setup: Setup) -> dict:
     """FLOPs of each pass of one view and of the final decode, and the per-mode totals of one panorama."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from panosync.fast import SyncShortcuts
+    from panosync.fast import FastModes
+    from panosync.sync import SyncModels, sync_step
     from panosync.views import views_for_canvas
 
     torch.set_num_threads(setup.threads)
     pipe = load(setup)
-    factor, window = pipe.vae_factor, pipe.window
+    factor, window = pipe.vae_scale_factor, pipe.window
     device, dtype = setup.device, getattr(torch, setup.dtype)
     views = len(views_for_canvas(setup.height // factor, setup.width // factor, window, setup.stride))
-    embeddings = pipe.encode_prompt(PROMPT, "", device)
+    embeddings = pipe.backbone.encode_prompt([PROMPT], [""], device)
     pipe.scheduler.set_timesteps(setup.steps, device=device)
     t = pipe.scheduler.timesteps[0]
     x = torch.randn((1, 4, window, window), generator=torch.Generator().manual_seed(0)).to(device)
@@ -383,26 +384,29 @@ def count_flops(setup: Setup) -> dict:
             work()
         return counter.get_total_flops()
 
-    def noise_of(latent, batch_views=None):
-        return pipe.guided_noise(latent, t, embeddings, setup.guidance_scale)
+    def noise_of(latent):
+        return pipe.backbone.guided_prediction(latent, t, embeddings, setup.guidance_scale)
 
-    def anchor_pass(shortcuts):
+    def original(latent, prediction):
+        return pipe.scheduler.step(prediction, t, latent).pred_original_sample
+
+    def anchor_pass(fast):
         with torch.no_grad():
-            step = pipe.scheduler.step(noise_of(x), t, x)
-            return perceptual.target_features(pipe.foreseen_image(step.pred_original_sample, shortcuts) * 2 - 1)
+            return perceptual.target_features(pipe.foreseen_image(original(x, noise_of(x)), fast) * 2 - 1)
 
-    def gradient_pass(shortcuts):
-        target = anchor_pass(shortcuts)
-        return lambda: pipe.sync_gradient_and_noise(x, t, None, noise_of,
-                                                    lambda images: perceptual(images * 2 - 1, target), shortcuts)
+    def gradient_pass(fast):
+        target = anchor_pass(fast)
+        models = SyncModels(noise_of, original, lambda x0: pipe.foreseen_image(x0, fast),
+                            lambda images: perceptual(images * 2 - 1, target))
+        return lambda: sync_step(x, 1.0, models, prediction_is_constant=fast.no_unet_backward)
 
     decoder = on_device(taesd_shaped_decoder(factor), setup)
     variants = {
-        "faithful": SyncShortcuts(),
-        "no_unet_backward": SyncShortcuts(no_unet_backward=True),
-        "scale": SyncShortcuts(image_scale=0.5),
-        "decoder": SyncShortcuts(decoder=decoder),
-        "nub_scale": SyncShortcuts(no_unet_backward=True, image_scale=0.5),
+        "faithful": FastModes(),
+        "no_unet_backward": FastModes(no_unet_backward=True),
+        "scale": FastModes(image_scale=0.5),
+        "decoder": FastModes(decoder=decoder),
+        "nub_scale": FastModes(no_unet_backward=True, image_scale=0.5),
     }
     with torch.no_grad():
         unet = flops(lambda: noise_of(x))

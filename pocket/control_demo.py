@@ -60,7 +60,7 @@ def main(argv=None):
     settings = recommended_settings(source.ref)
     pipe = load_control_pipeline(source, ["pocket-canny"])
     pipe.set_progress_bar_config(disable=True)
-    size = pipe.window * pipe.vae_factor
+    size = pipe.window * pipe.vae_scale_factor
     width = args.windows * size
     landscape = render_landscape(CONDITION_SOURCE, args.condition_seed, width=width, height=size)
     condition = canny_edges(PIL.Image.fromarray(landscape))

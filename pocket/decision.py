@@ -30,7 +30,7 @@ args = parser.parse_args()
 assert len({value[0] for value in ATTRIBUTES[args.attribute]}) == len(ATTRIBUTES[args.attribute])
 
 pipe = load_pipeline(args.model)
-embeddings = pipe.encode_prompt(args.prompt, "", pipe.device)
+embeddings = pipe.backbone.encode_prompt([args.prompt], [""], pipe.device)
 window = pipe.window
 
 
@@ -48,7 +48,7 @@ with torch.no_grad():
         x = x * pipe.scheduler.init_noise_sigma
         letters = ""
         for t in pipe.scheduler.timesteps:
-            step = pipe.scheduler.step(pipe.guided_noise(x, t, embeddings, args.guidance_scale), t, x)
+            step = pipe.scheduler.step(pipe.backbone.guided_prediction(x, t, embeddings, args.guidance_scale), t, x)
             letters += letter(step.pred_original_sample)
             x = step.prev_sample
         final = letter(x)

@@ -12,7 +12,7 @@ import PIL.Image
 from panosync.bundled import bundled_model_folder, recommended_settings
 from panosync.files import write_atomically
 from panosync.models import load_pipeline
-from .panorama_bars import labelled
+from .bar_report import labelled
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--out", default="docs/demo.png")

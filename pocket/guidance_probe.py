@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from .panorama_bars import REFERENCE_SEEDS_FROM, named_share, shared_settings, windows
+from .bar_measures import REFERENCE_SEEDS_FROM, named_share, windows
+from .panorama_bars import shared_settings
 from .quality import load_for_measurement
 
 TERRAIN_PROMPTS = {"mountains": "snowy mountains", "hills": "green hills at sunset"}

@@ -44,11 +44,11 @@ def sample_windows(pipe, prompt: str, seeds: list[int], steps: int = 50, guidanc
     window, channels = pipe.window, pipe.unet.config.in_channels
     noise = torch.cat([torch.randn((1, channels, window, window), generator=torch.Generator().manual_seed(s))
                        for s in seeds])
-    embeddings = pipe.encode_prompt(prompt, negative_prompt, pipe.device)
+    embeddings = pipe.backbone.encode_prompt([prompt], [negative_prompt], pipe.device)
     pipe.scheduler.set_timesteps(steps)
     latents = noise * pipe.scheduler.init_noise_sigma
     for t in pipe.scheduler.timesteps:
-        latents = pipe.scheduler.step(pipe.guided_noise(latents, t, embeddings, guidance_scale), t, latents).prev_sample
+        latents = pipe.scheduler.step(pipe.backbone.guided_prediction(latents, t, embeddings, guidance_scale), t, latents).prev_sample
     images = pipe.decode_to_unit(latents).permute(0, 2, 3, 1).cpu().numpy()
     return (images * 255).round().astype(np.uint8)
 
@@ -151,7 +151,7 @@ def main(argv=None):
     pipe, settings = load_for_measurement(args.model)
     steps = settings.get("num_inference_steps", 50)
     guidance = settings.get("guidance_scale", 7.5)
-    size = pipe.window * pipe.vae_factor
+    size = pipe.window * pipe.vae_scale_factor
     report: dict = {"model": args.model, "settings": settings}
 
     images, _, attributes = make_dataset(300, seed=12345, size=size)

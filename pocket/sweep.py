@@ -43,7 +43,7 @@ args = parser.parse_args()
 pipe = load_pipeline(args.model)
 pipe.set_progress_bar_config(disable=True)
 lpips = load_lpips("vgg")
-size = pipe.window * pipe.vae_factor
+size = pipe.window * pipe.vae_scale_factor
 fast_choices = [[mode for mode in modes if mode != "none"] for modes in (args.fast or [["none"]])]
 for steps, stride, guidance, weight, decay, threshold, fast in itertools.product(
         args.steps, args.strides, args.guidance, args.weights, args.decays, args.thresholds, fast_choices):

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from panosync.models import load_pipeline
-from panosync.views import crop
+from panosync.views import crop, views_for_canvas
 
 from .classify import classify_time
 from .quality import crop_times
@@ -32,12 +32,13 @@ args = parser.parse_args()
 
 pipe = load_pipeline(args.model)
 pipe.set_progress_bar_config(disable=True)
-size = pipe.window * pipe.vae_factor
-request = pipe.prepare_request(args.prompt, "", args.windows * size, size, args.guidance_scale, args.sync_weight,
-                               args.sync_decay_rate, 1, None, args.steps, args.stride, args.seed, False, None, None,
-                               None, 32, "np", args.fast)
-embeddings = pipe.encode_prompt(args.prompt, "", pipe.device)
-print(f"{len(request.views)} views, anchor {request.anchor}")
+size = pipe.window * pipe.vae_scale_factor
+call = dict(width=args.windows * size, height=size, guidance_scale=args.guidance_scale, sync_weight=args.sync_weight,
+            sync_decay_rate=args.sync_decay_rate, num_inference_steps=args.steps, stride=args.stride, seed=args.seed,
+            view_batch_size=32, output_type="np", fast_modes=args.fast)
+views = views_for_canvas(1, args.windows * pipe.window, pipe.window, args.stride)
+embeddings = pipe.backbone.encode_prompt([args.prompt], [""], pipe.device)
+print(f"{len(views)} views, anchor {len(views) // 2}")
 
 
 @torch.no_grad()
@@ -47,15 +48,15 @@ def foreseen_times(pipe, step, t, values):
         t_next = timesteps[step + 1]
         alpha = pipe.scheduler.alphas_cumprod[t_next]
         letters = ""
-        for view in request.views:
+        for view in views:
             x = crop(values["latents"], view)
-            noise = pipe.guided_noise(x, t_next, embeddings, args.guidance_scale, [view])
+            noise = pipe.backbone.guided_prediction(x, t_next, embeddings, args.guidance_scale, [view])
             original = (x - (1 - alpha).sqrt() * noise) / alpha.sqrt()
             image = pipe.decode_to_unit(original)[0].permute(1, 2, 0).cpu().numpy()
             letters += classify_time((image * 255).round().astype(np.uint8))[0]
         print(f"after step {step:2d} (sync w {values['sync_weight']:.3g}): {letters}", flush=True)
 
 
-image = pipe.generate(request, foreseen_times).images[0]
+image = pipe(args.prompt, **call, callback_on_step_end=foreseen_times).images[0]
 image = (image * 255).round().astype(np.uint8)
 print("final crops:", crop_times(image, size))

@@ -26,7 +26,7 @@ import numpy as np
 
 from panosync.files import write_atomically
 from panosync.views import views_for_canvas
-from .panorama_bars import panorama
+from .bar_measures import panorama
 from .quality import load_for_measurement
 
 PROMPT = "a landscape"
@@ -78,9 +78,9 @@ def summary(figures: list[dict]) -> dict:
 
 def measure(pipe, prompt: str, seeds: list[int], width: int, settings: dict, sync: dict, anchor_at_wrap: bool) -> dict:
     """One method's wrap figures over loop-closed panoramas of `seeds`."""
-    size = pipe.window * pipe.vae_factor
+    size = pipe.window * pipe.vae_scale_factor
     stride = settings.get("stride") or pipe.window // 4
-    boundaries = boundary_columns(width, size, pipe.window, stride, pipe.vae_factor)
+    boundaries = boundary_columns(width, size, pipe.window, stride, pipe.vae_scale_factor)
     per_panorama = []
     placed = {**sync, "loop_closure": True, "anchor": 0 if anchor_at_wrap else None}
     for seed in seeds:
@@ -129,7 +129,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     started = time.time()
     pipe, settings = load_for_measurement(args.model)
-    size = pipe.window * pipe.vae_factor
+    size = pipe.window * pipe.vae_scale_factor
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     synced = {k: v for k, v in settings.items() if k.startswith("sync_") or k == "fast_modes"}
     methods = {"MultiDiffusion": ({"sync_weight": 0.0}, False), "SyncDiffusion": (synced, False),

@@ -38,7 +38,7 @@ def reference_panorama(pipe, prompt, negative_prompt, width, height, noise, *, g
     def decode(latents):
         return (vae.decode((latents / vae.config.scaling_factor).to(dtype)).sample.float() / 2 + 0.5).clamp(0, 1)
 
-    factor = pipe.vae_factor
+    factor = pipe.vae_scale_factor
     views = views_for_canvas(height // factor, width // factor, pipe.window, stride, loop_closure)
     columns = [torch.tensor(v.column_indices(width // factor), device=device) for v in views]
     views = [(v.top, v.bottom, v.left, v.right) for v in views]

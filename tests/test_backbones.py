@@ -38,7 +38,7 @@ def quiet(pipe):
 
 def both(ours, theirs, noise, prompt="a land", ours_kwargs=None, theirs_kwargs=None):
     """Our one-window panorama and diffusers' image, as final latents and as decoded images."""
-    side = ours.window * ours.vae_factor
+    side = ours.window * ours.vae_scale_factor
     canvas = dict(width=side, height=side, num_inference_steps=STEPS, latents=noise)
     results = {}
     for output_type in ("latent", "np"):
@@ -80,7 +80,7 @@ def test_one_window_controlsync_is_stable_diffusion_controlnet_pipelines_image()
     theirs = quiet(StableDiffusionControlNetPipeline(**components, controlnet=MultiControlNetModel(nets),
                                                      safety_checker=None, feature_extractor=None,
                                                      requires_safety_checker=False))
-    side = ours.window * ours.vae_factor
+    side = ours.window * ours.vae_scale_factor
     generator = torch.Generator().manual_seed(4)
     conditions = [torch.rand((1, 3, side, side), generator=generator) for _ in nets]
     scales = [0.7, 1.3]
@@ -130,7 +130,7 @@ def test_one_window_controlsync_xl_is_stable_diffusion_xl_controlnet_pipelines_i
     ours = quiet(ControlSyncXLPipeline(**xl_components, controlnet=nets))
     theirs = quiet(StableDiffusionXLControlNetPipeline(**xl_components, controlnet=MultiControlNetModel(nets),
                                                        add_watermarker=False))
-    side = ours.window * ours.vae_factor
+    side = ours.window * ours.vae_scale_factor
     generator = torch.Generator().manual_seed(6)
     conditions = [torch.rand((1, 3, side, side), generator=generator) for _ in nets]
     inputs = dict(image=conditions, controlnet_conditioning_scale=[0.7, 1.3], guidance_scale=5.0)

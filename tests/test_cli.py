@@ -27,7 +27,7 @@ def model_folder(tmp_path_factory, sync_pipe):
 
 def test_from_pretrained_loads_a_stable_diffusion_folder_with_ddim(model_folder, sync_pipe):
     pipe = SyncDiffusionPipeline.from_pretrained(model_folder)
-    assert isinstance(pipe.scheduler, DDIMScheduler) and pipe.window == 16 and pipe.vae_factor == 2
+    assert isinstance(pipe.scheduler, DDIMScheduler) and pipe.window == 16 and pipe.vae_scale_factor == 2
     kwargs = dict(width=64, height=32, stride=8, num_inference_steps=2, sync_weight=0, seed=1, output_type="np")
     pipe.set_progress_bar_config(disable=True)
     assert np.array_equal(pipe("a", **kwargs).images, sync_pipe("a", **kwargs).images)

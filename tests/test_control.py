@@ -18,7 +18,7 @@ from panosync.views import View, crop, views_for_canvas
 
 def control_pipe(base, *controlnets):
     """A ControlSyncPipeline on the components of a tiny test pipeline."""
-    nets = controlnets or (random_controlnet_like(base.unet, base.vae_factor),)
+    nets = controlnets or (random_controlnet_like(base.unet, base.vae_scale_factor),)
     pipe = ControlSyncPipeline(**base.components, controlnet=nets[0] if len(nets) == 1 else list(nets))
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -31,7 +31,7 @@ def sync_control(sync_pipe):
 
 
 def noise_for(pipe, width, height, seed=0):
-    shape = (1, 4, height // pipe.vae_factor, width // pipe.vae_factor)
+    shape = (1, 4, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 
@@ -54,7 +54,7 @@ def decode_place(crop_pixels, width, height):
 
 def test_every_pass_of_every_view_gets_its_crop_wrapped_for_loop_closure(sync_control):
     pipe, net = sync_control, sync_control.controlnet
-    width, height, factor = 96, 32, sync_control.vae_factor
+    width, height, factor = 96, 32, sync_control.vae_scale_factor
     views = views_for_canvas(height // factor, width // factor, pipe.window, 8, loop_closure=True)
     condition = coordinate_condition(width, height)
     noise = noise_for(pipe, width, height, seed=5)
@@ -145,7 +145,7 @@ def test_fast_modes_keep_the_condition_in_every_unet_call(sync_control):
 
 
 def test_several_controlnets_add_their_scaled_residuals(small_pipe):
-    net = random_controlnet_like(small_pipe.unet, small_pipe.vae_factor, seed=1)
+    net = random_controlnet_like(small_pipe.unet, small_pipe.vae_scale_factor, seed=1)
     single, double = control_pipe(small_pipe, net), control_pipe(small_pipe, net, copy.deepcopy(net))
     condition = torch.rand(1, 3, 16, 48, generator=torch.Generator().manual_seed(1))
     kwargs = dict(stride=4, num_inference_steps=1, sync_weight=0, seed=2, output_type="latent")
@@ -217,13 +217,13 @@ def test_bad_conditions_are_refused_before_model_work(sync_control, condition, m
     def no_model_work(*args, **kwargs):
         raise AssertionError("the text encoder ran before the condition was checked")
 
-    monkeypatch.setattr(sync_control, "encode_prompt", no_model_work)
+    monkeypatch.setattr(sync_control.backbone, "encode_prompt", no_model_work)
     with pytest.raises(ValueError, match=message):
         sync_control("a", condition, num_inference_steps=1)
 
 
 def test_canvas_defaults_to_the_condition_and_must_fit_the_vae(sync_control, monkeypatch):
-    monkeypatch.setattr(sync_control, "encode_prompt", lambda *a, **k: pytest.fail("model work before the check"))
+    monkeypatch.setattr(sync_control.backbone, "encode_prompt", lambda *a, **k: pytest.fail("model work before the check"))
     with pytest.raises(ValueError, match="not a multiple of 2 .* give the width and height to resize it to"):
         sync_control("a", torch.rand(1, 3, 32, 65))
     with pytest.raises(ValueError, match="The condition is 64x32 pixels but the canvas is 96x32"):

@@ -6,7 +6,8 @@ import torch
 from diffusers import AutoencoderTiny
 
 from panosync.chunks import ViewChunks, default_view_batch_size
-from panosync.fast import SyncShortcuts, decoder_factor
+from panosync.fast import FastModes, decoder_factor
+from panosync.sync import SyncModels, sync_step
 from panosync.views import crop, views_for_canvas
 
 CASE = dict(width=96, height=32, stride=8, num_inference_steps=3, seed=3, output_type="latent")
@@ -40,13 +41,13 @@ def multidiffusion(sync_pipe):
 
 @pytest.mark.parametrize("name", [*FAST_OPTIONS, "decoder"])
 def test_with_sync_off_every_fast_mode_is_multidiffusion(sync_pipe, multidiffusion, name):
-    options = FAST_OPTIONS.get(name) or dict(sync_decoder=tiny_decoder(sync_pipe.vae_factor))
+    options = FAST_OPTIONS.get(name) or dict(sync_decoder=tiny_decoder(sync_pipe.vae_scale_factor))
     assert torch.equal(sync_pipe("a land", sync_weight=0, **options, **CASE).images, multidiffusion)
 
 
 @pytest.mark.parametrize("name", [*FAST_OPTIONS, "decoder"])
 def test_every_fast_mode_changes_a_synced_panorama(sync_pipe, faithful, multidiffusion, name):
-    options = FAST_OPTIONS.get(name) or dict(sync_decoder=tiny_decoder(sync_pipe.vae_factor))
+    options = FAST_OPTIONS.get(name) or dict(sync_decoder=tiny_decoder(sync_pipe.vae_scale_factor))
     fast = sync_pipe("a land", **options, **CASE).images
     assert (fast - faithful).abs().max() > 1e-3
     assert (fast - multidiffusion).abs().max() > 1e-3  # it still syncs
@@ -64,34 +65,38 @@ def test_approximate_gradients_still_pull_views_towards_the_anchor(sync_pipe, na
     # mode's gradient: the approximation keeps the direction that matters.
     pipe = sync_pipe
     options = FAST_OPTIONS[name]
-    shortcuts = pipe.sync_shortcuts(options.get("fast_modes", ()), options.get("sync_image_scale", 1.0), None)
+    fast = pipe.fast_modes(options.get("fast_modes", ()), options.get("sync_image_scale", 1.0))
     noise = torch.randn((1, 4, 16, 48), generator=torch.Generator().manual_seed(11))
     views = views_for_canvas(16, 48, pipe.window, 8)
     anchor = len(views) // 2
-    embeddings = pipe.encode_prompt("a land", "", "cpu")
+    embeddings = pipe.backbone.encode_prompt(["a land"], [""], "cpu")
     pipe.scheduler.set_timesteps(20)
     t = pipe.scheduler.timesteps[0]
     perceptual = pipe.perceptual_distance()
 
-    def noise_of(x, batch_views):
-        return pipe.guided_noise(x, t, embeddings, 7.5, batch_views)
+    def predict(x):
+        return pipe.backbone.guided_prediction(x, t, embeddings, 7.5)
 
-    def foreseen(x, cut):
-        return pipe.foreseen_image(pipe.scheduler.step(noise_of(x, None), t, x).pred_original_sample, cut)
+    def original(x, prediction):
+        return pipe.scheduler.step(prediction, t, x).pred_original_sample
+
+    def foreseen(x, modes):
+        return pipe.foreseen_image(original(x, predict(x)), modes)
 
     with torch.no_grad():
         anchor_latent = crop(noise, views[anchor])
-        faithful_target = perceptual.target_features(foreseen(anchor_latent, SyncShortcuts()) * 2 - 1)
-        fast_target = perceptual.target_features(foreseen(anchor_latent, shortcuts) * 2 - 1)
+        faithful_target = perceptual.target_features(foreseen(anchor_latent, FastModes()) * 2 - 1)
+        fast_target = perceptual.target_features(foreseen(anchor_latent, fast) * 2 - 1)
     others = torch.cat([crop(noise, v) for j, v in enumerate(views) if j != anchor])
-    gradient, _ = pipe.sync_gradient_and_noise(others, t, views, noise_of,
-                                               lambda images: perceptual(images * 2 - 1, fast_target), shortcuts)
+    models = SyncModels(predict, original, lambda x0: pipe.foreseen_image(x0, fast),
+                        lambda images: perceptual(images * 2 - 1, fast_target))
+    moved = sync_step(others, 20.0, models, prediction_is_constant=fast.no_unet_backward).latents
 
     def faithful_distance(x):
         with torch.no_grad():
-            return perceptual(foreseen(x, SyncShortcuts()) * 2 - 1, faithful_target)
+            return perceptual(foreseen(x, FastModes()) * 2 - 1, faithful_target)
 
-    before, after = faithful_distance(others), faithful_distance(others - 20 * gradient)
+    before, after = faithful_distance(others), faithful_distance(moved)
     assert torch.all(after < before), (before, after)
 
 
@@ -131,17 +136,17 @@ def test_image_scale_shrinks_what_lpips_sees(sync_pipe):
         sync_pipe("a land", sync_image_scale=0.5, **{**CASE, "num_inference_steps": 1})
     finally:
         handle.remove()
-    window_pixels = sync_pipe.window * sync_pipe.vae_factor
+    window_pixels = sync_pipe.window * sync_pipe.vae_scale_factor
     assert sizes and set(sizes) == {window_pixels // 2}
 
 
 def test_a_sync_decoder_loads_from_its_folder_and_is_checked(sync_pipe, faithful, tmp_path):
-    decoder = tiny_decoder(sync_pipe.vae_factor, seed=1)
+    decoder = tiny_decoder(sync_pipe.vae_scale_factor, seed=1)
     decoder.save_pretrained(tmp_path / "taesd-like")
     by_module = sync_pipe("a land", sync_decoder=decoder, **CASE).images
     by_folder = sync_pipe("a land", sync_decoder=str(tmp_path / "taesd-like"), **CASE).images
     torch.testing.assert_close(by_folder, by_module, rtol=0, atol=1e-6)
-    assert decoder_factor(decoder) == sync_pipe.vae_factor == 2
+    assert decoder_factor(decoder) == sync_pipe.vae_scale_factor == 2
     with pytest.raises(ValueError, match="1/4 scale, but this model's latents have 4 channels at 1/2"):
         sync_pipe("a land", sync_decoder=tiny_decoder(4), **CASE)
     with pytest.raises(ValueError, match="not a diffusers AutoencoderTiny folder"):
@@ -162,7 +167,7 @@ def test_bad_fast_options_are_refused_before_model_work(sync_pipe, change, messa
     def no_model_work(*args, **kwargs):
         raise AssertionError("the text encoder ran before the input was checked")
 
-    monkeypatch.setattr(sync_pipe, "encode_prompt", no_model_work)
+    monkeypatch.setattr(sync_pipe.backbone, "encode_prompt", no_model_work)
     with pytest.raises(ValueError, match=message):
         sync_pipe("a land", **CASE, **change)
 
@@ -187,11 +192,17 @@ def test_chunks_halve_when_memory_runs_out():
             raise torch.OutOfMemoryError("out of memory")
         return [item * 10 for item in chunk]
 
-    chunks = ViewChunks(8)
-    assert chunks.map(list(range(10)), work) == [item * 10 for item in range(10)]
+    chunks, results = ViewChunks(8), []
+    for chunk in chunks.split(list(range(10))):
+        with chunks.fitting():
+            results.extend(work(chunk))
+    assert results == [item * 10 for item in range(10)]
     assert chunks.size == 2 and calls == [8, 4, 2, 2, 2, 2, 2]
     with pytest.raises(torch.OutOfMemoryError):
-        ViewChunks(1).map([1], lambda chunk: work([1, 2, 3, 4]))
+        lone = ViewChunks(1)
+        for chunk in lone.split([1]):
+            with lone.fitting():
+                work([1, 2, 3, 4])
 
 
 # --- The command ---------------------------------------------------------------------------------

@@ -12,10 +12,11 @@ from diffusers import AutoencoderTiny, FluxPipeline, StableDiffusion3Pipeline
 
 from panosync import settings
 from panosync.backbones.flux import pack, position_ids, unpack
-from panosync.fast import SyncShortcuts
-from panosync.flux import SyncFluxPipeline
+from panosync.fast import FastModes
+from panosync.flux import SyncDiffusionFluxPipeline
 from panosync.sd3 import SyncDiffusion3Pipeline
 from panosync.tiny import tiny_random_flux_components, tiny_random_sd3_components
+from panosync.sync import SyncModels, sync_step
 from panosync.views import crop, views_for_canvas
 
 from in_precision import in_precision
@@ -31,7 +32,7 @@ def components(family, **options):
 
 
 def ours(family, precision="float32", **options):
-    kind = SyncDiffusion3Pipeline if family == "sd3" else SyncFluxPipeline
+    kind = SyncDiffusion3Pipeline if family == "sd3" else SyncDiffusionFluxPipeline
     return in_precision(kind(**components(family, **options)), precision)
 
 
@@ -73,7 +74,7 @@ def test_one_window_is_the_familys_diffusers_image(family, case):
                                   if "guidance_embeds" in options else {}))
     if options.pop("text_encoder_3", "keep") is None:
         built.update(text_encoder_3=None, tokenizer_3=None)
-    mine = in_precision((SyncDiffusion3Pipeline if family == "sd3" else SyncFluxPipeline)(**built), "float32")
+    mine = in_precision((SyncDiffusion3Pipeline if family == "sd3" else SyncDiffusionFluxPipeline)(**built), "float32")
     theirs = (StableDiffusion3Pipeline if family == "sd3" else FluxPipeline)(**built)
     theirs.set_progress_bar_config(disable=True)
     noise = one_window_noise(seed=case + 1)
@@ -132,14 +133,18 @@ def test_a_loop_closed_panorama_wraps_round(pipe):
 # --- the sync step --------------------------------------------------------------------------------------
 
 
-def foresight(pipe, t, conditioning, sampler, shortcuts=SyncShortcuts()):
-    def noise_of(x, views=None):
-        return pipe.guided_noise(x, t, conditioning, 4.0, views)
+def foresight(pipe, t, conditioning, sampler, fast=FastModes()):
+    """The bound networks of a sync step at t: the guided prediction, x̂₀, the foreseen image."""
+    def predict(x):
+        return pipe.backbone.guided_prediction(x, t, conditioning, 4.0)
+
+    def original(x, prediction):
+        return sampler.predicted_original(x, prediction, t)
 
     def foreseen(x):
-        return pipe.foreseen_image(sampler.predicted_original(x, noise_of(x), t), shortcuts)
+        return pipe.foreseen_image(original(x, predict(x)), fast)
 
-    return noise_of, foreseen
+    return predict, original, foreseen
 
 
 @pytest.mark.parametrize("mode", ["faithful", "no_unet_backward"])
@@ -150,24 +155,23 @@ def test_the_sync_step_lowers_the_lpips_distance_to_the_anchor(pipe, mode):
     noise = torch.randn((1, 4, 16, 48), generator=torch.Generator().manual_seed(11))
     views = views_for_canvas(16, 48, 16, 8)
     anchor = len(views) // 2
-    conditioning = pipe.encode_prompt("a land", "", "cpu", max_sequence_length=32)
+    conditioning = pipe.backbone.encode_prompt(["a land"], [""], "cpu", max_sequence_length=32)
     sampler = pipe.backbone.sampler(20, len(views), "cpu")  # shifted for the default window: any schedule will do
     t = sampler.timesteps[0]
-    shortcuts = SyncShortcuts(no_unet_backward=mode == "no_unet_backward")
-    noise_of, foreseen = foresight(pipe, t, conditioning, sampler)
+    predict, original, foreseen = foresight(pipe, t, conditioning, sampler)
     perceptual = pipe.perceptual_distance()
     with torch.no_grad():
         target = perceptual.target_features(foreseen(crop(noise, views[anchor])) * 2 - 1)
     others = torch.cat([crop(noise, v) for j, v in enumerate(views) if j != anchor])
-    gradient, _ = pipe.sync_gradient_and_noise(others, t, views, noise_of,
-                                               lambda images: perceptual(images * 2 - 1, target), shortcuts, sampler)
+    models = SyncModels(predict, original, pipe.foreseen_image, lambda images: perceptual(images * 2 - 1, target))
+    moved = sync_step(others, 20.0, models, prediction_is_constant=mode == "no_unet_backward").latents
 
     def distance(x):
         with torch.no_grad():
             return perceptual(foreseen(x) * 2 - 1, target)
 
-    before, after = distance(others), distance(others - 20 * gradient)
-    assert gradient.abs().sum() > 0
+    before, after = distance(others), distance(moved)
+    assert (moved - others).abs().sum() > 0
     assert torch.all(after < before), (family, before, after)
 
 
@@ -257,7 +261,7 @@ def test_several_views_per_batch_make_the_panorama_one_view_per_batch_makes(fami
         pixels = np.random.default_rng(0).integers(0, 256, (32, 64, 3), dtype=np.uint8)
         options["image"] = PIL.Image.fromarray(pixels)
     else:
-        pipe = (SyncDiffusion3Pipeline if family == "sd3" else SyncFluxPipeline)(**parts)
+        pipe = (SyncDiffusion3Pipeline if family == "sd3" else SyncDiffusionFluxPipeline)(**parts)
     # in float64: float32 batches round differently, which the sync gradient amplifies (test_fast_modes)
     pipe = pipe.to(torch.float64)
     pipe.set_progress_bar_config(disable=True)
@@ -277,14 +281,14 @@ def test_each_family_has_its_default_window_and_takes_others_in_steps_of_its_pat
     sd3, flux = ours("sd3"), ours("flux")
     assert sd3.window == 16 and flux.window == 128  # SD3: its sample_size; FLUX: 1024 pixels at factor 8
     for pipe in (sd3, flux):
-        geometry = settings.geometry_of_pipeline(pipe)
+        geometry = pipe.geometry
         assert geometry.with_window(48).window == 24
         with pytest.raises(settings.SettingError, match="window must be a multiple of 4 pixels"):
             geometry.with_window(34)
     # the tiny SD3's position embedding is 16 patches of 2 latents: 64 pixels at factor 2
     with pytest.raises(settings.SettingError, match="at most 64 pixels for this model"):
-        settings.check(dict(window=72, width=72, height=72), settings.geometry_of_pipeline(sd3))
-    canvas = settings.fill_canvas(dict(window=48), settings.geometry_of_pipeline(flux))
+        settings.check(dict(window=72, width=72, height=72), sd3.geometry)
+    canvas = settings.fill_canvas(dict(window=48), flux.geometry)
     assert (canvas["width"], canvas["height"], canvas["stride"]) == (192, 48, 6)  # the chosen window's canvas
 
 

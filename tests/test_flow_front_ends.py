@@ -15,16 +15,16 @@ import pytest
 from diffusers import FluxPipeline, StableDiffusion3Pipeline
 
 from panosync import models, settings
-from panosync.auto import AutoSyncPipeline
 from panosync.cli import main
-from panosync.flux import SyncFluxPipeline
+from panosync.flux import SyncDiffusionFluxPipeline
 from panosync.metadata import read_parameters
+from panosync.registry import AutoSyncDiffusionPipeline, family_defaults_after_loading
 from panosync.sd3 import SyncDiffusion3Pipeline
 from panosync.server.limits import Limits
 from panosync.tiny import tiny_random_flux_components, tiny_random_sd3_components
 
 FAMILIES = {"sd3": (StableDiffusion3Pipeline, tiny_random_sd3_components, SyncDiffusion3Pipeline, "Stable Diffusion 3/3.5"),
-            "flux": (FluxPipeline, tiny_random_flux_components, SyncFluxPipeline, "FLUX.1")}
+            "flux": (FluxPipeline, tiny_random_flux_components, SyncDiffusionFluxPipeline, "FLUX.1")}
 CANVAS = ["--window", "32", "--width", "64", "--height", "32", "--stride", "8", "--steps", "2"]
 
 
@@ -44,9 +44,9 @@ def test_the_folder_is_picked_by_its_family_before_weights_load(folder):
     geometry = source.geometry  # from the configs alone
     assert geometry.window == (16 if family == "sd3" else 128) and geometry.vae_factor == 2
     assert geometry.window_multiple == 2
-    pipe = AutoSyncPipeline.from_pretrained(path)
+    pipe = AutoSyncDiffusionPipeline.from_pretrained(path)
     assert type(pipe) is ours and type(pipe.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler"
-    assert settings.geometry_of_pipeline(pipe) == geometry
+    assert pipe.geometry == geometry
 
 
 def test_flux_schnell_takes_its_four_steps_by_default_wherever_its_variant_is_read(tmp_path, capsys):
@@ -66,10 +66,10 @@ def test_flux_schnell_takes_its_four_steps_by_default_wherever_its_variant_is_re
         steps[out.stem] = read_parameters(out)["num_inference_steps"]
     assert steps == {"dev2": 3, "schnell0": 4, "schnell2": 2}
     assert settings.recommended_of(models.resolve_model(str(dev))).get("num_inference_steps") is None
-    loaded = AutoSyncPipeline.from_pretrained(schnell)
-    assert settings.family_defaults_after_loading(loaded) == {"guidance_scale": 3.5, "num_inference_steps": 4}
-    assert settings.family_defaults_after_loading(loaded, explicit={"num_inference_steps"}) == {"guidance_scale": 3.5}
-    assert settings.family_defaults_after_loading(AutoSyncPipeline.from_pretrained(dev)) == {"guidance_scale": 3.5}
+    loaded = AutoSyncDiffusionPipeline.from_pretrained(schnell)
+    assert family_defaults_after_loading(loaded) == {"guidance_scale": 3.5, "num_inference_steps": 4}
+    assert family_defaults_after_loading(loaded, explicit={"num_inference_steps"}) == {"guidance_scale": 3.5}
+    assert family_defaults_after_loading(AutoSyncDiffusionPipeline.from_pretrained(dev)) == {"guidance_scale": 3.5}
 
 
 def configs_only(folder, into):

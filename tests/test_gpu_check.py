@@ -1,6 +1,6 @@
-"""benchmarks/gpu_check.py, the GPU check, stays runnable: its smoke run (the same code as on the GPU,
-at a tiny size, on the CPU) completes every part with finite figures, in its own process as the
-GPU machine runs it."""
+"""benchmarks/gpu_check.py, the GPU check (its code in benchmarks/gpu/), stays runnable: its smoke
+run (the same code as on the GPU, at a tiny size, on the CPU) completes every part with finite
+figures, in its own process as the GPU machine runs it."""
 
 import json
 import math
@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import gpu_check  # noqa: E402
+from gpu import parts, plans, tables  # noqa: E402
 
 
 def numbers(value):
@@ -38,7 +38,7 @@ def test_smoke_run_measures_every_part(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     data = json.loads((tmp_path / "GPU.json").read_text())
-    plan = gpu_check.smoke_plan(0)
+    plan = plans.smoke_plan(0)
     speed = [f"speed {plan.height}x{width}" for width in plan.speed_widths]
     assert list(data["parts"]) == ["setup", "correctness", "gradient", speed[0], "memory", "backbones", *speed[1:],
                                    "flow transformers"]
@@ -82,11 +82,11 @@ def test_smoke_run_never_writes_the_gpu_results():
 
 def test_totals_for_50_steps_are_derived_from_the_step_times():
     row = dict(synced_step_s=2.0, plain_step_s=0.5, decode_s=1.0)
-    totals = gpu_check.derived_totals(row, syncs=True, step_fraction=1.0)
+    totals = tables.derived_totals(row, syncs=True, step_fraction=1.0)
     assert totals["total_every_step_s"] == 50 * 2.0 + 1 and totals["total_first_10_s"] == 10 * 2.0 + 40 * 0.5 + 1
-    half = gpu_check.derived_totals(row, syncs=True, step_fraction=0.5)  # dpm_solver: 25 steps, 5 synced
+    half = tables.derived_totals(row, syncs=True, step_fraction=0.5)  # dpm_solver: 25 steps, 5 synced
     assert half["total_every_step_s"] == 25 * 2.0 + 1 and half["total_first_10_s"] == 5 * 2.0 + 20 * 0.5 + 1
-    plain = gpu_check.derived_totals(dict(plain_step_s=0.5, decode_s=1.0), syncs=False, step_fraction=1.0)
+    plain = tables.derived_totals(dict(plain_step_s=0.5, decode_s=1.0), syncs=False, step_fraction=1.0)
     assert plain["total_every_step_s"] == plain["total_first_10_s"] == 50 * 0.5 + 1
 
 
@@ -94,7 +94,7 @@ def test_largest_chunk_within_a_memory_limit():
     runs = [dict(what="synced step", canvas="512x8192", chunk=1, peak_bytes=5 * 2**30, error=None),
             dict(what="synced step", canvas="512x8192", chunk=16, peak_bytes=35 * 2**30, error=None),
             dict(what="decode", canvas="512x8192", chunk=None, peak_bytes=50 * 2**30, error=None)]
-    derived = gpu_check.largest_chunk_within(runs, 24 * 2**30)["512x8192"]
+    derived = parts.largest_chunk_within(runs, 24 * 2**30)["512x8192"]
     assert derived["bytes_per_view"] == 2 * 2**30 and derived["largest_chunk"] == 10  # 3 + 2·10 = 23 GiB
 
 

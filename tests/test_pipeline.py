@@ -10,7 +10,7 @@ from reference_loop import reference_panorama
 
 
 def noise_for(pipe, width, height, seed=0):
-    shape = (1, 4, height // pipe.vae_factor, width // pipe.vae_factor)
+    shape = (1, 4, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 
@@ -79,12 +79,12 @@ def test_sync_step_moves_views_towards_the_anchor(sync_pipe):
     pipe = sync_pipe
     noise = noise_for(pipe, 96, 32, seed=11)
     views = views_for_canvas(16, 48, pipe.window, 8)
-    embeddings = pipe.encode_prompt("a land", "", "cpu")
+    embeddings = pipe.backbone.encode_prompt(["a land"], [""], "cpu")
     pipe.scheduler.set_timesteps(20)
     t = pipe.scheduler.timesteps[0]
 
     def predicted_image(x):
-        noise_pred = pipe.guided_noise(x, t, embeddings, 7.5)
+        noise_pred = pipe.backbone.guided_prediction(x, t, embeddings, 7.5)
         return pipe.decode_to_unit(pipe.scheduler.step(noise_pred, t, x).pred_original_sample)
 
     perceptual = pipe.perceptual_distance()
@@ -225,7 +225,7 @@ def test_seam_free_decode_matches_a_turned_decode(sync_pipe, height):
         seamless_turned = sync_pipe.decode_panorama(latent.roll(shift, dims=-1), loop_closure=True)
         plain = sync_pipe.decode_panorama(latent, loop_closure=False)
         plain_turned = sync_pipe.decode_panorama(latent.roll(shift, dims=-1), loop_closure=False)
-    pixels = shift * sync_pipe.vae_factor
+    pixels = shift * sync_pipe.vae_scale_factor
     seamless_error = (seamless_turned - seamless.roll(pixels, dims=-1)).abs().max()
     plain_error = (plain_turned - plain.roll(pixels, dims=-1)).abs().max()
     assert seamless_error < 0.1 * plain_error, (seamless_error, plain_error)
@@ -261,7 +261,7 @@ def test_bad_input_is_refused_before_model_work(small_pipe, change, message, mon
     def no_model_work(*args, **kwargs):
         raise AssertionError("the text encoder ran before the input was checked")
 
-    monkeypatch.setattr(small_pipe, "encode_prompt", no_model_work)
+    monkeypatch.setattr(small_pipe.backbone, "encode_prompt", no_model_work)
     kwargs = dict(width=32, height=16, stride=4, num_inference_steps=2, seed=0) | change
     with pytest.raises(ValueError, match=message):
         small_pipe("a", **kwargs)

@@ -32,7 +32,7 @@ def test_bundled_weights_are_small_fp16_safetensors():
 
 
 def test_pocket_loads_by_name_with_its_geometry(pocket):
-    assert pocket.window == 16 and pocket.vae_factor == 4
+    assert pocket.window == 16 and pocket.vae_scale_factor == 4
     assert pocket.unet.dtype == torch.float32  # stored in float16, loaded for the CPU
     assert type(pocket.scheduler).__name__ == "DDIMScheduler"
 

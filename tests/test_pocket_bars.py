@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from pocket.landscapes import render_landscape
-from pocket.panorama_bars import (EVERY_VALUE, FAITHFUL, check_fresh_seeds, judgeable, kid_testable,
-                                           lpips_to_references, nearest_lpips, paired_adherence_difference,
-                                           panorama_bars, pooled_adherence, shared_settings, shown_counts,
-                                           single_window_adherence, sync_methods)
+from pocket.bar_measures import (EVERY_VALUE, check_fresh_seeds, judgeable, kid_testable, lpips_to_references,
+                                 nearest_lpips, paired_adherence_difference, panorama_bars, pooled_adherence,
+                                 shown_counts, single_window_adherence)
+from pocket.panorama_bars import shared_settings, sync_methods
+from pocket.quality import FAITHFUL
 
 SIZE = 64  # the pocket model's window in pixels: what the classifier and the references are made at
 
@@ -98,7 +99,8 @@ def test_tuning_seeds_are_refused_and_the_faithful_gradient_is_measured_beside_f
 
 
 def test_sweep_methods_come_after_multidiffusion_and_bad_json_is_one_sentence():
-    from pocket.panorama_bars import BASELINE, parse_methods
+    from pocket.bar_measures import BASELINE
+    from pocket.panorama_bars import parse_methods
 
     methods = parse_methods(['faithful w80={"sync_weight": 80, "fast_modes": []}'])
     assert list(methods) == [BASELINE, "faithful w80"] and methods["faithful w80"]["sync_weight"] == 80
@@ -166,7 +168,8 @@ def test_stride_and_guidance_move_every_method_and_leave_the_rest():
 
 
 def test_an_unjudgeable_value_is_reported_as_information_and_never_barred():
-    from pocket.panorama_bars import BASELINE, adherence_table
+    from pocket.bar_measures import BASELINE
+    from pocket.bar_report import adherence_table
 
     # listed unjudged value first: the table still puts the judged ones first
     baseline = {**summary(), "adherence": {"terrain = hills": 0.5, "ground = snow": 0.9}}

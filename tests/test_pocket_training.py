@@ -32,7 +32,7 @@ def test_training_stages_resume_export_and_load(tmp_path):
 
     pipe = SyncDiffusionPipeline.from_pretrained(out, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    assert pipe.window == train.WINDOW and pipe.vae_factor == train.VAE_FACTOR
+    assert pipe.window == train.WINDOW and pipe.vae_scale_factor == train.VAE_FACTOR
     assert pipe.vae.config.scaling_factor == record["scaling_factor"]
     image = pipe("snowy mountains at night", width=128, num_inference_steps=2, seed=0, output_type="np").images
     assert image.shape == (1, 64, 128, 3) and np.isfinite(image).all()

@@ -13,7 +13,7 @@ import PIL.Image
 import pytest
 import torch
 
-from panosync.auto import FLUX, SD, SD3, SDXL
+from panosync.families import FLUX, SD, SD3, SDXL
 from panosync.cli import main
 from panosync.control import ControlSyncPipeline, random_controlnet_like
 from panosync.metadata import read_parameters
@@ -26,7 +26,7 @@ from in_precision import in_precision
 from test_fast_modes import tiny_decoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from gpu_check import one_step_sync_gradient  # noqa: E402
+from gpu.parts import one_step_sync_gradient  # noqa: E402
 
 PRECISIONS = ["float16", "bfloat16", "autocast"]
 # 32-pixel windows (16 latents, VAE factor 2), 2 views: big enough for LPIPS-VGG. Narrow networks,
@@ -78,7 +78,7 @@ def test_every_path_makes_a_picture_in_half_precision(half, path):
 
 def test_a_sync_decoder_runs_in_half_precision(half):
     name, pipe = half
-    decoder = tiny_decoder(pipe.vae_factor)  # float32: the pipeline moves it to its own dtype
+    decoder = tiny_decoder(pipe.vae_scale_factor)  # float32: the pipeline moves it to its own dtype
     image = pipe("a land", **CASE, sync_decoder=decoder, output_type="np").images[0]
     assert_a_picture(image)
 
@@ -88,7 +88,7 @@ def test_controlsync_runs_in_half_precision_with_a_float32_controlnet(half):
     network gets its inputs in its own dtype."""
     name, pipe = half
     dtype = pipe.unet.dtype
-    controlnet = random_controlnet_like(copy.deepcopy(pipe.unet).float(), pipe.vae_factor)
+    controlnet = random_controlnet_like(copy.deepcopy(pipe.unet).float(), pipe.vae_scale_factor)
     control = ControlSyncPipeline(**pipe.components, controlnet=controlnet)
     control.set_progress_bar_config(disable=True)
     if pipe.autocast_dtype is not None:

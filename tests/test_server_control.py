@@ -47,7 +47,7 @@ def photo(size=(64, 32), seed=0) -> PIL.Image.Image:
 def folders(tmp_path_factory, sync_pipe):
     root = tmp_path_factory.mktemp("control-server")
     sync_pipe.save_pretrained(root / "model")
-    random_controlnet_like(sync_pipe.unet, sync_pipe.vae_factor).save_pretrained(root / "controlnet")
+    random_controlnet_like(sync_pipe.unet, sync_pipe.vae_scale_factor).save_pretrained(root / "controlnet")
     return root
 
 

@@ -22,7 +22,7 @@ from panosync.cli import main
 from panosync.settings import model_defaults
 from panosync.metadata import save_png
 from panosync.models import resolve_model
-from panosync.server import jobs, worker as worker_module
+from panosync.server import folder_health, jobs, worker as worker_module
 from panosync.server.generation import PanoramaModel
 from panosync.server.jobs import (CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobNotFinished, JobStore,
                                   StoreFault)
@@ -176,14 +176,14 @@ def test_a_full_disk_fails_the_job_holds_the_queue_and_recovers_when_space_is_fr
 
         filling.ballast.unlink()  # space is back: no restart
         failed = finished_job(store, first.id)
-        assert failed.status == FAILED and failed.error == jobs.full_sentence(store.state_dir), failed.error
+        assert failed.status == FAILED and failed.error == folder_health.full_sentence(store.state_dir), failed.error
         assert not (store.outputs / f"{first.id}.png").exists()
         assert finished_job(store, second.id).status == SUCCEEDED
         assert (store.outputs / f"{second.id}.png").is_file() and store.health()["status"] == "ok"
 
 
 def test_health_is_degraded_while_the_state_folder_is_read_only(small_disk):
-    # Broke: _check_health without the write probe (it said ok on a read-only mount).
+    # Broke: FolderHealth._check_now without the write probe (it said ok on a read-only mount).
     with opened(small_disk / "state", min_free_bytes=0) as store:  # closed: a mount with files open to
         assert store.health()["status"] == "ok"                    # write cannot be made read-only
     store = JobStore(small_disk / "state", min_free_bytes=0)
@@ -195,7 +195,7 @@ def test_health_is_degraded_while_the_state_folder_is_read_only(small_disk):
                "--state-dir." in health["reason"]
     finally:
         assert _mount("--options", "remount,rw", str(small_disk))
-    store._health = None  # as if a second had passed
+    store.folder_health.forget()  # as if a second had passed
     assert store.health()["status"] == "ok"
 
 
@@ -304,7 +304,7 @@ def test_a_claimed_job_is_returned_from_the_claim_itself(tmp_path, monkeypatch):
         assert store.get(queued.id) == job
 
 
-@pytest.mark.parametrize("code", sorted(jobs.FULL_ERRNOS))
+@pytest.mark.parametrize("code", sorted(folder_health.FULL_ERRNOS))
 def test_a_png_that_does_not_fit_fails_the_job_with_the_full_disk_sentence(model, tmp_path, monkeypatch, code):
     # Broke: failure_reason without the ENOSPC/EDQUOT case (the reason was "OSError: [Errno 28] ...").
     def save_nothing(image, path, parameters):
@@ -313,7 +313,7 @@ def test_a_png_that_does_not_fit_fails_the_job_with_the_full_disk_sentence(model
     with opened(tmp_path / "state", min_free_bytes=0) as store, running(store, model) as worker:
         monkeypatch.setattr(worker_module, "save_png", save_nothing)
         failed = finished_job(store, queue_real(store, model, worker).id)
-        assert failed.status == FAILED and failed.error == jobs.full_sentence(store.state_dir)
+        assert failed.status == FAILED and failed.error == folder_health.full_sentence(store.state_dir)
         monkeypatch.undo()
         assert finished_job(store, queue_real(store, model, worker).id).status == SUCCEEDED
 
@@ -328,15 +328,15 @@ def test_queued_jobs_wait_while_the_folder_is_short_of_space(model, tmp_path):
             job = queue_real(store, model, worker)
             time.sleep(0.3)
             assert store.get(job.id).status == QUEUED
-            store.min_free_bytes = 0
-            store._health = None  # as if a second had passed
+            store.folder_health.min_free_bytes = 0
+            store.folder_health.forget()  # as if a second had passed
             assert finished_job(store, job.id).status == SUCCEEDED
 
 
 def test_health_is_checked_at_most_once_a_second(tmp_path, monkeypatch):
     # Broke: health() without its cache (probed on every call).
     probes = []
-    monkeypatch.setattr(jobs, "_write_probe", lambda folder: probes.append(folder))
+    monkeypatch.setattr(folder_health, "_write_probe", lambda folder: probes.append(folder))
     with opened(tmp_path / "state", min_free_bytes=0) as store:
         for _ in range(50):
             assert store.health()["status"] == "ok"
@@ -371,7 +371,7 @@ def test_a_running_job_cancelled_loses_its_condition_and_a_pinned_one_stays(tmp_
     with opened(tmp_path / "state") as store:
         path = str(store.save_condition(condition_image()))  # pinned until queued
         job = queue(store, condition=[path])
-        assert store._pinned == {}
+        assert store.condition_files.pinned() == set()
         store.claim_next()
         store.request_cancel(job.id)
         pinned = store.save_condition(condition_image())  # a second request sends the same image
@@ -384,12 +384,12 @@ def test_a_running_job_cancelled_loses_its_condition_and_a_pinned_one_stays(tmp_
 
 
 def test_a_condition_is_encoded_without_the_lock(tmp_path):
-    # Broke: save_condition encoding the PNG inside _conditions_lock (no temporary file appeared
+    # Broke: ConditionFiles.save encoding the PNG inside its lock (no temporary file appeared
     # while another thread held the lock).
     with opened(tmp_path / "state") as store:
         store.conditions.mkdir()
         saved = []
-        with store._conditions_lock:
+        with store.condition_files._lock:
             thread = threading.Thread(target=lambda: saved.append(store.save_condition(condition_image())))
             thread.start()
             until(lambda: any(path.name.endswith(".tmp") for path in store.conditions.iterdir()), 5,
@@ -397,7 +397,7 @@ def test_a_condition_is_encoded_without_the_lock(tmp_path):
             assert saved == []  # but not moved into place or pinned without the lock
         thread.join(5)
         [path] = saved
-        assert path.is_file() and store._pinned == {path.name: 1}
+        assert path.is_file() and store.condition_files._pinned == {path.name: 1}
         assert [entry.name for entry in store.conditions.iterdir()] == [path.name]  # no temporary left
 
 
@@ -407,13 +407,13 @@ def test_a_condition_removed_before_its_pin_is_written_again(tmp_path):
     with opened(tmp_path / "state") as store:
         path = save_condition(condition_image(), store.conditions)
         saved = []
-        with store._conditions_lock:
+        with store.condition_files._lock:
             thread = threading.Thread(target=lambda: saved.append(store.save_condition(condition_image())))
             thread.start()
             time.sleep(0.2)  # it has seen the file and waits for the lock
             path.unlink()
         thread.join(5)
-        assert saved == [path] and path.is_file() and store._pinned == {path.name: 1}
+        assert saved == [path] and path.is_file() and store.condition_files._pinned == {path.name: 1}
         assert [entry.name for entry in store.conditions.iterdir()] == [path.name]
 
 
@@ -523,7 +523,7 @@ def test_retention_by_bytes_counts_a_finished_jobs_condition_until_the_last_job_
 
 @pytest.fixture
 def quick_retention(monkeypatch):
-    monkeypatch.setattr(jobs, "HEALTH_CACHE_SECONDS", 0.02)
+    monkeypatch.setattr(folder_health, "HEALTH_CACHE_SECONDS", 0.02)
     monkeypatch.setattr(worker_module, "DEGRADED_PAUSE_SECONDS", 0.02)
     monkeypatch.setattr(worker_module, "RETENTION_DEGRADED_SECONDS", 0.05)
     monkeypatch.setattr(worker_module, "RETENTION_IDLE_SECONDS", 0.05)
@@ -536,8 +536,8 @@ def test_retention_runs_while_the_folder_is_degraded_and_gives_it_its_reserve_ba
     with opened(tmp_path / "state", retention=Retention(max_bytes=50_000), min_free_bytes=0) as store:
         old = finished_with_output(store, 100_000)  # over the budget; the new job's PNG is within it
         old_output = store.outputs / f"{old.id}.png"
-        check = store._check_health
-        monkeypatch.setattr(store, "_check_health", lambda: jobs._degraded("short of space", 0)
+        check = store.folder_health._check_now
+        monkeypatch.setattr(store.folder_health, "_check_now", lambda: folder_health._degraded("short of space", 0)
                             if old_output.exists() else check())
         retention = store.apply_retention
         monkeypatch.setattr(store, "apply_retention", lambda: 0)  # not at the worker's start: while degraded
@@ -693,7 +693,7 @@ def test_serve_passes_min_free_to_the_app_and_warns_when_the_disk_is_already_sho
     assert "warning" not in capsys.readouterr().err
     assert main(["serve", "--state-dir", str(state_dir)]) == 0
     assert serve_without_a_model["options"]["min_free_bytes"] == DEFAULT_MIN_FREE_BYTES == jobs.JobStore(
-        state_dir).min_free_bytes
+        state_dir).folder_health.min_free_bytes
 
     more = shutil.disk_usage(state_dir).free + 10**12
     assert main(["serve", "--state-dir", str(state_dir), "--min-free", f"{more}B"]) == 0

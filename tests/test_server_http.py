@@ -444,7 +444,7 @@ def test_the_schema_describes_this_server(model, control_model, tmp_path):
 
 def test_a_degraded_state_folder_is_507_and_health_says_why(model, tmp_path):
     # Broke: create_app not passing min_free_bytes to the JobStore (health said ok, 200).
-    assert create_app(model, tmp_path / "default").state.store.min_free_bytes == DEFAULT_MIN_FREE_BYTES
+    assert create_app(model, tmp_path / "default").state.store.folder_health.min_free_bytes == DEFAULT_MIN_FREE_BYTES
     with client_for(model, tmp_path / "state", min_free_bytes=2**62) as client:  # no disk has that free
         health = client.get("/health")
         assert health.status_code == 503 and health.json()["status"] == "degraded"

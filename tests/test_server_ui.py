@@ -124,7 +124,7 @@ def control_page_url(tmp_path):
     from panosync.server.ui import build_ui, launch
 
     base = make_pipe(window=8, vae_factor=2)
-    pipe = ControlSyncPipeline(**base.components, controlnet=random_controlnet_like(base.unet, base.vae_factor))
+    pipe = ControlSyncPipeline(**base.components, controlnet=random_controlnet_like(base.unet, base.vae_scale_factor))
     model = PanoramaModel(pipe, "tiny-test", model_defaults(resolve_model("tiny-random"), control=True),
                           controlnets=["tiny-random"])
     page = build_ui(model, Limits(), tmp_path / "outputs")

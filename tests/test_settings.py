@@ -50,6 +50,51 @@ def test_no_front_end_imports_another():
     assert not any(name.split(".")[0] in ("cli", "server", "eval") for name in settings_imports), settings_imports
 
 
+def import_graph() -> dict[str, set[str]]:
+    """Every panosync module and the panosync modules it imports, at module level or inside a
+    function (a package by its own name: "backbones" is backbones/__init__.py)."""
+    modules = {}
+    for path in SRC.rglob("*.py"):
+        name = ".".join(path.relative_to(SRC).with_suffix("").parts).removesuffix("__init__").strip(".")
+        modules[name or "panosync"] = imports_of(path)
+    return {name: {imported for imported in found if imported in modules and imported != name}
+            for name, found in modules.items()}
+
+
+def test_no_import_cycles():
+    """Imports run one way (docs/DESIGN.md): leaves, backbones, pipelines, settings, models,
+    registry, front ends. A cycle, even through an import inside a function, means a cut is wrong."""
+    graph = import_graph()
+    done, path = set(), []
+
+    def visit(name):
+        if name in path:
+            raise AssertionError("import cycle: " + " -> ".join(path[path.index(name):] + [name]))
+        if name in done:
+            return
+        path.append(name)
+        for imported in sorted(graph[name]):
+            visit(imported)
+        path.pop()
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name)
+
+
+def test_the_lower_layers_import_nothing_above_them():
+    graph = import_graph()
+    assert graph["families"] == graph["errors"] == set() and graph["geometry"] == {"errors"}
+    for name in ("settings", "geometry", "families"):
+        above = {imported for imported in graph[name] if imported.split(".")[0] in (
+            "backbones", "registry", "models", "pipeline", "xl", "sd3", "flux", "control", "control_sd3",
+            "control_flux", "schedulers", "fast")}
+        assert not above, (name, above)
+    for name in [name for name in graph if name.startswith("backbones.")]:
+        outside = {imported for imported in graph[name] if not imported.startswith("backbones")}
+        assert outside <= {"geometry", "families", "schedulers", "views"}, (name, outside)
+
+
 def test_every_parameter_reaches_every_front_end():
     from panosync.eval.command import NOT_EVALUATED, SHARED_PARAMETERS, SYNC_PARAMETERS
     from panosync.server.schema import CONTROL_FIELDS, FIELDS, PredictionRequest
@@ -122,20 +167,29 @@ def test_precedence_given_then_png_then_recommended_then_paper():
 
 
 def test_the_pipelines_defaults_are_the_settings_defaults():
+    """Every pipeline's call takes the settings table's defaults, with its family's (families.py)
+    over the paper's; diffusers' own parameters may be given by position, SyncDiffusion's by name."""
     import inspect
 
-    from panosync.control import ControlSyncPipeline
-    from panosync.pipeline import SyncDiffusionPipeline
+    import panosync
+    from panosync.families import FAMILY_DEFAULTS
 
-    for pipeline, control in ((SyncDiffusionPipeline, False), (ControlSyncPipeline, True)):
+    diffusers_names = {"prompt", "height", "width", "num_inference_steps", "guidance_scale", "negative_prompt"}
+    pipelines = [getattr(panosync, name) for name in panosync.__all__ if name.endswith("Pipeline")
+                 and not name.startswith("Auto")]
+    assert len(pipelines) == 8
+    for pipeline in pipelines:
+        control = pipeline.__name__.startswith("ControlSync")
         signature = inspect.signature(pipeline.__call__).parameters
-        paper = settings.paper_defaults(control)
+        expected = {**settings.paper_defaults(control), **FAMILY_DEFAULTS[pipeline.family]}
         for name in settings.PIPELINE_NAMES:
             default = signature[name].default
             default = list(default) if isinstance(default, tuple) else default
-            assert name == "prompt" or default == paper[name], (pipeline.__name__, name)
-        assert all(signature[name].kind is inspect.Parameter.KEYWORD_ONLY for name in settings.PIPELINE_NAMES
-                   if name != "prompt")
+            if name == "negative_prompt":
+                default = "" if default is None else default  # None: no negative prompt, as in diffusers
+            assert name == "prompt" or default == expected[name], (pipeline.__name__, name)
+            kind = signature[name].kind
+            assert (kind is inspect.Parameter.KEYWORD_ONLY) == (name not in diffusers_names), (pipeline.__name__, name)
 
 
 def test_the_command_uses_the_models_recommended_settings_and_the_png_over_them(tmp_path, sync_pipe, monkeypatch):
@@ -289,17 +343,18 @@ def test_serve_and_ui_refuse_bad_options_before_loading(tmp_path, capsys, monkey
 def test_presets_set_the_fast_modes(tmp_path, sync_pipe):
     """On a model that recommends a fast mode, "paper" is the paper's gradient."""
     from panosync.models import resolve_model
+    from panosync.server.presets import PRESET_NAMES, presets as presets_of
 
     folder = tmp_path / "model"
     sync_pipe.save_pretrained(folder)
     (folder / "recommended.json").write_text(json.dumps({"sync_weight": 40.0, "fast_modes": ["no_unet_backward"]}))
     source = resolve_model(str(folder))
-    presets = settings.presets(settings.model_defaults(source), source.geometry)
+    presets = presets_of(settings.model_defaults(source), source.geometry)
     assert list(presets) == ["recommended", "paper", "fast"]
     assert presets["recommended"]["fast_modes"] == ["no_unet_backward"]
     assert presets["paper"]["fast_modes"] == [] and presets["fast"]["fast_modes"] == []
     assert presets["paper"]["sync_weight"] == 20.0 and presets["paper"]["stride"] == source.geometry.window // 4
-    assert set(presets["paper"]) == set(settings.PRESET_NAMES)
+    assert set(presets["paper"]) == set(PRESET_NAMES)
 
 
 def test_the_command_runs_without_the_extras(tmp_path):

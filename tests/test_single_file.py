@@ -52,7 +52,7 @@ def test_the_checkpoint_has_the_original_layout(checkpoint):
 def test_from_single_file_loads_every_weight_and_makes_the_same_panorama(checkpoint, sync_pipe, offline):
     path, config = checkpoint
     pipe = SyncDiffusionPipeline.from_single_file(str(path), config=str(config), local_files_only=True)
-    assert isinstance(pipe.scheduler, DDIMScheduler) and pipe.window == 16 and pipe.vae_factor == 2
+    assert isinstance(pipe.scheduler, DDIMScheduler) and pipe.window == 16 and pipe.vae_scale_factor == 2
     for name in ("unet", "vae", "text_encoder"):
         loaded, original = getattr(pipe, name).state_dict(), getattr(sync_pipe, name).state_dict()
         assert loaded.keys() == original.keys(), name

@@ -2,7 +2,7 @@
 offline: the architecture comes from a diffusers folder of the same model (`config=`, --model-config), and the
 panorama is the folder's, to the bit.
 
-The tiny SDXL here differs from test_auto.py's in its second text encoder, for two checks diffusers makes on a
+The tiny SDXL here differs from test_families.py's in its second text encoder, for two checks diffusers makes on a
 checkpoint's keys and shapes that SDXL base passes and a narrower model would not:
 - the family (`infer_diffusers_model_type`: "xl_base") is told by the key of OpenCLIP's 10th layer
   (conditioner.embedders.1.model.transformer.resblocks.9...): text_encoder_2 has 10 layers;
@@ -22,9 +22,10 @@ from safetensors import safe_open
 from test_single_file import offline  # noqa: F401  (the fixture: no hub, an empty hub cache)
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
-from panosync.auto import SDXL, AutoSyncPipeline, family_of_checkpoint
+from panosync.families import SDXL, family_of_checkpoint
 from panosync.cli import main
 from panosync.metadata import read_parameters
+from panosync.registry import AutoSyncDiffusionPipeline
 from panosync.tiny import tiny_random_xl_components
 from panosync.xl import SyncDiffusionXLPipeline
 
@@ -101,12 +102,12 @@ def test_the_checkpoint_has_sdxl_bases_layout(xl):
     assert family_of_checkpoint(path) == SDXL
 
 
-@pytest.mark.parametrize("loader", [SyncDiffusionXLPipeline, AutoSyncPipeline])
+@pytest.mark.parametrize("loader", [SyncDiffusionXLPipeline, AutoSyncDiffusionPipeline])
 def test_from_single_file_loads_every_weight_and_makes_the_same_panorama(xl, loader, offline):  # noqa: F811
     pipe, path, config = xl
     loaded = loader.from_single_file(str(path), config=str(config), local_files_only=True)
     assert type(loaded) is SyncDiffusionXLPipeline and isinstance(loaded.scheduler, DDIMScheduler)
-    assert loaded.window == 16 and loaded.vae_factor == 2 and loaded.config.force_zeros_for_empty_prompt
+    assert loaded.window == 16 and loaded.vae_scale_factor == 2 and loaded.config.force_zeros_for_empty_prompt
     for name in COMPONENTS:
         weights, original = getattr(loaded, name).state_dict(), getattr(pipe, name).state_dict()
         assert weights.keys() == original.keys(), name

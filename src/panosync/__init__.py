@@ -2,30 +2,22 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["SyncDiffusionPipeline", "SyncDiffusionOutput", "SyncDiffusionXLPipeline", "SyncDiffusion3Pipeline",
-           "SyncFluxPipeline", "ControlSyncPipeline", "__version__"]
+# Where each exported name lives. The pipelines pull in diffusers and torch: they load when asked
+# for, so that `panosync --help` is quick.
+_HOMES = {
+    "SyncDiffusionPipeline": "pipeline", "SyncDiffusionXLPipeline": "xl", "SyncDiffusion3Pipeline": "sd3",
+    "SyncDiffusionFluxPipeline": "flux",
+    "ControlSyncPipeline": "control", "ControlSyncXLPipeline": "control", "ControlSync3Pipeline": "control_sd3",
+    "ControlSyncFluxPipeline": "control_flux",
+    "AutoSyncDiffusionPipeline": "registry", "SyncDiffusionOutput": "pipeline_base",
+}
+
+__all__ = [*_HOMES, "__version__"]
 
 
 def __getattr__(name):
-    # The pipeline pulls in diffusers and torch; load it when asked for, so `panosync --help` is quick.
-    if name in ("SyncDiffusionPipeline", "SyncDiffusionOutput"):
-        from . import pipeline
+    if name in _HOMES:
+        import importlib
 
-        return getattr(pipeline, name)
-    if name == "SyncDiffusionXLPipeline":
-        from . import xl
-
-        return xl.SyncDiffusionXLPipeline
-    if name == "SyncDiffusion3Pipeline":
-        from . import sd3
-
-        return sd3.SyncDiffusion3Pipeline
-    if name == "SyncFluxPipeline":
-        from . import flux
-
-        return flux.SyncFluxPipeline
-    if name == "ControlSyncPipeline":
-        from . import control
-
-        return control.ControlSyncPipeline
+        return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
     raise AttributeError(f"module 'panosync' has no attribute {name!r}")

@@ -11,7 +11,8 @@ which is what the decoder and LPIPS work on: many small views per call, one larg
 
 from __future__ import annotations
 
-from typing import Callable, Sequence, TypeVar
+from contextlib import contextmanager
+from typing import Iterator, Sequence, TypeVar
 
 import torch
 
@@ -22,7 +23,6 @@ IMAGE_PIXELS_PER_CHUNK = {"cpu": 24 * 64 * 64, "cuda": 16 * 512 * 512}
 OTHER_DEVICES = 4 * 64 * 64
 
 Item = TypeVar("Item")
-Result = TypeVar("Result")
 
 
 def default_view_batch_size(device: torch.device | str, window_pixels: int, view_count: int) -> int:
@@ -33,28 +33,37 @@ def default_view_batch_size(device: torch.device | str, window_pixels: int, view
 
 
 class ViewChunks:
-    """Runs work over chunks of views; where a chunk does not fit in the device's memory, halves the
-    chunk size (for this and every later chunk of the call) and runs that chunk again. The work of
-    a chunk must depend on its inputs only, so running it again changes nothing but rounding."""
+    """Chunks of views for the networks, as `for chunk in chunks.split(items): with chunks.fitting(): ...`:
+    where a chunk's work does not fit in the device's memory, `fitting` halves the chunk size (for
+    this and every later chunk of the call) and `split` hands the same views out again, in smaller
+    chunks. The work of a chunk must depend on its inputs only, so running it again changes nothing
+    but rounding."""
 
     def __init__(self, size: int):
         if size < 1:
             raise ValueError(f"view_batch_size must be 1 or more, got {size}.")
         self.size = size
+        self._ran_out = False
 
-    def map(self, items: Sequence[Item], work: Callable[[list[Item]], list[Result]]) -> list[Result]:
-        results: list[Result] = []
+    def split(self, items: Sequence[Item]) -> Iterator[list[Item]]:
         start = 0
         while start < len(items):
             chunk = list(items[start : start + self.size])
-            try:
-                results.extend(work(chunk))
-            except torch.OutOfMemoryError:
-                if self.size == 1:
-                    raise
-                self.size = max(1, self.size // 2)
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                continue
-            start += len(chunk)
-        return results
+            self._ran_out = False
+            yield chunk
+            if not self._ran_out:
+                start += len(chunk)
+
+    @contextmanager
+    def fitting(self):
+        """Run a chunk's work; where it runs out of memory, halve the chunk size so that `split` gives
+        the chunk's views again (out of memory at one view is raised)."""
+        try:
+            yield
+        except torch.OutOfMemoryError:
+            if self.size == 1:
+                raise
+            self.size = max(1, self.size // 2)
+            self._ran_out = True
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()

@@ -8,9 +8,10 @@
     panosync evaluate --model pocket --prompts prompts.txt --seeds 0-31 --width 512 --out runs/eval
     panosync batch jobs.jsonl --model pocket --out runs/batch   # one PNG a line; --ray local|auto|ray://…
 
-The options of the panorama's parameters come from settings.py, as do their defaults, precedence
-and checks. Errors a user can cause print one sentence and exit with status 2, before any model is
-loaded where the model's configs can be read (a folder, a bundled model).
+The options of the panorama's parameters come from settings.py (command_options.py makes them), as
+do their defaults, precedence and checks. Errors a user can cause print one sentence and exit with
+status 2, before any model is loaded where the model's configs can be read (a folder, a bundled
+model).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import time
 from typing import TYPE_CHECKING
 
 from . import settings
+from .command_options import add_model_options, add_options, given_options
 from .precision import NonFiniteError
 from .runner.maker import TaskFailed
 
@@ -44,8 +46,8 @@ def add_panorama_arguments(command: argparse.ArgumentParser, default_model: str,
     names = [name for name in settings.PIPELINE_NAMES]
     if control:
         names += [name for name in settings.CONTROL_NAMES if name != "controlnet"]  # --controlnet: a model option
-    settings.add_options(command, names, CONTROL_HELPS if control else None)
-    settings.add_model_options(command, default_model, control)
+    add_options(command, names, CONTROL_HELPS if control else None)
+    add_model_options(command, default_model, control)
     command.add_argument("--out", default=None, help="PNG to write (default: panosync-SEED.png)")
     command.add_argument("--from-png", default=None, metavar="FILE",
                          help="take every parameter from a PNG panosync wrote; options given here override")
@@ -115,7 +117,7 @@ def panorama_request(args: argparse.Namespace, control: bool = False) -> tuple[d
     from .models import resolve_model
 
     stored = settings.stored_parameters(read_parameters(args.from_png)) if args.from_png else {}
-    given = settings.given_options(args)
+    given = given_options(args)
     if given.get("prompt") is None and stored.get("prompt") is None:
         raise ValueError("Give a prompt, or --from-png with a PNG that panosync wrote.")
     default_model = settings.DEFAULT_CONTROL_MODEL if control else settings.DEFAULT_MODEL
@@ -212,6 +214,7 @@ def make_panorama(args: argparse.Namespace, request: dict, source: ModelSource, 
     from .metadata import save_png
     from .models import load_pipeline, pick_device
     from .precision import pick_precision
+    from .registry import family_defaults_after_loading
 
     device = pick_device(args.device)
     precision = pick_precision(args.dtype, device, source.family)
@@ -228,15 +231,15 @@ def make_panorama(args: argparse.Namespace, request: dict, source: ModelSource, 
     if getattr(args, "gradient_checkpointing", False):
         pipe.enable_sync_checkpointing()
     if source.geometry is None:  # a hub model or a checkpoint file: its shape is known only now
-        request.update(settings.fill_canvas(request, settings.geometry_of_pipeline(pipe)))
+        request.update(settings.fill_canvas(request, pipe.geometry))
     if source.family is None:  # a hub model whose configs could not be had: its family's defaults, where nothing
         # else set them
-        explicit = set(settings.given_options(args))
+        explicit = set(given_options(args))
         if args.from_png:
             from .metadata import read_parameters
 
             explicit |= set(settings.stored_parameters(read_parameters(args.from_png)))
-        request.update(settings.family_defaults_after_loading(pipe, explicit))
+        request.update(family_defaults_after_loading(pipe, explicit))
     generation = {name: request[name] for name in settings.PIPELINE_NAMES}
     result = pipe(**generation, **(inputs or {}))
     image = result.images[0]

@@ -1,8 +1,8 @@
 """ControlSyncPipeline: SyncDiffusion guided by ControlNet conditions of any size (docs/algorithm.md,
 section 4).
 
-The joint diffusion is SyncDiffusionPipeline's, unchanged: the same views, sync step and merge.
-What ControlSync adds is inside every UNet call of a view (the anchor's prediction, the gradient
+The joint diffusion is SyncDiffusion's, unchanged: the same views, sync step and merge. What
+ControlSync adds is inside every UNet call of a view (the anchor's prediction, the gradient
 pass and the denoising pass): the residuals that each ControlNet computes from that view's crop of
 its condition. The crop is the view's window in pixels, wrapped round for loop-closure views. The
 residuals are computed with gradients enabled whenever the sync step differentiates the UNet, so
@@ -20,7 +20,11 @@ from diffusers import ControlNetModel, UNet2DConditionModel
 from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 
 from .conditions import condition_size, fit_to_canvas
-from .pipeline import SyncDiffusionPipeline, ViewConditioning
+from .backbones.base import ViewConditioning
+from .families import FAMILY_DEFAULTS, SD, SDXL
+from .pipeline import SyncDiffusionPipeline
+from .pipeline_base import check_pooled
+from .settings import CONTROL_PAPER
 from .xl import SyncDiffusionXLPipeline
 from .views import View, crop
 
@@ -72,19 +76,11 @@ def random_controlnet_like(unet: UNet2DConditionModel, vae_factor: int, seed: in
     return controlnet.eval()
 
 
-class ControlSyncPipeline(SyncDiffusionPipeline):
-    """SyncDiffusion panoramas that follow ControlNet conditions of the panorama's size.
-
-    Components: those of SyncDiffusionPipeline and `controlnet`, a diffusers ControlNetModel, a
-    list of them, or a MultiControlNetModel. Load like a diffusers ControlNet pipeline:
-    `ControlSyncPipeline.from_pretrained(sd15, controlnet=ControlNetModel.from_pretrained(...))`.
-    """
-
-    model_cpu_offload_seq = "text_encoder->controlnet->unet->vae"
-
-    def __init__(self, vae, text_encoder, tokenizer, unet, controlnet, scheduler):
-        super().__init__(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
-        self.add_controlnet(controlnet)
+class ControlSyncMixin:
+    """What ControlSync adds to a family's pipeline: its `controlnet` component (one, a list, or a
+    multi-ControlNet), checked against the base model, and each view's ControlNet inputs
+    (`control_conditioning`, the view conditioning the loop gives every network call). A family
+    whose ControlNets read otherwise (SD3, FLUX: VAE latents) overrides what differs."""
 
     def add_controlnet(self, controlnet) -> None:
         """Register `controlnet` (one, a list, or a MultiControlNetModel), frozen, once checked."""
@@ -111,89 +107,29 @@ class ControlSyncPipeline(SyncDiffusionPipeline):
                     f"{tuple(self.unet.config.block_out_channels)}, {self.unet.config.cross_attention_dim}): use a "
                     f"ControlNet trained for this base model."
                 )
-            if condition_embedding_factor(controlnet) != self.vae_factor:
+            if condition_embedding_factor(controlnet) != self.vae_scale_factor:
                 raise ValueError(
                     f"{name} reads conditions at 1/{condition_embedding_factor(controlnet)} scale but this model's "
-                    f"latents are 1/{self.vae_factor} of the image: use a ControlNet trained for this base model."
+                    f"latents are 1/{self.vae_scale_factor} of the image: use a ControlNet trained for this base model."
                 )
 
-    # ------------------------------------------------------------------------------- the call
-
-    @torch.no_grad()
-    def __call__(
-        self,
-        prompt: str,
-        image=None,
-        *,
-        negative_prompt: str = "",
-        width: int | None = None,
-        height: int | None = None,
-        controlnet_conditioning_scale: float | list[float] = 1.0,
-        resize_condition: bool = False,
-        guidance_scale: float = 7.5,
-        sync_weight: float = 20.0,
-        sync_decay_rate: float = 0.95,
-        sync_freq: int = 1,
-        sync_threshold: int | None = 10,
-        num_inference_steps: int = 50,
-        stride: int | None = None,
-        seed: int | None = None,
-        loop_closure: bool = False,
-        generator: torch.Generator | None = None,
-        latents: torch.Tensor | None = None,
-        anchor: int | None = None,
-        view_batch_size: int | None = None,
-        output_type: str = "pil",
-        callback_on_step_end: Callable[[Any, int, Any, dict], dict | None] | None = None,
-        return_dict: bool = True,
-        fast_modes: Iterable[str] = (),
-        sync_image_scale: float = 1.0,
-        sync_decoder=None,
-        tiled_decode: bool | None = None,
-        window: int | None = None,
-        **prompt_options,
-    ):
-        """Generate one panorama that follows `image`, the condition: a PIL image, numpy array or
-        (1, 3, H, W) tensor in [0, 1] of the panorama's size in pixels (see panosync.conditions),
-        or a list of them, one per ControlNet. `controlnet_conditioning_scale` weighs each
-        ControlNet's residuals (one number for all, or one per ControlNet; 0 turns it off).
-
-        The canvas is the condition's size unless `width` and `height` are given; a condition of
-        another size is refused, or resized to the canvas with `resize_condition=True`. The other
-        parameters are SyncDiffusionPipeline's, with the ControlSync paper's defaults: sync weight
-        20, decay 0.95, sync in the first 10 steps (of 50). The fast modes and `tiled_decode` are
-        SyncDiffusionPipeline's too; the ControlNets run in every UNet call a fast mode keeps.
-        `prompt_options` are the family's own prompt options (SDXL's size conditioning, SD3's and
-        FLUX's max_sequence_length, FLUX's true_cfg_scale), as its SyncDiffusion pipeline takes them.
-        """
-        # 1. Check inputs: the conditions decide the canvas unless it is given
+    def check_conditions(self, image, controlnet_conditioning_scale) -> tuple[list, list[float]]:
+        """The conditions and scales of a call, one per ControlNet (a ValueError that says what to change)."""
         if image is None:
             raise ValueError("Give image: the condition the ControlNet follows, of the panorama's size.")
         conditions = self.per_controlnet(image, "image")
-        scales = [float(scale) for scale in self.per_controlnet(controlnet_conditioning_scale, "controlnet_conditioning_scale")]
+        scales = [float(scale) for scale in self.per_controlnet(controlnet_conditioning_scale,
+                                                                "controlnet_conditioning_scale")]
         if any(not math.isfinite(scale) or scale < 0 for scale in scales):
             raise ValueError(f"controlnet_conditioning_scale must be a finite number, 0 or more, got "
                              f"{controlnet_conditioning_scale}.")
-        width, height = check_condition_canvas([condition_size(c) for c in conditions], width, height,
-                                               self.vae_factor)
-        request = self.make_request(
-            prompt=prompt, negative_prompt=negative_prompt, width=width, height=height, guidance_scale=guidance_scale,
-            sync_weight=sync_weight, sync_decay_rate=sync_decay_rate, sync_freq=sync_freq,
-            sync_threshold=sync_threshold, num_inference_steps=num_inference_steps, stride=stride, seed=seed,
-            loop_closure=loop_closure, generator=generator, latents=latents, anchor=anchor,
-            view_batch_size=view_batch_size, output_type=output_type, fast_modes=fast_modes,
-            sync_image_scale=sync_image_scale, sync_decoder=sync_decoder, tiled_decode=tiled_decode, window=window,
-        )
-        fitted = [fit_to_canvas(condition, request.width, request.height, resize_condition) for condition in conditions]
-        conditioning = self.control_conditioning(fitted, scales)
-        request = dataclasses.replace(request, conditioning=conditioning, prompt_options=prompt_options)
-        return self.generate(request, callback_on_step_end, return_dict)
+        return conditions, scales
 
     def control_conditioning(self, conditions: list[torch.Tensor], scales: list[float]) -> ViewConditioning:
-        """The request's ControlNet inputs from its conditions, each (1, 3, height, width) in [0, 1]
-        of the canvas's size: a family's own (SD3's ControlNets read VAE latents, control_sd3.py)."""
+        """The call's ControlNet inputs from its conditions, each (1, 3, height, width) in [0, 1]
+        of the canvas's size."""
         conditions = [condition.to(self._execution_device, self.controlnet.dtype) for condition in conditions]
-        return ControlConditioning(self.controlnets, conditions, scales, self.vae_factor, self.unet.dtype)
+        return ControlConditioning(self.controlnets, conditions, scales, self.vae_scale_factor, self.unet.dtype)
 
     def per_controlnet(self, value, name: str) -> list:
         """`value` as one entry per ControlNet: a list of that length, or one value for a lone ControlNet
@@ -208,17 +144,120 @@ class ControlSyncPipeline(SyncDiffusionPipeline):
         return [value] * count
 
 
+class ControlSyncPipeline(ControlSyncMixin, SyncDiffusionPipeline):
+    """SyncDiffusion panoramas that follow ControlNet conditions of the panorama's size.
+
+    Components: those of SyncDiffusionPipeline and `controlnet`, a diffusers ControlNetModel, a
+    list of them, or a MultiControlNetModel. Load like a diffusers ControlNet pipeline:
+    `ControlSyncPipeline.from_pretrained(sd15, controlnet=ControlNetModel.from_pretrained(...))`.
+    """
+
+    model_cpu_offload_seq = "text_encoder->controlnet->unet->vae"
+
+    def __init__(self, vae, text_encoder, tokenizer, unet, controlnet, scheduler):
+        SyncDiffusionPipeline.__init__(self, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                       scheduler=scheduler)
+        self.add_controlnet(controlnet)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        image=None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = FAMILY_DEFAULTS[SD]["guidance_scale"],
+        negative_prompt: str | list[str] | None = None,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+        controlnet_conditioning_scale: float | list[float] = 1.0,
+        resize_condition: bool = False,
+        callback_on_step_end: Callable[[Any, int, Any, dict], dict | None] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        *,
+        sync_weight: float = 20.0,
+        sync_decay_rate: float = 0.95,
+        sync_freq: int = 1,
+        sync_threshold: int | None = CONTROL_PAPER["sync_threshold"],
+        stride: int | None = None,
+        seed: int | None = None,
+        loop_closure: bool = False,
+        anchor: int | None = None,
+        view_batch_size: int | None = None,
+        fast_modes: Iterable[str] = (),
+        sync_image_scale: float = 1.0,
+        sync_decoder=None,
+        tiled_decode: bool | None = None,
+        window: int | None = None,
+    ):
+        """Generate one panorama per prompt and image that follows `image`, the condition: a PIL
+        image, numpy array or (1, 3, H, W) tensor in [0, 1] of the panorama's size in pixels (see
+        panosync.conditions), or a list of them, one per ControlNet. `controlnet_conditioning_scale`
+        weighs each ControlNet's residuals (one number for all, or one per ControlNet; 0 turns it
+        off). The canvas is the condition's size unless `width` and `height` are given; a condition
+        of another size is refused, or resized to the canvas with `resize_condition=True`. The
+        other parameters are SyncDiffusionPipeline's, with the ControlSync paper's sync defaults: weight 20,
+        decay 0.95, sync in the first 10 steps (of 50); the ControlNets run in every network call
+        of a view, the fast modes' included.
+        """
+        # 1. Check inputs (a ValueError that says what to change, before any model work): the
+        #    conditions decide the canvas unless it is given
+        conditions, scales = self.check_conditions(image, controlnet_conditioning_scale)
+        width, height = check_condition_canvas([condition_size(c) for c in conditions], width, height,
+                                               self.vae_scale_factor)
+        values = self.check_inputs(
+            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, output_type,
+            callback_on_step_end_tensor_inputs,
+            dict(width=width, height=height, guidance_scale=guidance_scale, sync_weight=sync_weight,
+                 sync_decay_rate=sync_decay_rate, sync_freq=sync_freq, sync_threshold=sync_threshold,
+                 num_inference_steps=num_inference_steps, stride=stride, seed=seed, loop_closure=loop_closure,
+                 anchor=anchor, view_batch_size=view_batch_size, fast_modes=fast_modes,
+                 sync_image_scale=sync_image_scale, sync_decoder=sync_decoder, tiled_decode=tiled_decode,
+                 window=window))
+        fast = self.fast_modes(values["fast_modes"], sync_image_scale, sync_decoder)
+        count = self.prompt_count(prompt, prompt_embeds)
+        prompts, negative_prompts = self.prompt_lists(prompt, negative_prompt, count)
+        device = self._execution_device
+        fitted = [fit_to_canvas(c, values["width"], values["height"], resize_condition) for c in conditions]
+        view_conditioning = self.control_conditioning(fitted, scales)  # what each view's ControlNet calls read
+
+        # 2. Lay out the views and draw the initial noise
+        layout = self.prepare_layout(values)
+        noise, seed = self.prepare_latents(count * num_images_per_prompt, values, generator, latents)
+
+        with self.autocast_context(device):
+            # 3. Encode the prompt
+            conditioning = self.backbone.encode_prompt(prompts, negative_prompts, device, num_images_per_prompt,
+                                                       prompt_embeds, negative_prompt_embeds)
+
+            # 4. The joint denoising loop: sync, denoise and merge the views at every step
+            latents, chunk_size = self.denoise(noise, conditioning, layout, values, fast, view_conditioning,
+                                               attention_kwargs=cross_attention_kwargs,
+                                               callback_on_step_end=callback_on_step_end,
+                                               callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
+
+            # 5. Decode
+            images = self.decode_latents(latents, values, layout, output_type, chunk_size)
+        return self.finish(images, seed, return_dict)
+
+
 def in_dtype(inputs: dict, dtype: torch.dtype) -> dict:
     """Keyword inputs (tensors, and dicts of tensors: SDXL's added_cond_kwargs) cast to `dtype`."""
     return {name: in_dtype(value, dtype) if isinstance(value, dict) else value.to(dtype)
             for name, value in inputs.items()}
 
 
-class ControlSyncXLPipeline(ControlSyncPipeline, SyncDiffusionXLPipeline):
-    """ControlSync with an SDXL model and SDXL ControlNets (one, a list, or a MultiControlNetModel):
-    ControlSyncPipeline's call on SyncDiffusionXLPipeline's backbone. Each ControlNet gets the
-    UNet's own prompt inputs, SDXL's added conditioning included. Load like diffusers'
-    StableDiffusionXLControlNetPipeline."""
+class ControlSyncXLPipeline(ControlSyncMixin, SyncDiffusionXLPipeline):
+    """ControlSync with an SDXL model and SDXL ControlNets (one, a list, or a MultiControlNetModel).
+    Each ControlNet gets the UNet's own prompt inputs, SDXL's added conditioning included. Load like
+    diffusers' StableDiffusionXLControlNetPipeline."""
 
     model_cpu_offload_seq = "text_encoder->text_encoder_2->controlnet->unet->vae"
 
@@ -227,6 +266,102 @@ class ControlSyncXLPipeline(ControlSyncPipeline, SyncDiffusionXLPipeline):
         SyncDiffusionXLPipeline.__init__(self, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet,
                                          scheduler, force_zeros_for_empty_prompt)
         self.add_controlnet(controlnet)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        image=None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = FAMILY_DEFAULTS[SDXL]["guidance_scale"],
+        negative_prompt: str | list[str] | None = None,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+        original_size: tuple[int, int] | None = None,
+        crops_coords_top_left: tuple[int, int] = (0, 0),
+        target_size: tuple[int, int] | None = None,
+        controlnet_conditioning_scale: float | list[float] = 1.0,
+        resize_condition: bool = False,
+        callback_on_step_end: Callable[[Any, int, Any, dict], dict | None] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        *,
+        sync_weight: float = 20.0,
+        sync_decay_rate: float = 0.95,
+        sync_freq: int = 1,
+        sync_threshold: int | None = CONTROL_PAPER["sync_threshold"],
+        stride: int | None = None,
+        seed: int | None = None,
+        loop_closure: bool = False,
+        anchor: int | None = None,
+        view_batch_size: int | None = None,
+        fast_modes: Iterable[str] = (),
+        sync_image_scale: float = 1.0,
+        sync_decoder=None,
+        tiled_decode: bool | None = None,
+        window: int | None = None,
+    ):
+        """Generate one panorama per prompt and image that follows `image`, the condition: a PIL
+        image, numpy array or (1, 3, H, W) tensor in [0, 1] of the panorama's size in pixels (see
+        panosync.conditions), or a list of them, one per ControlNet. `controlnet_conditioning_scale`
+        weighs each ControlNet's residuals (one number for all, or one per ControlNet; 0 turns it
+        off). The canvas is the condition's size unless `width` and `height` are given; a condition
+        of another size is refused, or resized to the canvas with `resize_condition=True`. The
+        other parameters are SyncDiffusionXLPipeline's, with the ControlSync paper's sync defaults: weight 20,
+        decay 0.95, sync in the first 10 steps (of 50); the ControlNets run in every network call
+        of a view, the fast modes' included.
+        """
+        # 1. Check inputs (a ValueError that says what to change, before any model work): the
+        #    conditions decide the canvas unless it is given
+        conditions, scales = self.check_conditions(image, controlnet_conditioning_scale)
+        width, height = check_condition_canvas([condition_size(c) for c in conditions], width, height,
+                                               self.vae_scale_factor)
+        values = self.check_inputs(
+            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, output_type,
+            callback_on_step_end_tensor_inputs,
+            dict(width=width, height=height, guidance_scale=guidance_scale, sync_weight=sync_weight,
+                 sync_decay_rate=sync_decay_rate, sync_freq=sync_freq, sync_threshold=sync_threshold,
+                 num_inference_steps=num_inference_steps, stride=stride, seed=seed, loop_closure=loop_closure,
+                 anchor=anchor, view_batch_size=view_batch_size, fast_modes=fast_modes,
+                 sync_image_scale=sync_image_scale, sync_decoder=sync_decoder, tiled_decode=tiled_decode,
+                 window=window))
+        check_pooled(prompt_embeds, pooled_prompt_embeds, negative_prompt_embeds, negative_pooled_prompt_embeds)
+        fast = self.fast_modes(values["fast_modes"], sync_image_scale, sync_decoder)
+        count = self.prompt_count(prompt, prompt_embeds)
+        prompts, negative_prompts = self.prompt_lists(prompt, negative_prompt, count)
+        device = self._execution_device
+        fitted = [fit_to_canvas(c, values["width"], values["height"], resize_condition) for c in conditions]
+        view_conditioning = self.control_conditioning(fitted, scales)  # what each view's ControlNet calls read
+
+        # 2. Lay out the views and draw the initial noise
+        layout = self.prepare_layout(values)
+        noise, seed = self.prepare_latents(count * num_images_per_prompt, values, generator, latents)
+
+        with self.autocast_context(device):
+            # 3. Encode the prompt
+            conditioning = self.backbone.encode_prompt(
+                prompts, negative_prompts, device, num_images_per_prompt, prompt_embeds, negative_prompt_embeds,
+                pooled_prompt_embeds, negative_pooled_prompt_embeds,
+                original_size, crops_coords_top_left, target_size)
+
+            # 4. The joint denoising loop: sync, denoise and merge the views at every step
+            latents, chunk_size = self.denoise(noise, conditioning, layout, values, fast, view_conditioning,
+                                               attention_kwargs=cross_attention_kwargs,
+                                               callback_on_step_end=callback_on_step_end,
+                                               callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
+
+            # 5. Decode
+            images = self.decode_latents(latents, values, layout, output_type, chunk_size)
+        return self.finish(images, seed, return_dict)
 
 
 @dataclasses.dataclass(frozen=True)

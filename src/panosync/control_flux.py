@@ -1,6 +1,6 @@
 """ControlSyncFluxPipeline: ControlSync with FLUX.1 and FLUX ControlNets (FluxControlNetModel).
 
-ControlSyncPipeline's call on SyncFluxPipeline's backbone. A FLUX ControlNet of InstantX's kind
+ControlSync's call on SyncDiffusionFluxPipeline's backbone. A FLUX ControlNet of InstantX's kind
 reads the condition's VAE latent, (mean − shift) · scaling, packed as the latents are, as
 diffusers' FluxControlNetPipeline computes it: the whole condition is encoded once per call, each
 view reads its crop of that latent (wrapped round for loop closure), packed as its own image. The
@@ -21,11 +21,17 @@ import torch
 from diffusers import FluxControlNetModel, FluxTransformer2DModel
 from diffusers.models.controlnets.controlnet_flux import FluxMultiControlNetModel
 
+from typing import Any, Callable, Iterable
+
+from .backbones.base import ViewConditioning
 from .backbones.flow import check_max_sequence_length
 from .backbones.flux import T5_TOKENS, pack
-from .control import ControlSyncPipeline, LatentConditioning, condition_latent
-from .flux import DEFAULT_FLUX_GUIDANCE, SyncFluxPipeline, check_true_cfg_scale
-from .pipeline import ViewConditioning
+from .conditions import condition_size, fit_to_canvas
+from .control import ControlSyncMixin, LatentConditioning, check_condition_canvas, condition_latent
+from .families import FAMILY_DEFAULTS, FLUX
+from .flux import SyncDiffusionFluxPipeline, check_true_cfg_scale
+from .pipeline_base import check_pooled
+from .settings import CONTROL_PAPER
 from .views import crop
 
 # The transformer config keys a FluxControlNetModel shares with its transformer.
@@ -47,29 +53,114 @@ def random_flux_controlnet_like(transformer: FluxTransformer2DModel, seed: int =
     return controlnet.eval()
 
 
-class ControlSyncFluxPipeline(ControlSyncPipeline, SyncFluxPipeline):
+class ControlSyncFluxPipeline(ControlSyncMixin, SyncDiffusionFluxPipeline):
     """ControlSync with a FLUX.1 model and FLUX ControlNets of InstantX's kind (one, a list, or a
-    FluxMultiControlNetModel). Components as in diffusers' FluxControlNetPipeline; the call is
-    ControlSyncPipeline's."""
+    FluxMultiControlNetModel). Components as in diffusers' FluxControlNetPipeline."""
 
     model_cpu_offload_seq = "text_encoder->text_encoder_2->controlnet->transformer->vae"
 
     def __init__(self, scheduler, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, transformer, controlnet,
                  image_encoder=None, feature_extractor=None):
-        SyncFluxPipeline.__init__(self, scheduler, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2,
+        SyncDiffusionFluxPipeline.__init__(self, scheduler, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2,
                                   transformer, image_encoder, feature_extractor)
         self.add_controlnet(controlnet)
 
     @torch.no_grad()
-    def __call__(self, prompt: str, image=None, *, true_cfg_scale: float = 1.0, max_sequence_length: int = T5_TOKENS,
-                 **parameters):
-        """ControlSyncPipeline's call with SyncFluxPipeline's options: `guidance_scale` the distilled
-        guidance (default 3.5, diffusers'), `true_cfg_scale`, `max_sequence_length`."""
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        image=None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = FAMILY_DEFAULTS[FLUX]["guidance_scale"],
+        negative_prompt: str | list[str] | None = None,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        true_cfg_scale: float = 1.0,
+        joint_attention_kwargs: dict[str, Any] | None = None,
+        max_sequence_length: int = T5_TOKENS,
+        controlnet_conditioning_scale: float | list[float] = 1.0,
+        resize_condition: bool = False,
+        callback_on_step_end: Callable[[Any, int, Any, dict], dict | None] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        *,
+        sync_weight: float = 20.0,
+        sync_decay_rate: float = 0.95,
+        sync_freq: int = 1,
+        sync_threshold: int | None = CONTROL_PAPER["sync_threshold"],
+        stride: int | None = None,
+        seed: int | None = None,
+        loop_closure: bool = False,
+        anchor: int | None = None,
+        view_batch_size: int | None = None,
+        fast_modes: Iterable[str] = (),
+        sync_image_scale: float = 1.0,
+        sync_decoder=None,
+        tiled_decode: bool | None = None,
+        window: int | None = None,
+    ):
+        """Generate one panorama per prompt and image that follows `image`, the condition: a PIL
+        image, numpy array or (1, 3, H, W) tensor in [0, 1] of the panorama's size in pixels (see
+        panosync.conditions), or a list of them, one per ControlNet. `controlnet_conditioning_scale`
+        weighs each ControlNet's residuals (one number for all, or one per ControlNet; 0 turns it
+        off). The canvas is the condition's size unless `width` and `height` are given; a condition
+        of another size is refused, or resized to the canvas with `resize_condition=True`. The
+        other parameters are SyncDiffusionFluxPipeline's, with the ControlSync paper's sync defaults: weight 20,
+        decay 0.95, sync in the first 10 steps (of 50); the ControlNets run in every network call
+        of a view, the fast modes' included.
+        """
+        # 1. Check inputs (a ValueError that says what to change, before any model work): the
+        #    conditions decide the canvas unless it is given
+        conditions, scales = self.check_conditions(image, controlnet_conditioning_scale)
+        width, height = check_condition_canvas([condition_size(c) for c in conditions], width, height,
+                                               self.vae_scale_factor)
+        values = self.check_inputs(
+            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, output_type,
+            callback_on_step_end_tensor_inputs,
+            dict(width=width, height=height, guidance_scale=guidance_scale, sync_weight=sync_weight,
+                 sync_decay_rate=sync_decay_rate, sync_freq=sync_freq, sync_threshold=sync_threshold,
+                 num_inference_steps=num_inference_steps, stride=stride, seed=seed, loop_closure=loop_closure,
+                 anchor=anchor, view_batch_size=view_batch_size, fast_modes=fast_modes,
+                 sync_image_scale=sync_image_scale, sync_decoder=sync_decoder, tiled_decode=tiled_decode,
+                 window=window))
         check_true_cfg_scale(true_cfg_scale)
         check_max_sequence_length(max_sequence_length)
-        parameters.setdefault("guidance_scale", DEFAULT_FLUX_GUIDANCE)
-        return ControlSyncPipeline.__call__(self, prompt, image, true_cfg_scale=true_cfg_scale,
-                                            max_sequence_length=max_sequence_length, **parameters)
+        check_pooled(prompt_embeds, pooled_prompt_embeds, negative_prompt_embeds, negative_pooled_prompt_embeds)
+        fast = self.fast_modes(values["fast_modes"], sync_image_scale, sync_decoder)
+        count = self.prompt_count(prompt, prompt_embeds)
+        prompts, negative_prompts = self.prompt_lists(prompt, negative_prompt, count)
+        device = self._execution_device
+        fitted = [fit_to_canvas(c, values["width"], values["height"], resize_condition) for c in conditions]
+        view_conditioning = self.control_conditioning(fitted, scales)  # what each view's ControlNet calls read
+
+        # 2. Lay out the views and draw the initial noise
+        layout = self.prepare_layout(values)
+        noise, seed = self.prepare_latents(count * num_images_per_prompt, values, generator, latents)
+
+        with self.autocast_context(device):
+            # 3. Encode the prompt
+            conditioning = self.backbone.encode_prompt(
+                prompts, negative_prompts, device, num_images_per_prompt, prompt_embeds, negative_prompt_embeds,
+                pooled_prompt_embeds, negative_pooled_prompt_embeds,
+                max_sequence_length, true_cfg_scale)
+
+            # 4. The joint denoising loop: sync, denoise and merge the views at every step
+            latents, chunk_size = self.denoise(noise, conditioning, layout, values, fast, view_conditioning,
+                                               attention_kwargs=joint_attention_kwargs,
+                                               callback_on_step_end=callback_on_step_end,
+                                               callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
+
+            # 5. Decode
+            images = self.decode_latents(latents, values, layout, output_type, chunk_size)
+        return self.finish(images, seed, return_dict)
 
     def add_controlnet(self, controlnet) -> None:
         if isinstance(controlnet, (list, tuple)):

@@ -41,8 +41,8 @@ NO_FAST_MODE = settings.NO_FAST_MODE
 
 
 @dataclass(frozen=True)
-class SyncShortcuts:
-    """The approximations a request allows itself; all off is faithful mode."""
+class FastModes:
+    """The fast modes a call allows itself, checked; all off is faithful mode."""
 
     reuse_noise: bool = False
     no_unet_backward: bool = False

@@ -2,9 +2,9 @@
 Hugging Face hub id; and choosing the device and precision.
 
 Everything that can be wrong with the model argument is found by `resolve_model`, which reads no
-weights, so that a bad argument costs the user nothing: its family too (auto.py), from a folder's
+weights, so that a bad argument costs the user nothing: its family too (families.py), from a folder's
 model_index.json or a checkpoint's keys, so that SDXL loads as SDXL and an unsupported family is
-refused in one sentence.
+refused in one sentence; and its geometry (`geometry_of_folder`), from its configs alone.
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ from typing import Callable
 
 import torch
 
-from .auto import (CONTROLNET_CLASS, SD, family_of_model_index, identify_checkpoint, pipeline_class, read_model_index,
-                   variant_of_folder)
+from .backbones import FlowBackbone, FluxBackbone, StableDiffusion3Backbone
 from .bundled import bundled_controlnet_folder, bundled_controlnet_names, bundled_model_folder, bundled_model_names
+from .families import (CONTROLNET_CLASS, FAMILY_OF_TRANSFORMER, FLUX, SD, SD3, family_of_model_index,
+                       identify_checkpoint, read_model_index, variant_of_folder)
+from .geometry import MAX_STEPS, Geometry, vae_factor_of, window_of
 from .pipeline import SyncDiffusionPipeline
 from .precision import Precision
-from .settings import MAX_STEPS, Geometry, geometry_of_folder
+from .registry import AutoSyncDiffusionPipeline, family_of_pipeline, pipeline_class
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
@@ -50,10 +52,11 @@ class ModelSource:
     kind: str  # "bundled", "folder", "file" or "hub"
     ref: str
     geometry: Geometry | None = None  # read from the configs, when they can be before loading
-    family: str | None = None  # auto.py's SD, SDXL, SD3 or FLUX; None: a hub model whose configs could not
+    family: str | None = None  # families.py's SD, SDXL, SD3 or FLUX; None: a hub model whose configs could not
     # be had (models._hub_configs), known once loaded
     controlnet_class: str | None = None  # a ControlNet folder's model class (its config's _class_name)
-    variant: str | None = None  # auto.SCHNELL for FLUX.1 schnell, whose defaults differ; None: none, or not known yet
+    variant: str | None = None  # families.SCHNELL for FLUX.1 schnell, whose defaults differ; None: none, or not
+    # known yet
 
     @property
     def window(self) -> int | None:
@@ -185,6 +188,55 @@ def _hub_configs(repo_id: str) -> tuple[Path | None, Geometry | None]:
     return fetched, geometry_of_folder(fetched)
 
 
+# ------------------------------------------------------------------------------------- geometry
+
+# The backbone of each transformer family: its classmethods read the geometry from configs alone.
+TRANSFORMER_BACKBONES: dict[str, type[FlowBackbone]] = {SD3: StableDiffusion3Backbone, FLUX: FluxBackbone}
+
+
+def geometry_of_folder(folder: str | Path) -> Geometry | None:
+    """A diffusers folder's geometry from its configs alone; None when they cannot be read. The
+    steps a UNet model's scheduler allows are DDIM's with its config, the scheduler the pipeline
+    switches to; a transformer's (SD3, FLUX) are its flow-matching scheduler's."""
+    folder = Path(folder)
+    if (folder / "transformer" / "config.json").is_file():
+        return _transformer_geometry(folder)
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+        vae = json.loads((folder / "vae" / "config.json").read_text())
+        window, factor = window_of(unet), vae_factor_of(vae)
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+    return Geometry(window, factor, _most_steps_of(folder / "scheduler" / "scheduler_config.json"))
+
+
+def _transformer_geometry(folder: Path) -> Geometry | None:
+    try:
+        transformer = json.loads((folder / "transformer" / "config.json").read_text())
+        vae = json.loads((folder / "vae" / "config.json").read_text())
+        scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+        backbone = TRANSFORMER_BACKBONES.get(FAMILY_OF_TRANSFORMER.get(transformer.get("_class_name")))
+        return None if backbone is None else backbone.geometry_of(transformer, scheduler, vae_factor_of(vae))
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
+def _most_steps_of(config_file: Path) -> int:
+    """The most steps DDIM allows with this scheduler config (MAX_STEPS when it cannot be read)."""
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError):
+        return MAX_STEPS
+    from diffusers import DDIMScheduler
+
+    from .schedulers import most_steps
+
+    try:
+        return most_steps(DDIMScheduler.from_config(config), MAX_STEPS)
+    except Exception:  # a config DDIM cannot read: the pipeline checks again with the scheduler it loads
+        return MAX_STEPS
+
+
 def load_vae(vae: str, dtype: torch.dtype):
     """An AutoencoderKL from a diffusers folder or hub id, in `dtype`: an fp16-safe VAE in place of a
     model's own (SDXL's overflows in float16; madebyollin/sdxl-vae-fp16-fix does not)."""
@@ -256,12 +308,10 @@ def load_pipeline(source: ModelSource | str, device: torch.device | str = "cpu",
                   precision: Precision | torch.dtype = torch.float32, config: str | None = None,
                   vae: str | None = None) -> SyncDiffusionPipeline:
     """Load the pipeline `source` names onto `device` in `precision` (a dtype, or a Precision: weights'
-    dtype and autocast): the pipeline of its family (auto.py). `config` (a diffusers folder or hub id)
-    gives the architecture of a checkpoint file; offline, a checkpoint cannot be loaded without it
-    unless the configs diffusers guesses for it are in the local Hugging Face cache. It is ignored for
-    other sources. `vae` (a diffusers folder or hub id) replaces the model's VAE."""
-    from .auto import AutoSyncPipeline
-
+    dtype and autocast): the pipeline of its family (registry.pipeline_class). `config` (a diffusers
+    folder or hub id) gives the architecture of a checkpoint file; offline, a checkpoint cannot be
+    loaded without it unless the configs diffusers guesses for it are in the local Hugging Face cache.
+    It is ignored for other sources. `vae` (a diffusers folder or hub id) replaces the model's VAE."""
     precision = as_precision(precision)
     dtype = precision.weights
     if isinstance(source, str):
@@ -277,7 +327,7 @@ def load_pipeline(source: ModelSource | str, device: torch.device | str = "cpu",
         pipe = _load_checkpoint(source.ref, dtype, config, source.family, **components)
     else:
         local = source.kind == "folder" or _hub_is_offline()
-        loader = AutoSyncPipeline if source.family is None else pipeline_class(source.family)
+        loader = AutoSyncDiffusionPipeline if source.family is None else pipeline_class(source.family)
         pipe = loader.from_pretrained(source.ref, dtype=dtype, local_files_only=local, **components)
     if precision.autocast is not None:
         pipe.enable_autocast(precision.autocast)
@@ -333,7 +383,6 @@ def load_controlnet(source: ModelSource | str, base: SyncDiffusionPipeline, dtyp
     an SD3ControlNetModel for SD3, a FluxControlNetModel for FLUX, else a ControlNetModel)."""
     from diffusers import ControlNetModel, FluxControlNetModel, SD3ControlNetModel
 
-    from .auto import FLUX, SD3, family_of_pipeline
     from .control import random_controlnet_like
     from .control_flux import random_flux_controlnet_like
     from .control_sd3 import random_sd3_controlnet_like
@@ -348,7 +397,7 @@ def load_controlnet(source: ModelSource | str, base: SyncDiffusionPipeline, dtyp
         elif family == FLUX:
             controlnet = random_flux_controlnet_like(base.transformer)
         else:
-            controlnet = random_controlnet_like(base.unet, base.vae_factor)
+            controlnet = random_controlnet_like(base.unet, base.vae_scale_factor)
         return controlnet if controlnet.dtype == dtype else controlnet.to(dtype=dtype)
     local = source.kind == "folder" or _hub_is_offline()
     kind = {SD3: SD3ControlNetModel, FLUX: FluxControlNetModel}.get(family, ControlNetModel)
@@ -361,8 +410,6 @@ def load_control_pipeline(source: ModelSource | str, controlnets: list[ModelSour
     """The ControlSync pipeline of the base model's family (ControlSyncPipeline, ControlSyncXLPipeline,
     ControlSync3Pipeline, ControlSyncFluxPipeline): the base model as `load_pipeline` loads it, with
     one or several ControlNets."""
-    from .auto import family_of_pipeline
-
     precision = as_precision(precision)
     if isinstance(source, str):
         source = resolve_model(source)

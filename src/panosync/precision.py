@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .families import HALF_PRECISION
+
 if TYPE_CHECKING:
     import torch
 
@@ -53,7 +55,7 @@ class Precision:
 
 def pick_precision(requested: str, device: torch.device | str, family: str | None = None) -> Precision:
     """The precision `--dtype` asks for. auto on CUDA: the half precision of the model's `family`
-    (auto.HALF_PRECISION: bfloat16 for SD3 and FLUX, whose transformers are trained and released in it
+    (families.HALF_PRECISION: bfloat16 for SD3 and FLUX, whose transformers are trained and released in it
     and overflow float16; float16 for the UNets, and for a family not known yet: half the memory and
     the fastest kernels; every path is tested in it); float32 elsewhere (half precision is slow on
     most CPUs)."""
@@ -62,8 +64,6 @@ def pick_precision(requested: str, device: torch.device | str, family: str | Non
     if requested == "auto":
         if torch.device(device).type != "cuda":
             return Precision(torch.float32)
-        from .auto import HALF_PRECISION
-
         return Precision(getattr(torch, HALF_PRECISION.get(family, "float16")))
     if requested == AUTOCAST:
         # The reference's torch.autocast("cuda") computes in float16; so does the CPU's autocast here.

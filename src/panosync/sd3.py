@@ -1,28 +1,28 @@
 """SyncDiffusion3Pipeline: SyncDiffusion panoramas with Stable Diffusion 3 and 3.5.
 
-The joint diffusion is SyncDiffusionPipeline's, unchanged; the SD3 backbone (backbones/sd3.py,
-backbones/flow.py) gives it the three text encoders' conditioning, the transformer's velocity with
-classifier-free guidance, x̂₀ = x − σ·v̂ and the Euler step of the model's own flow-matching
+The call's steps are SyncDiffusionPipeline's; the SD3 backbone (backbones/sd3.py,
+backbones/flow.py) gives them the three text encoders' conditioning, the transformer's velocity
+with classifier-free guidance, x̂₀ = x − σ·v̂ and the Euler step of the model's own flow-matching
 scheduler. The window is a parameter: by default the transformer's `sample_size` (1024 pixels for
 SD3.5 medium)."""
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from diffusers import DiffusionPipeline
+from diffusers.loaders import FromSingleFileMixin
 
 from .backbones.flow import check_max_sequence_length
 from .backbones.sd3 import T5_TOKENS, StableDiffusion3Backbone
-from .pipeline import SyncDiffusionPipeline
+from .families import FAMILY_DEFAULTS, SD3
+from .pipeline_base import PanoramaPipelineBase, check_pooled
 
 DEFAULT_SD3_MODEL = "stabilityai/stable-diffusion-3.5-medium"
-DEFAULT_SD3_GUIDANCE = 7.0  # diffusers' StableDiffusion3Pipeline's default
 
 
-class SyncDiffusion3Pipeline(SyncDiffusionPipeline):
+class SyncDiffusion3Pipeline(PanoramaPipelineBase, FromSingleFileMixin):
     """SyncDiffusion panoramas with a Stable Diffusion 3 / 3.5 model.
 
     Components as in diffusers' StableDiffusion3Pipeline: transformer, scheduler (its
@@ -32,13 +32,14 @@ class SyncDiffusion3Pipeline(SyncDiffusionPipeline):
     `from_single_file` and `.to()` are diffusers'.
     """
 
+    family = SD3
+    backbone_class = StableDiffusion3Backbone
     model_cpu_offload_seq = "text_encoder->text_encoder_2->text_encoder_3->transformer->vae"
     _optional_components = ["text_encoder_3", "tokenizer_3", "image_encoder", "feature_extractor"]
-    backbone_class = StableDiffusion3Backbone
 
     def __init__(self, transformer, scheduler, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2,
                  text_encoder_3=None, tokenizer_3=None, image_encoder=None, feature_extractor=None):
-        DiffusionPipeline.__init__(self)  # not SyncDiffusionPipeline's: other components
+        DiffusionPipeline.__init__(self)
         # image_encoder and feature_extractor (SD3's IP adapter) are taken so that a model folder that
         # names them loads; panosync does not use them
         self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=text_encoder,
@@ -49,18 +50,85 @@ class SyncDiffusion3Pipeline(SyncDiffusionPipeline):
                       if model is not None))
 
     @torch.no_grad()
-    def __call__(self, prompt: str, *, max_sequence_length: int = T5_TOKENS,
-                 callback_on_step_end: Callable[[Any, int, Any, dict], dict | None] | None = None,
-                 return_dict: bool = True, **parameters):
-        """Generate one panorama; `parameters` are SyncDiffusionPipeline's (sizes in pixels; the
-        default canvas is one window high and four wide: 1024 x 4096 for SD3.5 medium; `window`
-        chooses another view size, a multiple of the patch in pixels).
-
-        `guidance_scale` defaults to 7, diffusers' StableDiffusion3Pipeline's; at 1 or less the
-        negative branch is not run, as there. `max_sequence_length`: T5's tokens (diffusers' 256).
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = FAMILY_DEFAULTS[SD3]["guidance_scale"],
+        negative_prompt: str | list[str] | None = None,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        joint_attention_kwargs: dict[str, Any] | None = None,
+        max_sequence_length: int = T5_TOKENS,
+        callback_on_step_end: Callable[[Any, int, Any, dict], dict | None] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        *,
+        sync_weight: float = 20.0,
+        sync_decay_rate: float = 0.95,
+        sync_freq: int = 1,
+        sync_threshold: int | None = None,
+        stride: int | None = None,
+        seed: int | None = None,
+        loop_closure: bool = False,
+        anchor: int | None = None,
+        view_batch_size: int | None = None,
+        fast_modes: Iterable[str] = (),
+        sync_image_scale: float = 1.0,
+        sync_decoder=None,
+        tiled_decode: bool | None = None,
+        window: int | None = None,
+    ):
+        """Generate one panorama per prompt and image; the parameters are SyncDiffusionPipeline's
+        (sizes in pixels; the default canvas is one window high and four wide: 1024 x 4096 for SD3.5
+        medium; `window` chooses another view size, a multiple of the patch in pixels), with SD3's:
+        `pooled_prompt_embeds` / `negative_pooled_prompt_embeds` beside embeddings given in place of
+        texts, `joint_attention_kwargs` for the transformer's attention, `max_sequence_length` (T5's
+        tokens, diffusers' 256). `guidance_scale` defaults to 7 (families.py); at 1 or less the
+        negative branch is not run, as in diffusers' StableDiffusion3Pipeline.
         """
+        # 1. Check inputs (a ValueError that says what to change, before any model work)
+        values = self.check_inputs(
+            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, output_type,
+            callback_on_step_end_tensor_inputs,
+            dict(width=width, height=height, guidance_scale=guidance_scale, sync_weight=sync_weight,
+                 sync_decay_rate=sync_decay_rate, sync_freq=sync_freq, sync_threshold=sync_threshold,
+                 num_inference_steps=num_inference_steps, stride=stride, seed=seed, loop_closure=loop_closure,
+                 anchor=anchor, view_batch_size=view_batch_size, fast_modes=fast_modes,
+                 sync_image_scale=sync_image_scale, sync_decoder=sync_decoder, tiled_decode=tiled_decode,
+                 window=window))
         check_max_sequence_length(max_sequence_length)
-        parameters.setdefault("guidance_scale", DEFAULT_SD3_GUIDANCE)
-        request = self.make_request(prompt=prompt, **parameters)
-        options = dict(max_sequence_length=max_sequence_length)
-        return self.generate(dataclasses.replace(request, prompt_options=options), callback_on_step_end, return_dict)
+        check_pooled(prompt_embeds, pooled_prompt_embeds, negative_prompt_embeds, negative_pooled_prompt_embeds)
+        fast = self.fast_modes(values["fast_modes"], sync_image_scale, sync_decoder)
+        count = self.prompt_count(prompt, prompt_embeds)
+        prompts, negative_prompts = self.prompt_lists(prompt, negative_prompt, count)
+        device = self._execution_device
+
+        # 2. Lay out the views and draw the initial noise
+        layout = self.prepare_layout(values)
+        noise, seed = self.prepare_latents(count * num_images_per_prompt, values, generator, latents)
+
+        with self.autocast_context(device):
+            # 3. Encode the prompt
+            conditioning = self.backbone.encode_prompt(
+                prompts, negative_prompts, device, num_images_per_prompt, prompt_embeds, negative_prompt_embeds,
+                pooled_prompt_embeds, negative_pooled_prompt_embeds,
+                max_sequence_length)
+
+            # 4. The joint denoising loop: sync, denoise and merge the views at every step
+            latents, chunk_size = self.denoise(noise, conditioning, layout, values, fast,
+                                               attention_kwargs=joint_attention_kwargs,
+                                               callback_on_step_end=callback_on_step_end,
+                                               callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
+
+            # 5. Decode
+            images = self.decode_latents(latents, values, layout, output_type, chunk_size)
+        return self.finish(images, seed, return_dict)

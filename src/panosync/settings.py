@@ -1,26 +1,29 @@
 """Every generation parameter, once: its name, type, range, help and the paper's default; the
 order in which a value's sources take precedence; and the checks a request must pass, which need
-only the model's geometry (read from its configs before any weights load).
+only the model's geometry (geometry.py; read from its configs before any weights load, models.py).
 
-Every front end is made from this table: the command's options (`add_options`, also evaluate's),
-the HTTP API's request schema (server/schema.py), the web page's inputs and presets
-(server/ui.py), and the pipeline checks its own call with `check` too, so that a value is refused
-with the same sentence wherever it comes from. A new parameter is one more `Parameter` here.
+Every front end is made from this table: the command's options (command_options.py, also
+evaluate's), the HTTP API's request schema (server/schema.py), the web page's inputs and presets
+(server/ui.py, server/presets.py), and the pipeline checks its own call with `check` too, so that a
+value is refused with the same sentence wherever it comes from. A new parameter is one more
+`Parameter` here.
 
 Precedence, highest first: the values given (options, fields), the PNG of --from-png, the model's
-recommended.json, its family's and variant's defaults (auto.defaults_of), the paper's (`paper_defaults`).
+recommended.json, its family's and variant's defaults (families.defaults_of), the paper's
+(`paper_defaults`).
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
 import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
+
+from .errors import SettingError, shown
+from .families import defaults_of
+from .geometry import MAX_STEPS, Geometry, canvas_defaults
 
 # The model a front end loads when none is named: SyncDiffusion's paper used Stable Diffusion 2 base.
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-base"
@@ -32,7 +35,6 @@ DEFAULT_CONTROLNET = "lllyasviel/sd-controlnet-canny"
 UINT32_MAX = 2**32 - 1
 MAX_PROMPT_CHARACTERS = 2000  # CLIP reads 77 tokens; anything far longer is a mistake, not a prompt
 PROMPTS = ("prompt", "negative_prompt")  # the text the tokenizers read
-MAX_STEPS = 1000  # the DDPM training schedule has 1000 timesteps: DDIM cannot take more
 # The largest canvas anything makes: ComfyUI's largest side, and 16384 × 4096 pixels in all (a
 # latent of 4 MB in float32 at factor 8). A bound, so that a typo cannot ask for gigabytes.
 MAX_SIDE = 16384
@@ -50,57 +52,6 @@ PREPROCESSORS = ("none", "canny")
 CANNY_MAX = 255 * 4  # the largest gradient OpenCV's Sobel can give an 8-bit image
 # LPIPS-VGG pools four times before its last stage: smaller images have no features left there.
 SMALLEST_LPIPS_SIDE = 16
-
-
-class SettingError(ValueError):
-    """A value a front end or the pipeline cannot use: `field` names the parameter (None when the
-    sentence is about several), the message says what to change."""
-
-    def __init__(self, field: str | None, message: str):
-        super().__init__(message)
-        self.field = field
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """What the checks need of a model: its window (latent pixels of a view's side: the family's
-    default), its VAE factor (image pixels per latent pixel) and the most denoising steps its
-    scheduler allows. Where the window may be chosen (the transformers, which have no single native
-    size), `window_multiple` is what a chosen window's latent side must be a multiple of (FLUX's
-    2x2 packing, SD3's patches) and `max_window` the largest (SD3's position embedding); 0: the
-    window is the UNet's native size, fixed. `refused_fast_modes` are the fast modes the family
-    has no use for, with the sentence that says why."""
-
-    window: int
-    vae_factor: int
-    max_steps: int = MAX_STEPS
-    window_multiple: int = 0
-    max_window: int | None = None
-    refused_fast_modes: tuple[tuple[str, str], ...] = ()
-
-    @property
-    def window_pixels(self) -> int:
-        return self.window * self.vae_factor
-
-    def with_window(self, pixels: int | None) -> "Geometry":
-        """This geometry with the window `pixels` wide (checked: a SettingError that says what to
-        give); itself for None."""
-        if pixels is None:
-            return self
-        _check_one(BY_NAME["window"], pixels)  # a whole number first: "32", 32.0 or True is no window
-        if pixels == self.window_pixels:
-            return self
-        if not self.window_multiple:
-            raise SettingError("window", f"window must be {self.window_pixels} pixels for this model (its UNet's "
-                                         f"native size; only the transformers, SD3 and FLUX, take others), got "
-                                         f"{pixels}.")
-        step = self.window_multiple * self.vae_factor
-        if pixels % step or pixels < step:
-            raise SettingError("window", f"window must be a multiple of {step} pixels for this model, got {pixels}.")
-        if self.max_window is not None and pixels > self.max_window * self.vae_factor:
-            raise SettingError("window", f"window must be at most {self.max_window * self.vae_factor} pixels for this "
-                                         f"model (its position embedding's size), got {pixels}.")
-        return dataclasses.replace(self, window=pixels // self.vae_factor)
 
 
 @dataclass(frozen=True)
@@ -228,11 +179,10 @@ def _copy(value):
 
 
 def recommended_of(source) -> dict:
-    """The settings a model recommends: its family's (auto.FAMILY_DEFAULTS: FLUX's distilled
-    guidance 3.5, SD3's 7, diffusers' own) and its variant's (auto.VARIANT_DEFAULTS: FLUX.1
-    schnell's 4 steps) under a diffusers folder's recommended.json, as parameters. A key that is
-    no parameter is a SettingError: the file is wrong."""
-    from .auto import defaults_of
+    """The settings a model recommends: its family's (families.FAMILY_DEFAULTS: FLUX's distilled
+    guidance 3.5, SD3's 7, SDXL's 5, diffusers' own) and its variant's (families.VARIANT_DEFAULTS:
+    FLUX.1 schnell's 4 steps) under a diffusers folder's recommended.json, as parameters. A key that
+    is no parameter is a SettingError: the file is wrong."""
     from .bundled import recommended_settings
 
     family = defaults_of(getattr(source, "family", None), getattr(source, "variant", None))
@@ -244,18 +194,6 @@ def recommended_of(source) -> dict:
         raise SettingError(None, f"{Path(source.ref) / 'recommended.json'} sets {', '.join(unknown)}, which no "
                                  f"parameter is: fix the file.")
     return {**family, **recommended}
-
-
-def family_defaults_after_loading(pipe, explicit: Iterable[str] = ()) -> dict:
-    """The defaults of a loaded pipeline's family and variant (auto.defaults_of: FLUX's distilled
-    guidance, schnell's 4 steps) but those named in `explicit` (set by options, or a PNG): for a
-    model whose family was not known before it loaded (a hub model whose configs could not be had),
-    which recommended_of could not give."""
-    from .auto import defaults_of, family_of_pipeline, variant_of_pipeline
-
-    explicit = set(explicit)
-    defaults = defaults_of(family_of_pipeline(pipe), variant_of_pipeline(pipe))
-    return {name: value for name, value in defaults.items() if name not in explicit}
 
 
 def model_defaults(source, control: bool = False) -> dict:
@@ -314,15 +252,6 @@ def fast_modes(modes: Iterable[str] | str | None) -> list[str]:
 # --------------------------------------------------------------------------------------- checks
 
 KIND_WORDS = {int: "a whole number", float: "a number", str: "text", bool: "true or false", list: "a list"}
-
-
-SHOWN_CHARACTERS = 60  # of a refused value, in its sentence: a megabyte sent as a width is not echoed
-
-
-def shown(value) -> str:
-    """`value` as a refusal shows it: its repr, cut short."""
-    text = repr(value)
-    return text if len(text) <= SHOWN_CHARACTERS else f"{text[:SHOWN_CHARACTERS - 1]}… ({len(text):,} characters)"
 
 
 def _check_one(parameter: Parameter, value, item_of: str | None = None) -> None:
@@ -487,11 +416,6 @@ def fill_canvas(values: dict, geometry: Geometry) -> dict:
     return {**values, **{name: value for name, value in canvas.items() if values.get(name) is None}}
 
 
-def canvas_defaults(window: int, vae_factor: int) -> dict:
-    """The default canvas of a model: one window high, four wide, views a quarter window apart."""
-    return dict(width=4 * window * vae_factor, height=window * vae_factor, stride=max(1, window // 4))
-
-
 def draw_seed() -> int:
     """A random seed for a request that names none; reported with the result, so it can be reused."""
     return random.randrange(UINT32_MAX + 1)
@@ -502,158 +426,3 @@ def sync_schedule(values: dict):
     from .sync import SyncSchedule
 
     return SyncSchedule(values["sync_weight"], values["sync_decay_rate"], values["sync_freq"], values["sync_threshold"])
-
-
-# ------------------------------------------------------------------------------------- geometry
-
-
-def window_of(unet_config) -> int:
-    """The UNet's native latent size: the side of every view (64 for Stable Diffusion 2 base)."""
-    size = unet_config["sample_size"]
-    return size if isinstance(size, int) else size[0]
-
-
-def vae_factor_of(vae_config) -> int:
-    """How many image pixels one latent pixel stands for (8 for Stable Diffusion)."""
-    return 2 ** (len(vae_config["block_out_channels"]) - 1)
-
-
-def geometry_of_folder(folder: str | Path) -> Geometry | None:
-    """A diffusers folder's geometry from its configs alone; None when they cannot be read. The
-    steps a UNet model's scheduler allows are DDIM's with its config, the scheduler the pipeline
-    switches to; a transformer's (SD3, FLUX) are its flow-matching scheduler's."""
-    folder = Path(folder)
-    if (folder / "transformer" / "config.json").is_file():
-        return _transformer_geometry(folder)
-    try:
-        unet = json.loads((folder / "unet" / "config.json").read_text())
-        vae = json.loads((folder / "vae" / "config.json").read_text())
-        window, factor = window_of(unet), vae_factor_of(vae)
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
-        return None
-    return Geometry(window, factor, _most_steps_of(folder / "scheduler" / "scheduler_config.json"))
-
-
-def _transformer_geometry(folder: Path) -> Geometry | None:
-    from .backbones.flow import backbone_of_transformer
-
-    try:
-        transformer = json.loads((folder / "transformer" / "config.json").read_text())
-        vae = json.loads((folder / "vae" / "config.json").read_text())
-        scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-        backbone = backbone_of_transformer(transformer.get("_class_name"))
-        return None if backbone is None else backbone.geometry_of(transformer, scheduler, vae_factor_of(vae))
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
-        return None
-
-
-def _most_steps_of(config_file: Path) -> int:
-    try:
-        config = json.loads(config_file.read_text())
-    except (OSError, ValueError):
-        return MAX_STEPS
-    from diffusers import DDIMScheduler
-
-    from .schedulers import most_steps
-
-    try:
-        return most_steps(DDIMScheduler.from_config(config), MAX_STEPS)
-    except Exception:  # a config DDIM cannot read: the pipeline checks again with the scheduler it loads
-        return MAX_STEPS
-
-
-def geometry_of_pipeline(pipe) -> Geometry:
-    """A loaded pipeline's geometry: its backbone's (the family's default window, and whether
-    another may be chosen)."""
-    return pipe.backbone.geometry(pipe.vae_factor)
-
-
-# --------------------------------------------------------------------------- command-line options
-
-
-def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, names: Iterable[str],
-                helps: dict | None = None) -> None:
-    """The command-line option of each parameter `names` lists, every default None (not given: the
-    next source decides, see `resolve`). `helps` replaces some parameters' help."""
-    for name in names:
-        parameter = BY_NAME[name]
-        text = (helps or {}).get(name) or _help(parameter)
-        flags = [parameter.flag, *parameter.flags]
-        if name == "prompt":
-            parser.add_argument("prompt", nargs="?", help=text)
-        elif parameter.kind is bool:
-            parser.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
-        elif name == "fast_modes":
-            modes = _fast_mode_help()
-            parser.add_argument("--fast", dest=name, action="append", choices=list(modes), default=None,
-                                help=text + ": " + "; ".join(f"{mode}: {words}" for mode, words in modes.items()))
-        elif parameter.kind is list:
-            item = str if parameter.item is object else parameter.item  # a condition on the command: its file
-            parser.add_argument(*flags, dest=name, action="append", type=item, default=None,
-                                metavar=name.upper(), help=text + " (repeatable)")
-        else:
-            # no argparse choices: settings.check refuses another value with one sentence, not a usage text
-            parser.add_argument(*flags, dest=name, type=parameter.kind, default=None, help=text)
-
-
-def _help(parameter: Parameter) -> str:
-    default = parameter.unset if parameter.default is None else json.dumps(parameter.default)
-    limits = "" if parameter.kind in (str, bool, list) or (parameter.minimum is None and parameter.maximum is None) \
-        else f"; {parameter.range_words()}"
-    return f"{parameter.help}{limits} (default: {default})" if default is not None else parameter.help
-
-
-def _fast_mode_help() -> dict:
-    return {**FAST_MODES, NO_FAST_MODE: "none of them, even those the model recommends (faithful mode)"}
-
-
-def given_options(args: argparse.Namespace) -> dict:
-    """The parameters the options give (None: not given)."""
-    return {name: getattr(args, name) for name in BY_NAME if getattr(args, name, None) is not None}
-
-
-def add_model_options(parser: argparse.ArgumentParser, default_model: str, control: bool = False) -> None:
-    """The options that say which model runs where, shared by every command that loads one."""
-    from .precision import DTYPE_HELP
-
-    parser.add_argument("--model", default=None,
-                        help=f"bundled name (pocket, tiny-random), diffusers folder, .safetensors file or hub id "
-                             f"(default: {default_model}); its recommended.json gives the defaults")
-    if control:
-        parser.add_argument("--controlnet", action="append", default=None, metavar="FOLDER_OR_ID",
-                            help=f"diffusers ControlNet folder or hub id, repeatable (default: {DEFAULT_CONTROLNET}; "
-                                 f"tiny-random: random weights, a smoke test)")
-    parser.add_argument("--model-config", dest="model_config", default=None, metavar="FOLDER_OR_ID",
-                        help="for a .safetensors/.ckpt --model: diffusers folder or hub id whose configs describe the "
-                             "checkpoint's architecture; needed offline")
-    parser.add_argument("--vae", default=None, metavar="FOLDER_OR_ID",
-                        help="diffusers VAE folder or hub id in place of the model's own, e.g. an fp16-safe SDXL VAE "
-                             "(madebyollin/sdxl-vae-fp16-fix): SDXL's own overflows in float16 and decodes in float32")
-    parser.add_argument("--gradient-checkpointing", dest="gradient_checkpointing", action="store_true",
-                        help="recompute the network's activations in the sync gradient's backward instead of keeping "
-                             "them: less memory (SD3 and FLUX at large windows), slower synced steps, same result")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 …")
-    parser.add_argument("--dtype", default="auto", help=DTYPE_HELP)
-
-
-# ------------------------------------------------------------------------------------- presets
-
-# What a preset sets: the sync and diffusion settings, the fast modes included, so that choosing
-# "paper" runs the paper's gradient even on a model that recommends a fast mode.
-PRESET_NAMES = ("guidance_scale", "sync_weight", "sync_decay_rate", "sync_freq", "sync_threshold",
-                "num_inference_steps", "stride", "fast_modes", "sync_image_scale")
-
-
-def presets(defaults: dict, geometry: Geometry) -> dict[str, dict]:
-    """The presets of a model whose defaults (settings.model_defaults) are `defaults`: "paper" (the
-    paper's settings, faithful), "fast" (20 steps, sync only in the first 5, where the layout is
-    decided, as the public hosted API does; faithful too), and first "recommended", the model's own,
-    when they differ from the paper's."""
-    paper = {name: _copy(value) for name, value in fill_canvas(paper_defaults(), geometry).items()
-             if name in PRESET_NAMES}
-    fast = {**paper, "num_inference_steps": 20, "sync_threshold": 5}
-    recommended = {name: _copy(defaults[name]) for name in PRESET_NAMES}
-    if recommended.get("stride") is None:
-        recommended["stride"] = paper["stride"]
-    chosen = {"paper": paper, "fast": fast}
-    return {"recommended": recommended, **chosen} if recommended != paper else chosen

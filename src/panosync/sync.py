@@ -6,11 +6,14 @@ distance between the image it predicts and the anchor view's predicted image.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
+log = logging.getLogger("panosync")
 
 
 @dataclass(frozen=True)
@@ -94,3 +97,72 @@ def sync_gradient(
         if scale == scales[-1] or torch.isfinite(gradient).all():
             break
     return gradient, scale
+
+
+class LossScale:
+    """The half-precision loss scale of one call: it starts at `half_precision_loss_scale` of the
+    compared images' pixels and, once a backward overflowed at some scale, stays at the scale that
+    worked for the rest of the call, as a mixed-precision grad scaler does. 1 in full precision."""
+
+    def __init__(self, image_pixels: int, half_precision: bool):
+        self.scale = half_precision_loss_scale(image_pixels) if half_precision else 1.0
+
+    def settle(self, used: float) -> None:
+        """Keep `used` (what sync_gradient fell back to) as the scale from now on."""
+        if used < self.scale:
+            log.warning("The sync loss's backward overflowed float16 at scale %g; scaling by %g from now on.",
+                        self.scale, used)
+            self.scale = used
+
+
+@dataclass(frozen=True)
+class SyncModels:
+    """The networks of one synced step, bound to its timestep, for a batch of views:
+
+    predict             x -> the guided prediction (noise or velocity)
+    predicted_original  (x, prediction) -> x̂₀, the clean latent it foresees
+    decode              x̂₀ -> the foreseen image in [0, 1] (the VAE's, or a fast mode's)
+    distance_to_anchor  images -> each one's LPIPS distance to the anchor's foreseen image
+    """
+
+    predict: Callable[[torch.Tensor], torch.Tensor]
+    predicted_original: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    decode: Callable[[torch.Tensor], torch.Tensor]
+    distance_to_anchor: Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SyncMove:
+    """What a sync step gives back: the moved latents, the prediction the gradient pass made at the
+    latents before the move (what the fast mode reuse_noise denoises with), and the loss scale that
+    gave the gradient."""
+
+    latents: torch.Tensor
+    prediction_before_move: torch.Tensor
+    loss_scale: float
+
+
+def sync_step(latents: torch.Tensor, weight: float, models: SyncModels, *, prediction_is_constant: bool = False,
+              loss_scale: float = 1.0) -> SyncMove:
+    """The paper's synchronization (docs/algorithm.md, section 3, step 2) for a batch of views:
+
+        x̂₀ = x̂₀(x, ε̂(x))                     the clean latent the view foresees
+        L  = LPIPS(D(x̂₀), D(x̂₀ of the anchor))  how far its image is from the anchor's
+        x ← x − w · ∂L/∂x                       one gradient-descent step towards the anchor
+
+    The gradient flows through the decoder, x̂₀ and the network. `prediction_is_constant` (the
+    fast mode no_unet_backward) runs the network without autograd, so ε̂ (or v̂) is a constant of
+    x. `loss_scale`: the half-precision loss scale (LossScale)."""
+    made = {}
+
+    def foreseen_image(x):
+        if prediction_is_constant:
+            with torch.no_grad():
+                prediction = models.predict(x.detach())
+        else:
+            prediction = models.predict(x)
+        made["prediction"] = prediction.detach()
+        return models.decode(models.predicted_original(x, prediction))
+
+    gradient, used = sync_gradient(latents, foreseen_image, models.distance_to_anchor, loss_scale)
+    return SyncMove(latents - weight * gradient, made["prediction"], used)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
-from ..settings import MAX_STEPS, Geometry
+from ..geometry import MAX_STEPS, Geometry
 
 if TYPE_CHECKING:
     from ..views import View
@@ -31,8 +31,21 @@ log = logging.getLogger("panosync")
 
 
 class PromptConditioning:
-    """A family's encoding of a request's prompts, for classifier-free guidance: the negative
-    prompt's first, then the prompt's. Opaque to the loop: only its backbone reads it."""
+    """A family's encoding of a call's prompts, for classifier-free guidance: the negative prompts'
+    first, then the prompts', one per panorama in each branch. Opaque to the loop: only its
+    backbone reads it."""
+
+
+def per_item(branch: torch.Tensor, count: int) -> torch.Tensor:
+    """One branch's conditioning (one row per panorama) for a batch of `count` view latents, which
+    hold the same views of every panorama, view by view: the rows repeated count / panoramas times."""
+    return branch.repeat(count // branch.shape[0], *[1] * (branch.ndim - 1))
+
+
+def both_branches(stacked: torch.Tensor, count: int) -> torch.Tensor:
+    """The negative branch's rows, then the prompt's (stacked as encode_prompt gives them), each
+    for a batch of `count` view latents (per_item)."""
+    return torch.cat([per_item(branch, count) for branch in stacked.chunk(2)])
 
 
 class ViewConditioning:
@@ -90,7 +103,7 @@ class Backbone(ABC):
     switches_to_ddim = False
 
     def geometry(self, vae_factor: int) -> Geometry:
-        """What the request checks need of this model (settings.Geometry): the default window, the
+        """What the request checks need of this model (geometry.Geometry): the default window, the
         steps its scheduler allows; a family that lets the window be chosen says how."""
         return Geometry(self.window, vae_factor, self.most_steps())
 
@@ -105,20 +118,27 @@ class Backbone(ABC):
     # ---------------------------------------------------------------------- the four things
 
     @abstractmethod
-    def encode_prompt(self, prompt: str, negative_prompt: str, device, **options) -> PromptConditioning:
-        """The prompts' conditioning; `options` are a family's own (SDXL: size and crop conditioning)."""
+    def encode_prompt(self, prompts: list[str], negative_prompts: list[str], device, num_images_per_prompt: int = 1,
+                      **options) -> PromptConditioning:
+        """The conditioning of one panorama per prompt and image (num_images_per_prompt of each
+        prompt, side by side); `options` are a family's own: embeddings given in place of prompts
+        (prompt_embeds, ...), SDXL's size conditioning, T5's token count."""
 
     @abstractmethod
     def guided_prediction(self, latents: torch.Tensor, t, conditioning: PromptConditioning, guidance_scale: float,
-                          views: list[View] | None = None, extras: ViewConditioning | None = None) -> torch.Tensor:
-        """The guided prediction for a batch of views (N, C, w, w), in the pipeline's compute dtype
-        (differentiable in `latents`). `views` are the batch's views, in its order; `extras` add
-        each view's own inputs (ControlSync's residuals)."""
+                          views: list[View] | None = None, extras: ViewConditioning | None = None,
+                          attention_kwargs: dict | None = None) -> torch.Tensor:
+        """The guided prediction for a batch of view latents (N, C, w, w): the same views of every
+        panorama, view by view, in the pipeline's compute dtype (differentiable in `latents`).
+        `views` names each item's view; `extras` add each view's own inputs (ControlSync's
+        residuals); `attention_kwargs` go to the network's attention processors (a LoRA's scale)."""
 
     @abstractmethod
-    def sampler(self, num_inference_steps: int, view_count: int, device, multistep: bool = False) -> Sampler:
-        """The timesteps of a call, x̂₀ and the step, for `view_count` views; `multistep`: the fast
-        mode dpm_solver, a multistep solver of the same noise schedule."""
+    def sampler(self, num_inference_steps: int, view_count: int, device, multistep: bool = False,
+                window: int | None = None) -> Sampler:
+        """The timesteps of a call, x̂₀ and the step, for `view_count` views of side `window`
+        latent pixels (None: the default); `multistep`: the fast mode dpm_solver, a multistep
+        solver of the same noise schedule."""
 
     # ---------------------------------------------------------------------------- decoding
 

@@ -11,7 +11,7 @@ does the same arithmetic for any number of views. The schedule's shift is the sc
 (SD3's config) or, where the config says `use_dynamic_shifting` (FLUX), computed from the token
 count of one view, as diffusers computes it for one image of the window's size.
 
-These models have no single native size: the window is a parameter (settings.Geometry), in steps
+These models have no single native size: the window is a parameter (geometry.Geometry), in steps
 of the transformer's patch (FLUX: 2x2-packed latents, SD3: its patch size).
 """
 
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from ..settings import MAX_STEPS, Geometry
+from ..geometry import MAX_STEPS, Geometry
 from .base import Backbone
 
 # dpm_solver is a multistep solver of the UNets' DDPM schedule; these models step with their own
@@ -93,7 +93,7 @@ class FlowBackbone(Backbone):
     def network(self) -> torch.nn.Module:
         return self.pipe.transformer
 
-    # The geometry from the configs alone (settings.geometry_of_folder reads it before weights load).
+    # The geometry from the configs alone (models.geometry_of_folder reads it before weights load).
 
     @classmethod
     @abstractmethod
@@ -143,13 +143,13 @@ class FlowBackbone(Backbone):
             raise ValueError("the scheduler samples stochastically (stochastic_sampling): panosync steps every view "
                              "from the same σ deterministically; load the scheduler with stochastic_sampling=False.")
 
-    def sampler(self, num_inference_steps, view_count, device, multistep=False) -> FlowSampler:
+    def sampler(self, num_inference_steps, view_count, device, multistep=False, window=None) -> FlowSampler:
         if multistep:  # refused by settings.check before any model work; a direct call gets the same sentence
             raise ValueError(DPM_SOLVER_REFUSED[1])
         scheduler = self.pipe.scheduler
         options = dict(sigmas=self.sigmas(num_inference_steps))
         if self.uses_shift(scheduler):
-            options["mu"] = shift_of(scheduler.config, self.tokens(self.pipe.window), self.default_max_shift)
+            options["mu"] = shift_of(scheduler.config, self.tokens(window or self.window), self.default_max_shift)
         if options["sigmas"] is None:
             del options["sigmas"]
             scheduler.set_timesteps(num_inference_steps, device=device, **options)
@@ -172,12 +172,3 @@ def expand_timestep(t, count: int, dtype: torch.dtype | None = None) -> torch.Te
     t = torch.as_tensor(t)
     t = t.expand(count) if t.ndim == 0 else t.reshape(-1)[:1].expand(count)
     return t if dtype is None else t.to(dtype)
-
-
-
-def backbone_of_transformer(class_name: str | None) -> type[FlowBackbone] | None:
-    """The backbone of a transformer class diffusers names in a config (None: not one of these)."""
-    from .flux import FluxBackbone
-    from .sd3 import StableDiffusion3Backbone
-
-    return {"SD3Transformer2DModel": StableDiffusion3Backbone, "FluxTransformer2DModel": FluxBackbone}.get(class_name)

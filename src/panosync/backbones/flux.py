@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..auto import FLUX
-from .base import PromptConditioning
+from ..families import FLUX
+from .base import PromptConditioning, per_item
 from .flow import FlowBackbone, expand_timestep
 
 T5_TOKENS = 512  # diffusers' FluxPipeline's max_sequence_length
@@ -77,35 +77,47 @@ class FluxBackbone(FlowBackbone):
         return np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
 
     @torch.no_grad()
-    def encode_prompt(self, prompt, negative_prompt, device, max_sequence_length: int = T5_TOKENS,
-                      true_cfg_scale: float = 1.0) -> FluxConditioning:
-        texts = (negative_prompt, prompt) if true_cfg_scale > 1 else (prompt,)
-        encoded = [self._encode(text, device, max_sequence_length) for text in texts]
-        return FluxConditioning(torch.cat([e for e, _ in encoded]), torch.cat([p for _, p in encoded]),
-                                float(true_cfg_scale))
+    def encode_prompt(self, prompts, negative_prompts, device, num_images_per_prompt=1, prompt_embeds=None,
+                      negative_prompt_embeds=None, pooled_prompt_embeds=None, negative_pooled_prompt_embeds=None,
+                      max_sequence_length: int = T5_TOKENS, true_cfg_scale: float = 1.0) -> FluxConditioning:
+        """Each prompt's T5 context and CLIP pooled embedding (or those given); with true CFG the
+        negative prompts' before them."""
+        if prompt_embeds is None:
+            embeddings, pooled = self.encode_text(prompts, device, max_sequence_length)
+        else:
+            embeddings, pooled = prompt_embeds.to(device), pooled_prompt_embeds.to(device)
+        if true_cfg_scale > 1:
+            if negative_prompt_embeds is None:
+                negative, negative_pooled = self.encode_text(negative_prompts, device, max_sequence_length)
+            else:
+                negative, negative_pooled = negative_prompt_embeds.to(device), negative_pooled_prompt_embeds.to(device)
+            embeddings, pooled = torch.cat([negative, embeddings]), torch.cat([negative_pooled, pooled])
+        return FluxConditioning(embeddings.repeat_interleave(num_images_per_prompt, dim=0),
+                                pooled.repeat_interleave(num_images_per_prompt, dim=0), float(true_cfg_scale))
 
-    def _encode(self, text: str, device, max_sequence_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_text(self, texts: list[str], device, max_sequence_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each text's T5 hidden states and CLIP pooled output."""
         pipe = self.pipe
-        ids = pipe.tokenizer(text, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True,
+        ids = pipe.tokenizer(texts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True,
                              return_tensors="pt")
         pooled = pipe.text_encoder(ids.input_ids.to(device), output_hidden_states=False).pooler_output
-        ids = pipe.tokenizer_2(text, padding="max_length", max_length=max_sequence_length, truncation=True,
+        ids = pipe.tokenizer_2(texts, padding="max_length", max_length=max_sequence_length, truncation=True,
                                return_tensors="pt")
         hidden = pipe.text_encoder_2(ids.input_ids.to(device), output_hidden_states=False)[0]
         return hidden.to(device, pipe.text_encoder_2.dtype), pooled.to(device, pipe.text_encoder.dtype)
 
     def guided_prediction(self, latents, t, conditioning: FluxConditioning, guidance_scale, views=None,
-                          extras=None) -> torch.Tensor:
+                          extras=None, attention_kwargs=None) -> torch.Tensor:
         """v̂ for a batch of views, each packed as its own image; with true CFG,
         v_u + s (v_c − v_u) over a batch of both branches. `extras` add each view's inputs
         (ControlSync's block samples, control_flux.py), given the call's and the guidance scale."""
         transformer = self.pipe.transformer
         dtype = transformer.dtype
         count, _, height, width = latents.shape
-        branches = conditioning.embeddings.shape[0]
+        branches = 2 if conditioning.true_cfg else 1
         tokens = pack(latents).to(dtype).repeat(branches, 1, 1)
-        embeddings = conditioning.embeddings.to(dtype).repeat_interleave(count, dim=0)
-        pooled = conditioning.pooled.to(dtype).repeat_interleave(count, dim=0)
+        embeddings = torch.cat([per_item(branch, count) for branch in conditioning.embeddings.chunk(branches)]).to(dtype)
+        pooled = torch.cat([per_item(branch, count) for branch in conditioning.pooled.chunk(branches)]).to(dtype)
         guidance = None
         if transformer.config.guidance_embeds:  # dev: the distilled guidance is an input; schnell has none
             guidance = torch.full([1], guidance_scale, device=latents.device, dtype=torch.float32).expand(len(tokens))
@@ -115,7 +127,8 @@ class FluxBackbone(FlowBackbone):
                       img_ids=position_ids(height, width, latents.device, self.pipe.text_encoder_2.dtype))
         if extras is not None:
             inputs |= extras.unet_inputs(tokens, t, dict(inputs, guidance_scale=guidance_scale), views)
-        prediction = transformer(hidden_states=tokens, **inputs, return_dict=False)[0]
+        prediction = transformer(hidden_states=tokens, **inputs, joint_attention_kwargs=attention_kwargs,
+                                 return_dict=False)[0]
         prediction = unpack(prediction, height, width).to(self.pipe.compute_dtype)
         if not conditioning.true_cfg:
             return prediction

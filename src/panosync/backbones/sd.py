@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import PromptConditioning
+from .base import PromptConditioning, both_branches
 from .unet import UNetBackbone
 
 
@@ -20,19 +20,23 @@ class TextConditioning(PromptConditioning):
 
 class StableDiffusionBackbone(UNetBackbone):
     @torch.no_grad()
-    def encode_prompt(self, prompt, negative_prompt, device, **options) -> TextConditioning:
-        if options:
-            raise TypeError(f"Stable Diffusion's prompt takes no options, got {', '.join(options)}.")
-        tokenizer, text_encoder = self.pipe.tokenizer, self.pipe.text_encoder
-        embeddings = []
-        for text in (negative_prompt, prompt):
-            tokens = tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                               return_tensors="pt")
-            embeddings.append(text_encoder(tokens.input_ids.to(device))[0])
-        return TextConditioning(torch.cat(embeddings))
+    def encode_prompt(self, prompts, negative_prompts, device, num_images_per_prompt=1, prompt_embeds=None,
+                      negative_prompt_embeds=None) -> TextConditioning:
+        """The text encoder's last hidden states of each prompt (or `prompt_embeds` in their place),
+        and of each negative prompt (or `negative_prompt_embeds`)."""
+        positive = self.encode_text(prompts, device) if prompt_embeds is None else prompt_embeds.to(device)
+        negative = self.encode_text(negative_prompts, device) if negative_prompt_embeds is None else \
+            negative_prompt_embeds.to(device)
+        embeddings = torch.cat([negative, positive]).repeat_interleave(num_images_per_prompt, dim=0)
+        return TextConditioning(embeddings)
 
-    def unet_inputs(self, conditioning: TextConditioning | torch.Tensor, count: int) -> dict:
-        # a bare tensor: the embeddings, as encode_prompt returned them before it returned a TextConditioning
-        embeddings = conditioning if isinstance(conditioning, torch.Tensor) else conditioning.embeddings
+    def encode_text(self, texts: list[str], device) -> torch.Tensor:
+        """(len(texts), tokens, width): the text encoder's last hidden states, in its dtype."""
+        tokenizer = self.pipe.tokenizer
+        tokens = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                           return_tensors="pt")
+        return self.pipe.text_encoder(tokens.input_ids.to(device))[0]
+
+    def unet_inputs(self, conditioning: TextConditioning, count: int) -> dict:
         # in the UNet's dtype (the text encoder's may differ)
-        return dict(encoder_hidden_states=embeddings.repeat_interleave(count, dim=0).to(self.pipe.unet.dtype))
+        return dict(encoder_hidden_states=both_branches(conditioning.embeddings, count).to(self.pipe.unet.dtype))

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..auto import SD3
-from .base import PromptConditioning
+from ..families import SD3
+from .base import PromptConditioning, per_item
 from .flow import FlowBackbone, expand_timestep
 
 T5_TOKENS = 256  # diffusers' StableDiffusion3Pipeline's max_sequence_length
@@ -49,25 +49,38 @@ class StableDiffusion3Backbone(FlowBackbone):
         return None if largest is None else largest * transformer_config["patch_size"]
 
     @torch.no_grad()
-    def encode_prompt(self, prompt, negative_prompt, device, max_sequence_length: int = T5_TOKENS) -> SD3Conditioning:
-        encoded = [self._encode(text, device, max_sequence_length) for text in (negative_prompt, prompt)]
-        return SD3Conditioning(torch.cat([e for e, _ in encoded]), torch.cat([p for _, p in encoded]))
+    def encode_prompt(self, prompts, negative_prompts, device, num_images_per_prompt=1, prompt_embeds=None,
+                      negative_prompt_embeds=None, pooled_prompt_embeds=None, negative_pooled_prompt_embeds=None,
+                      max_sequence_length: int = T5_TOKENS) -> SD3Conditioning:
+        """Each prompt's and negative prompt's context and pooled embedding (or those given)."""
+        if prompt_embeds is None:
+            embeddings, pooled = self.encode_text(prompts, device, max_sequence_length)
+        else:
+            embeddings, pooled = prompt_embeds.to(device), pooled_prompt_embeds.to(device)
+        if negative_prompt_embeds is None:
+            negative, negative_pooled = self.encode_text(negative_prompts, device, max_sequence_length)
+        else:
+            negative, negative_pooled = negative_prompt_embeds.to(device), negative_pooled_prompt_embeds.to(device)
+        return SD3Conditioning(torch.cat([negative, embeddings]).repeat_interleave(num_images_per_prompt, dim=0),
+                               torch.cat([negative_pooled, pooled]).repeat_interleave(num_images_per_prompt, dim=0))
 
-    def _encode(self, text: str, device, max_sequence_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_text(self, texts: list[str], device, max_sequence_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each text's context (the CLIPs' penultimate hidden states, padded, then T5's) and pooled
+        embedding (the CLIPs' projections)."""
         pipe = self.pipe
         hidden, pooled = [], []
         length = pipe.tokenizer.model_max_length  # diffusers reads both CLIPs' length from the first tokenizer
         for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
-            ids = tokenizer(text, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+            ids = tokenizer(texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
             output = encoder(ids.input_ids.to(device), output_hidden_states=True)
             pooled.append(output[0])
             hidden.append(output.hidden_states[-2].to(device, pipe.text_encoder.dtype))
         clip = torch.cat(hidden, dim=-1)
         if pipe.text_encoder_3 is None:  # SD3 runs without T5: zeros in its place, as diffusers gives
-            t5 = torch.zeros((1, max_sequence_length, pipe.transformer.config.joint_attention_dim), device=device,
+            t5 = torch.zeros((len(texts), max_sequence_length, pipe.transformer.config.joint_attention_dim), device=device,
                              dtype=pipe.text_encoder.dtype)
         else:
-            ids = pipe.tokenizer_3(text, padding="max_length", max_length=max_sequence_length, truncation=True,
+            ids = pipe.tokenizer_3(texts, padding="max_length", max_length=max_sequence_length, truncation=True,
                                    add_special_tokens=True, return_tensors="pt")
             t5 = pipe.text_encoder_3(ids.input_ids.to(device))[0].to(device, pipe.text_encoder_3.dtype)
         if clip.shape[-1] > t5.shape[-1]:
@@ -77,7 +90,7 @@ class StableDiffusion3Backbone(FlowBackbone):
         return torch.cat([clip, t5], dim=-2), torch.cat(pooled, dim=-1)
 
     def guided_prediction(self, latents, t, conditioning: SD3Conditioning, guidance_scale, views=None,
-                          extras=None) -> torch.Tensor:
+                          extras=None, attention_kwargs=None) -> torch.Tensor:
         """v̂ = v_u + g (v_c − v_u) where g > 1 (one batch of both branches), v_c otherwise; `extras`
         add each view's inputs (ControlSync's block samples, control_sd3.py)."""
         transformer = self.pipe.transformer
@@ -86,13 +99,14 @@ class StableDiffusion3Backbone(FlowBackbone):
         guided = guidance_scale > 1
         branches = (0, 1) if guided else (1,)
         model_input = torch.cat([latents] * len(branches)).to(dtype)
-        embeddings = torch.cat([conditioning.embeddings[b:b + 1].expand(count, -1, -1) for b in branches]).to(dtype)
-        pooled = torch.cat([conditioning.pooled[b:b + 1].expand(count, -1) for b in branches]).to(dtype)
+        embeddings = torch.cat([per_item(conditioning.embeddings.chunk(2)[b], count) for b in branches]).to(dtype)
+        pooled = torch.cat([per_item(conditioning.pooled.chunk(2)[b], count) for b in branches]).to(dtype)
         inputs = dict(timestep=expand_timestep(t, model_input.shape[0]), encoder_hidden_states=embeddings,
                       pooled_projections=pooled)
         if extras is not None:
             inputs |= extras.unet_inputs(model_input, t, inputs, views)
-        prediction = transformer(hidden_states=model_input, **inputs, return_dict=False)[0].to(self.pipe.compute_dtype)
+        prediction = transformer(hidden_states=model_input, **inputs, joint_attention_kwargs=attention_kwargs,
+                                 return_dict=False)[0].to(self.pipe.compute_dtype)
         if not guided:
             return prediction
         unconditional, conditional = prediction.chunk(2)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import PromptConditioning
+from .base import PromptConditioning, both_branches
 from .unet import UNetBackbone
 
 
@@ -45,26 +45,37 @@ def size_conditioning(window_pixels: int, original_size=None, crops_coords_top_l
 
 class StableDiffusionXLBackbone(UNetBackbone):
     @torch.no_grad()
-    def encode_prompt(self, prompt, negative_prompt, device, original_size=None, crops_coords_top_left=(0, 0),
-                      target_size=None) -> XLConditioning:
-        embeddings, pooled = self._encode(prompt, device)
-        if not negative_prompt and self.pipe.config.force_zeros_for_empty_prompt:
+    def encode_prompt(self, prompts, negative_prompts, device, num_images_per_prompt=1, prompt_embeds=None,
+                      negative_prompt_embeds=None, pooled_prompt_embeds=None, negative_pooled_prompt_embeds=None,
+                      original_size=None, crops_coords_top_left=(0, 0), target_size=None) -> XLConditioning:
+        """Each prompt's context and pooled embedding (or those given), each negative prompt's
+        (zeros for empty ones where the model says force_zeros_for_empty_prompt), and the size
+        conditioning, the same for every view."""
+        if prompt_embeds is None:
+            embeddings, pooled = self.encode_text(prompts, device)
+        else:
+            embeddings, pooled = prompt_embeds.to(device), pooled_prompt_embeds.to(device)
+        if negative_prompt_embeds is not None:
+            negative, negative_pooled = negative_prompt_embeds.to(device), negative_pooled_prompt_embeds.to(device)
+        elif not any(negative_prompts) and self.pipe.config.force_zeros_for_empty_prompt:
             negative, negative_pooled = torch.zeros_like(embeddings), torch.zeros_like(pooled)
         else:
-            negative, negative_pooled = self._encode(negative_prompt, device)
+            negative, negative_pooled = self.encode_text(negative_prompts, device)
         ids = size_conditioning(self.window * self.pipe.vae_scale_factor, original_size, crops_coords_top_left,
                                 target_size)
         self.check_added_inputs(len(ids), pooled.shape[-1])
         time_ids = torch.tensor([ids, ids], dtype=embeddings.dtype, device=device)
-        return XLConditioning(torch.cat([negative, embeddings]), torch.cat([negative_pooled, pooled]), time_ids)
+        return XLConditioning(torch.cat([negative, embeddings]).repeat_interleave(num_images_per_prompt, dim=0),
+                              torch.cat([negative_pooled, pooled]).repeat_interleave(num_images_per_prompt, dim=0),
+                              time_ids)
 
-    def _encode(self, text: str, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """A prompt's context (both encoders' penultimate hidden states, side by side) and pooled
+    def encode_text(self, texts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each text's context (both encoders' penultimate hidden states, side by side) and pooled
         embedding (the first encoder's that has one: the second's, CLIPTextModelWithProjection)."""
         pipe = self.pipe
         hidden, pooled = [], None
         for tokenizer, text_encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
-            tokens = tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+            tokens = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                                return_tensors="pt")
             output = text_encoder(tokens.input_ids.to(device), output_hidden_states=True)
             if pooled is None and output[0].ndim == 2:
@@ -84,6 +95,6 @@ class StableDiffusionXLBackbone(UNetBackbone):
 
     def unet_inputs(self, conditioning: XLConditioning, count: int) -> dict:
         dtype = self.pipe.unet.dtype
-        return dict(encoder_hidden_states=conditioning.embeddings.repeat_interleave(count, dim=0).to(dtype),
-                    added_cond_kwargs=dict(text_embeds=conditioning.pooled.repeat_interleave(count, dim=0).to(dtype),
-                                           time_ids=conditioning.time_ids.repeat_interleave(count, dim=0).to(dtype)))
+        return dict(encoder_hidden_states=both_branches(conditioning.embeddings, count).to(dtype),
+                    added_cond_kwargs=dict(text_embeds=both_branches(conditioning.pooled, count).to(dtype),
+                                           time_ids=both_branches(conditioning.time_ids, count).to(dtype)))

@@ -10,7 +10,7 @@ from abc import abstractmethod
 import torch
 
 from ..schedulers import SUPPORTED, ViewSchedulers, most_steps, multistep_like
-from ..settings import MAX_STEPS, window_of
+from ..geometry import MAX_STEPS, window_of
 from .base import Backbone, PromptConditioning, ViewConditioning
 
 
@@ -41,11 +41,11 @@ class UNetBackbone(Backbone):
 
     @abstractmethod
     def unet_inputs(self, conditioning: PromptConditioning, count: int) -> dict:
-        """The UNet's keyword inputs besides the latents and t for `count` views in both guidance
-        branches (negative first), in the UNet's dtype."""
+        """The UNet's keyword inputs besides the latents and t for `count` view latents in both
+        guidance branches (negative first), in the UNet's dtype."""
 
     def guided_prediction(self, latents, t, conditioning, guidance_scale, views=None,
-                          extras: ViewConditioning | None = None) -> torch.Tensor:
+                          extras: ViewConditioning | None = None, attention_kwargs: dict | None = None) -> torch.Tensor:
         """ε̂ = ε_u + g (ε_c − ε_u) (or v̂ likewise) for a batch of views, in the compute dtype."""
         unet = self.pipe.unet
         count = latents.shape[0]
@@ -53,11 +53,12 @@ class UNetBackbone(Backbone):
         inputs = self.unet_inputs(conditioning, count)
         if extras is not None:
             inputs |= extras.unet_inputs(model_input, t, inputs, views)
-        prediction = unet(model_input, t, **inputs).sample.to(self.pipe.compute_dtype)
+        prediction = unet(model_input, t, **inputs, cross_attention_kwargs=attention_kwargs).sample
+        prediction = prediction.to(self.pipe.compute_dtype)
         unconditional, conditional = prediction.chunk(2)
         return unconditional + guidance_scale * (conditional - unconditional)
 
-    def sampler(self, num_inference_steps, view_count, device, multistep=False) -> ViewSchedulers:
+    def sampler(self, num_inference_steps, view_count, device, multistep=False, window=None) -> ViewSchedulers:
         scheduler = multistep_like(self.pipe.scheduler) if multistep else self.pipe.scheduler
         scheduler.set_timesteps(num_inference_steps, device=device)
         return ViewSchedulers(scheduler, view_count)

@@ -15,6 +15,7 @@ import argparse
 from pathlib import Path
 
 from .. import settings
+from ..command_options import add_model_options
 from ..runner.cluster import add_cluster_options, check_cluster_options
 
 
@@ -24,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("jobs", metavar="JOBS.jsonl",
                         help="one job a line: a JSON object of the HTTP API's fields (prompt, width, seed …) and an "
                              "optional name")
-    settings.add_model_options(parser, settings.DEFAULT_MODEL)
+    add_model_options(parser, settings.DEFAULT_MODEL)
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="folder of the PNGs and summary.json; rerunning with the same folder resumes")
     parser.add_argument("--view-batch-size", dest="view_batch_size", type=int, default=None,

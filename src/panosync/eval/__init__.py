@@ -5,7 +5,8 @@
 * prompt adherence: `ClipScorer` (`clip_score`);
 * the crops they are all computed on: `crops` (`crops`);
 
-and `panosync evaluate` (`command`), which generates, measures and reports (`report`).
+and `panosync evaluate` (`command`), which plans the images (`plan`), generates them, measures
+them (`measure`) and reports (`report`).
 
 Names are imported on first use, so that `panosync --help` does not load torch.
 """

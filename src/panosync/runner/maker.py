@@ -10,7 +10,7 @@ from typing import Callable
 
 import PIL.Image
 
-from .. import settings
+from ..geometry import Geometry
 
 # on_step(steps_done, sync_weight_of_that_step); an exception it raises stops the panorama there
 StepCallback = Callable[[int, float], None]
@@ -81,16 +81,18 @@ class PanoramaMaker:
         self.pipe.set_progress_bar_config(disable=True)
         self.device = device
 
-    def geometry(self) -> settings.Geometry:
-        return settings.geometry_of_pipeline(self.pipe)
+    def geometry(self) -> Geometry:
+        return self.pipe.geometry
 
     def runs_on(self) -> tuple[str, str]:
         """The device and the precision the pictures are made with: ("cuda", "float16")."""
         return self.device.type, self.precision.name
 
     def family_defaults(self, explicit=()) -> dict:
-        """settings.family_defaults_after_loading: for a model whose family is known only now."""
-        return settings.family_defaults_after_loading(self.pipe, explicit)
+        """registry.family_defaults_after_loading: for a model whose family is known only now."""
+        from ..registry import family_defaults_after_loading
+
+        return family_defaults_after_loading(self.pipe, explicit)
 
     def make(self, call: dict, on_step: StepCallback | None = None) -> Made:
         """The panorama of `call` (SyncDiffusionPipeline's parameters). Errors are the pipeline's."""

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from .. import settings
+from ..command_options import add_model_options
 from .retention import DEFAULT_MIN_FREE_BYTES
 from .limits import Limits
 
@@ -31,7 +32,7 @@ def default_state_dir() -> Path:
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    settings.add_model_options(parser, f"{settings.DEFAULT_MODEL}; with --controlnet {settings.DEFAULT_CONTROL_MODEL}")
+    add_model_options(parser, f"{settings.DEFAULT_MODEL}; with --controlnet {settings.DEFAULT_CONTROL_MODEL}")
     parser.add_argument("--controlnet", action="append", default=None, metavar="FOLDER_OR_ID",
                         help="make ControlSync panoramas with this diffusers ControlNet (folder or hub id; tiny-random: "
                              "random weights, a smoke test), repeatable: every request then needs a condition")

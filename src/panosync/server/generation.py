@@ -16,12 +16,13 @@ import PIL.Image
 import torch
 
 from .. import settings
-from ..auto import family_of_pipeline, variant_of_pipeline
 from ..conditions import load_condition_image, prepare_condition
-from ..control import ControlSyncPipeline, check_condition_canvas
+from ..control import ControlSyncMixin, check_condition_canvas
+from ..geometry import Geometry
 from ..models import load_control_pipeline, load_pipeline, pick_device, resolve_controlnet, resolve_model
 from ..pipeline import SyncDiffusionPipeline
 from ..precision import pick_precision
+from ..registry import family_of_pipeline, variant_of_pipeline
 from .schema import CONTROL_FIELDS, FieldError, Limits, field_of
 
 # on_step(steps_done, sync_weight_of_that_step)
@@ -37,15 +38,15 @@ class PanoramaModel:
 
     def __init__(self, pipe: SyncDiffusionPipeline, name: str, defaults: dict, model_config: str | None = None,
                  view_batch_size: int | None = None, controlnets: list[str] | None = None):
-        if isinstance(pipe, ControlSyncPipeline) != (controlnets is not None):
+        if isinstance(pipe, ControlSyncMixin) != (controlnets is not None):
             raise TypeError("Give controlnets, the names of the ControlNets, exactly when the pipeline has them.")
         if controlnets is not None and len(controlnets) != len(pipe.controlnets):
             raise TypeError(f"The pipeline has {len(pipe.controlnets)} ControlNets; {len(controlnets)} names given.")
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe
-        self._describe(settings.geometry_of_pipeline(pipe), name, defaults, model_config, view_batch_size, controlnets)
+        self._describe(pipe.geometry, name, defaults, model_config, view_batch_size, controlnets)
 
-    def _describe(self, geometry: settings.Geometry, name: str, defaults: dict, model_config: str | None,
+    def _describe(self, geometry: Geometry, name: str, defaults: dict, model_config: str | None,
                   view_batch_size: int | None, controlnets: list[str] | None) -> None:
         """What the checks and the metadata need: the model's geometry, names and defaults."""
         self.name = name

@@ -1,5 +1,7 @@
 """Durable jobs: a SQLite file records every job, and the outputs and condition images beside it;
-the worker (worker.py) runs them one at a time, oldest first.
+the worker (worker.py) runs them one at a time, oldest first. `JobStore` keeps the job rows and
+composes the state folder's two other concerns: its condition images (condition_files.py) and its
+health (folder_health.py).
 
 After a crash or a stop, `JobStore.open` marks the jobs that were running as failed ("interrupted")
 and leaves the queued ones queued: they run when the server is back. A job that was running is not
@@ -17,25 +19,22 @@ folder its reserve back without a restart).
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
-import os
-import shutil
 import sqlite3
 import threading
 import time
 import uuid
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, TypeVar
 
 import PIL.Image
 
-from ..conditions import rgb_image
-from .retention import DEFAULT_MIN_FREE_BYTES, Retention, format_size
-from .uploads import condition_path, write_temporary
+from .condition_files import ConditionFiles
+from .folder_health import FULL_ERRNOS, FolderHealth, full_sentence
+from .retention import DEFAULT_MIN_FREE_BYTES, Retention
+from .state_files import file_size, files_in, is_leftover, remove_file
 
 log = logging.getLogger("panosync.server")
 
@@ -46,8 +45,6 @@ INTERRUPTED = "interrupted: the server stopped while this job ran; submit it aga
 
 # A write the database refuses is tried again after each of these pauses, then reported.
 STORE_RETRY_DELAYS = (0.05, 0.2, 0.5)
-HEALTH_CACHE_SECONDS = 1.0  # /health and every POST ask; probing the folder once a second is plenty
-FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 TRANSIENT = ("locked", "busy", "full", "disk i/o error")  # SQLite's words for faults that can pass
 
 T = TypeVar("T")
@@ -90,11 +87,6 @@ class JobNotFinished(Exception):
     """A queued or running job cannot be deleted: cancel it first."""
 
 
-def full_sentence(state_dir: Path) -> str:
-    return (f"The state folder {state_dir} is full: free space there, or start the server with a --state-dir "
-            f"on a larger disk.")
-
-
 def fault_sentence(error: sqlite3.OperationalError, state_dir: Path) -> str:
     """What a database error means for the person running the server."""
     text = str(error)
@@ -118,61 +110,6 @@ def failure_reason(error: BaseException, state_dir: Path) -> str:
     from ..runner.maker import describe_failure
 
     return describe_failure(error)  # our sentences as they are (an overflow's NonFiniteError); others with their type
-
-
-def _write_probe(folder: Path) -> OSError | None:
-    """The error writing a few bytes into `folder` raises, or None when it can be written. A real
-    write, not os.access: a full disk, a read-only mount or a quota refuse only writes (and root
-    passes every permission check)."""
-    probe = folder / f".probe-{uuid.uuid4().hex}"
-    try:
-        handle = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(handle, b"panosync")
-        finally:
-            os.close(handle)
-    except OSError as error:
-        return error
-    finally:
-        try:
-            probe.unlink(missing_ok=True)
-        except OSError:
-            pass
-    return None
-
-
-def remove_file(path: Path) -> int | None:
-    """Remove `path`; the bytes it freed, or None when it was not there or could not be removed."""
-    try:
-        size = path.stat().st_size
-        path.unlink()
-    except FileNotFoundError:
-        return None
-    except OSError as error:
-        log.warning("could not remove %s: %s", path, error)
-        return None
-    return size
-
-
-def _file_size(path: Path) -> int:
-    """The size of `path`; 0 when it is not there (a missing output frees nothing)."""
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def _files(folder: Path) -> list[os.DirEntry]:
-    try:
-        with os.scandir(folder) as entries:
-            return [entry for entry in entries if entry.is_file(follow_symlinks=False)]
-    except FileNotFoundError:
-        return []
-
-
-def _leftover(name: str) -> bool:
-    """A file an atomic write or a health probe left behind when the server stopped in the middle."""
-    return name.startswith(".") and (name.endswith(".tmp") or name.startswith(".probe-"))
 
 
 @dataclass(frozen=True)
@@ -212,11 +149,11 @@ class Job:
 
 class JobStore:
     """The jobs of one state folder: `jobs.sqlite3`, `outputs/`, and `conditions/` (ControlSync's
-    condition images, named by content; see uploads.py). One server at a time may use a folder (a
-    lock file says so); every method is safe to call from any thread.
+    condition images, named by content and kept by `condition_files`). One server at a time may use
+    a folder (a lock file says so); every method is safe to call from any thread.
 
     `retention` says which finished jobs `apply_retention` deletes; below `min_free_bytes` of free
-    space, `health()` reports the folder degraded."""
+    space, `health()` (`folder_health`) reports the folder degraded."""
 
     def __init__(self, state_dir: str | Path, retention: Retention | None = None,
                  min_free_bytes: int = DEFAULT_MIN_FREE_BYTES):
@@ -224,17 +161,11 @@ class JobStore:
         self.outputs = self.state_dir / "outputs"
         self.conditions = self.state_dir / "conditions"
         self.retention = retention
-        self.min_free_bytes = min_free_bytes
+        self.folder_health = FolderHealth(self.state_dir, self.outputs, self.conditions, min_free_bytes)
+        self.condition_files = ConditionFiles(self.conditions, self._referenced_conditions)
         self._lock = threading.Lock()
         self._connection: sqlite3.Connection | None = None
         self._lock_file = None
-        # Held from "does a job need this condition?" to its removal, and while a request saves
-        # one: taken before self._lock, never while holding it.
-        self._conditions_lock = threading.Lock()
-        self._pinned: Counter[str] = Counter()  # conditions saved for requests not yet queued, by name
-        self._health_lock = threading.Lock()
-        self._health: dict | None = None
-        self._health_checked = -HEALTH_CACHE_SECONDS
 
     def open(self) -> int:
         """Open the folder's database and fail the jobs a previous server left running; returns
@@ -283,8 +214,8 @@ class JobStore:
         outputs = {row[0] for row in self._rows("SELECT output FROM jobs WHERE output IS NOT NULL")}
         needed = self._referenced_conditions()
         for folder, kept in ((self.outputs, outputs), (self.conditions, needed)):
-            for entry in _files(folder):
-                if _leftover(entry.name) or (entry.name.endswith(".png") and entry.name not in kept):
+            for entry in files_in(folder):
+                if is_leftover(entry.name) or (entry.name.endswith(".png") and entry.name not in kept):
                     remove_file(Path(entry.path))
 
     # ------------------------------------------------------------------------------- the database
@@ -356,36 +287,7 @@ class JobStore:
         """{"status": "ok" or "degraded", "reason": None or a sentence, "free_bytes": int or None}:
         degraded while the state folder cannot be written or has under `min_free_bytes` free.
         Checked at most once a second, as every POST and /health asks."""
-        with self._health_lock:
-            if self._health is None or time.monotonic() - self._health_checked >= HEALTH_CACHE_SECONDS:
-                self._health = self._check_health()
-                self._health_checked = time.monotonic()
-            return dict(self._health)
-
-    def _forget_health(self) -> None:
-        with self._health_lock:
-            self._health = None
-
-    def _check_health(self) -> dict:
-        try:
-            free = shutil.disk_usage(self.state_dir).free
-        except OSError as error:
-            return _degraded(f"The state folder {self.state_dir} cannot be read ({error.strerror or error}): "
-                             f"create it or start the server with another --state-dir.", None)
-        for folder in (self.state_dir, self.outputs, self.conditions):
-            if folder is self.conditions and not folder.exists():  # made with the first condition
-                continue
-            error = _write_probe(folder)
-            if error is not None and error.errno in FULL_ERRNOS:
-                return _degraded(full_sentence(self.state_dir), free)
-            if error is not None:
-                return _degraded(f"The state folder {folder} cannot be written ({error.strerror or error}): make "
-                                 f"it writable, or start the server with another --state-dir.", free)
-        if free < self.min_free_bytes:
-            return _degraded(f"The state folder {self.state_dir} has {format_size(free)} free, under the "
-                             f"{format_size(self.min_free_bytes)} this server keeps in reserve: free space there, or "
-                             f"start the server with a --state-dir on a larger disk.", free)
-        return {"status": "ok", "reason": None, "free_bytes": free}
+        return self.folder_health.check()
 
     # ------------------------------------------------------------------------------- writing
 
@@ -407,7 +309,7 @@ class JobStore:
             return Job.from_row(connection.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone())
 
         job = self._transaction(insert)
-        self._unpin(parameters.get("condition") or [])  # the job refers to them now
+        self.condition_files.unpin(parameters.get("condition") or [])  # the job refers to them now
         return job
 
     def claim_next(self) -> Job | None:
@@ -464,9 +366,9 @@ class JobStore:
         database may refuse to delete the record, and freeing the space is what matters then (the
         record is deleted on the next try, and a missing output is answered as gone)."""
         freed = 0 if job.output is None else (remove_file(self.outputs / job.output) or 0)
-        freed += sum(self._remove_unreferenced(job.conditions, excluding=job.id).values())
+        freed += sum(self.condition_files.remove_unreferenced(job.conditions, excluding=job.id).values())
         if freed:
-            self._forget_health()  # the folder may have its reserve back: look again at the next ask
+            self.folder_health.forget()  # the folder may have its reserve back: look again at the next ask
         self._change("DELETE FROM jobs WHERE id=?", (job.id,))
         return freed
 
@@ -510,54 +412,21 @@ class JobStore:
         outputs = {row[0] for row in self._rows(f"SELECT output FROM jobs WHERE output IS NOT NULL AND status IN "
                                                 f"({', '.join('?' * len(FINISHED))})", FINISHED)}
         conditions = self._conditions_of(FINISHED) - self._conditions_of((QUEUED, RUNNING))
-        with self._conditions_lock:
-            conditions -= set(self._pinned)
-        return (sum(_file_size(self.outputs / name) for name in outputs)
-                + sum(_file_size(self.conditions / name) for name in conditions))
+        conditions -= self.condition_files.pinned()
+        return (sum(file_size(self.outputs / name) for name in outputs)
+                + sum(file_size(self.conditions / name) for name in conditions))
 
     # ------------------------------------------------------------------------------- conditions
 
     def save_condition(self, image: PIL.Image.Image) -> Path:
-        """`image` kept in the conditions folder (as uploads.save_condition keeps it: a PNG named by
-        its pixels), and held there until a job that refers to it is added or `discard_conditions`
-        lets it go: a job cancelled between a request saving the same image and queueing its job
-        then cannot remove the file.
-
-        The PNG is encoded into a temporary file without the lock (it takes a while for a large
-        image, and other requests and the worker need the lock); the lock is held only to move it
-        into place and pin it, so that no cleanup removes the file between the two."""
-        rgb = rgb_image(image)
-        path = condition_path(rgb, self.conditions)
-        temporary = None
-        try:
-            while True:
-                if temporary is None and not path.is_file():
-                    temporary = write_temporary(rgb, path)
-                with self._conditions_lock:
-                    if temporary is not None:
-                        os.replace(temporary, path)  # the same pixels, so the same bytes, if already there
-                        temporary = None
-                    if path.is_file():  # else a cleanup removed it after we looked: write it after all
-                        self._pinned[path.name] += 1
-                        return path
-        finally:
-            if temporary is not None:
-                Path(temporary).unlink(missing_ok=True)
+        """`image` kept in the conditions folder and pinned there until a job that refers to it is
+        added or `discard_conditions` lets it go (ConditionFiles.save)."""
+        return self.condition_files.save(image)
 
     def discard_conditions(self, paths: Iterable[str | Path]) -> list[Path]:
         """Remove those of `paths` (the conditions of a request that was refused) that no queued,
         running or succeeded job refers to; returns the files removed."""
-        paths = list(paths)
-        self._unpin(paths)
-        return list(self._remove_unreferenced(paths))
-
-    def _unpin(self, paths: Iterable[str | Path]) -> None:
-        with self._conditions_lock:
-            for name in {Path(path).name for path in paths}:
-                if self._pinned[name] > 1:
-                    self._pinned[name] -= 1
-                else:
-                    self._pinned.pop(name, None)
+        return self.condition_files.discard(paths)
 
     def _release_conditions(self, job_id: str) -> None:
         """Remove the conditions of a job that was cancelled or failed, unless another job needs them.
@@ -565,26 +434,9 @@ class JobStore:
         try:
             job = self.get(job_id)
             if job is not None:
-                self._remove_unreferenced(job.conditions)
+                self.condition_files.remove_unreferenced(job.conditions)
         except Exception:
             log.exception("could not remove the conditions of job %s", job_id)
-
-    def _remove_unreferenced(self, paths: Iterable[str | Path], excluding: str | None = None) -> dict[Path, int]:
-        """Remove the files of `paths` that no queued, running or succeeded job (but `excluding`)
-        refers to and no request holds; {file: bytes freed}. Files are matched by name (their
-        content's hash) and only ever removed from this store's conditions folder."""
-        names = {Path(path).name for path in paths}
-        names = {name for name in names if name.endswith(".png") and not name.startswith(".")}
-        if not names:
-            return {}
-        removed = {}
-        with self._conditions_lock:
-            needed = self._referenced_conditions(excluding) | set(self._pinned)
-            for name in sorted(names - needed):
-                freed = remove_file(self.conditions / name)
-                if freed is not None:
-                    removed[self.conditions / name] = freed
-        return removed
 
     def _referenced_conditions(self, excluding: str | None = None) -> set[str]:
         """The file names of the conditions that queued, running and succeeded jobs refer to."""
@@ -596,7 +448,3 @@ class JobStore:
                           f"WHERE jobs.status IN ({', '.join('?' * len(statuses))}) AND jobs.id IS NOT ?",
                           (*statuses, excluding))
         return {Path(str(row[0])).name for row in rows}
-
-
-def _degraded(reason: str, free_bytes: int | None) -> dict:
-    return {"status": "degraded", "reason": reason, "free_bytes": free_bytes}

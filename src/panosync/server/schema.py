@@ -13,7 +13,8 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic_core import PydanticCustomError
 
 from .. import settings
-from ..settings import MAX_PROMPT_CHARACTERS, MAX_STEPS, UINT32_MAX  # noqa: F401 (the API's names for them)
+from ..geometry import MAX_STEPS  # noqa: F401 (the API's name for it)
+from ..settings import MAX_PROMPT_CHARACTERS, UINT32_MAX  # noqa: F401 (the API's names for them)
 from ..settings import lone_surrogate
 from ..settings import SettingError as FieldError  # noqa: F401 (a request's field out of range: 422)
 from .limits import FIELDS_BODY_BYTES, Limits  # noqa: F401 (their old home)

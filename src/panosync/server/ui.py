@@ -28,6 +28,7 @@ from ..conditions import load_condition_image, prepare_condition
 from ..metadata import save_png
 from ..precision import NonFiniteError
 from . import viewer
+from .presets import PRESET_NAMES, presets
 from .generation import PanoramaModel
 from .schema import CONTROL_FIELDS, FIELDS, FieldError, Limits, PredictionRequest, describe_error
 from .uploads import save_condition
@@ -67,7 +68,7 @@ def preview_condition(path: str | None, preprocess: str, canny_low, canny_high) 
 
 
 def presets_for(model: PanoramaModel) -> dict[str, dict]:
-    return settings.presets(model.defaults, model.geometry)
+    return presets(model.defaults, model.geometry)
 
 
 def parameter_input(name: str, value, model: PanoramaModel, limits: Limits, **options):
@@ -233,7 +234,7 @@ def build_ui(model: PanoramaModel, limits: Limits, out_dir: str | Path) -> gr.Bl
         return canvas["width"], canvas["height"], canvas["stride"]
 
     def apply_preset(name):
-        return [presets[name][field] for field in settings.PRESET_NAMES]
+        return [presets[name][field] for field in PRESET_NAMES]
 
     with gr.Blocks(title="panosync", analytics_enabled=False) as page:
         controlnets = "; ControlNet: " + ", ".join(f"`{name}`" for name in model.controlnets) if model.control else ""
@@ -295,7 +296,7 @@ def build_ui(model: PanoramaModel, limits: Limits, out_dir: str | Path) -> gr.Bl
         missing = set(names) - set(inputs)
         if missing:  # every served parameter has its input: a new one needs a place above
             raise RuntimeError(f"the page has no input for {', '.join(sorted(missing))}")
-        preset.change(apply_preset, preset, [inputs[name] for name in settings.PRESET_NAMES])
+        preset.change(apply_preset, preset, [inputs[name] for name in PRESET_NAMES])
         dice.click(lambda: (settings.draw_seed(), False), None, [inputs["seed"], randomize])
         run_inputs = [inputs[name] for name in names] + [randomize, *conditions]
         outputs = [panorama, download, summary, inputs["seed"], look_around,

@@ -13,9 +13,10 @@ import threading
 import time
 
 from ..metadata import save_png
+from .folder_health import HEALTH_CACHE_SECONDS
 from .generation import PanoramaModel
-from .jobs import (CANCELED, FAILED, HEALTH_CACHE_SECONDS, INTERRUPTED, SUCCEEDED, Job, JobStore, failure_reason,
-                   remove_file)
+from .jobs import CANCELED, FAILED, INTERRUPTED, SUCCEEDED, Job, JobStore, failure_reason
+from .state_files import remove_file
 
 log = logging.getLogger("panosync.server")
 

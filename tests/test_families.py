@@ -1,5 +1,6 @@
-"""The pipeline class from the model: model_index.json or a checkpoint's keys name the family, before
-any weights load, for the library (AutoSyncPipeline) and every front end (models.py)."""
+"""The family of a model: model_index.json, its configs or a checkpoint's keys name it before any
+weights load (families.py), and the pipeline class it picks, for the library
+(AutoSyncDiffusionPipeline, registry.py) and every front end (models.py)."""
 
 import json
 
@@ -12,11 +13,13 @@ from safetensors.torch import save_file
 
 from conftest import NARROW_XL
 from panosync import models, settings
-from panosync.auto import AutoSyncPipeline, family_of_checkpoint, identify_checkpoint
+from panosync.families import (FAMILY_DEFAULTS, FAMILY_OF_CLASS, FAMILY_OF_TRANSFORMER, FLUX, SD, SD3, SDXL,
+                               defaults_of, family_of_checkpoint, family_of_model_index, identify_checkpoint)
 from panosync.cli import main
 from panosync.control import ControlSyncXLPipeline, random_controlnet_like
 from panosync.metadata import read_parameters
 from panosync.pipeline import SyncDiffusionPipeline
+from panosync.registry import AutoSyncDiffusionPipeline, family_of_pipeline
 from panosync.tiny import tiny_random_components, tiny_random_xl_components
 from panosync.xl import SyncDiffusionXLPipeline
 
@@ -31,12 +34,35 @@ def sd_folder(tmp_path_factory):
 
 
 def test_auto_pipeline_picks_the_family_from_model_index(xl_folder, sd_folder):
-    xl = AutoSyncPipeline.from_pretrained(xl_folder)
+    xl = AutoSyncDiffusionPipeline.from_pretrained(xl_folder)
     assert type(xl) is SyncDiffusionXLPipeline and type(xl.scheduler).__name__ == "DDIMScheduler"
     assert xl.config.force_zeros_for_empty_prompt
-    assert type(AutoSyncPipeline.from_pretrained(sd_folder)) is SyncDiffusionPipeline
-    controlnet = random_controlnet_like(xl.unet, xl.vae_factor)
-    assert type(AutoSyncPipeline.from_pretrained(xl_folder, controlnet=controlnet)) is ControlSyncXLPipeline
+    assert type(AutoSyncDiffusionPipeline.from_pretrained(sd_folder)) is SyncDiffusionPipeline
+    controlnet = random_controlnet_like(xl.unet, xl.vae_scale_factor)
+    assert type(AutoSyncDiffusionPipeline.from_pretrained(xl_folder, controlnet=controlnet)) is ControlSyncXLPipeline
+    assert family_of_pipeline(xl) == SDXL
+
+
+def test_a_family_is_read_from_data_tables():
+    """Unknown pipeline classes are judged by their transformer's class; a loaded pipeline's family is
+    its class's; the FLUX pipeline's former class name still names FLUX (folders saved with it)."""
+    assert FAMILY_OF_TRANSFORMER == {"SD3Transformer2DModel": SD3, "FluxTransformer2DModel": FLUX}
+    custom = {"_class_name": "SomeoneElsesPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"],
+              "vae": ["diffusers", "AutoencoderKL"]}
+    assert family_of_model_index(custom) == FLUX
+    assert FAMILY_OF_CLASS["SyncDiffusionFluxPipeline"] == FAMILY_OF_CLASS["SyncFluxPipeline"] == FLUX
+
+    class Made:
+        family = SD3
+
+    assert family_of_pipeline(Made()) == SD3 and family_of_pipeline(object()) == SD
+
+
+def test_sdxl_takes_diffusers_guidance_on_every_front_end(xl_folder):
+    """SDXL's default guidance is 5 (diffusers' StableDiffusionXLPipeline's), not the paper's 7.5."""
+    assert FAMILY_DEFAULTS[SDXL] == {"guidance_scale": 5.0} and defaults_of(SDXL) == {"guidance_scale": 5.0}
+    assert settings.model_defaults(models.resolve_model(str(xl_folder)))["guidance_scale"] == 5.0
+    assert settings.model_defaults(models.resolve_model("tiny-random"))["guidance_scale"] == 7.5  # SD: the paper's
 
 
 def test_every_front_end_loads_the_family_of_the_model(xl_folder):
@@ -66,7 +92,7 @@ def test_an_unsupported_family_is_one_sentence_before_weights_load(tmp_path, cap
                                          f"{SUPPORTED_SENTENCE}"):
         models.resolve_model(str(folder))
     with pytest.raises(ValueError, match=SUPPORTED_SENTENCE):
-        AutoSyncPipeline.from_pretrained(folder)
+        AutoSyncDiffusionPipeline.from_pretrained(folder)
     assert main(["generate", "a land", "--model", str(folder), "--quiet"]) == 2
     error = capsys.readouterr().err.strip()
     assert error.endswith(SUPPORTED_SENTENCE) and len(error.splitlines()) == 1 and "Traceback" not in error
@@ -98,6 +124,7 @@ def test_generate_with_an_sdxl_folder_and_reproduce_it_from_the_png(xl_folder, t
     assert code == 0 and "wrote" in capsys.readouterr().out
     parameters = read_parameters(first)
     assert parameters["model"] == str(xl_folder) and parameters["loop_closure"] is True
+    assert parameters["guidance_scale"] == 5.0  # SDXL's default (families.FAMILY_DEFAULTS)
     again = tmp_path / "again.png"
     assert main(["generate", "--from-png", str(first), "--out", str(again), "--quiet"]) == 0
     assert np.array_equal(np.asarray(PIL.Image.open(first)), np.asarray(PIL.Image.open(again)))

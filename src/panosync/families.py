@@ -1,11 +1,10 @@
-"""Picking the pipeline class from the model: a diffusers folder's model_index.json, or a single
-checkpoint file's keys, name the model's family before any weights load.
+"""The model families panosync runs, in data: their names, their defaults where a family's diffusers
+pipeline departs from the paper, and how a model's family is told before any weights load, from a
+diffusers folder's model_index.json and configs or from a single checkpoint file's keys. A family
+panosync does not run is one sentence that names those it does.
 
-`AutoSyncPipeline.from_pretrained` / `from_single_file` return the family's pipeline, as
-diffusers' AutoPipelineForText2Image does; models.py loads through the same choice, so every
-front end (the command, the server, the page, evaluate) takes an SDXL model as it takes an SD one.
-A family panosync does not run is one sentence that names those it does. SD3 / 3.5 and FLUX.1
-run SyncDiffusion and ControlSync (SD3ControlNetModel, FluxControlNetModel of InstantX's kind).
+Nothing here imports the rest of panosync: the pipelines, backbones, settings and front ends read
+these tables; which pipeline class serves a family is registry.py's.
 """
 
 from __future__ import annotations
@@ -16,10 +15,15 @@ from pathlib import Path
 SD, SDXL = "Stable Diffusion 1.x/2.x", "Stable Diffusion XL"
 SD3, FLUX = "Stable Diffusion 3/3.5", "FLUX.1"
 SUPPORTED_FAMILIES = (SD, SDXL, SD3, FLUX)
-# Where a family's diffusers pipeline defaults otherwise than the paper, and the paper's value
-# would be wrong for it: FLUX.1-dev's guidance is distilled (7.5 burns the image), SD3's is 7.
-# Every front end takes these under a model's recommended.json (settings.recommended_of).
-FAMILY_DEFAULTS = {SD3: {"guidance_scale": 7.0}, FLUX: {"guidance_scale": 3.5}}
+# Where a family's diffusers pipeline defaults otherwise than the paper (whose model was SD 2):
+# FLUX.1-dev's guidance is distilled (7.5 burns the image), SD3's is 7. Every front end, and the
+# pipeline called from Python, takes these under a model's recommended.json (settings.recommended_of).
+FAMILY_DEFAULTS = {
+    SD: {"guidance_scale": 7.5},  # the paper's, on Stable Diffusion 2 (diffusers' StableDiffusionPipeline's too)
+    SDXL: {"guidance_scale": 5.0},  # diffusers' StableDiffusionXLPipeline's: every front end as the Python call
+    SD3: {"guidance_scale": 7.0},
+    FLUX: {"guidance_scale": 3.5},
+}
 # A variant whose defaults differ from its family's: FLUX.1 schnell is distilled to a few steps
 # (diffusers documents it at 4; the paper's 50 cost 12 times as much for no better picture). It is
 # told from dev as diffusers' checkpoint inference tells it: its transformer has no guidance input
@@ -41,9 +45,12 @@ FAMILY_OF_CLASS = {
     "StableDiffusionXLPipeline": SDXL, "SyncDiffusionXLPipeline": SDXL, "StableDiffusionXLControlNetPipeline": SDXL,
     "ControlSyncXLPipeline": SDXL,
     "StableDiffusion3Pipeline": SD3, "SyncDiffusion3Pipeline": SD3, "StableDiffusion3ControlNetPipeline": SD3,
-    "ControlSync3Pipeline": SD3, "FluxPipeline": FLUX, "SyncFluxPipeline": FLUX, "FluxControlNetPipeline": FLUX,
-    "ControlSyncFluxPipeline": FLUX,
+    "ControlSync3Pipeline": SD3, "FluxPipeline": FLUX, "SyncDiffusionFluxPipeline": FLUX,
+    "SyncFluxPipeline": FLUX,  # the FLUX pipeline's former name, in the model_index.json of folders saved with it
+    "FluxControlNetPipeline": FLUX, "ControlSyncFluxPipeline": FLUX,
 }
+# model_index.json's transformer class, for a pipeline class not in FAMILY_OF_CLASS.
+FAMILY_OF_TRANSFORMER = {"SD3Transformer2DModel": SD3, "FluxTransformer2DModel": FLUX}
 # What other pipelines are, in the sentence that refuses them.
 OTHER_FAMILIES = {"FluxFillPipeline": "FLUX.1 Fill (inpainting)", "FluxControlPipeline": "FLUX.1 Canny/Depth",
                   "StableDiffusionXLImg2ImgPipeline": "an SDXL refiner (image to image)",
@@ -93,7 +100,7 @@ def family_of_model_index(index: dict, name: str = "The model") -> str:
     has = {component for component, value in index.items() if isinstance(value, list) and value[0] is not None}
     if "transformer" in has:  # many transformers share these components (HunyuanDiT, HiDream): the class decides
         transformer = index["transformer"][1] if len(index["transformer"]) > 1 else None
-        family = family_of_transformer(transformer)
+        family = FAMILY_OF_TRANSFORMER.get(transformer)
         if family is None:
             raise unsupported(name, f"a {class_name or 'pipeline of unknown kind'} (its transformer a {transformer})")
         return family
@@ -102,14 +109,6 @@ def family_of_model_index(index: dict, name: str = "The model") -> str:
     if {"unet", "vae", "text_encoder", "tokenizer"} <= has and "text_encoder_2" not in has:
         return SD
     raise unsupported(name, f"a {class_name or 'pipeline of unknown kind'}")
-
-
-def family_of_transformer(class_name: str | None) -> str | None:
-    """The family of a transformer class diffusers names in a model_index (None: not one panosync runs)."""
-    from .backbones.flow import backbone_of_transformer
-
-    backbone = backbone_of_transformer(class_name)
-    return None if backbone is None else backbone.family
 
 
 def read_model_index(folder: str | Path) -> dict:
@@ -167,86 +166,3 @@ def identify_checkpoint(path: str | Path) -> tuple[str, str | None]:
     if model_type not in FAMILY_OF_CHECKPOINT:
         raise unsupported(f"Checkpoint {path}", f"a {model_type!r} model (as diffusers names it)")
     return FAMILY_OF_CHECKPOINT[model_type], VARIANT_OF_CHECKPOINT.get(model_type)
-
-
-def family_of_pipeline(pipe) -> str:
-    """The family of a loaded panosync pipeline."""
-    from .flux import SyncFluxPipeline
-    from .sd3 import SyncDiffusion3Pipeline
-    from .xl import SyncDiffusionXLPipeline
-
-    kinds = ((SyncDiffusionXLPipeline, SDXL), (SyncDiffusion3Pipeline, SD3), (SyncFluxPipeline, FLUX))
-    return next((family for kind, family in kinds if isinstance(pipe, kind)), SD)
-
-
-def variant_of_pipeline(pipe) -> str | None:
-    """The variant of a loaded panosync pipeline (variant_of_transformer)."""
-    transformer = getattr(pipe, "transformer", None)
-    return variant_of_transformer(family_of_pipeline(pipe), None if transformer is None else transformer.config)
-
-
-def pipeline_class(family: str, control: bool = False):
-    """The pipeline class of a family: SyncDiffusion's, or with `control` ControlSync's."""
-    if family == SD3:
-        if control:
-            from .control_sd3 import ControlSync3Pipeline
-
-            return ControlSync3Pipeline
-        from .sd3 import SyncDiffusion3Pipeline
-
-        return SyncDiffusion3Pipeline
-    if family == FLUX:
-        if control:
-            from .control_flux import ControlSyncFluxPipeline
-
-            return ControlSyncFluxPipeline
-        from .flux import SyncFluxPipeline
-
-        return SyncFluxPipeline
-    if family == SDXL:
-        if control:
-            from .control import ControlSyncXLPipeline
-
-            return ControlSyncXLPipeline
-        from .xl import SyncDiffusionXLPipeline
-
-        return SyncDiffusionXLPipeline
-    if control:
-        from .control import ControlSyncPipeline
-
-        return ControlSyncPipeline
-    from .pipeline import SyncDiffusionPipeline
-
-    return SyncDiffusionPipeline
-
-
-class AutoSyncPipeline:
-    """Loads the SyncDiffusion pipeline of a model's family: `AutoSyncPipeline.from_pretrained(
-    "stabilityai/stable-diffusion-xl-base-1.0")` is a SyncDiffusionXLPipeline, a Stable Diffusion 2
-    folder a SyncDiffusionPipeline. With `controlnet=` it is the family's ControlSync pipeline."""
-
-    def __init__(self, *args, **kwargs):
-        raise TypeError("AutoSyncPipeline is not made but loaded: use AutoSyncPipeline.from_pretrained or "
-                        "from_single_file.")
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """A hub id, a diffusers folder, or a bundled model's name; keyword arguments as diffusers'."""
-        from .bundled import bundled_model_folder
-
-        name = str(pretrained_model_name_or_path)
-        folder = bundled_model_folder(name) or Path(name).expanduser()
-        if folder.is_dir():
-            index = read_model_index(folder)
-        else:
-            from huggingface_hub import hf_hub_download
-
-            index = json.loads(Path(hf_hub_download(name, "model_index.json", revision=kwargs.get("revision"),
-                                                    local_files_only=kwargs.get("local_files_only", False))).read_text())
-        family = family_of_model_index(index, f"Model {name}")
-        return pipeline_class(family, "controlnet" in kwargs).from_pretrained(pretrained_model_name_or_path, **kwargs)
-
-    @classmethod
-    def from_single_file(cls, path, **kwargs):
-        """An original-format checkpoint (.safetensors, .ckpt); its family from its keys."""
-        return pipeline_class(family_of_checkpoint(path), "controlnet" in kwargs).from_single_file(path, **kwargs)

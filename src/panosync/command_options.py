@@ -1,0 +1,76 @@
+"""The command-line options of the parameters (settings.PARAMETERS), and the options that say which
+model runs where: what `panosync generate` and `control`, `evaluate`, `serve`, `ui` and `batch`
+share. Every option defaults to None (not given), so that the next source of a value decides
+(settings.resolve)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Iterable
+
+from .precision import DTYPE_HELP
+from .settings import BY_NAME, DEFAULT_CONTROLNET, FAST_MODES, NO_FAST_MODE, Parameter
+
+
+def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, names: Iterable[str],
+                helps: dict | None = None) -> None:
+    """The command-line option of each parameter `names` lists, every default None (not given: the
+    next source decides, see settings.resolve). `helps` replaces some parameters' help."""
+    for name in names:
+        parameter = BY_NAME[name]
+        text = (helps or {}).get(name) or _help(parameter)
+        flags = [parameter.flag, *parameter.flags]
+        if name == "prompt":
+            parser.add_argument("prompt", nargs="?", help=text)
+        elif parameter.kind is bool:
+            parser.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif name == "fast_modes":
+            modes = _fast_mode_help()
+            parser.add_argument("--fast", dest=name, action="append", choices=list(modes), default=None,
+                                help=text + ": " + "; ".join(f"{mode}: {words}" for mode, words in modes.items()))
+        elif parameter.kind is list:
+            item = str if parameter.item is object else parameter.item  # a condition on the command: its file
+            parser.add_argument(*flags, dest=name, action="append", type=item, default=None,
+                                metavar=name.upper(), help=text + " (repeatable)")
+        else:
+            # no argparse choices: settings.check refuses another value with one sentence, not a usage text
+            parser.add_argument(*flags, dest=name, type=parameter.kind, default=None, help=text)
+
+
+def _help(parameter: Parameter) -> str:
+    default = parameter.unset if parameter.default is None else json.dumps(parameter.default)
+    limits = "" if parameter.kind in (str, bool, list) or (parameter.minimum is None and parameter.maximum is None) \
+        else f"; {parameter.range_words()}"
+    return f"{parameter.help}{limits} (default: {default})" if default is not None else parameter.help
+
+
+def _fast_mode_help() -> dict:
+    return {**FAST_MODES, NO_FAST_MODE: "none of them, even those the model recommends (faithful mode)"}
+
+
+def given_options(args: argparse.Namespace) -> dict:
+    """The parameters the options give (None: not given)."""
+    return {name: getattr(args, name) for name in BY_NAME if getattr(args, name, None) is not None}
+
+
+def add_model_options(parser: argparse.ArgumentParser, default_model: str, control: bool = False) -> None:
+    """The options that say which model runs where, shared by every command that loads one."""
+    parser.add_argument("--model", default=None,
+                        help=f"bundled name (pocket, tiny-random), diffusers folder, .safetensors file or hub id "
+                             f"(default: {default_model}); its recommended.json gives the defaults")
+    if control:
+        parser.add_argument("--controlnet", action="append", default=None, metavar="FOLDER_OR_ID",
+                            help=f"diffusers ControlNet folder or hub id, repeatable (default: {DEFAULT_CONTROLNET}; "
+                                 f"tiny-random: random weights, a smoke test)")
+    parser.add_argument("--model-config", dest="model_config", default=None, metavar="FOLDER_OR_ID",
+                        help="for a .safetensors/.ckpt --model: diffusers folder or hub id whose configs describe the "
+                             "checkpoint's architecture; needed offline")
+    parser.add_argument("--vae", default=None, metavar="FOLDER_OR_ID",
+                        help="diffusers VAE folder or hub id in place of the model's own, e.g. an fp16-safe SDXL VAE "
+                             "(madebyollin/sdxl-vae-fp16-fix): SDXL's own overflows in float16 and decodes in float32")
+    parser.add_argument("--gradient-checkpointing", dest="gradient_checkpointing", action="store_true",
+                        help="recompute the network's activations in the sync gradient's backward instead of keeping "
+                             "them: less memory (SD3 and FLUX at large windows), slower synced steps, same result")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 …")
+    parser.add_argument("--dtype", default="auto", help=DTYPE_HELP)

@@ -1,0 +1,412 @@
+"""What every panosync pipeline shares: loading (bundled models, DDIM for the UNet families),
+precision, the geometry of views, the fast modes, decoding, and the steps each family's `__call__`
+takes in order (check inputs, lay out views and draw the noise, the denoising loop, decode).
+
+A family's pipeline (pipeline.py, xl.py, sd3.py, flux.py) is a subclass with its components, its
+`backbone_class` (backbones/: prompt conditioning, the guided prediction, x̂₀, the step) and its
+own `__call__`, written out with its parameters and calling these steps; the loop itself is
+loop.py's, the sync step sync.py's.
+"""
+
+from __future__ import annotations
+
+import functools
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DDIMScheduler, DiffusionPipeline
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from . import settings
+from .backbones.base import Backbone, PromptConditioning, ViewConditioning
+from .chunks import ViewChunks, default_view_batch_size
+from .decode import decode_tiled, should_tile
+from .fast import FastModes, check_sync_decoder, downscale, load_sync_decoder
+from .geometry import Geometry, vae_factor_of
+from .loop import denoise_panorama
+from .precision import NonFiniteError, Precision, is_half
+from .sync import LossScale
+from .views import View, views_for_canvas
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+# What callback_on_step_end may ask for (callback_on_step_end_tensor_inputs) and replace: the
+# panoramas' latents. The step's sync weight is always given too, as "sync_weight".
+CALLBACK_TENSOR_INPUTS = ["latents"]
+
+
+@dataclass
+class SyncDiffusionOutput(BaseOutput):
+    """images: one per panorama (prompts × num_images_per_prompt): PIL images, an (N, H, W, 3)
+    array or an (N, 3, H, W) tensor in [0, 1], or the final latents.
+    seed: the seed of the initial noise (None when `latents` or `generator` was given)."""
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    seed: int | None
+
+
+def check_pooled(prompt_embeds, pooled_prompt_embeds, negative_prompt_embeds, negative_pooled_prompt_embeds) -> None:
+    """Embeddings given in place of texts come with their pooled embeddings (SDXL, SD3, FLUX)."""
+    for embeds, pooled, name in ((prompt_embeds, pooled_prompt_embeds, "prompt_embeds"),
+                                 (negative_prompt_embeds, negative_pooled_prompt_embeds, "negative_prompt_embeds")):
+        if embeds is not None and pooled is None:
+            raise ValueError(f"Give pooled_{name} with {name}: this model also reads the pooled embedding.")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a call's views lie: the window (latent pixels), the views, the anchor's index."""
+
+    window: int
+    views: list[View]
+    anchor: int
+
+
+class PanoramaPipelineBase(DiffusionPipeline):
+    """The shared part of every panosync pipeline (no `__call__`: each family writes its own)."""
+
+    family: str
+    backbone_class: type[Backbone]
+    _callback_tensor_inputs = CALLBACK_TENSOR_INPUTS
+
+    def set_up(self, *models) -> None:
+        """Freeze the models (the sync step needs gradients with respect to latents only) and make
+        what every pipeline keeps besides its components: the backbone adapter, the image
+        processor, and the settings the enable_* methods change."""
+        for model in models:
+            model.requires_grad_(False)
+        self.backbone = self.backbone_class(self)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        self._perceptual = None
+        self._sync_decoders: dict[str, torch.nn.Module] = {}  # loaded from folders, by folder
+        self.autocast_dtype: torch.dtype | None = None  # set by enable_autocast
+        self.vae_tiling: bool | None = None  # set by enable_vae_tiling; None: tiled when large
+
+    # ----------------------------------------------------------------------------------- loading
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """A hub id, a diffusers folder, or the name of a model bundled with panosync ("pocket")."""
+        from .bundled import bundled_model_folder
+
+        bundled = isinstance(pretrained_model_name_or_path, str) and bundled_model_folder(pretrained_model_name_or_path)
+        if bundled and "dtype" not in kwargs and "torch_dtype" not in kwargs:
+            kwargs["dtype"] = torch.float32  # shipped in float16 to be small; most CPUs want float32
+        pipe = super().from_pretrained(bundled or pretrained_model_name_or_path, *args, **kwargs)
+        return pipe._with_default_scheduler(kwargs)
+
+    @classmethod
+    def from_single_file(cls, *args, **kwargs):
+        pipe = super().from_single_file(*args, **kwargs)
+        return pipe._with_default_scheduler(kwargs)
+
+    def _with_default_scheduler(self, loading_kwargs: dict):
+        """DDIM (the paper's sampler) in place of a UNet model's own scheduler, unless one was given;
+        a flow-matching family keeps its own (backbone.switches_to_ddim)."""
+        if "scheduler" not in loading_kwargs and not isinstance(self.scheduler, DDIMScheduler) and \
+                self.backbone.switches_to_ddim:
+            self.scheduler = DDIMScheduler.from_config(self.scheduler.config)
+        return self
+
+    # -------------------------------------------------------------------------------- geometry
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """How many image pixels one latent pixel stands for (8 for Stable Diffusion)."""
+        return vae_factor_of(self.vae.config)
+
+    @property
+    def window(self) -> int:
+        """The side of a view in latent pixels by default: the UNet's native size, the family's
+        default for the transformers (a call may choose another where the family allows it)."""
+        return self.backbone.window
+
+    @property
+    def geometry(self) -> Geometry:
+        """What the request checks need of this model: the default window, the steps its scheduler
+        allows, and whether another window may be chosen (settings.check)."""
+        return self.backbone.geometry(self.vae_scale_factor)
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype of latents and predictions between the networks: float32 for float32 and
+        half-precision models (as the reference's autocast), float64 for float64 ones (for tests
+        that tell arithmetic from rounding)."""
+        return torch.float64 if self.backbone.network.dtype == torch.float64 else torch.float32
+
+    # ------------------------------------------------------------------------------- precision
+
+    def enable_autocast(self, dtype: torch.dtype = torch.float16):
+        """Compute every later call under torch.autocast in `dtype`, as the reference implementation
+        does (float32 weights, convolutions and matrix products in float16). Returns the pipeline."""
+        if not is_half(dtype):
+            raise ValueError(f"autocast computes in float16 or bfloat16, got {dtype}.")
+        self.autocast_dtype = dtype
+        return self
+
+    def disable_autocast(self):
+        self.autocast_dtype = None
+        return self
+
+    @property
+    def precision(self) -> Precision:
+        """The weights' dtype and the autocast dtype in force (precision.py)."""
+        return Precision(self.backbone.network.dtype, self.autocast_dtype)
+
+    @property
+    def computes_in_half(self) -> bool:
+        """Whether the networks compute in float16 or bfloat16 (half weights, or autocast)."""
+        return is_half(self.backbone.network.dtype) or self.autocast_dtype is not None
+
+    def autocast_context(self, device: torch.device):
+        """torch.autocast in the dtype enable_autocast chose; nothing when it was not called."""
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(torch.device(device).type, dtype=self.autocast_dtype)
+
+    def upcast_vae(self) -> None:
+        """Decode in float32 from now on (backbones/base.py)."""
+        self.backbone.upcast_vae()
+
+    def enable_sync_checkpointing(self, enabled: bool = True):
+        """Gradient checkpointing of the network in the sync gradient's pass: its activations are
+        recomputed in the backward instead of kept, for memory (a transformer's, at a large window,
+        are most of a synced step's). The result is the same but for rounding. Returns the pipeline."""
+        network = self.backbone.network
+        if enabled:
+            network.enable_gradient_checkpointing()
+        else:
+            network.disable_gradient_checkpointing()
+        return self
+
+    def enable_vae_tiling(self):
+        """Decode every panorama in overlapping window-sized tiles (decode.py): the memory of one
+        tile, whatever the panorama's size. A call's `tiled_decode` overrides it."""
+        self.vae_tiling = True
+
+    def disable_vae_tiling(self):
+        """Decode every panorama in one piece. A call's `tiled_decode` overrides it."""
+        self.vae_tiling = False
+
+    # --------------------------------------------------------------------------- model pieces
+
+    def perceptual_distance(self):
+        """LPIPS-VGG, loaded on first use, on the VAE's device, in the network's dtype (the
+        pipeline's weights' dtype: half precision where the pipeline is; the VAE may be upcast)."""
+        from .lpips import PerceptualDistance, load_lpips  # LPIPS weights load only when syncing
+
+        if self._perceptual is None:
+            self._perceptual = PerceptualDistance(load_lpips("vgg"))
+        return self._perceptual.to(device=self.vae.device, dtype=self.backbone.network.dtype)
+
+    def fast_modes(self, names, sync_image_scale: float = 1.0, sync_decoder=None) -> FastModes:
+        """The fast modes `names` ask for, with the sync loss's image scale and decoder (an
+        AutoencoderTiny, or its folder, loaded once), checked: a ValueError that says what to change."""
+        modes = set(settings.fast_modes(names))
+        if isinstance(sync_decoder, (str, Path)):
+            key = str(sync_decoder)
+            if key not in self._sync_decoders:
+                self._sync_decoders[key] = load_sync_decoder(sync_decoder)
+            sync_decoder = self._sync_decoders[key]
+        if sync_decoder is not None:
+            check_sync_decoder(sync_decoder, self.backbone.latent_channels, self.vae_scale_factor)
+            # in the pipeline's weights' dtype, not the VAE's: a tiny decoder is half-precision-safe
+            # where the VAE may be upcast
+            weights = self.backbone.network.dtype
+            if (sync_decoder.device, sync_decoder.dtype) != (self.vae.device, weights):
+                sync_decoder = sync_decoder.to(device=self.vae.device, dtype=weights)
+        return FastModes("reuse_noise" in modes, "no_unet_backward" in modes, float(sync_image_scale), sync_decoder,
+                         "dpm_solver" in modes)
+
+    def decode_to_unit(self, latents: torch.Tensor, decoder=None, check_finite: bool = False) -> torch.Tensor:
+        """Decode to images in [0, 1] (clamped, as the reference: saturated pixels pass no gradient),
+        with the VAE or another `decoder` of the same latents (a fast mode's tiny decoder), in the
+        backbone's way and precision. `check_finite`: a NonFiniteError where the decoder's output is
+        NaN or infinite (before the clamp hides an infinity)."""
+        images = self.backbone.decode(latents, decoder)
+        if check_finite and not torch.isfinite(images).all():
+            raise NonFiniteError("The decoded panorama", self.precision.name)
+        return (images / 2 + 0.5).clamp(0, 1)
+
+    def foreseen_image(self, predicted_original: torch.Tensor, fast: FastModes = FastModes()) -> torch.Tensor:
+        """The image the sync loss compares, from a predicted clean latent x̂₀: the VAE's decode in
+        faithful mode; a fast mode's decoder and scale where `fast` asks for them."""
+        return downscale(self.decode_to_unit(predicted_original, fast.decoder), fast.image_scale)
+
+    def decode_panorama(self, latents: torch.Tensor, loop_closure: bool, tiled: bool | None = None,
+                        tiles_per_call: int = 1, window: int | None = None) -> torch.Tensor:
+        """Decode the whole panorama to [0, 1], in one piece or, when `tiled` (None: as
+        enable_vae_tiling chose, else when it is large), in overlapping tiles of the `window`
+        (latent pixels; None: the default) blended together (decode.py), which bounds the memory.
+
+        A loop-closed panorama decoded in one piece is padded circularly first, so the decoder sees
+        the left edge continue into the right and leaves no seam, and the padding is cropped; tiles
+        wrap round the seam instead."""
+        window = window or self.backbone.window
+        if tiled is None:
+            tiled = self.vae_tiling if self.vae_tiling is not None else should_tile(*latents.shape[-2:], window)
+        decode = functools.partial(self.decode_to_unit, check_finite=True)
+        factor = self.vae_scale_factor
+        if tiled:
+            return decode_tiled(decode, latents, factor, tile=window, overlap=max(1, window // 4),
+                                loop_closure=loop_closure, tiles_per_call=tiles_per_call)
+        if not loop_closure:
+            return decode(latents)
+        pad = min(latents.shape[-1], max(8, window // 4))
+        padded = torch.cat([latents[..., -pad:], latents, latents[..., :pad]], dim=-1)
+        margin = pad * factor
+        return decode(padded)[..., margin:-margin]
+
+    # ------------------------------------------------------------------- the steps of a call
+
+    def check_inputs(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, output_type: str,
+                     callback_on_step_end_tensor_inputs, values: dict) -> dict:
+        """Step 1: a ValueError (settings.SettingError) that names the parameter and says what to
+        change, before any model work, with the same sentences as every front end's; returns the
+        sync and canvas `values` checked, with the canvas this model makes where they leave it unset."""
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if prompts is None and prompt_embeds is None:
+            raise settings.SettingError("prompt", "Give prompt (a text or a list of texts) or prompt_embeds.")
+        if prompts is not None and prompt_embeds is not None:
+            raise settings.SettingError("prompt", "Give prompt or prompt_embeds, not both.")
+        if prompts is not None:
+            if not isinstance(prompts, list) or not prompts:
+                raise settings.SettingError("prompt", f"prompt must be a text or a non-empty list of texts, got "
+                                                      f"{prompt!r}.")
+            for text in prompts:
+                settings.check({"prompt": text})
+        negatives = negative_prompt if isinstance(negative_prompt, list) else [negative_prompt]
+        if negative_prompt_embeds is not None and negative_prompt is not None:
+            raise settings.SettingError("negative_prompt", "Give negative_prompt or negative_prompt_embeds, not both.")
+        for text in negatives:
+            if text is not None:
+                settings.check({"negative_prompt": text})
+        if isinstance(negative_prompt, list) and len(negative_prompt) != self.prompt_count(prompt, prompt_embeds):
+            raise settings.SettingError("negative_prompt", f"negative_prompt must be one text, or a list of one per "
+                                                           f"prompt ({self.prompt_count(prompt, prompt_embeds)}), got "
+                                                           f"{len(negative_prompt)}.")
+        if output_type not in OUTPUT_TYPES:
+            raise settings.SettingError("output_type", f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got "
+                                                       f"{output_type!r}.")
+        unknown = [name for name in callback_on_step_end_tensor_inputs or () if name not in CALLBACK_TENSOR_INPUTS]
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs may name {', '.join(CALLBACK_TENSOR_INPUTS)}, got "
+                             f"{', '.join(map(str, unknown))}.")
+        fast_modes = values.get("fast_modes")
+        if isinstance(fast_modes, (tuple, set)):
+            fast_modes = list(fast_modes)
+        decoder = values.get("sync_decoder")
+        loaded_decoder = decoder is not None and not isinstance(decoder, (str, Path))  # checked by its config
+        values = {**values, "fast_modes": settings.fast_modes(fast_modes),
+                  "sync_decoder": None if decoder is None or loaded_decoder else str(decoder)}
+        values = settings.fill_canvas(values, self.geometry)
+        settings.check(values, self.geometry)
+        self.backbone.check_scheduler(self.scheduler)
+        return values
+
+    @staticmethod
+    def prompt_count(prompt, prompt_embeds) -> int:
+        """How many prompts a call has: texts, or rows of prompt_embeds."""
+        if prompt_embeds is not None:
+            return prompt_embeds.shape[0]
+        return 1 if isinstance(prompt, str) else len(prompt)
+
+    @staticmethod
+    def prompt_lists(prompt, negative_prompt, count: int) -> tuple[list[str] | None, list[str]]:
+        """The prompts as a list (None where prompt_embeds stand in) and one negative prompt per prompt."""
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if isinstance(negative_prompt, list):
+            return prompts, [text or "" for text in negative_prompt]
+        return prompts, [negative_prompt or ""] * count
+
+    def prepare_layout(self, values: dict) -> Layout:
+        """Step 3a: the views of the canvas `values` describe (checked) and the anchor (default: the
+        centre view, as the reference)."""
+        factor = self.vae_scale_factor
+        window = self.geometry.with_window(values["window"]).window
+        views = views_for_canvas(values["height"] // factor, values["width"] // factor, window, values["stride"],
+                                 values["loop_closure"])
+        anchor = len(views) // 2 if values["anchor"] is None else values["anchor"]
+        return Layout(window, views, anchor)
+
+    def prepare_latents(self, panoramas: int, values: dict, generator, latents) -> tuple[torch.Tensor, int | None]:
+        """Step 3b: the initial noise of `panoramas` panoramas and its seed. The draw is the
+        reference's: torch.randn on the CPU in float32 from a generator seeded with `seed`, so a
+        seed means the same panorama everywhere; `generator` (one, or a list of one per panorama)
+        or `latents` given instead have no seed."""
+        factor = self.vae_scale_factor
+        shape = (panoramas, self.backbone.latent_channels, values["height"] // factor, values["width"] // factor)
+        if latents is not None:
+            if tuple(latents.shape) != shape:
+                raise ValueError(f"latents must have shape {shape} for this canvas, got {tuple(latents.shape)}.")
+            return latents.float(), None
+        seed = None
+        if generator is None:
+            seed = settings.draw_seed() if values["seed"] is None else values["seed"]
+            generator = torch.Generator("cpu").manual_seed(seed)
+        if isinstance(generator, list) and len(generator) != panoramas:
+            raise ValueError(f"generator must be one generator or a list of one per panorama ({panoramas}), got "
+                             f"{len(generator)}.")
+        device = (generator[0] if isinstance(generator, list) else generator).device
+        return randn_tensor(shape, generator=generator, device=device, dtype=torch.float32), seed
+
+    def denoise(self, noise: torch.Tensor, conditioning: PromptConditioning, layout: Layout, values: dict,
+                fast: FastModes, view_conditioning: ViewConditioning | None = None, attention_kwargs: dict | None = None,
+                callback_on_step_end: Callable | None = None, callback_on_step_end_tensor_inputs=("latents",)):
+        """Step 4: the joint denoising loop (loop.py) over the backbone's networks, bound to this
+        call's prompts, guidance and view conditioning; returns the clean latents and the view
+        chunk size it ended with."""
+        device = self._execution_device
+        panoramas = noise.shape[0]
+        sampler = self.backbone.sampler(values["num_inference_steps"], len(layout.views) * panoramas, device,
+                                        fast.multistep, layout.window)
+        latents = noise.to(device, self.compute_dtype) * sampler.init_noise_sigma
+        window_pixels = layout.window * self.vae_scale_factor
+        chunks = ViewChunks(values["view_batch_size"] or default_view_batch_size(device, window_pixels,
+                                                                                 len(layout.views)))
+        predict = functools.partial(self.backbone.guided_prediction, conditioning=conditioning,
+                                    guidance_scale=values["guidance_scale"], extras=view_conditioning,
+                                    attention_kwargs=attention_kwargs)
+        sync_pixels = round(window_pixels * fast.image_scale) ** 2
+
+        def after_step(i, t, latents, weight):
+            if callback_on_step_end is None:
+                return latents
+            given = {name: latents for name in callback_on_step_end_tensor_inputs or () if name == "latents"}
+            changes = callback_on_step_end(self, i, t, {**given, "sync_weight": weight})
+            return (changes or {}).get("latents", latents)
+
+        with self.progress_bar(total=values["num_inference_steps"]) as progress:
+            latents = denoise_panorama(
+                latents, views=layout.views, anchor=layout.anchor, sampler=sampler,
+                predict=lambda x, t, views: predict(x, t, views=views),
+                foresee=functools.partial(self.foreseen_image, fast=fast), perceptual=self.perceptual_distance,
+                schedule=settings.sync_schedule(values), chunks=chunks,
+                loss_scale=LossScale(sync_pixels, self.computes_in_half), fast=fast,
+                precision_name=self.precision.name, after_step=after_step, progress=progress)
+        return latents, chunks.size
+
+    def decode_latents(self, latents: torch.Tensor, values: dict, layout: Layout, output_type: str,
+                       tiles_per_call: int = 1):
+        """Step 5: the panoramas decoded (unless `output_type` is "latent") and post-processed by
+        diffusers' VaeImageProcessor into `output_type`."""
+        if output_type == "latent":
+            return latents
+        images = self.decode_panorama(latents, values["loop_closure"], values["tiled_decode"], tiles_per_call,
+                                      layout.window)
+        # decode_panorama's images are in [0, 1] already
+        return self.image_processor.postprocess(images, output_type=output_type,
+                                                do_denormalize=[False] * images.shape[0])
+
+    def finish(self, images, seed: int | None, return_dict: bool) -> Any:
+        """The call's result, once the offload hooks are released."""
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return images, seed
+        return SyncDiffusionOutput(images=images, seed=seed)
