@@ -263,7 +263,7 @@ def test_the_command_writes_a_panorama_in_each_precision(precision, tmp_path):
 
 def test_the_server_generates_in_half_precision():
     from panosync.server.generation import PanoramaModel
-    from panosync.server.schema import Limits
+    from panosync.server.limits import Limits
 
     model = PanoramaModel.load("pocket", "cpu", "bfloat16")
     assert model.dtype == "bfloat16"

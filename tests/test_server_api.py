@@ -21,7 +21,8 @@ from panosync.metadata import read_parameters
 from panosync.models import resolve_model
 from panosync.server.api import create_app, wait_seconds
 from panosync.server.generation import PanoramaModel
-from panosync.server.schema import FIELDS, UINT32_MAX, FieldError, Limits, PredictionRequest
+from panosync.server.limits import Limits
+from panosync.server.schema import FIELDS, UINT32_MAX, FieldError, PredictionRequest
 
 # sync_pipe: 16-latent windows, VAE factor 2, so 32-pixel windows; 3 views at stride 8.
 TINY = dict(width=64, height=32, stride=8, num_inference_steps=2, sync_weight=0)

@@ -19,7 +19,8 @@ from panosync.metadata import read_parameters
 from panosync.models import resolve_model
 from panosync.server.api import create_app
 from panosync.server.generation import MISSING_CONDITION, PanoramaModel
-from panosync.server.schema import CONTROL_FIELDS, FIELDS, FieldError, Limits
+from panosync.server.limits import Limits
+from panosync.server.schema import CONTROL_FIELDS, FIELDS, FieldError
 from panosync.server.uploads import decode_condition, save_condition
 
 # sync_pipe: 16-latent windows, VAE factor 2, so 32-pixel windows; 3 views at stride 8.

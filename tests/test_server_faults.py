@@ -29,7 +29,7 @@ from panosync.server.jobs import (CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, 
 from panosync.server.worker import Worker
 from panosync.server import command
 from panosync.server.retention import DEFAULT_MIN_FREE_BYTES, Retention, format_size, parse_keep, parse_min_free
-from panosync.server.schema import Limits
+from panosync.server.limits import Limits
 from panosync.server.uploads import save_condition
 
 # sync_pipe: 32-pixel windows; 3 views at stride 8, two steps: a job takes a fraction of a second.

@@ -30,7 +30,8 @@ from panosync.server.api import WAIT_HEADER, create_app, printable
 from panosync.server.generation import PanoramaModel
 from panosync.server.jobs import StoreFault
 from panosync.server.retention import DEFAULT_MIN_FREE_BYTES, Retention
-from panosync.server.schema import FIELDS, Limits
+from panosync.server.limits import Limits
+from panosync.server.schema import FIELDS
 
 from test_server_api import LONG, TINY, finished, free_port, wait_for
 

@@ -29,7 +29,7 @@ def free_port() -> int:
 @pytest.fixture
 def page_url(tmp_path):
     from panosync.server.generation import PanoramaModel
-    from panosync.server.schema import Limits
+    from panosync.server.limits import Limits
     from panosync.server.ui import build_ui, launch
 
     # 16-pixel windows (window 8, VAE factor 2): a panorama in a second or two on a CPU
@@ -120,7 +120,7 @@ def test_page_generates_a_panorama_and_looks_around_it(page_url, tmp_path):
 def control_page_url(tmp_path):
     from panosync.control import ControlSyncPipeline, random_controlnet_like
     from panosync.server.generation import PanoramaModel
-    from panosync.server.schema import Limits
+    from panosync.server.limits import Limits
     from panosync.server.ui import build_ui, launch
 
     base = make_pipe(window=8, vae_factor=2)
@@ -203,7 +203,8 @@ def test_the_page_hands_a_number_over_as_typed_for_the_requests_checks(tmp_path)
     from pydantic import ValidationError
 
     from panosync.server.generation import PanoramaModel
-    from panosync.server.schema import Limits, PredictionRequest, describe_error
+    from panosync.server.limits import Limits
+    from panosync.server.schema import PredictionRequest, describe_error
     from panosync.server.ui import build_ui, page_values
 
     model = PanoramaModel(make_pipe(window=8, vae_factor=2), "tiny-test", model_defaults(resolve_model("tiny-random")))

@@ -139,7 +139,7 @@ else:
     raise AssertionError("the API took sparkle 2")
 from panosync.server import ui
 from panosync.server.generation import PanoramaModel
-from panosync.server.schema import Limits
+from panosync.server.limits import Limits
 from panosync.tiny import tiny_random_components
 from panosync.pipeline import SyncDiffusionPipeline
 pipe = SyncDiffusionPipeline(**tiny_random_components(window=8, vae_factor=2))

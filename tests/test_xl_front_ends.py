@@ -13,7 +13,7 @@ from panosync.cli import main
 from panosync.metadata import read_parameters
 from panosync.server.api import create_app
 from panosync.server.generation import PanoramaModel
-from panosync.server.schema import Limits
+from panosync.server.limits import Limits
 from panosync.xl import SyncDiffusionXLPipeline
 
 CANVAS = dict(width=64, height=32, stride=8, num_inference_steps=2, sync_threshold=1, seed=5)

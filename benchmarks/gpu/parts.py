@@ -100,20 +100,20 @@ def computing_in(pipe, autocast: torch.dtype | None):
 
 def canvas_noise(pipe, height: int, width: int) -> torch.Tensor:
     """Seed 0's initial latent, drawn on the CPU as the reference draws it."""
-    shape = (1, pipe.unet.config.in_channels, height // pipe.vae_factor, width // pipe.vae_factor)
+    shape = (1, pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
     return torch.randn(shape, generator=torch.Generator().manual_seed(0))
 
 
 def view_count(pipe, height: int, width: int, stride: int) -> int:
     from panosync.views import views_for_canvas
 
-    return len(views_for_canvas(height // pipe.vae_factor, width // pipe.vae_factor, pipe.window, stride))
+    return len(views_for_canvas(height // pipe.vae_scale_factor, width // pipe.vae_scale_factor, pipe.window, stride))
 
 
 def default_chunk(pipe, views: int, device: str) -> int:
     from panosync.chunks import default_view_batch_size
 
-    return default_view_batch_size(device, pipe.window * pipe.vae_factor, views)
+    return default_view_batch_size(device, pipe.window * pipe.vae_scale_factor, views)
 
 
 # ------------------------------------------------------------------------------------- timed runs
@@ -193,8 +193,7 @@ def run_diffusers(pipe, plan: Plan, height: int, width: int, chunk: int) -> dict
 def one_step_sync_gradient(pipe, step: int, device: str, scaled: bool = True, steps: int = 30) -> torch.Tensor:
     """The sync gradient (float64, on the CPU) of the outer views of a 3-view canvas at DDIM step `step`
     of `steps`, as the pipeline's loop computes it; `scaled=False` leaves the sync loss unscaled."""
-    import panosync.pipeline as pipeline_module
-    from panosync.fast import SyncShortcuts
+    from panosync.sync import LossScale, sync_gradient
     from panosync.views import crop, views_for_canvas
 
     window = pipe.window
@@ -204,28 +203,25 @@ def one_step_sync_gradient(pipe, step: int, device: str, scaled: bool = True, st
     scheduler = copy.deepcopy(pipe.scheduler)
     scheduler.set_timesteps(steps)
     t = scheduler.timesteps[step]
-    shortcuts = SyncShortcuts()
-    original_scale = pipeline_module.half_precision_loss_scale
-    if not scaled:
-        pipeline_module.half_precision_loss_scale = lambda pixels: 1.0
-    try:
-        with torch.no_grad(), pipe.autocast_context(device):
-            embeddings = pipe.encode_prompt(PROMPT, "", device)
+    side = window * pipe.vae_scale_factor
+    loss_scale = LossScale(side * side, scaled and pipe.computes_in_half)
+    with torch.no_grad(), pipe.autocast_context(device):
+        embeddings = pipe.backbone.encode_prompt([PROMPT], [""], device)
+        anchor = crop(latents, views[1])
+        batch = [views[0], views[2]]
 
-            def noise_of(x, batch_views):
-                return pipe.guided_noise(x, t, embeddings, 7.5, batch_views)
+        def predict(x):
+            return pipe.backbone.guided_prediction(x, t, embeddings, 7.5, batch)
 
-            anchor = crop(latents, views[1])
-            original = scheduler.step(noise_of(anchor, [views[1]]), t, anchor).pred_original_sample
-            perceptual = pipe.perceptual_distance()
-            target = perceptual.target_features(pipe.foreseen_image(original, shortcuts) * 2 - 1)
-            batch = [views[0], views[2]]
-            x = torch.cat([crop(latents, view) for view in batch])
-            gradient, _ = pipe.sync_gradient_and_noise(x, t, batch, noise_of,
-                                                       lambda images: perceptual(images * 2 - 1, target), shortcuts,
-                                                       scheduler)
-    finally:
-        pipeline_module.half_precision_loss_scale = original_scale
+        def original(x, prediction):
+            return scheduler.step(prediction, t, x).pred_original_sample
+
+        perceptual = pipe.perceptual_distance()
+        anchor_prediction = pipe.backbone.guided_prediction(anchor, t, embeddings, 7.5, [views[1]])
+        target = perceptual.target_features(pipe.foreseen_image(original(anchor, anchor_prediction)) * 2 - 1)
+        x = torch.cat([crop(latents, view) for view in batch])
+        gradient, _ = sync_gradient(x, lambda z: pipe.foreseen_image(original(z, predict(z))),
+                                    lambda images: perceptual(images * 2 - 1, target), loss_scale.scale)
     return gradient.double().cpu()
 
 
@@ -276,7 +272,7 @@ class Check(Harness):
             f"{', '.join(str(dtype).removeprefix('torch.') for dtype in dtypes)} pipelines built in "
             f"{time.perf_counter() - started:.1f} s; UNet "
             f"{sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.0f} M parameters, window {pipe.window} latents, "
-            f"VAE factor {pipe.vae_factor}")
+            f"VAE factor {pipe.vae_scale_factor}")
 
     def flow(self) -> None:
         import flow_check
@@ -409,7 +405,7 @@ class Check(Harness):
                 continue
             options = dict(mode.options)
             if options.get("sync_decoder") == "random-taesd":
-                decoder = decoder or taesd_shaped_decoder(pipe.vae_factor).to(plan.device, pipe.vae.dtype)
+                decoder = decoder or taesd_shaped_decoder(pipe.vae_scale_factor).to(plan.device, pipe.vae.dtype)
                 options["sync_decoder"] = decoder
             self.attempt(mode.name, self.costs.seconds(views, synced, steps - synced), timed(view_batch_size=chunk,
                          **options), mode=mode.name, chunk=chunk, syncs=True, step_fraction=mode.step_fraction, **about)
@@ -516,7 +512,7 @@ class Check(Harness):
         if pipe is None:
             return
         self.part_data["notes"].append(
-            f"{family.name}: {family.precision}, window {pipe.window} latents ({pipe.window * pipe.vae_factor} px), "
+            f"{family.name}: {family.precision}, window {pipe.window} latents ({pipe.window * pipe.vae_scale_factor} px), "
             f"stride {family.stride}; each panorama {steps} DDIM steps synced in the first {synced}, faithful mode at "
             f"the device's view batch size; peak = the whole panorama's, its weights included")
 

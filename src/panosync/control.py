@@ -376,7 +376,7 @@ class ControlConditioning(ViewConditioning):
     vae_factor: int
     unet_dtype: torch.dtype
 
-    def unet_inputs(self, model_input, t, inputs, views) -> dict:
+    def network_inputs(self, model_input, t, inputs, views) -> dict:
         """The ControlNets' residuals for a batch of views, summed over the ControlNets: each sees
         its condition's crop for each view, the same for both guidance branches (`model_input` holds
         the unconditional half, then the conditional), and the UNet's own prompt `inputs` (the text

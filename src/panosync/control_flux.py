@@ -204,7 +204,7 @@ class FluxControlConditioning(LatentConditioning):
     """FLUX ControlSync's part of a request. It gives each view's transformer call the ControlNets'
     block samples for that view's crop of the latents."""
 
-    def unet_inputs(self, model_input, t, inputs, views) -> dict:
+    def network_inputs(self, model_input, t, inputs, views) -> dict:
         """The block samples for a batch of views (`model_input`: their packed tokens, the negative
         prompt's branch first where true CFG runs), from the prompt's branch, summed over the
         ControlNets, repeated for every branch; none at scale 0 (not run). `inputs` are the

@@ -208,7 +208,7 @@ class SD3ControlConditioning(LatentConditioning):
     """SD3 ControlSync's part of a request. It gives each view's transformer call the ControlNets'
     block samples for that view's crop of the latents."""
 
-    def unet_inputs(self, model_input, t, inputs, views) -> dict:
+    def network_inputs(self, model_input, t, inputs, views) -> dict:
         """The block samples for a batch of views (both guidance branches where `model_input` holds
         two), summed over the ControlNets; none at scale 0 (not run)."""
         if views is None:

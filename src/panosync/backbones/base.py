@@ -50,9 +50,9 @@ def both_branches(stacked: torch.Tensor, count: int) -> torch.Tensor:
 
 class ViewConditioning:
     """What conditions each view's network call besides the prompt (ControlSync's ControlNets,
-    control.py), carried on a request. None on a request is plain SyncDiffusion."""
+    control*.py), given to every network call of a view. None is plain SyncDiffusion."""
 
-    def unet_inputs(self, model_input: torch.Tensor, t, inputs: dict, views: list[View]) -> dict:
+    def network_inputs(self, model_input: torch.Tensor, t, inputs: dict, views: list[View]) -> dict:
         """More keyword arguments for the network's call on `model_input` (both guidance branches of
         `views`, unconditional first), given the call's other keyword `inputs` (the prompt's
         conditioning in the network's dtype: encoder_hidden_states, and SDXL's added_cond_kwargs)."""

@@ -126,7 +126,7 @@ class FluxBackbone(FlowBackbone):
                       pooled_projections=pooled, encoder_hidden_states=embeddings, txt_ids=text_ids,
                       img_ids=position_ids(height, width, latents.device, self.pipe.text_encoder_2.dtype))
         if extras is not None:
-            inputs |= extras.unet_inputs(tokens, t, dict(inputs, guidance_scale=guidance_scale), views)
+            inputs |= extras.network_inputs(tokens, t, dict(inputs, guidance_scale=guidance_scale), views)
         prediction = transformer(hidden_states=tokens, **inputs, joint_attention_kwargs=attention_kwargs,
                                  return_dict=False)[0]
         prediction = unpack(prediction, height, width).to(self.pipe.compute_dtype)

@@ -104,7 +104,7 @@ class StableDiffusion3Backbone(FlowBackbone):
         inputs = dict(timestep=expand_timestep(t, model_input.shape[0]), encoder_hidden_states=embeddings,
                       pooled_projections=pooled)
         if extras is not None:
-            inputs |= extras.unet_inputs(model_input, t, inputs, views)
+            inputs |= extras.network_inputs(model_input, t, inputs, views)
         prediction = transformer(hidden_states=model_input, **inputs, joint_attention_kwargs=attention_kwargs,
                                  return_dict=False)[0].to(self.pipe.compute_dtype)
         if not guided:

@@ -52,7 +52,7 @@ class UNetBackbone(Backbone):
         model_input = self.pipe.scheduler.scale_model_input(torch.cat([latents, latents]), t).to(unet.dtype)
         inputs = self.unet_inputs(conditioning, count)
         if extras is not None:
-            inputs |= extras.unet_inputs(model_input, t, inputs, views)
+            inputs |= extras.network_inputs(model_input, t, inputs, views)
         prediction = unet(model_input, t, **inputs, cross_attention_kwargs=attention_kwargs).sample
         prediction = prediction.to(self.pipe.compute_dtype)
         unconditional, conditional = prediction.chunk(2)

@@ -77,7 +77,8 @@ from .jobs import SUCCEEDED, Job, JobNotFinished, JobStore, QueueFull, StoreFaul
 from .worker import Worker
 from .middleware import BearerToken, BodySizeLimit
 from .openapi import describe_server, error_answers
-from .schema import FieldError, Limits, PredictionRequest, describe_error
+from .limits import Limits
+from .schema import FieldError, PredictionRequest, describe_error
 from .uploads import decode_condition
 from .waiting import DEFAULT_WAIT_SECONDS, MAX_WAIT_SECONDS, WAIT_HEADER, JobWaiters, wait_seconds
 

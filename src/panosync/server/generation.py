@@ -23,7 +23,8 @@ from ..models import load_control_pipeline, load_pipeline, pick_device, resolve_
 from ..pipeline import SyncDiffusionPipeline
 from ..precision import pick_precision
 from ..registry import family_of_pipeline, variant_of_pipeline
-from .schema import CONTROL_FIELDS, FieldError, Limits, field_of
+from .limits import Limits
+from .schema import CONTROL_FIELDS, FieldError, field_of
 
 # on_step(steps_done, sync_weight_of_that_step)
 StepCallback = Callable[[int, float], None]

@@ -9,7 +9,8 @@ from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
 from .generation import PanoramaModel
-from .schema import Limits, describe_request_schema
+from .limits import Limits
+from .schema import describe_request_schema
 
 
 class ErrorAnswer(BaseModel):

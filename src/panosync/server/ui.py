@@ -30,7 +30,8 @@ from ..precision import NonFiniteError
 from . import viewer
 from .presets import PRESET_NAMES, presets
 from .generation import PanoramaModel
-from .schema import CONTROL_FIELDS, FIELDS, FieldError, Limits, PredictionRequest, describe_error
+from .limits import Limits
+from .schema import CONTROL_FIELDS, FIELDS, FieldError, PredictionRequest, describe_error
 from .uploads import save_condition
 
 # Where each input goes on the page (the rest of FIELDS: at the top, in settings' order).
