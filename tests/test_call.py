@@ -70,6 +70,7 @@ def embeddings_from_diffusers(name, theirs, prompt):
     return dict(prompt_embeds=positive, pooled_prompt_embeds=pooled)
 
 
+@pytest.mark.slow
 def test_prompt_embeds_from_the_models_text_encoders_give_the_prompts_panorama(family):
     name, pipe, theirs = family
     from_text = pipe("a land", **canvas(pipe), **SYNCED).images
@@ -79,6 +80,7 @@ def test_prompt_embeds_from_the_models_text_encoders_give_the_prompts_panorama(f
     assert np.abs(other_prompt - from_text).max() > 1e-3  # the prompt matters: the check above can fail
 
 
+@pytest.mark.slow
 def test_a_list_of_prompts_gives_one_synced_panorama_per_prompt_and_image(family):
     name, pipe, _ = family
     prompts = ["a land", "b sea"]

@@ -167,7 +167,7 @@ def test_an_overflowing_scaled_backward_backs_off():
                                                                 ("bfloat16", 1.0, 2.0**10), ("float32", 1.0, 1.0)])
 def test_the_pipeline_scales_the_sync_loss_by_the_pixels_lpips_averages_over(precision, image_scale, loss_scale,
                                                                              monkeypatch):
-    import panosync.pipeline
+    import panosync.sync
 
     used = []
 
@@ -175,7 +175,7 @@ def test_the_pipeline_scales_the_sync_loss_by_the_pixels_lpips_averages_over(pre
         used.append(args[-1])
         return sync_gradient(*args)
 
-    monkeypatch.setattr(panosync.pipeline, "sync_gradient", recording)
+    monkeypatch.setattr(panosync.sync, "sync_gradient", recording)
     tiny_pipe(precision)("a land", **CASE, sync_image_scale=image_scale, output_type="latent")
     assert used and set(used) == {loss_scale}  # 32-pixel views: 32² = 2**10 pixels, 16² at scale 0.5
 

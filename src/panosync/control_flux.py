@@ -119,6 +119,8 @@ class ControlSyncFluxPipeline(ControlSyncMixin, SyncDiffusionFluxPipeline):
         """
         # 1. Check inputs (a ValueError that says what to change, before any model work): the
         #    conditions decide the canvas unless it is given
+        check_true_cfg_scale(true_cfg_scale)
+        check_max_sequence_length(max_sequence_length)
         conditions, scales = self.check_conditions(image, controlnet_conditioning_scale)
         width, height = check_condition_canvas([condition_size(c) for c in conditions], width, height,
                                                self.vae_scale_factor)
@@ -131,8 +133,6 @@ class ControlSyncFluxPipeline(ControlSyncMixin, SyncDiffusionFluxPipeline):
                  anchor=anchor, view_batch_size=view_batch_size, fast_modes=fast_modes,
                  sync_image_scale=sync_image_scale, sync_decoder=sync_decoder, tiled_decode=tiled_decode,
                  window=window))
-        check_true_cfg_scale(true_cfg_scale)
-        check_max_sequence_length(max_sequence_length)
         check_pooled(prompt_embeds, pooled_prompt_embeds, negative_prompt_embeds, negative_pooled_prompt_embeds)
         fast = self.fast_modes(values["fast_modes"], sync_image_scale, sync_decoder)
         count = self.prompt_count(prompt, prompt_embeds)

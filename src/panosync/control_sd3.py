@@ -119,6 +119,7 @@ class ControlSync3Pipeline(ControlSyncMixin, SyncDiffusion3Pipeline):
         """
         # 1. Check inputs (a ValueError that says what to change, before any model work): the
         #    conditions decide the canvas unless it is given
+        check_max_sequence_length(max_sequence_length)
         conditions, scales = self.check_conditions(image, controlnet_conditioning_scale)
         width, height = check_condition_canvas([condition_size(c) for c in conditions], width, height,
                                                self.vae_scale_factor)
@@ -131,7 +132,6 @@ class ControlSync3Pipeline(ControlSyncMixin, SyncDiffusion3Pipeline):
                  anchor=anchor, view_batch_size=view_batch_size, fast_modes=fast_modes,
                  sync_image_scale=sync_image_scale, sync_decoder=sync_decoder, tiled_decode=tiled_decode,
                  window=window))
-        check_max_sequence_length(max_sequence_length)
         check_pooled(prompt_embeds, pooled_prompt_embeds, negative_prompt_embeds, negative_pooled_prompt_embeds)
         fast = self.fast_modes(values["fast_modes"], sync_image_scale, sync_decoder)
         count = self.prompt_count(prompt, prompt_embeds)

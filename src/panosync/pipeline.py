@@ -14,9 +14,7 @@ from diffusers.loaders import FromSingleFileMixin
 
 from .backbones.sd import StableDiffusionBackbone
 from .families import FAMILY_DEFAULTS, SD
-from .pipeline_base import PanoramaPipelineBase, SyncDiffusionOutput
-
-__all__ = ["SyncDiffusionPipeline", "SyncDiffusionOutput"]
+from .pipeline_base import PanoramaPipelineBase
 
 
 class SyncDiffusionPipeline(PanoramaPipelineBase, FromSingleFileMixin):
