@@ -81,6 +81,7 @@ def test_a_byte_order_mark_and_crlf_line_ends_are_read_as_json_lines(tmp_path):
     assert [(job.line, job.parameters["prompt"]) for job in read] == [(1, "hills\u2028at night"), (2, "a sea")]
 
 
+@pytest.mark.slow
 def test_a_png_that_cannot_be_written_fails_its_job_and_the_others_are_made(tmp_path, capsys):
     jobs = write_jobs(tmp_path / "jobs.jsonl", {"prompt": "hills", "seed": 1, "name": "blocked", **SMALL},
                       {"prompt": "a sea", "seed": 2, **SMALL})
@@ -93,6 +94,7 @@ def test_a_png_that_cannot_be_written_fails_its_job_and_the_others_are_made(tmp_
     assert [job["status"] for job in summary["jobs"]] == ["failed", "made"] and (out / "line-2.png").is_file()
 
 
+@pytest.mark.slow
 def test_a_png_cut_short_or_made_with_another_vae_is_made_again(tmp_path, capsys):
     jobs = write_jobs(tmp_path / "jobs.jsonl", {"prompt": "hills", "seed": 1, **SMALL},
                       {"prompt": "a sea", "seed": 2, **SMALL})
@@ -116,6 +118,7 @@ def test_the_fields_are_the_apis_and_null_means_what_it_means_there():
     assert FIELDS == schema.FIELDS and NULL_MEANS_SOMETHING == schema.NULL_MEANS_SOMETHING
 
 
+@pytest.mark.slow
 def test_one_png_per_job_named_by_name_or_line_with_generates_metadata(tmp_path, capsys):
     jobs = write_jobs(tmp_path / "jobs.jsonl", {"prompt": "snowy mountains", "seed": 5, "name": "snow", **SMALL}, "",
                       {"prompt": "a desert", "seed": 6, **SMALL, "sync_weight": 0})
@@ -136,6 +139,7 @@ def test_one_png_per_job_named_by_name_or_line_with_generates_metadata(tmp_path,
     assert all(j["seconds"] > 0 and j["worker"]["pid"] for j in summary["jobs"]) and summary["seconds"] > 0
 
 
+@pytest.mark.slow
 def test_a_rerun_makes_only_what_is_missing_or_changed(tmp_path, capsys):
     first = [{"prompt": "snowy mountains", "seed": 1, "name": "a", **SMALL},
              {"prompt": "green hills", "name": "b", **SMALL},  # no seed: any seed matches
@@ -159,6 +163,7 @@ def test_a_rerun_makes_only_what_is_missing_or_changed(tmp_path, capsys):
     assert read_parameters(out / "c.png")["num_inference_steps"] == 2 and (out / "a.png").is_file()
 
 
+@pytest.mark.slow
 def test_an_interrupted_batch_keeps_what_is_finished_and_a_rerun_makes_the_rest(tmp_path, capsys):
     """Ctrl-C in the middle of the second job: the first PNG is there, the summary says so, and the
     rerun makes the second and third only, the same as an uninterrupted batch makes them."""

@@ -33,6 +33,7 @@ def test_from_pretrained_loads_a_stable_diffusion_folder_with_ddim(model_folder,
     assert np.array_equal(pipe("a", **kwargs).images, sync_pipe("a", **kwargs).images)
 
 
+@pytest.mark.slow
 def test_generate_writes_a_png_with_every_parameter_and_reproduces_it(model_folder, tmp_path, capsys):
     first = tmp_path / "first.png"
     code = main(["generate", "a land at night", "--model", str(model_folder), "--width", "64", "--height", "32",
@@ -159,6 +160,7 @@ def test_from_png_needs_a_panosync_png(tmp_path, capsys):
     assert "Give a prompt" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_installed_command_exits_2_without_a_traceback(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     done = subprocess.run([sys.executable, "-m", "panosync.cli", "generate", "a", "--model", "tiny-random",

@@ -53,6 +53,7 @@ def test_one_window_controlsync3_is_sd3_controlnet_pipelines_image(count, zero_p
     assert (plain - controlled).abs().max() > 1e-3
 
 
+@pytest.mark.slow
 def test_a_synced_loop_closed_sd3_controlsync_panorama_follows_its_condition():
     components = tiny_random_sd3_components()
     nets = [random_sd3_controlnet_like(components["transformer"], seed=seed) for seed in (1, 2)]

@@ -301,6 +301,7 @@ def tiny_model(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_evaluate_end_to_end_writes_every_result_and_resumes(tmp_path, tiny_model, tiny_clip, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("snowy mountains\n")

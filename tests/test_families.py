@@ -117,6 +117,7 @@ def test_a_checkpoints_family_is_read_from_its_keys(tmp_path):
         models.resolve_model(str(flux2))
 
 
+@pytest.mark.slow
 def test_generate_with_an_sdxl_folder_and_reproduce_it_from_the_png(xl_folder, tmp_path, capsys):
     first = tmp_path / "xl.png"
     code = main(["generate", "a land", "--model", str(xl_folder), "--width", "64", "--height", "32", "--stride", "8",

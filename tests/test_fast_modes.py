@@ -45,6 +45,7 @@ def test_with_sync_off_every_fast_mode_is_multidiffusion(sync_pipe, multidiffusi
     assert torch.equal(sync_pipe("a land", sync_weight=0, **options, **CASE).images, multidiffusion)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [*FAST_OPTIONS, "decoder"])
 def test_every_fast_mode_changes_a_synced_panorama(sync_pipe, faithful, multidiffusion, name):
     options = FAST_OPTIONS.get(name) or dict(sync_decoder=tiny_decoder(sync_pipe.vae_scale_factor))
@@ -140,6 +141,7 @@ def test_image_scale_shrinks_what_lpips_sees(sync_pipe):
     assert sizes and set(sizes) == {window_pixels // 2}
 
 
+@pytest.mark.slow
 def test_a_sync_decoder_loads_from_its_folder_and_is_checked(sync_pipe, faithful, tmp_path):
     decoder = tiny_decoder(sync_pipe.vae_scale_factor, seed=1)
     decoder.save_pretrained(tmp_path / "taesd-like")
@@ -208,6 +210,7 @@ def test_chunks_halve_when_memory_runs_out():
 # --- The command ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_generate_command_takes_fast_modes_and_records_them(sync_pipe, tmp_path, capsys):
     import numpy as np
     import PIL.Image
@@ -238,6 +241,7 @@ def test_generate_command_takes_fast_modes_and_records_them(sync_pipe, tmp_path,
     assert "not a diffusers AutoencoderTiny folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_models_recommended_fast_modes_are_the_default_and_none_turns_them_off(sync_pipe, tmp_path):
     import json
 
@@ -270,6 +274,7 @@ def test_a_models_recommended_fast_modes_are_the_default_and_none_turns_them_off
 # --- DPM-Solver++: each view keeps its own solver history -----------------------------------------
 
 
+@pytest.mark.slow
 def test_dpm_solver_multidiffusion_equals_diffusers_with_per_view_solver_state(sd_shaped_pipe):
     from diffusers import StableDiffusionPanoramaPipeline
 
@@ -293,6 +298,7 @@ def test_dpm_solver_multidiffusion_equals_diffusers_with_per_view_solver_state(s
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)  # ... and exactly diffusers' MultiDiffusion with it
 
 
+@pytest.mark.slow
 def test_dpm_solver_syncs_and_a_multistep_scheduler_may_be_set_directly(sync_pipe, multidiffusion):
     from panosync.pipeline import SyncDiffusionPipeline
     from panosync.schedulers import multistep_like
@@ -308,6 +314,7 @@ def test_dpm_solver_syncs_and_a_multistep_scheduler_may_be_set_directly(sync_pip
 # --- Batching views: the same arithmetic ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_batched_views_are_the_same_arithmetic_as_one_at_a_time():
     # In float32, a batched call rounds differently from one view at a time, and the sync gradient
     # amplifies rounding where it meets a threshold (the clamp of saturated pixels, ReLUs near 0),

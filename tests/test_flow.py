@@ -106,6 +106,7 @@ CANVASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["float32", "bfloat16", "float16", "autocast"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_synced_panorama_of_each_shape_in_each_precision(family, precision):
@@ -200,6 +201,7 @@ FAST = {"reuse_noise": dict(fast_modes=["reuse_noise"]), "no_unet_backward": dic
         "sync_image_scale": dict(sync_image_scale=0.5), "sync_decoder": dict(sync_decoder=tiny_decoder())}
 
 
+@pytest.mark.slow
 def test_every_fast_mode_changes_a_synced_panorama_and_still_syncs(pipe):
     family, pipe = pipe
     case = dict(width=64, height=32, window=WINDOW, stride=8, num_inference_steps=2, seed=2, output_type="latent",
@@ -241,6 +243,7 @@ def test_max_sequence_length_is_a_whole_number_up_to_512(control):
                 pipe("a land", max_sequence_length=bad, num_inference_steps=1, output_type="latent")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("control", [False, True])
 def test_several_views_per_batch_make_the_panorama_one_view_per_batch_makes(family, control):

@@ -49,6 +49,7 @@ def test_the_folder_is_picked_by_its_family_before_weights_load(folder):
     assert pipe.geometry == geometry
 
 
+@pytest.mark.slow
 def test_flux_schnell_takes_its_four_steps_by_default_wherever_its_variant_is_read(tmp_path, capsys):
     """schnell (a FLUX transformer without a guidance input) defaults to 4 steps, as diffusers documents
     it, where dev keeps the paper's 50: from the folder's configs before loading, and from the loaded
@@ -259,6 +260,7 @@ def test_the_server_takes_a_window_and_makes_its_canvas(folder):
         model.prepare({"prompt": "a land", "window": 30}, Limits())
 
 
+@pytest.mark.slow
 def test_the_page_has_a_window_input_for_the_family(folder, tmp_path):
     pytest.importorskip("gradio")
     from panosync.server.generation import PanoramaModel
@@ -274,6 +276,7 @@ def test_the_page_has_a_window_input_for_the_family(folder, tmp_path):
     assert window["props"].get("interactive") is not False
 
 
+@pytest.mark.slow
 def test_evaluate_with_a_flux_folder_at_a_chosen_window(tmp_path, tiny_clip, capsys):
     pytest.importorskip("torchmetrics")
     path = tmp_path / "flux"
@@ -318,6 +321,7 @@ def test_the_server_makes_controlsync_panoramas(folder):
     assert model.generate(parameters).size == (64, 32)
 
 
+@pytest.mark.slow
 def test_a_model_whose_family_is_known_only_once_loaded_gets_its_familys_defaults(tmp_path, monkeypatch):
     """A hub model whose configs could not be had before it loads (models._hub_configs): its family
     (and so FLUX's guidance 3.5) is known only once it loads; the command and the server then take
@@ -381,6 +385,7 @@ def test_the_page_makes_a_chosen_windows_canvas(folder, tmp_path):
     assert read_parameters(outputs[0])["window"] == window
 
 
+@pytest.mark.slow
 def test_evaluate_gives_a_model_whose_family_is_known_only_once_loaded_its_familys_defaults(tmp_path, tiny_clip,
                                                                                               monkeypatch):
     """As the command does: a hub model whose configs could not be had (neither its shape nor its

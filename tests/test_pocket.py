@@ -37,6 +37,7 @@ def test_pocket_loads_by_name_with_its_geometry(pocket):
     assert type(pocket.scheduler).__name__ == "DDIMScheduler"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("prompt,attribute,value", [("snowy mountains at night", "time", "night"),
                                                     ("green hills by day", "ground", "green"),
                                                     ("a sea at sunset", "time", "sunset")])
@@ -48,6 +49,7 @@ def test_a_sample_shows_what_the_prompt_names(pocket, prompt, attribute, value):
     assert named.count(value) >= 3, named
 
 
+@pytest.mark.slow
 def test_generate_with_pocket_from_the_command(tmp_path):
     out = tmp_path / "pocket.png"
     assert main(["generate", "green hills at night", "--model", "pocket", "--width", "256", "--steps", "10",

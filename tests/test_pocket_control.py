@@ -41,6 +41,7 @@ def test_unknown_controlnet_lists_bundled():
         resolve_controlnet("no-such-controlnet")
 
 
+@pytest.mark.slow
 @needs_bundle
 def test_panoramas_follow_the_edges(pocket_control):
     """A 128x64 panorama from the edges of an unseen landscape: the Canny edges of the output lie
@@ -80,6 +81,7 @@ def _tiny_training_set(count=6):
     return dict(latents=latents, edges=edge_maps(images), base=base, batch=2)
 
 
+@pytest.mark.training
 def test_training_resumes_where_it_stopped(tmp_path):
     """Two steps, then two more from the checkpoint, end exactly where four steps in one go do."""
     data = _tiny_training_set()
@@ -96,6 +98,7 @@ def test_training_resumes_where_it_stopped(tmp_path):
     assert moved, "training changed no weight"
 
 
+@pytest.mark.training
 def test_a_new_run_can_start_from_an_exported_controlnet(tmp_path):
     """To follow a retrained UNet the ControlNet is fine-tuned, not trained again from the UNet's copy."""
     data = _tiny_training_set()

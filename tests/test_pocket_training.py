@@ -10,6 +10,7 @@ from panosync.pipeline import SyncDiffusionPipeline
 from pocket import train
 
 
+@pytest.mark.training
 def test_training_stages_resume_export_and_load(tmp_path):
     run = tmp_path / "run"
     run.mkdir()

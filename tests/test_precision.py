@@ -69,6 +69,7 @@ PATHS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", PATHS)
 def test_every_path_makes_a_picture_in_half_precision(half, path):
     name, pipe = half
@@ -252,6 +253,7 @@ def test_autocast_computes_in_float16_with_float32_weights():
         pipe.enable_autocast(torch.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_the_command_writes_a_panorama_in_each_precision(precision, tmp_path):
     out = tmp_path / f"{precision}.png"

@@ -24,6 +24,8 @@ from panosync.models import resolve_model  # noqa: E402
 from panosync.runner import ModelSpec  # noqa: E402
 from panosync.runner.cluster import LOCAL_OBJECT_STORE_BYTES, RayEngine  # noqa: E402
 
+pytestmark = pytest.mark.ray
+
 SRC = str(Path(__file__).parents[1] / "src")
 JOBS = [{"prompt": "snowy mountains", "seed": 1, "name": "snow", "width": 128, "num_inference_steps": 3},
         {"prompt": "a desert at dusk", "seed": 2, "width": 128, "num_inference_steps": 3, "sync_weight": 0},

@@ -260,6 +260,7 @@ def model_folder(tmp_path_factory, sync_pipe):
     return folder
 
 
+@pytest.mark.slow
 def test_a_killed_server_keeps_its_results_on_restart(model_folder, tmp_path):
     """Start `panosync serve`, finish a job, kill the server mid-job, start it again: the finished job
     and its PNG are there, the interrupted one failed, the queued one runs."""
@@ -307,6 +308,7 @@ def test_a_killed_server_keeps_its_results_on_restart(model_folder, tmp_path):
     assert np.array_equal(np.asarray(PIL.Image.open(first)), np.asarray(PIL.Image.open(second)))
 
 
+@pytest.mark.slow
 def test_the_api_runs_pocket_in_its_recommended_mode_faithful_and_fast(tmp_path):
     """No `fast_modes` runs the model's recommended settings (pocket's: the paper's gradient), `[]`
     asks for the paper's gradient and a list for those fast modes; the job's parameters say which ran."""

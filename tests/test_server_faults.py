@@ -162,6 +162,7 @@ class FillsTheDisk:
         return image
 
 
+@pytest.mark.slow
 def test_a_full_disk_fails_the_job_holds_the_queue_and_recovers_when_space_is_freed(model, small_disk):
     # The reproduction: the PNG and then the database's record hit the full disk.
     # Broke: _record without its retry loop (the first job stayed "running", the second queued).
@@ -318,6 +319,7 @@ def test_a_png_that_does_not_fit_fails_the_job_with_the_full_disk_sentence(model
         assert finished_job(store, queue_real(store, model, worker).id).status == SUCCEEDED
 
 
+@pytest.mark.slow
 def test_queued_jobs_wait_while_the_folder_is_short_of_space(model, tmp_path):
     # Broke: _run_next without the health check (the job ran and wrote into a folder below its reserve).
     with opened(tmp_path / "state", min_free_bytes=2**62) as store:
@@ -550,6 +552,7 @@ def test_retention_runs_while_the_folder_is_degraded_and_gives_it_its_reserve_ba
             assert store.get(old.id) is None and not old_output.exists()
 
 
+@pytest.mark.slow
 def test_retention_while_degraded_runs_at_most_every_few_seconds(model, tmp_path, monkeypatch, quick_retention):
     # Broke: _apply_retention without its `every` (it ran on every look at the folder's health).
     monkeypatch.setattr(worker_module, "RETENTION_DEGRADED_SECONDS", 0.4)

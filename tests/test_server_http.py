@@ -98,6 +98,7 @@ def live_server(app, thread_tokens: int):
         thread.join(30)
 
 
+@pytest.mark.slow
 def test_waiting_clients_hold_no_thread_and_never_delay_a_plain_post(model, tmp_path):
     """Twelve clients wait (Prefer: wait) behind a long job on a server with four threads for
     blocking work; a plain POST and a GET still answer at once, and the waiters add no threads."""

@@ -16,8 +16,9 @@ from panosync.metadata import read_parameters
 from panosync.models import resolve_model
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium); "
-                                                         ".ci/run installs it")
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium); "
+                                                          ".ci/run installs it")]
 
 
 def free_port() -> int:

@@ -113,6 +113,7 @@ def test_every_parameter_reaches_every_front_end():
     assert set(SHARED_PARAMETERS + SYNC_PARAMETERS) <= evaluate
 
 
+@pytest.mark.slow
 def test_a_new_parameter_added_in_settings_appears_in_every_front_end(tmp_path):
     """One Parameter more in settings.PARAMETERS, and nothing else: the command, the API's schema,
     the page and evaluate take it."""
@@ -357,6 +358,7 @@ def test_presets_set_the_fast_modes(tmp_path, sync_pipe):
     assert set(presets["paper"]) == set(PRESET_NAMES)
 
 
+@pytest.mark.slow
 def test_the_command_runs_without_the_extras(tmp_path):
     """`pip install panosync` brings what the pipelines need: the command works without the
     server's, the page's, evaluate's and OpenCV's packages, and a command that needs one says

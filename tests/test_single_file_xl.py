@@ -116,6 +116,7 @@ def test_from_single_file_loads_every_weight_and_makes_the_same_panorama(xl, loa
     assert np.array_equal(loaded("a", **KWARGS).images, pipe("a", **KWARGS).images)
 
 
+@pytest.mark.slow
 def test_generate_from_the_checkpoint_as_from_its_folder_and_again_from_the_png(
         xl, tmp_path, offline, capsys):  # noqa: F811
     _, path, config = xl

@@ -27,6 +27,7 @@ def precision_pipe(request):
     return request.param, xl_pipe(request.param)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("canvas", CANVASES)
 def test_a_synced_xl_panorama_in_each_precision(precision_pipe, canvas):
     name, pipe = precision_pipe
@@ -43,6 +44,7 @@ def full():
     return xl_pipe()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fast", [dict(fast_modes=["reuse_noise"]), dict(fast_modes=["no_unet_backward"]),
                                   dict(fast_modes=["dpm_solver"]), dict(sync_image_scale=0.5)],
                          ids=["reuse_noise", "no_unet_backward", "dpm_solver", "sync_image_scale"])

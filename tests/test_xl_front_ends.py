@@ -30,6 +30,7 @@ def expected_picture(model: PanoramaModel, parameters: dict) -> np.ndarray:
     return (image * 255).round().astype(np.uint8)
 
 
+@pytest.mark.slow
 def test_the_api_runs_an_sdxl_job(xl_model, tmp_path):
     from fastapi.testclient import TestClient
 
@@ -60,6 +61,7 @@ def test_the_page_makes_an_sdxl_panorama(xl_model, tmp_path):
     assert np.array_equal(np.asarray(PIL.Image.open(path)), expected_picture(xl_model, parameters))
 
 
+@pytest.mark.slow
 def test_evaluate_measures_sdxl_panoramas(xl_folder, tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("snowy mountains\n")
