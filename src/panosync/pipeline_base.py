@@ -305,8 +305,9 @@ class PanoramaPipelineBase(DiffusionPipeline):
         loaded_decoder = decoder is not None and not isinstance(decoder, (str, Path))  # checked by its config
         values = {**values, "fast_modes": settings.fast_modes(fast_modes),
                   "sync_decoder": None if decoder is None or loaded_decoder else str(decoder)}
-        values = settings.fill_canvas(values, self.geometry)
-        settings.check(values, self.geometry)
+        geometry = self.geometry
+        values = settings.fill_canvas(values, geometry)
+        settings.check(values, geometry)
         self.backbone.check_scheduler(self.scheduler)
         return values
 
@@ -329,7 +330,7 @@ class PanoramaPipelineBase(DiffusionPipeline):
         """Step 3a: the views of the canvas `values` describe (checked) and the anchor (default: the
         centre view, as the reference)."""
         factor = self.vae_scale_factor
-        window = self.geometry.with_window(values["window"]).window
+        window = values["window"] // factor  # in pixels, filled in and checked by check_inputs
         views = views_for_canvas(values["height"] // factor, values["width"] // factor, window, values["stride"],
                                  values["loop_closure"])
         anchor = len(views) // 2 if values["anchor"] is None else values["anchor"]
@@ -370,9 +371,11 @@ class PanoramaPipelineBase(DiffusionPipeline):
         window_pixels = layout.window * self.vae_scale_factor
         chunks = ViewChunks(values["view_batch_size"] or default_view_batch_size(device, window_pixels,
                                                                                  len(layout.views)))
-        predict = functools.partial(self.backbone.guided_prediction, conditioning=conditioning,
-                                    guidance_scale=values["guidance_scale"], extras=view_conditioning,
-                                    attention_kwargs=attention_kwargs)
+
+        def predict(x, t, views):
+            return self.backbone.guided_prediction(x, t, conditioning, values["guidance_scale"], views,
+                                                   view_conditioning, attention_kwargs)
+
         sync_pixels = round(window_pixels * fast.image_scale) ** 2
 
         def after_step(i, t, latents, weight):
@@ -385,7 +388,7 @@ class PanoramaPipelineBase(DiffusionPipeline):
         with self.progress_bar(total=values["num_inference_steps"]) as progress:
             latents = denoise_panorama(
                 latents, views=layout.views, anchor=layout.anchor, sampler=sampler,
-                predict=lambda x, t, views: predict(x, t, views=views),
+                predict=predict,
                 foresee=functools.partial(self.foreseen_image, fast=fast), perceptual=self.perceptual_distance,
                 schedule=settings.sync_schedule(values), chunks=chunks,
                 loss_scale=LossScale(sync_pixels, self.computes_in_half), fast=fast,

@@ -17,7 +17,6 @@ from ..geometry import MAX_STEPS  # noqa: F401 (the API's name for it)
 from ..settings import MAX_PROMPT_CHARACTERS, UINT32_MAX  # noqa: F401 (the API's names for them)
 from ..settings import lone_surrogate
 from ..settings import SettingError as FieldError  # noqa: F401 (a request's field out of range: 422)
-from .limits import Limits
 
 SERVED = tuple(parameter for parameter in settings.PARAMETERS if parameter.served)
 # The fields of the API, in settings' order: the public SyncDiffusion API's first. Derived here, at
