@@ -233,9 +233,10 @@ class ControlSyncPipeline(ControlSyncMixin, SyncDiffusionPipeline):
         noise, seed = self.prepare_latents(count * num_images_per_prompt, values, generator, latents)
 
         with self.autocast_context(device):
-            # 3. Encode the prompt
-            conditioning = self.backbone.encode_prompt(prompts, negative_prompts, device, num_images_per_prompt,
-                                                       prompt_embeds, negative_prompt_embeds)
+            # 3. Encode the prompt (a LoRA's scale reaches the text encoders, as in diffusers)
+            with self.text_encoder_lora_scale(cross_attention_kwargs):
+                conditioning = self.backbone.encode_prompt(prompts, negative_prompts, device, num_images_per_prompt,
+                                                           prompt_embeds, negative_prompt_embeds)
 
             # 4. The joint denoising loop: sync, denoise and merge the views at every step
             latents, chunk_size = self.denoise(noise, conditioning, layout, values, fast, view_conditioning,
@@ -347,11 +348,12 @@ class ControlSyncXLPipeline(ControlSyncMixin, SyncDiffusionXLPipeline):
         noise, seed = self.prepare_latents(count * num_images_per_prompt, values, generator, latents)
 
         with self.autocast_context(device):
-            # 3. Encode the prompt
-            conditioning = self.backbone.encode_prompt(
-                prompts, negative_prompts, device, num_images_per_prompt, prompt_embeds, negative_prompt_embeds,
-                pooled_prompt_embeds, negative_pooled_prompt_embeds,
-                original_size, crops_coords_top_left, target_size)
+            # 3. Encode the prompt (a LoRA's scale reaches the text encoders, as in diffusers)
+            with self.text_encoder_lora_scale(cross_attention_kwargs):
+                conditioning = self.backbone.encode_prompt(
+                    prompts, negative_prompts, device, num_images_per_prompt, prompt_embeds, negative_prompt_embeds,
+                    pooled_prompt_embeds, negative_pooled_prompt_embeds,
+                    original_size, crops_coords_top_left, target_size)
 
             # 4. The joint denoising loop: sync, denoise and merge the views at every step
             latents, chunk_size = self.denoise(noise, conditioning, layout, values, fast, view_conditioning,

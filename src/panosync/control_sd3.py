@@ -145,11 +145,12 @@ class ControlSync3Pipeline(ControlSyncMixin, SyncDiffusion3Pipeline):
         noise, seed = self.prepare_latents(count * num_images_per_prompt, values, generator, latents)
 
         with self.autocast_context(device):
-            # 3. Encode the prompt
-            conditioning = self.backbone.encode_prompt(
-                prompts, negative_prompts, device, num_images_per_prompt, prompt_embeds, negative_prompt_embeds,
-                pooled_prompt_embeds, negative_pooled_prompt_embeds,
-                max_sequence_length)
+            # 3. Encode the prompt (a LoRA's scale reaches the text encoders, as in diffusers)
+            with self.text_encoder_lora_scale(joint_attention_kwargs):
+                conditioning = self.backbone.encode_prompt(
+                    prompts, negative_prompts, device, num_images_per_prompt, prompt_embeds, negative_prompt_embeds,
+                    pooled_prompt_embeds, negative_pooled_prompt_embeds,
+                    max_sequence_length)
 
             # 4. The joint denoising loop: sync, denoise and merge the views at every step
             latents, chunk_size = self.denoise(noise, conditioning, layout, values, fast, view_conditioning,

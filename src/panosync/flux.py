@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 from diffusers import DiffusionPipeline
-from diffusers.loaders import FromSingleFileMixin
+from diffusers.loaders import FluxLoraLoaderMixin, FromSingleFileMixin, TextualInversionLoaderMixin
 
 from .backbones.flow import check_max_sequence_length
 from .backbones.flux import T5_TOKENS, FluxBackbone
@@ -29,7 +29,8 @@ def check_true_cfg_scale(true_cfg_scale) -> None:
         raise ValueError(f"true_cfg_scale must be a finite number, 0 or more, got {true_cfg_scale!r}.")
 
 
-class SyncDiffusionFluxPipeline(PanoramaPipelineBase, FromSingleFileMixin):
+class SyncDiffusionFluxPipeline(PanoramaPipelineBase, FluxLoraLoaderMixin, FromSingleFileMixin,
+                                TextualInversionLoaderMixin):
     """SyncDiffusion panoramas with a FLUX.1 model.
 
     Components as in diffusers' FluxPipeline: scheduler (its FlowMatchEulerDiscreteScheduler,
@@ -124,11 +125,12 @@ class SyncDiffusionFluxPipeline(PanoramaPipelineBase, FromSingleFileMixin):
         noise, seed = self.prepare_latents(count * num_images_per_prompt, values, generator, latents)
 
         with self.autocast_context(device):
-            # 3. Encode the prompt
-            conditioning = self.backbone.encode_prompt(
-                prompts, negative_prompts, device, num_images_per_prompt, prompt_embeds, negative_prompt_embeds,
-                pooled_prompt_embeds, negative_pooled_prompt_embeds,
-                max_sequence_length, true_cfg_scale)
+            # 3. Encode the prompt (a LoRA's scale reaches the text encoders, as in diffusers)
+            with self.text_encoder_lora_scale(joint_attention_kwargs):
+                conditioning = self.backbone.encode_prompt(
+                    prompts, negative_prompts, device, num_images_per_prompt, prompt_embeds, negative_prompt_embeds,
+                    pooled_prompt_embeds, negative_pooled_prompt_embeds,
+                    max_sequence_length, true_cfg_scale)
 
             # 4. The joint denoising loop: sync, denoise and merge the views at every step
             latents, chunk_size = self.denoise(noise, conditioning, layout, values, fast,

@@ -10,14 +10,16 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable
 
 import torch
-from diffusers.loaders import FromSingleFileMixin
+from diffusers.loaders import (FromSingleFileMixin, IPAdapterMixin, StableDiffusionLoraLoaderMixin,
+                               TextualInversionLoaderMixin)
 
 from .backbones.sd import StableDiffusionBackbone
 from .families import FAMILY_DEFAULTS, SD
 from .pipeline_base import PanoramaPipelineBase
 
 
-class SyncDiffusionPipeline(PanoramaPipelineBase, FromSingleFileMixin):
+class SyncDiffusionPipeline(PanoramaPipelineBase, TextualInversionLoaderMixin, StableDiffusionLoraLoaderMixin,
+                            IPAdapterMixin, FromSingleFileMixin):
     """SyncDiffusion panoramas with Stable Diffusion 1.x and 2.x models (ε- or v-prediction).
 
     Components as in diffusers' StableDiffusionPipeline: vae, text_encoder, tokenizer, unet,
@@ -113,9 +115,10 @@ class SyncDiffusionPipeline(PanoramaPipelineBase, FromSingleFileMixin):
         noise, seed = self.prepare_latents(count * num_images_per_prompt, values, generator, latents)
 
         with self.autocast_context(device):
-            # 3. Encode the prompt
-            conditioning = self.backbone.encode_prompt(prompts, negative_prompts, device, num_images_per_prompt,
-                                                       prompt_embeds, negative_prompt_embeds)
+            # 3. Encode the prompt (a LoRA's scale reaches the text encoders, as in diffusers)
+            with self.text_encoder_lora_scale(cross_attention_kwargs):
+                conditioning = self.backbone.encode_prompt(prompts, negative_prompts, device, num_images_per_prompt,
+                                                           prompt_embeds, negative_prompt_embeds)
 
             # 4. The joint denoising loop: sync, denoise and merge the views at every step
             latents, chunk_size = self.denoise(noise, conditioning, layout, values, fast,

@@ -11,7 +11,7 @@ loop.py's, the sync step sync.py's.
 from __future__ import annotations
 
 import functools
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -21,7 +21,7 @@ import PIL.Image
 import torch
 from diffusers import DDIMScheduler, DiffusionPipeline
 from diffusers.image_processor import VaeImageProcessor
-from diffusers.utils import BaseOutput
+from diffusers.utils import USE_PEFT_BACKEND, BaseOutput, scale_lora_layers, unscale_lora_layers
 from diffusers.utils.torch_utils import randn_tensor
 
 from . import settings
@@ -169,6 +169,26 @@ class PanoramaPipelineBase(DiffusionPipeline):
         if self.autocast_dtype is None:
             return nullcontext()
         return torch.autocast(torch.device(device).type, dtype=self.autocast_dtype)
+
+    @contextmanager
+    def text_encoder_lora_scale(self, attention_kwargs: dict | None):
+        """While the prompt is encoded, the LoRA layers of the text encoders scaled by the call's
+        attention kwargs' "scale" (cross_attention_kwargs / joint_attention_kwargs), as diffusers'
+        encode_prompt does; the denoiser reads the same "scale" in every one of its calls."""
+        scale = (attention_kwargs or {}).get("scale")
+        encoders = [getattr(self, name, None) for name in getattr(self, "_lora_loadable_modules", ())
+                    if name.startswith("text_encoder")]
+        encoders = [encoder for encoder in encoders if encoder is not None]
+        if scale is None or not USE_PEFT_BACKEND or not encoders:
+            yield
+            return
+        for encoder in encoders:
+            scale_lora_layers(encoder, scale)
+        try:
+            yield
+        finally:
+            for encoder in encoders:
+                unscale_lora_layers(encoder, scale)
 
     def upcast_vae(self) -> None:
         """Decode in float32 from now on (backbones/base.py)."""

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 from diffusers import DiffusionPipeline
-from diffusers.loaders import FromSingleFileMixin
+from diffusers.loaders import FromSingleFileMixin, SD3LoraLoaderMixin
 
 from .backbones.flow import check_max_sequence_length
 from .backbones.sd3 import T5_TOKENS, StableDiffusion3Backbone
@@ -22,7 +22,7 @@ from .pipeline_base import PanoramaPipelineBase, check_pooled
 DEFAULT_SD3_MODEL = "stabilityai/stable-diffusion-3.5-medium"
 
 
-class SyncDiffusion3Pipeline(PanoramaPipelineBase, FromSingleFileMixin):
+class SyncDiffusion3Pipeline(PanoramaPipelineBase, SD3LoraLoaderMixin, FromSingleFileMixin):
     """SyncDiffusion panoramas with a Stable Diffusion 3 / 3.5 model.
 
     Components as in diffusers' StableDiffusion3Pipeline: transformer, scheduler (its
@@ -117,11 +117,12 @@ class SyncDiffusion3Pipeline(PanoramaPipelineBase, FromSingleFileMixin):
         noise, seed = self.prepare_latents(count * num_images_per_prompt, values, generator, latents)
 
         with self.autocast_context(device):
-            # 3. Encode the prompt
-            conditioning = self.backbone.encode_prompt(
-                prompts, negative_prompts, device, num_images_per_prompt, prompt_embeds, negative_prompt_embeds,
-                pooled_prompt_embeds, negative_pooled_prompt_embeds,
-                max_sequence_length)
+            # 3. Encode the prompt (a LoRA's scale reaches the text encoders, as in diffusers)
+            with self.text_encoder_lora_scale(joint_attention_kwargs):
+                conditioning = self.backbone.encode_prompt(
+                    prompts, negative_prompts, device, num_images_per_prompt, prompt_embeds, negative_prompt_embeds,
+                    pooled_prompt_embeds, negative_pooled_prompt_embeds,
+                    max_sequence_length)
 
             # 4. The joint denoising loop: sync, denoise and merge the views at every step
             latents, chunk_size = self.denoise(noise, conditioning, layout, values, fast,

@@ -13,7 +13,8 @@ from typing import Any, Callable, Iterable
 
 import torch
 from diffusers import DiffusionPipeline
-from diffusers.loaders import FromSingleFileMixin
+from diffusers.loaders import (FromSingleFileMixin, IPAdapterMixin, StableDiffusionXLLoraLoaderMixin,
+                               TextualInversionLoaderMixin)
 
 from .backbones.sdxl import StableDiffusionXLBackbone
 from .families import FAMILY_DEFAULTS, SDXL
@@ -23,7 +24,8 @@ from .pipeline_base import PanoramaPipelineBase, check_pooled
 DEFAULT_XL_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 
 
-class SyncDiffusionXLPipeline(PanoramaPipelineBase, FromSingleFileMixin):
+class SyncDiffusionXLPipeline(PanoramaPipelineBase, FromSingleFileMixin, StableDiffusionXLLoraLoaderMixin,
+                              TextualInversionLoaderMixin, IPAdapterMixin):
     """SyncDiffusion panoramas with an SDXL model.
 
     Components as in diffusers' StableDiffusionXLPipeline: vae, text_encoder, text_encoder_2,
@@ -114,11 +116,12 @@ class SyncDiffusionXLPipeline(PanoramaPipelineBase, FromSingleFileMixin):
         noise, seed = self.prepare_latents(count * num_images_per_prompt, values, generator, latents)
 
         with self.autocast_context(device):
-            # 3. Encode the prompt
-            conditioning = self.backbone.encode_prompt(
-                prompts, negative_prompts, device, num_images_per_prompt, prompt_embeds, negative_prompt_embeds,
-                pooled_prompt_embeds, negative_pooled_prompt_embeds,
-                original_size, crops_coords_top_left, target_size)
+            # 3. Encode the prompt (a LoRA's scale reaches the text encoders, as in diffusers)
+            with self.text_encoder_lora_scale(cross_attention_kwargs):
+                conditioning = self.backbone.encode_prompt(
+                    prompts, negative_prompts, device, num_images_per_prompt, prompt_embeds, negative_prompt_embeds,
+                    pooled_prompt_embeds, negative_pooled_prompt_embeds,
+                    original_size, crops_coords_top_left, target_size)
 
             # 4. The joint denoising loop: sync, denoise and merge the views at every step
             latents, chunk_size = self.denoise(noise, conditioning, layout, values, fast,

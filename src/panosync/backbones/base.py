@@ -124,6 +124,13 @@ class Backbone(ABC):
         prompt, side by side); `options` are a family's own: embeddings given in place of prompts
         (prompt_embeds, ...), SDXL's size conditioning, T5's token count."""
 
+    def prompt_texts(self, texts: list[str], tokenizer) -> list[str]:
+        """`texts` with each textual-inversion token the pipeline loaded spelled out as the tokens of
+        its embedding's vectors (diffusers' TextualInversionLoaderMixin.maybe_convert_prompt), for
+        `tokenizer`; unchanged for a pipeline without that loader."""
+        convert = getattr(self.pipe, "maybe_convert_prompt", None)
+        return list(texts) if convert is None else convert(list(texts), tokenizer)
+
     @abstractmethod
     def guided_prediction(self, latents: torch.Tensor, t, conditioning: PromptConditioning, guidance_scale: float,
                           views: list[View] | None = None, extras: ViewConditioning | None = None,

@@ -98,11 +98,11 @@ class FluxBackbone(FlowBackbone):
     def encode_text(self, texts: list[str], device, max_sequence_length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each text's T5 hidden states and CLIP pooled output."""
         pipe = self.pipe
-        ids = pipe.tokenizer(texts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True,
-                             return_tensors="pt")
+        ids = pipe.tokenizer(self.prompt_texts(texts, pipe.tokenizer), padding="max_length",
+                             max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt")
         pooled = pipe.text_encoder(ids.input_ids.to(device), output_hidden_states=False).pooler_output
-        ids = pipe.tokenizer_2(texts, padding="max_length", max_length=max_sequence_length, truncation=True,
-                               return_tensors="pt")
+        ids = pipe.tokenizer_2(self.prompt_texts(texts, pipe.tokenizer_2), padding="max_length",
+                               max_length=max_sequence_length, truncation=True, return_tensors="pt")
         hidden = pipe.text_encoder_2(ids.input_ids.to(device), output_hidden_states=False)[0]
         return hidden.to(device, pipe.text_encoder_2.dtype), pooled.to(device, pipe.text_encoder.dtype)
 

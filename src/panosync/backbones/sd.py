@@ -33,7 +33,7 @@ class StableDiffusionBackbone(UNetBackbone):
     def encode_text(self, texts: list[str], device) -> torch.Tensor:
         """(len(texts), tokens, width): the text encoder's last hidden states, in its dtype."""
         tokenizer = self.pipe.tokenizer
-        tokens = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+        tokens = tokenizer(self.prompt_texts(texts, tokenizer), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                            return_tensors="pt")
         return self.pipe.text_encoder(tokens.input_ids.to(device))[0]
 

@@ -75,7 +75,7 @@ class StableDiffusionXLBackbone(UNetBackbone):
         pipe = self.pipe
         hidden, pooled = [], None
         for tokenizer, text_encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
-            tokens = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+            tokens = tokenizer(self.prompt_texts(texts, tokenizer), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                                return_tensors="pt")
             output = text_encoder(tokens.input_ids.to(device), output_hidden_states=True)
             if pooled is None and output[0].ndim == 2:
