@@ -43,7 +43,7 @@ def test_smoke_run_measures_every_part(tmp_path):
     plan = plans.smoke_plan(0)
     speed = [f"speed {plan.height}x{width}" for width in plan.speed_widths]
     assert list(data["parts"]) == ["setup", "correctness", "gradient", speed[0], "memory", "backbones", *speed[1:],
-                                   "flow transformers"]
+                                   "offload", "flow transformers"]
     assert data["finished"] and data["environment"]["smoke"]
     for name, part in data["parts"].items():
         assert part["status"] == "done", (name, part["status"])
@@ -67,6 +67,8 @@ def test_smoke_run_measures_every_part(tmp_path):
     backbones = [run for run in data["parts"]["backbones"]["runs"] if run["what"] == "panorama"]
     assert [run["canvas"] for run in backbones] == [f"{h}x{w}" for h, w in plan.backbones[0].canvases]
     assert all(run["synced_step_s"] > 0 and run["plain_step_s"] > 0 and run["peak_bytes"] > 0 for run in backbones)
+    offload = {run["offload"]: run for run in data["parts"]["offload"]["runs"]}
+    assert offload["enable_model_cpu_offload"]["max_abs_difference_to_on_device"] == 0  # the hooks change nothing
     flow = data["parts"]["flow transformers"]["runs"]
     assert [(run["family"], run["mode"]) for run in flow] == [
         (family, mode) for family in ("SD3.5 medium", "FLUX.1-dev") for mode in ("faithful", "no_unet_backward")]

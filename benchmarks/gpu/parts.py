@@ -252,6 +252,8 @@ class Check(Harness):
         self.part("backbones", self.backbones)
         for width in others:
             self.part(f"speed {plan.height}x{width}", lambda width=width: self.speed(width))
+        # offload moves the pipeline's models off the device: after every part that times them there
+        self.part("offload", self.offload)
         # SD3.5 medium and FLUX.1 (flow_check.py): last, with the SD pipelines dropped; alone with --only flow
         self.drop_pipelines(keep=None)
         self.part("flow transformers", self.flow)
@@ -474,6 +476,51 @@ class Check(Harness):
         step_runs(lambda options: options[1:])
         self.part_data["largest_chunk_within_24GB"] = largest_chunk_within(self.part_data["runs"], TARGET_BYTES)
         self.report.save()
+
+    def offload(self) -> None:
+        """A synced panorama with enable_model_cpu_offload and with enable_sequential_cpu_offload
+        against the same panorama with every model on the device: the offload hooks must carry the
+        sync step (the gradient pass through the UNet and the VAE, LPIPS on the execution device) and
+        change nothing but the peak memory and the time."""
+        plan, pipe = self.plan, self.speed_pipeline()
+        height, width, steps = plan.height, 2 * plan.height, 3  # two windows wide
+        views = view_count(pipe, height, width, plan.stride)
+        self.part_data["notes"].append(
+            f"{plan.speed_precision}, {height}×{width}, {views} views, {steps} DDIM steps synced in the first 2; "
+            f"peak = torch.cuda.max_memory_allocated() after a reset" if plan.device == "cuda" else
+            "CPU smoke run: the hooks offload to the CPU itself (device='cpu')")
+        images = {}
+
+        def panorama(mode: str | None) -> Callable[[], dict]:
+            def work() -> dict:
+                if mode is not None:
+                    getattr(pipe, mode)(device=plan.device)
+                try:
+                    held = reset_peak_memory(plan.device)
+                    row, image = run_pipeline(pipe, plan, height, width, steps, 2)
+                    row.update(peak_bytes=peak_memory(plan.device), held_before_bytes=held)
+                finally:
+                    if mode is not None:  # back on the device for what follows
+                        pipe.remove_all_hooks()
+                        pipe.to(plan.device)
+                images[mode] = image
+                if mode is not None and None in images:
+                    row["max_abs_difference_to_on_device"] = float(np.abs(image.astype(np.float64) -
+                                                                          images[None]).max())
+                return row
+
+            return work
+
+        modes = [None, "enable_model_cpu_offload"]
+        if plan.device == "cuda":
+            modes.append("enable_sequential_cpu_offload")
+        else:  # accelerate's sequential hooks fail to offload a parameter to the CPU they already compute on
+            self.part_data["notes"].append("enable_sequential_cpu_offload: GPU only (accelerate cannot offload "
+                                           "to the device it computes on)")
+        for mode in modes:
+            slower = 1.0 if mode is None else (2.0 if mode == "enable_model_cpu_offload" else 20.0)
+            self.attempt(mode or "every model on the device", self.costs.seconds(views, 2, steps - 2, slower) + 5,
+                         panorama(mode), what="offload", offload=mode or "none", canvas=f"{height}x{width}")
 
     def backbones(self) -> None:
         """Each other family's architecture alone on the device (the SD 2 pipelines wait on the CPU, so

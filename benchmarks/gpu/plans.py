@@ -64,7 +64,8 @@ def gpu_plan(deadline_s: float) -> Plan:
                 chunks=(16, 8, 4, 1), correctness_width=2048, correctness_steps=20, correctness_synced=4,
                 precisions=("float16", "autocast", "bfloat16"), speed_precision="float16",
                 memory_canvases=((512, 8192), (2048, 2048)), deadline_s=deadline_s,
-                budgets={"correctness": 90, "gradient": 40, "speed 512x2048": 110, "memory": 80, "backbones": 100},
+                budgets={"correctness": 90, "gradient": 40, "speed 512x2048": 110, "memory": 80, "backbones": 100,
+                         "offload": 45},
                 backbones=(Backbone("SDXL base", sdxl_pipeline, "float16", ((1024, 4096), (2048, 2048)), stride=32,
                                     synced_cost=6.2, plain_cost=8.4),))
 

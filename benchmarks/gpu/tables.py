@@ -98,6 +98,8 @@ def markdown(data: dict) -> str:
             lines += memory_table(runs, part)
         elif name == "backbones":
             lines += backbones_table(runs)
+        elif name == "offload":
+            lines += offload_table(runs)
         elif name.startswith("flow"):
             import flow_check
 
@@ -216,6 +218,19 @@ def memory_table(runs: list[dict], part: dict) -> list[str]:
         lines.append(f"| {row['run']} | {row['peak_bytes'] / GIB:.2f} | {row['held_before_bytes'] / GIB:.2f} | "
                      f"{(row['peak_bytes'] - row['held_before_bytes']) / GIB:.2f} | {seconds_text(row['seconds'])} | "
                      f"{row['finite']} |")
+    return lines + [""]
+
+
+def offload_table(runs: list[dict]) -> list[str]:
+    lines = ["| offload | synced step (s) | plain step (s) | peak GiB | max abs difference to on-device |",
+             "|---|---|---|---|---|"]
+    for row in runs:
+        if row.get("error"):
+            continue
+        difference = row.get("max_abs_difference_to_on_device")
+        lines.append(f"| {row['offload']} | {seconds_text(row.get('synced_step_s'))} | "
+                     f"{seconds_text(row.get('plain_step_s'))} | {row['peak_bytes'] / GIB:.2f} | "
+                     f"{'–' if difference is None else f'{difference:.3g}'} |")
     return lines + [""]
 
 

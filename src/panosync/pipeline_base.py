@@ -217,13 +217,15 @@ class PanoramaPipelineBase(DiffusionPipeline):
     # --------------------------------------------------------------------------- model pieces
 
     def perceptual_distance(self):
-        """LPIPS-VGG, loaded on first use, on the VAE's device, in the network's dtype (the
-        pipeline's weights' dtype: half precision where the pipeline is; the VAE may be upcast)."""
+        """LPIPS-VGG, loaded on first use, on the execution device, in the network's dtype (the
+        pipeline's weights' dtype: half precision where the pipeline is; the VAE may be upcast).
+        The execution device, not the VAE's: offload hooks (enable_model_cpu_offload) keep the VAE
+        on the CPU between its calls while the images it decodes are on the accelerator."""
         from .lpips import PerceptualDistance, load_lpips  # LPIPS weights load only when syncing
 
         if self._perceptual is None:
             self._perceptual = PerceptualDistance(load_lpips("vgg"))
-        return self._perceptual.to(device=self.vae.device, dtype=self.backbone.network.dtype)
+        return self._perceptual.to(device=self._execution_device, dtype=self.backbone.network.dtype)
 
     def fast_modes(self, names, sync_image_scale: float = 1.0, sync_decoder=None) -> FastModes:
         """The fast modes `names` ask for, with the sync loss's image scale and decoder (an
@@ -239,8 +241,9 @@ class PanoramaPipelineBase(DiffusionPipeline):
             # in the pipeline's weights' dtype, not the VAE's: a tiny decoder is half-precision-safe
             # where the VAE may be upcast
             weights = self.backbone.network.dtype
-            if (sync_decoder.device, sync_decoder.dtype) != (self.vae.device, weights):
-                sync_decoder = sync_decoder.to(device=self.vae.device, dtype=weights)
+            device = self._execution_device  # where the latents are, not the offloaded VAE's place
+            if (sync_decoder.device, sync_decoder.dtype) != (device, weights):
+                sync_decoder = sync_decoder.to(device=device, dtype=weights)
         return FastModes("reuse_noise" in modes, "no_unet_backward" in modes, float(sync_image_scale), sync_decoder,
                          "dpm_solver" in modes)
 
