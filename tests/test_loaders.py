@@ -1,0 +1,197 @@
+"""diffusers' loaders on panosync's pipelines: LoRAs on every family (UNet and text encoders for SD
+and SDXL, transformer and text encoders for SD3 and FLUX), their scale in every network call of a
+synced step, fused LoRAs, LoRAs on ControlSync, textual inversion, and the CPU offload hooks
+through a synced step. Tiny random-weight models (tiny.py) and random LoRAs (lora_files.py)."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionControlNetPipeline
+from safetensors.torch import save_file
+
+from panosync.control import ControlSyncPipeline, random_controlnet_like
+from panosync.tiny import tiny_random_components
+
+from lora_files import save_random_lora
+from test_call import KINDS
+
+FAMILIES = ("sd", "sdxl", "sd3", "flux")
+WINDOW = 32  # pixels: 16 latents at VAE factor 2, every tiny model's
+STEPS = 3
+ROUNDING = 1e-5
+
+
+def is_unet(name: str) -> bool:
+    return name in ("sd", "sdxl")
+
+
+def attention_kwargs(name: str, scale: float) -> dict:
+    """diffusers' name for the LoRA scale's argument in this family's call."""
+    return {"cross_attention_kwargs" if is_unet(name) else "joint_attention_kwargs": {"scale": scale}}
+
+
+def pipelines(name: str):
+    """Ours and the family's diffusers pipeline, each on its own copy of the same random weights (a
+    LoRA loaded into one must not reach the other)."""
+    ours, theirs, components = KINDS[name]
+    mine = ours(**components())
+    required, _ = theirs._get_signature_keys(theirs)
+    built = components()
+    options = dict(requires_safety_checker=False) if name == "sd" else {}
+    their = theirs(**{key: built.get(key) for key in required}, **options)
+    for pipe in (mine, their):
+        pipe.set_progress_bar_config(disable=True)
+    return mine, their
+
+
+def one_window(name: str, ours: bool = True) -> dict:
+    """A canvas of one window (a transformer's window is a parameter of ours, not of diffusers')."""
+    transformer = {} if is_unet(name) else dict(max_sequence_length=32, **(dict(window=WINDOW) if ours else {}))
+    return dict(width=WINDOW, height=WINDOW, num_inference_steps=STEPS, **transformer)
+
+
+def noise(seed: int = 0) -> torch.Tensor:
+    return torch.randn((1, 4, WINDOW // 2, WINDOW // 2), generator=torch.Generator().manual_seed(seed))
+
+
+def their_latents(name: str, latents: torch.Tensor) -> torch.Tensor:
+    from panosync.backbones.flux import pack
+
+    return pack(latents) if name == "flux" else latents  # FluxPipeline takes packed latents
+
+
+def synced_canvas(name: str) -> dict:
+    """Three views half a window apart, synced at every step."""
+    transformer = {} if is_unet(name) else dict(window=WINDOW, max_sequence_length=32)
+    return dict(width=2 * WINDOW, height=WINDOW, stride=WINDOW // 4, num_inference_steps=2, sync_weight=20.0, seed=0,
+                output_type="np", **transformer)
+
+
+@pytest.fixture(scope="module")
+def lora_folders(tmp_path_factory):
+    """Two random LoRAs per family, in folders as diffusers' save_lora_weights writes them."""
+    folders = {}
+    for name in FAMILIES:
+        components = KINDS[name][2]()
+        for seed in (1, 2):
+            folder = tmp_path_factory.mktemp(f"lora-{name}-{seed}")
+            save_random_lora(name, components, folder, seed=seed)
+            folders[name, seed] = folder
+    return folders
+
+
+# --- one window, sync off: the family's own diffusers pipeline with the same LoRA -------------------
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_one_window_with_a_lora_is_the_familys_diffusers_image(name, lora_folders):
+    """At scale 0.5, so that the scale must reach the text encoders and the denoiser as diffusers
+    sends it (at 1 a scale that reached nothing would pass)."""
+    mine, their = pipelines(name)
+    latents = noise(seed=1)
+    without = mine("a land", latents=latents, output_type="np", **one_window(name), **attention_kwargs(name, 0.5)).images
+    for pipe in (mine, their):
+        pipe.load_lora_weights(str(lora_folders[name, 1]), adapter_name="style")
+    for output_type in ("latent", "np"):
+        image = mine("a land", latents=latents, output_type=output_type, **one_window(name),
+                     **attention_kwargs(name, 0.5)).images
+        theirs = their("a land", latents=their_latents(name, latents), output_type=output_type,
+                       **one_window(name, ours=False),
+                       **attention_kwargs(name, 0.5)).images
+        image, theirs = torch.as_tensor(np.asarray(image)).float(), torch.as_tensor(np.asarray(theirs)).float()
+        if output_type == "latent":
+            image = their_latents(name, image)
+        difference = (image - theirs).abs().max().item()
+        print(f"{name} {output_type}: max abs difference {difference:.3g}")
+        assert difference <= ROUNDING, (output_type, difference)
+    assert np.abs(np.asarray(image) - without).max() > 1e-2  # the LoRA changes the picture
+
+
+@pytest.mark.parametrize("name", ("sd", "sd3"))
+def test_the_lora_scale_reaches_every_network_call_of_a_synced_step(name, lora_folders):
+    """A call's scale 0.5 on an adapter of weight 1 is that adapter at weight 0.5 with no scale, in a
+    synced panorama too: the gradient pass sees the network the denoising pass sees."""
+    mine, _ = pipelines(name)
+    mine.load_lora_weights(str(lora_folders[name, 1]), adapter_name="style")
+    scaled = mine("a land", **synced_canvas(name), **attention_kwargs(name, 0.5)).images
+    mine.set_adapters(["style"], adapter_weights=[0.5])
+    weighted = mine("a land", **synced_canvas(name)).images
+    full = mine("a land", **synced_canvas(name), **attention_kwargs(name, 2.0)).images  # 0.5 × 2: weight 1
+    difference = np.abs(scaled - weighted).max()
+    print(f"{name}: scale 0.5 against weight 0.5: {difference:.3g}; against weight 1: {np.abs(scaled - full).max():.3g}")
+    assert difference <= ROUNDING
+    assert np.abs(scaled - full).max() > 1e-2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FAMILIES)
+def test_two_loras_at_different_scales_make_a_synced_panorama_and_fused_is_unfused(name, lora_folders):
+    mine, _ = pipelines(name)
+    mine.load_lora_weights(str(lora_folders[name, 1]), adapter_name="style")
+    mine.load_lora_weights(str(lora_folders[name, 2]), adapter_name="subject")
+    mine.set_adapters(["style", "subject"], adapter_weights=[0.8, 0.5])
+    both = mine("a land", **synced_canvas(name)).images
+    mine.set_adapters(["style"], adapter_weights=[0.8])
+    one = mine("a land", **synced_canvas(name)).images
+    assert np.isfinite(both).all() and np.abs(both - one).max() > 1e-2  # the second LoRA counts
+
+    mine.set_adapters(["style", "subject"], adapter_weights=[0.8, 0.5])
+    mine.fuse_lora(adapter_names=["style", "subject"])
+    fused = mine("a land", **synced_canvas(name)).images
+    difference = np.abs(fused - both).max()
+    print(f"{name}: fused against unfused: {difference:.3g}")
+    assert difference <= 1e-4  # the same network, its products summed in another order
+
+
+# --- ControlSync -------------------------------------------------------------------------------------
+
+
+def test_one_window_controlsync_with_a_lora_is_diffusers_controlnet_pipelines_image(lora_folders):
+    made = [tiny_random_components(window=16, vae_factor=2) for _ in range(2)]
+    nets = [random_controlnet_like(components["unet"], 2, seed=1) for components in made]
+    mine = ControlSyncPipeline(**made[0], controlnet=nets[0])
+    their = StableDiffusionControlNetPipeline(**made[1], controlnet=nets[1], safety_checker=None,
+                                              feature_extractor=None, requires_safety_checker=False)
+    for pipe in (mine, their):
+        pipe.set_progress_bar_config(disable=True)
+        pipe.load_lora_weights(str(lora_folders["sd", 1]), adapter_name="style")
+    condition = torch.rand((1, 3, WINDOW, WINDOW), generator=torch.Generator().manual_seed(3))
+    call = dict(image=condition, latents=noise(seed=2), output_type="np", cross_attention_kwargs={"scale": 0.7},
+                **one_window("sd"))
+    difference = np.abs(mine("a land", **call).images - their("a land", **call).images).max()
+    print(f"ControlSync with a LoRA: max abs difference {difference:.3g}")
+    assert difference <= ROUNDING
+
+
+# --- textual inversion --------------------------------------------------------------------------------
+
+
+def test_textual_inversion_is_diffusers_on_stable_diffusion(tmp_path):
+    """A two-vector embedding in A1111's safetensors form ("emb_params"), loaded by diffusers'
+    TextualInversionLoaderMixin; its token in the prompt changes the picture as in diffusers."""
+    mine, their = pipelines("sd")
+    width = mine.text_encoder.config.hidden_size
+    embedding = tmp_path / "toy.safetensors"
+    save_file({"emb_params": torch.randn((2, width), generator=torch.Generator().manual_seed(5))}, str(embedding))
+    latents = noise(seed=3)
+    before = mine("a <toy> land", latents=latents, output_type="np", **one_window("sd")).images
+    for pipe in (mine, their):
+        pipe.load_textual_inversion(str(embedding), token="<toy>")
+    image = mine("a <toy> land", latents=latents, output_type="np", **one_window("sd")).images
+    theirs = their("a <toy> land", latents=latents, output_type="np", **one_window("sd")).images
+    assert np.abs(image - theirs).max() <= ROUNDING
+    assert np.abs(image - before).max() > 1e-2
+
+
+# --- offload -----------------------------------------------------------------------------------------
+
+
+def test_model_cpu_offload_hooks_carry_a_synced_panorama():
+    """enable_model_cpu_offload's hooks (accelerate) around every model, here offloading to the CPU it
+    computes on: the synced panorama, gradient pass included, is the one without hooks. (The GPU
+    check runs both offloads on a GPU: benchmarks/gpu_check.py, part "offload".)"""
+    mine, _ = pipelines("sd")
+    plain = mine("a land", **synced_canvas("sd")).images
+    mine.enable_model_cpu_offload(device="cpu")
+    offloaded = mine("a land", **synced_canvas("sd")).images
+    assert np.abs(offloaded - plain).max() == 0
