@@ -245,7 +245,7 @@ def diffusers_panorama(pipe):
             return super().get_views(panorama_height * 8 // factor, panorama_width * 8 // factor, window_size=window,
                                      stride=self.view_stride, circular_padding=circular_padding)
 
-    other = PanoramaForThisWindow(**pipe.components, safety_checker=None, feature_extractor=None,
+    other = PanoramaForThisWindow(**pipe.components, safety_checker=None,
                                   requires_safety_checker=False)
     other.set_progress_bar_config(disable=True)
     return other

@@ -20,7 +20,7 @@ def model_folder(tmp_path_factory, sync_pipe):
     a StableDiffusionPipeline with a PNDM scheduler."""
     folder = tmp_path_factory.mktemp("tiny-sd")
     components = {**sync_pipe.components, "scheduler": PNDMScheduler.from_config(sync_pipe.scheduler.config)}
-    StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None,
+    StableDiffusionPipeline(**components, safety_checker=None,
                             requires_safety_checker=False).save_pretrained(folder)
     return folder
 

@@ -249,7 +249,7 @@ def folders(tmp_path_factory, sync_pipe, sync_control):
     """The tiny model as a Stable Diffusion folder and its ControlNet as a ControlNet folder."""
     root = tmp_path_factory.mktemp("control")
     components = {**sync_pipe.components, "scheduler": PNDMScheduler.from_config(sync_pipe.scheduler.config)}
-    StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None,
+    StableDiffusionPipeline(**components, safety_checker=None,
                             requires_safety_checker=False).save_pretrained(root / "model")
     sync_control.controlnet.save_pretrained(root / "controlnet")
     rectangle(255, size=(32, 16), box=(8, 4, 24, 12)).save(root / "photo.png")

@@ -284,7 +284,7 @@ def test_dpm_solver_multidiffusion_equals_diffusers_with_per_view_solver_state(s
     # diffusers' panorama pipeline saves and restores the solver's state around each batch of views:
     # with one view per batch, every view keeps its own history, as ours does
     theirs_pipe = StableDiffusionPanoramaPipeline(**{**pipe.components, "scheduler": multistep_like(pipe.scheduler)},
-                                                  safety_checker=None, feature_extractor=None,
+                                                  safety_checker=None,
                                                   requires_safety_checker=False)
     theirs_pipe.set_progress_bar_config(disable=True)
     noise = torch.randn((1, 4, 64, 80), generator=torch.Generator().manual_seed(5))

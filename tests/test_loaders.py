@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 from panosync.control import ControlSyncPipeline, random_controlnet_like
 from panosync.tiny import tiny_random_components
 
+from ip_adapter_files import save_random_ip_adapter
 from lora_files import save_random_lora
 from test_call import KINDS
 
@@ -195,3 +196,61 @@ def test_model_cpu_offload_hooks_carry_a_synced_panorama():
     mine.enable_model_cpu_offload(device="cpu")
     offloaded = mine("a land", **synced_canvas("sd")).images
     assert np.abs(offloaded - plain).max() == 0
+
+
+# --- IP-Adapter ---------------------------------------------------------------------------------------
+
+
+def random_image(seed: int = 0):
+    import PIL.Image
+
+    return PIL.Image.fromarray((np.random.default_rng(seed).random((64, 64, 3)) * 255).astype("uint8"))
+
+
+@pytest.mark.parametrize("name", ("sd", "sdxl"))
+def test_one_window_with_an_image_prompt_is_diffusers_image(name, tmp_path):
+    """A tiny random IP-Adapter and image encoder (ip_adapter_files.py), loaded by diffusers'
+    load_ip_adapter; the image prompt changes the picture as in diffusers, and a synced panorama of
+    two images per prompt takes it in every view."""
+    mine, their = pipelines(name)
+    save_random_ip_adapter(mine.unet, tmp_path, seed=1)
+    for pipe in (mine, their):
+        pipe.load_ip_adapter(str(tmp_path), subfolder="", weight_name="ip-adapter.safetensors",
+                             image_encoder_folder="image_encoder")
+    image, latents = random_image(), noise(seed=1)
+    ours = mine("a land", latents=latents, output_type="np", ip_adapter_image=image, **one_window(name)).images
+    theirs = their("a land", latents=latents, output_type="np", ip_adapter_image=image, **one_window(name)).images
+    assert np.abs(ours - theirs).max() <= ROUNDING
+    mine.set_ip_adapter_scale(0.0)
+    unprompted = mine("a land", latents=latents, output_type="np", ip_adapter_image=image, **one_window(name)).images
+    assert np.abs(ours - unprompted).max() > 1e-2  # the image prompt counts
+
+    mine.set_ip_adapter_scale(1.0)
+    synced = mine("a land", ip_adapter_image=image, num_images_per_prompt=2, **synced_canvas(name)).images
+    alone = mine("a land", ip_adapter_image=image, **synced_canvas(name)).images
+    assert synced.shape[0] == 2 and np.abs(synced[0] - alone[0]).max() <= 1e-4  # batched as it is alone
+
+
+def test_an_image_prompt_without_an_ip_adapter_is_one_sentence():
+    mine, _ = pipelines("sd")
+    with pytest.raises(ValueError, match="needs an IP-Adapter: load one first"):
+        mine("a land", ip_adapter_image=random_image(), **synced_canvas("sd"))
+
+
+def test_one_window_controlsync_with_an_image_prompt_is_diffusers_image(tmp_path):
+    """The ControlNet reads the prompt's conditioning, the UNet the prompt's and the image's, as in
+    diffusers' ControlNet pipeline."""
+    made = [tiny_random_components(window=16, vae_factor=2) for _ in range(2)]
+    nets = [random_controlnet_like(components["unet"], 2, seed=1) for components in made]
+    mine = ControlSyncPipeline(**made[0], controlnet=nets[0])
+    their = StableDiffusionControlNetPipeline(**made[1], controlnet=nets[1], safety_checker=None,
+                                              feature_extractor=None, requires_safety_checker=False)
+    save_random_ip_adapter(mine.unet, tmp_path, seed=1)
+    for pipe in (mine, their):
+        pipe.set_progress_bar_config(disable=True)
+        pipe.load_ip_adapter(str(tmp_path), subfolder="", weight_name="ip-adapter.safetensors",
+                             image_encoder_folder="image_encoder")
+    condition = torch.rand((1, 3, WINDOW, WINDOW), generator=torch.Generator().manual_seed(3))
+    call = dict(image=condition, latents=noise(seed=2), output_type="np", ip_adapter_image=random_image(),
+                **one_window("sd"))
+    assert np.abs(mine("a land", **call).images - their("a land", **call).images).max() <= ROUNDING

@@ -21,7 +21,7 @@ def noise_for(pipe, width, height, seed=0):
 def test_sync_weight_zero_equals_diffusers_panorama_pipeline(sd_shaped_pipe):
     pipe = sd_shaped_pipe
     multidiffusion = StableDiffusionPanoramaPipeline(
-        **pipe.components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        **pipe.components, safety_checker=None, requires_safety_checker=False
     )
     multidiffusion.set_progress_bar_config(disable=True)
     noise = noise_for(pipe, 1024, 512, seed=3)

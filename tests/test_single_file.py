@@ -25,7 +25,7 @@ def checkpoint(tmp_path_factory, sync_pipe):
     Stable Diffusion is published (a StableDiffusionPipeline with a PNDM scheduler)."""
     folder = tmp_path_factory.mktemp("ldm")
     components = {**sync_pipe.components, "scheduler": PNDMScheduler.from_config(sync_pipe.scheduler.config)}
-    StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None,
+    StableDiffusionPipeline(**components, safety_checker=None,
                             requires_safety_checker=False).save_pretrained(folder / "config")
     return save_ldm_checkpoint(sync_pipe, folder / "tiny-sd.safetensors"), folder / "config"
 

@@ -152,11 +152,13 @@ class ControlSyncPipeline(ControlSyncMixin, SyncDiffusionPipeline):
     `ControlSyncPipeline.from_pretrained(sd15, controlnet=ControlNetModel.from_pretrained(...))`.
     """
 
-    model_cpu_offload_seq = "text_encoder->controlnet->unet->vae"
+    model_cpu_offload_seq = "text_encoder->image_encoder->controlnet->unet->vae"
 
-    def __init__(self, vae, text_encoder, tokenizer, unet, controlnet, scheduler):
+    def __init__(self, vae, text_encoder, tokenizer, unet, controlnet, scheduler, image_encoder=None,
+                 feature_extractor=None):
         SyncDiffusionPipeline.__init__(self, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                       scheduler=scheduler)
+                                       scheduler=scheduler, image_encoder=image_encoder,
+                                       feature_extractor=feature_extractor)
         self.add_controlnet(controlnet)
 
     @torch.no_grad()
@@ -174,6 +176,8 @@ class ControlSyncPipeline(ControlSyncMixin, SyncDiffusionPipeline):
         latents: torch.Tensor | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image=None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         cross_attention_kwargs: dict[str, Any] | None = None,
@@ -221,6 +225,7 @@ class ControlSyncPipeline(ControlSyncMixin, SyncDiffusionPipeline):
                  anchor=anchor, view_batch_size=view_batch_size, fast_modes=fast_modes,
                  sync_image_scale=sync_image_scale, sync_decoder=sync_decoder, tiled_decode=tiled_decode,
                  window=window))
+        self.check_image_prompt(ip_adapter_image, ip_adapter_image_embeds)
         fast = self.fast_modes(values["fast_modes"], sync_image_scale, sync_decoder)
         count = self.prompt_count(prompt, prompt_embeds)
         prompts, negative_prompts = self.prompt_lists(prompt, negative_prompt, count)
@@ -233,10 +238,13 @@ class ControlSyncPipeline(ControlSyncMixin, SyncDiffusionPipeline):
         noise, seed = self.prepare_latents(count * num_images_per_prompt, values, generator, latents)
 
         with self.autocast_context(device):
-            # 3. Encode the prompt (a LoRA's scale reaches the text encoders, as in diffusers)
+            # 3. Encode the prompt (a LoRA's scale reaches the text encoders, as in diffusers), and the
+            #    IP-Adapter's image prompt
             with self.text_encoder_lora_scale(cross_attention_kwargs):
                 conditioning = self.backbone.encode_prompt(prompts, negative_prompts, device, num_images_per_prompt,
                                                            prompt_embeds, negative_prompt_embeds)
+            conditioning = self.with_image_prompt(conditioning, ip_adapter_image, ip_adapter_image_embeds, device,
+                                                  count * num_images_per_prompt)
 
             # 4. The joint denoising loop: sync, denoise and merge the views at every step
             latents, chunk_size = self.denoise(noise, conditioning, layout, values, fast, view_conditioning,
@@ -260,12 +268,13 @@ class ControlSyncXLPipeline(ControlSyncMixin, SyncDiffusionXLPipeline):
     Each ControlNet gets the UNet's own prompt inputs, SDXL's added conditioning included. Load like
     diffusers' StableDiffusionXLControlNetPipeline."""
 
-    model_cpu_offload_seq = "text_encoder->text_encoder_2->controlnet->unet->vae"
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->image_encoder->controlnet->unet->vae"
 
     def __init__(self, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, controlnet, scheduler,
-                 force_zeros_for_empty_prompt: bool = True):
+                 force_zeros_for_empty_prompt: bool = True, image_encoder=None, feature_extractor=None):
         SyncDiffusionXLPipeline.__init__(self, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet,
-                                         scheduler, force_zeros_for_empty_prompt)
+                                         scheduler, image_encoder=image_encoder, feature_extractor=feature_extractor,
+                                         force_zeros_for_empty_prompt=force_zeros_for_empty_prompt)
         self.add_controlnet(controlnet)
 
     @torch.no_grad()
@@ -285,6 +294,8 @@ class ControlSyncXLPipeline(ControlSyncMixin, SyncDiffusionXLPipeline):
         negative_prompt_embeds: torch.Tensor | None = None,
         pooled_prompt_embeds: torch.Tensor | None = None,
         negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image=None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         cross_attention_kwargs: dict[str, Any] | None = None,
@@ -336,6 +347,7 @@ class ControlSyncXLPipeline(ControlSyncMixin, SyncDiffusionXLPipeline):
                  sync_image_scale=sync_image_scale, sync_decoder=sync_decoder, tiled_decode=tiled_decode,
                  window=window))
         check_pooled(prompt_embeds, pooled_prompt_embeds, negative_prompt_embeds, negative_pooled_prompt_embeds)
+        self.check_image_prompt(ip_adapter_image, ip_adapter_image_embeds)
         fast = self.fast_modes(values["fast_modes"], sync_image_scale, sync_decoder)
         count = self.prompt_count(prompt, prompt_embeds)
         prompts, negative_prompts = self.prompt_lists(prompt, negative_prompt, count)
@@ -348,12 +360,15 @@ class ControlSyncXLPipeline(ControlSyncMixin, SyncDiffusionXLPipeline):
         noise, seed = self.prepare_latents(count * num_images_per_prompt, values, generator, latents)
 
         with self.autocast_context(device):
-            # 3. Encode the prompt (a LoRA's scale reaches the text encoders, as in diffusers)
+            # 3. Encode the prompt (a LoRA's scale reaches the text encoders, as in diffusers), and the
+            #    IP-Adapter's image prompt
             with self.text_encoder_lora_scale(cross_attention_kwargs):
                 conditioning = self.backbone.encode_prompt(
                     prompts, negative_prompts, device, num_images_per_prompt, prompt_embeds, negative_prompt_embeds,
                     pooled_prompt_embeds, negative_pooled_prompt_embeds,
                     original_size, crops_coords_top_left, target_size)
+            conditioning = self.with_image_prompt(conditioning, ip_adapter_image, ip_adapter_image_embeds, device,
+                                                  count * num_images_per_prompt)
 
             # 4. The joint denoising loop: sync, denoise and merge the views at every step
             latents, chunk_size = self.denoise(noise, conditioning, layout, values, fast, view_conditioning,
@@ -386,6 +401,7 @@ class ControlConditioning(ViewConditioning):
         it is not run; with every scale at 0 the UNet call is plain SyncDiffusion's."""
         if views is None:
             raise TypeError("ControlSync needs the views of the batch to crop the conditions for them.")
+        inputs = prompt_inputs_only(inputs)
         down, mid = None, None
         for controlnet, condition, scale in zip(self.controlnets, self.conditions, self.scales):
             if scale == 0:
@@ -405,6 +421,17 @@ class ControlConditioning(ViewConditioning):
         if down is None:
             return {}
         return dict(down_block_additional_residuals=down, mid_block_additional_residual=mid)
+
+
+def prompt_inputs_only(inputs: dict) -> dict:
+    """The UNet's keyword inputs less an IP-Adapter's image prompt: a ControlNet reads the prompt's
+    conditioning only, as in diffusers' ControlNet pipelines."""
+    added = inputs.get("added_cond_kwargs")
+    if not added or "image_embeds" not in added:
+        return inputs
+    added = {name: value for name, value in added.items() if name != "image_embeds"}
+    return {**{name: value for name, value in inputs.items() if name != "added_cond_kwargs"},
+            **({"added_cond_kwargs": added} if added else {})}
 
 
 def condition_latent(vae, condition: torch.Tensor, device, dtype: torch.dtype, shift: float) -> torch.Tensor:

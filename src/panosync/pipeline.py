@@ -10,31 +10,35 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable
 
 import torch
-from diffusers.loaders import (FromSingleFileMixin, IPAdapterMixin, StableDiffusionLoraLoaderMixin,
-                               TextualInversionLoaderMixin)
+from diffusers.loaders import FromSingleFileMixin, StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin
 
 from .backbones.sd import StableDiffusionBackbone
 from .families import FAMILY_DEFAULTS, SD
+from .image_prompt import ImagePromptMixin
 from .pipeline_base import PanoramaPipelineBase
 
 
 class SyncDiffusionPipeline(PanoramaPipelineBase, TextualInversionLoaderMixin, StableDiffusionLoraLoaderMixin,
-                            IPAdapterMixin, FromSingleFileMixin):
+                            ImagePromptMixin, FromSingleFileMixin):
     """SyncDiffusion panoramas with Stable Diffusion 1.x and 2.x models (ε- or v-prediction).
 
     Components as in diffusers' StableDiffusionPipeline: vae, text_encoder, tokenizer, unet,
-    scheduler. Loading with `from_pretrained` / `from_single_file` switches the scheduler to DDIM
+    scheduler, and optionally image_encoder and feature_extractor (an IP-Adapter's). diffusers'
+    loaders: load_lora_weights (and set_adapters, fuse_lora ...), load_textual_inversion,
+    load_ip_adapter, from_single_file. Loading with `from_pretrained` / `from_single_file` switches the scheduler to DDIM
     (η = 0, as in the paper) unless a `scheduler` is passed. The models are frozen: the sync step
     needs gradients with respect to latents only.
     """
 
     family = SD
     backbone_class = StableDiffusionBackbone
-    model_cpu_offload_seq = "text_encoder->unet->vae"
+    model_cpu_offload_seq = "text_encoder->image_encoder->unet->vae"
+    _optional_components = ["image_encoder", "feature_extractor"]
 
-    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler):
+    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, image_encoder=None, feature_extractor=None):
         super().__init__()
-        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                              image_encoder=image_encoder, feature_extractor=feature_extractor)
         self.set_up(vae, text_encoder, unet)
 
     @torch.no_grad()
@@ -51,6 +55,8 @@ class SyncDiffusionPipeline(PanoramaPipelineBase, TextualInversionLoaderMixin, S
         latents: torch.Tensor | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image=None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         cross_attention_kwargs: dict[str, Any] | None = None,
@@ -78,7 +84,10 @@ class SyncDiffusionPipeline(PanoramaPipelineBase, TextualInversionLoaderMixin, S
         diffusers' parameters mean what they mean in StableDiffusionPipeline; sizes are in pixels,
         by default one window high and four wide (512 x 2048 for Stable Diffusion 2 base).
         `prompt_embeds` / `negative_prompt_embeds` (the text encoder's last hidden states) stand in
-        for the texts. `callback_on_step_end(pipe, step, timestep, kwargs)` runs after every step
+        for the texts. `ip_adapter_image` (one image, or one per IP-Adapter loaded) or
+        `ip_adapter_image_embeds`: an image prompt that conditions every view (load_ip_adapter first).
+        `cross_attention_kwargs={"scale": s}` scales the LoRAs loaded, in the text encoder and in
+        every UNet call, the sync gradient's included. `callback_on_step_end(pipe, step, timestep, kwargs)` runs after every step
         with the tensors `callback_on_step_end_tensor_inputs` names and the step's "sync_weight";
         a returned "latents" replaces the latents.
 
@@ -105,6 +114,7 @@ class SyncDiffusionPipeline(PanoramaPipelineBase, TextualInversionLoaderMixin, S
                  anchor=anchor, view_batch_size=view_batch_size, fast_modes=fast_modes,
                  sync_image_scale=sync_image_scale, sync_decoder=sync_decoder, tiled_decode=tiled_decode,
                  window=window))
+        self.check_image_prompt(ip_adapter_image, ip_adapter_image_embeds)
         fast = self.fast_modes(values["fast_modes"], sync_image_scale, sync_decoder)
         count = self.prompt_count(prompt, prompt_embeds)
         prompts, negative_prompts = self.prompt_lists(prompt, negative_prompt, count)
@@ -115,10 +125,13 @@ class SyncDiffusionPipeline(PanoramaPipelineBase, TextualInversionLoaderMixin, S
         noise, seed = self.prepare_latents(count * num_images_per_prompt, values, generator, latents)
 
         with self.autocast_context(device):
-            # 3. Encode the prompt (a LoRA's scale reaches the text encoders, as in diffusers)
+            # 3. Encode the prompt (a LoRA's scale reaches the text encoders, as in diffusers), and the
+            #    IP-Adapter's image prompt
             with self.text_encoder_lora_scale(cross_attention_kwargs):
                 conditioning = self.backbone.encode_prompt(prompts, negative_prompts, device, num_images_per_prompt,
                                                            prompt_embeds, negative_prompt_embeds)
+            conditioning = self.with_image_prompt(conditioning, ip_adapter_image, ip_adapter_image_embeds, device,
+                                                  count * num_images_per_prompt)
 
             # 4. The joint denoising loop: sync, denoise and merge the views at every step
             latents, chunk_size = self.denoise(noise, conditioning, layout, values, fast,

@@ -13,11 +13,11 @@ from typing import Any, Callable, Iterable
 
 import torch
 from diffusers import DiffusionPipeline
-from diffusers.loaders import (FromSingleFileMixin, IPAdapterMixin, StableDiffusionXLLoraLoaderMixin,
-                               TextualInversionLoaderMixin)
+from diffusers.loaders import FromSingleFileMixin, StableDiffusionXLLoraLoaderMixin, TextualInversionLoaderMixin
 
 from .backbones.sdxl import StableDiffusionXLBackbone
 from .families import FAMILY_DEFAULTS, SDXL
+from .image_prompt import ImagePromptMixin
 from .pipeline_base import PanoramaPipelineBase, check_pooled
 
 # SDXL base's window is 128 latents (1024 pixels): the default canvas is one window high, four wide.
@@ -25,24 +25,28 @@ DEFAULT_XL_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 
 
 class SyncDiffusionXLPipeline(PanoramaPipelineBase, FromSingleFileMixin, StableDiffusionXLLoraLoaderMixin,
-                              TextualInversionLoaderMixin, IPAdapterMixin):
+                              TextualInversionLoaderMixin, ImagePromptMixin):
     """SyncDiffusion panoramas with an SDXL model.
 
     Components as in diffusers' StableDiffusionXLPipeline: vae, text_encoder, text_encoder_2,
-    tokenizer, tokenizer_2, unet, scheduler, and its config's force_zeros_for_empty_prompt.
+    tokenizer, tokenizer_2, unet, scheduler, its config's force_zeros_for_empty_prompt, and
+    optionally image_encoder and feature_extractor (an IP-Adapter's). diffusers' loaders:
+    load_lora_weights (and set_adapters, fuse_lora ...), load_textual_inversion, load_ip_adapter.
     `from_pretrained` (stabilityai/stable-diffusion-xl-base-1.0, a folder), `from_single_file`
     and `.to()` are diffusers'; loading switches the scheduler to DDIM unless one is passed.
     """
 
     family = SDXL
     backbone_class = StableDiffusionXLBackbone
-    model_cpu_offload_seq = "text_encoder->text_encoder_2->unet->vae"
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->image_encoder->unet->vae"
+    _optional_components = ["image_encoder", "feature_extractor"]
 
     def __init__(self, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, scheduler,
-                 force_zeros_for_empty_prompt: bool = True):
+                 image_encoder=None, feature_extractor=None, force_zeros_for_empty_prompt: bool = True):
         DiffusionPipeline.__init__(self)
         self.register_modules(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
-                              tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler)
+                              tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler, image_encoder=image_encoder,
+                              feature_extractor=feature_extractor)
         self.register_to_config(force_zeros_for_empty_prompt=force_zeros_for_empty_prompt)
         self.set_up(vae, text_encoder, text_encoder_2, unet)
 
@@ -62,6 +66,8 @@ class SyncDiffusionXLPipeline(PanoramaPipelineBase, FromSingleFileMixin, StableD
         negative_prompt_embeds: torch.Tensor | None = None,
         pooled_prompt_embeds: torch.Tensor | None = None,
         negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image=None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         cross_attention_kwargs: dict[str, Any] | None = None,
@@ -93,7 +99,8 @@ class SyncDiffusionXLPipeline(PanoramaPipelineBase, FromSingleFileMixin, StableD
         and the size conditioning, the same for every view: `original_size` and `target_size`
         (height, width) default to the window in pixels, `crops_coords_top_left` to (0, 0) — what
         diffusers gives one image of the window's size, so that each view is conditioned as the
-        model's own image. `guidance_scale` defaults to 5 (families.py).
+        model's own image. `guidance_scale` defaults to 5 (families.py). `ip_adapter_image` /
+        `ip_adapter_image_embeds`: an IP-Adapter's image prompt for every view.
         """
         # 1. Check inputs (a ValueError that says what to change, before any model work)
         values = self.check_inputs(
@@ -106,6 +113,7 @@ class SyncDiffusionXLPipeline(PanoramaPipelineBase, FromSingleFileMixin, StableD
                  sync_image_scale=sync_image_scale, sync_decoder=sync_decoder, tiled_decode=tiled_decode,
                  window=window))
         check_pooled(prompt_embeds, pooled_prompt_embeds, negative_prompt_embeds, negative_pooled_prompt_embeds)
+        self.check_image_prompt(ip_adapter_image, ip_adapter_image_embeds)
         fast = self.fast_modes(values["fast_modes"], sync_image_scale, sync_decoder)
         count = self.prompt_count(prompt, prompt_embeds)
         prompts, negative_prompts = self.prompt_lists(prompt, negative_prompt, count)
@@ -116,12 +124,15 @@ class SyncDiffusionXLPipeline(PanoramaPipelineBase, FromSingleFileMixin, StableD
         noise, seed = self.prepare_latents(count * num_images_per_prompt, values, generator, latents)
 
         with self.autocast_context(device):
-            # 3. Encode the prompt (a LoRA's scale reaches the text encoders, as in diffusers)
+            # 3. Encode the prompt (a LoRA's scale reaches the text encoders, as in diffusers), and the
+            #    IP-Adapter's image prompt
             with self.text_encoder_lora_scale(cross_attention_kwargs):
                 conditioning = self.backbone.encode_prompt(
                     prompts, negative_prompts, device, num_images_per_prompt, prompt_embeds, negative_prompt_embeds,
                     pooled_prompt_embeds, negative_pooled_prompt_embeds,
                     original_size, crops_coords_top_left, target_size)
+            conditioning = self.with_image_prompt(conditioning, ip_adapter_image, ip_adapter_image_embeds, device,
+                                                  count * num_images_per_prompt)
 
             # 4. The joint denoising loop: sync, denoise and merge the views at every step
             latents, chunk_size = self.denoise(noise, conditioning, layout, values, fast,

@@ -13,9 +13,11 @@ from .unet import UNetBackbone
 
 @dataclass(frozen=True)
 class TextConditioning(PromptConditioning):
-    """embeddings: (2, tokens, width), the negative prompt's, then the prompt's."""
+    """embeddings: (2, tokens, width), the negative prompt's, then the prompt's; image_embeds: an
+    IP-Adapter's image prompt (one tensor per adapter, negative rows first), or None."""
 
     embeddings: torch.Tensor
+    image_embeds: list[torch.Tensor] | None = None
 
 
 class StableDiffusionBackbone(UNetBackbone):

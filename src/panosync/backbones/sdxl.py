@@ -22,11 +22,13 @@ from .unet import UNetBackbone
 @dataclass(frozen=True)
 class XLConditioning(PromptConditioning):
     """embeddings (2, tokens, width), pooled (2, projection) and time_ids (2, 6): the negative
-    prompt's, then the prompt's."""
+    prompt's, then the prompt's; image_embeds: an IP-Adapter's image prompt (one tensor per adapter,
+    negative rows first), or None."""
 
     embeddings: torch.Tensor
     pooled: torch.Tensor
     time_ids: torch.Tensor
+    image_embeds: list[torch.Tensor] | None = None
 
 
 def size_conditioning(window_pixels: int, original_size=None, crops_coords_top_left=(0, 0),

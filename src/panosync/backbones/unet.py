@@ -11,7 +11,7 @@ import torch
 
 from ..schedulers import SUPPORTED, ViewSchedulers, most_steps, multistep_like
 from ..geometry import MAX_STEPS, window_of
-from .base import Backbone, PromptConditioning, ViewConditioning
+from .base import Backbone, PromptConditioning, ViewConditioning, both_branches
 
 
 class UNetBackbone(Backbone):
@@ -51,6 +51,10 @@ class UNetBackbone(Backbone):
         count = latents.shape[0]
         model_input = self.pipe.scheduler.scale_model_input(torch.cat([latents, latents]), t).to(unet.dtype)
         inputs = self.unet_inputs(conditioning, count)
+        image_embeds = getattr(conditioning, "image_embeds", None)
+        if image_embeds is not None:  # an IP-Adapter's image prompt, the same for every view
+            added = inputs.setdefault("added_cond_kwargs", {})
+            added["image_embeds"] = [both_branches(embeds, count).to(unet.dtype) for embeds in image_embeds]
         if extras is not None:
             inputs |= extras.network_inputs(model_input, t, inputs, views)
         prediction = unet(model_input, t, **inputs, cross_attention_kwargs=attention_kwargs).sample
