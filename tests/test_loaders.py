@@ -254,3 +254,27 @@ def test_one_window_controlsync_with_an_image_prompt_is_diffusers_image(tmp_path
     call = dict(image=condition, latents=noise(seed=2), output_type="np", ip_adapter_image=random_image(),
                 **one_window("sd"))
     assert np.abs(mine("a land", **call).images - their("a land", **call).images).max() <= ROUNDING
+
+
+def test_model_cpu_offload_keeps_the_loops_models_resident_through_a_synced_step():
+    """Under enable_model_cpu_offload the VAE's call offloads its predecessor in
+    model_cpu_offload_seq, the UNet, which in a synced step sits between the UNet's forward and the
+    backward through it: during the loop the VAE's hook offloads nothing, the UNet's still offloads
+    the text encoder; after the call the hooks are as diffusers made them. (The hooks move nothing
+    on a CPU-only machine, so the links are what is checked here; the GPU check's "offload" part
+    runs the panorama on a GPU.)"""
+    mine, _ = pipelines("sd")
+    mine.enable_model_cpu_offload(device="cpu")
+    hook_of = {id(user_hook.model): user_hook.hook for user_hook in mine._all_hooks}
+    vae_hook, unet_hook = hook_of[id(mine.vae)], hook_of[id(mine.unet)]
+    before = (vae_hook.prev_module_hook, unet_hook.prev_module_hook)
+    assert before[0].model is mine.unet and before[1].model is mine.text_encoder
+    during = []
+
+    def after_step(pipe, step, timestep, values):
+        during.append((vae_hook.prev_module_hook, unet_hook.prev_module_hook))
+        return {}
+
+    mine("a land", **synced_canvas("sd"), callback_on_step_end=after_step)
+    assert during and all(vae is None and unet is before[1] for vae, unet in during)
+    assert (vae_hook.prev_module_hook, unet_hook.prev_module_hook) == before

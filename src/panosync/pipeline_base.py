@@ -190,6 +190,29 @@ class PanoramaPipelineBase(DiffusionPipeline):
             for encoder in encoders:
                 unscale_lora_layers(encoder, scale)
 
+    @contextmanager
+    def loop_models_resident(self):
+        """Under enable_model_cpu_offload, the models of a denoising step (the denoiser, a ControlNet,
+        the VAE) stay on the execution device for the whole loop; the text and image encoders are
+        offloaded as usual. A synced step runs the denoiser, then the VAE, then the backward through
+        both: the hooks would move the denoiser to the CPU when the VAE runs, under its own saved
+        activations, and move each model back and forth every view chunk."""
+        loop_models = [model for model in (self.backbone.network, self.vae, getattr(self, "controlnet", None))
+                       if model is not None]
+        unlinked = []
+        for user_hook in getattr(self, "_all_hooks", None) or ():
+            hook = getattr(user_hook, "hook", None)
+            previous = getattr(hook, "prev_module_hook", None)
+            if previous is not None and any(previous.model is m for m in loop_models) and \
+                    any(user_hook.model is m for m in loop_models):
+                unlinked.append((hook, previous))
+                hook.prev_module_hook = None
+        try:
+            yield
+        finally:
+            for hook, previous in unlinked:
+                hook.prev_module_hook = previous
+
     def upcast_vae(self) -> None:
         """Decode in float32 from now on (backbones/base.py)."""
         self.backbone.upcast_vae()
@@ -408,7 +431,7 @@ class PanoramaPipelineBase(DiffusionPipeline):
             changes = callback_on_step_end(self, i, t, {**given, "sync_weight": weight})
             return (changes or {}).get("latents", latents)
 
-        with self.progress_bar(total=values["num_inference_steps"]) as progress:
+        with self.progress_bar(total=values["num_inference_steps"]) as progress, self.loop_models_resident():
             latents = denoise_panorama(
                 latents, views=layout.views, anchor=layout.anchor, sampler=sampler,
                 predict=predict,
