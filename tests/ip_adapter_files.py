@@ -47,3 +47,29 @@ def save_random_ip_adapter(unet, folder: str | Path, seed: int = 0, std: float =
     path = folder / "ip-adapter.safetensors"
     save_file(tensors, str(path))
     return path
+
+
+def save_random_flux_ip_adapter(transformer, folder: str | Path, seed: int = 0, std: float = 0.3) -> Path:
+    """Write a random FLUX.1 IP-Adapter for `transformer` (and its image encoder) to `folder`, keyed as
+    diffusers' FluxIPAdapterMixin reads it: "image_proj.*" and "ip_adapter.{n}.to_k_ip/to_v_ip.*",
+    one n per double-stream block."""
+    folder = Path(folder)
+    encoder = tiny_image_encoder(seed)
+    encoder.save_pretrained(folder / "image_encoder", safe_serialization=True)
+    generator = torch.Generator().manual_seed(seed)
+    width, inner = transformer.config.joint_attention_dim, transformer.inner_dim
+    tensors = {
+        "image_proj.proj.weight": torch.randn((IMAGE_TOKENS * width, encoder.config.projection_dim), generator=generator)
+        * std,
+        "image_proj.proj.bias": torch.zeros(IMAGE_TOKENS * width),
+        "image_proj.norm.weight": torch.ones(width),
+        "image_proj.norm.bias": torch.zeros(width),
+    }
+    double_blocks = [name for name in transformer.attn_processors if not name.startswith("single_transformer_blocks")]
+    for key in range(len(double_blocks)):
+        for part in ("to_k_ip", "to_v_ip"):
+            tensors[f"ip_adapter.{key}.{part}.weight"] = torch.randn((inner, width), generator=generator) * std
+            tensors[f"ip_adapter.{key}.{part}.bias"] = torch.zeros(inner)
+    path = folder / "ip-adapter.safetensors"
+    save_file(tensors, str(path))
+    return path

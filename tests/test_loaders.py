@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from panosync.control import ControlSyncPipeline, random_controlnet_like
 from panosync.tiny import tiny_random_components
 
-from ip_adapter_files import save_random_ip_adapter
+from ip_adapter_files import save_random_flux_ip_adapter, save_random_ip_adapter
 from lora_files import save_random_lora
 from test_call import KINDS
 
@@ -229,6 +229,33 @@ def test_one_window_with_an_image_prompt_is_diffusers_image(name, tmp_path):
     synced = mine("a land", ip_adapter_image=image, num_images_per_prompt=2, **synced_canvas(name)).images
     alone = mine("a land", ip_adapter_image=image, **synced_canvas(name)).images
     assert synced.shape[0] == 2 and np.abs(synced[0] - alone[0]).max() <= 1e-4  # batched as it is alone
+
+
+@pytest.mark.parametrize("true_cfg", [False, True], ids=["flux", "flux-true-cfg"])
+def test_one_window_flux_with_an_image_prompt_is_diffusers_image(true_cfg, tmp_path):
+    """FLUX.1's IP-Adapter (a tiny random one, keyed as diffusers' FluxIPAdapterMixin reads it): the
+    image prompt in the transformer's attention of each view, and with true CFG a blank image's in
+    the negative branch, as FluxPipeline does."""
+    mine, their = pipelines("flux")
+    save_random_flux_ip_adapter(mine.transformer, tmp_path, seed=1)
+    for pipe in (mine, their):
+        pipe.load_ip_adapter(str(tmp_path), weight_name="ip-adapter.safetensors",
+                             image_encoder_pretrained_model_name_or_path=str(tmp_path / "image_encoder"),
+                             image_encoder_dtype=torch.float32)
+    options = dict(true_cfg_scale=3.0, negative_prompt="dull") if true_cfg else {}
+    image, latents = random_image(), noise(seed=1)
+    ours = mine("a land", latents=latents, output_type="np", ip_adapter_image=image, **one_window("flux"),
+                **options).images
+    theirs = their("a land", latents=their_latents("flux", latents), output_type="np", ip_adapter_image=image,
+                   **one_window("flux", ours=False), **options).images
+    assert np.abs(ours - theirs).max() <= ROUNDING
+    mine.set_ip_adapter_scale(0.0)
+    unprompted = mine("a land", latents=latents, output_type="np", ip_adapter_image=image, **one_window("flux"),
+                      **options).images
+    assert np.abs(ours - unprompted).max() > 1e-2
+    mine.set_ip_adapter_scale(1.0)
+    synced = mine("a land", ip_adapter_image=image, num_images_per_prompt=2, **synced_canvas("flux"), **options).images
+    assert synced.shape[0] == 2 and np.isfinite(synced).all()
 
 
 def test_an_image_prompt_without_an_ip_adapter_is_one_sentence():

@@ -18,6 +18,7 @@ from diffusers.loaders import FluxLoraLoaderMixin, FromSingleFileMixin, TextualI
 from .backbones.flow import check_max_sequence_length
 from .backbones.flux import T5_TOKENS, FluxBackbone
 from .families import FAMILY_DEFAULTS, FLUX
+from .image_prompt import FluxImagePromptMixin
 from .pipeline_base import PanoramaPipelineBase, check_pooled
 
 DEFAULT_FLUX_MODEL = "black-forest-labs/FLUX.1-schnell"
@@ -30,25 +31,25 @@ def check_true_cfg_scale(true_cfg_scale) -> None:
 
 
 class SyncDiffusionFluxPipeline(PanoramaPipelineBase, FluxLoraLoaderMixin, FromSingleFileMixin,
-                                TextualInversionLoaderMixin):
+                                TextualInversionLoaderMixin, FluxImagePromptMixin):
     """SyncDiffusion panoramas with a FLUX.1 model.
 
     Components as in diffusers' FluxPipeline: scheduler (its FlowMatchEulerDiscreteScheduler,
-    kept), vae, text_encoder (CLIP), tokenizer, text_encoder_2 (T5), tokenizer_2, transformer.
+    kept), vae, text_encoder (CLIP), tokenizer, text_encoder_2 (T5), tokenizer_2, transformer, and
+    optionally image_encoder and feature_extractor (an IP-Adapter's). diffusers' loaders:
+    load_lora_weights (and set_adapters, fuse_lora ...), load_textual_inversion, load_ip_adapter.
     `from_pretrained` (black-forest-labs/FLUX.1-schnell or -dev, a folder), `from_single_file` and
     `.to()` are diffusers'.
     """
 
     family = FLUX
     backbone_class = FluxBackbone
-    model_cpu_offload_seq = "text_encoder->text_encoder_2->transformer->vae"
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->image_encoder->transformer->vae"
     _optional_components = ["image_encoder", "feature_extractor"]
 
     def __init__(self, scheduler, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, transformer,
                  image_encoder=None, feature_extractor=None):
         DiffusionPipeline.__init__(self)
-        # image_encoder and feature_extractor (FLUX's IP adapter) are taken so that a model folder
-        # that names them loads; panosync does not use them
         self.register_modules(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                               text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer,
                               image_encoder=image_encoder, feature_extractor=feature_extractor)
@@ -70,6 +71,10 @@ class SyncDiffusionFluxPipeline(PanoramaPipelineBase, FluxLoraLoaderMixin, FromS
         negative_prompt_embeds: torch.Tensor | None = None,
         pooled_prompt_embeds: torch.Tensor | None = None,
         negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image=None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
+        negative_ip_adapter_image=None,
+        negative_ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         true_cfg_scale: float = 1.0,
@@ -100,7 +105,9 @@ class SyncDiffusionFluxPipeline(PanoramaPipelineBase, FluxLoraLoaderMixin, FromS
         3.5, families.py; schnell has none and ignores it); `true_cfg_scale` > 1 adds real
         classifier-free guidance with `negative_prompt` (a second branch), as FluxPipeline's
         option; `pooled_prompt_embeds` (CLIP's) beside T5's `prompt_embeds` given in place of
-        texts; `joint_attention_kwargs`; `max_sequence_length` (T5's tokens, diffusers' 512).
+        texts; `joint_attention_kwargs` (its "scale": the LoRAs'); `max_sequence_length` (T5's
+        tokens, diffusers' 512); `ip_adapter_image` / `ip_adapter_image_embeds` (an IP-Adapter's
+        image prompt for every view) and, with true CFG, `negative_ip_adapter_image` / `_embeds`.
         """
         # 1. Check inputs (a ValueError that says what to change, before any model work)
         values = self.check_inputs(
@@ -115,6 +122,7 @@ class SyncDiffusionFluxPipeline(PanoramaPipelineBase, FluxLoraLoaderMixin, FromS
         check_true_cfg_scale(true_cfg_scale)
         check_max_sequence_length(max_sequence_length)
         check_pooled(prompt_embeds, pooled_prompt_embeds, negative_prompt_embeds, negative_pooled_prompt_embeds)
+        self.check_image_prompt(ip_adapter_image, ip_adapter_image_embeds)
         fast = self.fast_modes(values["fast_modes"], sync_image_scale, sync_decoder)
         count = self.prompt_count(prompt, prompt_embeds)
         prompts, negative_prompts = self.prompt_lists(prompt, negative_prompt, count)
@@ -125,12 +133,16 @@ class SyncDiffusionFluxPipeline(PanoramaPipelineBase, FluxLoraLoaderMixin, FromS
         noise, seed = self.prepare_latents(count * num_images_per_prompt, values, generator, latents)
 
         with self.autocast_context(device):
-            # 3. Encode the prompt (a LoRA's scale reaches the text encoders, as in diffusers)
+            # 3. Encode the prompt (a LoRA's scale reaches the text encoders, as in diffusers), and the
+            #    IP-Adapter's image prompt
             with self.text_encoder_lora_scale(joint_attention_kwargs):
                 conditioning = self.backbone.encode_prompt(
                     prompts, negative_prompts, device, num_images_per_prompt, prompt_embeds, negative_prompt_embeds,
                     pooled_prompt_embeds, negative_pooled_prompt_embeds,
                     max_sequence_length, true_cfg_scale)
+            conditioning = self.with_image_prompt(conditioning, ip_adapter_image, ip_adapter_image_embeds,
+                                                  negative_ip_adapter_image, negative_ip_adapter_image_embeds, device,
+                                                  count * num_images_per_prompt, values["width"], values["height"])
 
             # 4. The joint denoising loop: sync, denoise and merge the views at every step
             latents, chunk_size = self.denoise(noise, conditioning, layout, values, fast,

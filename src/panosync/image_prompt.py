@@ -1,26 +1,25 @@
-"""IP-Adapter image prompts on the UNet families (Stable Diffusion 1/2 and SDXL), as diffusers gives
-them: `load_ip_adapter` (diffusers' IPAdapterMixin) adds the adapter's projection and attention
-layers to the UNet and loads its image encoder; a call's `ip_adapter_image` (or
+"""IP-Adapter image prompts, as diffusers gives them, on Stable Diffusion 1/2, SDXL and FLUX.1:
+`load_ip_adapter` (diffusers' IPAdapterMixin, FluxIPAdapterMixin) adds the adapter's projection
+and attention layers to the denoiser and loads its image encoder; a call's `ip_adapter_image` (or
 `ip_adapter_image_embeds`) is encoded once, by diffusers' own `encode_image` and
-`prepare_ip_adapter_image_embeds`, and the same image embeddings condition every view, in both
-guidance branches (the negative branch gets the embeddings of a blank image, as in diffusers)."""
+`prepare_ip_adapter_image_embeds`, and the same image embeddings condition every view. A negative
+branch gets a blank image's embeddings, as in diffusers (FLUX's only with true CFG, where a
+`negative_ip_adapter_image` may replace it)."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from diffusers import StableDiffusionPipeline
-from diffusers.loaders import IPAdapterMixin
+import numpy as np
+import torch
+from diffusers import FluxPipeline, StableDiffusionPipeline
+from diffusers.loaders import FluxIPAdapterMixin, IPAdapterMixin
 
 from .errors import SettingError
 
 
-class ImagePromptMixin(IPAdapterMixin):
-    """diffusers' IPAdapterMixin, with the image encoding of its Stable Diffusion pipelines (the same
-    functions: they read only image_encoder, feature_extractor and the UNet's encoder_hid_proj)."""
-
-    encode_image = StableDiffusionPipeline.encode_image
-    prepare_ip_adapter_image_embeds = StableDiffusionPipeline.prepare_ip_adapter_image_embeds
+class ImagePromptChecks:
+    """The checks every family's image prompt shares."""
 
     def check_image_prompt(self, ip_adapter_image, ip_adapter_image_embeds) -> None:
         """One sentence where an image prompt cannot be used as given, before any model work."""
@@ -28,12 +27,20 @@ class ImagePromptMixin(IPAdapterMixin):
             return
         if ip_adapter_image is not None and ip_adapter_image_embeds is not None:
             raise SettingError("ip_adapter_image", "Give ip_adapter_image or ip_adapter_image_embeds, not both.")
-        if getattr(self.unet, "encoder_hid_proj", None) is None:
+        if getattr(self.backbone.network, "encoder_hid_proj", None) is None:
             raise SettingError("ip_adapter_image", "ip_adapter_image needs an IP-Adapter: load one first "
                                                    "(pipe.load_ip_adapter, or --ip-adapter on the command).")
         if ip_adapter_image is not None and self.image_encoder is None:
             raise SettingError("ip_adapter_image", "This IP-Adapter was loaded without its image encoder: load it "
                                                    "with image_encoder_folder, or give ip_adapter_image_embeds.")
+
+
+class ImagePromptMixin(ImagePromptChecks, IPAdapterMixin):
+    """diffusers' IPAdapterMixin, with the image encoding of its Stable Diffusion pipelines (the same
+    functions: they read only image_encoder, feature_extractor and the UNet's encoder_hid_proj)."""
+
+    encode_image = StableDiffusionPipeline.encode_image
+    prepare_ip_adapter_image_embeds = StableDiffusionPipeline.prepare_ip_adapter_image_embeds
 
     def with_image_prompt(self, conditioning, ip_adapter_image, ip_adapter_image_embeds, device, panoramas: int):
         """The prompt's `conditioning` with the image prompt's embeddings for `panoramas` panoramas
@@ -42,4 +49,32 @@ class ImagePromptMixin(IPAdapterMixin):
             return conditioning
         embeds = self.prepare_ip_adapter_image_embeds(ip_adapter_image, ip_adapter_image_embeds, device, panoramas,
                                                       do_classifier_free_guidance=True)
+        return dataclasses.replace(conditioning, image_embeds=embeds)
+
+
+class FluxImagePromptMixin(ImagePromptChecks, FluxIPAdapterMixin):
+    """diffusers' FluxIPAdapterMixin, with FluxPipeline's image encoding."""
+
+    encode_image = FluxPipeline.encode_image
+    prepare_ip_adapter_image_embeds = FluxPipeline.prepare_ip_adapter_image_embeds
+
+    def with_image_prompt(self, conditioning, ip_adapter_image, ip_adapter_image_embeds, negative_ip_adapter_image,
+                          negative_ip_adapter_image_embeds, device, panoramas: int, width: int, height: int):
+        """The prompt's `conditioning` with the image prompt's embeddings for `panoramas` panoramas:
+        the image's alone, or with true CFG the negative image's first (a black image of the
+        canvas's size where none is given, as FluxPipeline does); unchanged without an image prompt."""
+        given = ip_adapter_image is not None or ip_adapter_image_embeds is not None
+        negative_given = negative_ip_adapter_image is not None or negative_ip_adapter_image_embeds is not None
+        if not given and not negative_given:
+            return conditioning
+        blank = [np.zeros((width, height, 3), dtype=np.uint8)]  # FluxPipeline's order of sides * self.transformer.encoder_hid_proj.num_ip_adapters
+        if not given:
+            ip_adapter_image = blank
+        embeds = self.prepare_ip_adapter_image_embeds(ip_adapter_image, ip_adapter_image_embeds, device, panoramas)
+        if conditioning.true_cfg:
+            if not negative_given:
+                negative_ip_adapter_image = blank
+            negative = self.prepare_ip_adapter_image_embeds(negative_ip_adapter_image, negative_ip_adapter_image_embeds,
+                                                            device, panoramas)
+            embeds = [torch.cat([unconditional, conditional]) for unconditional, conditional in zip(negative, embeds)]
         return dataclasses.replace(conditioning, image_embeds=embeds)

@@ -29,11 +29,13 @@ DEFAULT_WINDOW = 128  # diffusers' FluxPipeline's default_sample_size, in latent
 @dataclass(frozen=True)
 class FluxConditioning(PromptConditioning):
     """embeddings (branches, tokens, width) and pooled (branches, width): the prompt's alone, or with
-    true classifier-free guidance (`true_cfg_scale` > 1) the negative prompt's first."""
+    true classifier-free guidance (`true_cfg_scale` > 1) the negative prompt's first; image_embeds:
+    an IP-Adapter's image prompt (one tensor per adapter, rows as the embeddings'), or None."""
 
     embeddings: torch.Tensor
     pooled: torch.Tensor
     true_cfg_scale: float = 1.0
+    image_embeds: list[torch.Tensor] | None = None
 
     @property
     def true_cfg(self) -> bool:
@@ -127,6 +129,12 @@ class FluxBackbone(FlowBackbone):
                       img_ids=position_ids(height, width, latents.device, self.pipe.text_encoder_2.dtype))
         if extras is not None:
             inputs |= extras.network_inputs(tokens, t, dict(inputs, guidance_scale=guidance_scale), views)
+        if conditioning.image_embeds is not None:
+            # the image prompt of each item of the batch; a dict of this call's own, which the
+            # transformer empties of it
+            attention_kwargs = {**(attention_kwargs or {}), "ip_adapter_image_embeds": [
+                torch.cat([per_item(branch, count) for branch in embeds.chunk(branches)]).to(dtype)
+                for embeds in conditioning.image_embeds]}
         prediction = transformer(hidden_states=tokens, **inputs, joint_attention_kwargs=attention_kwargs,
                                  return_dict=False)[0]
         prediction = unpack(prediction, height, width).to(self.pipe.compute_dtype)
