@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from panosync.control import ControlSyncPipeline, random_controlnet_like
 from panosync.tiny import tiny_random_components
 
-from ip_adapter_files import save_random_flux_ip_adapter, save_random_ip_adapter
+from ip_adapter_files import save_random_flux_ip_adapter, save_random_ip_adapter, save_random_sd3_ip_adapter
 from lora_files import save_random_lora
 from test_call import KINDS
 
@@ -255,6 +255,30 @@ def test_one_window_flux_with_an_image_prompt_is_diffusers_image(true_cfg, tmp_p
     assert np.abs(ours - unprompted).max() > 1e-2
     mine.set_ip_adapter_scale(1.0)
     synced = mine("a land", ip_adapter_image=image, num_images_per_prompt=2, **synced_canvas("flux"), **options).images
+    assert synced.shape[0] == 2 and np.isfinite(synced).all()
+
+
+@pytest.mark.parametrize("guidance", [7.0, 1.0], ids=["sd3-cfg", "sd3-no-cfg"])
+def test_one_window_sd3_with_an_image_prompt_is_diffusers_image(guidance, tmp_path):
+    """SD3's IP-Adapter (a tiny random one with a SigLIP encoder, keyed as the original SD3.5
+    IP-Adapter): the image prompt in every transformer call, zeros in the negative branch, as
+    StableDiffusion3Pipeline does; none of it at guidance 1, where no negative branch runs."""
+    mine, their = pipelines("sd3")
+    save_random_sd3_ip_adapter(mine.transformer, tmp_path, seed=1)
+    for pipe in (mine, their):
+        pipe.load_ip_adapter(str(tmp_path), weight_name="ip-adapter.safetensors", subfolder="",
+                             image_encoder_folder=str(tmp_path / "image_encoder"))
+        pipe.set_ip_adapter_scale(1.0)
+    image, latents = random_image(), noise(seed=1)
+    ours = mine("a land", latents=latents, output_type="np", ip_adapter_image=image, guidance_scale=guidance,
+                **one_window("sd3")).images
+    theirs = their("a land", latents=latents, output_type="np", ip_adapter_image=image, guidance_scale=guidance,
+                   **one_window("sd3", ours=False)).images
+    unprompted = mine("a land", latents=latents, output_type="np", guidance_scale=guidance, **one_window("sd3")).images
+    assert np.abs(ours - theirs).max() <= ROUNDING
+    assert np.abs(ours - unprompted).max() > 1e-2
+    synced = mine("a land", ip_adapter_image=image, num_images_per_prompt=2, guidance_scale=guidance,
+                  **synced_canvas("sd3")).images
     assert synced.shape[0] == 2 and np.isfinite(synced).all()
 
 

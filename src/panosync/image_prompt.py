@@ -1,5 +1,5 @@
-"""IP-Adapter image prompts, as diffusers gives them, on Stable Diffusion 1/2, SDXL and FLUX.1:
-`load_ip_adapter` (diffusers' IPAdapterMixin, FluxIPAdapterMixin) adds the adapter's projection
+"""IP-Adapter image prompts, as diffusers gives them, on Stable Diffusion 1/2, SDXL, SD3 and FLUX.1:
+`load_ip_adapter` (diffusers' IPAdapterMixin, SD3IPAdapterMixin, FluxIPAdapterMixin) adds the adapter's projection
 and attention layers to the denoiser and loads its image encoder; a call's `ip_adapter_image` (or
 `ip_adapter_image_embeds`) is encoded once, by diffusers' own `encode_image` and
 `prepare_ip_adapter_image_embeds`, and the same image embeddings condition every view. A negative
@@ -12,8 +12,8 @@ import dataclasses
 
 import numpy as np
 import torch
-from diffusers import FluxPipeline, StableDiffusionPipeline
-from diffusers.loaders import FluxIPAdapterMixin, IPAdapterMixin
+from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline
+from diffusers.loaders import FluxIPAdapterMixin, IPAdapterMixin, SD3IPAdapterMixin
 
 from .errors import SettingError
 
@@ -21,13 +21,17 @@ from .errors import SettingError
 class ImagePromptChecks:
     """The checks every family's image prompt shares."""
 
+    def has_ip_adapter(self) -> bool:
+        """Whether an IP-Adapter is loaded: its image projection in the denoiser."""
+        return getattr(self.backbone.network, "encoder_hid_proj", None) is not None
+
     def check_image_prompt(self, ip_adapter_image, ip_adapter_image_embeds) -> None:
         """One sentence where an image prompt cannot be used as given, before any model work."""
         if ip_adapter_image is None and ip_adapter_image_embeds is None:
             return
         if ip_adapter_image is not None and ip_adapter_image_embeds is not None:
             raise SettingError("ip_adapter_image", "Give ip_adapter_image or ip_adapter_image_embeds, not both.")
-        if getattr(self.backbone.network, "encoder_hid_proj", None) is None:
+        if not self.has_ip_adapter():
             raise SettingError("ip_adapter_image", "ip_adapter_image needs an IP-Adapter: load one first "
                                                    "(pipe.load_ip_adapter, or --ip-adapter on the command).")
         if ip_adapter_image is not None and self.image_encoder is None:
@@ -77,4 +81,25 @@ class FluxImagePromptMixin(ImagePromptChecks, FluxIPAdapterMixin):
             negative = self.prepare_ip_adapter_image_embeds(negative_ip_adapter_image, negative_ip_adapter_image_embeds,
                                                             device, panoramas)
             embeds = [torch.cat([unconditional, conditional]) for unconditional, conditional in zip(negative, embeds)]
+        return dataclasses.replace(conditioning, image_embeds=embeds)
+
+
+class SD3ImagePromptMixin(ImagePromptChecks, SD3IPAdapterMixin):
+    """diffusers' SD3IPAdapterMixin, with StableDiffusion3Pipeline's image encoding (SigLIP's
+    penultimate hidden states; zeros for the negative branch)."""
+
+    encode_image = StableDiffusion3Pipeline.encode_image
+    prepare_ip_adapter_image_embeds = StableDiffusion3Pipeline.prepare_ip_adapter_image_embeds
+
+    def has_ip_adapter(self) -> bool:
+        return getattr(self.transformer, "image_proj", None) is not None
+
+    def with_image_prompt(self, conditioning, ip_adapter_image, ip_adapter_image_embeds, device, panoramas: int):
+        """The prompt's `conditioning` with the image prompt's embeddings for `panoramas` panoramas
+        (negative rows first); unchanged without an image prompt, or, as in diffusers, with an image
+        whose adapter scale is 0."""
+        if (ip_adapter_image is None or not self.is_ip_adapter_active) and ip_adapter_image_embeds is None:
+            return conditioning
+        embeds = self.prepare_ip_adapter_image_embeds(ip_adapter_image, ip_adapter_image_embeds, device, panoramas,
+                                                      do_classifier_free_guidance=True)
         return dataclasses.replace(conditioning, image_embeds=embeds)

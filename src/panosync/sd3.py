@@ -17,31 +17,32 @@ from diffusers.loaders import FromSingleFileMixin, SD3LoraLoaderMixin
 from .backbones.flow import check_max_sequence_length
 from .backbones.sd3 import T5_TOKENS, StableDiffusion3Backbone
 from .families import FAMILY_DEFAULTS, SD3
+from .image_prompt import SD3ImagePromptMixin
 from .pipeline_base import PanoramaPipelineBase, check_pooled
 
 DEFAULT_SD3_MODEL = "stabilityai/stable-diffusion-3.5-medium"
 
 
-class SyncDiffusion3Pipeline(PanoramaPipelineBase, SD3LoraLoaderMixin, FromSingleFileMixin):
+class SyncDiffusion3Pipeline(PanoramaPipelineBase, SD3LoraLoaderMixin, FromSingleFileMixin, SD3ImagePromptMixin):
     """SyncDiffusion panoramas with a Stable Diffusion 3 / 3.5 model.
 
     Components as in diffusers' StableDiffusion3Pipeline: transformer, scheduler (its
     FlowMatchEulerDiscreteScheduler, kept), vae, text_encoder, tokenizer, text_encoder_2,
     tokenizer_2, text_encoder_3 and tokenizer_3 (T5; both may be None, as diffusers allows: zeros
-    in its place). `from_pretrained` (stabilityai/stable-diffusion-3.5-medium, a folder),
+    in its place), and optionally image_encoder and feature_extractor (an IP-Adapter's). diffusers'
+    loaders: load_lora_weights (and set_adapters, fuse_lora ...), load_ip_adapter.
+    `from_pretrained` (stabilityai/stable-diffusion-3.5-medium, a folder),
     `from_single_file` and `.to()` are diffusers'.
     """
 
     family = SD3
     backbone_class = StableDiffusion3Backbone
-    model_cpu_offload_seq = "text_encoder->text_encoder_2->text_encoder_3->transformer->vae"
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->text_encoder_3->image_encoder->transformer->vae"
     _optional_components = ["text_encoder_3", "tokenizer_3", "image_encoder", "feature_extractor"]
 
     def __init__(self, transformer, scheduler, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2,
                  text_encoder_3=None, tokenizer_3=None, image_encoder=None, feature_extractor=None):
         DiffusionPipeline.__init__(self)
-        # image_encoder and feature_extractor (SD3's IP adapter) are taken so that a model folder that
-        # names them loads; panosync does not use them
         self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=text_encoder,
                               tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
                               text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3, image_encoder=image_encoder,
@@ -65,6 +66,8 @@ class SyncDiffusion3Pipeline(PanoramaPipelineBase, SD3LoraLoaderMixin, FromSingl
         negative_prompt_embeds: torch.Tensor | None = None,
         pooled_prompt_embeds: torch.Tensor | None = None,
         negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image=None,
+        ip_adapter_image_embeds: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         joint_attention_kwargs: dict[str, Any] | None = None,
@@ -91,9 +94,11 @@ class SyncDiffusion3Pipeline(PanoramaPipelineBase, SD3LoraLoaderMixin, FromSingl
         (sizes in pixels; the default canvas is one window high and four wide: 1024 x 4096 for SD3.5
         medium; `window` chooses another view size, a multiple of the patch in pixels), with SD3's:
         `pooled_prompt_embeds` / `negative_pooled_prompt_embeds` beside embeddings given in place of
-        texts, `joint_attention_kwargs` for the transformer's attention, `max_sequence_length` (T5's
-        tokens, diffusers' 256). `guidance_scale` defaults to 7 (families.py); at 1 or less the
-        negative branch is not run, as in diffusers' StableDiffusion3Pipeline.
+        texts, `joint_attention_kwargs` for the transformer's attention (its "scale": the LoRAs'),
+        `max_sequence_length` (T5's tokens, diffusers' 256), `ip_adapter_image` /
+        `ip_adapter_image_embeds` (an IP-Adapter's image prompt for every view). `guidance_scale`
+        defaults to 7 (families.py); at 1 or less the negative branch is not run, as in diffusers'
+        StableDiffusion3Pipeline.
         """
         # 1. Check inputs (a ValueError that says what to change, before any model work)
         values = self.check_inputs(
@@ -107,6 +112,7 @@ class SyncDiffusion3Pipeline(PanoramaPipelineBase, SD3LoraLoaderMixin, FromSingl
                  window=window))
         check_max_sequence_length(max_sequence_length)
         check_pooled(prompt_embeds, pooled_prompt_embeds, negative_prompt_embeds, negative_pooled_prompt_embeds)
+        self.check_image_prompt(ip_adapter_image, ip_adapter_image_embeds)
         fast = self.fast_modes(values["fast_modes"], sync_image_scale, sync_decoder)
         count = self.prompt_count(prompt, prompt_embeds)
         prompts, negative_prompts = self.prompt_lists(prompt, negative_prompt, count)
@@ -117,12 +123,15 @@ class SyncDiffusion3Pipeline(PanoramaPipelineBase, SD3LoraLoaderMixin, FromSingl
         noise, seed = self.prepare_latents(count * num_images_per_prompt, values, generator, latents)
 
         with self.autocast_context(device):
-            # 3. Encode the prompt (a LoRA's scale reaches the text encoders, as in diffusers)
+            # 3. Encode the prompt (a LoRA's scale reaches the text encoders, as in diffusers), and the
+            #    IP-Adapter's image prompt
             with self.text_encoder_lora_scale(joint_attention_kwargs):
                 conditioning = self.backbone.encode_prompt(
                     prompts, negative_prompts, device, num_images_per_prompt, prompt_embeds, negative_prompt_embeds,
                     pooled_prompt_embeds, negative_pooled_prompt_embeds,
                     max_sequence_length)
+            conditioning = self.with_image_prompt(conditioning, ip_adapter_image, ip_adapter_image_embeds, device,
+                                                  count * num_images_per_prompt)
 
             # 4. The joint denoising loop: sync, denoise and merge the views at every step
             latents, chunk_size = self.denoise(noise, conditioning, layout, values, fast,

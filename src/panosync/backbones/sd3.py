@@ -24,10 +24,12 @@ T5_TOKENS = 256  # diffusers' StableDiffusion3Pipeline's max_sequence_length
 
 @dataclass(frozen=True)
 class SD3Conditioning(PromptConditioning):
-    """embeddings (2, tokens, width) and pooled (2, width): the negative prompt's, then the prompt's."""
+    """embeddings (2, tokens, width) and pooled (2, width): the negative prompt's, then the prompt's;
+    image_embeds: an IP-Adapter's image prompt (rows as the embeddings'), or None."""
 
     embeddings: torch.Tensor
     pooled: torch.Tensor
+    image_embeds: torch.Tensor | None = None
 
 
 class StableDiffusion3Backbone(FlowBackbone):
@@ -105,6 +107,11 @@ class StableDiffusion3Backbone(FlowBackbone):
                       pooled_projections=pooled)
         if extras is not None:
             inputs |= extras.network_inputs(model_input, t, inputs, views)
+        if conditioning.image_embeds is not None:
+            # the image prompt of each item of the batch; a dict of this call's own, which the
+            # transformer empties of it
+            image_embeds = torch.cat([per_item(conditioning.image_embeds.chunk(2)[b], count) for b in branches])
+            attention_kwargs = {**(attention_kwargs or {}), "ip_adapter_image_embeds": image_embeds.to(dtype)}
         prediction = transformer(hidden_states=model_input, **inputs, joint_attention_kwargs=attention_kwargs,
                                  return_dict=False)[0].to(self.pipe.compute_dtype)
         if not guided:
