@@ -97,7 +97,7 @@ def test_the_lower_layers_import_nothing_above_them():
 
 def test_every_parameter_reaches_every_front_end():
     from panosync.eval.command import NOT_EVALUATED, SHARED_PARAMETERS, SYNC_PARAMETERS
-    from panosync.server.schema import CONTROL_FIELDS, FIELDS, PredictionRequest
+    from panosync.server.schema import CONTROL_FIELDS, FIELDS, LORA_FIELDS, PredictionRequest
 
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
@@ -106,7 +106,7 @@ def test_every_parameter_reaches_every_front_end():
         destinations = {action.dest for action in commands[command]._actions}
         assert set(names) <= destinations, set(names) - destinations
     served = {p.name for p in settings.PARAMETERS if p.served}
-    assert set(FIELDS + CONTROL_FIELDS) == served == set(PredictionRequest.model_fields)
+    assert set(FIELDS + CONTROL_FIELDS) == served == set(PredictionRequest.model_fields) - set(LORA_FIELDS)
     assert {"fast_modes", "sync_image_scale", "anchor", "tiled_decode"} <= set(FIELDS)
     assert set(SHARED_PARAMETERS + SYNC_PARAMETERS + NOT_EVALUATED) == set(settings.PIPELINE_NAMES)
     evaluate = {action.dest for action in commands["evaluate"]._actions}

@@ -113,6 +113,7 @@ def panorama_request(args: argparse.Namespace, control: bool = False) -> tuple[d
     """Every parameter of the panorama (settings.resolve: the options given, the PNG of --from-png,
     the model's recommended settings, the paper's), with the model and the seed, checked as far as
     the model's configs allow (all of it for a folder or a bundled model). Loads no weights."""
+    from .loras import weights_of_options
     from .metadata import read_parameters
     from .models import resolve_model
 
@@ -137,6 +138,9 @@ def panorama_request(args: argparse.Namespace, control: bool = False) -> tuple[d
     request = {**values, "model": model, **({"model_config": _text(model_config, "model_config")}
                                              if model_config else {}),
                **({"vae": _text(vae, "vae")} if vae else {})}
+    # the LoRAs and embeddings checked and hashed now, before any model loads
+    loras, inversions = weights_of_options(args.lora, args.lora_weight_name, args.textual_inversion, stored)
+    request.update({key: value for key, value in (("loras", loras), ("textual_inversions", inversions)) if value})
     return request, source
 
 
@@ -209,8 +213,10 @@ def control(args: argparse.Namespace) -> int:
 
 def make_panorama(args: argparse.Namespace, request: dict, source: ModelSource, out: str, load=None,
                   inputs: dict | None = None) -> int:
-    """Load the pipeline (`load(device, precision)`; default: SyncDiffusion's), make the panorama
-    with the request's pipeline parameters and `inputs`, write the PNG with the request."""
+    """Load the pipeline (`load(device, precision)`; default: SyncDiffusion's) and the request's
+    LoRAs and embeddings, make the panorama with the request's pipeline parameters and `inputs`,
+    write the PNG with the request."""
+    from .loras import load_loras, load_textual_inversions, weights_metadata
     from .metadata import save_png
     from .models import load_pipeline, pick_device
     from .precision import pick_precision
@@ -227,6 +233,10 @@ def make_panorama(args: argparse.Namespace, request: dict, source: ModelSource, 
         pipe = load_pipeline(source, device, precision, config=request.get("model_config"), vae=request.get("vae"))
     else:
         pipe = load(device, precision)
+    loras, inversions = request.pop("loras", ()), request.pop("textual_inversions", ())
+    load_textual_inversions(pipe, inversions)
+    load_loras(pipe, loras)
+    request.update(weights_metadata(loras, inversions))
     pipe.set_progress_bar_config(disable=args.quiet, desc="denoising", unit="step")
     if getattr(args, "gradient_checkpointing", False):
         pipe.enable_sync_checkpointing()

@@ -72,5 +72,20 @@ def add_model_options(parser: argparse.ArgumentParser, default_model: str, contr
     parser.add_argument("--gradient-checkpointing", dest="gradient_checkpointing", action="store_true",
                         help="recompute the network's activations in the sync gradient's backward instead of keeping "
                              "them: less memory (SD3 and FLUX at large windows), slower synced steps, same result")
+    add_lora_options(parser)
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 …")
     parser.add_argument("--dtype", default="auto", help=DTYPE_HELP)
+
+
+def add_lora_options(parser: argparse.ArgumentParser) -> None:
+    """--lora, --lora-weight-name and --textual-inversion (loras.py checks what they name)."""
+    parser.add_argument("--lora", action="append", default=None, metavar="PATH_OR_HUB_ID[:SCALE]",
+                        help="a LoRA to load: its .safetensors file, a folder holding one, or a hub id, with its "
+                             "weight from -10 to 10 after a colon (default 1), repeatable")
+    parser.add_argument("--lora-weight-name", dest="lora_weight_name", action="append", default=None, metavar="NAME",
+                        help="the .safetensors file of a --lora folder or hub id: once for all, or once per --lora "
+                             "(default: the folder's only one; a hub id's pytorch_lora_weights.safetensors)")
+    parser.add_argument("--textual-inversion", dest="textual_inversion", action="append", default=None,
+                        metavar="PATH_OR_HUB_ID[=TOKEN]",
+                        help="a textual inversion embedding (.safetensors) to load, with the token prompts use it by "
+                             "after '=' (default: the file's own), repeatable; not on SD3")

@@ -38,6 +38,7 @@ def batch(args: argparse.Namespace) -> int:
     """Check everything (options, every line), then make what is missing; the exit status is 1 when a
     job failed."""
     from ..files import check_folder
+    from ..loras import weights_metadata, weights_of_options
     from ..models import pick_device, resolve_model
     from ..precision import pick_precision
     from ..runner import ModelSpec, open_engine
@@ -50,13 +51,16 @@ def batch(args: argparse.Namespace) -> int:
     source = resolve_model(model)
     if args.ray is None:  # on Ray the workers pick their device: this machine may have no GPU
         pick_precision(args.dtype, pick_device(args.device), source.family)
+    loras, inversions = weights_of_options(args.lora, args.lora_weight_name, args.textual_inversion)
     out = check_folder(args.out, "--out")
     keys = {"model": model, **({"model_config": args.model_config} if args.model_config else {}),
-            **({"vae": args.vae} if args.vae else {})}
-    jobs = read_jobs(args.jobs, keys, source, args.view_batch_size)
-    spec = ModelSpec(model, args.model_config, args.vae, args.device, args.dtype, args.gradient_checkpointing)
+            **({"vae": args.vae} if args.vae else {}), **weights_metadata((), inversions)}
+    jobs = read_jobs(args.jobs, keys, source, args.view_batch_size, loras)
+    spec = ModelSpec(model, args.model_config, args.vae, args.device, args.dtype, args.gradient_checkpointing,
+                     loras, inversions)
     summary = run_batch(jobs, Path(out), lambda on_step: open_engine(spec, args.ray, args.workers, on_step), args.jobs,
-                        {"kind": "ray", "address": args.ray} if args.ray else {"kind": "local"}, quiet=args.quiet)
+                        {"kind": "ray", "address": args.ray} if args.ray else {"kind": "local"}, quiet=args.quiet,
+                        weights=weights_metadata(loras, inversions))
     counts = summary["counts"]
     print(f"{counts['made']} made, {counts['kept']} kept, {counts['failed']} failed in {summary['seconds']:.1f} s; "
           f"summary in {Path(out) / 'summary.json'}")

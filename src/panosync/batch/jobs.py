@@ -13,13 +13,13 @@ from .. import settings
 
 # The fields a line may set: the HTTP API's (settings' served parameters), but not ControlSync's
 # (a batch makes SyncDiffusion panoramas), and the PNG's name.
-FIELDS = tuple(p.name for p in settings.PARAMETERS if p.served and not p.control)
+FIELDS = tuple(p.name for p in settings.PARAMETERS if p.served and not p.control) + ("lora_scales",)
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # fullmatch: "$" would let a final newline through
 NULL_MEANS_SOMETHING = settings.NULL_MEANS_SOMETHING  # as in the HTTP API
 # Keys of a PNG's metadata that do not change the picture, or say where it was made: not compared.
 NOT_COMPARED = ("device", "dtype", "view_batch_size")
 # The model's keys that a PNG carries only when they were given: one given then and not now differs too.
-MODEL_OPTIONS = ("model_config", "vae")
+MODEL_OPTIONS = ("model_config", "vae", "loras", "textual_inversions")
 # Unset until the model is loaded, for a model whose configs cannot be read before (a hub id not in
 # the cache, a checkpoint file): then any canvas of the PNG is the one the model's defaults made.
 CANVAS = ("width", "height", "stride", "window")
@@ -38,10 +38,12 @@ class BatchJob:
         return f"{self.name}.png"
 
 
-def read_jobs(path: str | Path, model: dict, source, view_batch_size: int | None = None) -> list[BatchJob]:
+def read_jobs(path: str | Path, model: dict, source, view_batch_size: int | None = None,
+              loras: tuple = ()) -> list[BatchJob]:
     """Every job of the JSONL file `path`, checked; a ValueError naming the line and the field for
-    the first that is wrong. `model` holds the metadata's model keys (model, model_config, vae);
-    `source` is its ModelSource (its geometry, when known, checks the canvas now)."""
+    the first that is wrong. `model` holds the metadata's model keys (model, model_config, vae,
+    textual_inversions); `source` is its ModelSource (its geometry, when known, checks the canvas
+    now); `loras` the LoRAs of --lora (loras.LoraSpec), whose weights a line's `lora_scales` sets."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a folder: give a JSONL file, one job a line.")
@@ -61,7 +63,7 @@ def read_jobs(path: str | Path, model: dict, source, view_batch_size: int | None
         if not text.strip():
             continue
         try:
-            job = _read_job(number, text, recommended, source.geometry, model, view_batch_size)
+            job = _read_job(number, text, recommended, source.geometry, model, view_batch_size, loras)
         except ValueError as error:
             raise ValueError(f"{path} line {number}: {error}") from None
         if job.name in names:
@@ -76,7 +78,9 @@ def read_jobs(path: str | Path, model: dict, source, view_batch_size: int | None
 
 
 def _read_job(number: int, text: str, recommended: dict, geometry, model: dict,
-              view_batch_size: int | None) -> BatchJob:
+              view_batch_size: int | None, loras: tuple = ()) -> BatchJob:
+    from ..loras import check_lora_scales, weights_metadata
+
     try:
         fields = json.loads(text)
     except (ValueError, RecursionError) as error:  # RecursionError: JSON nested beyond Python's stack
@@ -92,6 +96,7 @@ def _read_job(number: int, text: str, recommended: dict, geometry, model: dict,
                          f"or dash, at most 100 characters, got {name!r}.")
     if name is not None and re.fullmatch(r"line-\d+", name):
         raise ValueError(f"name {name!r} is how jobs without a name are named: choose another.")
+    lora_scales = check_lora_scales(fields.pop("lora_scales", None), loras)
     given = {key: value for key, value in fields.items() if value is not None or key in NULL_MEANS_SOMETHING}
     if given.get("prompt") is None:
         raise ValueError("prompt must be given (text).")
@@ -107,7 +112,9 @@ def _read_job(number: int, text: str, recommended: dict, geometry, model: dict,
     seed_given = values["seed"] is not None
     if not seed_given:
         values["seed"] = settings.draw_seed()
-    metadata = {**values, **model}
+    metadata = {**values, **model, **weights_metadata(loras, (), lora_scales)}
+    if lora_scales:  # for the maker, which sets them for this panorama only
+        values["lora_scales"] = lora_scales
     return BatchJob(number, name or f"line-{number}", values, metadata, seed_given)
 
 

@@ -19,11 +19,12 @@ MADE, KEPT, FAILED, NOT_RUN = "made", "kept", "failed", "not run"
 
 
 def run_batch(jobs: list[BatchJob], out: Path, open_engine: Callable, jobs_file: str | Path, engine_words: dict,
-              quiet: bool = False, on_step: Callable | None = None) -> dict:
+              quiet: bool = False, on_step: Callable | None = None, weights: dict | None = None) -> dict:
     """Make every job's PNG in `out` that is not there yet; return the summary (also written to
     out/summary.json, even when interrupted). `open_engine(on_step)` gives the engine (opened only
     when something is to be made); `on_step(key, step, sync_weight, worker)` is called with the
-    progress of every running job besides the progress bar."""
+    progress of every running job besides the progress bar; `weights` (loras.weights_metadata: the
+    LoRAs at their default scales, the embeddings) goes into the summary as it is."""
     from tqdm.auto import tqdm
 
     started, clock = datetime.datetime.now(datetime.timezone.utc), time.perf_counter()
@@ -35,8 +36,8 @@ def run_batch(jobs: list[BatchJob], out: Path, open_engine: Callable, jobs_file:
             adopt_seed(job, out)
             entries[job.line].update(status=KEPT, seed=job.parameters["seed"])
     summary = {"jobs_file": str(jobs_file), "model": jobs[0].metadata["model"], "out": str(out),
-               "engine": {**engine_words, "workers": []}, "started": started.isoformat(timespec="seconds"),
-               "jobs": list(entries.values())}
+               **(weights or {}), "engine": {**engine_words, "workers": []},
+               "started": started.isoformat(timespec="seconds"), "jobs": list(entries.values())}
     by_line = {job.line: job for job in jobs}
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="panoramas", unit="panorama", disable=quiet)
     steps: dict = {}  # line -> steps done, of the running jobs

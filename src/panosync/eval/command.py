@@ -127,6 +127,7 @@ def parse_methods(text: str) -> list[str]:
 def make_plan(args: argparse.Namespace) -> Plan:
     """Check the request and settle every parameter, loading no weights."""
     from ..files import check_folder
+    from ..loras import weights_of_options
     from ..models import resolve_model
 
     prompts = read_prompts(args.prompts)
@@ -138,6 +139,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     if args.examples < 0:
         raise ValueError(f"--examples must be 0 or more, got {args.examples}.")
     settings.check({"view_batch_size": args.view_batch_size})
+    loras, inversions = weights_of_options(args.lora, args.lora_weight_name, args.textual_inversion)
     out = check_folder(args.out, "--out")
     model = args.model or settings.DEFAULT_MODEL
     source = resolve_model(model)
@@ -151,6 +153,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
             del sync[name]
     settings_of = {"multidiffusion": {"sync_weight": 0.0}, "syncdiffusion": sync}
     plan = Plan(model, source, prompts, seeds, {m: settings_of[m] for m in methods}, shared, out, args)
+    plan.loras, plan.textual_inversions = loras, inversions
     if source.geometry is not None:
         settle_canvas(plan, source.geometry)
     return plan
@@ -250,7 +253,7 @@ def evaluate(args: argparse.Namespace) -> int:
     made = 0
     if todo is None or todo:
         spec = ModelSpec(plan.model, args.model_config, getattr(args, "vae", None), args.device, args.dtype,
-                         getattr(args, "gradient_checkpointing", False))
+                         getattr(args, "gradient_checkpointing", False), plan.loras, plan.textual_inversions)
         engine = open_engine(spec, args.ray, args.workers)
         try:
             geometry = plan.source.geometry or engine.geometry()

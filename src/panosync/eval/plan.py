@@ -13,6 +13,7 @@ from ..geometry import Geometry
 
 # Parameters written into each PNG that do not change the picture, so a rerun does not compare them.
 NOT_COMPARED = ("seconds", "device", "dtype", "view_batch_size")
+WEIGHTS = ("loras", "textual_inversions")  # recorded in the PNG and compared, but the model's, not the call's
 
 
 @dataclass
@@ -26,7 +27,7 @@ class PlannedImage:
     parameters: dict  # everything the pipeline call takes, plus the model
 
     def call(self) -> dict:
-        return {k: v for k, v in self.parameters.items() if k not in ("model", "method")}
+        return {k: v for k, v in self.parameters.items() if k not in ("model", "method", *WEIGHTS)}
 
 
 @dataclass
@@ -40,6 +41,8 @@ class Plan:
     out: Path
     args: argparse.Namespace
     images: list[PlannedImage] = field(default_factory=list)
+    loras: tuple = ()  # loras.LoraSpec of --lora: every image is made with them, and records them
+    textual_inversions: tuple = ()
 
     @property
     def panoramas(self) -> list[PlannedImage]:
@@ -66,10 +69,12 @@ def settle_canvas(plan: Plan, geometry: Geometry) -> None:
 def list_images(plan: Plan, size: int) -> list[PlannedImage]:
     """Every image of the evaluation, by prompt and seed: the reference, then each method's
     panorama, so that an interrupted run leaves complete groups to compare."""
+    from ..loras import weights_metadata
+
     s = plan.shared
     common = {"negative_prompt": s["negative_prompt"], "guidance_scale": s["guidance_scale"],
               "num_inference_steps": s["num_inference_steps"], "stride": s["stride"], "model": plan.model,
-              "window": s.get("window")}
+              "window": s.get("window"), **weights_metadata(plan.loras, plan.textual_inversions)}
     images = []
     for index, prompt in enumerate(plan.prompts):
         for seed in plan.seeds:

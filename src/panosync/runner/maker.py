@@ -11,6 +11,7 @@ from typing import Callable
 import PIL.Image
 
 from ..geometry import Geometry
+from ..loras import LoraSpec, TextualInversionSpec
 
 # on_step(steps_done, sync_weight_of_that_step); an exception it raises stops the panorama there
 StepCallback = Callable[[int, float], None]
@@ -28,6 +29,8 @@ class ModelSpec:
     device: str = "auto"
     dtype: str = "auto"
     gradient_checkpointing: bool = False  # --gradient-checkpointing: less memory, more time
+    loras: tuple[LoraSpec, ...] = ()  # checked (and hashed) by the front end; each worker loads them
+    textual_inversions: tuple[TextualInversionSpec, ...] = ()
 
 
 @dataclass
@@ -68,6 +71,7 @@ class PanoramaMaker:
     """`spec`'s pipeline, loaded once on construction, making one panorama per `make` call."""
 
     def __init__(self, spec: ModelSpec):
+        from ..loras import load_loras, load_textual_inversions
         from ..models import load_pipeline, pick_device, resolve_model
         from ..precision import pick_precision
 
@@ -76,6 +80,9 @@ class PanoramaMaker:
         device = pick_device(spec.device)
         self.precision = pick_precision(spec.dtype, device, source.family)
         self.pipe = load_pipeline(source, device, self.precision, config=spec.model_config, vae=spec.vae)
+        load_textual_inversions(self.pipe, spec.textual_inversions)
+        load_loras(self.pipe, spec.loras)
+        self.lora_scales = {lora.adapter_name: lora.scale for lora in spec.loras}
         if spec.gradient_checkpointing:
             self.pipe.enable_sync_checkpointing()
         self.pipe.set_progress_bar_config(disable=True)
@@ -95,13 +102,24 @@ class PanoramaMaker:
         return family_defaults_after_loading(self.pipe, explicit)
 
     def make(self, call: dict, on_step: StepCallback | None = None) -> Made:
-        """The panorama of `call` (SyncDiffusionPipeline's parameters). Errors are the pipeline's."""
+        """The panorama of `call` (SyncDiffusionPipeline's parameters, and optionally `lora_scales`,
+        {adapter_name: scale}: the LoRAs' weights for this panorama only). Errors are the pipeline's."""
+        from ..loras import apply_lora_scales
+
         def after_step(pipe, step, timestep, values):
             if on_step is not None:
                 on_step(step + 1, float(values["sync_weight"]))
 
+        call = dict(call)
+        scales = call.pop("lora_scales", None) or {}
         started = time.perf_counter()
-        image = self.pipe(**call, callback_on_step_end=after_step).images[0]
+        if scales:
+            apply_lora_scales(self.pipe, scales, self.lora_scales)
+        try:
+            image = self.pipe(**call, callback_on_step_end=after_step).images[0]
+        finally:
+            if scales:  # the next panorama is made at the spec's scales unless it says otherwise
+                apply_lora_scales(self.pipe, {}, self.lora_scales)
         return Made(image, time.perf_counter() - started, self.device.type, self.precision.name, where())
 
     def attempt(self, key, call: dict, on_step: StepCallback | None = None) -> Done:

@@ -6,7 +6,7 @@
     GET    /predictions/{id}/output.png  the panorama, with the same PNG metadata as `panosync generate`
     POST   /predictions/{id}/cancel      cancel a queued or running job
     DELETE /predictions/{id}             forget a finished job and its output (204)
-    GET    /health                       the model, the queue and the state folder, without a token
+    GET    /health                       the model (and its LoRAs), the queue and the state folder, without a token
 
 Every field is checked before a job is queued. An answer that is not a success is JSON whose
 `message` is one sentence (`detail` holds the same, or for 422 the invalid fields):
@@ -40,6 +40,9 @@ client that retried would queue it twice.)
 Tokens. With a token, every route but /health needs `Authorization: Bearer <token>`, checked
 before anything else, and so do the schema and its pages (/openapi.json, /docs, /redoc) unless the
 app is created with `public_docs` (`panosync serve --public-docs`).
+
+A server started with LoRAs (`--lora`) takes `lora_scales`, {name: scale}, the weight of each for
+one panorama (the names /health lists); a name it did not load is a 422. No request names a file.
 
 A server started with ControlNets (`--controlnet`) makes ControlSync panoramas: the same endpoints,
 and every request needs a `condition` image (base64 or a data URL), with `preprocess`,
@@ -376,7 +379,10 @@ def create_app(model: PanoramaModel, state_dir: str | Path, limits: Limits = Lim
         state = service.health()
         if state["status"] != "ok":
             response.status_code = 503
-        return {**state, "model": model.name, "controlnets": model.controlnets, "device": model.device.type,
+        return {**state, "model": model.name, "controlnets": model.controlnets,
+                "loras": [{"name": lora.adapter_name, "source": lora.source, "weight_name": lora.weight_name,
+                           "scale": lora.scale, "sha256": lora.sha256} for lora in model.loras],
+                "device": model.device.type,
                 "queued": store.waiting(), "max_queue": limits.max_queue, "max_pixels": limits.max_pixels,
                 "max_body_bytes": limits.body_limit(len(controlnets)), "waiting_clients": waiters.count,
                 "max_waiters": limits.max_waiters}

@@ -4,7 +4,8 @@ line, not in the first request; so are a bad --keep or --min-free, a --host or -
 listen on and a --state-dir that is a file or cannot be written (one sentence, exit 2, before the
 model loads); a state folder already short of the --min-free reserve is a one-line warning. Both
 listen on loopback unless told otherwise. With --controlnet they make ControlSync panoramas (the
-`control` command's), the ControlNets loaded once like the model."""
+`control` command's), the ControlNets loaded once like the model; with --lora, the LoRAs likewise
+(checked before the model loads), whose weights a request's `lora_scales` may set."""
 
 from __future__ import annotations
 
@@ -99,13 +100,16 @@ def _load(args: argparse.Namespace):
     from ..models import pick_device
     from ..precision import pick_precision
 
+    from ..loras import weights_of_options
+
     settings.check({"view_batch_size": args.view_batch_size})
     pick_precision(args.dtype, pick_device(args.device))  # a bad --device or --dtype: one sentence, first
+    loras, inversions = weights_of_options(args.lora, args.lora_weight_name, args.textual_inversion)
     model = args.model or (settings.DEFAULT_CONTROL_MODEL if args.controlnet else settings.DEFAULT_MODEL)
     with_controlnets = f" with {', '.join(args.controlnet)}" if args.controlnet else ""
     print(f"loading {model}{with_controlnets} …", file=sys.stderr)
     loaded = PanoramaModel.load(model, args.device, args.dtype, args.model_config,
-                                args.view_batch_size, args.controlnet, args.vae)
+                                args.view_batch_size, args.controlnet, args.vae, loras, inversions)
     if getattr(args, "gradient_checkpointing", False):
         loaded.pipe.enable_sync_checkpointing()
     return loaded
@@ -115,6 +119,7 @@ def _open_workers(args: argparse.Namespace):
     """serve --ray: the Ray workers, each loading the model, and the model as they loaded it
     (ray_worker.WorkersModel). The server loads no copy of its own: it only checks requests and
     writes the PNGs, so its machine needs neither the weights' memory nor a GPU."""
+    from ..loras import weights_of_options
     from ..models import resolve_model
     from ..runner import ModelSpec, open_engine
     from .ray_worker import WorkersModel
@@ -122,10 +127,12 @@ def _open_workers(args: argparse.Namespace):
     settings.check({"view_batch_size": args.view_batch_size})
     name = args.model or settings.DEFAULT_MODEL
     source = resolve_model(name)  # a model that is not there: one sentence, before any worker starts
-    spec = ModelSpec(name, args.model_config, args.vae, args.device, args.dtype, args.gradient_checkpointing)
+    loras, inversions = weights_of_options(args.lora, args.lora_weight_name, args.textual_inversion)
+    spec = ModelSpec(name, args.model_config, args.vae, args.device, args.dtype, args.gradient_checkpointing,
+                     loras, inversions)
     engine = open_engine(spec, args.ray, args.workers)
     try:
-        return WorkersModel(name, engine, args.model_config, args.view_batch_size, source), engine
+        return WorkersModel(name, engine, args.model_config, args.view_batch_size, source, loras, inversions), engine
     except BaseException:
         engine.close()
         raise

@@ -4,6 +4,10 @@ in the PNG's metadata exactly as `panosync generate` does (so `--from-png` repro
 
 With ControlNets (`--controlnet`) the model is a ControlSyncPipeline: every request then has a
 condition, checked like the `control` command checks it, and the PNG's metadata is that command's.
+
+With LoRAs (`--lora`, loaded once with the model) a request's `lora_scales` ({adapter_name: scale})
+sets their weights for its panorama only; a name the server did not load is refused, and no request
+ever names a file.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from .. import settings
 from ..conditions import load_condition_image, prepare_condition
 from ..control import ControlSyncMixin, check_condition_canvas
 from ..geometry import Geometry
+from ..loras import LoraSpec, apply_lora_scales, check_lora_scales, load_loras, load_textual_inversions
+from ..loras import weights_metadata
 from ..models import load_control_pipeline, load_pipeline, pick_device, resolve_controlnet, resolve_model
 from ..pipeline import SyncDiffusionPipeline
 from ..precision import pick_precision
@@ -35,7 +41,11 @@ MISSING_CONDITION = ("condition must be given: the image the panorama follows (a
 
 class PanoramaModel:
     """A loaded pipeline with its name, device, dtype and default parameters; for ControlSync, a
-    ControlSyncPipeline and `controlnets`, the names its ControlNets were loaded by."""
+    ControlSyncPipeline and `controlnets`, the names its ControlNets were loaded by; `loras`, the
+    LoRAs loaded on it (at their default scales), `textual_inversions` its embeddings."""
+
+    loras: tuple[LoraSpec, ...] = ()
+    textual_inversions: tuple = ()
 
     def __init__(self, pipe: SyncDiffusionPipeline, name: str, defaults: dict, model_config: str | None = None,
                  view_batch_size: int | None = None, controlnets: list[str] | None = None):
@@ -70,10 +80,12 @@ class PanoramaModel:
     @classmethod
     def load(cls, model: str, device: str = "auto", dtype: str = "auto", model_config: str | None = None,
              view_batch_size: int | None = None, controlnets: list[str] | None = None,
-             vae: str | None = None) -> "PanoramaModel":
+             vae: str | None = None, loras: tuple[LoraSpec, ...] = (),
+             textual_inversions: tuple = ()) -> "PanoramaModel":
         """Load `model` (anything `panosync generate --model` takes, of any family panosync runs), and
         `controlnets` when given (anything `panosync control --controlnet` takes), once, for every
-        request after; `vae` in place of the model's own (--vae)."""
+        request after; `vae` in place of the model's own (--vae); `loras` and `textual_inversions`
+        (checked by loras.py) onto it."""
         source = resolve_model(model)
         controlnet_sources = [resolve_controlnet(controlnet) for controlnet in controlnets or []]
         device = pick_device(device)
@@ -82,12 +94,22 @@ class PanoramaModel:
             pipe = load_pipeline(source, device, precision, config=model_config, vae=vae)
         else:
             pipe = load_control_pipeline(source, controlnet_sources, device, precision, config=model_config, vae=vae)
+        load_textual_inversions(pipe, textual_inversions)
+        load_loras(pipe, loras)
         if source.family is None:  # a hub model whose configs could not be had: its family is known once loaded
             source = dataclasses.replace(source, family=family_of_pipeline(pipe), variant=variant_of_pipeline(pipe))
         if not controlnets:
-            return cls(pipe, model, settings.model_defaults(source), model_config, view_batch_size)
-        return cls(pipe, model, settings.model_defaults(source, control=True), model_config, view_batch_size,
-                   list(controlnets))
+            loaded = cls(pipe, model, settings.model_defaults(source), model_config, view_batch_size)
+        else:
+            loaded = cls(pipe, model, settings.model_defaults(source, control=True), model_config, view_batch_size,
+                         list(controlnets))
+        loaded.loras, loaded.textual_inversions = tuple(loras), tuple(textual_inversions)
+        return loaded
+
+    @property
+    def lora_scales(self) -> dict:
+        """Each loaded LoRA's default scale, by adapter name."""
+        return {lora.adapter_name: lora.scale for lora in self.loras}
 
     @property
     def control(self) -> bool:
@@ -109,6 +131,13 @@ class PanoramaModel:
         Costs no model work. A ControlSync request's `condition` is a list of images (PIL), one per
         ControlNet; they stay in the parameters, for the caller to keep and replace by their paths."""
         sent = [name for name in CONTROL_FIELDS if name in given]
+        if "lora_scales" in given:
+            given = dict(given)
+            try:
+                scales = check_lora_scales(given.pop("lora_scales"), self.loras)
+            except ValueError as error:
+                raise FieldError("lora_scales", str(error)) from None
+            given["lora_scales"] = {**self.lora_scales, **scales}
         if not self.control:
             if sent:
                 raise FieldError(sent[0], f"{sent[0]} is a ControlSync field, and this server has no ControlNet: "
@@ -191,13 +220,23 @@ class PanoramaModel:
             scales = parameters["controlnet_conditioning_scale"]
             control = dict(image=self.conditions(parameters),
                            controlnet_conditioning_scale=scales[0] if len(scales) == 1 else scales)
-        return self.pipe(**pipeline_parameters, **control, callback_on_step_end=after_step).images[0]
+        scales = parameters.get("lora_scales")
+        if scales:
+            apply_lora_scales(self.pipe, scales, self.lora_scales)
+        try:
+            return self.pipe(**pipeline_parameters, **control, callback_on_step_end=after_step).images[0]
+        finally:
+            if scales:  # the next request is made at the default scales unless it says otherwise
+                apply_lora_scales(self.pipe, {}, self.lora_scales)
 
     def metadata(self, parameters: dict, image: PIL.Image.Image) -> dict:
         """What the PNG carries: the command's keys, so `panosync generate --from-png` (or `panosync
         control --from-png`, for ControlSync) makes it again."""
         model = {"model": self.name, **({"model_config": self.model_config} if self.model_config else {})}
+        parameters_scales = parameters.get("lora_scales")
         if self.control:
             model.update(controlnet=self.controlnets, condition=[str(condition) for condition in parameters["condition"]])
+        parameters = {name: value for name, value in parameters.items() if name != "lora_scales"}
+        model.update(weights_metadata(self.loras, self.textual_inversions, parameters_scales))
         return {**parameters, **model, "width": image.width, "height": image.height, "device": self.device.type,
                 "dtype": self.dtype}

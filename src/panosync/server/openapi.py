@@ -61,7 +61,8 @@ def describe_server(app: FastAPI, model: PanoramaModel, limits: Limits, token: s
             describe_request_schema(schema["components"]["schemas"]["PredictionRequest"],
                                     window_pixels=model.window * model.vae_factor, vae_factor=model.vae_factor,
                                     max_side=limits.max_side, window_latents=model.window,
-                                    max_steps=model.max_steps, control=model.control)
+                                    max_steps=model.max_steps, control=model.control,
+                                    loras=tuple(lora.adapter_name for lora in model.loras))
             if token is not None:
                 require_bearer(schema, open_paths)
         return app.openapi_schema

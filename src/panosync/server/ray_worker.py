@@ -34,7 +34,7 @@ class WorkersModel(PanoramaModel):
     (FLUX's are tens of GB), nor have a GPU."""
 
     def __init__(self, name: str, engine, model_config: str | None = None, view_batch_size: int | None = None,
-                 source=None):
+                 source=None, loras: tuple = (), textual_inversions: tuple = ()):
         from ..models import resolve_model
 
         source = source or resolve_model(name)  # models.ModelSource, when the caller has it already
@@ -42,6 +42,7 @@ class WorkersModel(PanoramaModel):
         if source.family is None:  # a hub model whose configs could not be had here: the workers say its family
             defaults.update(engine.family_defaults())
         self.pipe = None
+        self.loras, self.textual_inversions = tuple(loras), tuple(textual_inversions)  # the workers loaded them
         self._device, self._dtype = engine.runs_on()
         self._describe(engine.geometry(), name, defaults, model_config, view_batch_size, None)
 
@@ -111,7 +112,10 @@ class RayWorker(Worker):
                 return
             with self._lock:
                 self._jobs[job.id] = job
-                self.engine.submit(job.id, {name: job.parameters[name] for name in settings.PIPELINE_NAMES})
+                call = {name: job.parameters[name] for name in settings.PIPELINE_NAMES}
+                if job.parameters.get("lora_scales"):  # the maker sets them for this panorama only
+                    call["lora_scales"] = job.parameters["lora_scales"]
+                self.engine.submit(job.id, call)
             if self.store.get(job.id).cancel_requested:  # asked between the claim and now
                 self.engine.cancel(job.id)
 

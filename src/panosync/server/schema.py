@@ -25,6 +25,11 @@ FIELDS = tuple(parameter.name for parameter in SERVED if not parameter.control)
 # ControlSync's fields, for a server started with --controlnet.
 CONTROL_FIELDS = tuple(parameter.name for parameter in SERVED if parameter.control)
 NULL_MEANS_SOMETHING = settings.NULL_MEANS_SOMETHING
+# The LoRAs' weights, for a server started with --lora: not a parameter of settings.py, as the LoRAs
+# themselves are the server's (no request names a file).
+LORA_FIELDS = ("lora_scales",)
+LORA_SCALES_HELP = ("the weight of each LoRA the server loaded, by its name (GET /health lists them), from -10 to 10, "
+                    "for this panorama only; a LoRA left out keeps its default")
 
 
 def _one_or_a_list(value):
@@ -93,14 +98,18 @@ def _field(parameter: settings.Parameter):
     return Optional[parameter.kind], Field(None, description=description, **bounds)
 
 
+# the scales' range is checked by loras.check_lora_scales (one sentence naming the LoRA), not here
+LoraScales = Optional[dict[Text, float]]
+
 PredictionRequest = create_model("PredictionRequest", __base__=_Request,
-                                 **{parameter.name: _field(parameter) for parameter in SERVED})
+                                 **{parameter.name: _field(parameter) for parameter in SERVED},
+                                 lora_scales=(LoraScales, Field(None, description=LORA_SCALES_HELP)))
 
 
 def field_of(message: str) -> str | None:
     """The field a pipeline check's message is about: they start with the parameter's name."""
     first = message.split(" ", 1)[0]
-    return first if first in FIELDS + CONTROL_FIELDS else None
+    return first if first in FIELDS + CONTROL_FIELDS + LORA_FIELDS else None
 
 
 def describe_error(error: dict) -> str:
@@ -139,7 +148,8 @@ def describe_error(error: dict) -> str:
             return sentence
     text = f"{field}: {error['msg']}"
     if error.get("type") == "extra_forbidden":
-        text += f" (the fields are {', '.join(FIELDS)}; with a ControlNet also {', '.join(CONTROL_FIELDS)})"
+        text += (f" (the fields are {', '.join(FIELDS)}; with a ControlNet also {', '.join(CONTROL_FIELDS)}; with "
+                 f"LoRAs also {', '.join(LORA_FIELDS)})")
     elif "input" in error and not isinstance(error["input"], dict) and field.split(".")[0] != "condition":
         text += f" (got {error['input']!r})"
     return text
@@ -184,11 +194,12 @@ def _kind(annotation) -> str:
 
 
 def describe_request_schema(schema: dict, window_pixels: int, vae_factor: int, max_side: int, window_latents: int,
-                            max_steps: int, control: bool) -> None:
+                            max_steps: int, control: bool, loras: tuple[str, ...] = ()) -> None:
     """Make the JSON schema of PredictionRequest (`schema`, changed in place) say what one server
     takes: its model's canvas (multiples of the VAE factor, at least one window, at most the
     server's longest side), stride and steps; the ControlSync fields only when it has ControlNets,
-    and then `condition` as required."""
+    and then `condition` as required; `lora_scales` only when it has LoRAs (`loras`, their names),
+    with their names as its properties."""
     properties = schema["properties"]
     for side in ("width", "height"):
         _set_bounds(properties[side], minimum=window_pixels, maximum=max_side, multipleOf=vae_factor)
@@ -199,6 +210,14 @@ def describe_request_schema(schema: dict, window_pixels: int, vae_factor: int, m
     else:
         for name in CONTROL_FIELDS:
             del properties[name]
+    if not loras:
+        for name in LORA_FIELDS:
+            del properties[name]
+    else:
+        scale = {"type": "number", "minimum": -10, "maximum": 10}
+        properties["lora_scales"] = {"anyOf": [{"type": "object", "properties": {name: scale for name in loras},
+                                                "additionalProperties": False}, {"type": "null"}],
+                                     "description": LORA_SCALES_HELP}
 
 
 def _set_bounds(spec: dict, **bounds) -> None:

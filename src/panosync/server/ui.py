@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from .. import settings
 from ..conditions import load_condition_image, prepare_condition
+from ..loras import MAX_SCALE, MIN_SCALE
 from ..metadata import save_png
 from ..precision import NonFiniteError
 from . import viewer
@@ -165,7 +166,11 @@ def build_ui(model: PanoramaModel, limits: Limits, out_dir: str | Path) -> gr.Bl
     def generate(*values, progress=gr.Progress()):
         fields = page_values(names, values[:len(names)])
         randomize = values[len(names)]
-        condition_paths = values[len(names) + 1:]
+        condition_count = len(model.controlnets) if model.control else 0
+        condition_paths = values[len(names) + 1:len(names) + 1 + condition_count]
+        if model.loras:  # one slider per LoRA the server loaded, in their order
+            scales = values[len(names) + 1 + condition_count:]
+            fields["lora_scales"] = {lora.adapter_name: float(scale) for lora, scale in zip(model.loras, scales)}
         if randomize or fields["seed"] is None:
             fields["seed"] = settings.draw_seed()
         try:
@@ -265,6 +270,12 @@ def build_ui(model: PanoramaModel, limits: Limits, out_dir: str | Path) -> gr.Bl
                     add("width")
                     add("height", info=f"at most {limits.max_pixels:,} pixels in all")
                 add("loop_closure")
+                lora_sliders = []
+                if model.loras:
+                    with gr.Accordion("LoRAs: the weight of each", open=True, elem_id="lora-settings"):
+                        lora_sliders = [gr.Slider(MIN_SCALE, MAX_SCALE, value=lora.scale, step=0.05,
+                                                  label=lora.adapter_name, info=lora.source,
+                                                  elem_id=f"lora-{lora.adapter_name}") for lora in model.loras]
                 preset = gr.Radio(list(presets), value=next(iter(presets)), label="preset", elem_id="preset",
                                   info=PRESET_INFO + (" The model's own settings come first." if "recommended"
                                                       in presets else ""))
@@ -299,7 +310,7 @@ def build_ui(model: PanoramaModel, limits: Limits, out_dir: str | Path) -> gr.Bl
             raise RuntimeError(f"the page has no input for {', '.join(sorted(missing))}")
         preset.change(apply_preset, preset, [inputs[name] for name in PRESET_NAMES])
         dice.click(lambda: (settings.draw_seed(), False), None, [inputs["seed"], randomize])
-        run_inputs = [inputs[name] for name in names] + [randomize, *conditions]
+        run_inputs = [inputs[name] for name in names] + [randomize, *conditions, *lora_sliders]
         outputs = [panorama, download, summary, inputs["seed"], look_around,
                    *([control_view] if model.control else [])]
         run.click(generate, run_inputs, outputs)
