@@ -7,7 +7,7 @@
 #   bash benchmarks/gpu_bundle.sh          # or: make gpu-bundle
 #
 # The GPU machine has Python 3.12 with torch, torchvision, transformers, tokenizers, safetensors,
-# huggingface_hub, torchmetrics, opencv, pillow, tqdm, numpy and scipy. It lacks:
+# huggingface_hub, torchmetrics, opencv, pillow, tqdm, numpy, scipy, accelerate and peft. It lacks:
 #   diffusers (the version in the venv), lpips==0.1.4, importlib_metadata (diffusers requires it);
 #   zipp and lazy-importer, importlib_metadata's own requirements.
 # requests with urllib3, idna, certifi and charset_normalizer are bundled too: diffusers imports

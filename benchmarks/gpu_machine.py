@@ -23,7 +23,8 @@ from packaging.utils import canonicalize_name
 
 # What the GPU machine has installed (benchmarks/gpu_bundle.sh); their own requirements come with them.
 GPU_MACHINE_PACKAGES = ["torch", "torchvision", "transformers", "tokenizers", "safetensors", "huggingface_hub",
-                        "torchmetrics", "opencv-python-headless", "pillow", "tqdm", "numpy", "scipy", "pip"]
+                        "torchmetrics", "opencv-python-headless", "pillow", "tqdm", "numpy", "scipy", "pip",
+                        "accelerate", "peft"]
 
 
 def with_requirements(names: list[str]) -> dict[str, metadata.Distribution]:
