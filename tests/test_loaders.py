@@ -108,11 +108,15 @@ def test_one_window_with_a_lora_is_the_familys_diffusers_image(name, lora_folder
     assert np.abs(np.asarray(image) - without).max() > 1e-2  # the LoRA changes the picture
 
 
-@pytest.mark.parametrize("name", ("sd", "sd3"))
-def test_the_lora_scale_reaches_every_network_call_of_a_synced_step(name, lora_folders):
+@pytest.mark.parametrize("name, checkpointing", [("sd", False), ("sd3", False), ("sd", True)],
+                         ids=["sd", "sd3", "sd-checkpointed"])
+def test_the_lora_scale_reaches_every_network_call_of_a_synced_step(name, checkpointing, lora_folders):
     """A call's scale 0.5 on an adapter of weight 1 is that adapter at weight 0.5 with no scale, in a
-    synced panorama too: the gradient pass sees the network the denoising pass sees."""
+    synced panorama too: the gradient pass sees the network the denoising pass sees, and so does a
+    gradient-checkpointed backward, which recomputes the forward after it has returned."""
     mine, _ = pipelines(name)
+    if checkpointing:
+        mine.enable_sync_checkpointing()
     mine.load_lora_weights(str(lora_folders[name, 1]), adapter_name="style")
     scaled = mine("a land", **synced_canvas(name), **attention_kwargs(name, 0.5)).images
     mine.set_adapters(["style"], adapter_weights=[0.5])
@@ -122,6 +126,19 @@ def test_the_lora_scale_reaches_every_network_call_of_a_synced_step(name, lora_f
     print(f"{name}: scale 0.5 against weight 0.5: {difference:.3g}; against weight 1: {np.abs(scaled - full).max():.3g}")
     assert difference <= ROUNDING
     assert np.abs(scaled - full).max() > 1e-2
+
+
+def test_a_call_at_scale_zero_leaves_the_adapters_weights_as_they_were(lora_folders):
+    """diffusers' own unscale after a scale of 0 resets every adapter to weight 1; here the weights
+    set_adapters gave are the same after such a call."""
+    mine, _ = pipelines("sd")
+    mine.load_lora_weights(str(lora_folders["sd", 1]), adapter_name="style")
+    mine.set_adapters(["style"], adapter_weights=[0.5])
+    before = mine("a land", **synced_canvas("sd")).images
+    zero = mine("a land", **synced_canvas("sd"), cross_attention_kwargs={"scale": 0.0}).images
+    after = mine("a land", **synced_canvas("sd")).images
+    assert np.abs(after - before).max() == 0
+    assert np.abs(zero - before).max() > 1e-2
 
 
 @pytest.mark.slow
@@ -280,6 +297,28 @@ def test_one_window_sd3_with_an_image_prompt_is_diffusers_image(guidance, tmp_pa
     synced = mine("a land", ip_adapter_image=image, num_images_per_prompt=2, guidance_scale=guidance,
                   **synced_canvas("sd3")).images
     assert synced.shape[0] == 2 and np.isfinite(synced).all()
+    # embeddings given in place of the image: both halves with guidance, the image's rows alone without
+    embeds = their.prepare_ip_adapter_image_embeds(image, None, "cpu", 1, do_classifier_free_guidance=guidance > 1)
+    given = mine("a land", latents=latents, output_type="np", ip_adapter_image_embeds=embeds,
+                 guidance_scale=guidance, **one_window("sd3")).images
+    assert np.abs(given - ours).max() <= ROUNDING
+
+
+def test_flux_with_two_ip_adapters_and_true_cfg_is_diffusers_image(tmp_path):
+    """Two adapters, one image each; the negative branch gets one blank image per adapter."""
+    mine, their = pipelines("flux")
+    folders = [tmp_path / "first", tmp_path / "second"]
+    for seed, folder in enumerate(folders, start=1):
+        save_random_flux_ip_adapter(mine.transformer, folder, seed=seed)
+    for pipe in (mine, their):
+        pipe.load_ip_adapter([str(folder) for folder in folders], weight_name=["ip-adapter.safetensors"] * 2,
+                             image_encoder_pretrained_model_name_or_path=str(folders[0] / "image_encoder"),
+                             image_encoder_dtype=torch.float32)
+    images, latents = [random_image(0), random_image(1)], noise(seed=1)
+    options = dict(true_cfg_scale=3.0, negative_prompt="dull", output_type="np", ip_adapter_image=images)
+    ours = mine("a land", latents=latents, **one_window("flux"), **options).images
+    theirs = their("a land", latents=their_latents("flux", latents), **one_window("flux", ours=False), **options).images
+    assert np.abs(ours - theirs).max() <= ROUNDING
 
 
 def test_an_image_prompt_without_an_ip_adapter_is_one_sentence():

@@ -57,7 +57,7 @@ class ControlSyncFluxPipeline(ControlSyncMixin, SyncDiffusionFluxPipeline):
     """ControlSync with a FLUX.1 model and FLUX ControlNets of InstantX's kind (one, a list, or a
     FluxMultiControlNetModel). Components as in diffusers' FluxControlNetPipeline."""
 
-    model_cpu_offload_seq = "text_encoder->text_encoder_2->controlnet->transformer->vae"
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->image_encoder->controlnet->transformer->vae"
 
     def __init__(self, scheduler, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, transformer, controlnet,
                  image_encoder=None, feature_extractor=None):

@@ -58,7 +58,7 @@ class ControlSync3Pipeline(ControlSyncMixin, SyncDiffusion3Pipeline):
     """ControlSync with an SD3 / 3.5 model and SD3 ControlNets (one, a list, or an
     SD3MultiControlNetModel). Components as in diffusers' StableDiffusion3ControlNetPipeline."""
 
-    model_cpu_offload_seq = "text_encoder->text_encoder_2->text_encoder_3->controlnet->transformer->vae"
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->text_encoder_3->image_encoder->controlnet->transformer->vae"
 
     def __init__(self, transformer, scheduler, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2,
                  text_encoder_3, tokenizer_3, controlnet, image_encoder=None, feature_extractor=None):

@@ -123,6 +123,7 @@ class SyncDiffusionFluxPipeline(PanoramaPipelineBase, FluxLoraLoaderMixin, FromS
         check_max_sequence_length(max_sequence_length)
         check_pooled(prompt_embeds, pooled_prompt_embeds, negative_prompt_embeds, negative_pooled_prompt_embeds)
         self.check_image_prompt(ip_adapter_image, ip_adapter_image_embeds)
+        self.check_image_prompt(negative_ip_adapter_image, negative_ip_adapter_image_embeds, prefix="negative_")
         fast = self.fast_modes(values["fast_modes"], sync_image_scale, sync_decoder)
         count = self.prompt_count(prompt, prompt_embeds)
         prompts, negative_prompts = self.prompt_lists(prompt, negative_prompt, count)

@@ -25,18 +25,20 @@ class ImagePromptChecks:
         """Whether an IP-Adapter is loaded: its image projection in the denoiser."""
         return getattr(self.backbone.network, "encoder_hid_proj", None) is not None
 
-    def check_image_prompt(self, ip_adapter_image, ip_adapter_image_embeds) -> None:
-        """One sentence where an image prompt cannot be used as given, before any model work."""
+    def check_image_prompt(self, ip_adapter_image, ip_adapter_image_embeds, prefix: str = "") -> None:
+        """One sentence where an image prompt (or, with `prefix` "negative_", a negative one) cannot
+        be used as given, before any model work."""
+        image, embeds = f"{prefix}ip_adapter_image", f"{prefix}ip_adapter_image_embeds"
         if ip_adapter_image is None and ip_adapter_image_embeds is None:
             return
         if ip_adapter_image is not None and ip_adapter_image_embeds is not None:
-            raise SettingError("ip_adapter_image", "Give ip_adapter_image or ip_adapter_image_embeds, not both.")
+            raise SettingError(image, f"Give {image} or {embeds}, not both.")
         if not self.has_ip_adapter():
-            raise SettingError("ip_adapter_image", "ip_adapter_image needs an IP-Adapter: load one first "
-                                                   "(pipe.load_ip_adapter, or --ip-adapter on the command).")
+            raise SettingError(image, f"{image} needs an IP-Adapter: load one first (pipe.load_ip_adapter, or "
+                                      f"--ip-adapter on the command).")
         if ip_adapter_image is not None and self.image_encoder is None:
-            raise SettingError("ip_adapter_image", "This IP-Adapter was loaded without its image encoder: load it "
-                                                   "with image_encoder_folder, or give ip_adapter_image_embeds.")
+            raise SettingError(image, f"This IP-Adapter was loaded without its image encoder: load it with its "
+                                      f"image encoder, or give {embeds}.")
 
 
 class ImagePromptMixin(ImagePromptChecks, IPAdapterMixin):
@@ -71,7 +73,8 @@ class FluxImagePromptMixin(ImagePromptChecks, FluxIPAdapterMixin):
         negative_given = negative_ip_adapter_image is not None or negative_ip_adapter_image_embeds is not None
         if not given and not negative_given:
             return conditioning
-        blank = [np.zeros((width, height, 3), dtype=np.uint8)]  # FluxPipeline's order of sides * self.transformer.encoder_hid_proj.num_ip_adapters
+        # one per adapter, with FluxPipeline's order of sides
+        blank = [np.zeros((width, height, 3), dtype=np.uint8)] * self.transformer.encoder_hid_proj.num_ip_adapters
         if not given:
             ip_adapter_image = blank
         embeds = self.prepare_ip_adapter_image_embeds(ip_adapter_image, ip_adapter_image_embeds, device, panoramas)
@@ -94,12 +97,16 @@ class SD3ImagePromptMixin(ImagePromptChecks, SD3IPAdapterMixin):
     def has_ip_adapter(self) -> bool:
         return getattr(self.transformer, "image_proj", None) is not None
 
-    def with_image_prompt(self, conditioning, ip_adapter_image, ip_adapter_image_embeds, device, panoramas: int):
-        """The prompt's `conditioning` with the image prompt's embeddings for `panoramas` panoramas
-        (negative rows first); unchanged without an image prompt, or, as in diffusers, with an image
-        whose adapter scale is 0."""
+    def with_image_prompt(self, conditioning, ip_adapter_image, ip_adapter_image_embeds, device, panoramas: int,
+                          guided: bool = True):
+        """The prompt's `conditioning` with the image prompt's embeddings for `panoramas` panoramas,
+        negative rows first (zeros, as in diffusers; given `ip_adapter_image_embeds` hold both halves
+        when `guided`, the image's rows alone when not, as diffusers reads them); unchanged without
+        an image prompt, or, as in diffusers, with an image whose adapter scale is 0."""
         if (ip_adapter_image is None or not self.is_ip_adapter_active) and ip_adapter_image_embeds is None:
             return conditioning
         embeds = self.prepare_ip_adapter_image_embeds(ip_adapter_image, ip_adapter_image_embeds, device, panoramas,
-                                                      do_classifier_free_guidance=True)
+                                                      do_classifier_free_guidance=guided)
+        if not guided:  # a negative half the unguided call never reads, for the rows' layout
+            embeds = torch.cat([torch.zeros_like(embeds), embeds])
         return dataclasses.replace(conditioning, image_embeds=embeds)

@@ -21,7 +21,7 @@ import PIL.Image
 import torch
 from diffusers import DDIMScheduler, DiffusionPipeline
 from diffusers.image_processor import VaeImageProcessor
-from diffusers.utils import USE_PEFT_BACKEND, BaseOutput, scale_lora_layers, unscale_lora_layers
+from diffusers.utils import USE_PEFT_BACKEND, BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from . import settings
@@ -57,6 +57,28 @@ def check_pooled(prompt_embeds, pooled_prompt_embeds, negative_prompt_embeds, ne
                                  (negative_prompt_embeds, negative_pooled_prompt_embeds, "negative_prompt_embeds")):
         if embeds is not None and pooled is None:
             raise ValueError(f"Give pooled_{name} with {name}: this model also reads the pooled embedding.")
+
+
+@contextmanager
+def lora_layers_scaled(modules, scale: float | None):
+    """Every active LoRA layer of `modules` with its scaling multiplied by `scale` (what diffusers'
+    scale_lora_layers does), and given back its exact scaling after: diffusers' unscale_lora_layers
+    would reset a scale of 0 to weight 1, undoing set_adapters' weights."""
+    if scale is None or scale == 1 or not USE_PEFT_BACKEND:
+        yield
+        return
+    from peft.tuners.tuners_utils import BaseTunerLayer  # peft only where a scale is asked for
+
+    layers = [layer for module in modules if module is not None for layer in module.modules()
+              if isinstance(layer, BaseTunerLayer) and hasattr(layer, "scaling")]
+    saved = [(layer, dict(layer.scaling)) for layer in layers]
+    try:
+        for layer in layers:
+            layer.scale_layer(scale)
+        yield
+    finally:
+        for layer, scaling in saved:
+            layer.scaling.update(scaling)
 
 
 @dataclass(frozen=True)
@@ -174,21 +196,11 @@ class PanoramaPipelineBase(DiffusionPipeline):
     def text_encoder_lora_scale(self, attention_kwargs: dict | None):
         """While the prompt is encoded, the LoRA layers of the text encoders scaled by the call's
         attention kwargs' "scale" (cross_attention_kwargs / joint_attention_kwargs), as diffusers'
-        encode_prompt does; the denoiser reads the same "scale" in every one of its calls."""
-        scale = (attention_kwargs or {}).get("scale")
+        encode_prompt does; `denoise` scales the denoiser's for the whole loop."""
         encoders = [getattr(self, name, None) for name in getattr(self, "_lora_loadable_modules", ())
                     if name.startswith("text_encoder")]
-        encoders = [encoder for encoder in encoders if encoder is not None]
-        if scale is None or not USE_PEFT_BACKEND or not encoders:
+        with lora_layers_scaled(encoders, (attention_kwargs or {}).get("scale")):
             yield
-            return
-        for encoder in encoders:
-            scale_lora_layers(encoder, scale)
-        try:
-            yield
-        finally:
-            for encoder in encoders:
-                unscale_lora_layers(encoder, scale)
 
     @contextmanager
     def loop_models_resident(self):
@@ -418,9 +430,15 @@ class PanoramaPipelineBase(DiffusionPipeline):
         chunks = ViewChunks(values["view_batch_size"] or default_view_batch_size(device, window_pixels,
                                                                                  len(layout.views)))
 
+        # A LoRA scale is applied to the denoiser's LoRA layers for the whole loop, not by the network
+        # around each forward (diffusers' way): a gradient-checkpointed backward recomputes the
+        # forward after that forward has returned, and must see the same scale.
+        lora_scale = (attention_kwargs or {}).get("scale")
+        network_kwargs = {name: value for name, value in (attention_kwargs or {}).items() if name != "scale"} or None
+
         def predict(x, t, views):
             return self.backbone.guided_prediction(x, t, conditioning, values["guidance_scale"], views,
-                                                   view_conditioning, attention_kwargs)
+                                                   view_conditioning, network_kwargs)
 
         sync_pixels = round(window_pixels * fast.image_scale) ** 2
 
@@ -431,7 +449,8 @@ class PanoramaPipelineBase(DiffusionPipeline):
             changes = callback_on_step_end(self, i, t, {**given, "sync_weight": weight})
             return (changes or {}).get("latents", latents)
 
-        with self.progress_bar(total=values["num_inference_steps"]) as progress, self.loop_models_resident():
+        with self.progress_bar(total=values["num_inference_steps"]) as progress, self.loop_models_resident(), \
+                lora_layers_scaled([self.backbone.network], lora_scale):
             latents = denoise_panorama(
                 latents, views=layout.views, anchor=layout.anchor, sampler=sampler,
                 predict=predict,

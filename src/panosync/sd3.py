@@ -131,7 +131,7 @@ class SyncDiffusion3Pipeline(PanoramaPipelineBase, SD3LoraLoaderMixin, FromSingl
                     pooled_prompt_embeds, negative_pooled_prompt_embeds,
                     max_sequence_length)
             conditioning = self.with_image_prompt(conditioning, ip_adapter_image, ip_adapter_image_embeds, device,
-                                                  count * num_images_per_prompt)
+                                                  count * num_images_per_prompt, guided=guidance_scale > 1)
 
             # 4. The joint denoising loop: sync, denoise and merge the views at every step
             latents, chunk_size = self.denoise(noise, conditioning, layout, values, fast,
