@@ -2,6 +2,7 @@
 
     panosync generate "a photo of a mountain range at twilight" --width 3072 --seed 7 --out range.png
     panosync generate --from-png range.png          # the same panorama again
+    panosync generate "a beach" --ip-adapter ./ip-adapter-sd15:0.6 --ip-adapter-image photo.jpg
     panosync control "a city skyline at dusk" --condition skyline.png --preprocess canny
     panosync serve --model pocket                   # HTTP API on 127.0.0.1:8000
     panosync ui --model pocket                      # web page on 127.0.0.1:7860
@@ -24,7 +25,7 @@ import time
 from typing import TYPE_CHECKING
 
 from . import settings
-from .command_options import add_model_options, add_options, given_options
+from .command_options import add_ip_adapter_options, add_model_options, add_options, given_options
 from .precision import NonFiniteError
 from .runner.maker import TaskFailed
 
@@ -48,6 +49,8 @@ def add_panorama_arguments(command: argparse.ArgumentParser, default_model: str,
         names += [name for name in settings.CONTROL_NAMES if name != "controlnet"]  # --controlnet: a model option
     add_options(command, names, CONTROL_HELPS if control else None)
     add_model_options(command, default_model, control)
+    add_ip_adapter_options(command, None if not control else
+                           "the image prompt the IP-Adapter conditions the panorama on (SD and SDXL ControlSync only)")
     command.add_argument("--out", default=None, help="PNG to write (default: panosync-SEED.png)")
     command.add_argument("--from-png", default=None, metavar="FILE",
                          help="take every parameter from a PNG panosync wrote; options given here override")
@@ -113,6 +116,7 @@ def panorama_request(args: argparse.Namespace, control: bool = False) -> tuple[d
     """Every parameter of the panorama (settings.resolve: the options given, the PNG of --from-png,
     the model's recommended settings, the paper's), with the model and the seed, checked as far as
     the model's configs allow (all of it for a folder or a bundled model). Loads no weights."""
+    from .ip_adapters import check_family_takes_image_prompt, ip_adapter_of_options
     from .loras import weights_of_options
     from .metadata import read_parameters
     from .models import resolve_model
@@ -141,6 +145,12 @@ def panorama_request(args: argparse.Namespace, control: bool = False) -> tuple[d
     # the LoRAs and embeddings checked and hashed now, before any model loads
     loras, inversions = weights_of_options(args.lora, args.lora_weight_name, args.textual_inversion, stored)
     request.update({key: value for key, value in (("loras", loras), ("textual_inversions", inversions)) if value})
+    # the IP-Adapter, its image encoder and its image prompt likewise
+    adapter, image_prompt = ip_adapter_of_options(args.ip_adapter, args.ip_adapter_weight_name,
+                                                  args.ip_adapter_image_encoder, args.ip_adapter_image, stored)
+    if adapter is not None:
+        check_family_takes_image_prompt(source.family, control)
+        request.update(ip_adapter=adapter, ip_adapter_image=image_prompt)
     return request, source
 
 
@@ -214,8 +224,9 @@ def control(args: argparse.Namespace) -> int:
 def make_panorama(args: argparse.Namespace, request: dict, source: ModelSource, out: str, load=None,
                   inputs: dict | None = None) -> int:
     """Load the pipeline (`load(device, precision)`; default: SyncDiffusion's) and the request's
-    LoRAs and embeddings, make the panorama with the request's pipeline parameters and `inputs`,
-    write the PNG with the request."""
+    LoRAs, embeddings and IP-Adapter, make the panorama with the request's pipeline parameters, its
+    image prompt and `inputs`, write the PNG with the request."""
+    from .ip_adapters import ip_adapter_metadata, load_ip_adapter
     from .loras import load_loras, load_textual_inversions, weights_metadata
     from .metadata import save_png
     from .models import load_pipeline, pick_device
@@ -237,6 +248,11 @@ def make_panorama(args: argparse.Namespace, request: dict, source: ModelSource, 
     load_textual_inversions(pipe, inversions)
     load_loras(pipe, loras)
     request.update(weights_metadata(loras, inversions))
+    adapter, image_prompt = request.pop("ip_adapter", None), request.pop("ip_adapter_image", None)
+    load_ip_adapter(pipe, adapter)
+    request.update(ip_adapter_metadata(adapter, image_prompt))
+    if image_prompt is not None:
+        inputs = {**(inputs or {}), "ip_adapter_image": image_prompt.load()}
     pipe.set_progress_bar_config(disable=args.quiet, desc="denoising", unit="step")
     if getattr(args, "gradient_checkpointing", False):
         pipe.enable_sync_checkpointing()

@@ -89,3 +89,24 @@ def add_lora_options(parser: argparse.ArgumentParser) -> None:
                         metavar="PATH_OR_HUB_ID[=TOKEN]",
                         help="a textual inversion embedding (.safetensors) to load, with the token prompts use it by "
                              "after '=' (default: the file's own), repeatable; not on SD3")
+
+
+def add_ip_adapter_options(parser: argparse.ArgumentParser, image_help: str | None = None) -> None:
+    """--ip-adapter, --ip-adapter-weight-name, --ip-adapter-image-encoder and --ip-adapter-image
+    (ip_adapters.py checks what they name)."""
+    parser.add_argument("--ip-adapter", dest="ip_adapter", default=None, metavar="PATH_OR_HUB_ID[:SCALE]",
+                        help="an IP-Adapter to load: its .safetensors file, a folder holding one, or a hub id (with "
+                             "--ip-adapter-weight-name), with its scale after a colon (default 1); needs "
+                             "--ip-adapter-image")
+    parser.add_argument("--ip-adapter-weight-name", dest="ip_adapter_weight_name", default=None,
+                        metavar="SUBFOLDER/FILE",
+                        help="the .safetensors file of an --ip-adapter folder or hub id, e.g. "
+                             "models/ip-adapter_sd15.safetensors (default: a folder's only one)")
+    parser.add_argument("--ip-adapter-image-encoder", dest="ip_adapter_image_encoder", default=None,
+                        metavar="FOLDER_OR_HUB_ID",
+                        help="the IP-Adapter's image encoder (default: the image_encoder/ folder beside the adapter "
+                             "file); SD3: a SigLIP encoder such as google/siglip-so400m-patch14-384, FLUX.1: a CLIP "
+                             "encoder such as openai/clip-vit-large-patch14")
+    parser.add_argument("--ip-adapter-image", dest="ip_adapter_image", default=None, metavar="FILE",
+                        help=image_help or "the image prompt the IP-Adapter conditions the panorama on (PNG, JPEG, "
+                                           "WebP)")

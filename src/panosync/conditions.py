@@ -22,31 +22,34 @@ CANNY_LOW, CANNY_HIGH = 100, 200
 READABLE_MODES = ("RGB", "L", "1", "P")
 
 
-def load_condition_image(path: str | Path, max_pixels: int | None = None) -> PIL.Image.Image:
+def load_condition_image(path: str | Path, max_pixels: int | None = None,
+                         what: str = "condition image") -> PIL.Image.Image:
     """The image at `path`, read whole (so a broken file fails here, not mid-generation). An image
-    of more than `max_pixels` is refused from its header, before it is decoded."""
+    of more than `max_pixels` is refused from its header, before it is decoded. `what` names it in
+    the sentences (an IP-Adapter's image prompt is checked the same way)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ValueError(f"No such condition image: {path}.")
-    return read_condition_image(path.read_bytes(), str(path), max_pixels)
+        raise ValueError(f"No such {what}: {path}.")
+    return read_condition_image(path.read_bytes(), str(path), max_pixels, what)
 
 
-def read_condition_image(data: bytes, name: str, max_pixels: int | None = None) -> PIL.Image.Image:
+def read_condition_image(data: bytes, name: str, max_pixels: int | None = None,
+                         what: str = "condition image") -> PIL.Image.Image:
     """The image whose file's bytes are `data` (PNG, JPEG, WebP …), read whole; `name` says where it
     came from. An image of more than `max_pixels` is refused from its header, before it is decoded."""
     try:
         with PIL.Image.open(io.BytesIO(data)) as image:
             pixels = image.width * image.height
             if max_pixels is not None and pixels > max_pixels:
-                raise ValueError(f"The condition image {name} is {image.width}x{image.height} = {pixels:,} pixels, more "
+                raise ValueError(f"The {what} {name} is {image.width}x{image.height} = {pixels:,} pixels, more "
                                  f"than the {max_pixels:,} allowed: shrink it to the panorama's size.")
             image.load()
             return image.copy()
     except PIL.UnidentifiedImageError:
-        raise ValueError(f"Cannot read condition image {name}: it is not an image file (give a PNG, JPEG or WebP "
+        raise ValueError(f"Cannot read {what} {name}: it is not an image file (give a PNG, JPEG or WebP "
                          f"file's bytes).") from None
     except (OSError, PIL.Image.DecompressionBombError) as error:
-        raise ValueError(f"Cannot read condition image {name}: {error}.") from None
+        raise ValueError(f"Cannot read {what} {name}: {error}.") from None
 
 
 def check_canny_thresholds(low: int, high: int) -> None:
@@ -69,16 +72,16 @@ def canny_edges(image: PIL.Image.Image, low: int = CANNY_LOW, high: int = CANNY_
     return PIL.Image.fromarray(np.repeat(edges[:, :, None], 3, axis=2))
 
 
-def rgb_image(image: PIL.Image.Image) -> PIL.Image.Image:
+def rgb_image(image: PIL.Image.Image, what: str = "condition image") -> PIL.Image.Image:
     """`image` as RGB, or a ValueError when its mode has no single reading as one."""
     has_transparency = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info
     if has_transparency:
         raise ValueError(
-            f"The condition image has transparency (mode {image.mode}): flatten it onto a background and save it "
+            f"The {what} has transparency (mode {image.mode}): flatten it onto a background and save it "
             f"as RGB or grayscale."
         )
     if image.mode not in READABLE_MODES:
-        raise ValueError(f"The condition image has mode {image.mode}: give an 8-bit RGB or grayscale image.")
+        raise ValueError(f"The {what} has mode {image.mode}: give an 8-bit RGB or grayscale image.")
     return image if image.mode == "RGB" else image.convert("RGB")
 
 

@@ -31,6 +31,8 @@ MAX_FILE_BYTES = 4 * 2**30  # the largest LoRAs published (SDXL, FLUX, full rank
 MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit on its JSON header
 MIN_SCALE, MAX_SCALE = -10.0, 10.0
 REFUSED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+# The option that names the file within a folder or hub repository, by what the weights are
+WEIGHT_NAME_OPTIONS = {"LoRA": "--lora-weight-name", "IP-Adapter": "--ip-adapter-weight-name"}
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 STREAM_CHUNK = 2**20
 
@@ -80,22 +82,22 @@ def _finite_number(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def split_scale(text: str) -> tuple[str, float]:
+def split_scale(text: str, option: str = "--lora") -> tuple[str, float]:
     """`PATH_OR_HUB_ID[:SCALE]` as (source, scale): split at the last ':' only when what follows is a
     finite number (a path may hold colons); a scale out of [-10, 10], or a ':' after an existing
-    file that is not followed by a number, is one sentence."""
+    file that is not followed by a number, is one sentence naming `option`."""
     if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"--lora must name a .safetensors file, a folder or a hub id, got {text!r}.")
+        raise ValueError(f"{option} must name a .safetensors file, a folder or a hub id, got {text!r}.")
     head, colon, tail = text.rpartition(":")
     scale = _finite_number(tail) if colon else None
     if scale is None:
         if colon and head and "/" not in tail and not Path(text).expanduser().exists() \
                 and Path(head).expanduser().exists():
-            raise ValueError(f"The scale of --lora {text} must be a number from {MIN_SCALE:g} to {MAX_SCALE:g}, "
+            raise ValueError(f"The scale of {option} {text} must be a number from {MIN_SCALE:g} to {MAX_SCALE:g}, "
                              f"got {tail!r}.")
         return text, 1.0
     if not MIN_SCALE <= scale <= MAX_SCALE:
-        raise ValueError(f"The scale of --lora {text} must be from {MIN_SCALE:g} to {MAX_SCALE:g}, got {tail}.")
+        raise ValueError(f"The scale of {option} {text} must be from {MIN_SCALE:g} to {MAX_SCALE:g}, got {tail}.")
     return head, scale
 
 
@@ -177,17 +179,19 @@ def textual_inversion_specs(items: list[str] | None) -> tuple[TextualInversionSp
 # ------------------------------------------------------------------------------------ checking
 
 
-def resolve_weights(source: str, weight_name: str | None, what: str,
-                    default_name: str = DEFAULT_WEIGHT_NAME) -> tuple[Path, str | None]:
+def resolve_weights(source: str, weight_name: str | None, what: str, default_name: str = DEFAULT_WEIGHT_NAME,
+                    subfolders: bool = False) -> tuple[Path, str | None]:
     """The local file `source` names (a file, a folder and the one file in it, or a hub id's file in
     the cache or downloaded, `default_name` unless `weight_name` is given), and the weight name it
-    was found by (None for a file given as such)."""
+    was found by (None for a file given as such). With `subfolders`, the weight name may be a
+    relative path within the folder or repository (models/ip-adapter_sd15.safetensors)."""
     path = Path(source).expanduser()
-    if weight_name is not None and (not weight_name or Path(weight_name).name != weight_name):
-        raise ValueError(f"The weight name of the {what} {source} must be a file name, got {weight_name!r}.")
+    if weight_name is not None and not _weight_name_ok(weight_name, subfolders):
+        kind = "a file name, or a path within the folder or repository" if subfolders else "a file name"
+        raise ValueError(f"The weight name of the {what} {source} must be {kind}, got {weight_name!r}.")
     if path.is_dir():
         found = _file_of_folder(path, weight_name, what, source)
-        return found, found.name
+        return found, weight_name or found.name
     if os.path.lexists(path):  # lexists: a dangling link is refused by check_safetensors, in its words
         _refuse_pickles(path, what, source)
         return path, None
@@ -197,6 +201,14 @@ def resolve_weights(source: str, weight_name: str | None, what: str,
     _refuse_pickles(path, what, source)
     raise ValueError(f"The {what} {source}: no such file or folder (give a .safetensors file, a folder holding one, "
                      f"or a Hugging Face hub id).")
+
+
+def _weight_name_ok(weight_name: str, subfolders: bool) -> bool:
+    """A bare file name, or with `subfolders` a relative path that stays within its folder."""
+    if not subfolders:
+        return bool(weight_name) and Path(weight_name).name == weight_name
+    parts = weight_name.split("/")
+    return "\\" not in weight_name and all(part and part not in (".", "..") for part in parts)
 
 
 def _refuse_pickles(path: Path, what: str, source: str) -> None:
@@ -213,7 +225,7 @@ def _only_weights(folder: Path, what: str, source: str) -> Path:
         pickles = sorted(path.name for path in folder.iterdir() if path.suffix.lower() in REFUSED_SUFFIXES)
         more = f" (only {', '.join(pickles)}: pickles, which can run code when loaded, are not read)" if pickles else ""
         raise ValueError(f"The {what} folder {source} holds no .safetensors file{more}.")
-    option = " with --lora-weight-name" if what == "LoRA" else ""
+    option = f" with {WEIGHT_NAME_OPTIONS[what]}" if what in WEIGHT_NAME_OPTIONS else ""
     raise ValueError(f"The {what} folder {source} holds {len(found)} .safetensors files "
                      f"({', '.join(path.name for path in found)}): name the one to load{option}.")
 
@@ -238,7 +250,7 @@ def _hub_file(repo_id: str, weight_name: str, what: str) -> Path:
     cached = try_to_load_from_cache(repo_id, weight_name)
     if isinstance(cached, str):
         return Path(cached)
-    option = " (--lora-weight-name names another file)" if what == "LoRA" else ""
+    option = f" ({WEIGHT_NAME_OPTIONS[what]} names another file)" if what in WEIGHT_NAME_OPTIONS else ""
     if _hub_is_offline():
         raise ValueError(f"The {what} {repo_id} ({weight_name}) is not in the local Hugging Face cache and "
                          f"HF_HUB_OFFLINE is set: download it on a connected machine (huggingface-cli download "
@@ -250,10 +262,11 @@ def _hub_file(repo_id: str, weight_name: str, what: str) -> Path:
                          f"({type(error).__name__}){option}.") from None
 
 
-def check_safetensors(path: Path, what: str, lora: bool) -> str:
+def check_safetensors(path: Path, what: str, lora: bool, ip_adapter: bool = False) -> str:
     """The SHA-256 of `path` once it is known to be a regular, non-empty safetensors file of at
-    most MAX_FILE_BYTES whose header parses, whose tensors lie inside the file, and (for a LoRA)
-    whose keys name LoRA weights. A ValueError of one sentence otherwise."""
+    most MAX_FILE_BYTES whose header parses, whose tensors lie inside the file, and whose keys name
+    LoRA weights (`lora`) or an IP-Adapter's image projection and attention layers (`ip_adapter`).
+    A ValueError of one sentence otherwise."""
     try:
         # stat of the target, not the link: a link to /dev/zero or a FIFO is what would be read
         info = os.stat(path)
@@ -266,8 +279,8 @@ def check_safetensors(path: Path, what: str, lora: bool) -> str:
     if info.st_size == 0:
         raise ValueError(f"{what} is empty.")
     if info.st_size > MAX_FILE_BYTES:
-        raise ValueError(f"{what} is {info.st_size / 2**30:.1f} GiB, over the {MAX_FILE_BYTES // 2**30} GiB a LoRA "
-                         f"or embedding may be.")
+        raise ValueError(f"{what} is {info.st_size / 2**30:.1f} GiB, over the {MAX_FILE_BYTES // 2**30} GiB a LoRA, "
+                         f"embedding or IP-Adapter may be.")
     digest = hashlib.sha256()
     try:
         with open(path, "rb") as file:
@@ -283,6 +296,9 @@ def check_safetensors(path: Path, what: str, lora: bool) -> str:
     if lora and not any("lora" in key.lower() for key in keys):
         raise ValueError(f"{what} holds no LoRA weights (no key names lora): it is another kind of file, perhaps a "
                          f"whole model.")
+    if ip_adapter and not all(any(key.startswith(prefix) for key in keys) for prefix in ("image_proj.", "ip_adapter.")):
+        raise ValueError(f"{what} holds no IP-Adapter weights (its keys must start with image_proj. and ip_adapter.): "
+                         f"it is another kind of file, perhaps a LoRA or a whole model.")
     return digest.hexdigest()
 
 
@@ -312,10 +328,12 @@ def _read_header(file, size: int, what: str) -> dict:
     return header
 
 
-def check_unchanged(stored: dict, what: str, weights: str) -> tuple[str, str | None, Path]:
-    """A PNG's record of a LoRA or embedding ({"source", "weight_name", "sha256", …}): its source,
-    weight name and local file, once the file is found again with the same SHA-256; else one
-    sentence saying what changed and what to do (`weights`: the option that names others)."""
+def check_unchanged(stored: dict, what: str, weights: str, find=None) -> tuple[str, str | None, Path]:
+    """A PNG's record of a LoRA, embedding or IP-Adapter ({"source", "weight_name", "sha256", …}):
+    its source, weight name and local file, once the file is found again with the same SHA-256; else
+    one sentence saying what changed and what to do (`weights`: the option that names others).
+    `find(source, weight_name)` gives the (file, SHA-256) of a kind of weights other than a LoRA's
+    or an embedding's."""
     if not isinstance(stored, dict) or not isinstance(stored.get("source"), str) \
             or not isinstance(stored.get("sha256"), str):
         raise ValueError(f"The PNG's record of a {what} is not an object with source and sha256: it was changed "
@@ -323,8 +341,11 @@ def check_unchanged(stored: dict, what: str, weights: str) -> tuple[str, str | N
     source, weight_name = stored["source"], stored.get("weight_name")
     weight_name = weight_name if isinstance(weight_name, str) else None
     try:
-        path, _ = resolve_weights(source, weight_name, what)
-        sha256 = check_safetensors(path, f"The {what} {source}", lora=what == "LoRA")
+        if find is None:
+            path, _ = resolve_weights(source, weight_name, what)
+            sha256 = check_safetensors(path, f"The {what} {source}", lora=what == "LoRA")
+        else:
+            path, sha256 = find(source, weight_name)
     except ValueError as error:
         raise ValueError(f"The {what} the PNG was made with cannot be loaded again: {str(error).rstrip('.')}; give "
                          f"{weights} to name the one to use.") from None

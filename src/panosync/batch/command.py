@@ -6,6 +6,7 @@ the model loaded once, or on a Ray cluster with --ray (one worker per GPU, each 
 
 Every line holds the HTTP API's fields (and `name`, the PNG's name; else line-N.png) and is checked
 before anything runs. A rerun keeps the PNGs made with the same parameters and makes the others.
+With --ip-adapter and --ip-adapter-image, the one image prompt conditions every panorama.
 DIR/summary.json says what ran, where, and how long.
 """
 
@@ -15,7 +16,7 @@ import argparse
 from pathlib import Path
 
 from .. import settings
-from ..command_options import add_model_options
+from ..command_options import add_ip_adapter_options, add_model_options
 from ..runner.cluster import add_cluster_options, check_cluster_options
 
 
@@ -26,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="one job a line: a JSON object of the HTTP API's fields (prompt, width, seed …) and an "
                              "optional name")
     add_model_options(parser, settings.DEFAULT_MODEL)
+    add_ip_adapter_options(parser, "the image prompt the IP-Adapter conditions every panorama of the batch on")
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="folder of the PNGs and summary.json; rerunning with the same folder resumes")
     parser.add_argument("--view-batch-size", dest="view_batch_size", type=int, default=None,
@@ -38,6 +40,7 @@ def batch(args: argparse.Namespace) -> int:
     """Check everything (options, every line), then make what is missing; the exit status is 1 when a
     job failed."""
     from ..files import check_folder
+    from ..ip_adapters import ip_adapter_metadata, ip_adapter_of_options
     from ..loras import weights_metadata, weights_of_options
     from ..models import pick_device, resolve_model
     from ..precision import pick_precision
@@ -52,15 +55,18 @@ def batch(args: argparse.Namespace) -> int:
     if args.ray is None:  # on Ray the workers pick their device: this machine may have no GPU
         pick_precision(args.dtype, pick_device(args.device), source.family)
     loras, inversions = weights_of_options(args.lora, args.lora_weight_name, args.textual_inversion)
+    adapter, image_prompt = ip_adapter_of_options(args.ip_adapter, args.ip_adapter_weight_name,
+                                                  args.ip_adapter_image_encoder, args.ip_adapter_image)
+    image_prompting = ip_adapter_metadata(adapter, image_prompt)
     out = check_folder(args.out, "--out")
     keys = {"model": model, **({"model_config": args.model_config} if args.model_config else {}),
-            **({"vae": args.vae} if args.vae else {}), **weights_metadata((), inversions)}
+            **({"vae": args.vae} if args.vae else {}), **weights_metadata((), inversions), **image_prompting}
     jobs = read_jobs(args.jobs, keys, source, args.view_batch_size, loras)
     spec = ModelSpec(model, args.model_config, args.vae, args.device, args.dtype, args.gradient_checkpointing,
-                     loras, inversions)
+                     loras, inversions, adapter, image_prompt)
     summary = run_batch(jobs, Path(out), lambda on_step: open_engine(spec, args.ray, args.workers, on_step), args.jobs,
                         {"kind": "ray", "address": args.ray} if args.ray else {"kind": "local"}, quiet=args.quiet,
-                        weights=weights_metadata(loras, inversions))
+                        weights={**weights_metadata(loras, inversions), **image_prompting})
     counts = summary["counts"]
     print(f"{counts['made']} made, {counts['kept']} kept, {counts['failed']} failed in {summary['seconds']:.1f} s; "
           f"summary in {Path(out) / 'summary.json'}")

@@ -19,7 +19,8 @@ NULL_MEANS_SOMETHING = settings.NULL_MEANS_SOMETHING  # as in the HTTP API
 # Keys of a PNG's metadata that do not change the picture, or say where it was made: not compared.
 NOT_COMPARED = ("device", "dtype", "view_batch_size")
 # The model's keys that a PNG carries only when they were given: one given then and not now differs too.
-MODEL_OPTIONS = ("model_config", "vae", "loras", "textual_inversions")
+MODEL_OPTIONS = ("model_config", "vae", "loras", "textual_inversions",
+                 "ip_adapter", "ip_adapter_image")
 # Unset until the model is loaded, for a model whose configs cannot be read before (a hub id not in
 # the cache, a checkpoint file): then any canvas of the PNG is the one the model's defaults made.
 CANVAS = ("width", "height", "stride", "window")
@@ -42,8 +43,8 @@ def read_jobs(path: str | Path, model: dict, source, view_batch_size: int | None
               loras: tuple = ()) -> list[BatchJob]:
     """Every job of the JSONL file `path`, checked; a ValueError naming the line and the field for
     the first that is wrong. `model` holds the metadata's model keys (model, model_config, vae,
-    textual_inversions); `source` is its ModelSource (its geometry, when known, checks the canvas
-    now); `loras` the LoRAs of --lora (loras.LoraSpec), whose weights a line's `lora_scales` sets."""
+    textual_inversions, ip_adapter, ip_adapter_image); `source` is its ModelSource (its geometry,
+    when known, checks the canvas now); `loras` the LoRAs of --lora (loras.LoraSpec), whose weights a line's `lora_scales` sets."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a folder: give a JSONL file, one job a line.")

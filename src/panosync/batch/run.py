@@ -24,7 +24,8 @@ def run_batch(jobs: list[BatchJob], out: Path, open_engine: Callable, jobs_file:
     out/summary.json, even when interrupted). `open_engine(on_step)` gives the engine (opened only
     when something is to be made); `on_step(key, step, sync_weight, worker)` is called with the
     progress of every running job besides the progress bar; `weights` (loras.weights_metadata: the
-    LoRAs at their default scales, the embeddings) goes into the summary as it is."""
+    LoRAs at their default scales, the embeddings; ip_adapters.ip_adapter_metadata: the IP-Adapter
+    and its image prompt) goes into the summary as it is."""
     from tqdm.auto import tqdm
 
     started, clock = datetime.datetime.now(datetime.timezone.utc), time.perf_counter()

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from .. import settings
-from ..command_options import add_model_options, add_options, given_options
+from ..command_options import add_ip_adapter_options, add_model_options, add_options, given_options
 from ..runner.cluster import add_cluster_options
 from .measure import load_rgb, measure
 from .plan import Plan, PlannedImage, images_to_make, settle_canvas
@@ -55,6 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "paper's. multidiffusion: sync weight 0; syncdiffusion: the sync options. "
                      "Writes DIR/results.md, .json, .csv, results-chart.png and results-examples.png.")
     add_model_options(parser, settings.DEFAULT_MODEL)
+    add_ip_adapter_options(parser, "the image prompt the IP-Adapter conditions every image of the evaluation on "
+                                   "(the references too)")
     parser.add_argument("--prompts", required=True, metavar="FILE",
                         help="text file, one prompt per line (blank lines and lines starting with # are skipped)")
     parser.add_argument("--methods", default=",".join(METHODS),
@@ -127,6 +129,7 @@ def parse_methods(text: str) -> list[str]:
 def make_plan(args: argparse.Namespace) -> Plan:
     """Check the request and settle every parameter, loading no weights."""
     from ..files import check_folder
+    from ..ip_adapters import ip_adapter_of_options
     from ..loras import weights_of_options
     from ..models import resolve_model
 
@@ -140,6 +143,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         raise ValueError(f"--examples must be 0 or more, got {args.examples}.")
     settings.check({"view_batch_size": args.view_batch_size})
     loras, inversions = weights_of_options(args.lora, args.lora_weight_name, args.textual_inversion)
+    adapter, image_prompt = ip_adapter_of_options(args.ip_adapter, args.ip_adapter_weight_name,
+                                                  args.ip_adapter_image_encoder, args.ip_adapter_image)
     out = check_folder(args.out, "--out")
     model = args.model or settings.DEFAULT_MODEL
     source = resolve_model(model)
@@ -154,6 +159,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     settings_of = {"multidiffusion": {"sync_weight": 0.0}, "syncdiffusion": sync}
     plan = Plan(model, source, prompts, seeds, {m: settings_of[m] for m in methods}, shared, out, args)
     plan.loras, plan.textual_inversions = loras, inversions
+    plan.ip_adapter, plan.ip_adapter_image = adapter, image_prompt
     if source.geometry is not None:
         settle_canvas(plan, source.geometry)
     return plan
@@ -253,7 +259,8 @@ def evaluate(args: argparse.Namespace) -> int:
     made = 0
     if todo is None or todo:
         spec = ModelSpec(plan.model, args.model_config, getattr(args, "vae", None), args.device, args.dtype,
-                         getattr(args, "gradient_checkpointing", False), plan.loras, plan.textual_inversions)
+                         getattr(args, "gradient_checkpointing", False), plan.loras, plan.textual_inversions,
+                         plan.ip_adapter, plan.ip_adapter_image)
         engine = open_engine(spec, args.ray, args.workers)
         try:
             geometry = plan.source.geometry or engine.geometry()

@@ -13,7 +13,8 @@ from ..geometry import Geometry
 
 # Parameters written into each PNG that do not change the picture, so a rerun does not compare them.
 NOT_COMPARED = ("seconds", "device", "dtype", "view_batch_size")
-WEIGHTS = ("loras", "textual_inversions")  # recorded in the PNG and compared, but the model's, not the call's
+# recorded in the PNG and compared, but the model's (and the engine's image prompt), not the call's
+WEIGHTS = ("loras", "textual_inversions", "ip_adapter", "ip_adapter_image")
 
 
 @dataclass
@@ -43,6 +44,8 @@ class Plan:
     images: list[PlannedImage] = field(default_factory=list)
     loras: tuple = ()  # loras.LoraSpec of --lora: every image is made with them, and records them
     textual_inversions: tuple = ()
+    ip_adapter: object = None  # ip_adapters.IpAdapterSpec of --ip-adapter: every image is made with it
+    ip_adapter_image: object = None  # ip_adapters.IpAdapterImageSpec: the image prompt of every image
 
     @property
     def panoramas(self) -> list[PlannedImage]:
@@ -69,12 +72,14 @@ def settle_canvas(plan: Plan, geometry: Geometry) -> None:
 def list_images(plan: Plan, size: int) -> list[PlannedImage]:
     """Every image of the evaluation, by prompt and seed: the reference, then each method's
     panorama, so that an interrupted run leaves complete groups to compare."""
+    from ..ip_adapters import ip_adapter_metadata
     from ..loras import weights_metadata
 
     s = plan.shared
     common = {"negative_prompt": s["negative_prompt"], "guidance_scale": s["guidance_scale"],
               "num_inference_steps": s["num_inference_steps"], "stride": s["stride"], "model": plan.model,
-              "window": s.get("window"), **weights_metadata(plan.loras, plan.textual_inversions)}
+              "window": s.get("window"), **weights_metadata(plan.loras, plan.textual_inversions),
+              **ip_adapter_metadata(plan.ip_adapter, plan.ip_adapter_image)}
     images = []
     for index, prompt in enumerate(plan.prompts):
         for seed in plan.seeds:
@@ -99,7 +104,9 @@ def images_to_make(plan: Plan) -> list[PlannedImage]:
             missing.append(image)
             continue
         stored = read_parameters(image.path)
-        for name, wanted in image.parameters.items():
+        # the weights too when only the PNG has them: an image made with a LoRA or an image prompt is another picture
+        wanted_of = {**{name: None for name in WEIGHTS}, **image.parameters}
+        for name, wanted in wanted_of.items():
             if name == "window" and name not in stored:  # made before the window was a parameter: the native one
                 continue
             if name not in NOT_COMPARED and stored.get(name) != wanted:

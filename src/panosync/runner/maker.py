@@ -11,6 +11,7 @@ from typing import Callable
 import PIL.Image
 
 from ..geometry import Geometry
+from ..ip_adapters import IpAdapterImageSpec, IpAdapterSpec
 from ..loras import LoraSpec, TextualInversionSpec
 
 # on_step(steps_done, sync_weight_of_that_step); an exception it raises stops the panorama there
@@ -31,6 +32,8 @@ class ModelSpec:
     gradient_checkpointing: bool = False  # --gradient-checkpointing: less memory, more time
     loras: tuple[LoraSpec, ...] = ()  # checked (and hashed) by the front end; each worker loads them
     textual_inversions: tuple[TextualInversionSpec, ...] = ()
+    ip_adapter: IpAdapterSpec | None = None  # checked by the front end, like the LoRAs; loaded after them
+    ip_adapter_image: IpAdapterImageSpec | None = None  # the image prompt of every panorama (a path and its hash)
 
 
 @dataclass
@@ -71,6 +74,7 @@ class PanoramaMaker:
     """`spec`'s pipeline, loaded once on construction, making one panorama per `make` call."""
 
     def __init__(self, spec: ModelSpec):
+        from ..ip_adapters import load_ip_adapter
         from ..loras import load_loras, load_textual_inversions
         from ..models import load_pipeline, pick_device, resolve_model
         from ..precision import pick_precision
@@ -83,6 +87,9 @@ class PanoramaMaker:
         load_textual_inversions(self.pipe, spec.textual_inversions)
         load_loras(self.pipe, spec.loras)
         self.lora_scales = {lora.adapter_name: lora.scale for lora in spec.loras}
+        load_ip_adapter(self.pipe, spec.ip_adapter)
+        # read here, on the worker, once: every panorama takes it
+        self.image_prompt = spec.ip_adapter_image.load() if spec.ip_adapter_image is not None else None
         if spec.gradient_checkpointing:
             self.pipe.enable_sync_checkpointing()
         self.pipe.set_progress_bar_config(disable=True)
@@ -103,7 +110,8 @@ class PanoramaMaker:
 
     def make(self, call: dict, on_step: StepCallback | None = None) -> Made:
         """The panorama of `call` (SyncDiffusionPipeline's parameters, and optionally `lora_scales`,
-        {adapter_name: scale}: the LoRAs' weights for this panorama only). Errors are the pipeline's."""
+        {adapter_name: scale}: the LoRAs' weights for this panorama only), with the spec's image prompt.
+        Errors are the pipeline's."""
         from ..loras import apply_lora_scales
 
         def after_step(pipe, step, timestep, values):
@@ -112,6 +120,8 @@ class PanoramaMaker:
 
         call = dict(call)
         scales = call.pop("lora_scales", None) or {}
+        if self.image_prompt is not None:
+            call["ip_adapter_image"] = self.image_prompt
         started = time.perf_counter()
         if scales:
             apply_lora_scales(self.pipe, scales, self.lora_scales)
