@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -141,6 +142,10 @@ def _bad_inputs(tmp_path, loras):
     import torch
 
     save_file({"unet.conv_in.weight": torch.zeros(2)}, str(not_lora))
+    # a header that says 3 float32 numbers where its bytes hold 2: offsets inside the file, shape wrong
+    misshapen = tmp_path / "misshapen.safetensors"
+    header = json.dumps({"emb_params": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}).encode()
+    misshapen.write_bytes(len(header).to_bytes(8, "little") + header + bytes(8))
     return [
         (["--lora", str(tmp_path / "missing.safetensors")], "no such file or folder"),
         (["--lora", str(pickled)], "a pickle that can run code"),
@@ -160,6 +165,8 @@ def _bad_inputs(tmp_path, loras):
         (["--lora-weight-name", "a.safetensors"], "give --lora too"),
         (["--lora", "someone/no-such-lora"], "is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"),
         (["--textual-inversion", str(pickled)], "a pickle that can run code"),
+        (["--textual-inversion", str(misshapen)], "has a type or shape that does not fit its bytes"),
+        (["--lora", ":0.5"], "names no file, folder or hub id before its scale"),
     ]
 
 
@@ -413,3 +420,46 @@ def test_a_lora_none_of_whose_layers_exist_in_the_model_is_one_sentence(tmp_path
                                          "matches SyncDiffusionPipeline's networks"):
         load_loras(pipe, lora_specs([str(lora)]))
     assert loaded_adapters(pipe) == set()
+
+
+def test_a_loras_alpha_in_its_metadata_reaches_the_front_ends(tmp_path):
+    """A LoRA saved with lora_alpha = 4 × its rank in the file's metadata (as diffusers' training
+    scripts save it) weighs 4 times a rank-alpha one: the front ends load it as diffusers'
+    load_lora_weights does from the file, not as a bare state dict, which would lose the alpha."""
+    from panosync.loras import load_loras, lora_specs
+
+    from conftest import make_pipe
+    from lora_files import save_random_lora
+
+    components = make_pipe(window=16, vae_factor=2).components
+    file = save_random_lora("sd", components, tmp_path / "alpha", seed=4, rank=4, alpha=16, text_encoders=False)
+    canvas = dict(width=64, height=32, stride=8, num_inference_steps=2, seed=0, output_type="np")
+    pictures = {}
+    for load in ("diffusers", "panosync"):
+        pipe = make_pipe(window=16, vae_factor=2)  # the same random weights each time, a LoRA of its own
+        if load == "diffusers":
+            pipe.load_lora_weights(str(file.parent), adapter_name="alpha")
+        else:
+            load_loras(pipe, lora_specs([str(file)]))
+        pictures[load] = pipe("a land", **canvas).images
+    assert np.abs(pictures["diffusers"] - pictures["panosync"]).max() == 0
+
+
+def test_a_folder_named_like_weights_is_not_taken_for_them_and_a_path_may_hold_an_equals_sign(loras, tmp_path):
+    from panosync.loras import lora_specs, textual_inversion_specs
+
+    style, _ = loras
+    folder = tmp_path / "nested"
+    (folder / "inner.safetensors").mkdir(parents=True)
+    (folder / "real.safetensors").write_bytes((style / "pytorch_lora_weights.safetensors").read_bytes())
+    assert Path(lora_specs([str(folder)])[0].path).name == "real.safetensors"
+
+    from safetensors.torch import save_file
+    import torch
+
+    odd = tmp_path / "a=b.safetensors"
+    save_file({"emb_params": torch.zeros((1, 8))}, str(odd))
+    spec, = textual_inversion_specs([str(odd)])
+    assert spec.token is None and Path(spec.path) == odd
+    spec, = textual_inversion_specs([f"{odd}=<tok>"])
+    assert spec.token == "<tok>" and Path(spec.path) == odd

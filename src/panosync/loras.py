@@ -35,6 +35,9 @@ REFUSED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 WEIGHT_NAME_OPTIONS = {"LoRA": "--lora-weight-name", "IP-Adapter": "--ip-adapter-weight-name"}
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 STREAM_CHUNK = 2**20
+# bytes per element of the safetensors dtypes torch reads
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+               "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,8 @@ def split_scale(text: str, option: str = "--lora") -> tuple[str, float]:
         return text, 1.0
     if not MIN_SCALE <= scale <= MAX_SCALE:
         raise ValueError(f"The scale of {option} {text} must be from {MIN_SCALE:g} to {MAX_SCALE:g}, got {tail}.")
+    if not head.strip():
+        raise ValueError(f"{option} {text} names no file, folder or hub id before its scale.")
     return head, scale
 
 
@@ -167,7 +172,9 @@ def textual_inversion_specs(items: list[str] | None) -> tuple[TextualInversionSp
     """The checked embeddings of `--textual-inversion PATH_OR_HUB_ID[=TOKEN]`."""
     specs = []
     for text in items or []:
-        source, equals, token = text.rpartition("=") if "=" in text else (text, "", "")
+        # split at the last '=' unless the whole text names a file or folder (a path may hold one)
+        whole = isinstance(text, str) and os.path.lexists(Path(text).expanduser())
+        source, equals, token = text.rpartition("=") if "=" in text and not whole else (text, "", "")
         if equals and not token.strip():
             raise ValueError(f"--textual-inversion {text}: the token after '=' must not be empty.")
         path, weight_name = resolve_weights(source, None, "textual inversion", default_name=DEFAULT_EMBEDDING_NAME)
@@ -218,7 +225,7 @@ def _refuse_pickles(path: Path, what: str, source: str) -> None:
 
 
 def _only_weights(folder: Path, what: str, source: str) -> Path:
-    found = sorted(path for path in folder.iterdir() if path.suffix == ".safetensors")
+    found = sorted(path for path in folder.iterdir() if path.suffix == ".safetensors" and path.is_file())
     if len(found) == 1:
         return found[0]
     if not found:
@@ -320,11 +327,19 @@ def _read_header(file, size: int, what: str) -> dict:
     data = size - 8 - length
     for key, entry in header.items():
         if key == "__metadata__":
+            if not (isinstance(entry, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                                    for k, v in entry.items())):
+                raise ValueError(f"{broken}: its metadata is not a map of texts.")
             continue
         offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
                 and 0 <= offsets[0] <= offsets[1] <= data):
             raise ValueError(f"{broken}: tensor {key!r} lies outside the file (cut short, or not safetensors).")
+        shape, dtype = entry.get("shape"), entry.get("dtype")
+        if dtype not in DTYPE_BYTES or not (isinstance(shape, list) and all(isinstance(n, int) and n >= 0
+                                                                            for n in shape)) \
+                or math.prod(shape) * DTYPE_BYTES[dtype] != offsets[1] - offsets[0]:
+            raise ValueError(f"{broken}: tensor {key!r} has a type or shape that does not fit its bytes.")
     return header
 
 
@@ -416,8 +431,6 @@ def load_loras(pipe, specs: tuple[LoraSpec, ...] | list[LoraSpec]) -> None:
     scales. The file is hashed again first: a file swapped since it was checked is refused."""
     if not specs:
         return
-    from safetensors.torch import load_file
-
     for spec in specs:
         path = Path(spec.path)
         if check_safetensors(path, f"The LoRA {spec.source}", lora=True) != spec.sha256:
@@ -425,11 +438,17 @@ def load_loras(pipe, specs: tuple[LoraSpec, ...] | list[LoraSpec]) -> None:
                              f"again.")
         try:
             with _quiet_loading():
-                pipe.load_lora_weights(load_file(path), adapter_name=spec.adapter_name)
-        except Exception:  # noqa: BLE001 — diffusers, peft and transformers raise many kinds for a mismatch,
-            # whose words point at reports we silenced: the sentence says what it means
+                # by its folder and file name, not as a state dict: diffusers reads the file's LoRA
+                # metadata (lora_alpha, rank pattern) only from a file
+                pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=spec.adapter_name)
+        except MemoryError:
+            raise
+        except Exception as error:  # noqa: BLE001 — diffusers, peft and transformers raise many kinds for a
+            # mismatch, whose words point at reports we silenced: the sentence says what it means
             with _quiet_loading():
                 _forget(pipe, spec.adapter_name)
+            if "OutOfMemory" in type(error).__name__:
+                raise
             raise ValueError(f"The LoRA {spec.source} is a LoRA for another model: none of its layers matches "
                              f"{type(pipe).__name__}'s networks in name and shape.") from None
         if spec.adapter_name not in loaded_adapters(pipe):
@@ -479,7 +498,10 @@ def load_textual_inversions(pipe, specs) -> None:
     for spec in specs:
         if check_safetensors(Path(spec.path), f"The textual inversion {spec.source}", lora=False) != spec.sha256:
             raise ValueError(f"The textual inversion {spec.source} changed after it was checked: load it again.")
-        weights = load_file(spec.path)
+        try:
+            weights = load_file(spec.path)
+        except Exception:  # noqa: BLE001 — safetensors' own error for bytes its header misdescribes
+            raise ValueError(f"The textual inversion {spec.source} is not a valid safetensors file.") from None
         try:
             with _quiet_loading():
                 if "clip_l" in weights and hasattr(pipe, "text_encoder_2"):  # SDXL's two encoders
