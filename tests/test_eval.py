@@ -7,6 +7,7 @@ import json
 import shutil
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 
@@ -344,3 +345,23 @@ def test_evaluate_end_to_end_writes_every_result_and_resumes(tmp_path, tiny_mode
     steps = command.index("--steps") + 1
     assert main(command[:steps] + ["2"] + command[steps + 1 :]) == 2
     assert "was made with num_inference_steps 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_evaluate_with_a_lora_records_it_and_its_panoramas_differ(tmp_path, tiny_model, tiny_clip, capsys):
+    """`evaluate --lora`: every image (panoramas and references) is made with the LoRA and says so."""
+    from lora_files import save_random_lora
+
+    save_random_lora("sd", make_pipe(window=16, vae_factor=2).components, tmp_path / "lora", seed=2)  # tiny_model's
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("snowy mountains\n")
+    command = ["evaluate", "--model", str(tiny_model), "--prompts", str(prompts), "--seeds", "0-1", "--width", "64",
+               "--height", "32", "--stride", "8", "--steps", "1", "--clip-model", str(tiny_clip), "--examples", "1",
+               "--methods", "syncdiffusion", "--quiet"]
+    assert main([*command, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*command, "--lora", f"{tmp_path / 'lora'}:0.8", "--out", str(tmp_path / "styled")]) == 0
+    for picture in ("panoramas/syncdiffusion/000-seed0.png", "references/000-seed0.png"):
+        styled = tmp_path / "styled" / picture
+        assert [entry["scale"] for entry in read_parameters(styled)["loras"]] == [0.8]
+        plain = np.asarray(PIL.Image.open(tmp_path / "plain" / picture), dtype=np.int16)
+        assert np.abs(np.asarray(PIL.Image.open(styled), dtype=np.int16) - plain).max() > 0
