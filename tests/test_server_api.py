@@ -163,7 +163,8 @@ def test_a_job_runs_to_a_png_with_the_commands_metadata(client, model):
     path = Path(client.app.state.store.outputs) / f"{job['id']}.png"
     assert path.read_bytes() == png.content
     stored = read_parameters(path)
-    assert stored == {**job["parameters"], "model": "tiny-test", "device": "cpu", "dtype": "float32"}
+    assert stored == {**job["parameters"], "model": "tiny-test", "device": "cpu", "dtype": "float32",
+                      "threads": model.threads}  # a CPU picture records its thread count
     # the picture is the pipeline's for those parameters
     expected = model.pipe(**job["parameters"], output_type="np").images[0]
     assert np.array_equal(np.asarray(PIL.Image.open(path)), (expected * 255).round().astype(np.uint8))

@@ -225,6 +225,6 @@ def test_serve_with_a_bad_controlnet_is_one_sentence_before_loading(tmp_path, ca
     monkeypatch.setattr(generation, "load_pipeline", no_loading)
     monkeypatch.setattr(generation, "load_control_pipeline", no_loading)
     missing = tmp_path / "no-such" / "controlnet"
-    code = main(["serve", "--model", "tiny-random", "--controlnet", str(missing), "--state-dir", str(tmp_path / "s")])
+    code = main(["serve", "--port", "0", "--model", "tiny-random", "--controlnet", str(missing), "--state-dir", str(tmp_path / "s")])
     err = capsys.readouterr().err
     assert code == 2 and f"No such ControlNet folder: {missing}" in err and "Traceback" not in err

@@ -651,7 +651,7 @@ def serve_without_a_model(model, monkeypatch):
 
 def test_serve_refuses_a_bad_min_free_in_one_sentence_before_loading(serve_without_a_model, tmp_path, capsys):
     # Broke: serve parsing --min-free after _load (the model was loaded first).
-    assert main(["serve", "--state-dir", str(tmp_path / "state"), "--min-free", "lots"]) == 2
+    assert main(["serve", "--port", "0", "--state-dir", str(tmp_path / "state"), "--min-free", "lots"]) == 2
     error = capsys.readouterr().err
     assert error.startswith("panosync: error: --min-free takes a size") and error.count("\n") == 1, error
     assert serve_without_a_model == {}
@@ -691,15 +691,15 @@ def test_serve_passes_min_free_to_the_app_and_warns_when_the_disk_is_already_sho
                                                                                    capsys):
     # Broke: serve without warn_if_short_of_space (no warning), and without min_free_bytes (the default went).
     state_dir = tmp_path / "state"
-    assert main(["serve", "--state-dir", str(state_dir), "--min-free", "0"]) == 0
+    assert main(["serve", "--port", "0", "--state-dir", str(state_dir), "--min-free", "0"]) == 0
     assert serve_without_a_model["options"]["min_free_bytes"] == 0
     assert "warning" not in capsys.readouterr().err
-    assert main(["serve", "--state-dir", str(state_dir)]) == 0
+    assert main(["serve", "--port", "0", "--state-dir", str(state_dir)]) == 0
     assert serve_without_a_model["options"]["min_free_bytes"] == DEFAULT_MIN_FREE_BYTES == jobs.JobStore(
         state_dir).folder_health.min_free_bytes
 
     more = shutil.disk_usage(state_dir).free + 10**12
-    assert main(["serve", "--state-dir", str(state_dir), "--min-free", f"{more}B"]) == 0
+    assert main(["serve", "--port", "0", "--state-dir", str(state_dir), "--min-free", f"{more}B"]) == 0
     error = capsys.readouterr().err
     warnings = [line for line in error.splitlines() if line.startswith("panosync: warning:")]
     assert len(warnings) == 1 and f"the state folder {state_dir} has " in warnings[0]

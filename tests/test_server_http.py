@@ -497,7 +497,7 @@ def no_model(monkeypatch):
     (["--max-waiters", "0"], "panosync: error: max_waiters must be 1 or more, got 0."),
 ])
 def test_serve_refuses_a_bad_option_in_one_sentence_before_loading(no_model, tmp_path, capsys, options, sentence):
-    assert main(["serve", "--state-dir", str(tmp_path / "state"), *options]) == 2
+    assert main(["serve", "--port", "0", "--state-dir", str(tmp_path / "state"), *options]) == 2
     error = capsys.readouterr().err
     assert error.startswith(sentence) and error.count("\n") == 1
 
@@ -509,7 +509,7 @@ def test_serve_refuses_a_state_dir_it_cannot_use_before_loading(no_model, tmp_pa
                                 (a_file / "below", f"--state-dir {a_file / 'below'} cannot be created or written"),
                                 ("/proc/panosync-state", "--state-dir /proc/panosync-state cannot be created or "
                                                          "written")):
-        assert main(["serve", "--state-dir", str(state_dir)]) == 2
+        assert main(["serve", "--port", "0", "--state-dir", str(state_dir)]) == 2
         error = capsys.readouterr().err
         assert error.startswith(f"panosync: error: {sentence}") and error.count("\n") == 1, error
 
@@ -523,7 +523,7 @@ def test_serve_passes_keep_public_docs_and_the_waiting_bound_to_the_app(model, t
     monkeypatch.setattr(command, "_load", lambda args: model)
     monkeypatch.setattr(api, "create_app", lambda *args, **options: made.update(args=args, options=options))
     monkeypatch.setattr(uvicorn_module, "run", lambda app, **options: None)
-    assert main(["serve", "--state-dir", str(tmp_path / "state"), "--keep", "7d,2GB", "--public-docs",
+    assert main(["serve", "--port", "0", "--state-dir", str(tmp_path / "state"), "--keep", "7d,2GB", "--public-docs",
                  "--max-waiters", "3"]) == 0
     assert made["options"]["retention"] == Retention(max_age_seconds=7 * 86400, max_bytes=2 * 10**9)
     assert made["options"]["public_docs"] is True and made["args"][2].max_waiters == 3

@@ -334,10 +334,10 @@ def test_evaluate_refuses_hostile_options_before_loading(tmp_path, capsys, monke
 def test_serve_and_ui_refuse_bad_options_before_loading(tmp_path, capsys, monkeypatch):
     a_file = tmp_path / "a-file"
     a_file.write_text("")
-    run_refused(["serve", "--model", "tiny-random", "--view-batch-size", "0", "--state-dir", str(tmp_path / "s")],
+    run_refused(["serve", "--port", "0", "--model", "tiny-random", "--view-batch-size", "0", "--state-dir", str(tmp_path / "s")],
                 capsys, monkeypatch, "view_batch_size must be 1 or more")
-    run_refused(["ui", "--model", "tiny-random", "--out-dir", str(a_file)], capsys, monkeypatch, "is a file")
-    run_refused(["serve", "--model", "tiny-random", "--device", "foo", "--state-dir", str(tmp_path / "s")], capsys,
+    run_refused(["ui", "--port", "0", "--model", "tiny-random", "--out-dir", str(a_file)], capsys, monkeypatch, "is a file")
+    run_refused(["serve", "--port", "0", "--model", "tiny-random", "--device", "foo", "--state-dir", str(tmp_path / "s")], capsys,
                 monkeypatch, "--device foo is not a device")
 
 
@@ -372,7 +372,7 @@ for name in BLOCKED:  # None in sys.modules: not installed, for `import` and for
 from panosync.cli import main
 import panosync, panosync.pipeline, panosync.control, panosync.settings
 assert main(["generate", "a", "--model", "tiny-random", "--width", "100"]) == 2
-assert main(["serve", "--model", "tiny-random", "--state-dir", sys.argv[1]]) == 2
+assert main(["serve", "--port", "0", "--model", "tiny-random", "--state-dir", sys.argv[1]]) == 2
 assert main(["evaluate", "--model", "tiny-random", "--prompts", sys.argv[2], "--out", sys.argv[1] + "/eval",
              "--width", "1024", "--steps", "1"]) == 2
 print("ok")

@@ -120,6 +120,7 @@ def panorama_request(args: argparse.Namespace, control: bool = False) -> tuple[d
     from .loras import weights_of_options
     from .metadata import read_parameters
     from .models import resolve_model
+    from .vocabulary import warn_unknown_words
 
     stored = settings.stored_parameters(read_parameters(args.from_png)) if args.from_png else {}
     given = given_options(args)
@@ -130,6 +131,7 @@ def panorama_request(args: argparse.Namespace, control: bool = False) -> tuple[d
     model_config = args.model_config or stored.get("model_config")
     vae = getattr(args, "vae", None) or stored.get("vae")
     source = resolve_model(model)
+    warn_unknown_words(source, given.get("prompt") or stored.get("prompt"), model)  # pocket knows ~20 words
     values = settings.resolve(given, stored, settings.recommended_of(source), control)
     values["controlnet"] = getattr(args, "controlnet", None) or stored.get("controlnet")
     if control:
@@ -172,9 +174,16 @@ def generate(args: argparse.Namespace) -> int:
 def output_path(args: argparse.Namespace, request: dict) -> str:
     """Where the PNG goes, checked before any model work: a panorama made for a place that cannot
     take it would be lost."""
+    from pathlib import Path
+
     from .files import check_writable
 
     out = args.out or f"panosync-{request['seed']}.png"
+    suffix = Path(out).suffix
+    if suffix and suffix.lower() != ".png":  # PNG bytes under a .jpg name would mislead every viewer
+        name = settings.cut(Path(out).with_suffix(".png").name)
+        raise ValueError(f"--out {settings.cut(out)}: panosync writes PNG files (their metadata holds the "
+                         f"parameters), not {settings.cut(suffix)}: name it {name}.")
     check_writable(out, "--out")
     return out
 
@@ -225,16 +234,27 @@ def make_panorama(args: argparse.Namespace, request: dict, source: ModelSource, 
                   inputs: dict | None = None) -> int:
     """Load the pipeline (`load(device, precision)`; default: SyncDiffusion's) and the request's
     LoRAs, embeddings and IP-Adapter, make the panorama with the request's pipeline parameters, its
-    image prompt and `inputs`, write the PNG with the request."""
+    image prompt and `inputs`, write the PNG with the request. On a CPU the panorama is made on
+    --threads threads, else the --from-png PNG's count, else torch's now, and the PNG records it
+    (the picture depends on it there: runner.maker.computing_threads)."""
     from .ip_adapters import ip_adapter_metadata, load_ip_adapter
     from .loras import load_loras, load_textual_inversions, weights_metadata
-    from .metadata import save_png
+    from .metadata import read_parameters, save_png
     from .models import load_pipeline, pick_device
     from .precision import pick_precision
     from .registry import family_defaults_after_loading
+    from .runner.maker import check_threads, computing_threads, default_threads
 
     device = pick_device(args.device)
     precision = pick_precision(args.dtype, device, source.family)
+    stored = settings.stored_parameters(read_parameters(args.from_png)) if args.from_png else {}
+    if getattr(args, "threads", None) is not None:
+        threads = check_threads(args.threads)
+    elif stored.get("threads") is not None:  # a CPU PNG: made again on as many threads
+        threads = check_threads(stored["threads"], "threads in the PNG's metadata")
+    else:
+        threads = default_threads()
+    request.pop("threads", None)
     if device.type == "cpu" and computes_in_float16(precision) and not args.quiet:
         print("panosync: note: float16 on the CPU is about 10 times slower than float32 (no fast float16 "
               "convolution there); --dtype bfloat16 or float32 is faster on a CPU.", file=sys.stderr)
@@ -260,17 +280,15 @@ def make_panorama(args: argparse.Namespace, request: dict, source: ModelSource, 
         request.update(settings.fill_canvas(request, pipe.geometry))
     if source.family is None:  # a hub model whose configs could not be had: its family's defaults, where nothing
         # else set them
-        explicit = set(given_options(args))
-        if args.from_png:
-            from .metadata import read_parameters
-
-            explicit |= set(settings.stored_parameters(read_parameters(args.from_png)))
+        explicit = set(given_options(args)) | set(stored)
         request.update(family_defaults_after_loading(pipe, explicit))
     generation = {name: request[name] for name in settings.PIPELINE_NAMES}
-    result = pipe(**generation, **(inputs or {}))
+    with computing_threads(threads, device):
+        result = pipe(**generation, **(inputs or {}))
     image = result.images[0]
     request.update(width=image.width, height=image.height)
-    save_png(image, out, {**request, "device": device.type, "dtype": precision.name})
+    save_png(image, out, {**request, "device": device.type, "dtype": precision.name,
+                          **({"threads": threads} if device.type == "cpu" else {})})
     seconds = time.perf_counter() - started
     print(f"wrote {out} ({image.width}x{image.height}, seed {request['seed']}, {seconds:.1f} s)")
     return 0

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
+import PIL.ImageOps
 import torch
 import torch.nn.functional as F
 
@@ -35,16 +36,23 @@ def load_condition_image(path: str | Path, max_pixels: int | None = None,
 
 def read_condition_image(data: bytes, name: str, max_pixels: int | None = None,
                          what: str = "condition image") -> PIL.Image.Image:
-    """The image whose file's bytes are `data` (PNG, JPEG, WebP …), read whole; `name` says where it
-    came from. An image of more than `max_pixels` is refused from its header, before it is decoded."""
+    """The image whose file's bytes are `data` (PNG, JPEG, WebP …), read whole and turned upright as its
+    EXIF orientation says; `name` says where it came from. An image of more than `max_pixels` is refused
+    from its header, before it is decoded; an animated one (several frames) is refused."""
     try:
         with PIL.Image.open(io.BytesIO(data)) as image:
             pixels = image.width * image.height
             if max_pixels is not None and pixels > max_pixels:
                 raise ValueError(f"The {what} {name} is {image.width}x{image.height} = {pixels:,} pixels, more "
                                  f"than the {max_pixels:,} allowed: shrink it to the panorama's size.")
+            frames = getattr(image, "n_frames", 1)
+            if frames > 1:
+                raise ValueError(f"The {what} {name} is animated ({frames} frames): give one still image.")
             image.load()
-            return image.copy()
+            # a camera's JPEG stores the pixels as the sensor read them and says how to turn them (EXIF
+            # orientation); the image the user sees, and means, is the turned one
+            turned = PIL.ImageOps.exif_transpose(image)
+            return turned if turned is not None and turned is not image else image.copy()
     except PIL.UnidentifiedImageError:
         raise ValueError(f"Cannot read {what} {name}: it is not an image file (give a PNG, JPEG or WebP "
                          f"file's bytes).") from None

@@ -9,8 +9,13 @@ these tables; which pipeline class serves a family is registry.py's.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import stat
+import zipfile
 from pathlib import Path
+
 
 SD, SDXL = "Stable Diffusion 1.x/2.x", "Stable Diffusion XL"
 SD3, FLUX = "Stable Diffusion 3/3.5", "FLUX.1"
@@ -111,8 +116,88 @@ def family_of_model_index(index: dict, name: str = "The model") -> str:
     raise unsupported(name, f"a {class_name or 'pipeline of unknown kind'}")
 
 
+# The libraries a pipeline's components come from, the first of each [library, class] pair in
+# model_index.json (None: a component left out). diffusers imports whatever module a pair names, so
+# another (["subprocess", "Popen"]) is refused before diffusers sees it.
+COMPONENT_LIBRARIES = ("diffusers", "transformers")
+# The kinds of file a path may be besides a regular file and a folder, in a refusal's words.
+FILE_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+              (stat.S_ISSOCK, "a socket"))
+
+
+def path_problem(path: str | Path, folder: bool = False) -> str | None:
+    """What is wrong with `path` as a regular file (with `folder`: as a folder), in words that follow
+    its name ("is a FIFO"); None when nothing is. Opens nothing: a FIFO would block a read."""
+    try:
+        status = os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "leads through a loop of symbolic links"
+        if os.path.islink(path):
+            return f"is a symbolic link to {os.readlink(path)}, which does not exist"
+        return "is missing" if error.errno == errno.ENOENT else f"cannot be read ({error.strerror})"
+    if stat.S_ISDIR(status.st_mode):
+        return None if folder else "is a folder, not a file"
+    if stat.S_ISREG(status.st_mode):
+        return "is a file, not a folder" if folder else None
+    return "is " + next((word for test, word in FILE_KINDS if test(status.st_mode)), "not a regular file")
+
+
+def read_json_file(path: str | Path, what: str = "an object") -> dict:
+    """A JSON file that must hold an object; a ValueError naming the file and what is wrong."""
+    problem = path_problem(path)
+    if problem:
+        raise ValueError(f"{path} {problem}.")
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ValueError(f"{path}: cannot be read ({error.strerror or error}).") from None
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{path}: not JSON ({str(error)[:120]}).") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: a JSON {_json_kind(value)}, not {what}.")
+    return value
+
+
+def shown(value, characters: int = 60) -> str:
+    """`value` as a refusal shows it: its repr, cut short (errors.shown's rule; nothing here imports panosync)."""
+    text = repr(value)
+    return text if len(text) <= characters else f"{text[:characters - 1]}… ({len(text):,} characters)"
+
+
+def _json_kind(value) -> str:
+    if value is None:
+        return "null"
+    kinds = ((bool, "boolean"), (list, "array"), (str, "string"), ((int, float), "number"))
+    return next((word for kind, word in kinds if isinstance(value, kind)), type(value).__name__)
+
+
 def read_model_index(folder: str | Path) -> dict:
-    return json.loads((Path(folder) / "model_index.json").read_text())
+    """A diffusers folder's model_index.json, checked (`check_model_index`): a ValueError naming the file."""
+    path = Path(folder) / "model_index.json"
+    return check_model_index(read_json_file(path, "an object of the pipeline's class and components"), path)
+
+
+def check_model_index(index, path: str | Path = "model_index.json") -> dict:
+    """`index` if it is a model_index.json diffusers may be given: an object whose _class_name is
+    text and whose components are [library, class] pairs from COMPONENT_LIBRARIES; else a ValueError
+    naming `path`. Keys that are no pair (requires_safety_checker …) are the pipeline's config."""
+    if not isinstance(index, dict):
+        raise ValueError(f"{path}: a JSON {_json_kind(index)}, not an object of the pipeline's class and "
+                         f"components.")
+    if not isinstance(index.get("_class_name", ""), str):
+        raise ValueError(f"{path}: _class_name must be text (a pipeline class), got {shown(index['_class_name'])}.")
+    for name, value in index.items():
+        if name.startswith("_") or not isinstance(value, list):
+            continue
+        if len(value) != 2 or not all(item is None or isinstance(item, str) for item in value):
+            raise ValueError(f"{path}: the {shown(name)} component must be a [library, class] pair, got "
+                             f"{shown(value)}.")
+        if value[0] is not None and value[0] not in COMPONENT_LIBRARIES:
+            raise ValueError(f"{path}: the {shown(name)} component comes from {shown(value[0])}, not from a library "
+                             f"a pipeline is made of ({' or '.join(COMPONENT_LIBRARIES)}): refused, as loading it "
+                             f"would import that module.")
+    return index
 
 
 class CheckpointShapes:
@@ -130,11 +215,13 @@ class CheckpointShapes:
 
             with safe_open(str(path), framework="pt") as checkpoint:
                 self.shapes = {key: checkpoint.get_slice(key).get_shape() for key in checkpoint.keys()}
-        else:  # .ckpt: a pickle, mapped rather than read
+        else:  # .ckpt: a pickle, mapped rather than read, and of tensors only (weights_only: no code runs)
             import torch
 
             state = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
-            state = state.get("state_dict", state)
+            state = state.get("state_dict", state) if isinstance(state, dict) else state
+            if not isinstance(state, dict):
+                raise ValueError(f"it holds a {type(state).__name__}, not a dictionary of weights")
             self.shapes = {key: getattr(value, "shape", ()) for key, value in state.items()}
 
     def __contains__(self, key) -> bool:
@@ -162,7 +249,50 @@ def identify_checkpoint(path: str | Path) -> tuple[str, str | None]:
     """The family and variant of an original-format checkpoint, from its keys (diffusers' own inference)."""
     from diffusers.loaders.single_file_utils import infer_diffusers_model_type
 
-    model_type = infer_diffusers_model_type(CheckpointShapes(path))
+    check_checkpoint_format(path)
+    try:
+        shapes = CheckpointShapes(path)
+    except Exception as error:  # noqa: BLE001 — whatever the file holds, one sentence that names it
+        raise ValueError(f"Cannot read checkpoint {path}: {_unreadable(error)}.") from None
+    model_type = infer_diffusers_model_type(shapes)
     if model_type not in FAMILY_OF_CHECKPOINT:
         raise unsupported(f"Checkpoint {path}", f"a {model_type!r} model (as diffusers names it)")
+    if model_type in UNET_CHECKPOINT_TYPES and not any(key.startswith(ORIGINAL_UNET_PREFIX) for key in shapes):
+        raise ValueError(f"Checkpoint {path} holds no whole Stable Diffusion model in the original layout (no "
+                         f"{ORIGINAL_UNET_PREFIX}* weights): a diffusers component's weights (such as "
+                         f"unet/diffusion_pytorch_model.safetensors) load with their diffusers folder, given as --model.")
     return FAMILY_OF_CHECKPOINT[model_type], VARIANT_OF_CHECKPOINT.get(model_type)
+
+
+# diffusers' guess for keys it does not recognise is "v1": a Stable Diffusion checkpoint holds the original
+# UNet's weights under this prefix, which a diffusers UNet file (or any other file) does not.
+UNET_CHECKPOINT_TYPES = ("v1",)
+ORIGINAL_UNET_PREFIX = "model.diffusion_model."
+PICKLE_PROTOCOLS = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+
+
+def check_checkpoint_format(path: str | Path) -> None:
+    """A ValueError naming `path` for a .ckpt that is not the zip archive torch.save writes: a legacy
+    pickle (which torch cannot map, and which panosync does not unpickle: a pickle can run code), or
+    no PyTorch file at all. A zip's pickle is read with weights_only, which runs none."""
+    path = Path(path)
+    if path.suffix != ".ckpt" or zipfile.is_zipfile(path):
+        return
+    with open(path, "rb") as file:
+        start = file.read(2)
+    if start in PICKLE_PROTOCOLS:
+        raise ValueError(f"Cannot read checkpoint {path}: it is a legacy PyTorch pickle, which panosync refuses (a "
+                         f"pickle can run code when loaded): convert it to .safetensors, or re-save it with a current "
+                         f"torch.save.")
+    raise ValueError(f"Cannot read checkpoint {path}: it is not a PyTorch checkpoint (not the zip archive torch.save "
+                     f"writes).")
+
+
+def _unreadable(error: Exception) -> str:
+    """Why a checkpoint could not be read, in a clause."""
+    import pickle
+
+    if isinstance(error, pickle.UnpicklingError):
+        return "it holds objects other than tensors, which panosync does not unpickle (they could run code)"
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text if len(text) <= 200 else text[:199] + "…"

@@ -551,14 +551,19 @@ def weights_metadata(loras, inversions=(), scales: dict | None = None) -> dict:
 def check_lora_scales(scales, loras) -> dict:
     """A request's or a job's `lora_scales` ({adapter_name: scale}), checked against the LoRAs
     `loras` names before any model work; a ValueError of one sentence otherwise."""
+    from .settings import cut  # a client's names and values, cut short in the sentence
+
     if scales is None:
         return {}
     if not isinstance(scales, dict):
-        raise ValueError(f"lora_scales must be an object of LoRA names and scales, got {scales!r}.")
+        raise ValueError(f"lora_scales must be an object of LoRA names and scales, got {cut(repr(scales))}.")
     known = [lora.adapter_name for lora in loras]
     for name, scale in scales.items():
         if name not in known:
             loaded = ", ".join(known) if known else "none: start it with --lora"
-            raise ValueError(f"lora_scales names {name!r}, which is no LoRA loaded here (loaded: {loaded}).")
-        check_scale(f"lora_scales.{name}", scale)
+            raise ValueError(f"lora_scales names {cut(repr(name))}, which is no LoRA loaded here (loaded: {loaded}).")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+            raise ValueError(f"lora_scales.{cut(name)} must be a number from {MIN_SCALE:g} to {MAX_SCALE:g}, got "
+                             f"{cut(repr(scale))}.")
+        check_scale(f"lora_scales.{cut(name)}", scale)
     return {name: float(scale) for name, scale in scales.items()}

@@ -4,7 +4,9 @@ Hugging Face hub id; and choosing the device and precision.
 Everything that can be wrong with the model argument is found by `resolve_model`, which reads no
 weights, so that a bad argument costs the user nothing: its family too (families.py), from a folder's
 model_index.json or a checkpoint's keys, so that SDXL loads as SDXL and an unsupported family is
-refused in one sentence; and its geometry (`geometry_of_folder`), from its configs alone.
+refused in one sentence; and its geometry (`geometry_of_folder`), from its configs alone. A local
+folder's files are checked as well (`check_model_folder`): each a readable file of its kind, so that
+a damaged model is one sentence that names the file, never a traceback from deep in diffusers.
 """
 
 from __future__ import annotations
@@ -19,9 +21,12 @@ from typing import Callable
 import torch
 
 from .backbones import FlowBackbone, FluxBackbone, StableDiffusion3Backbone
-from .bundled import bundled_controlnet_folder, bundled_controlnet_names, bundled_model_folder, bundled_model_names
-from .families import (CONTROLNET_CLASS, FAMILY_OF_TRANSFORMER, FLUX, SD, SD3, family_of_model_index,
-                       identify_checkpoint, read_model_index, variant_of_folder)
+from .bundled import (bundled_controlnet_folder, bundled_controlnet_names, bundled_model_folder, bundled_model_names,
+                      recommended_settings)
+from .families import (CONTROLNET_CLASS, FAMILY_OF_TRANSFORMER, FLUX, SD, SD3, check_model_index,
+                       family_of_model_index, identify_checkpoint, path_problem, read_json_file, read_model_index,
+                       variant_of_folder)
+from .errors import shown
 from .geometry import MAX_STEPS, Geometry, vae_factor_of, window_of
 from .pipeline import SyncDiffusionPipeline
 from .precision import Precision
@@ -67,7 +72,9 @@ class ModelSource:
         return None if self.geometry is None else self.geometry.vae_factor
 
 
-def _check_checkpoint(path: Path) -> None:
+def _check_checkpoint(path: Path, what: str = "checkpoint") -> None:
+    """A ValueError naming `path` for a .safetensors file whose header cannot be read (empty, truncated,
+    garbage), or an empty .ckpt; a .ckpt's format is families.check_checkpoint_format's to check."""
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -75,9 +82,9 @@ def _check_checkpoint(path: Path) -> None:
             with safe_open(str(path), framework="pt") as checkpoint:
                 next(iter(checkpoint.keys()), None)
         except Exception as error:
-            raise ValueError(f"Cannot read checkpoint {path}: it is not a valid .safetensors file ({error}).") from None
+            raise ValueError(f"Cannot read {what} {path}: it is not a valid .safetensors file ({error}).") from None
     elif path.stat().st_size == 0:
-        raise ValueError(f"Cannot read checkpoint {path}: the file is empty.")
+        raise ValueError(f"Cannot read {what} {path}: the file is empty.")
 
 
 def _hub_is_offline() -> bool:
@@ -114,11 +121,19 @@ def resolve_model(model: str) -> ModelSource:
         return ModelSource("bundled", model, Geometry(**TINY_RANDOM_SHAPE, max_steps=TINY_RANDOM_STEPS), SD)
     path = bundled_model_folder(model) or Path(model).expanduser()
     if path.is_dir():
-        if not (path / "model_index.json").is_file():
+        if not os.path.lexists(path / "model_index.json"):
             raise ValueError(f"{model} is a folder but not a diffusers model folder (it has no model_index.json).")
-        family = family_of_model_index(_readable_index(path, model), f"Model {model}")
+        index = read_model_index(path)
+        family = family_of_model_index(index, f"Model {model}")
+        check_model_folder(path, index, family)
+        check_recommended(path)
         variant = variant_of_folder(path, family)
         return ModelSource("folder", str(path), geometry_of_folder(path), family, variant=variant)
+    problem = path_problem(path)
+    if problem not in (None, "is missing") and not (problem.startswith("is a symbolic link to")
+                                                    and HUB_ID.match(model)):
+        raise ValueError(f"{model} {problem}, not a model folder or file." if problem.startswith("is ") else
+                         f"{model} {problem}: give a model folder or file.")
     if path.is_file():
         if path.suffix not in CHECKPOINT_SUFFIXES:
             raise ValueError(f"{model} is not a model checkpoint: give a .safetensors or .ckpt file or a diffusers folder.")
@@ -145,11 +160,84 @@ def resolve_model(model: str) -> ModelSource:
 
 
 def _readable_index(folder: Path, model: str) -> dict:
+    """A hub model's model_index.json, checked (families.check_model_index) before diffusers reads it."""
     try:
-        return read_model_index(folder)
-    except (OSError, ValueError):
-        raise ValueError(f"{model}'s model_index.json cannot be read as JSON: the folder is not a diffusers model "
-                         f"folder.") from None
+        return check_model_index(json.loads((folder / "model_index.json").read_text()), f"{model}'s model_index.json")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise ValueError(f"{model}'s model_index.json cannot be read as JSON: it is not a diffusers model.") from None
+
+
+# The weights whose headers check_model_folder reads (a .bin is a pickle diffusers reads with weights_only).
+WEIGHT_SUFFIXES = (".safetensors",)
+
+
+def check_model_folder(folder: Path, index: dict, family: str) -> None:
+    """A ValueError naming the file, for what in a diffusers model folder diffusers would fail on with
+    a traceback: a component its pipeline needs left out, a component's folder missing, a file there
+    that is no regular file (a FIFO, a link to /dev/zero), a JSON file that is not a JSON object, a
+    .safetensors file whose header is damaged (empty, truncated, garbage), a UNet or VAE config whose
+    shape is impossible. Reads the configs and the weights' headers, not the weights."""
+    from .registry import pipeline_class
+
+    cls = pipeline_class(family)
+    expected, _ = cls._get_signature_keys(cls)
+    for name in sorted(set(expected) - set(cls._optional_components)):
+        pair = index.get(name)
+        if not isinstance(pair, list) or pair[0] is None or pair[1] is None:
+            raise ValueError(f"{folder / 'model_index.json'} names no {name}, which a {family} pipeline needs: "
+                             f"the folder is incomplete.")
+    for name, pair in index.items():
+        if name.startswith("_") or not isinstance(pair, list) or None in pair:
+            continue
+        component = folder / name
+        problem = path_problem(component, folder=True)
+        if problem:
+            raise ValueError(f"{component} {problem}, though {folder / 'model_index.json'} names a {name}: the model "
+                             f"folder is incomplete or damaged.")
+        for entry in sorted(component.iterdir()):
+            if os.path.isdir(entry):
+                continue
+            problem = path_problem(entry)
+            if problem:
+                raise ValueError(f"{entry} {problem}: the model folder is damaged.")
+            if entry.suffix == ".json":
+                config = read_json_file(entry)
+                _check_shape(entry, name, config)
+            elif entry.suffix in WEIGHT_SUFFIXES:
+                _check_checkpoint(entry, "weights")
+
+
+def check_recommended(folder: Path) -> None:
+    """A SettingError naming the folder's recommended.json for a value there that settings.check
+    refuses: "…/recommended.json: num_inference_steps must be from 1 to 1000, got -5.", not as if
+    the user had given it."""
+    from .errors import SettingError
+    from .settings import check
+
+    try:
+        check(recommended_settings(folder))
+    except SettingError as error:
+        path = str(Path(folder) / "recommended.json")
+        message = str(error)
+        raise SettingError(None, message if message.startswith(path) else f"{path}: {message}") from None
+
+
+def _check_shape(path: Path, component: str, config: dict) -> None:
+    """A UNet's sample_size (its native latent size: the window) and a VAE's block_out_channels (its
+    factor), which the canvas is made from: a ValueError naming the config when impossible."""
+    if path.name != "config.json":
+        return
+    if component == "unet" and "sample_size" in config:
+        size = config["sample_size"]
+        sides = size if isinstance(size, list) and size else [size]
+        if not all(isinstance(side, int) and not isinstance(side, bool) and side > 0 for side in sides):
+            raise ValueError(f"{path}: sample_size must be a positive whole number (the UNet's native latent size), "
+                             f"got {shown(size)}: the model's config is wrong.")
+    if component == "vae" and "block_out_channels" in config:
+        channels = config["block_out_channels"]
+        if not isinstance(channels, list) or not channels:
+            raise ValueError(f"{path}: block_out_channels must be a list of one or more channel counts, got "
+                             f"{shown(channels)}: the model's config is wrong.")
 
 
 # A hub model's files that say its family, variant and shape: kilobytes, fetched before its weights.
@@ -300,8 +388,19 @@ def _load_checkpoint(path: str, dtype: torch.dtype, config: str | None, family: 
             f"Cannot read the configs of --model-config {config} offline: give a diffusers folder of the same model, "
             f"or a hub id in the local Hugging Face cache."
         ) from None
+    except (OSError, KeyError, RuntimeError) as error:  # weights that do not fit the architecture, a damaged file
+        with_config = "" if config is None else f" with --model-config {config}"
+        raise ValueError(f"Cannot load checkpoint {path}{with_config}: {_first_line(error)}.") from None
     finally:
         quiet.setLevel(level)
+
+
+def _first_line(error: Exception) -> str:
+    """An exception's message as a clause: its first line, cut short, without its full stop."""
+    if isinstance(error, KeyError):
+        return f"it has no {shown(error.args[0] if error.args else None)}, which the architecture needs"
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(". ")
+    return text if len(text) <= 300 else text[:299] + "…"
 
 
 def load_pipeline(source: ModelSource | str, device: torch.device | str = "cpu",
@@ -328,7 +427,10 @@ def load_pipeline(source: ModelSource | str, device: torch.device | str = "cpu",
     else:
         local = source.kind == "folder" or _hub_is_offline()
         loader = AutoSyncDiffusionPipeline if source.family is None else pipeline_class(source.family)
-        pipe = loader.from_pretrained(source.ref, dtype=dtype, local_files_only=local, **components)
+        try:
+            pipe = loader.from_pretrained(source.ref, dtype=dtype, local_files_only=local, **components)
+        except OSError as error:  # what check_model_folder cannot see: a file diffusers looks for and lacks …
+            raise ValueError(f"Cannot load model {source.ref}: {_first_line(error)}.") from None
     if precision.autocast is not None:
         pipe.enable_autocast(precision.autocast)
     # silenced: diffusers warns that float16 "cannot run" on the CPU; it runs there, only slowly

@@ -191,7 +191,7 @@ def recommended_of(source) -> dict:
     recommended = recommended_settings(source.ref)
     unknown = sorted(set(recommended) - set(BY_NAME))
     if unknown:
-        raise SettingError(None, f"{Path(source.ref) / 'recommended.json'} sets {', '.join(unknown)}, which no "
+        raise SettingError(None, f"{Path(source.ref) / 'recommended.json'} sets {listed(unknown)}, which no "
                                  f"parameter is: fix the file.")
     return {**family, **recommended}
 
@@ -240,16 +240,42 @@ def fast_modes(modes: Iterable[str] | str | None) -> list[str]:
         modes = modes.replace(",", " ").split()
     if not isinstance(modes, (list, tuple, set, frozenset)) or not all(isinstance(m, str) for m in modes):
         raise SettingError("fast_modes", f"fast_modes must be a list of names ({', '.join(FAST_MODES)}), got "
-                                         f"{modes!r}.")
+                                         f"{shown(modes)}.")
     chosen = set(modes) - {NO_FAST_MODE}
     unknown = sorted(chosen - set(FAST_MODES))
     if unknown:
-        raise SettingError("fast_modes", f"fast_modes: unknown fast mode {', '.join(map(repr, unknown))}: use any of "
+        raise SettingError("fast_modes", f"fast_modes: unknown fast mode {listed(unknown, repr)}: use any of "
                                          f"{', '.join(FAST_MODES)}, or none.")
     return sorted(chosen)
 
 
 # --------------------------------------------------------------------------------------- checks
+
+CUT_CHARACTERS = 80  # of a name or text a sentence repeats: a megabyte-long field name is not echoed whole
+LISTED = 5  # names a sentence lists; the rest are counted
+
+
+def cut(text) -> str:
+    """`text` (a name, a path, a value a user typed) as a sentence shows it: at most CUT_CHARACTERS
+    characters, then "…" and the length."""
+    text = str(text)
+    return text if len(text) <= CUT_CHARACTERS else f"{text[:CUT_CHARACTERS]}… ({len(text):,} characters)"
+
+
+def listed(names, show=None) -> str:
+    """Names as a sentence lists them: the first LISTED, each cut short, and how many more."""
+    names = list(names)
+    shown_names = [cut(show(name) if show else name) for name in names[:LISTED]]
+    more = f" and {len(names) - LISTED:,} more" if len(names) > LISTED else ""
+    return ", ".join(shown_names) + more
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        return False
+
 
 KIND_WORDS = {int: "a whole number", float: "a number", str: "text", bool: "true or false", list: "a list"}
 
@@ -271,7 +297,7 @@ def _check_one(parameter: Parameter, value, item_of: str | None = None) -> None:
     if not fits:
         raise SettingError(parameter.name, f"{name} must be {KIND_WORDS[kind]}, got {shown(value)}.")
     if kind is float and not math.isfinite(value):
-        raise SettingError(parameter.name, f"{name} must be a finite number, got {value}.")
+        raise SettingError(parameter.name, f"{name} must be a finite number, got {shown(value)}.")
     if parameter.choices and value not in parameter.choices:
         raise SettingError(parameter.name, f"{name} must be one of {', '.join(parameter.choices)}, got {shown(value)}.")
     if kind is str:
@@ -291,7 +317,7 @@ def _check_one(parameter: Parameter, value, item_of: str | None = None) -> None:
         return
     low, high = parameter.minimum, parameter.maximum
     if (low is not None and (value <= low if parameter.above else value < low)) or (high is not None and value > high):
-        raise SettingError(parameter.name, f"{name} must be {parameter.range_words()}, got {value}.")
+        raise SettingError(parameter.name, f"{name} must be {parameter.range_words()}, got {shown(value)}.")
 
 
 def lone_surrogate(text: str) -> int | None:
@@ -340,12 +366,12 @@ def check(values: dict, geometry: Geometry | None = None) -> None:
     if values.get("fast_modes") is not None:
         fast_modes(values["fast_modes"])
     decoder = values.get("sync_decoder")
-    if decoder is not None and not (Path(decoder).expanduser() / "config.json").is_file():
-        raise SettingError("sync_decoder", f"sync_decoder {decoder} is not a diffusers AutoencoderTiny folder (it has "
-                                           f"no config.json): give the folder of a saved TAESD.")
+    if decoder is not None and not _is_file(Path(decoder).expanduser() / "config.json"):
+        raise SettingError("sync_decoder", f"sync_decoder {cut(decoder)} is not a diffusers AutoencoderTiny folder (it "
+                                           f"has no config.json): give the folder of a saved TAESD.")
     if "canny_low" in values and "canny_high" in values and values["canny_low"] > values["canny_high"]:
-        raise SettingError("canny_low", f"canny_low ({values['canny_low']}) must not exceed canny_high "
-                                        f"({values['canny_high']}).")
+        raise SettingError("canny_low", f"canny_low ({shown(values['canny_low'])}) must not exceed canny_high "
+                                        f"({shown(values['canny_high'])}).")
     width, height = values.get("width"), values.get("height")
     if width is not None and height is not None and width * height > MAX_PIXELS:
         raise SettingError("width" if width >= height else "height",

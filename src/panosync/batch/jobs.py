@@ -1,6 +1,7 @@
 """A batch's jobs: one JSON object a line, with the HTTP API's fields and an optional `name`, each
-checked against settings.py and the model's geometry before anything runs; and whether a job's
-PNG is already made (a rerun keeps it when its parameters match)."""
+checked against settings.py and the model's geometry before anything runs; and what the output
+folder holds for a job (a rerun keeps its PNG when its parameters match and its pixels are the ones
+panosync wrote; a file panosync did not write is not replaced)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,14 @@ MODEL_OPTIONS = ("model_config", "vae", "loras", "textual_inversions",
 # Unset until the model is loaded, for a model whose configs cannot be read before (a hub id not in
 # the cache, a checkpoint file): then any canvas of the PNG is the one the model's defaults made.
 CANVAS = ("width", "height", "stride", "window")
+SHOWN_BAD_LINES = 20  # of a file with more, the rest are counted
+SHOWN_CHARACTERS = 80  # of a user's value (a field's name, a `name`) in a sentence
+
+
+def cut(text: str, characters: int = SHOWN_CHARACTERS) -> str:
+    """`text` as a sentence shows it: whole when short, else its start and how long it was (a
+    megabyte sent as a field's name is not echoed)."""
+    return text if len(text) <= characters else f"{text[:characters - 1]}… ({len(text):,} characters)"
 
 
 @dataclass
@@ -41,10 +50,11 @@ class BatchJob:
 
 def read_jobs(path: str | Path, model: dict, source, view_batch_size: int | None = None,
               loras: tuple = ()) -> list[BatchJob]:
-    """Every job of the JSONL file `path`, checked; a ValueError naming the line and the field for
-    the first that is wrong. `model` holds the metadata's model keys (model, model_config, vae,
-    textual_inversions, ip_adapter, ip_adapter_image); `source` is its ModelSource (its geometry,
-    when known, checks the canvas now); `loras` the LoRAs of --lora (loras.LoraSpec), whose weights a line's `lora_scales` sets."""
+    """Every job of the JSONL file `path`, checked; a ValueError naming every line that is wrong
+    (the first SHOWN_BAD_LINES, and how many more) and the field. `model` holds the metadata's
+    model keys (model, model_config, vae, textual_inversions, ip_adapter, ip_adapter_image);
+    `source` is its ModelSource (its geometry, when known, checks the canvas now); `loras` the LoRAs
+    of --lora (loras.LoraSpec), whose weights a line's `lora_scales` sets."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a folder: give a JSONL file, one job a line.")
@@ -59,19 +69,32 @@ def read_jobs(path: str | Path, model: dict, source, view_batch_size: int | None
     except UnicodeDecodeError as error:
         raise ValueError(f"{path} is not UTF-8 text (byte {error.start}): write the jobs as JSON lines.") from None
     recommended = settings.recommended_of(source)
-    jobs, names = [], {}
+    jobs, names, bad = [], {}, []  # names: the name casefolded (one file on macOS and Windows) -> its job
     for number, text in enumerate(lines, start=1):
         if not text.strip():
             continue
         try:
             job = _read_job(number, text, recommended, source.geometry, model, view_batch_size, loras)
         except ValueError as error:
-            raise ValueError(f"{path} line {number}: {error}") from None
-        if job.name in names:
-            raise ValueError(f"{path} line {number}: name {job.name!r} is the name of line {names[job.name]} too: "
-                             f"give every job its own name.")
-        names[job.name] = number
+            bad.append(f"line {number}: {error}")
+            continue
+        other = names.get(job.name.casefold())
+        if other is not None and other.name == job.name:
+            bad.append(f"line {number}: name {job.name!r} is the name of line {other.line} too: give every job its "
+                       f"own name.")
+            continue
+        if other is not None:
+            bad.append(f"line {number}: name {job.name!r} and line {other.line}'s {other.name!r} differ only in case, "
+                       f"the same file on macOS and Windows: give every job a name of its own.")
+            continue
+        names[job.name.casefold()] = job
         jobs.append(job)
+    if len(bad) == 1:
+        raise ValueError(f"{path} {bad[0]}")
+    if bad:
+        more = f"\n  and {len(bad) - SHOWN_BAD_LINES:,} more." if len(bad) > SHOWN_BAD_LINES else ""
+        raise ValueError(f"{path} has {len(bad):,} bad lines, and nothing was run:\n  "
+                         + "\n  ".join(bad[:SHOWN_BAD_LINES]) + more)
     if not jobs:
         raise ValueError(f"{path} holds no job: write one JSON object a line, e.g. {{\"prompt\": \"snowy mountains\", "
                          f"\"seed\": 1}}.")
@@ -90,14 +113,17 @@ def _read_job(number: int, text: str, recommended: dict, geometry, model: dict,
         raise ValueError(f"a job is a JSON object of fields, got a JSON {settings.json_kind(fields)}.")
     unknown = sorted(set(fields) - set(FIELDS) - {"name"})
     if unknown:
-        raise ValueError(f"{unknown[0]} is no field of a job: the fields are {', '.join(FIELDS)}, and name.")
+        raise ValueError(f"{cut(unknown[0])} is no field of a job: the fields are {', '.join(FIELDS)}, and name.")
     name = fields.pop("name", None)
     if name is not None and not (isinstance(name, str) and NAME.fullmatch(name)):
         raise ValueError(f"name must be a file name of letters, digits, '.', '-' and '_', not starting with a dot "
-                         f"or dash, at most 100 characters, got {name!r}.")
-    if name is not None and re.fullmatch(r"line-\d+", name):
+                         f"or dash, at most 100 characters, got {cut(repr(name))}.")
+    if name is not None and re.fullmatch(r"line-\d+", name, re.IGNORECASE):  # Line-2.png is line-2.png on macOS
         raise ValueError(f"name {name!r} is how jobs without a name are named: choose another.")
-    lora_scales = check_lora_scales(fields.pop("lora_scales", None), loras)
+    try:
+        lora_scales = check_lora_scales(fields.pop("lora_scales", None), loras)
+    except ValueError as error:  # its sentence shows the value given, which may be long
+        raise ValueError(cut(str(error), 4 * SHOWN_CHARACTERS)) from None
     given = {key: value for key, value in fields.items() if value is not None or key in NULL_MEANS_SOMETHING}
     if given.get("prompt") is None:
         raise ValueError("prompt must be given (text).")
@@ -131,30 +157,49 @@ def settle_canvas(jobs: list[BatchJob], geometry, path: str | Path) -> None:
             raise ValueError(f"{path} line {job.line}: {error}") from None
 
 
-def is_made(job: BatchJob, folder: Path) -> bool:
-    """Whether `folder` holds the job's PNG made with its parameters (a seed the line left to chance
-    matches any); a PNG of other parameters, or not panosync's, is made again."""
-    from ..metadata import read_parameters
+# What an output folder holds for a job (examine): KEEP, its PNG; MAKE, nothing, a PNG of other
+# parameters, or something that is no file (a folder: the job fails when its PNG is written);
+# CUT_SHORT, UNVERIFIED or EDITED, a PNG made again, saying why; FOREIGN, a file panosync did not
+# write, never replaced unasked.
+KEEP, MAKE = "kept", "make"
+CUT_SHORT = "cut short or damaged"
+UNVERIFIED = "without a digest of their pixels to verify them by (written by an older panosync)"
+EDITED = "whose pixels changed after panosync wrote them"
+FOREIGN = "not written by panosync"
+
+
+def examine(job: BatchJob, folder: Path) -> str:
+    """What `folder` holds for the job: KEEP when its PNG was made with the job's parameters (a seed
+    the line left to chance matches any) and its pixels are the ones panosync wrote (the digest in its
+    metadata); MAKE when there is none or it was made with other parameters; CUT_SHORT, UNVERIFIED
+    (written before panosync stored a digest) or EDITED for a PNG to make again, saying so; FOREIGN
+    for a file that carries no panosync metadata, which is not replaced unasked."""
+    from ..metadata import DIGEST, pixels_digest, read_metadata
 
     import PIL.Image
 
     path = folder / job.file
     if not path.is_file():
-        return False
+        return FOREIGN if path.is_symlink() else MAKE  # a link to nothing: os.replace would replace the link
     try:
-        stored = settings.stored_parameters(read_parameters(path))
-        with PIL.Image.open(path) as image:
-            image.load()  # the pixels too: a PNG cut short (a crash mid-copy) is made again
-    except (ValueError, OSError, SyntaxError):
-        return False
+        stored = settings.stored_parameters(read_metadata(path))
+    except ValueError:
+        return FOREIGN
     if any(stored.get(key) != job.metadata.get(key) for key in MODEL_OPTIONS):
-        return False
+        return MAKE
     for key, wanted in job.metadata.items():
         if key in NOT_COMPARED or (key == "seed" and not job.seed_given) or (wanted is None and key in CANVAS):
             continue
         if stored.get(key) != wanted:
-            return False
-    return True
+            return MAKE
+    try:
+        with PIL.Image.open(path) as image:
+            digest = pixels_digest(image)  # decodes every pixel: a PNG cut short (a crash mid-copy) fails here
+    except (ValueError, OSError, SyntaxError, PIL.Image.DecompressionBombError):
+        return CUT_SHORT
+    if not isinstance(stored.get(DIGEST), str):
+        return UNVERIFIED
+    return KEEP if stored[DIGEST] == digest else EDITED
 
 
 def adopt_seed(job: BatchJob, folder: Path) -> None:

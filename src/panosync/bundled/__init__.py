@@ -5,7 +5,7 @@ generation settings its authors recommend (the command uses them as its defaults
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -37,6 +37,16 @@ def bundled_model_names() -> list[str]:
 
 
 def recommended_settings(folder: str | Path) -> dict:
-    """The generation settings stored with a model folder, {} when it has none."""
+    """The generation settings stored with a model folder, {} when it has none. A file that is not a
+    JSON object is a SettingError naming the file: the model's authors wrote it, not the user. Its
+    values are checked by models.check_recommended, its keys by settings.recommended_of."""
+    from ..errors import SettingError
+    from ..families import read_json_file
+
     path = Path(folder) / "recommended.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not os.path.lexists(path):
+        return {}
+    try:
+        return read_json_file(path, "an object of settings")
+    except ValueError as error:
+        raise SettingError(None, str(error)) from None

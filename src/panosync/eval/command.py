@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -102,9 +103,23 @@ def parse_seeds(text: str) -> list[int]:
 def read_prompts(path: str | Path) -> list[str]:
     """The prompts of a text file, one a line; blank lines and # comments are skipped."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise ValueError(f"--prompts {path} is a folder: give a text file, one prompt per line.")
+    if not path.exists():
         raise ValueError(f"--prompts {path}: no such file.")
-    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ValueError(f"--prompts {path} cannot be read ({error.strerror or error}).") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"--prompts {path} is not UTF-8 text (byte {error.start} is not UTF-8): give a text file, "
+                         f"one prompt per line.") from None
+    if "\x00" in text:
+        raise ValueError(f"--prompts {path} is a binary file (it holds NUL bytes): give a text file, one prompt "
+                         f"per line.")
+    prompts = [line.strip() for line in text.splitlines()]
     prompts = [prompt for prompt in prompts if prompt and not prompt.startswith("#")]
     if not prompts:
         raise ValueError(f"--prompts {path} holds no prompt: write one prompt per line.")
@@ -132,6 +147,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     from ..ip_adapters import ip_adapter_of_options
     from ..loras import weights_of_options
     from ..models import resolve_model
+    from ..vocabulary import warn_unknown_words
 
     prompts = read_prompts(args.prompts)
     seeds = parse_seeds(args.seeds)
@@ -148,6 +164,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     out = check_folder(args.out, "--out")
     model = args.model or settings.DEFAULT_MODEL
     source = resolve_model(model)
+    warn_unknown_words(source, prompts, model)
     values = settings.resolve(given_options(args), None, settings.recommended_of(source))
     values = {name: value for name, value in values.items() if name in SHARED_PARAMETERS + SYNC_PARAMETERS}
     settings.check(values)  # a bad option fails here, before loading
@@ -189,7 +206,8 @@ def generate(plan: Plan, engine, todo: list[PlannedImage], quiet: bool) -> None:
                 raise TaskFailed(f"{image.path} could not be made: {outcome.error}")
             made = outcome.made
             save_png(made.image, image.path, {**image.parameters, "seconds": round(made.seconds, 3),
-                                              "device": made.device, "dtype": made.dtype})
+                                              "device": made.device, "dtype": made.dtype,
+                                              **({"threads": made.threads} if made.threads is not None else {})})
             bar.update()
 
         engine.on_step = progress
@@ -241,6 +259,18 @@ def _check_metric_weights() -> None:
         raise ValueError(str(error)) from None
 
 
+def warn_if_few_images(plan: Plan) -> None:
+    """One line on stderr when FID and KID will have too few reference images to mean anything (the
+    report then gives them no verdict)."""
+    from .report import FEW_IMAGES
+
+    count = len(plan.prompts) * len(plan.seeds)
+    if count < FEW_IMAGES:
+        print(f"panosync: warning: {len(plan.prompts)} prompt(s) × {len(plan.seeds)} seed(s) make {count} reference "
+              f"images, fewer than the {FEW_IMAGES} FID and KID need to mean anything: they are reported without a "
+              f"verdict (give more seeds, e.g. --seeds 0-{-(-FEW_IMAGES // len(plan.prompts)) - 1}).", file=sys.stderr)
+
+
 def evaluate(args: argparse.Namespace) -> int:
     """The command: plan, make the missing images (here, or on Ray workers with --ray), measure, write
     the reports."""
@@ -254,13 +284,14 @@ def evaluate(args: argparse.Namespace) -> int:
     device = pick_device(args.device)  # the metrics' (and the images', without --ray)
     pick_precision(args.dtype, device, plan.source.family)
     _check_metric_weights()
+    warn_if_few_images(plan)
     todo = images_to_make(plan) if plan.images else None
     started = time.perf_counter()
     made = 0
     if todo is None or todo:
         spec = ModelSpec(plan.model, args.model_config, getattr(args, "vae", None), args.device, args.dtype,
                          getattr(args, "gradient_checkpointing", False), plan.loras, plan.textual_inversions,
-                         plan.ip_adapter, plan.ip_adapter_image)
+                         plan.ip_adapter, plan.ip_adapter_image, threads=args.threads)
         engine = open_engine(spec, args.ray, args.workers)
         try:
             geometry = plan.source.geometry or engine.geometry()

@@ -4,6 +4,7 @@ Inception features are cached beside the images, so that a rerun does not extrac
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from .plan import Plan
@@ -25,6 +26,25 @@ def _summary(values: list[float | None]) -> dict | None:
     if not values:
         return None
     return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else None}
+
+
+def read_cache_entry(entry: Path, crops: int):
+    """(key, features) of a cache entry, None when it is damaged: not an .npz archive, truncated, other
+    keys, other shapes, or objects inside (loaded with allow_pickle=False: a cache never runs code)."""
+    import zipfile
+
+    import numpy as np
+
+    try:
+        with np.load(entry, allow_pickle=False) as stored:
+            if not isinstance(stored, np.lib.npyio.NpzFile) or set(stored.files) != {"key", "features"}:
+                return None
+            key, features = stored["key"], stored["features"]
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, RuntimeError):
+        return None
+    if key.shape != (3,) or key.dtype != np.int64 or features.dtype != np.float32 or features.shape != (crops, 2048):
+        return None
+    return key, features
 
 
 class FeatureCache:
@@ -49,10 +69,17 @@ class FeatureCache:
         entry = self.out / "cache" / "inception" / path.relative_to(self.out).with_suffix(".npz")
         stat = path.stat()
         key = np.array([stat.st_mtime_ns, stat.st_size, size], dtype=np.int64)
+        if entry.exists() and not entry.is_file():
+            raise ValueError(f"{entry} is not a file, where the cache of {path}'s Inception features goes: remove it "
+                             f"(the cache is made again).")
         if entry.is_file():
-            with np.load(entry) as stored:
-                if np.array_equal(stored["key"], key):
-                    return torch.from_numpy(stored["features"]).double()
+            stored = read_cache_entry(entry, len(images))
+            if stored is None:
+                print(f"panosync: warning: the cache entry {entry} is damaged; it is removed and the features are "
+                      f"extracted again.", file=sys.stderr)
+                entry.unlink(missing_ok=True)
+            elif np.array_equal(stored[0], key):
+                return torch.from_numpy(stored[1]).double()
         if self.network is None:
             self.network = load_inception(device=self.device)
         features = inception_features(images, self.network)
@@ -75,6 +102,7 @@ def measure(plan: Plan, size: int, device, quiet: bool) -> dict:
     from .crops import crop_batch, crops
     from .fidelity import GIQA_K, fid, kid, knn_giqa
     from .inception import INCEPTION_FILE
+    from .report import FEW_IMAGES
     from .perceptual import lpips_between_pairs, load_style_features, style_loss_between_pairs
 
     lpips_model = load_lpips("vgg").to(device)
@@ -142,7 +170,8 @@ def measure(plan: Plan, size: int, device, quiet: bool) -> dict:
                        f"{kid_size}. FID: torchmetrics' FrechetInceptionDistance formula, its matrix square root "
                        f"taken exactly through singular values (panosync.eval.fidelity; tested equal). With few "
                        f"images FID is biased upwards: compare methods with each other at equal counts, not with "
-                       f"published FIDs.",
+                       f"published FIDs. KID is unbiased but noisy on few images (it can come out negative), and "
+                       f"with fewer than {FEW_IMAGES} reference images or crops neither is given a verdict.",
         "Mean-GIQA": f"KNN-GIQA (K = {min(GIQA_K, len(references))}): per crop, the sum of inverse L1 distances to its "
                      f"nearest reference images in Inception feature space, as the authors' knn_score.py; mean over "
                      f"a panorama's crops.",

@@ -5,6 +5,7 @@ which of them an earlier run has already made."""
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from .. import settings
 from ..geometry import Geometry
 
 # Parameters written into each PNG that do not change the picture, so a rerun does not compare them.
-NOT_COMPARED = ("seconds", "device", "dtype", "view_batch_size")
+NOT_COMPARED = ("seconds", "device", "dtype", "view_batch_size", "threads")
 # recorded in the PNG and compared, but the model's (and the engine's image prompt), not the call's
 WEIGHTS = ("loras", "textual_inversions", "ip_adapter", "ip_adapter_image")
 
@@ -96,14 +97,20 @@ def list_images(plan: Plan, size: int) -> list[PlannedImage]:
 def images_to_make(plan: Plan) -> list[PlannedImage]:
     """The images not made yet. An image already there must have been made with the same
     parameters, or mixing it in would make the results wrong: that is a ValueError."""
-    from ..metadata import read_parameters
+    from .. import metadata
 
+    # the metadata with the digest of the pixels (metadata.DIGEST) when this panosync stores one
+    read = getattr(metadata, "read_metadata", metadata.read_parameters)
     missing = []
     for image in plan.images:
+        if image.path.exists() and not image.path.is_file():
+            what = "a reference image" if image.method is None else f"a {image.method} panorama"
+            raise ValueError(f"{image.path} is not a file, where {what} goes: remove it, or use another --out folder.")
         if not image.path.is_file():
             missing.append(image)
             continue
-        stored = read_parameters(image.path)
+        stored = read(image.path)
+        digest = stored.pop(getattr(metadata, "DIGEST", "pixels_sha256"), None)
         # the weights too when only the PNG has them: an image made with a LoRA or an image prompt is another picture
         wanted_of = {**{name: None for name in WEIGHTS}, **image.parameters}
         for name, wanted in wanted_of.items():
@@ -113,4 +120,30 @@ def images_to_make(plan: Plan) -> list[PlannedImage]:
                 raise ValueError(
                     f"{image.path} was made with {name} {stored.get(name)!r}, this evaluation asks for {wanted!r}: "
                     f"use another --out folder, or delete {plan.out} to start over.")
+        wrong = pixels_differ(image, digest)
+        if wrong is not None:  # its parameters are this run's, its pixels are not what they made: made again
+            print(f"panosync: warning: {image.path} {wrong}: it is made again.", file=sys.stderr)
+            missing.append(image)
     return missing
+
+
+def pixels_differ(image: PlannedImage, digest: str | None) -> str | None:
+    """Why a kept image's pixels are not what its parameters made, in words (re-saved at another size;
+    edited after panosync wrote it, when its metadata holds the `digest` of its pixels), or None."""
+    import PIL.Image
+
+    from .. import metadata
+
+    wanted = (image.parameters["width"], image.parameters["height"])
+    try:
+        with PIL.Image.open(image.path) as picture:
+            size = picture.size
+            if size == wanted and isinstance(digest, str) and hasattr(metadata, "pixels_digest"):
+                picture.load()
+                if metadata.pixels_digest(picture) != digest:
+                    return "holds other pixels than panosync wrote (their digest is not the one in its metadata)"
+    except (OSError, PIL.UnidentifiedImageError, PIL.Image.DecompressionBombError, ValueError) as error:
+        return f"cannot be read ({error})"
+    if size != wanted:
+        return f"is {size[0]}x{size[1]} pixels, not the {wanted[0]}x{wanted[1]} its parameters make"
+    return None

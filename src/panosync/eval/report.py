@@ -38,6 +38,11 @@ DISPLAY_NAMES = {"multidiffusion": "MultiDiffusion", "syncdiffusion": "SyncDiffu
 # more coherent crops, at a fidelity to single images that is not materially worse.
 PAPER_CLAIM = {"intra_lpips": "lower", "intra_style_loss": "lower", "fid": "not materially worse",
                "kid": "not materially worse"}
+# FID and KID compare two sets of images: with fewer reference images (or crops) than this, FID is
+# dominated by its bias and KID by its noise (two seeds gave KID −95.7 against −48.5 ×10⁻³), so the
+# numbers are shown with a warning and without a verdict.
+FEW_IMAGES = 50
+FIDELITY = ("fid", "kid")
 
 
 def display_name(method: str) -> str:
@@ -98,6 +103,16 @@ def paired_difference(results: dict, key: str, baseline: str, candidate: str) ->
             "candidate_lower": int((differences < 0).sum()), "pairs": len(common)}
 
 
+def too_few_images(results: dict, *methods: str) -> str | None:
+    """Why FID and KID of these methods mean nothing yet (fewer than FEW_IMAGES reference images or
+    crops), in words; None when there are enough."""
+    references = results.get("references", {}).get("count", 0)
+    crops = min((m.get("crops", 0) for m in results["methods"] if not methods or m["name"] in methods), default=0)
+    if references >= FEW_IMAGES and crops >= FEW_IMAGES:
+        return None
+    return f"too few images, {references} references and {crops} crops, under {FEW_IMAGES} each"
+
+
 def comparison(results: dict, baseline: str = "multidiffusion", candidate: str = "syncdiffusion") -> list[str]:
     """Sentences that compare the candidate with the baseline on every metric, against the paper."""
     by_name = {m["name"]: m for m in results["methods"]}
@@ -105,10 +120,15 @@ def comparison(results: dict, baseline: str = "multidiffusion", candidate: str =
         return []
     lines = [f"## {display_name(candidate)} against {display_name(baseline)}", "",
              "| metric | paper | measured | as the paper? |", "|---|---|---|---|"]
+    few = too_few_images(results, baseline, candidate)
     for key, name, better, factor in METRICS:
         base, cand = by_name[baseline]["metrics"].get(key), by_name[candidate]["metrics"].get(key)
         if base is None or cand is None:
             lines.append(f"| {name} | {PAPER_CLAIM.get(key, '–')} | skipped | – |")
+            continue
+        if key in FIDELITY and few:
+            lines.append(f"| {name} | {PAPER_CLAIM.get(key, '–')} | {_number(base['mean'] * factor)} → "
+                         f"{_number(cand['mean'] * factor)} | – ({few}: no verdict) |")
             continue
         change = (cand["mean"] - base["mean"]) / abs(base["mean"]) if base["mean"] else float("nan")
         improved = cand["mean"] < base["mean"] if better == "lower" else cand["mean"] > base["mean"]
@@ -142,6 +162,10 @@ def markdown(results: dict, chart: str | None = None, grid: str | None = None) -
              "subsets.", ""]
     lines += table(results)
     lines += [""]
+    few = too_few_images(results)
+    if few:
+        lines += [f"**Warning:** FID and KID on {few}: both are unreliable at these counts (FID biased upwards, KID "
+                  f"noisy, even negative); they are shown without a verdict.", ""]
     lines += comparison(results)
     if chart:
         lines += ["", f"![the metrics as bars, ± one standard deviation]({chart})"]

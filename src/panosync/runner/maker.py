@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -18,6 +19,44 @@ from ..loras import LoraSpec, TextualInversionSpec
 StepCallback = Callable[[int, float], None]
 # an engine's on_step(key, steps_done, sync_weight, worker): a task's progress, with where it runs
 ProgressCallback = Callable[[object, int, float, dict], None]
+# --threads: at most this many (a typo of a thousand times the cores is refused, not obeyed)
+MAX_THREADS = 1024
+
+
+def default_threads() -> int:
+    """The threads torch computes on now, in this process: --threads when not given."""
+    import torch
+
+    return torch.get_num_threads()
+
+
+def check_threads(threads, source: str = "--threads") -> int:
+    """`threads` when it is a thread count, else a ValueError with one sentence (`source` names where
+    it came from: the option, or a PNG's metadata)."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+        shown = repr(threads) if len(repr(threads)) <= 40 else repr(threads)[:40] + "…"
+        raise ValueError(f"{source} must be a whole number from 1 to {MAX_THREADS}, got {shown}.")
+    return threads
+
+
+@contextlib.contextmanager
+def computing_threads(threads: int | None, device):
+    """Torch computes on `threads` threads inside, on a CPU `device` (put back after). On a CPU the
+    picture depends on the thread count: the sums of the sync gradient's convolutions are split
+    across the threads and round differently (torch.use_deterministic_algorithms does not change
+    that), and the sync gradient amplifies the last bit into visible differences. So the count is
+    a parameter of the panorama, recorded in its PNG. On a GPU it changes nothing (None: untouched)."""
+    import torch
+
+    if threads is None or torch.device(device).type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)
@@ -34,6 +73,14 @@ class ModelSpec:
     textual_inversions: tuple[TextualInversionSpec, ...] = ()
     ip_adapter: IpAdapterSpec | None = None  # checked by the front end, like the LoRAs; loaded after them
     ip_adapter_image: IpAdapterImageSpec | None = None  # the image prompt of every panorama (a path and its hash)
+    # --threads: torch's threads on a CPU, a parameter of the picture there (computing_threads); None:
+    # the count of the process that makes the spec (the driver), so that a Ray worker, whose own
+    # default is one thread, computes as the local runner would
+    threads: int | None = None
+
+    def __post_init__(self):
+        threads = default_threads() if self.threads is None else check_threads(self.threads)
+        object.__setattr__(self, "threads", threads)
 
 
 @dataclass
@@ -45,6 +92,7 @@ class Made:
     device: str  # "cpu", "cuda"
     dtype: str  # the precision's name
     worker: dict = field(default_factory=dict)  # host, pid (and GPUs on Ray)
+    threads: int | None = None  # torch's threads on a CPU, for the PNG's metadata (None on a GPU: no matter)
 
 
 @dataclass
@@ -126,11 +174,18 @@ class PanoramaMaker:
         if scales:
             apply_lora_scales(self.pipe, scales, self.lora_scales)
         try:
-            image = self.pipe(**call, callback_on_step_end=after_step).images[0]
+            with computing_threads(self.spec.threads, self.device):
+                image = self.pipe(**call, callback_on_step_end=after_step).images[0]
         finally:
             if scales:  # the next panorama is made at the spec's scales unless it says otherwise
                 apply_lora_scales(self.pipe, {}, self.lora_scales)
-        return Made(image, time.perf_counter() - started, self.device.type, self.precision.name, where())
+        return Made(image, time.perf_counter() - started, self.device.type, self.precision.name, where(),
+                    self.threads)
+
+    @property
+    def threads(self) -> int | None:
+        """The thread count the pictures are made with: the spec's on a CPU, None on a GPU."""
+        return self.spec.threads if self.device.type == "cpu" else None
 
     def attempt(self, key, call: dict, on_step: StepCallback | None = None) -> Done:
         """`make`, with whatever a task can cause caught into the Done: one bad task must not stop a

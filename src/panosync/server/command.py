@@ -84,7 +84,8 @@ def add_ui_arguments(parser: argparse.ArgumentParser) -> None:
                         help="address to listen on (default: loopback only; 0.0.0.0 for every interface)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--out-dir", dest="out_dir", type=Path, default=Path("panosync-ui"),
-                        help="folder the panoramas are saved to (default: ./panosync-ui)")
+                        help="folder the panoramas are saved to (default: ./panosync-ui, in the folder the page is "
+                             "started from; the page prints where)")
 
 
 def _limits(args: argparse.Namespace) -> Limits:
@@ -109,7 +110,8 @@ def _load(args: argparse.Namespace):
     with_controlnets = f" with {', '.join(args.controlnet)}" if args.controlnet else ""
     print(f"loading {model}{with_controlnets} …", file=sys.stderr)
     loaded = PanoramaModel.load(model, args.device, args.dtype, args.model_config,
-                                args.view_batch_size, args.controlnet, args.vae, loras, inversions)
+                                args.view_batch_size, args.controlnet, args.vae, loras, inversions,
+                                threads=args.threads)
     if getattr(args, "gradient_checkpointing", False):
         loaded.pipe.enable_sync_checkpointing()
     return loaded
@@ -129,7 +131,7 @@ def _open_workers(args: argparse.Namespace):
     source = resolve_model(name)  # a model that is not there: one sentence, before any worker starts
     loras, inversions = weights_of_options(args.lora, args.lora_weight_name, args.textual_inversion)
     spec = ModelSpec(name, args.model_config, args.vae, args.device, args.dtype, args.gradient_checkpointing,
-                     loras, inversions)
+                     loras, inversions, threads=args.threads)
     engine = open_engine(spec, args.ray, args.workers)
     try:
         return WorkersModel(name, engine, args.model_config, args.view_batch_size, source, loras, inversions), engine
@@ -214,9 +216,9 @@ def serve(args: argparse.Namespace) -> int:
     from ..runner.cluster import check_cluster_options
 
     check_cluster_options(args.ray, args.workers, args.dtype, args.device)
-    check_address(args.host, args.port)
     if args.ray and args.controlnet:
         raise ValueError("serve --ray makes SyncDiffusion panoramas: ControlSync (--controlnet) runs without --ray.")
+    check_address(args.host, args.port)
     limits = _limits(args)
     retention = None if args.keep is None else parse_keep(args.keep)
     min_free = DEFAULT_MIN_FREE_BYTES if args.min_free is None else parse_min_free(args.min_free)
@@ -250,6 +252,9 @@ def ui(args: argparse.Namespace) -> int:
     limits = _limits(args)
     check_address(args.host, args.port)
     check_folder(args.out_dir, "--out-dir")  # now, not at the first panorama
-    page = build_ui(_load(args), limits, args.out_dir)
+    loaded = _load(args)  # the model's options are checked (one sentence) before anything is said
+    # the default is relative to where the page was started: say where that is
+    print(f"panoramas are saved in {Path(args.out_dir).expanduser().resolve()}", file=sys.stderr)
+    page = build_ui(loaded, limits, args.out_dir)
     launch(page, args.out_dir, args.host, args.port)
     return 0

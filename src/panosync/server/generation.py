@@ -29,6 +29,7 @@ from ..models import load_control_pipeline, load_pipeline, pick_device, resolve_
 from ..pipeline import SyncDiffusionPipeline
 from ..precision import pick_precision
 from ..registry import family_of_pipeline, variant_of_pipeline
+from ..runner.maker import check_threads, computing_threads, default_threads
 from .limits import Limits
 from .schema import CONTROL_FIELDS, FieldError, field_of
 
@@ -46,9 +47,14 @@ class PanoramaModel:
 
     loras: tuple[LoraSpec, ...] = ()
     textual_inversions: tuple = ()
+    # torch's threads on a CPU (--threads; runner.maker.computing_threads): a parameter of the picture
+    # there, so every panorama is made on as many and its PNG records the count; None: not this
+    # process's to say (the Ray workers' models, whose pictures carry their own)
+    threads: int | None = None
 
     def __init__(self, pipe: SyncDiffusionPipeline, name: str, defaults: dict, model_config: str | None = None,
                  view_batch_size: int | None = None, controlnets: list[str] | None = None):
+        self.threads = default_threads()
         if isinstance(pipe, ControlSyncMixin) != (controlnets is not None):
             raise TypeError("Give controlnets, the names of the ControlNets, exactly when the pipeline has them.")
         if controlnets is not None and len(controlnets) != len(pipe.controlnets):
@@ -81,11 +87,14 @@ class PanoramaModel:
     def load(cls, model: str, device: str = "auto", dtype: str = "auto", model_config: str | None = None,
              view_batch_size: int | None = None, controlnets: list[str] | None = None,
              vae: str | None = None, loras: tuple[LoraSpec, ...] = (),
-             textual_inversions: tuple = ()) -> "PanoramaModel":
+             textual_inversions: tuple = (), threads: int | None = None) -> "PanoramaModel":
         """Load `model` (anything `panosync generate --model` takes, of any family panosync runs), and
         `controlnets` when given (anything `panosync control --controlnet` takes), once, for every
         request after; `vae` in place of the model's own (--vae); `loras` and `textual_inversions`
-        (checked by loras.py) onto it."""
+        (checked by loras.py) onto it; `threads` (--threads) to compute on, on a CPU (default: torch's
+        count now)."""
+        if threads is not None:
+            check_threads(threads)
         source = resolve_model(model)
         controlnet_sources = [resolve_controlnet(controlnet) for controlnet in controlnets or []]
         device = pick_device(device)
@@ -104,6 +113,8 @@ class PanoramaModel:
             loaded = cls(pipe, model, settings.model_defaults(source, control=True), model_config, view_batch_size,
                          list(controlnets))
         loaded.loras, loaded.textual_inversions = tuple(loras), tuple(textual_inversions)
+        if threads is not None:
+            loaded.threads = threads
         return loaded
 
     @property
@@ -224,7 +235,8 @@ class PanoramaModel:
         if scales:
             apply_lora_scales(self.pipe, scales, self.lora_scales)
         try:
-            return self.pipe(**pipeline_parameters, **control, callback_on_step_end=after_step).images[0]
+            with computing_threads(self.threads, self.device):
+                return self.pipe(**pipeline_parameters, **control, callback_on_step_end=after_step).images[0]
         finally:
             if scales:  # the next request is made at the default scales unless it says otherwise
                 apply_lora_scales(self.pipe, {}, self.lora_scales)
@@ -238,5 +250,6 @@ class PanoramaModel:
             model.update(controlnet=self.controlnets, condition=[str(condition) for condition in parameters["condition"]])
         parameters = {name: value for name, value in parameters.items() if name != "lora_scales"}
         model.update(weights_metadata(self.loras, self.textual_inversions, parameters_scales))
+        threads = {"threads": self.threads} if self.device.type == "cpu" and self.threads is not None else {}
         return {**parameters, **model, "width": image.width, "height": image.height, "device": self.device.type,
-                "dtype": self.dtype}
+                "dtype": self.dtype, **threads}

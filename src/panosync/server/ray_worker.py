@@ -42,6 +42,7 @@ class WorkersModel(PanoramaModel):
         if source.family is None:  # a hub model whose configs could not be had here: the workers say its family
             defaults.update(engine.family_defaults())
         self.pipe = None
+        self.threads = None  # each picture says its workers' (Made.threads)
         self.loras, self.textual_inversions = tuple(loras), tuple(textual_inversions)  # the workers loaded them
         self._device, self._dtype = engine.runs_on()
         self._describe(engine.geometry(), name, defaults, model_config, view_batch_size, None)
@@ -141,7 +142,8 @@ class RayWorker(Worker):
         made = done.made
         try:
             output = f"{job.id}.png"
-            metadata = {**self.model.metadata(job.parameters, made.image), "device": made.device, "dtype": made.dtype}
+            metadata = {**self.model.metadata(job.parameters, made.image), "device": made.device, "dtype": made.dtype,
+                        **({"threads": made.threads} if made.threads is not None else {})}  # the workers' count
             save_png(made.image, self.store.outputs / output, metadata)
             return SUCCEEDED, dict(output=output, pipeline_seconds=made.seconds)
         except Exception as error:
