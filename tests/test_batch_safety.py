@@ -122,11 +122,22 @@ def test_a_second_batch_into_a_folder_being_written_is_refused_and_the_first_is_
     summary = run(a, out, Painter(during=second_batch))
     host = socket.gethostname()
     assert refusals == [f"--out {out} is being written by another panosync batch (pid {os.getpid()} on {host}); "
-                        f"wait for it or choose another --out."]
+                        f"wait for it or choose another --out (if no batch is writing there, remove {out / LOCK})."]
     assert [read_metadata(out / f"p{n}.png")["seed"] for n in range(5)] == [0, 1, 2, 3, 4]
     assert summary["counts"]["made"] == 5 and json.loads((out / "summary.json").read_text())["jobs_file"] == str(a)
     assert not (out / LOCK).exists()  # released: B may run now
     assert run(b, out)["counts"]["made"] == 5
+
+
+def test_a_later_batch_replacing_pngs_of_other_parameters_says_so(tmp_path, capsys):
+    """The probe's A then B into one folder (same names, other seeds): B makes its own PNGs, and
+    says which of A's it replaces, --quiet or not."""
+    a, b, out = five(tmp_path, 0, "A.jsonl"), five(tmp_path, 100, "B.jsonl"), tmp_path / "twin"
+    run(a, out)
+    capsys.readouterr()
+    assert run(b, out)["counts"]["made"] == 5
+    err = capsys.readouterr().err
+    assert "making again 5 PNGs made before with other parameters" in err and "p0.png" in err
 
 
 def test_the_cli_refuses_a_held_folder_in_one_sentence_before_any_work(tmp_path, capsys):
@@ -153,7 +164,7 @@ def test_a_lock_whose_process_is_gone_is_taken_over_and_another_hosts_is_not(tmp
     assert run(five(tmp_path), out)["counts"]["made"] == 5 and not (out / LOCK).exists()
     (out / LOCK).write_text(json.dumps({"pid": 1234, "host": "another-machine"}))
     with pytest.raises(ValueError, match=r"\(pid 1234 on another-machine\); wait for it or choose another --out "
-                                         r"\(if that batch is gone, remove .*\.panosync-batch\.lock\)\.$"):
+                                         r"\(if no batch is writing there, remove .*\.panosync-batch\.lock\)\.$"):
         run(five(tmp_path), out)
     (out / LOCK).write_text("")  # a batch killed between creating its lock and writing it, long ago
     os.utime(out / LOCK, (time.time() - 60, time.time() - 60))

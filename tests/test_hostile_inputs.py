@@ -166,3 +166,36 @@ def test_pocket_warns_of_the_words_it_does_not_know():
     assert warning.startswith("pocket does not know the words: city, street (it knows: at, by, day, desert")
     assert vocabulary_warning(pocket, "snowy mountains at sunset", "pocket") is None
     assert vocabulary_warning(resolve_model("tiny-random"), "a city street", "tiny-random") is None
+
+
+def test_an_image_whose_header_claims_billions_of_pixels_is_our_sentence():
+    """The probe's 100000×100000 PNG header: Pillow's "decompression bomb DOS attack.." becomes one
+    sentence of ours."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    with pytest.raises(ValueError, match=r"^Cannot read condition image huge.png: its header claims more pixels "
+                                         r"than any image panosync reads .*: give a smaller image\.$"):
+        read_condition_image(data, "huge.png")
+
+
+@pytest.mark.slow
+def test_a_pngs_stored_parameters_are_as_strictly_typed_as_recommended_json(tmp_path, capsys):
+    """The probe's PNG whose fast_modes is the text "reuse_noise": refused in one sentence, not run."""
+    from panosync.metadata import read_parameters
+
+    made = tmp_path / "made.png"
+    assert main(["generate", "a hill", "--model", "tiny-random", "--width", "512", "--steps", "1", "--quiet",
+                 "--out", str(made)]) == 0
+    parameters = read_parameters(made)
+    save_png(PIL.Image.open(made).convert("RGB"), tmp_path / "edited.png", {**parameters, "fast_modes": "reuse_noise"})
+    capsys.readouterr()
+    code = main(["generate", "--from-png", str(tmp_path / "edited.png"), "--out", str(tmp_path / "x.png"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "The PNG's metadata: fast_modes must be a list" in err and "Traceback" not in err
+    assert not (tmp_path / "x.png").exists()

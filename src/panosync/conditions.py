@@ -56,8 +56,11 @@ def read_condition_image(data: bytes, name: str, max_pixels: int | None = None,
     except PIL.UnidentifiedImageError:
         raise ValueError(f"Cannot read {what} {name}: it is not an image file (give a PNG, JPEG or WebP "
                          f"file's bytes).") from None
-    except (OSError, PIL.Image.DecompressionBombError) as error:
-        raise ValueError(f"Cannot read {what} {name}: {error}.") from None
+    except PIL.Image.DecompressionBombError:
+        raise ValueError(f"Cannot read {what} {name}: its header claims more pixels than any image panosync "
+                         f"reads (a decompression bomb, or a damaged file): give a smaller image.") from None
+    except OSError as error:
+        raise ValueError(f"Cannot read {what} {name}: {str(error).rstrip('.')}.") from None
 
 
 def check_canny_thresholds(low: int, high: int) -> None:

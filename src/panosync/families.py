@@ -197,7 +197,30 @@ def check_model_index(index, path: str | Path = "model_index.json") -> dict:
             raise ValueError(f"{path}: the {shown(name)} component comes from {shown(value[0])}, not from a library "
                              f"a pipeline is made of ({' or '.join(COMPONENT_LIBRARIES)}): refused, as loading it "
                              f"would import that module.")
+        if value[0] is not None and not _is_component_class(*value):
+            raise ValueError(f"{path}: the {shown(name)} component names {shown('.'.join(value))}, which is no model, "
+                             f"tokenizer, scheduler or processor class of {value[0]}.")
     return index
+
+
+def _is_component_class(library: str, name: str | None) -> bool:
+    """Whether `name` is a public class of `library` (diffusers, transformers) that is not a pipeline:
+    what a model_index.json component may name. The library is imported (it is one of ours); the name
+    only looked up."""
+    import importlib
+    import inspect
+
+    if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
+        return False
+    try:
+        found = getattr(importlib.import_module(library), name, None)
+    except Exception:  # noqa: BLE001 — a lazy attribute that fails to import is no class to load
+        return False
+    if not inspect.isclass(found):
+        return False
+    from diffusers import DiffusionPipeline
+
+    return not issubclass(found, DiffusionPipeline)
 
 
 class CheckpointShapes:

@@ -315,6 +315,10 @@ def _most_steps_of(config_file: Path) -> int:
         config = json.loads(config_file.read_text())
     except (OSError, ValueError):
         return MAX_STEPS
+    steps = config.get("num_train_timesteps", MAX_STEPS) if isinstance(config, dict) else MAX_STEPS
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"{config_file}: num_train_timesteps must be a positive whole number, got {shown(steps)}: "
+                         f"the model's config is wrong.")
     from diffusers import DDIMScheduler
 
     from .schedulers import most_steps
@@ -395,6 +399,14 @@ def _load_checkpoint(path: str, dtype: torch.dtype, config: str | None, family: 
         quiet.setLevel(level)
 
 
+def _first_sentence(error: Exception) -> str:
+    """A library's message as a clause: its first sentence only (diffusers follows a shape mismatch
+    with advice to ignore mismatched sizes, which would load random weights), without its preamble."""
+    text = _first_line(error)
+    text = re.sub(r"^Cannot load\s+(\S+\s+)?because\s+", "", text)
+    return re.split(r"(?<=[^.\s])\.\s", text, maxsplit=1)[0].rstrip(". ")
+
+
 def _first_line(error: Exception) -> str:
     """An exception's message as a clause: its first line, cut short, without its full stop."""
     if isinstance(error, KeyError):
@@ -429,8 +441,11 @@ def load_pipeline(source: ModelSource | str, device: torch.device | str = "cpu",
         loader = AutoSyncDiffusionPipeline if source.family is None else pipeline_class(source.family)
         try:
             pipe = loader.from_pretrained(source.ref, dtype=dtype, local_files_only=local, **components)
-        except OSError as error:  # what check_model_folder cannot see: a file diffusers looks for and lacks …
-            raise ValueError(f"Cannot load model {source.ref}: {_first_line(error)}.") from None
+        except (OSError, ValueError, TypeError, RuntimeError) as error:  # what check_model_folder cannot see:
+            # a file diffusers looks for and lacks, weights of another shape than the config says …
+            if "OutOfMemory" in type(error).__name__:
+                raise
+            raise ValueError(f"Cannot load model {source.ref}: {_first_sentence(error)}.") from None
     if precision.autocast is not None:
         pipe.enable_autocast(precision.autocast)
     # silenced: diffusers warns that float16 "cannot run" on the CPU; it runs there, only slowly

@@ -229,7 +229,16 @@ def stored_parameters(metadata) -> dict:
     if not isinstance(metadata, dict):
         raise SettingError(None, f"The PNG's panosync metadata is a JSON {json_kind(metadata)}, not an object of "
                                  f"parameters: it was changed after panosync wrote it.")
-    return {RENAMED.get(name, name): value for name, value in metadata.items()}
+    stored = {RENAMED.get(name, name): value for name, value in metadata.items()}
+    for name, value in stored.items():  # as strict as recommended.json: a PNG's types are the ones panosync wrote
+        parameter = BY_NAME.get(name)
+        if parameter is not None and value is not None:
+            try:
+                _check_one(parameter, value)
+            except SettingError as error:
+                raise SettingError(name, f"The PNG's metadata: {str(error).rstrip('.')}; it was changed after "
+                                         f"panosync wrote it.") from None
+    return stored
 
 
 def fast_modes(modes: Iterable[str] | str | None) -> list[str]:

@@ -157,21 +157,21 @@ def settle_canvas(jobs: list[BatchJob], geometry, path: str | Path) -> None:
             raise ValueError(f"{path} line {job.line}: {error}") from None
 
 
-# What an output folder holds for a job (examine): KEEP, its PNG; MAKE, nothing, a PNG of other
-# parameters, or something that is no file (a folder: the job fails when its PNG is written);
-# CUT_SHORT, UNVERIFIED or EDITED, a PNG made again, saying why; FOREIGN, a file panosync did not
-# write, never replaced unasked.
+# What an output folder holds for a job (examine): KEEP, its PNG; MAKE, nothing, or something that
+# is no file (a folder: the job fails when its PNG is written); REPLACED, CUT_SHORT, UNVERIFIED or
+# EDITED, a PNG made again, saying why; FOREIGN, a file panosync did not write, never replaced unasked.
 KEEP, MAKE = "kept", "make"
 CUT_SHORT = "cut short or damaged"
 UNVERIFIED = "without a digest of their pixels to verify them by (written by an older panosync)"
 EDITED = "whose pixels changed after panosync wrote them"
+REPLACED = "made before with other parameters (another jobs file, or lines changed since)"
 FOREIGN = "not written by panosync"
 
 
 def examine(job: BatchJob, folder: Path) -> str:
     """What `folder` holds for the job: KEEP when its PNG was made with the job's parameters (a seed
     the line left to chance matches any) and its pixels are the ones panosync wrote (the digest in its
-    metadata); MAKE when there is none or it was made with other parameters; CUT_SHORT, UNVERIFIED
+    metadata); MAKE when there is none; REPLACED when it was made with other parameters; CUT_SHORT, UNVERIFIED
     (written before panosync stored a digest) or EDITED for a PNG to make again, saying so; FOREIGN
     for a file that carries no panosync metadata, which is not replaced unasked."""
     from ..metadata import DIGEST, pixels_digest, read_metadata
@@ -186,12 +186,12 @@ def examine(job: BatchJob, folder: Path) -> str:
     except ValueError:
         return FOREIGN
     if any(stored.get(key) != job.metadata.get(key) for key in MODEL_OPTIONS):
-        return MAKE
+        return REPLACED
     for key, wanted in job.metadata.items():
         if key in NOT_COMPARED or (key == "seed" and not job.seed_given) or (wanted is None and key in CANVAS):
             continue
         if stored.get(key) != wanted:
-            return MAKE
+            return REPLACED
     try:
         with PIL.Image.open(path) as image:
             digest = pixels_digest(image)  # decodes every pixel: a PNG cut short (a crash mid-copy) fails here

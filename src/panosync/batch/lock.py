@@ -52,8 +52,7 @@ class FolderLock:
     def _held(self, text: str | None) -> str:
         owner = _owner(text) or {}
         pid, host = owner.get("pid", "unknown"), owner.get("host", "an unknown host")
-        gone = (f" (if that batch is gone, remove {self.path})" if host != socket.gethostname() or not owner
-                else "")
+        gone = f" (if no batch is writing there, remove {self.path})"
         return (f"{self.option} {self.path.parent} is being written by another panosync batch (pid {pid} on "
                 f"{str(host)[:80]}); wait for it or choose another {self.option}{gone}.")
 

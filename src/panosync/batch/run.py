@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..runner import Done
-from .jobs import (CUT_SHORT, EDITED, FOREIGN, KEEP, SHOWN_BAD_LINES, UNVERIFIED, BatchJob, adopt_seed, examine,
-                   settle_canvas)
+from .jobs import (CUT_SHORT, EDITED, FOREIGN, KEEP, REPLACED, SHOWN_BAD_LINES, UNVERIFIED, BatchJob, adopt_seed,
+                   examine, settle_canvas)
 from .lock import FolderLock
 
 SUMMARY = "summary.json"
@@ -55,7 +55,7 @@ def _run_batch(jobs, out, open_engine, jobs_file, engine_words, quiet, on_step, 
     verdicts = {job.line: examine(job, out) for job in tqdm(jobs, desc=f"checking {len(jobs):,} jobs", unit="job",
                                                             disable=quiet, leave=False, mininterval=0.5)}
     _refuse_foreign(jobs, verdicts, out, overwrite)
-    for reason in (CUT_SHORT, UNVERIFIED, EDITED):
+    for reason in (REPLACED, CUT_SHORT, UNVERIFIED, EDITED):
         _say_remade([job for job in jobs if verdicts[job.line] == reason], reason)
     todo = [job for job in jobs if verdicts[job.line] != KEEP]
     for job in jobs:
