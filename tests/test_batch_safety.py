@@ -378,3 +378,13 @@ def test_long_values_are_cut_short_in_the_sentence(tmp_path, capsys, line):
     assert batch(jobs, tmp_path / "out") == 2
     error = capsys.readouterr().err
     assert len(error) < 600 and "characters)" in error and error.count("\n") == 1, error[:1000]
+
+
+def test_names_windows_keeps_for_devices_are_refused(tmp_path):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", {"prompt": "hills", "name": "CON", **SMALL},
+                      {"prompt": "hills", "name": "nul.png", **SMALL}, {"prompt": "hills", "name": "console", **SMALL})
+    with pytest.raises(ValueError) as refused:
+        read_jobs(jobs, {"model": "pocket"}, resolve_model("pocket"))
+    assert "line 1: name 'CON' is a device on Windows" in str(refused.value)
+    assert "line 2: name 'nul.png' is a device on Windows" in str(refused.value)
+    assert "line 3" not in str(refused.value)

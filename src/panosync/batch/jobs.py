@@ -16,6 +16,7 @@ from .. import settings
 # (a batch makes SyncDiffusion panoramas), and the PNG's name.
 FIELDS = tuple(p.name for p in settings.PARAMETERS if p.served and not p.control) + ("lora_scales",)
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # fullmatch: "$" would let a final newline through
+WINDOWS_DEVICES = re.compile(r"CON|PRN|AUX|NUL|COM[0-9]|LPT[0-9]", re.IGNORECASE)  # reserved, with any extension
 NULL_MEANS_SOMETHING = settings.NULL_MEANS_SOMETHING  # as in the HTTP API
 # Keys of a PNG's metadata that do not change the picture, or say where it was made: not compared.
 NOT_COMPARED = ("device", "dtype", "view_batch_size")
@@ -120,6 +121,9 @@ def _read_job(number: int, text: str, recommended: dict, geometry, model: dict,
                          f"or dash, at most 100 characters, got {cut(repr(name))}.")
     if name is not None and re.fullmatch(r"line-\d+", name, re.IGNORECASE):  # Line-2.png is line-2.png on macOS
         raise ValueError(f"name {name!r} is how jobs without a name are named: choose another.")
+    if name is not None and WINDOWS_DEVICES.fullmatch(name.split(".")[0]):
+        raise ValueError(f"name {name!r} is a device on Windows (CON, NUL, COM1 …), where no file can have it: "
+                         f"choose another.")
     try:
         lora_scales = check_lora_scales(fields.pop("lora_scales", None), loras)
     except ValueError as error:  # its sentence shows the value given, which may be long
