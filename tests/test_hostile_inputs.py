@@ -199,3 +199,18 @@ def test_a_pngs_stored_parameters_are_as_strictly_typed_as_recommended_json(tmp_
     err = capsys.readouterr().err
     assert code == 2 and "The PNG's metadata: fast_modes must be a list" in err and "Traceback" not in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_condition_that_is_a_device_fifo_or_folder_says_what_it_is(tmp_path):
+    """The probe's /dev/zero as a condition was "No such condition image": it exists, and is a device."""
+    import os
+
+    from panosync.conditions import load_condition_image
+
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    for path, kind in (("/dev/zero", "a device"), (fifo, "a FIFO"), (tmp_path, "a folder")):
+        with pytest.raises(ValueError, match=f"^The condition image {path} is {kind}, not an image file\\.$"):
+            load_condition_image(path)
+    with pytest.raises(ValueError, match="^No such condition image: "):
+        load_condition_image(tmp_path / "missing.png")

@@ -8,6 +8,7 @@ size in pixels: a (1, 3, height, width) float tensor here. The pipeline crops ea
 from __future__ import annotations
 
 import io
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -23,14 +24,28 @@ CANNY_LOW, CANNY_HIGH = 100, 200
 READABLE_MODES = ("RGB", "L", "1", "P")
 
 
+# the largest image file read: a 16384 × 16384 RGB PNG that does not compress at all is 768 MiB; photos
+# and edge maps of the canvases panosync makes are a small fraction of this
+MAX_IMAGE_BYTES = 1 << 30
+
+
 def load_condition_image(path: str | Path, max_pixels: int | None = None,
                          what: str = "condition image") -> PIL.Image.Image:
     """The image at `path`, read whole (so a broken file fails here, not mid-generation). An image
     of more than `max_pixels` is refused from its header, before it is decoded. `what` names it in
     the sentences (an IP-Adapter's image prompt is checked the same way)."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise ValueError(f"No such {what}: {path}.")
+    try:
+        status = path.stat()
+    except (OSError, ValueError):  # missing, a loop of links, a name the system refuses
+        raise ValueError(f"No such {what}: {path}.") from None
+    if not stat.S_ISREG(status.st_mode):
+        kind = "a folder" if stat.S_ISDIR(status.st_mode) else "a FIFO" if stat.S_ISFIFO(status.st_mode) else \
+            "a device" if stat.S_ISCHR(status.st_mode) or stat.S_ISBLK(status.st_mode) else "not a regular file"
+        raise ValueError(f"The {what} {path} is {kind}, not an image file.")
+    if status.st_size > MAX_IMAGE_BYTES:
+        raise ValueError(f"The {what} {path} is {status.st_size:,} bytes, more than the {MAX_IMAGE_BYTES:,} an image "
+                         f"file panosync reads may be: shrink it.")
     return read_condition_image(path.read_bytes(), str(path), max_pixels, what)
 
 
