@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from panosync.files import write_atomically
 from .landscapes import ATTRIBUTES, caption, render_landscape
-from .train import MAX_TOKENS, Progress, images_to_tensor, save_atomically
+from .train import MAX_TOKENS, Progress, images_to_tensor, sample_clean_latents, save_atomically
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "pocket-lora" / "pocket-night-lora"
@@ -174,11 +174,7 @@ def stage_train(run: Path, steps: int, batch: int, lr: float, rank: int, drop_ca
     progress, saved = Progress("lora", step, steps, state.get("seconds", 0.0), every=20.0), time.time()
     unet.train()
     while step < steps:
-        index = torch.randint(0, len(tokens), (batch,), generator=generator)
-        mean, std = latents["mean"][index], latents["std"][index]
-        clean = (mean + std * torch.randn(mean.shape, generator=generator)) * scale
-        flip = torch.rand(batch, generator=generator) < 0.5  # the domain has no left or right
-        clean = torch.where(flip[:, None, None, None], clean.flip(-1), clean)
+        index, clean = sample_clean_latents(latents, len(tokens), batch, scale, generator)
         which = caption_index[index].clone()
         which[torch.rand(batch, generator=generator) < drop_caption] = empty_index  # for classifier-free guidance
         noise = torch.randn(clean.shape, generator=generator)

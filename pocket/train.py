@@ -250,6 +250,18 @@ def adopt_vae(run: Path, folder: Path) -> None:
                     run / "vae.pt")
 
 
+def sample_clean_latents(latents: dict, count: int, batch: int, scale: float,
+                         generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training batch of the encoded dataset (encode_dataset's "mean" and "std" of `count`
+    images): the indices drawn, and for each a sample of its posterior times `scale`, half of them
+    mirrored (the domain has no left or right)."""
+    index = torch.randint(0, count, (batch,), generator=generator)
+    mean, std = latents["mean"][index], latents["std"][index]
+    clean = (mean + std * torch.randn(mean.shape, generator=generator)) * scale
+    flip = torch.rand(batch, generator=generator) < 0.5
+    return index, torch.where(flip[:, None, None, None], clean.flip(-1), clean)
+
+
 def stage_unet(run: Path, steps: int, batch: int, lr: float, drop_caption: float, seed: int,
                snr_shift: float = 1.0, init: Path | None = None) -> None:
     """Train (or, from `init`, an exported model's folder, fine-tune) the UNet and text encoder under
@@ -290,11 +302,7 @@ def stage_unet(run: Path, steps: int, batch: int, lr: float, drop_caption: float
     unet.train()
     text_encoder.train()
     while step < steps:
-        index = torch.randint(0, len(tokens), (batch,), generator=generator)
-        mean, std = latents["mean"][index], latents["std"][index]
-        clean = (mean + std * torch.randn(mean.shape, generator=generator)) * scale
-        flip = torch.rand(batch, generator=generator) < 0.5  # the domain has no left or right
-        clean = torch.where(flip[:, None, None, None], clean.flip(-1), clean)
+        index, clean = sample_clean_latents(latents, len(tokens), batch, scale, generator)
         ids = tokens[index].clone()
         ids[torch.rand(batch, generator=generator) < drop_caption] = empty  # for classifier-free guidance
         noise = torch.randn(clean.shape, generator=generator)

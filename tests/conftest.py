@@ -26,6 +26,18 @@ def sync_pipe():
 
 
 @pytest.fixture(scope="session")
+def sd_folder(tmp_path_factory, sync_pipe):
+    """sync_pipe (32-pixel windows) saved as a diffusers folder, as Stable Diffusion is published: a
+    StableDiffusionPipeline with a PNDM scheduler. Read only: tests copy it to change it."""
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+
+    folder = tmp_path_factory.mktemp("tiny-sd")
+    components = {**sync_pipe.components, "scheduler": PNDMScheduler.from_config(sync_pipe.scheduler.config)}
+    StableDiffusionPipeline(**components, safety_checker=None, requires_safety_checker=False).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def sd_shaped_pipe():
     """Window 64 latents, VAE factor 8, as Stable Diffusion 2 base (diffusers' panorama pipeline
     hard-codes both)."""

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
-from diffusers import DDIMScheduler, PNDMScheduler, StableDiffusionPipeline
+from diffusers import DDIMScheduler
 
 from panosync import models
 from panosync.cli import main
@@ -14,19 +14,8 @@ from panosync.metadata import read_parameters
 from panosync.pipeline import SyncDiffusionPipeline
 
 
-@pytest.fixture(scope="module")
-def model_folder(tmp_path_factory, sync_pipe):
-    """The 32-pixel-window tiny model saved as a diffusers folder, as Stable Diffusion is published:
-    a StableDiffusionPipeline with a PNDM scheduler."""
-    folder = tmp_path_factory.mktemp("tiny-sd")
-    components = {**sync_pipe.components, "scheduler": PNDMScheduler.from_config(sync_pipe.scheduler.config)}
-    StableDiffusionPipeline(**components, safety_checker=None,
-                            requires_safety_checker=False).save_pretrained(folder)
-    return folder
-
-
-def test_from_pretrained_loads_a_stable_diffusion_folder_with_ddim(model_folder, sync_pipe):
-    pipe = SyncDiffusionPipeline.from_pretrained(model_folder)
+def test_from_pretrained_loads_a_stable_diffusion_folder_with_ddim(sd_folder, sync_pipe):
+    pipe = SyncDiffusionPipeline.from_pretrained(sd_folder)
     assert isinstance(pipe.scheduler, DDIMScheduler) and pipe.window == 16 and pipe.vae_scale_factor == 2
     kwargs = dict(width=64, height=32, stride=8, num_inference_steps=2, sync_weight=0, seed=1, output_type="np")
     pipe.set_progress_bar_config(disable=True)
@@ -34,14 +23,14 @@ def test_from_pretrained_loads_a_stable_diffusion_folder_with_ddim(model_folder,
 
 
 @pytest.mark.slow
-def test_generate_writes_a_png_with_every_parameter_and_reproduces_it(model_folder, tmp_path, capsys):
+def test_generate_writes_a_png_with_every_parameter_and_reproduces_it(sd_folder, tmp_path, capsys):
     first = tmp_path / "first.png"
-    code = main(["generate", "a land at night", "--model", str(model_folder), "--width", "64", "--height", "32",
+    code = main(["generate", "a land at night", "--model", str(sd_folder), "--width", "64", "--height", "32",
                  "--stride", "8", "--steps", "2", "--seed", "5", "--sync-threshold", "1", "--negative-prompt", "fog",
                  "--out", str(first), "--quiet"])
     assert code == 0 and "wrote" in capsys.readouterr().out
     parameters = read_parameters(first)
-    assert parameters["seed"] == 5 and parameters["model"] == str(model_folder)
+    assert parameters["seed"] == 5 and parameters["model"] == str(sd_folder)
     expected = dict(prompt="a land at night", negative_prompt="fog", width=64, height=32, stride=8,
                     num_inference_steps=2, sync_threshold=1, sync_weight=20.0, sync_decay_rate=0.95, sync_freq=1,
                     guidance_scale=7.5, loop_closure=False, anchor=None, view_batch_size=None, device="cpu",
@@ -58,9 +47,9 @@ def test_generate_writes_a_png_with_every_parameter_and_reproduces_it(model_fold
     assert not np.array_equal(np.asarray(PIL.Image.open(first)), np.asarray(PIL.Image.open(other)))
 
 
-def test_loop_closure_and_random_seed_are_recorded(model_folder, tmp_path, capsys):
+def test_loop_closure_and_random_seed_are_recorded(sd_folder, tmp_path, capsys):
     out = tmp_path / "loop.png"
-    assert main(["generate", "x", "--model", str(model_folder), "--width", "64", "--height", "32", "--steps", "1",
+    assert main(["generate", "x", "--model", str(sd_folder), "--width", "64", "--height", "32", "--steps", "1",
                  "--sync-weight", "0", "--loop-closure", "--out", str(out), "--quiet"]) == 0
     parameters = read_parameters(out)
     assert parameters["loop_closure"] is True and isinstance(parameters["seed"], int)
@@ -70,9 +59,9 @@ def test_loop_closure_and_random_seed_are_recorded(model_folder, tmp_path, capsy
     assert read_parameters(opened)["loop_closure"] is False
 
 
-def test_default_output_name_carries_the_seed(model_folder, tmp_path, monkeypatch):
+def test_default_output_name_carries_the_seed(sd_folder, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(["generate", "x", "--model", str(model_folder), "--steps", "1", "--sync-weight", "0", "--seed", "9",
+    assert main(["generate", "x", "--model", str(sd_folder), "--steps", "1", "--sync-weight", "0", "--seed", "9",
                  "--quiet"]) == 0
     # default canvas: one window high, four wide
     assert PIL.Image.open(tmp_path / "panosync-9.png").size == (128, 32)
@@ -124,9 +113,9 @@ BAD_COMMANDS = [
 
 
 @pytest.mark.parametrize("options,message", BAD_COMMANDS)
-def test_bad_options_fail_with_one_sentence_before_loading(model_folder, options, message, monkeypatch, capsys):
+def test_bad_options_fail_with_one_sentence_before_loading(sd_folder, options, message, monkeypatch, capsys):
     monkeypatch.setattr(models, "load_pipeline", no_loading)
-    code = main(["generate", "a", "--model", str(model_folder), "--quiet", *options])
+    code = main(["generate", "a", "--model", str(sd_folder), "--quiet", *options])
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 

@@ -10,7 +10,6 @@ import pickle
 import numpy as np
 import PIL.Image
 import pytest
-from diffusers import PNDMScheduler, StableDiffusionPipeline
 
 from ip_adapter_files import save_random_ip_adapter
 from panosync.cli import main
@@ -21,16 +20,6 @@ from panosync.runner import ModelSpec
 
 # sync_pipe's folder: 32-pixel windows, 3 views at stride 8; two steps are a fraction of a second
 CANVAS = ["--width", "64", "--height", "32", "--stride", "8", "--steps", "2", "--seed", "3", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def model_folder(tmp_path_factory, sync_pipe):
-    folder = tmp_path_factory.mktemp("tiny-sd")
-    components = {name: sync_pipe.components[name] for name in ("vae", "text_encoder", "tokenizer", "unet")}
-    components["scheduler"] = PNDMScheduler.from_config(sync_pipe.scheduler.config)
-    StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None,
-                            requires_safety_checker=False).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -152,27 +141,27 @@ def _bad_inputs(tmp_path, adapter, image):
     ]
 
 
-def test_bad_inputs_are_one_sentence_before_any_model_loads(model_folder, adapter, image, tmp_path, monkeypatch,
+def test_bad_inputs_are_one_sentence_before_any_model_loads(sd_folder, adapter, image, tmp_path, monkeypatch,
                                                             capsys):
     from panosync import models
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(models, "load_pipeline", lambda *a, **k: pytest.fail("a model was loaded"))
     for options, *words in _bad_inputs(tmp_path, adapter, image):
-        code = main(["generate", "a", "--model", str(model_folder), *CANVAS, "--out", str(tmp_path / "x.png"),
+        code = main(["generate", "a", "--model", str(sd_folder), *CANVAS, "--out", str(tmp_path / "x.png"),
                      *options])
         one_sentence(capsys, code, *words)
         assert not (tmp_path / "x.png").exists()
 
 
-def test_an_ip_adapter_of_another_model_is_one_sentence(model_folder, image, tmp_path, capsys):
+def test_an_ip_adapter_of_another_model_is_one_sentence(sd_folder, image, tmp_path, capsys):
     """An adapter of a wider model (other channels, another text width): diffusers refuses its shapes."""
     from panosync.tiny import tiny_random_components
 
     wider = tiny_random_components(window=8, vae_factor=2, unet_channels=(64, 128), text_width=48)["unet"]
     save_random_ip_adapter(wider, tmp_path / "wider")
     capsys.readouterr()
-    code = main(["generate", "a", "--model", str(model_folder), *CANVAS, "--out", str(tmp_path / "x.png"),
+    code = main(["generate", "a", "--model", str(sd_folder), *CANVAS, "--out", str(tmp_path / "x.png"),
                  "--ip-adapter", str(tmp_path / "wider"), "--ip-adapter-image", str(image)])
     one_sentence(capsys, code, "is an IP-Adapter for another model: its layers do not fit")
     assert not (tmp_path / "x.png").exists()
@@ -215,7 +204,7 @@ def test_generate_records_the_ip_adapter_and_from_png_remakes_it_until_a_file_ch
                  "give --ip-adapter-image")
 
 
-def test_from_png_refuses_a_changed_or_missing_file_before_any_model_loads(model_folder, adapter, tmp_path,
+def test_from_png_refuses_a_changed_or_missing_file_before_any_model_loads(sd_folder, adapter, tmp_path,
                                                                            monkeypatch, capsys):
     """A PNG's record (written here as generate writes it) names files that changed since."""
     from panosync import models
@@ -231,7 +220,7 @@ def test_from_png_refuses_a_changed_or_missing_file_before_any_model_loads(model
     (copy / "ip-adapter.safetensors").write_bytes(weights)
     adapter_spec, image_spec = ip_adapter_of_options(str(copy), image=str(image))
     png = tmp_path / "made.png"
-    save_png(PIL.Image.new("RGB", (64, 32)), png, {"prompt": "a", "model": str(model_folder), "seed": 3, "width": 64,
+    save_png(PIL.Image.new("RGB", (64, 32)), png, {"prompt": "a", "model": str(sd_folder), "seed": 3, "width": 64,
                                                    "height": 32, "stride": 8, "num_inference_steps": 2,
                                                    **ip_adapter_metadata(adapter_spec, image_spec)})
     out = ["--out", str(tmp_path / "x.png"), "--quiet"]
@@ -253,14 +242,14 @@ def test_from_png_refuses_a_changed_or_missing_file_before_any_model_loads(model
 
 
 @pytest.mark.slow
-def test_batch_takes_an_ip_adapter_and_its_image_for_every_panorama(model_folder, adapter, image, tmp_path, capsys):
+def test_batch_takes_an_ip_adapter_and_its_image_for_every_panorama(sd_folder, adapter, image, tmp_path, capsys):
     canvas = dict(width=64, height=32, stride=8, num_inference_steps=2, seed=3)
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text(json.dumps({"prompt": "a hill", "name": "hill", **canvas}) + "\n"
                     + json.dumps({"prompt": "a lake", "name": "lake", **canvas}) + "\n")
     out = tmp_path / "out"
     options = ["--ip-adapter", f"{adapter}:0.7", "--ip-adapter-image", str(image)]
-    assert main(["batch", str(jobs), "--model", str(model_folder), "--out", str(out), "--quiet", *options]) == 0
+    assert main(["batch", str(jobs), "--model", str(sd_folder), "--out", str(out), "--quiet", *options]) == 0
     for name in ("hill", "lake"):
         stored = read_parameters(out / f"{name}.png")
         assert stored["ip_adapter"]["scale"] == 0.7 and stored["ip_adapter_image"]["sha256"] == sha256(image)
@@ -269,21 +258,21 @@ def test_batch_takes_an_ip_adapter_and_its_image_for_every_panorama(model_folder
     assert summary["ip_adapter_image"] == {"path": str(image), "sha256": sha256(image)}
     # the batch's picture is generate's with the same image prompt, and not the one without
     made = tmp_path / "made.png"
-    assert main(["generate", "a hill", "--model", str(model_folder), *CANVAS, "--out", str(made), *options]) == 0
+    assert main(["generate", "a hill", "--model", str(sd_folder), *CANVAS, "--out", str(made), *options]) == 0
     assert np.array_equal(pixels(out / "hill.png"), pixels(made))
     # a rerun without the adapter makes the PNGs again: they were made with it
     capsys.readouterr()
-    assert main(["batch", str(jobs), "--model", str(model_folder), "--out", str(out), "--quiet"]) == 0
+    assert main(["batch", str(jobs), "--model", str(sd_folder), "--out", str(out), "--quiet"]) == 0
     assert "2 made, 0 kept" in capsys.readouterr().out and "ip_adapter" not in read_parameters(out / "hill.png")
     assert not np.array_equal(pixels(out / "hill.png"), pixels(made))
     # the scale reaches the adapter: at 0 the image prompt adds nothing
     off = tmp_path / "off.png"
-    assert main(["generate", "a hill", "--model", str(model_folder), *CANVAS, "--out", str(off), "--ip-adapter",
+    assert main(["generate", "a hill", "--model", str(sd_folder), *CANVAS, "--out", str(off), "--ip-adapter",
                  f"{adapter}:0", "--ip-adapter-image", str(image)]) == 0
     assert np.array_equal(pixels(out / "hill.png"), pixels(off)) and read_parameters(off)["ip_adapter"]["scale"] == 0
 
 
-def test_batch_and_evaluate_check_the_image_prompt_before_loading(model_folder, adapter, tmp_path, monkeypatch,
+def test_batch_and_evaluate_check_the_image_prompt_before_loading(sd_folder, adapter, tmp_path, monkeypatch,
                                                                   capsys):
     from panosync import models
 
@@ -292,7 +281,7 @@ def test_batch_and_evaluate_check_the_image_prompt_before_loading(model_folder, 
     prompts.write_text("hills\n")
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text('{"prompt": "hills"}\n')
-    bad = ["--model", str(model_folder), "--ip-adapter", str(adapter), "--ip-adapter-image",
+    bad = ["--model", str(sd_folder), "--ip-adapter", str(adapter), "--ip-adapter-image",
            str(tmp_path / "missing.png")]
     for command in (["evaluate", "--prompts", str(prompts), "--seeds", "0-1", "--out", str(tmp_path / "eval")],
                     ["batch", str(jobs), "--out", str(tmp_path / "out")]):

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
-from diffusers import PNDMScheduler, StableDiffusionPipeline
 from fastapi.testclient import TestClient
 
 from lora_files import save_random_lora
@@ -24,16 +23,6 @@ from panosync.runner import ModelSpec
 
 # sync_pipe's folder: 32-pixel windows, 3 views at stride 8; two steps are a fraction of a second
 CANVAS = ["--width", "64", "--height", "32", "--stride", "8", "--steps", "2", "--seed", "3", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def model_folder(tmp_path_factory, sync_pipe):
-    folder = tmp_path_factory.mktemp("tiny-sd")
-    components = {name: sync_pipe.components[name] for name in ("vae", "text_encoder", "tokenizer", "unet")}
-    components["scheduler"] = PNDMScheduler.from_config(sync_pipe.scheduler.config)
-    StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None,
-                            requires_safety_checker=False).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -170,34 +159,34 @@ def _bad_inputs(tmp_path, loras):
     ]
 
 
-def test_bad_loras_are_one_sentence_before_any_model_loads(model_folder, loras, tmp_path, monkeypatch, capsys):
+def test_bad_loras_are_one_sentence_before_any_model_loads(sd_folder, loras, tmp_path, monkeypatch, capsys):
     from panosync import models
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(models, "load_pipeline", lambda *a, **k: pytest.fail("a model was loaded"))
     for options, words in _bad_inputs(tmp_path, loras):
-        code = main(["generate", "a", "--model", str(model_folder), *CANVAS, "--out", str(tmp_path / "x.png"),
+        code = main(["generate", "a", "--model", str(sd_folder), *CANVAS, "--out", str(tmp_path / "x.png"),
                      *options])
         one_sentence(capsys, code, words)
         assert not (tmp_path / "x.png").exists()
 
 
-def test_a_lora_of_another_family_is_one_sentence(model_folder, tmp_path, capsys):
+def test_a_lora_of_another_family_is_one_sentence(sd_folder, tmp_path, capsys):
     from panosync.tiny import tiny_random_xl_components
 
     xl = save_random_lora("sdxl", tiny_random_xl_components(), tmp_path / "xl")
-    code = main(["generate", "a", "--model", str(model_folder), *CANVAS, "--out", str(tmp_path / "x.png"),
+    code = main(["generate", "a", "--model", str(sd_folder), *CANVAS, "--out", str(tmp_path / "x.png"),
                  "--lora", str(xl)])
     one_sentence(capsys, code, "is a LoRA for another model: none of its layers matches")
 
 
 @pytest.mark.slow
-def test_generate_records_the_loras_and_from_png_remakes_it_until_a_file_changes(model_folder, loras, sync_pipe,
+def test_generate_records_the_loras_and_from_png_remakes_it_until_a_file_changes(sd_folder, loras, sync_pipe,
                                                                                  tmp_path, capsys):
     style, detail = loras
     plain, styled, again = tmp_path / "plain.png", tmp_path / "styled.png", tmp_path / "again.png"
-    assert main(["generate", "a hill", "--model", str(model_folder), *CANVAS, "--out", str(plain)]) == 0
-    assert main(["generate", "a hill", "--model", str(model_folder), *CANVAS, "--out", str(styled),
+    assert main(["generate", "a hill", "--model", str(sd_folder), *CANVAS, "--out", str(plain)]) == 0
+    assert main(["generate", "a hill", "--model", str(sd_folder), *CANVAS, "--out", str(styled),
                  "--lora", f"{style}:0.8", "--lora", f"{detail}:0.5"]) == 0
     assert "loras" not in read_parameters(plain)
     assert read_parameters(styled)["loras"] == [
@@ -241,7 +230,7 @@ def test_a_lora_made_for_tiny_random_loads_on_it_and_changes_the_picture(tmp_pat
 
 
 @pytest.mark.slow
-def test_batch_takes_loras_and_each_lines_scales(model_folder, loras, tmp_path, capsys):
+def test_batch_takes_loras_and_each_lines_scales(sd_folder, loras, tmp_path, capsys):
     style, _ = loras
     canvas = dict(width=64, height=32, stride=8, num_inference_steps=2, seed=3)
     jobs = tmp_path / "jobs.jsonl"
@@ -249,7 +238,7 @@ def test_batch_takes_loras_and_each_lines_scales(model_folder, loras, tmp_path, 
     jobs.write_text(json.dumps({"prompt": "a hill", "name": "off", "lora_scales": {"style_a": 0}, **canvas}) + "\n"
                     + json.dumps({"prompt": "a hill", "name": "on", **canvas}) + "\n")
     out = tmp_path / "out"
-    assert main(["batch", str(jobs), "--model", str(model_folder), "--out", str(out), "--quiet",
+    assert main(["batch", str(jobs), "--model", str(sd_folder), "--out", str(out), "--quiet",
                  "--lora", f"{style}:0.8"]) == 0
     on, off = read_parameters(out / "on.png"), read_parameters(out / "off.png")
     assert [lora["scale"] for lora in on["loras"]] == [0.8] and [lora["scale"] for lora in off["loras"]] == [0.0]
@@ -257,25 +246,25 @@ def test_batch_takes_loras_and_each_lines_scales(model_folder, loras, tmp_path, 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["loras"][0]["sha256"] == sha256(style / "pytorch_lora_weights.safetensors")
     # the LoRA-free panorama is the one made at scale 0
-    assert main(["generate", "a hill", "--model", str(model_folder), *CANVAS, "--out", str(tmp_path / "plain.png")]) \
+    assert main(["generate", "a hill", "--model", str(sd_folder), *CANVAS, "--out", str(tmp_path / "plain.png")]) \
         == 0
     assert np.array_equal(pixels(out / "off.png"), pixels(tmp_path / "plain.png"))
     # a rerun with the same LoRA keeps both; without it, makes both again: their PNGs were made with it
     capsys.readouterr()
-    assert main(["batch", str(jobs), "--model", str(model_folder), "--out", str(out), "--quiet",
+    assert main(["batch", str(jobs), "--model", str(sd_folder), "--out", str(out), "--quiet",
                  "--lora", f"{style}:0.8"]) == 0
     assert "0 made, 2 kept" in capsys.readouterr().out
     plain_jobs = tmp_path / "plain.jsonl"
     plain_jobs.write_text(json.dumps({"prompt": "a hill", "name": "on", **canvas}) + "\n")
-    assert main(["batch", str(plain_jobs), "--model", str(model_folder), "--out", str(out), "--quiet"]) == 0
+    assert main(["batch", str(plain_jobs), "--model", str(sd_folder), "--out", str(out), "--quiet"]) == 0
     assert "1 made, 0 kept" in capsys.readouterr().out and "loras" not in read_parameters(out / "on.png")
 
 
-def test_a_batch_line_naming_an_unknown_lora_is_refused_before_work(model_folder, loras, tmp_path, capsys):
+def test_a_batch_line_naming_an_unknown_lora_is_refused_before_work(sd_folder, loras, tmp_path, capsys):
     style, _ = loras
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text(json.dumps({"prompt": "a", "lora_scales": {"nope": 1}}) + "\n")
-    code = main(["batch", str(jobs), "--model", str(model_folder), "--out", str(tmp_path / "out"), "--quiet",
+    code = main(["batch", str(jobs), "--model", str(sd_folder), "--out", str(tmp_path / "out"), "--quiet",
                  "--lora", str(style)])
     one_sentence(capsys, code, "line 1: lora_scales names 'nope', which is no LoRA loaded here (loaded: style_a)")
 
@@ -284,11 +273,11 @@ def test_a_batch_line_naming_an_unknown_lora_is_refused_before_work(model_folder
 
 
 @pytest.fixture(scope="module")
-def lora_model(model_folder, loras):
+def lora_model(sd_folder, loras):
     from panosync.server.generation import PanoramaModel
 
     style, _ = loras
-    return PanoramaModel.load(str(model_folder), "cpu", "float32", loras=lora_specs([f"{style}:0.8"]))
+    return PanoramaModel.load(str(sd_folder), "cpu", "float32", loras=lora_specs([f"{style}:0.8"]))
 
 
 @pytest.mark.slow
@@ -364,7 +353,7 @@ def test_the_page_shows_one_slider_per_lora(lora_model, tmp_path):
 
 
 @pytest.mark.slow
-def test_every_command_checks_its_loras_before_loading(model_folder, tmp_path, monkeypatch, capsys):
+def test_every_command_checks_its_loras_before_loading(sd_folder, tmp_path, monkeypatch, capsys):
     from panosync import models
     from panosync.server import generation
 
@@ -374,7 +363,7 @@ def test_every_command_checks_its_loras_before_loading(model_folder, tmp_path, m
     prompts.write_text("hills\n")
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text('{"prompt": "hills"}\n')
-    bad = ["--model", str(model_folder), "--lora", str(tmp_path / "style.pt")]
+    bad = ["--model", str(sd_folder), "--lora", str(tmp_path / "style.pt")]
     for command in (["serve", "--state-dir", str(tmp_path / "state"), "--port", "0"], ["ui", "--port", "0"],
                     ["evaluate", "--prompts", str(prompts), "--seeds", "0-1", "--out", str(tmp_path / "eval")],
                     ["batch", str(jobs), "--out", str(tmp_path / "out")]):
@@ -383,7 +372,7 @@ def test_every_command_checks_its_loras_before_loading(model_folder, tmp_path, m
 
 
 @pytest.mark.slow
-def test_a_textual_inversion_is_loaded_recorded_and_found_again(model_folder, tmp_path, capsys):
+def test_a_textual_inversion_is_loaded_recorded_and_found_again(sd_folder, tmp_path, capsys):
     import torch
     from safetensors.torch import save_file
 
@@ -391,7 +380,7 @@ def test_a_textual_inversion_is_loaded_recorded_and_found_again(model_folder, tm
     torch.manual_seed(0)
     save_file({"emb_params": torch.randn(1, 32)}, str(embedding))  # the text encoder's width
     out = tmp_path / "glow.png"
-    assert main(["generate", "a <glow> hill", "--model", str(model_folder), *CANVAS, "--out", str(out),
+    assert main(["generate", "a <glow> hill", "--model", str(sd_folder), *CANVAS, "--out", str(out),
                  "--textual-inversion", f"{embedding}=<glow>"]) == 0
     assert read_parameters(out)["textual_inversions"] == [
         {"source": str(embedding), "weight_name": None, "token": "<glow>", "sha256": sha256(embedding)}]

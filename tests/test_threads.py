@@ -9,7 +9,6 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from diffusers import PNDMScheduler, StableDiffusionPipeline
 
 from panosync.cli import main
 from panosync.metadata import read_parameters
@@ -17,14 +16,6 @@ from panosync.pipeline import SyncDiffusionPipeline
 from panosync.runner import LocalEngine, ModelSpec, run_all
 
 CANVAS = ["--width", "64", "--height", "32", "--stride", "8", "--steps", "2", "--seed", "5", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def model_folder(tmp_path_factory, sync_pipe):
-    folder = tmp_path_factory.mktemp("tiny-sd")
-    components = {**sync_pipe.components, "scheduler": PNDMScheduler.from_config(sync_pipe.scheduler.config)}
-    StableDiffusionPipeline(**components, safety_checker=None, requires_safety_checker=False).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture
@@ -46,11 +37,11 @@ def pixels(path):
 
 
 @pytest.mark.slow
-def test_from_png_computes_on_the_recorded_threads_whatever_the_default(model_folder, tmp_path, threads_seen):
+def test_from_png_computes_on_the_recorded_threads_whatever_the_default(sd_folder, tmp_path, threads_seen):
     for threads, default_after in ((1, 2), (2, 1)):
         torch.set_num_threads(default_after)
         first, again = tmp_path / f"first-{threads}.png", tmp_path / f"again-{threads}.png"
-        assert main(["generate", "a land", "--model", str(model_folder), *CANVAS, "--threads", str(threads),
+        assert main(["generate", "a land", "--model", str(sd_folder), *CANVAS, "--threads", str(threads),
                      "--out", str(first)]) == 0
         assert read_parameters(first)["threads"] == threads
         assert torch.get_num_threads() == default_after  # put back after the panorama
@@ -65,27 +56,27 @@ def test_from_png_computes_on_the_recorded_threads_whatever_the_default(model_fo
     assert read_parameters(other)["threads"] == 2 and threads_seen[-1] == 2
 
 
-def test_without_threads_the_png_records_torchs_count(model_folder, tmp_path, threads_seen):
+def test_without_threads_the_png_records_torchs_count(sd_folder, tmp_path, threads_seen):
     torch.set_num_threads(1)
     out = tmp_path / "default.png"
-    assert main(["generate", "a land", "--model", str(model_folder), *CANVAS, "--out", str(out)]) == 0
+    assert main(["generate", "a land", "--model", str(sd_folder), *CANVAS, "--out", str(out)]) == 0
     assert read_parameters(out)["threads"] == 1 and threads_seen == [1]
 
 
 @pytest.mark.parametrize("threads", ["0", "-3", "5000"])
-def test_a_bad_thread_count_is_one_sentence(model_folder, tmp_path, capsys, threads):
-    assert main(["generate", "a land", "--model", str(model_folder), *CANVAS, "--threads", threads,
+def test_a_bad_thread_count_is_one_sentence(sd_folder, tmp_path, capsys, threads):
+    assert main(["generate", "a land", "--model", str(sd_folder), *CANVAS, "--threads", threads,
                  "--out", str(tmp_path / "x.png")]) == 2
     assert capsys.readouterr().err.strip() == (f"panosync: error: --threads must be a whole number from 1 to 1024, "
                                                f"got {threads}.")
     assert not (tmp_path / "x.png").exists()
 
 
-def test_a_bad_recorded_thread_count_is_one_sentence(model_folder, tmp_path, capsys):
+def test_a_bad_recorded_thread_count_is_one_sentence(sd_folder, tmp_path, capsys):
     from panosync.metadata import save_png
 
     made = tmp_path / "made.png"
-    assert main(["generate", "a land", "--model", str(model_folder), *CANVAS, "--threads", "1", "--out",
+    assert main(["generate", "a land", "--model", str(sd_folder), *CANVAS, "--threads", "1", "--out",
                  str(made)]) == 0
     tampered = tmp_path / "tampered.png"
     save_png(PIL.Image.open(made), tampered, {**read_parameters(made), "threads": "many"})
@@ -96,17 +87,17 @@ def test_a_bad_recorded_thread_count_is_one_sentence(model_folder, tmp_path, cap
 
 
 @pytest.mark.slow
-def test_the_runner_computes_on_the_specs_threads_as_generate_does(model_folder, tmp_path, threads_seen):
+def test_the_runner_computes_on_the_specs_threads_as_generate_does(sd_folder, tmp_path, threads_seen):
     """The local runner (batch, evaluate, and on each Ray worker the same PanoramaMaker) at --threads 1
     under a default of 2: generate's PNG at --threads 1, and the count for the PNG's metadata."""
     torch.set_num_threads(2)
     out = tmp_path / "generate.png"
-    assert main(["generate", "a land", "--model", str(model_folder), *CANVAS, "--threads", "1", "--out",
+    assert main(["generate", "a land", "--model", str(sd_folder), *CANVAS, "--threads", "1", "--out",
                  str(out)]) == 0
     call = {name: value for name, value in read_parameters(out).items()
             if name in ("prompt", "width", "height", "stride", "num_inference_steps", "seed")}
     dones = []
-    engine = LocalEngine(ModelSpec(str(model_folder), threads=1))
+    engine = LocalEngine(ModelSpec(str(sd_folder), threads=1))
     try:
         run_all(engine, [("job", call)], dones.append)
     finally:
@@ -114,23 +105,23 @@ def test_the_runner_computes_on_the_specs_threads_as_generate_does(model_folder,
     made = dones[0].made
     assert made.threads == 1 and torch.get_num_threads() == 2 and threads_seen == [1, 1]
     assert np.array_equal(np.asarray(made.image), pixels(out))
-    assert ModelSpec(str(model_folder)).threads == 2  # not given: the count of the process that makes the spec
+    assert ModelSpec(str(sd_folder)).threads == 2  # not given: the count of the process that makes the spec
     with pytest.raises(ValueError, match="--threads must be a whole number from 1 to 1024, got 0"):
-        ModelSpec(str(model_folder), threads=0)
+        ModelSpec(str(sd_folder), threads=0)
 
 
 @pytest.mark.slow
-def test_a_batch_at_threads_1_is_generates_png_at_threads_1(model_folder, tmp_path):
+def test_a_batch_at_threads_1_is_generates_png_at_threads_1(sd_folder, tmp_path):
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         out = tmp_path / "generate.png"
-        assert main(["generate", "a land", "--model", str(model_folder), *CANVAS, "--threads", "1", "--out",
+        assert main(["generate", "a land", "--model", str(sd_folder), *CANVAS, "--threads", "1", "--out",
                      str(out)]) == 0
         jobs = tmp_path / "jobs.jsonl"
         jobs.write_text(json.dumps(dict(prompt="a land", width=64, height=32, stride=8, num_inference_steps=2, seed=5,
                                         name="land")) + "\n")
-        assert main(["batch", str(jobs), "--model", str(model_folder), "--threads", "1", "--out",
+        assert main(["batch", str(jobs), "--model", str(sd_folder), "--threads", "1", "--out",
                      str(tmp_path / "batch")]) == 0
         assert np.array_equal(pixels(tmp_path / "batch" / "land.png"), pixels(out))
     finally:
