@@ -107,7 +107,7 @@ def _encoder_path(image_encoder: str | None, adapter: Path, source: str, weight_
     """Where the image encoder loads from: the folder or hub id given, else the image_encoder/
     folder beside the adapter file (for a hub adapter, the repository's, from the cache or
     downloaded); checked as far as can be without loading it."""
-    from .loras import _hub_file
+    from .loras import hub_file
 
     if image_encoder is not None:
         if not isinstance(image_encoder, str) or not image_encoder.strip():
@@ -126,8 +126,8 @@ def _encoder_path(image_encoder: str | None, adapter: Path, source: str, weight_
     if _is_hub_id(source):
         subfolder = Path(weight_name).parent / ENCODER_FOLDER
         try:
-            folder = Path(_hub_file(source, (subfolder / ENCODER_CONFIG).as_posix(), "image encoder")).parent
-            _hub_file(source, (subfolder / ENCODER_WEIGHTS).as_posix(), "image encoder")
+            folder = Path(hub_file(source, (subfolder / ENCODER_CONFIG).as_posix(), "image encoder")).parent
+            hub_file(source, (subfolder / ENCODER_WEIGHTS).as_posix(), "image encoder")
         except ValueError as error:
             raise ValueError(f"{missing} that can be had ({str(error).rstrip('.')}): give --ip-adapter-image-encoder "
                              f"({ENCODER_HINT}).") from None
@@ -288,7 +288,7 @@ def load_ip_adapter(pipe, spec: IpAdapterSpec | None) -> None:
         return
     from diffusers.loaders import FluxIPAdapterMixin, IPAdapterMixin, SD3IPAdapterMixin
 
-    from .loras import _first_line, _quiet_loading
+    from .loras import first_line, quiet_loading
 
     name = type(pipe).__name__
     if "ip_adapter_image" not in inspect.signature(pipe.__call__).parameters:
@@ -301,7 +301,7 @@ def load_ip_adapter(pipe, spec: IpAdapterSpec | None) -> None:
     folder, file = str(path.parent), path.name
     had_encoder = getattr(pipe, "image_encoder", None) is not None
     try:
-        with _quiet_loading():
+        with quiet_loading():
             if isinstance(pipe, FluxIPAdapterMixin):
                 pipe.load_ip_adapter(folder, weight_name=file, image_encoder_dtype=pipe.dtype,
                                      image_encoder_pretrained_model_name_or_path=spec.encoder_path)
@@ -315,8 +315,8 @@ def load_ip_adapter(pipe, spec: IpAdapterSpec | None) -> None:
     except Exception as error:  # noqa: BLE001 — diffusers, transformers and torch raise many kinds for a mismatch
         if not had_encoder and getattr(pipe, "image_encoder", None) is None:
             raise ValueError(f"The image encoder {spec.image_encoder or spec.encoder_path} cannot be loaded on {name} "
-                             f"({_first_line(error)}): give --ip-adapter-image-encoder ({ENCODER_HINT}).") from None
-        detail = _first_line(error).split(". ")[0].rstrip(".")  # diffusers' first sentence: which layer, which shapes
+                             f"({first_line(error)}): give --ip-adapter-image-encoder ({ENCODER_HINT}).") from None
+        detail = first_line(error).split(". ")[0].rstrip(".")  # diffusers' first sentence: which layer, which shapes
         raise ValueError(f"The {WHAT} {spec.source} is an IP-Adapter for another model: its layers do not fit "
                          f"{name}'s networks ({detail}).") from None
     pipe.set_ip_adapter_scale(spec.scale)

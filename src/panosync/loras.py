@@ -204,7 +204,7 @@ def resolve_weights(source: str, weight_name: str | None, what: str, default_nam
         return path, None
     if HUB_ID.fullmatch(source) and not source.endswith(".safetensors"):
         name = weight_name or default_name
-        return _hub_file(source, name, what), name
+        return hub_file(source, name, what), name
     _refuse_pickles(path, what, source)
     raise ValueError(f"The {what} {source}: no such file or folder (give a .safetensors file, a folder holding one, "
                      f"or a Hugging Face hub id).")
@@ -247,7 +247,7 @@ def _file_of_folder(folder: Path, weight_name: str | None, what: str, source: st
     return path
 
 
-def _hub_file(repo_id: str, weight_name: str, what: str) -> Path:
+def hub_file(repo_id: str, weight_name: str, what: str) -> Path:
     """The hub repository's file: from the cache, or downloaded unless HF_HUB_OFFLINE is set."""
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
@@ -400,7 +400,7 @@ def textual_inversions_of_png(stored: list) -> tuple[TextualInversionSpec, ...]:
 
 
 @contextmanager
-def _quiet_loading():
+def quiet_loading():
     """diffusers', transformers' and peft's notices about partial loads are ours to turn into one
     sentence: they are silenced while a LoRA loads, and put back after."""
     import diffusers.utils.logging
@@ -437,7 +437,7 @@ def load_loras(pipe, specs: tuple[LoraSpec, ...] | list[LoraSpec]) -> None:
             raise ValueError(f"The LoRA {spec.source} changed after it was checked (its SHA-256 differs): load it "
                              f"again.")
         try:
-            with _quiet_loading():
+            with quiet_loading():
                 # by its folder and file name, not as a state dict: diffusers reads the file's LoRA
                 # metadata (lora_alpha, rank pattern) only from a file
                 pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=spec.adapter_name)
@@ -445,7 +445,7 @@ def load_loras(pipe, specs: tuple[LoraSpec, ...] | list[LoraSpec]) -> None:
             raise
         except Exception as error:  # noqa: BLE001 — diffusers, peft and transformers raise many kinds for a
             # mismatch, whose words point at reports we silenced: the sentence says what it means
-            with _quiet_loading():
+            with quiet_loading():
                 _forget(pipe, spec.adapter_name)
             if "OutOfMemory" in type(error).__name__:
                 raise
@@ -457,7 +457,8 @@ def load_loras(pipe, specs: tuple[LoraSpec, ...] | list[LoraSpec]) -> None:
     pipe.set_adapters([spec.adapter_name for spec in specs], adapter_weights=[spec.scale for spec in specs])
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """A library's error as a clause of one of our sentences: its first line, at most 200 characters."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return text[:200]
 
@@ -503,7 +504,7 @@ def load_textual_inversions(pipe, specs) -> None:
         except Exception:  # noqa: BLE001 — safetensors' own error for bytes its header misdescribes
             raise ValueError(f"The textual inversion {spec.source} is not a valid safetensors file.") from None
         try:
-            with _quiet_loading():
+            with quiet_loading():
                 if "clip_l" in weights and hasattr(pipe, "text_encoder_2"):  # SDXL's two encoders
                     pipe.load_textual_inversion(weights["clip_l"], token=spec.token, text_encoder=pipe.text_encoder,
                                                 tokenizer=pipe.tokenizer)
@@ -513,7 +514,7 @@ def load_textual_inversions(pipe, specs) -> None:
                     pipe.load_textual_inversion(weights, token=spec.token)
         except Exception as error:  # noqa: BLE001 — a shape or token mismatch, in the library's words
             raise ValueError(f"The textual inversion {spec.source} cannot be loaded on {type(pipe).__name__} "
-                             f"({_first_line(error)}): it was made for another model, or its token is taken.") \
+                             f"({first_line(error)}): it was made for another model, or its token is taken.") \
                 from None
 
 
