@@ -1,5 +1,5 @@
-"""Decoding a panorama latent in overlapping tiles, so that the memory a decode needs is that of
-one tile, whatever the panorama's size.
+"""Decoding a panorama latent in overlapping tiles, and encoding a large image so, so that the
+memory the VAE needs is that of one tile, whatever the panorama's size.
 
 Tiles are laid out like the views of the joint diffusion (`views.views_for_canvas`): a grid of
 square latent tiles that overlap, with a last tile flush with each open edge, and on a loop-closed
@@ -85,3 +85,33 @@ def decode_tiled(
             add_view(image, in_pixels, (tile_image * weight)[None].to(image.dtype))
             add_view(total, in_pixels, weight)
     return image / total.to(image.dtype)
+
+
+def encode_tiled(
+    moments: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    images: torch.Tensor,
+    factor: int,
+    tile: int,
+    overlap: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VAE's latent distribution (mean, std) of a (1, 3, H, W) image, from `moments` (images to
+    their (mean, std)) of overlapping tiles `tile` latent pixels square, blended like decoded
+    tiles (mean and standard deviation alike), so that encoding needs one tile's memory."""
+    latent_height, latent_width = images.shape[-2] // factor, images.shape[-1] // factor
+    tiles = tile_layout(latent_height, latent_width, tile, overlap, loop_closure=False)
+    ramp = max(0, min(overlap, tiles[0].width - 1))
+    mean = std = None
+    total = torch.zeros(latent_height, latent_width, device=images.device)
+    for view in tiles:
+        top, bottom, left, right = view.pixel_box(factor)
+        tile_mean, tile_std = moments(images[..., top:bottom, left:right])
+        if mean is None:
+            shape = (1, tile_mean.shape[1], latent_height, latent_width)
+            mean = torch.zeros(shape, device=tile_mean.device, dtype=torch.float32)
+            std = torch.zeros_like(mean)
+        weight = blend_weight(view, latent_height, latent_width, ramp, False).to(mean.device)
+        add_view(mean, view, tile_mean.float() * weight)
+        add_view(std, view, tile_std.float() * weight)
+        add_view(total, view, weight)
+    total = total.to(mean.device)
+    return (mean / total).to(tile_mean.dtype), (std / total).to(tile_std.dtype)

@@ -62,6 +62,9 @@ class SyncDiffusionPipeline(PanoramaPipelineBase, TextualInversionLoaderMixin, S
         cross_attention_kwargs: dict[str, Any] | None = None,
         callback_on_step_end: Callable[[Any, int, Any, dict], dict | None] | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        image=None,
+        mask_image=None,
+        strength: float | None = None,
         *,
         sync_weight: float = 20.0,
         sync_decay_rate: float = 0.95,
@@ -77,6 +80,10 @@ class SyncDiffusionPipeline(PanoramaPipelineBase, TextualInversionLoaderMixin, S
         sync_decoder=None,
         tiled_decode: bool | None = None,
         window: int | None = None,
+        image_at: tuple[int, int] | None = None,
+        resize_image: bool = False,
+        mask_feather: int | None = None,
+        paste_back: bool = True,
     ):
         """Generate one panorama per prompt and image (`num_images_per_prompt`), their views
         batched together.
@@ -113,16 +120,18 @@ class SyncDiffusionPipeline(PanoramaPipelineBase, TextualInversionLoaderMixin, S
                  num_inference_steps=num_inference_steps, stride=stride, seed=seed, loop_closure=loop_closure,
                  anchor=anchor, view_batch_size=view_batch_size, fast_modes=fast_modes,
                  sync_image_scale=sync_image_scale, sync_decoder=sync_decoder, tiled_decode=tiled_decode,
-                 window=window))
+                 window=window, image=image, mask_image=mask_image, strength=strength, image_at=image_at,
+                 resize_image=resize_image, mask_feather=mask_feather, paste_back=paste_back))
         self.check_image_prompt(ip_adapter_image, ip_adapter_image_embeds)
         fast = self.fast_modes(values["fast_modes"], sync_image_scale, sync_decoder)
         count = self.prompt_count(prompt, prompt_embeds)
         prompts, negative_prompts = self.prompt_lists(prompt, negative_prompt, count)
         device = self._execution_device
 
-        # 2. Lay out the views and draw the initial noise
+        # 2. Lay out the views and draw the initial noise (with an image: its latent first, then the noise)
         layout = self.prepare_layout(values)
-        noise, seed = self.prepare_latents(count * num_images_per_prompt, values, generator, latents)
+        noise, seed, image_start = self.prepare_start(count * num_images_per_prompt, values, generator, latents,
+                                                      layout)
 
         with self.autocast_context(device):
             # 3. Encode the prompt (a LoRA's scale reaches the text encoders, as in diffusers), and the
@@ -137,8 +146,9 @@ class SyncDiffusionPipeline(PanoramaPipelineBase, TextualInversionLoaderMixin, S
             latents, chunk_size = self.denoise(noise, conditioning, layout, values, fast,
                                                attention_kwargs=cross_attention_kwargs,
                                                callback_on_step_end=callback_on_step_end,
-                                               callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
+                                               callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+                                               image_start=image_start)
 
             # 5. Decode
-            images = self.decode_latents(latents, values, layout, output_type, chunk_size)
+            images = self.decode_latents(latents, values, layout, output_type, chunk_size, image_start)
         return self.finish(images, seed, return_dict)

@@ -27,9 +27,11 @@ from diffusers.utils.torch_utils import randn_tensor
 from . import settings
 from .backbones.base import Backbone, PromptConditioning, ViewConditioning
 from .chunks import ViewChunks, default_view_batch_size
-from .decode import decode_tiled, should_tile
+from .decode import decode_tiled, encode_tiled, should_tile
 from .fast import FastModes, check_sync_decoder, downscale, load_sync_decoder
 from .geometry import Geometry, vae_factor_of
+from .image_input import (NEVER, ImageStart, anchor_holding_most, canvas_of_image, feathered_alpha, image_pixels,
+                          latent_map, place, release_steps)
 from .loop import denoise_panorama
 from .precision import NonFiniteError, Precision, is_half
 from .sync import LossScale
@@ -364,9 +366,29 @@ class PanoramaPipelineBase(DiffusionPipeline):
         values = {**values, "fast_modes": settings.fast_modes(fast_modes),
                   "sync_decoder": None if decoder is None or loaded_decoder else str(decoder)}
         geometry = self.geometry
+        image = values.pop("image", None)
+        image_options = {name: values.pop(name, None) for name in ("mask_image", "strength", "image_at",
+                                                                    "resize_image", "mask_feather", "paste_back")}
+        if image is None and image_options["mask_image"] is not None:
+            raise settings.SettingError("mask_image", "Give image with mask_image: the mask says which of the image's "
+                                                      "pixels are repainted.")
+        if image is not None:  # the canvas is the image's unless given
+            size = image.size if isinstance(image, PIL.Image.Image) else tuple(image_pixels(image).shape[:-3:-1])
+            values["width"], values["height"] = canvas_of_image(size, values.get("width"), values.get("height"),
+                                                                bool(image_options["resize_image"]))
         values = settings.fill_canvas(values, geometry)
         settings.check(values, geometry)
         self.backbone.check_scheduler(self.scheduler)
+        if image is not None:
+            values["placement"] = place(image, image_options["mask_image"], values["width"], values["height"],
+                                        image_options["strength"], image_options["image_at"],
+                                        bool(image_options["resize_image"]))
+            feather = image_options["mask_feather"]
+            if feather is not None and (isinstance(feather, bool) or not isinstance(feather, int) or feather < 0):
+                raise settings.SettingError("mask_feather", f"mask_feather must be a whole number of pixels, 0 or "
+                                                            f"more, got {feather!r}.")
+            values["mask_feather"] = self.vae_scale_factor if feather is None else feather
+            values["paste_back"] = image_options["paste_back"] is not False
         return values
 
     @staticmethod
@@ -391,8 +413,63 @@ class PanoramaPipelineBase(DiffusionPipeline):
         window = values["window"] // factor  # in pixels, filled in and checked by check_inputs
         views = views_for_canvas(values["height"] // factor, values["width"] // factor, window, values["stride"],
                                  values["loop_closure"])
-        anchor = len(views) // 2 if values["anchor"] is None else values["anchor"]
-        return Layout(window, views, anchor)
+        anchor = values["anchor"]
+        placement = values.get("placement")
+        if anchor is None and placement is not None:  # the view holding most of the user's kept pixels
+            kept = latent_map(1 - placement.painted, values["height"] // factor, values["width"] // factor) >= 0.5
+            anchor = anchor_holding_most(views, torch.where(kept, NEVER, 0))
+        return Layout(window, views, len(views) // 2 if anchor is None else anchor)
+
+    def prepare_start(self, panoramas: int, values: dict, generator, latents,
+                      layout: Layout) -> tuple[torch.Tensor, int | None, ImageStart | None]:
+        """Step 3b: the initial noise and its seed (prepare_latents) and, for an image input, where
+        the loop starts from (image_input.py). The draws follow diffusers' img2img and inpainting
+        pipelines: the VAE's sample of the image's latent first (one per generator), then the noise,
+        from the same generator; `latents` given stand for the noise (the image's latent is then the
+        distribution's mean, having no generator to draw from)."""
+        placement = values.get("placement")
+        if placement is None:
+            return (*self.prepare_latents(panoramas, values, generator, latents), None)
+        seed = None
+        if generator is None and latents is None:
+            seed = settings.draw_seed() if values["seed"] is None else values["seed"]
+            generator = torch.Generator("cpu").manual_seed(seed)
+        clean = self.encode_image(placement.pixels * 2 - 1, panoramas, generator, layout.window)
+        noise, _ = self.prepare_latents(panoramas, values, generator, latents)
+        latent_height, latent_width = clean.shape[-2:]
+        release = release_steps(placement, latent_height, latent_width, values["num_inference_steps"],
+                                self.backbone.first_step, values["loop_closure"], layout.window)
+        first = int(release.min())
+        if first >= values["num_inference_steps"]:
+            raise settings.SettingError("strength", f"strength {placement.strength:g} runs no step of "
+                                                    f"{values['num_inference_steps']}: raise strength or "
+                                                    f"num_inference_steps.")
+        kept = 1 - placement.painted
+        alpha = feathered_alpha(kept, values["mask_feather"], values["loop_closure"]) if kept.any() else None
+        start = ImageStart(clean=clean, noise=noise, release=release, first_step=first,
+                           from_noise=first == 0 and placement.holds, pixels=placement.pixels, alpha=alpha)
+        return noise, seed, start
+
+    def encode_image(self, images: torch.Tensor, panoramas: int, generator, window: int) -> torch.Tensor:
+        """The latents (panoramas, C, h, w) of a canvas image in [-1, 1]: the VAE's distribution, in
+        overlapping tiles of the window where the image is large (encode_tiled), sampled with each
+        generator (one generator: one sample, repeated; none: the mean), in the compute dtype."""
+        device = self._execution_device
+        images = images.to(device)
+        latent_height, latent_width = (side // self.vae_scale_factor for side in images.shape[-2:])
+        if should_tile(latent_height, latent_width, window):
+            mean, std = encode_tiled(self.backbone.latent_moments, images, self.vae_scale_factor, window,
+                                     max(1, window // 4))
+        else:
+            mean, std = self.backbone.latent_moments(images)
+        if generator is None:
+            samples = [mean]
+        else:
+            generators = generator if isinstance(generator, list) else [generator]
+            samples = [mean + std * randn_tensor(mean.shape, generator=one, device=mean.device, dtype=mean.dtype)
+                       for one in generators]
+        latents = torch.cat([self.backbone.encoder_output(sample) for sample in samples])
+        return latents.repeat(panoramas // latents.shape[0], 1, 1, 1).to(device, self.compute_dtype)
 
     def prepare_latents(self, panoramas: int, values: dict, generator, latents) -> tuple[torch.Tensor, int | None]:
         """Step 3b: the initial noise of `panoramas` panoramas and its seed. The draw is the
@@ -417,15 +494,22 @@ class PanoramaPipelineBase(DiffusionPipeline):
 
     def denoise(self, noise: torch.Tensor, conditioning: PromptConditioning, layout: Layout, values: dict,
                 fast: FastModes, view_conditioning: ViewConditioning | None = None, attention_kwargs: dict | None = None,
-                callback_on_step_end: Callable | None = None, callback_on_step_end_tensor_inputs=("latents",)):
+                callback_on_step_end: Callable | None = None, callback_on_step_end_tensor_inputs=("latents",),
+                image_start: ImageStart | None = None):
         """Step 4: the joint denoising loop (loop.py) over the backbone's networks, bound to this
         call's prompts, guidance and view conditioning; returns the clean latents and the view
-        chunk size it ended with."""
+        chunk size it ended with. With an image input (`image_start`) the loop starts at the step
+        its strength picks, from the image's noised latent, and holds the kept pixels after every step."""
         device = self._execution_device
         panoramas = noise.shape[0]
         sampler = self.backbone.sampler(values["num_inference_steps"], len(layout.views) * panoramas, device,
                                         fast.multistep, layout.window)
-        latents = noise.to(device, self.compute_dtype) * sampler.init_noise_sigma
+        if image_start is None:
+            latents = noise.to(device, self.compute_dtype) * sampler.init_noise_sigma
+        else:
+            sampler.skip(image_start.first_step)
+            image_start.noise = noise.to(device, self.compute_dtype)
+            latents = image_start.start_latents(sampler).to(self.compute_dtype)
         window_pixels = layout.window * self.vae_scale_factor
         chunks = ViewChunks(values["view_batch_size"] or default_view_batch_size(device, window_pixels,
                                                                                  len(layout.views)))
@@ -443,13 +527,15 @@ class PanoramaPipelineBase(DiffusionPipeline):
         sync_pixels = round(window_pixels * fast.image_scale) ** 2
 
         def after_step(i, t, latents, weight):
+            if image_start is not None:
+                latents = image_start.hold(latents, i, sampler)
             if callback_on_step_end is None:
                 return latents
             given = {name: latents for name in callback_on_step_end_tensor_inputs or () if name == "latents"}
             changes = callback_on_step_end(self, i, t, {**given, "sync_weight": weight})
             return (changes or {}).get("latents", latents)
 
-        with self.progress_bar(total=values["num_inference_steps"]) as progress, self.loop_models_resident(), \
+        with self.progress_bar(total=len(sampler.timesteps)) as progress, self.loop_models_resident(), \
                 lora_layers_scaled([self.backbone.network], lora_scale):
             latents = denoise_panorama(
                 latents, views=layout.views, anchor=layout.anchor, sampler=sampler,
@@ -461,13 +547,15 @@ class PanoramaPipelineBase(DiffusionPipeline):
         return latents, chunks.size
 
     def decode_latents(self, latents: torch.Tensor, values: dict, layout: Layout, output_type: str,
-                       tiles_per_call: int = 1):
-        """Step 5: the panoramas decoded (unless `output_type` is "latent") and post-processed by
-        diffusers' VaeImageProcessor into `output_type`."""
+                       tiles_per_call: int = 1, image_start: ImageStart | None = None):
+        """Step 5: the panoramas decoded (unless `output_type` is "latent"), an image input's kept
+        pixels pasted back, and post-processed by diffusers' VaeImageProcessor into `output_type`."""
         if output_type == "latent":
             return latents
         images = self.decode_panorama(latents, values["loop_closure"], values["tiled_decode"], tiles_per_call,
                                       layout.window)
+        if image_start is not None and values.get("paste_back", True):
+            images = image_start.paste_back(images)
         # decode_panorama's images are in [0, 1] already
         return self.image_processor.postprocess(images, output_type=output_type,
                                                 do_denormalize=[False] * images.shape[0])

@@ -64,10 +64,22 @@ class ViewSchedulers:
         self.scheduler = scheduler
         self.per_view = None if isinstance(scheduler, DDIMScheduler) else [copy.deepcopy(scheduler)
                                                                            for _ in range(view_count)]
+        self.first = 0
 
     @property
     def timesteps(self) -> torch.Tensor:
-        return self.scheduler.timesteps
+        return self.scheduler.timesteps[self.first :]
+
+    def skip(self, steps: int) -> None:
+        """Start at step `steps` of the schedule (an image input's strength), as diffusers' img2img
+        pipelines do: the timesteps after it, and a multistep solver told where it begins."""
+        self.first = steps
+        for scheduler in self.per_view or ():
+            scheduler.set_begin_index(steps)
+
+    def noised(self, clean: torch.Tensor, noise: torch.Tensor, t) -> torch.Tensor:
+        """`clean` latents noised to timestep t with `noise` (the scheduler's add_noise)."""
+        return self.scheduler.add_noise(clean, noise, torch.tensor([int(t)]))
 
     @property
     def init_noise_sigma(self) -> float:

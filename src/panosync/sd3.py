@@ -74,6 +74,9 @@ class SyncDiffusion3Pipeline(PanoramaPipelineBase, SD3LoraLoaderMixin, FromSingl
         max_sequence_length: int = T5_TOKENS,
         callback_on_step_end: Callable[[Any, int, Any, dict], dict | None] | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        image=None,
+        mask_image=None,
+        strength: float | None = None,
         *,
         sync_weight: float = 20.0,
         sync_decay_rate: float = 0.95,
@@ -89,6 +92,10 @@ class SyncDiffusion3Pipeline(PanoramaPipelineBase, SD3LoraLoaderMixin, FromSingl
         sync_decoder=None,
         tiled_decode: bool | None = None,
         window: int | None = None,
+        image_at: tuple[int, int] | None = None,
+        resize_image: bool = False,
+        mask_feather: int | None = None,
+        paste_back: bool = True,
     ):
         """Generate one panorama per prompt and image; the parameters are SyncDiffusionPipeline's
         (sizes in pixels; the default canvas is one window high and four wide: 1024 x 4096 for SD3.5
@@ -109,7 +116,8 @@ class SyncDiffusion3Pipeline(PanoramaPipelineBase, SD3LoraLoaderMixin, FromSingl
                  num_inference_steps=num_inference_steps, stride=stride, seed=seed, loop_closure=loop_closure,
                  anchor=anchor, view_batch_size=view_batch_size, fast_modes=fast_modes,
                  sync_image_scale=sync_image_scale, sync_decoder=sync_decoder, tiled_decode=tiled_decode,
-                 window=window))
+                 window=window, image=image, mask_image=mask_image, strength=strength, image_at=image_at,
+                 resize_image=resize_image, mask_feather=mask_feather, paste_back=paste_back))
         check_max_sequence_length(max_sequence_length)
         check_pooled(prompt_embeds, pooled_prompt_embeds, negative_prompt_embeds, negative_pooled_prompt_embeds)
         self.check_image_prompt(ip_adapter_image, ip_adapter_image_embeds)
@@ -118,9 +126,10 @@ class SyncDiffusion3Pipeline(PanoramaPipelineBase, SD3LoraLoaderMixin, FromSingl
         prompts, negative_prompts = self.prompt_lists(prompt, negative_prompt, count)
         device = self._execution_device
 
-        # 2. Lay out the views and draw the initial noise
+        # 2. Lay out the views and draw the initial noise (with an image: its latent first, then the noise)
         layout = self.prepare_layout(values)
-        noise, seed = self.prepare_latents(count * num_images_per_prompt, values, generator, latents)
+        noise, seed, image_start = self.prepare_start(count * num_images_per_prompt, values, generator, latents,
+                                                      layout)
 
         with self.autocast_context(device):
             # 3. Encode the prompt (a LoRA's scale reaches the text encoders, as in diffusers), and the
@@ -137,8 +146,9 @@ class SyncDiffusion3Pipeline(PanoramaPipelineBase, SD3LoraLoaderMixin, FromSingl
             latents, chunk_size = self.denoise(noise, conditioning, layout, values, fast,
                                                attention_kwargs=joint_attention_kwargs,
                                                callback_on_step_end=callback_on_step_end,
-                                               callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
+                                               callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+                                               image_start=image_start)
 
             # 5. Decode
-            images = self.decode_latents(latents, values, layout, output_type, chunk_size)
+            images = self.decode_latents(latents, values, layout, output_type, chunk_size, image_start)
         return self.finish(images, seed, return_dict)

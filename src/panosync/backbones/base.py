@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 
 from ..geometry import MAX_STEPS, Geometry
+from ..image_input import first_step_unet
 
 if TYPE_CHECKING:
     from ..views import View
@@ -71,6 +72,10 @@ class Sampler(Protocol):
     def predicted_original(self, x: torch.Tensor, prediction: torch.Tensor, t) -> torch.Tensor: ...
 
     def step(self, views: list[int], x: torch.Tensor, prediction: torch.Tensor, t) -> torch.Tensor: ...
+
+    def skip(self, steps: int) -> None: ...
+
+    def noised(self, clean: torch.Tensor, noise: torch.Tensor, t) -> torch.Tensor: ...
 
 
 class Backbone(ABC):
@@ -140,6 +145,12 @@ class Backbone(ABC):
         `views` names each item's view; `extras` add each view's own inputs (ControlSync's
         residuals); `attention_kwargs` go to the network's attention processors (a LoRA's scale)."""
 
+    @staticmethod
+    def first_step(steps: int, strength: float) -> int:
+        """The index of the first of `steps` steps an image input of this strength runs, counted as
+        the family's diffusers img2img pipeline counts it."""
+        return first_step_unet(steps, strength)
+
     @abstractmethod
     def sampler(self, num_inference_steps: int, view_count: int, device, multistep: bool = False,
                 window: int | None = None) -> Sampler:
@@ -148,6 +159,25 @@ class Backbone(ABC):
         solver of the same noise schedule."""
 
     # ---------------------------------------------------------------------------- decoding
+
+    def encoder_output(self, sample: torch.Tensor) -> torch.Tensor:
+        """The diffusion's latent of a sample of the VAE's encoding: (sample − shift) · scaling_factor,
+        the inverse of decoder_input."""
+        config = self.pipe.vae.config
+        shift = config.get("shift_factor")
+        return ((sample - shift) if shift else sample) * config.scaling_factor
+
+    def latent_moments(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean and standard deviation of the VAE's latent distribution for images in [-1, 1]
+        (its dtype, on its device), encoded again in float32 where float16 overflows and the config
+        allows it (as decode does)."""
+        vae = self.pipe.vae
+        distribution = vae.encode(images.to(vae.device, vae.dtype)).latent_dist
+        if self.vae_may_upcast and not torch.isfinite(distribution.mean).all():
+            self.upcast_vae()
+            with torch.autocast(images.device.type, enabled=False):
+                distribution = vae.encode(images.to(vae.device, torch.float32)).latent_dist
+        return distribution.mean, distribution.std
 
     def decoder_input(self, latents: torch.Tensor, decoder) -> torch.Tensor:
         """What `decoder` decodes for a latent of the diffusion: latents / scaling_factor, shifted

@@ -24,6 +24,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from ..geometry import MAX_STEPS, Geometry
+from ..image_input import first_step_flow
 from .base import Backbone
 
 # dpm_solver is a multistep solver of the UNets' DDPM schedule; these models step with their own
@@ -66,6 +67,15 @@ class FlowSampler:
         self.timesteps = timesteps
         self.sigmas = sigmas
         self._index = {float(t): i for i, t in enumerate(timesteps)}
+
+    def skip(self, steps: int) -> None:
+        """Start at step `steps` of the schedule (an image input's strength)."""
+        self.timesteps = self.timesteps[steps:]
+
+    def noised(self, clean: torch.Tensor, noise: torch.Tensor, t) -> torch.Tensor:
+        """x_σ = σ·ε + (1 − σ)·x₀, the scheduler's scale_noise."""
+        sigma = self.sigma(t).to(clean.dtype)
+        return sigma * noise + (1.0 - sigma) * clean
 
     def sigma(self, t) -> torch.Tensor:
         return self.sigmas[self._index[float(t)]]
@@ -142,6 +152,10 @@ class FlowBackbone(Backbone):
         if scheduler.config.get("stochastic_sampling"):
             raise ValueError("the scheduler samples stochastically (stochastic_sampling): panosync steps every view "
                              "from the same σ deterministically; load the scheduler with stochastic_sampling=False.")
+
+    @staticmethod
+    def first_step(steps: int, strength: float) -> int:
+        return first_step_flow(steps, strength)
 
     def sampler(self, num_inference_steps, view_count, device, multistep=False, window=None) -> FlowSampler:
         if multistep:  # refused by settings.check before any model work; a direct call gets the same sentence
