@@ -47,6 +47,8 @@ def add_panorama_arguments(command: argparse.ArgumentParser, default_model: str,
     names = [name for name in settings.PIPELINE_NAMES]
     if control:
         names += [name for name in settings.CONTROL_NAMES if name != "controlnet"]  # --controlnet: a model option
+    else:
+        names += settings.IMAGE_NAMES
     add_options(command, names, CONTROL_HELPS if control else None)
     add_model_options(command, default_model, control)
     add_ip_adapter_options(command, None if not control else
@@ -116,6 +118,7 @@ def panorama_request(args: argparse.Namespace, control: bool = False) -> tuple[d
     """Every parameter of the panorama (settings.resolve: the options given, the PNG of --from-png,
     the model's recommended settings, the paper's), with the model and the seed, checked as far as
     the model's configs allow (all of it for a folder or a bundled model). Loads no weights."""
+    from .input_images import image_files_of_request
     from .ip_adapters import check_family_takes_image_prompt, ip_adapter_of_options
     from .loras import weights_of_options
     from .metadata import read_parameters
@@ -137,7 +140,10 @@ def panorama_request(args: argparse.Namespace, control: bool = False) -> tuple[d
     if control:
         values["controlnet"] = values["controlnet"] or [settings.DEFAULT_CONTROLNET]
     else:
-        values = {name: value for name, value in values.items() if name in settings.PIPELINE_NAMES}
+        values = {name: value for name, value in values.items()
+                  if name in settings.PIPELINE_NAMES + settings.IMAGE_NAMES}
+        # the image and mask files read, checked and hashed now (the PNG's found again unchanged)
+        values.update({"image": None, "mask_image": None, **image_files_of_request(given, stored)})
     settings.check(values)  # the ranges, before the canvas is filled in (ControlSync's comes from the condition)
     if values["seed"] is None:
         values["seed"] = settings.draw_seed()
@@ -164,11 +170,29 @@ def _text(value, name: str) -> str:
 
 def generate(args: argparse.Namespace) -> int:
     request, source = panorama_request(args)
+    if request["image"] is not None:  # the canvas is the image's unless given
+        from .image_input import canvas_of_image
+
+        request["width"], request["height"] = canvas_of_image(request["image"].load().size, request["width"],
+                                                              request["height"], request["resize_image"])
     if source.geometry is not None:
         request.update(settings.fill_canvas(request, source.geometry))
         settings.check(request, source.geometry)
+        check_image_placement(request)
     out = output_path(args, request)
     return make_panorama(args, request, source, out)
+
+
+def check_image_placement(request: dict) -> None:
+    """An image input placed on the request's canvas (image_input.place: its size, the mask's, the
+    corner, the strength), so that a mistake is one sentence before any model loads."""
+    from .image_input import place
+
+    if request.get("image") is None:
+        return
+    mask = request["mask_image"].load() if request.get("mask_image") is not None else None
+    place(request["image"].load(), mask, request["width"], request["height"], request["strength"],
+          request["image_at"], request["resize_image"])
 
 
 def output_path(args: argparse.Namespace, request: dict) -> str:
@@ -283,6 +307,13 @@ def make_panorama(args: argparse.Namespace, request: dict, source: ModelSource, 
         explicit = set(given_options(args)) | set(stored)
         request.update(family_defaults_after_loading(pipe, explicit))
     generation = {name: request[name] for name in settings.PIPELINE_NAMES}
+    if request.get("image") is not None:
+        if source.geometry is None:
+            check_image_placement(request)
+        files = {name: request[name] for name in ("image", "mask_image") if request.get(name) is not None}
+        generation.update({name: request[name] for name in settings.IMAGE_NAMES},
+                          **{name: file.load() for name, file in files.items()})
+        request.update({name: file.metadata() for name, file in files.items()})
     with computing_threads(threads, device):
         result = pipe(**generation, **(inputs or {}))
     image = result.images[0]

@@ -29,6 +29,10 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, names
             modes = _fast_mode_help()
             parser.add_argument("--fast", dest=name, action="append", choices=list(modes), default=None,
                                 help=text + ": " + "; ".join(f"{mode}: {words}" for mode, words in modes.items()))
+        elif name == "image_at":
+            parser.add_argument(*flags, dest=name, type=xy_pair, default=None, metavar="X,Y", help=text)
+        elif parameter.kind is object:  # an image on the command: its file
+            parser.add_argument(*flags, dest=name, default=None, metavar="FILE", help=text)
         elif parameter.kind is list:
             item = str if parameter.item is object else parameter.item  # a condition on the command: its file
             parser.add_argument(*flags, dest=name, action="append", type=item, default=None,
@@ -36,6 +40,15 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, names
         else:
             # no argparse choices: settings.check refuses another value with one sentence, not a usage text
             parser.add_argument(*flags, dest=name, type=parameter.kind, default=None, help=text)
+
+
+def xy_pair(text: str) -> list[int]:
+    """--image-at's X,Y: two whole numbers."""
+    try:
+        x, y = (int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--image-at must be two whole numbers X,Y, got {text!r}") from None
+    return [x, y]
 
 
 def _help(parameter: Parameter) -> str:

@@ -367,8 +367,8 @@ class PanoramaPipelineBase(DiffusionPipeline):
                   "sync_decoder": None if decoder is None or loaded_decoder else str(decoder)}
         geometry = self.geometry
         image = values.pop("image", None)
-        image_options = {name: values.pop(name, None) for name in ("mask_image", "strength", "image_at",
-                                                                    "resize_image", "mask_feather", "paste_back")}
+        image_options = {name: values.pop(name, None) for name in ("mask_image", "mask_feather", "paste_back")}
+        image_options.update({name: values.get(name) for name in ("strength", "image_at", "resize_image")})
         if image is None and image_options["mask_image"] is not None:
             raise settings.SettingError("mask_image", "Give image with mask_image: the mask says which of the image's "
                                                       "pixels are repainted.")
@@ -445,7 +445,9 @@ class PanoramaPipelineBase(DiffusionPipeline):
                                                     f"{values['num_inference_steps']}: raise strength or "
                                                     f"num_inference_steps.")
         kept = 1 - placement.painted
-        alpha = feathered_alpha(kept, values["mask_feather"], values["loop_closure"]) if kept.any() else None
+        # the feather reaches into painted pixels of the image only: outside it there is nothing to blend with
+        alpha = feathered_alpha(kept, values["mask_feather"], values["loop_closure"]) * placement.present \
+            if kept.any() else None
         start = ImageStart(clean=clean, noise=noise, release=release, first_step=first,
                            from_noise=first == 0 and placement.holds, pixels=placement.pixels, alpha=alpha)
         return noise, seed, start

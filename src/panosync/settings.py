@@ -68,6 +68,7 @@ class Parameter:
     served    whether the HTTP API and the page take it (not: a path on the server's disk, or a
               setting of the server itself)
     control   ControlSync's only
+    from_image  an image input's (img2img, inpainting, extending, upscaling): the plain pipelines'
     """
 
     name: str
@@ -83,6 +84,7 @@ class Parameter:
     flags: tuple[str, ...] = ()
     served: bool = True
     control: bool = False
+    from_image: bool = False
 
     @property
     def flag(self) -> str:
@@ -152,16 +154,31 @@ PARAMETERS: tuple[Parameter, ...] = (
       control=True),
     P("resize_condition", bool, False, "resize a condition whose size is not width × height (default: refuse it)",
       control=True),
+    # An image to start from (image_input.py)
+    P("image", object, None, "an image to repaint (img2img), inpaint (with mask_image), extend (smaller than the "
+      "canvas) or upscale: the canvas is its size unless width or height is given", unset="none: from text alone",
+      from_image=True),  # a file on the command, base64 on a server
+    P("mask_image", object, None, "of the image's size: white where the image is repainted, black where it is "
+      "kept", unset="none: img2img repaints the whole image", flags=("--mask",), from_image=True),
+    P("strength", float, None, "how far the image is noised before it is denoised (1: repainted whole)",
+      unset="0.8; 1 with a mask or on a larger canvas", minimum=0, maximum=1, above=True, from_image=True),
+    P("image_at", list, None, "X,Y: the image's top-left corner on a larger canvas, in pixels", unset="centred",
+      minimum=0, item=int, from_image=True),
+    P("resize_image", bool, False, "resize the image to fit the canvas, keeping its aspect ratio (default: refuse "
+      "an image larger than the canvas)", from_image=True),
 )
 del P
 
 BY_NAME = {parameter.name: parameter for parameter in PARAMETERS}
 # The parameters of SyncDiffusionPipeline.__call__ that this table describes, in the table's order.
-PIPELINE_NAMES = tuple(p.name for p in PARAMETERS if not p.control)
+PIPELINE_NAMES = tuple(p.name for p in PARAMETERS if not p.control and not p.from_image)
 CONTROL_NAMES = tuple(p.name for p in PARAMETERS if p.control)
+# An image input's parameters: the plain pipelines take them, ControlSync's do not
+IMAGE_NAMES = tuple(p.name for p in PARAMETERS if p.from_image)
 # Fields where an explicit null means something other than "the model's default": every step, a
-# random seed, the centre view, tiled when large (the API and a batch line both read them so).
-NULL_MEANS_SOMETHING = ("sync_threshold", "seed", "anchor", "tiled_decode")
+# random seed, the centre view, tiled when large, the strength of the case, centred (the API and a
+# batch line both read them so).
+NULL_MEANS_SOMETHING = ("sync_threshold", "seed", "anchor", "tiled_decode", "strength", "image_at")
 # Old names a PNG's metadata may carry, and the parameter each now is.
 RENAMED = {"conditioning_scale": "controlnet_conditioning_scale"}
 # Where ControlSync's paper departs from SyncDiffusion's: sync in the first 10 of 50 steps.
@@ -170,7 +187,7 @@ CONTROL_PAPER = {"sync_threshold": 10}
 
 def paper_defaults(control: bool = False) -> dict:
     """Every parameter's default: the SyncDiffusion paper's, or with `control` the ControlSync paper's."""
-    names = PIPELINE_NAMES + (CONTROL_NAMES if control else ())
+    names = PIPELINE_NAMES + (CONTROL_NAMES if control else IMAGE_NAMES)
     return {name: _copy(BY_NAME[name].default) for name in names} | (CONTROL_PAPER if control else {})
 
 
@@ -381,6 +398,10 @@ def check(values: dict, geometry: Geometry | None = None) -> None:
     if "canny_low" in values and "canny_high" in values and values["canny_low"] > values["canny_high"]:
         raise SettingError("canny_low", f"canny_low ({shown(values['canny_low'])}) must not exceed canny_high "
                                         f"({shown(values['canny_high'])}).")
+    image_at = values.get("image_at")
+    if image_at is not None and len(image_at) != 2:
+        raise SettingError("image_at", f"image_at must be two whole numbers X,Y (the image's top-left corner in "
+                                       f"pixels), got {shown(image_at)}.")
     width, height = values.get("width"), values.get("height")
     if width is not None and height is not None and width * height > MAX_PIXELS:
         raise SettingError("width" if width >= height else "height",
