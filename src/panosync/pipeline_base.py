@@ -380,9 +380,15 @@ class PanoramaPipelineBase(DiffusionPipeline):
         settings.check(values, geometry)
         self.backbone.check_scheduler(self.scheduler)
         if image is not None:
-            values["placement"] = place(image, image_options["mask_image"], values["width"], values["height"],
-                                        image_options["strength"], image_options["image_at"],
-                                        bool(image_options["resize_image"]))
+            placement = place(image, image_options["mask_image"], values["width"], values["height"],
+                              image_options["strength"], image_options["image_at"], bool(image_options["resize_image"]))
+            factor, steps = self.vae_scale_factor, values["num_inference_steps"]
+            release = release_steps(placement, values["height"] // factor, values["width"] // factor, steps,
+                                    self.backbone.first_step, values["loop_closure"], values["window"] // factor)
+            if int(release.min()) >= steps:
+                raise settings.SettingError("strength", f"strength {placement.strength:g} runs no step of {steps}: "
+                                                        f"raise strength or num_inference_steps.")
+            values.update(placement=placement, release=release)
             feather = image_options["mask_feather"]
             if feather is not None and (isinstance(feather, bool) or not isinstance(feather, int) or feather < 0):
                 raise settings.SettingError("mask_feather", f"mask_feather must be a whole number of pixels, 0 or "
@@ -436,14 +442,8 @@ class PanoramaPipelineBase(DiffusionPipeline):
             generator = torch.Generator("cpu").manual_seed(seed)
         clean = self.encode_image(placement.pixels * 2 - 1, panoramas, generator, layout.window)
         noise, _ = self.prepare_latents(panoramas, values, generator, latents)
-        latent_height, latent_width = clean.shape[-2:]
-        release = release_steps(placement, latent_height, latent_width, values["num_inference_steps"],
-                                self.backbone.first_step, values["loop_closure"], layout.window)
+        release = values["release"]
         first = int(release.min())
-        if first >= values["num_inference_steps"]:
-            raise settings.SettingError("strength", f"strength {placement.strength:g} runs no step of "
-                                                    f"{values['num_inference_steps']}: raise strength or "
-                                                    f"num_inference_steps.")
         kept = 1 - placement.painted
         # the feather reaches into painted pixels of the image only: outside it there is nothing to blend with
         alpha = feathered_alpha(kept, values["mask_feather"], values["loop_closure"]) * placement.present \
