@@ -186,13 +186,26 @@ def test_release_steps_follow_each_familys_count_and_hold_kept_pixels():
     assert anchor_holding_most(views_for_canvas(16, 32, 16, 4), release) == 0
 
 
+def gradient_image(width=WINDOW, height=WINDOW) -> PIL.Image.Image:
+    """Dark on the left, bright on the right: its edges do not meet."""
+    row = np.linspace(0, 255, width).astype(np.uint8)
+    return PIL.Image.fromarray(np.repeat(np.tile(row, (height, 1))[..., None], 3, axis=2))
+
+
 def test_with_loop_closure_the_wrap_is_repainted_harder_so_the_edges_can_meet():
-    placement = place(random_image(size=WINDOW), None, WINDOW, WINDOW, 0.3, None, False)
+    placement = place(gradient_image(), None, WINDOW, WINDOW, 0.3, None, False)
+    assert not placement.edges_meet
     release = release_steps(placement, 16, 16, 10, first_step_unet, True, 16)[0, 0, 0]
     plain = release_steps(placement, 16, 16, 10, first_step_unet, False, 16)[0, 0, 0]
     assert (plain == 7).all()
     assert release[0] == release[-1] < 7 and release[8] == 7  # 0.6 at the wrap, the call's 0.3 inside
     assert list(release[:4]) == sorted(release[:4])
+    # a panorama whose edges meet already (a loop-closed one) keeps the call's strength everywhere
+    rolled = np.roll(np.asarray(gradient_image()), WINDOW // 2, axis=1)
+    meeting = np.concatenate([rolled, rolled[:, ::-1]], axis=1)  # up and down again: the ends meet
+    placement = place(PIL.Image.fromarray(meeting), None, 2 * WINDOW, WINDOW, 0.3, None, False)
+    assert placement.edges_meet
+    assert (release_steps(placement, 16, 32, 10, first_step_unet, True, 16) == 7).all()
 
 
 def test_the_feather_falls_off_linearly_and_wraps():

@@ -3,6 +3,8 @@
     panosync generate "a photo of a mountain range at twilight" --width 3072 --seed 7 --out range.png
     panosync generate --from-png range.png          # the same panorama again
     panosync generate "a beach" --ip-adapter ./ip-adapter-sd15:0.6 --ip-adapter-image photo.jpg
+    panosync generate "snowy mountains" --image photo.png --width 2048 --loop-closure   # extend a photo
+    panosync upscale range.png --scale 2            # twice the size, the prompt from its metadata
     panosync control "a city skyline at dusk" --condition skyline.png --preprocess canny
     panosync serve --model pocket                   # HTTP API on 127.0.0.1:8000
     panosync ui --model pocket                      # web page on 127.0.0.1:7860
@@ -59,6 +61,64 @@ def add_panorama_arguments(command: argparse.ArgumentParser, default_model: str,
     command.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+# upscale's defaults: twice the size, denoised lightly (Tiled Diffusion's upscaler's usual denoise)
+UPSCALE_SCALE, UPSCALE_STRENGTH = 2.0, 0.3
+# what an upscale takes from a panosync PNG it is given, unless the options say otherwise
+UPSCALE_FROM_PNG = ("prompt", "negative_prompt", "loop_closure", "guidance_scale")
+NOT_UPSCALE_OPTIONS = ("prompt", "width", "height", "image", "mask_image", "image_at", "resize_image")
+
+
+def add_upscale_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("input", metavar="IMAGE", help="the picture to upscale (PNG, JPEG, WebP)")
+    command.add_argument("--scale", type=float, default=UPSCALE_SCALE,
+                         help=f"how many times larger, more than 1 and at most 8 (default {UPSCALE_SCALE:g}); the "
+                              f"size is rounded to the VAE factor")
+    command.add_argument("--prompt", default=None, help="what the picture shows (default: a panosync PNG's own)")
+    names = [name for name in settings.PIPELINE_NAMES + settings.IMAGE_NAMES if name not in NOT_UPSCALE_OPTIONS]
+    add_options(command, names, dict(strength=f"how far the resized picture is noised before it is denoised "
+                                              f"(default {UPSCALE_STRENGTH:g}: details, not a new picture)"))
+    add_model_options(command, settings.DEFAULT_MODEL)
+    add_ip_adapter_options(command)
+    command.add_argument("--out", default=None, help="PNG to write (default: IMAGE's name with -x2 and .png)")
+    command.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def upscale(args: argparse.Namespace) -> int:
+    """`panosync upscale`: `generate` with the picture as an image input resized to --scale times its
+    size (resize_image), at a low strength; a panosync PNG's prompt, model and loop closure by default."""
+    from pathlib import Path
+
+    from .conditions import load_condition_image
+    from .metadata import read_parameters
+    from .models import resolve_model
+
+    if not 1 < args.scale <= 8:
+        raise ValueError(f"--scale must be more than 1 and at most 8, got {args.scale:g}.")
+    size = load_condition_image(args.input, settings.MAX_PIXELS, "image").size
+    try:
+        stored = settings.stored_parameters(read_parameters(args.input))
+    except ValueError:  # not a panosync PNG: the options say everything
+        stored = {}
+    for name in UPSCALE_FROM_PNG:
+        if getattr(args, name, None) is None and stored.get(name) is not None:
+            setattr(args, name, stored[name])
+    if args.prompt is None:
+        raise ValueError(f"Give --prompt: {args.input} is not a panosync panorama, whose metadata would say what it "
+                         f"shows.")
+    if args.model is None and isinstance(stored.get("model"), str):
+        args.model = stored["model"]
+    source = resolve_model(_text(args.model or settings.DEFAULT_MODEL, "model"))
+    factor = source.vae_factor or 8
+    args.width, args.height = (max(factor, round(side * args.scale / factor) * factor) for side in size)
+    args.image, args.resize_image, args.mask_image, args.image_at = args.input, True, None, None
+    if args.strength is None:
+        args.strength = UPSCALE_STRENGTH
+    if args.out is None:
+        args.out = str(Path(args.input).with_name(f"{Path(args.input).stem}-x{args.scale:g}.png"))
+    args.from_png = None
+    return generate(args)
+
+
 # argparse's words for an option's value of the wrong type, and this project's
 TYPE_ERROR = re.compile(r"argument (?P<option>[^:]+): invalid (?P<kind>int|float) value: (?P<value>.*)")
 CHOICE_ERROR = re.compile(r"argument (?P<option>[^:]+): invalid choice: (?P<value>.*) \(choose from (?P<choices>.*)\)")
@@ -87,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     generate = commands.add_parser("generate", help="generate a panorama PNG",
                                    description="Generate a panorama; the PNG carries every parameter.")
     add_panorama_arguments(generate, settings.DEFAULT_MODEL)
+    add_upscale_arguments(commands.add_parser(
+        "upscale", help="upscale a picture: resized, then denoised in synced windows at a low strength",
+        description="Upscale an image (a panosync panorama, or any picture with --prompt): resized by --scale, "
+                    "encoded, noised to --strength and denoised in synced windows, decoded in tiles; the memory is "
+                    "one window's whatever the size. A panosync PNG's own metadata gives the prompt, the model and "
+                    "loop closure unless given."))
     control = commands.add_parser(
         "control", help="generate a panorama that follows a ControlNet condition (ControlSync)",
         description="Generate a panorama that follows a condition image of any size, e.g. an edge map, with "
@@ -386,6 +452,8 @@ def _run(args: argparse.Namespace) -> int:
             return generate(args)
         if args.command == "control":
             return control(args)
+        if args.command == "upscale":
+            return upscale(args)
         if args.command in ("serve", "ui"):
             from .server import command
 

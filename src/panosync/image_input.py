@@ -66,6 +66,7 @@ class Placement:
     strength: float
     holds: bool
     box: tuple[int, int, int, int]  # left, top, width, height of the image on the canvas
+    edges_meet: bool = False  # its left and right edges meet already (loop closure needs no repainting there)
 
 
 @dataclass
@@ -190,10 +191,24 @@ def canvas_of_image(image_size: tuple[int, int], width: int | None, height: int 
 
 
 def fitted_size(image_size: tuple[int, int], width: int, height: int) -> tuple[int, int]:
-    """The largest size of the image's aspect ratio that fits the canvas (resize_image)."""
+    """The largest size of the image's aspect ratio that fits the canvas (resize_image); the
+    canvas itself where that is within 1 % of it on both sides (an upscale whose size was rounded
+    to the VAE factor is stretched that little rather than given a border to paint)."""
     image_width, image_height = image_size
     scale = min(width / image_width, height / image_height)
-    return max(1, min(width, round(image_width * scale))), max(1, min(height, round(image_height * scale)))
+    fitted = max(1, min(width, round(image_width * scale))), max(1, min(height, round(image_height * scale)))
+    if abs(fitted[0] - width) <= 0.01 * width and abs(fitted[1] - height) <= 0.01 * height:
+        return width, height
+    return fitted
+
+
+def edges_meet(pixels: torch.Tensor) -> bool:
+    """Whether an image's left and right edges already meet (a loop-closed panorama): the jump
+    from its last column to its first is no larger than twice the mean jump between neighbouring
+    columns."""
+    inner = (pixels[..., 1:] - pixels[..., :-1]).abs().mean()
+    wrap = (pixels[..., 0] - pixels[..., -1]).abs().mean()
+    return bool(wrap <= 2 * inner)
 
 
 def place(image, mask, width: int, height: int, strength: float | None, image_at: tuple[int, int] | None,
@@ -246,7 +261,7 @@ def place(image, mask, width: int, height: int, strength: float | None, image_at
                                                                               0.0 if extends else 1.0)
     painted[..., rows, columns] = inside
     return Placement(canvas, present, painted, float(strength), painted_in_image is not None or extends,
-                     (left, top, image_width, image_height))
+                     (left, top, image_width, image_height), edges_meet(pixels))
 
 
 def resize(pixels: torch.Tensor, width: int, height: int) -> torch.Tensor:
@@ -293,7 +308,8 @@ def release_steps(placement: Placement, latent_height: int, latent_width: int, s
     # float64, so a strength of 0.7 picks the step diffusers' Python float does
     strength = torch.full((1, 1, latent_height, latent_width), placement.strength, dtype=torch.float64)
     strength[~present] = 1.0
-    if loop_closure and placement.strength < WRAP_STRENGTH and bool(present[..., 0].any() and present[..., -1].any()):
+    if loop_closure and placement.strength < WRAP_STRENGTH and not placement.edges_meet and \
+            bool(present[..., 0].any() and present[..., -1].any()):
         band = max(1, round(window * WRAP_BAND))
         distance = torch.arange(latent_width, dtype=torch.float64)
         distance = torch.minimum(distance + 0.5, latent_width - distance - 0.5)  # to the wrap, in latent pixels
