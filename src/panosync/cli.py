@@ -123,6 +123,7 @@ def upscale(args: argparse.Namespace) -> int:
 TYPE_ERROR = re.compile(r"argument (?P<option>[^:]+): invalid (?P<kind>int|float) value: (?P<value>.*)")
 CHOICE_ERROR = re.compile(r"argument (?P<option>[^:]+): invalid choice: (?P<value>.*) \(choose from (?P<choices>.*)\)")
 KIND_OF_TYPE = {"int": "a whole number", "float": "a number"}
+MUST_ERROR = re.compile(r"argument (?P<option>[^:]+): (?P<rest>must be .*)")
 
 
 class OneSentenceParser(argparse.ArgumentParser):
@@ -135,6 +136,9 @@ class OneSentenceParser(argparse.ArgumentParser):
         if wrong_type:
             option = wrong_type["option"].split("/")[0]
             message = f"{option} must be {KIND_OF_TYPE[wrong_type['kind']]}, got {wrong_type['value']}"
+        elif MUST_ERROR.fullmatch(message):  # an option type's own sentence (--image-at's)
+            found = MUST_ERROR.fullmatch(message)
+            message = f"{found['option'].split('/')[0]} {found['rest']}"
         elif wrong_choice:
             option = wrong_choice["option"].split("/")[0].replace("command", "the command")
             message = f"{option} must be one of {wrong_choice['choices']}, got {wrong_choice['value']}"
@@ -244,21 +248,28 @@ def generate(args: argparse.Namespace) -> int:
     if source.geometry is not None:
         request.update(settings.fill_canvas(request, source.geometry))
         settings.check(request, source.geometry)
-        check_image_placement(request)
+        check_image_placement(request, source.family)
     out = output_path(args, request)
     return make_panorama(args, request, source, out)
 
 
-def check_image_placement(request: dict) -> None:
+def check_image_placement(request: dict, family: str | None) -> None:
     """An image input placed on the request's canvas (image_input.place: its size, the mask's, the
     corner, the strength), so that a mistake is one sentence before any model loads."""
-    from .image_input import place
+    from .families import FLUX, SD3
+    from .image_input import first_step_flow, first_step_unet, place, release_steps
 
     if request.get("image") is None:
         return
     mask = request["mask_image"].load() if request.get("mask_image") is not None else None
-    place(request["image"].load(), mask, request["width"], request["height"], request["strength"],
-          request["image_at"], request["resize_image"])
+    placement = place(request["image"].load(), mask, request["width"], request["height"], request["strength"],
+                      request["image_at"], request["resize_image"])
+    first_step = first_step_flow if family in (SD3, FLUX) else first_step_unet
+    steps = request["num_inference_steps"]
+    # at latent resolution 1: whether any pixel runs a step needs no model (the pipeline counts again)
+    release = release_steps(placement, 1, 1, steps, first_step, False, 1)
+    if int(release.min()) >= steps and not placement.holds:
+        raise ValueError(f"strength {placement.strength:g} runs no step of {steps}: raise --strength or --steps.")
 
 
 def output_path(args: argparse.Namespace, request: dict) -> str:
@@ -375,7 +386,7 @@ def make_panorama(args: argparse.Namespace, request: dict, source: ModelSource, 
     generation = {name: request[name] for name in settings.PIPELINE_NAMES}
     if request.get("image") is not None:
         if source.geometry is None:
-            check_image_placement(request)
+            check_image_placement(request, pipe.family)
         files = {name: request[name] for name in ("image", "mask_image") if request.get(name) is not None}
         generation.update({name: request[name] for name in settings.IMAGE_NAMES},
                           **{name: file.load() for name, file in files.items()})

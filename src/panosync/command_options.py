@@ -47,7 +47,7 @@ def xy_pair(text: str) -> list[int]:
     try:
         x, y = (int(part) for part in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--image-at must be two whole numbers X,Y, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"must be two whole numbers X,Y (pixels), got {text!r}") from None
     return [x, y]
 
 
