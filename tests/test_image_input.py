@@ -12,7 +12,7 @@ import torch
 
 from panosync.backbones.flux import unpack
 from panosync.image_input import (NEVER, anchor_holding_most, feathered_alpha, first_step_flow, first_step_unet,
-                                  place, release_steps)
+                                  inward_ramp, place, release_steps)
 from panosync.settings import SettingError
 from panosync.tiny import tiny_random_components
 from panosync.pipeline import SyncDiffusionPipeline
@@ -166,7 +166,9 @@ def test_an_extended_image_keeps_its_pixels_and_its_view_is_the_anchor():
     result = pipe("a land", image=image, width=4 * WINDOW, image_at=(0, 0), num_inference_steps=3, seed=1,
                   stride=4, output_type="pt").images[0]
     assert result.shape == (3, WINDOW, 4 * WINDOW)
-    assert torch.equal(result[:, :, :WINDOW], pixels(image))
+    # the user's pixels, but for the feather (the VAE factor: 2 pixels) at the border with the painted canvas
+    assert torch.equal(result[:, :, :WINDOW - 2], pixels(image)[:, :, :WINDOW - 2])
+    assert not torch.equal(result[:, :, WINDOW - 1], pixels(image)[:, :, WINDOW - 1])
     assert anchors == [0]  # the view at the left edge holds the whole image
     pipe("a land", image=image, width=4 * WINDOW, num_inference_steps=2, seed=1, stride=4, output_type="latent")
     views = views_for_canvas(16, 64, 16, 4)
@@ -206,6 +208,14 @@ def test_with_loop_closure_the_wrap_is_repainted_harder_so_the_edges_can_meet():
     placement = place(PIL.Image.fromarray(meeting), None, 2 * WINDOW, WINDOW, 0.3, None, False)
     assert placement.edges_meet
     assert (release_steps(placement, 16, 32, 10, first_step_unet, True, 16) == 7).all()
+
+
+def test_an_extended_images_border_blends_inwards():
+    present = torch.zeros(1, 1, 3, 12)
+    present[..., 2:10] = 1
+    ramp = inward_ramp(present, 3, loop_closure=False)[0, 0, 1]
+    assert ramp.tolist() == pytest.approx([0, 0, 0, 1 / 3, 2 / 3, 1, 1, 2 / 3, 1 / 3, 0, 0, 0])
+    assert (inward_ramp(torch.ones(1, 1, 4, 6), 3, loop_closure=False) == 1).all()  # the canvas's edge is no border
 
 
 def test_the_feather_falls_off_linearly_and_wraps():

@@ -7,7 +7,9 @@ Every latent pixel has one number, the step at which it is let go (`release`):
 - kept pixels (a mask's black; the whole image when it is extended onto a larger canvas) are never
   let go: after every step they are set to the image's latent noised to the next timestep, and
   after the last to the image's latent itself (diffusers' inpainting blend for a 4-channel UNet);
-  after decoding, the user's own pixels are pasted back with a feathered edge;
+  after decoding, the user's own pixels are pasted back with a feathered edge: into the mask's
+  white, where the user's pixels lie under it, and at the border of an extended image inwards (the
+  few pixels there blend the user's into the painted canvas);
 - pixels outside the image start from pure noise (strength 1).
 The loop starts at the earliest step any pixel needs; a pixel whose step comes later is held like
 a kept pixel until then, so that it begins from the noise level of its own strength (differential
@@ -333,6 +335,20 @@ def feathered_alpha(kept: torch.Tensor, feather: int, loop_closure: bool) -> tor
         grown = F.max_pool2d(padded, 3, stride=1)
         total += grown
     return total / (feather + 1)
+
+
+def inward_ramp(present: torch.Tensor, feather: int, loop_closure: bool) -> torch.Tensor:
+    """(1, 1, H, W) weights that rise linearly from 0 at the edge of the image on a larger canvas
+    to 1 `feather` pixels inside it (1 everywhere for an image the canvas's size): an extended
+    image's border is blended into the painted canvas, where nothing of the user's lies beyond it."""
+    total, shrunk = torch.zeros_like(present), present
+    for _ in range(feather):
+        # the canvas's own edges are not the image's: padded as inside (round the seam with loop closure)
+        padded = F.pad(shrunk, (1, 1, 0, 0), mode="circular") if loop_closure else F.pad(shrunk, (1, 1, 0, 0), value=1)
+        padded = F.pad(padded, (0, 0, 1, 1), value=1)
+        shrunk = -F.max_pool2d(-padded, 3, stride=1)
+        total += shrunk
+    return total / feather if feather else present
 
 
 def anchor_holding_most(views: list[View], release: torch.Tensor) -> int | None:

@@ -31,7 +31,7 @@ from .decode import decode_tiled, encode_tiled, should_tile
 from .fast import FastModes, check_sync_decoder, downscale, load_sync_decoder
 from .geometry import Geometry, vae_factor_of
 from .image_input import (NEVER, ImageStart, anchor_holding_most, canvas_of_image, feathered_alpha, image_pixels,
-                          latent_map, place, release_steps)
+                          inward_ramp, latent_map, place, release_steps)
 from .loop import denoise_panorama
 from .precision import NonFiniteError, Precision, is_half
 from .sync import LossScale
@@ -445,9 +445,11 @@ class PanoramaPipelineBase(DiffusionPipeline):
         release = values["release"]
         first = int(release.min())
         kept = 1 - placement.painted
-        # the feather reaches into painted pixels of the image only: outside it there is nothing to blend with
-        alpha = feathered_alpha(kept, values["mask_feather"], values["loop_closure"]) * placement.present \
-            if kept.any() else None
+        # the feather reaches into painted pixels of the image only (outside it there is nothing of the
+        # user's to blend with), and into the image from its border on a larger canvas
+        feather, loop_closure = values["mask_feather"], values["loop_closure"]
+        alpha = feathered_alpha(kept, feather, loop_closure) * placement.present * \
+            inward_ramp(placement.present, feather, loop_closure) if kept.any() else None
         start = ImageStart(clean=clean, noise=noise, release=release, first_step=first,
                            from_noise=first == 0 and placement.holds, pixels=placement.pixels, alpha=alpha)
         return noise, seed, start

@@ -23,7 +23,7 @@ Every field is checked before a job is queued. An answer that is not a success i
          a field of text or in place of a number: the message names the field and what it may be
     429  the queue is full
     507  the state folder cannot take the job (full, not writable): the store's sentence; what the
-         request had saved (its condition images) is removed again
+         request had saved (its condition images, its image inputs) is removed again
     503  /health only: the state folder is degraded; the body says why (`reason`), and POST answers 507
 
 Waiting. `Prefer: wait` holds no thread: the waiting clients' jobs are looked up together, in one
@@ -48,6 +48,15 @@ A server started with ControlNets (`--controlnet`) makes ControlSync panoramas: 
 and every request needs a `condition` image (base64 or a data URL), with `preprocess`,
 `canny_low`, `canny_high`, `controlnet_conditioning_scale` and `resize_condition` as the `control`
 command's options. A server without one refuses those fields, and its schema does not list them.
+
+A server without ControlNets takes an image input, as `panosync generate` does: `image` (base64 or
+a data URL; img2img, or extending it onto a larger canvas, or upscaling it with `resize_image`),
+`mask_image` (inpainting: white is repainted, black kept), `strength` and `image_at`. The canvas is
+the image's size unless width or height is given. Each is checked before the job is queued (an
+unreadable or transparent image, a mask of colours, all black or of another size, an image larger
+than the canvas, a corner that runs it past the canvas: a 422 naming the field); the images are
+kept in the state folder by their content while a job refers to them, and the PNG's metadata names
+each as {"path", "sha256"}. A ControlSync server refuses these fields.
 
 Beside this module: the token and body-size middlewares (middleware.py), the waiting clients
 (waiting.py), the schema's description of this server (openapi.py).
@@ -76,13 +85,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from .generation import PanoramaModel
-from .jobs import SUCCEEDED, Job, JobNotFinished, JobStore, QueueFull, StoreFault
+from .jobs import SUCCEEDED, Job, JobNotFinished, JobStore, QueueFull, StoreFault, image_paths
 from .worker import Worker
 from .middleware import BearerToken, BodySizeLimit
 from .openapi import describe_server, error_answers
 from .limits import Limits
-from .schema import FieldError, PredictionRequest, describe_error
-from .uploads import decode_condition
+from .schema import IMAGE_UPLOADS, UPLOADS, FieldError, PredictionRequest, describe_error
+from .uploads import decode_condition, decode_image_input, file_sha256
 from .waiting import DEFAULT_WAIT_SECONDS, MAX_WAIT_SECONDS, WAIT_HEADER, JobWaiters, wait_seconds
 
 __all__ = ["create_app", "printable", "wait_seconds", "WAIT_HEADER"]
@@ -242,6 +251,30 @@ class Service:
         except Exception:
             log.exception("removing the conditions of a refused request")
 
+    def discard_images(self, paths: list[str | Path]) -> None:
+        """Remove the image inputs a refused request saved; a failure here must not hide the refusal."""
+        if not paths:
+            return
+        try:
+            self.store.discard_images([Path(path) for path in paths])
+        except Exception:
+            log.exception("removing the image inputs of a refused request")
+
+    def save_images(self, images: dict) -> dict:
+        """Keep a request's image inputs ({field: image}); held by the store until its job is queued
+        or refused. Each as {"path", "sha256"}: its file and the SHA-256 of its bytes."""
+        saved, paths = {}, []
+        try:
+            for name, image in images.items():
+                paths.append(self.store.save_image(image))
+                saved[name] = {"path": str(paths[-1]), "sha256": file_sha256(paths[-1])}
+        except OSError as error:
+            self.discard_images(paths)
+            raise StoreFault(f"The state folder cannot keep the {IMAGE_UPLOADS[name]} "
+                             f"({error.strerror or error}): free space in {self.store.state_dir}, or start the server "
+                             f"with another --state-dir.") from None
+        return saved
+
     def save_conditions(self, images: list) -> list[Path]:
         """Keep a request's condition images; held by the store until its job is queued or refused."""
         paths = []
@@ -256,8 +289,9 @@ class Service:
         return paths
 
     def accept(self, given: dict) -> tuple[dict, dict]:
-        """The job's input (as sent, a condition by the name of its file) and parameters; the
-        condition images read, checked and kept in the state folder. A FieldError otherwise."""
+        """The job's input (as sent, a condition or an image input by the name of its file) and
+        parameters; the condition images or image inputs read, checked and kept in the state folder.
+        A FieldError otherwise."""
         model, limits = self.model, self.limits
         parameters_given, input = dict(given), dict(given)
         if model.control and given.get("condition"):
@@ -265,25 +299,39 @@ class Service:
             parameters_given["condition"] = [
                 decode_condition(text, "condition" if len(conditions) == 1 else f"condition[{index}]",
                                  limits.max_pixels) for index, text in enumerate(conditions)]
+        if not model.control:  # a ControlSync server refuses them (prepare), unread
+            for name in IMAGE_UPLOADS:
+                if given.get(name) is not None:
+                    parameters_given[name] = decode_image_input(given[name], name, limits.max_pixels)
         parameters = model.prepare(parameters_given, limits)
-        if model.control:  # saved last: a request refused by its fields leaves no file behind
+        # saved last: a request refused by its fields leaves no file behind
+        if model.control:
             paths = self.save_conditions(parameters["condition"])
             parameters["condition"] = [str(path) for path in paths]
             input["condition"] = [path.name for path in paths]
+        else:
+            saved = self.save_images({name: parameters[name] for name in IMAGE_UPLOADS
+                                      if parameters.get(name) is not None})
+            parameters.update(saved)
+            input.update({name: Path(record["path"]).name for name, record in saved.items()})
         return input, parameters
 
     def queue(self, input: dict, parameters: dict) -> Job:
         """Add the job to the store; when it is refused (429, 507 or anything else), the condition
-        files saved for it are removed again, so that refused requests cannot fill the disk."""
+        files and image inputs saved for it are removed again, so that refused requests cannot fill
+        the disk."""
         conditions = parameters.get("condition") if self.model.control else []
+        images = image_paths(parameters)
         try:
             return self.store.add(input, parameters, self.limits.max_queue)
         except QueueFull:
             self.discard_conditions(conditions)
+            self.discard_images(images)
             raise HTTPException(429, f"The queue is full ({self.limits.max_queue} jobs waiting): try again when a "
                                      f"job has finished.") from None
         except BaseException:
             self.discard_conditions(conditions)
+            self.discard_images(images)
             raise
 
     async def wait_for_job(self, job: Job, seconds: int, request: Request, response: Response) -> Job:
@@ -364,10 +412,9 @@ def create_app(model: PanoramaModel, state_dir: str | Path, limits: Limits = Lim
                               f"VAE factor {model.vae_factor}).{control}")
     app.state.store, app.state.worker, app.state.model, app.state.limits = store, worker, model, limits
     app.state.waiters = waiters
-    # Condition images make control requests large; a server without ControlNets keeps bodies small.
+    # Room for the images a request may hold: a condition per ControlNet, or an image input and its mask.
     app.add_middleware(BodySizeLimit, max_bytes=limits.body_limit(len(controlnets)),
-                       hint="" if model.control else " ControlSync's condition images need a server started with "
-                                                     "--controlnet, which allows larger bodies.")
+                       hint=" Send smaller images, or start the server with a larger --max-body-bytes.")
     if token is not None:  # added last, so it runs first: before the body is read, its size judged or parsed
         app.add_middleware(BearerToken, token=token, open_paths=OPEN_PATHS + (DOCS_PATHS if public_docs else ()))
     guarded = (401,) if token is not None else ()
@@ -410,7 +457,7 @@ def create_app(model: PanoramaModel, state_dir: str | Path, limits: Limits = Lim
             input, parameters = await run_in_threadpool(service.accept, given)
         except FieldError as error:
             location = ("body", error.field) if error.field else ("body",)
-            sent = None if error.field == "condition" else given.get(error.field)  # not megabytes of base64 back
+            sent = None if error.field in UPLOADS else given.get(error.field)  # not megabytes of base64 back
             raise RequestValidationError([{"type": "value_error", "loc": location, "msg": str(error),
                                            "input": sent}]) from None
         job = await run_in_threadpool(service.queue, input, parameters)

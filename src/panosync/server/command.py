@@ -57,8 +57,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token", default=None,
                         help=f"bearer token the API asks for (default: ${TOKEN_VARIABLE}; none when unset)")
     parser.add_argument("--max-body-bytes", dest="max_body_bytes", type=int, default=None,
-                        help="largest request body accepted (default: 16 KiB; with --controlnet, room for one "
-                             "condition image per ControlNet as large as --max-pixels, 16 MiB each by default)")
+                        help="largest request body accepted (default: 16 KiB of fields and room for images as large "
+                             "as --max-pixels, 16 MiB each by default: an image input and its mask, or with "
+                             "--controlnet one condition image per ControlNet)")
     parser.add_argument("--keep", default=None, metavar="AGE,SIZE",
                         help="delete finished jobs and their files older than AGE (30m, 12h, 7d, 2w) and/or, oldest "
                              "first, beyond SIZE of their outputs and conditions (500MB, 2GB): 7d, 2GB or 7d,2GB "

@@ -1,6 +1,7 @@
-"""The condition images of a state folder (ControlSync), kept only while something needs them: a
-queued, running or succeeded job that refers to one (the job store says which), or a request that
-has saved one and not yet queued its job (a pin, counted per request).
+"""The images a state folder keeps for its jobs (ControlSync's conditions; the plain pipelines'
+image inputs, in a folder of their own), each kept only while something needs it: a queued,
+running or succeeded job that refers to one (the job store says which), or a request that has saved
+one and not yet queued its job (a pin, counted per request).
 
 Files are named by their content (uploads.py), so that one image sent by many requests is one file,
 and the pins are what stop a job's cleanup from removing a file another request is about to use."""
@@ -21,14 +22,17 @@ from .uploads import condition_path, write_temporary
 
 
 class ConditionFiles:
-    """The condition images in `folder`. `referenced(excluding)` gives the file names that queued,
-    running and succeeded jobs (but the job `excluding`) refer to; it is asked under this object's
-    lock, so it may take the store's lock but must never be called with it held. Every method is
-    safe to call from any thread."""
+    """The condition images (or image inputs) in `folder`. `referenced(excluding)` gives the file
+    names that queued, running and succeeded jobs (but the job `excluding`) refer to; it is asked
+    under this object's lock, so it may take the store's lock but must never be called with it
+    held. `stored_form` turns an image into the one kept (default: RGB, as conditions are read).
+    Every method is safe to call from any thread."""
 
-    def __init__(self, folder: Path, referenced: Callable[[str | None], set[str]]):
+    def __init__(self, folder: Path, referenced: Callable[[str | None], set[str]],
+                 stored_form: Callable[[PIL.Image.Image], PIL.Image.Image] = rgb_image):
         self.folder = folder
         self._referenced = referenced
+        self._stored_form = stored_form
         # Held from "does a job need this condition?" to its removal, and while a request saves
         # one: taken before the store's lock, never while holding it.
         self._lock = threading.Lock()
@@ -43,7 +47,7 @@ class ConditionFiles:
         The PNG is encoded into a temporary file without the lock (it takes a while for a large
         image, and other requests and the worker need the lock); the lock is held only to move it
         into place and pin it, so that no cleanup removes the file between the two."""
-        rgb = rgb_image(image)
+        rgb = self._stored_form(image)
         path = condition_path(rgb, self.folder)
         temporary = None
         try:

@@ -24,15 +24,16 @@ def full_sentence(state_dir: Path) -> str:
 
 
 class FolderHealth:
-    """The health of a state folder `state_dir` and its `outputs` and `conditions` folders: degraded
-    while one cannot be written or the disk has under `min_free_bytes` free. Safe to call from any
-    thread."""
+    """The health of a state folder `state_dir` and its `outputs`, `conditions` and `images` folders:
+    degraded while one cannot be written or the disk has under `min_free_bytes` free. Safe to call
+    from any thread."""
 
     def __init__(self, state_dir: Path, outputs: Path, conditions: Path,
-                 min_free_bytes: int = DEFAULT_MIN_FREE_BYTES):
+                 min_free_bytes: int = DEFAULT_MIN_FREE_BYTES, images: Path | None = None):
         self.state_dir = state_dir
         self.outputs = outputs
         self.conditions = conditions
+        self.images = images
         self.min_free_bytes = min_free_bytes
         self._lock = threading.Lock()
         self._health: dict | None = None
@@ -58,8 +59,9 @@ class FolderHealth:
         except OSError as error:
             return _degraded(f"The state folder {self.state_dir} cannot be read ({error.strerror or error}): "
                              f"create it or start the server with another --state-dir.", None)
-        for folder in (self.state_dir, self.outputs, self.conditions):
-            if folder is self.conditions and not folder.exists():  # made with the first condition
+        made_later = (self.conditions, self.images)  # each made with the first image it keeps
+        for folder in (self.state_dir, self.outputs, *(folder for folder in made_later if folder is not None)):
+            if folder in made_later and not folder.exists():
                 continue
             error = _write_probe(folder)
             if error is not None and error.errno in FULL_ERRNOS:

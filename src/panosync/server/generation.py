@@ -8,6 +8,12 @@ condition, checked like the `control` command checks it, and the PNG's metadata 
 With LoRAs (`--lora`, loaded once with the model) a request's `lora_scales` ({adapter_name: scale})
 sets their weights for its panorama only; a name the server did not load is refused, and no request
 ever names a file.
+
+Without ControlNets a request may give an image input (`image`, `mask_image`, `strength`,
+`image_at`, `resize_image`: img2img, inpainting, extending, upscaling), checked as `panosync
+generate` checks it (image_input.place) before any model work; the canvas is the image's size
+unless width or height is given. The caller keeps the images and names them in the parameters as
+{"path", "sha256"}, which the PNG's metadata records as the command's does.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from .. import settings
 from ..conditions import load_condition_image, prepare_condition
 from ..control import ControlSyncMixin, check_condition_canvas
 from ..geometry import Geometry
+from ..image_input import canvas_of_image, image_pixels, mask_pixels, place, release_steps
+from ..input_images import ImageFile
 from ..loras import LoraSpec, apply_lora_scales, check_lora_scales, load_loras, load_textual_inversions
 from ..loras import weights_metadata
 from ..models import load_control_pipeline, load_pipeline, pick_device, resolve_controlnet, resolve_model
@@ -31,13 +39,29 @@ from ..precision import pick_precision
 from ..registry import family_of_pipeline, variant_of_pipeline
 from ..runner.maker import check_threads, computing_threads, default_threads
 from .limits import Limits
-from .schema import CONTROL_FIELDS, FieldError, field_of
+from .schema import CONTROL_FIELDS, IMAGE_FIELDS, IMAGE_UPLOADS, FieldError, field_of
 
 # on_step(steps_done, sync_weight_of_that_step)
 StepCallback = Callable[[int, float], None]
 
 MISSING_CONDITION = ("condition must be given: the image the panorama follows (an edge map of the canvas's size, or "
                      "a photo with preprocess \"canny\"), as base64 or a data URL.")
+MASK_WITHOUT_IMAGE = "mask_image says which of an image's pixels are repainted: give image too."
+
+
+def image_inputs(parameters: dict) -> dict:
+    """The pipeline's image input arguments of a job's `parameters` ({} without an image): the image
+    and mask as PIL images, read from the files the parameters name ({"path", "sha256"}, found with
+    that SHA-256, else a ValueError that says so) or as they are when already images."""
+    if parameters.get("image") is None:
+        return {}
+    inputs = {name: parameters.get(name) for name in IMAGE_FIELDS if name not in IMAGE_UPLOADS}
+    for name in IMAGE_UPLOADS:
+        value = parameters.get(name)
+        if isinstance(value, dict):
+            value = ImageFile(name, value["path"], value["sha256"]).load()
+        inputs[name] = value
+    return inputs
 
 
 class PanoramaModel:
@@ -142,6 +166,12 @@ class PanoramaModel:
         Costs no model work. A ControlSync request's `condition` is a list of images (PIL), one per
         ControlNet; they stay in the parameters, for the caller to keep and replace by their paths."""
         sent = [name for name in CONTROL_FIELDS if name in given]
+        if self.control:
+            images = [name for name in IMAGE_FIELDS if name in given]
+            if images:
+                raise FieldError(images[0], f"{images[0]} is an image input's field, and this server makes ControlSync "
+                                            f"panoramas, which take none: leave it out, or send it to a server "
+                                            f"started without --controlnet.")
         if "lora_scales" in given:
             given = dict(given)
             try:
@@ -153,8 +183,40 @@ class PanoramaModel:
             if sent:
                 raise FieldError(sent[0], f"{sent[0]} is a ControlSync field, and this server has no ControlNet: "
                                           f"leave it out, or start the server with --controlnet ID_OR_PATH.")
+            if given.get("image") is not None or given.get("mask_image") is not None:
+                return self._prepare_image(given, limits)
             return self._prepare_panorama(given, limits)
         return self._prepare_control(given, limits)
+
+    def _prepare_image(self, given: dict, limits: Limits) -> dict:
+        """A request with an image input (PIL images in `image` and `mask_image`): the canvas is the
+        image's unless given, and the image is placed on it (image_input.place: its size, the
+        mask's, the corner, the strength) as `panosync generate` checks it, before any model work."""
+        image, mask = given.get("image"), given.get("mask_image")
+        if image is None:
+            raise FieldError("mask_image", MASK_WITHOUT_IMAGE)
+        for name, check in (("image", image_pixels), ("mask_image", mask_pixels)):
+            if given.get(name) is not None:
+                try:
+                    check(given[name])
+                except ValueError as error:  # transparent, a mask with colours or all black …
+                    raise FieldError(name, str(error)) from None
+        defaults = settings.paper_defaults()
+        given = {**{name: defaults[name] for name in IMAGE_FIELDS}, **given}
+        width, height = canvas_of_image(image.size, given.get("width"), given.get("height"),
+                                        given["resize_image"] is True)
+        parameters = self._prepare_panorama({**given, "width": width, "height": height}, limits)
+        placement = place(image, mask, parameters["width"], parameters["height"], parameters["strength"],
+                          parameters["image_at"], parameters["resize_image"])
+        first_step = getattr(getattr(self.pipe, "backbone", None), "first_step", None)
+        if first_step is not None:  # the pipeline's own check, before the job is queued (Ray's models: on a worker)
+            factor, steps = self.vae_factor, parameters["num_inference_steps"]
+            release = release_steps(placement, parameters["height"] // factor, parameters["width"] // factor, steps,
+                                    first_step, parameters["loop_closure"], parameters["window"] // factor)
+            if int(release.min()) >= steps:
+                raise FieldError("strength", f"strength {placement.strength:g} runs no step of {steps}: raise "
+                                             f"strength or num_inference_steps.")
+        return parameters
 
     def _prepare_control(self, given: dict, limits: Limits) -> dict:
         """A ControlSync request: the conditions, one per ControlNet, decide the canvas unless it is
@@ -226,6 +288,7 @@ class PanoramaModel:
                 on_step(step + 1, float(values["sync_weight"]))
 
         pipeline_parameters = {name: parameters[name] for name in settings.PIPELINE_NAMES}
+        pipeline_parameters.update(image_inputs(parameters))
         control = {}
         if self.control:
             scales = parameters["controlnet_conditioning_scale"]

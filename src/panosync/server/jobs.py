@@ -1,7 +1,7 @@
-"""Durable jobs: a SQLite file records every job, and the outputs and condition images beside it;
-the worker (worker.py) runs them one at a time, oldest first. `JobStore` keeps the job rows and
-composes the state folder's two other concerns: its condition images (condition_files.py) and its
-health (folder_health.py).
+"""Durable jobs: a SQLite file records every job, and the outputs, condition images and image
+inputs beside it; the worker (worker.py) runs them one at a time, oldest first. `JobStore` keeps
+the job rows and composes the state folder's two other concerns: its kept images, conditions and
+image inputs (condition_files.py), and its health (folder_health.py).
 
 After a crash or a stop, `JobStore.open` marks the jobs that were running as failed ("interrupted")
 and leaves the queued ones queued: they run when the server is back. A job that was running is not
@@ -11,7 +11,8 @@ Under faults the service goes on: a write the database refuses (busy, locked, di
 again a few times and then raised as a `StoreFault` that says what to do; a job that fails, or
 whose end cannot be recorded, is failed with a sentence and the worker takes the next one; while
 the state folder is unwritable or short of space, `health()` says so and queued jobs wait for it.
-Condition images are kept only while a queued, running or succeeded job refers to them, and a
+Condition images and image inputs are kept only while a queued, running or succeeded job refers to
+them, and a
 `Retention` deletes old finished jobs: when the worker starts, after each job, once a minute while
 it is idle, and every few seconds while the folder is degraded (so that `--keep` can give a full
 folder its reserve back without a restart).
@@ -40,7 +41,9 @@ log = logging.getLogger("panosync.server")
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED = "queued", "running", "succeeded", "failed", "canceled"
 FINISHED = (SUCCEEDED, FAILED, CANCELED)
-KEPT = (QUEUED, RUNNING, SUCCEEDED)  # the jobs whose condition images are kept
+KEPT = (QUEUED, RUNNING, SUCCEEDED)  # the jobs whose condition images and image inputs are kept
+# The parameters that name an image input's file: {"path", "sha256"} (as `panosync generate` records them)
+IMAGE_INPUTS = ("image", "mask_image")
 INTERRUPTED = "interrupted: the server stopped while this job ran; submit it again"
 
 # A write the database refuses is tried again after each of these pauses, then reported.
@@ -146,11 +149,23 @@ class Job:
         """The paths of the condition images this job refers to (ControlSync), else []."""
         return list(self.parameters.get("condition") or [])
 
+    @property
+    def images(self) -> list[str]:
+        """The paths of the image inputs this job refers to (its image and mask), else []."""
+        return image_paths(self.parameters)
+
+
+def image_paths(parameters: dict) -> list[str]:
+    """The paths of the image inputs that a job's `parameters` name."""
+    kept = [parameters.get(name) for name in IMAGE_INPUTS]
+    return [record["path"] for record in kept if isinstance(record, dict) and isinstance(record.get("path"), str)]
+
 
 class JobStore:
-    """The jobs of one state folder: `jobs.sqlite3`, `outputs/`, and `conditions/` (ControlSync's
-    condition images, named by content and kept by `condition_files`). One server at a time may use
-    a folder (a lock file says so); every method is safe to call from any thread.
+    """The jobs of one state folder: `jobs.sqlite3`, `outputs/`, `conditions/` (ControlSync's
+    condition images, named by content and kept by `condition_files`) and `images/` (the image
+    inputs, images and masks, likewise kept by `image_files`). One server at a time may use a folder
+    (a lock file says so); every method is safe to call from any thread.
 
     `retention` says which finished jobs `apply_retention` deletes; below `min_free_bytes` of free
     space, `health()` (`folder_health`) reports the folder degraded."""
@@ -160,9 +175,13 @@ class JobStore:
         self.state_dir = Path(state_dir).expanduser()
         self.outputs = self.state_dir / "outputs"
         self.conditions = self.state_dir / "conditions"
+        self.images = self.state_dir / "images"
         self.retention = retention
-        self.folder_health = FolderHealth(self.state_dir, self.outputs, self.conditions, min_free_bytes)
+        self.folder_health = FolderHealth(self.state_dir, self.outputs, self.conditions, min_free_bytes,
+                                          images=self.images)
         self.condition_files = ConditionFiles(self.conditions, self._referenced_conditions)
+        # kept as they were checked: an image RGB, a mask one channel (uploads.checked_image_input)
+        self.image_files = ConditionFiles(self.images, self._referenced_images, stored_form=lambda image: image)
         self._lock = threading.Lock()
         self._connection: sqlite3.Connection | None = None
         self._lock_file = None
@@ -209,11 +228,12 @@ class JobStore:
 
     def _sweep_leftovers(self) -> None:
         """Remove what a crash can leave: half-written files, PNGs no job names (the server stopped
-        between writing one and recording it), and conditions no queued or succeeded job refers to
-        (it stopped between saving a request's condition and queueing it, or before cleaning up)."""
+        between writing one and recording it), and conditions and image inputs no queued or
+        succeeded job refers to (it stopped between saving a request's images and queueing it, or
+        before cleaning up)."""
         outputs = {row[0] for row in self._rows("SELECT output FROM jobs WHERE output IS NOT NULL")}
-        needed = self._referenced_conditions()
-        for folder, kept in ((self.outputs, outputs), (self.conditions, needed)):
+        for folder, kept in ((self.outputs, outputs), (self.conditions, self._referenced_conditions()),
+                             (self.images, self._referenced_images())):
             for entry in files_in(folder):
                 if is_leftover(entry.name) or (entry.name.endswith(".png") and entry.name not in kept):
                     remove_file(Path(entry.path))
@@ -310,6 +330,7 @@ class JobStore:
 
         job = self._transaction(insert)
         self.condition_files.unpin(parameters.get("condition") or [])  # the job refers to them now
+        self.image_files.unpin(image_paths(parameters))
         return job
 
     def claim_next(self) -> Job | None:
@@ -367,6 +388,7 @@ class JobStore:
         record is deleted on the next try, and a missing output is answered as gone)."""
         freed = 0 if job.output is None else (remove_file(self.outputs / job.output) or 0)
         freed += sum(self.condition_files.remove_unreferenced(job.conditions, excluding=job.id).values())
+        freed += sum(self.image_files.remove_unreferenced(job.images, excluding=job.id).values())
         if freed:
             self.folder_health.forget()  # the folder may have its reserve back: look again at the next ask
         self._change("DELETE FROM jobs WHERE id=?", (job.id,))
@@ -406,15 +428,18 @@ class JobStore:
         return [Job.from_row(row) for row in rows]
 
     def _bytes_used(self) -> int:
-        """The bytes retention can free: the outputs of finished jobs, and the conditions they refer
-        to that no queued or running job (nor a request about to queue one) needs. Not the files it
-        cannot delete, or the budget could never be met and every finished job would go."""
+        """The bytes retention can free: the outputs of finished jobs, and the conditions and image
+        inputs they refer to that no queued or running job (nor a request about to queue one) needs.
+        Not the files it cannot delete, or the budget could never be met and every finished job
+        would go."""
         outputs = {row[0] for row in self._rows(f"SELECT output FROM jobs WHERE output IS NOT NULL AND status IN "
                                                 f"({', '.join('?' * len(FINISHED))})", FINISHED)}
         conditions = self._conditions_of(FINISHED) - self._conditions_of((QUEUED, RUNNING))
         conditions -= self.condition_files.pinned()
+        images = self._images_of(FINISHED) - self._images_of((QUEUED, RUNNING)) - self.image_files.pinned()
         return (sum(file_size(self.outputs / name) for name in outputs)
-                + sum(file_size(self.conditions / name) for name in conditions))
+                + sum(file_size(self.conditions / name) for name in conditions)
+                + sum(file_size(self.images / name) for name in images))
 
     # ------------------------------------------------------------------------------- conditions
 
@@ -429,14 +454,16 @@ class JobStore:
         return self.condition_files.discard(paths)
 
     def _release_conditions(self, job_id: str) -> None:
-        """Remove the conditions of a job that was cancelled or failed, unless another job needs them.
-        A cleanup: its failure is logged, and never makes the job's end look unrecorded."""
+        """Remove the conditions and image inputs of a job that was cancelled or failed, unless
+        another job needs them. A cleanup: its failure is logged, and never makes the job's end look
+        unrecorded."""
         try:
             job = self.get(job_id)
             if job is not None:
                 self.condition_files.remove_unreferenced(job.conditions)
+                self.image_files.remove_unreferenced(job.images)
         except Exception:
-            log.exception("could not remove the conditions of job %s", job_id)
+            log.exception("could not remove the conditions or images of job %s", job_id)
 
     def _referenced_conditions(self, excluding: str | None = None) -> set[str]:
         """The file names of the conditions that queued, running and succeeded jobs refer to."""
@@ -448,3 +475,26 @@ class JobStore:
                           f"WHERE jobs.status IN ({', '.join('?' * len(statuses))}) AND jobs.id IS NOT ?",
                           (*statuses, excluding))
         return {Path(str(row[0])).name for row in rows}
+
+    # ------------------------------------------------------------------------------- image inputs
+
+    def save_image(self, image: PIL.Image.Image) -> Path:
+        """An image input (RGB, or a mask's one channel) kept in the images folder and pinned there
+        until a job that refers to it is added or `discard_images` lets it go."""
+        return self.image_files.save(image)
+
+    def discard_images(self, paths: Iterable[str | Path]) -> list[Path]:
+        """Remove those of `paths` (the image inputs of a request that was refused) that no queued,
+        running or succeeded job refers to; returns the files removed."""
+        return self.image_files.discard(paths)
+
+    def _referenced_images(self, excluding: str | None = None) -> set[str]:
+        """The file names of the image inputs that queued, running and succeeded jobs refer to."""
+        return self._images_of(KEPT, excluding)
+
+    def _images_of(self, statuses: tuple[str, ...], excluding: str | None = None) -> set[str]:
+        """The file names of the image inputs that jobs in `statuses` (but `excluding`) refer to."""
+        paths = ", ".join(f"json_extract(parameters, '$.{name}.path')" for name in IMAGE_INPUTS)
+        rows = self._rows(f"SELECT {paths} FROM jobs WHERE status IN ({', '.join('?' * len(statuses))}) AND id IS NOT ?",
+                          (*statuses, excluding))
+        return {Path(str(path)).name for row in rows for path in row if path is not None}

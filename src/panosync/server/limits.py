@@ -34,13 +34,17 @@ class Limits:
                 raise ValueError(f"{name} must be 1 or more, got {getattr(self, name)}.")
 
     def body_limit(self, controlnets: int = 0) -> int:
-        """max_body_bytes when set; else 16 KiB of fields, and with ControlNets room for one condition
-        image per ControlNet as large as the largest canvas, base64-encoded, even if it does not
-        compress at all (3 bytes a pixel, 4/3 of that in base64): 16 MiB each at the default
-        max_pixels. A Canny edge map of 512 × 3072 is a PNG of a few hundred kilobytes."""
+        """max_body_bytes when set; else 16 KiB of fields and room for the images a request may
+        hold, each as large as the largest canvas, base64-encoded, even if it does not compress at
+        all (3 bytes a pixel, 4/3 of that in base64): 16 MiB each at the default max_pixels. With
+        ControlNets, one condition image per ControlNet; without, an image input and its mask (the
+        only images such a server takes). A Canny edge map of 512 × 3072 is a PNG of a few hundred
+        kilobytes."""
         if self.max_body_bytes is not None:
             return self.max_body_bytes
-        return FIELDS_BODY_BYTES + controlnets * 4 * self.max_pixels
+        images = controlnets if controlnets else IMAGE_INPUTS
+        return FIELDS_BODY_BYTES + images * 4 * self.max_pixels
 
 
 FIELDS_BODY_BYTES = 16 * 1024  # the public fields need well under 5 KiB, prompts included
+IMAGE_INPUTS = 2  # image and mask_image

@@ -3,7 +3,8 @@ as many at once as there are (one per GPU), instead of running them in this proc
 
 The SQLite store stays the truth, as with one worker: a job is claimed (running) when it is handed
 out, recorded when its picture comes back, and written here by the server (the outputs folder
-need not be shared with the Ray workers). A stop cancels the running jobs after their current step
+need not be shared with the Ray workers: a job's image input is read here, from the state folder,
+and handed to the worker as pictures). A stop cancels the running jobs after their current step
 and fails them as interrupted; queued jobs stay queued for the next start, which fails any job a
 crash left running (JobStore.open), as today.
 """
@@ -17,7 +18,7 @@ import torch
 from .. import settings
 from ..metadata import save_png
 from ..runner import Done, TaskFailed
-from .generation import PanoramaModel
+from .generation import PanoramaModel, image_inputs
 from .jobs import CANCELED, FAILED, INTERRUPTED, SUCCEEDED, Job, JobStore, failure_reason
 from .worker import DEGRADED_PAUSE_SECONDS, RETENTION_DEGRADED_SECONDS, RETENTION_IDLE_SECONDS, Worker
 
@@ -111,11 +112,17 @@ class RayWorker(Worker):
             job = self.store.claim_next()
             if job is None:
                 return
+            call = {name: job.parameters[name] for name in settings.PIPELINE_NAMES}
+            if job.parameters.get("lora_scales"):  # the maker sets them for this panorama only
+                call["lora_scales"] = job.parameters["lora_scales"]
+            try:  # the image input's pictures, read from the state folder (which the workers need not see)
+                call.update(image_inputs(job.parameters))
+            except Exception as error:  # gone or changed since it was checked: this job fails, the next runs
+                log.error("job %s failed: %s", job.id, error)
+                self._record(job, FAILED, dict(error=failure_reason(error, self.store.state_dir)))
+                continue
             with self._lock:
                 self._jobs[job.id] = job
-                call = {name: job.parameters[name] for name in settings.PIPELINE_NAMES}
-                if job.parameters.get("lora_scales"):  # the maker sets them for this panorama only
-                    call["lora_scales"] = job.parameters["lora_scales"]
                 self.engine.submit(job.id, call)
             if self.store.get(job.id).cancel_requested:  # asked between the claim and now
                 self.engine.cancel(job.id)

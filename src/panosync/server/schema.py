@@ -24,6 +24,12 @@ SERVED = tuple(parameter for parameter in settings.PARAMETERS if parameter.serve
 FIELDS = tuple(parameter.name for parameter in SERVED if not parameter.control)
 # ControlSync's fields, for a server started with --controlnet.
 CONTROL_FIELDS = tuple(parameter.name for parameter in SERVED if parameter.control)
+# An image input's fields (img2img, inpainting, extending): the plain pipelines', refused by a ControlSync server.
+IMAGE_FIELDS = tuple(parameter.name for parameter in SERVED if parameter.from_image)
+# The image fields that hold an image (base64 or a data URL), and what each is called in sentences.
+IMAGE_UPLOADS = {"image": "image", "mask_image": "mask"}
+# Fields whose value a refusal does not echo back: megabytes of base64.
+UPLOADS = ("condition", *IMAGE_UPLOADS)
 NULL_MEANS_SOMETHING = settings.NULL_MEANS_SOMETHING
 # The LoRAs' weights, for a server started with --lora: not a parameter of settings.py, as the LoRAs
 # themselves are the server's (no request names a file).
@@ -52,6 +58,14 @@ Text = Annotated[str, AfterValidator(_valid_text)]
 ScaleList = Annotated[Optional[list[Annotated[float, Field(ge=0)]]], BeforeValidator(_one_or_a_list)]
 
 ConditionList = Annotated[Optional[list[Text]], BeforeValidator(_one_or_a_list)]
+
+IMAGE_HELPS = {
+    "image": "an image to start from, base64 (PNG, JPEG, WebP…) or a data URL: repainted (img2img), inpainted "
+             "(with mask_image), extended (smaller than the canvas) or upscaled (with resize_image). The canvas is "
+             "its size unless width or height is given",
+    "mask_image": "the image's mask, base64 or a data URL, of the image's size: white where the image is repainted, "
+                  "black where it is kept (one channel; not all black)",
+}
 
 
 class _Request(BaseModel):
@@ -86,8 +100,12 @@ def _field(parameter: settings.Parameter):
                        "of one per ControlNet when the server has several. Of the canvas's size, which it sets when "
                        "width and height are left out")
         return ConditionList, Field(None, min_length=1, description=description)
+    if parameter.name in IMAGE_UPLOADS:
+        return Optional[Text], Field(None, description=IMAGE_HELPS[parameter.name])
     if parameter.kind is list and parameter.item is float:
         return ScaleList, Field(None, min_length=1, description=description)
+    if parameter.kind is list and parameter.item is int:  # image_at: its length is settings.check's (one sentence)
+        return Optional[list[Annotated[int, Field(**bounds)]]], Field(None, description=description)
     if parameter.kind is list:  # fast_modes: "none" names none, as on the command and in a JSONL job
         choices = (*parameter.choices, settings.NO_FAST_MODE) if parameter.name == "fast_modes" else parameter.choices
         return Optional[list[Literal[choices]]], Field(None, description=description)
@@ -135,6 +153,8 @@ def describe_error(error: dict) -> str:
         return f'body: send one JSON object of fields, e.g. {{"prompt": "snowy mountains"}}, got {got}.'
     if field.split(".")[0] == "condition" and error.get("type") == "string_type":
         return f"condition must be an image as base64 text or a data URL, got {settings.shown(sent)}."
+    if field in IMAGE_UPLOADS and error.get("type") == "string_type":
+        return f"{field} must be an image as base64 text or a data URL, got {settings.shown(sent)}."
     if error.get("type") == "too_short":
         return f"{field} must hold at least one value, got {settings.shown(sent)}."
     if field.startswith("query.") and error.get("type") in ("int_parsing", "int_type"):
@@ -150,7 +170,7 @@ def describe_error(error: dict) -> str:
     if error.get("type") == "extra_forbidden":
         text += (f" (the fields are {', '.join(FIELDS)}; with a ControlNet also {', '.join(CONTROL_FIELDS)}; with "
                  f"LoRAs also {', '.join(LORA_FIELDS)})")
-    elif "input" in error and not isinstance(error["input"], dict) and field.split(".")[0] != "condition":
+    elif "input" in error and not isinstance(error["input"], dict) and field.split(".")[0] not in UPLOADS:
         text += f" (got {error['input']!r})"
     return text
 
@@ -197,16 +217,20 @@ def describe_request_schema(schema: dict, window_pixels: int, vae_factor: int, m
                             max_steps: int, control: bool, loras: tuple[str, ...] = ()) -> None:
     """Make the JSON schema of PredictionRequest (`schema`, changed in place) say what one server
     takes: its model's canvas (multiples of the VAE factor, at least one window, at most the
-    server's longest side), stride and steps; the ControlSync fields only when it has ControlNets,
-    and then `condition` as required; `lora_scales` only when it has LoRAs (`loras`, their names),
-    with their names as its properties."""
+    server's longest side), stride and steps; image_at's two values; the ControlSync fields only
+    when it has ControlNets, and then `condition` as required and no image fields (ControlSync takes
+    no image input); `lora_scales` only when it has LoRAs (`loras`, their names), with their names
+    as its properties."""
     properties = schema["properties"]
     for side in ("width", "height"):
         _set_bounds(properties[side], minimum=window_pixels, maximum=max_side, multipleOf=vae_factor)
     _set_bounds(properties["stride"], maximum=window_latents)
     _set_bounds(properties["num_inference_steps"], maximum=max_steps)
+    _set_bounds(properties["image_at"], minItems=2, maxItems=2)
     if control:
         schema["required"] = [*schema.get("required", []), "condition"]
+        for name in IMAGE_FIELDS:  # ControlSync's pipelines take no image input
+            del properties[name]
     else:
         for name in CONTROL_FIELDS:
             del properties[name]

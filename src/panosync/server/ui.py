@@ -8,6 +8,10 @@ parameters' table (`parameter_input`); this module only lays them out.
 With ControlNets (`panosync ui --controlnet …`) the page also takes a condition image per ControlNet,
 the preprocessing (Canny thresholds), the conditioning scale and whether to resize the condition,
 and shows the condition the ControlNets see: live while the settings change, and the one used.
+Without, it takes an image to start from (img2img; extending it onto a larger canvas; upscaling it
+with resize_image), an optional mask (inpainting), the strength and the image's corner; the canvas
+follows an uploaded image's size. The images are kept beside the panoramas (images/), and the PNG's
+metadata names them as the command's does.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pydantic import ValidationError
 
 from .. import settings
 from ..conditions import load_condition_image, prepare_condition
+from ..image_input import IMG2IMG_STRENGTH, INPAINT_STRENGTH
 from ..loras import MAX_SCALE, MIN_SCALE
 from ..metadata import save_png
 from ..precision import NonFiniteError
@@ -32,8 +37,8 @@ from . import viewer
 from .presets import PRESET_NAMES, presets
 from .generation import PanoramaModel
 from .limits import Limits
-from .schema import CONTROL_FIELDS, FIELDS, FieldError, PredictionRequest, describe_error
-from .uploads import save_condition
+from .schema import CONTROL_FIELDS, FIELDS, IMAGE_FIELDS, IMAGE_UPLOADS, FieldError, PredictionRequest, describe_error
+from .uploads import checked_image_input, save_condition, save_image_input
 
 # Where each input goes on the page (the rest of FIELDS: at the top, in settings' order).
 SYNC_INPUTS = ("sync_weight", "sync_decay_rate", "sync_freq", "sync_threshold")
@@ -43,7 +48,8 @@ SPEED_INPUTS = ("fast_modes", "sync_image_scale", "tiled_decode", "anchor")
 SLIDER_SPANS = {"sync_weight": (0, 100, 0.5), "sync_freq": (1, 50, 1), "num_inference_steps": (1, 200, 1),
                 "guidance_scale": (0, 30, 0.5), "sync_decay_rate": (0.01, 1, 0.01),
                 "sync_image_scale": (0.05, 1, 0.05), "controlnet_conditioning_scale": (0, 2, 0.05),
-                "canny_low": (0, settings.CANNY_MAX, 1), "canny_high": (0, settings.CANNY_MAX, 1)}
+                "canny_low": (0, settings.CANNY_MAX, 1), "canny_high": (0, settings.CANNY_MAX, 1),
+                "strength": (0.01, 1, 0.01)}
 PRESET_INFO = ("Each sets the sync and diffusion settings and the approximations of the sync step: paper is the "
                "paper's gradient (faithful); the quicker one takes 20 steps and syncs in the first 5.")
 TILED = {"auto": None, "on": True, "off": False}  # tiled_decode's three states, as the page shows them
@@ -99,6 +105,11 @@ def parameter_input(name: str, value, model: PanoramaModel, limits: Limits, **op
         return gr.Number(value=value, step=step, **common)  # as typed, for the checks' sentences (below)
     if name == "controlnet_conditioning_scale":
         value = value[0]
+    if name == "strength" and value is None:  # a slider has a value: img2img's default (a mask sets 1, below)
+        value = IMG2IMG_STRENGTH
+    if name == "image_at":  # as the command takes it: X,Y
+        return gr.Textbox(value="" if value is None else ",".join(map(str, value)), placeholder="X,Y",
+                          **{**common, "info": f"{parameter.help}; empty: {parameter.unset}"})
     if name in SLIDER_SPANS and value is not None:
         low, high, step = SLIDER_SPANS[name]
         return gr.Slider(low, high, value=value, step=step, **common)
@@ -117,11 +128,44 @@ def page_values(names: tuple[str, ...], values) -> dict:
         fields["tiled_decode"] = TILED[fields["tiled_decode"]]
     if "controlnet_conditioning_scale" in fields:
         fields["controlnet_conditioning_scale"] = [fields["controlnet_conditioning_scale"]]
+    if "image_at" in fields:
+        fields["image_at"] = corner(fields["image_at"])
     for name, value in fields.items():
         if settings.BY_NAME[name].kind is int and isinstance(value, float) and value.is_integer():
             fields[name] = int(value)  # a slider's whole number comes as a float
     fields["negative_prompt"] = fields.get("negative_prompt") or ""
     return fields
+
+
+def corner(text):
+    """image_at as typed, "X,Y", as a request's list: whole numbers where they are, else the words
+    typed, for the request's checks to refuse with their sentence; None when empty (centred)."""
+    if not isinstance(text, str):
+        return text
+    if not text.strip():
+        return None
+    parts = [part.strip() for part in text.split(",")]
+    return [int(part) if part.lstrip("-").isdigit() else part for part in parts]
+
+
+def strength_for_mask(mask_path, strength_now):
+    """The strength slider when a mask is uploaded or removed: the default of the case (1 with a mask,
+    else 0.8), unless it was moved from the other case's default."""
+    if mask_path and strength_now == IMG2IMG_STRENGTH:
+        return INPAINT_STRENGTH
+    if not mask_path and strength_now == INPAINT_STRENGTH:
+        return IMG2IMG_STRENGTH
+    return strength_now
+
+
+def read_image_input(path: str, field: str, limits: Limits):
+    """An uploaded image input, read and checked as the API checks one sent (uploads.checked_image_input)."""
+    what = IMAGE_UPLOADS[field]
+    try:
+        image = load_condition_image(path, limits.max_pixels, what)
+    except ValueError as error:
+        raise FieldError(field, str(error)) from None
+    return checked_image_input(image, field, "uploaded")
 
 
 def smallest_window(model: PanoramaModel) -> int:
@@ -156,7 +200,12 @@ def build_ui(model: PanoramaModel, limits: Limits, out_dir: str | Path) -> gr.Bl
     longest = largest_side(model, limits)
     # ControlSync's canvas defaults to the condition's size: until one is uploaded, the usual canvas
     canvas = settings.fill_canvas(defaults, model.geometry)
-    names = FIELDS + (tuple(name for name in CONTROL_FIELDS if name != "condition") if model.control else ())
+    if model.control:  # ControlSync takes no image input
+        names = tuple(name for name in FIELDS if name not in IMAGE_FIELDS)
+        names += tuple(name for name in CONTROL_FIELDS if name != "condition")
+    else:  # the image and mask are uploads, beside the inputs
+        names = tuple(name for name in FIELDS if name not in IMAGE_UPLOADS)
+    image_count = 0 if model.control else len(IMAGE_UPLOADS)
     inputs: dict[str, gr.components.Component] = {}
 
     def add(name, **options):
@@ -168,9 +217,13 @@ def build_ui(model: PanoramaModel, limits: Limits, out_dir: str | Path) -> gr.Bl
         randomize = values[len(names)]
         condition_count = len(model.controlnets) if model.control else 0
         condition_paths = values[len(names) + 1:len(names) + 1 + condition_count]
+        uploads = dict(zip(IMAGE_UPLOADS, values[len(names) + 1 + condition_count:
+                                                 len(names) + 1 + condition_count + image_count]))
         if model.loras:  # one slider per LoRA the server loaded, in their order
-            scales = values[len(names) + 1 + condition_count:]
+            scales = values[len(names) + 1 + condition_count + image_count:]
             fields["lora_scales"] = {lora.adapter_name: float(scale) for lora, scale in zip(model.loras, scales)}
+        if not any(uploads.values()):  # no image input: its settings say nothing, and are not recorded
+            fields = {name: value for name, value in fields.items() if name not in IMAGE_FIELDS}
         if randomize or fields["seed"] is None:
             fields["seed"] = settings.draw_seed()
         try:
@@ -181,6 +234,9 @@ def build_ui(model: PanoramaModel, limits: Limits, out_dir: str | Path) -> gr.Bl
                                                   "follows (an edge map of the canvas's size, or a photo with preprocess "
                                                   "\"canny\").")
                 given["condition"] = [load_condition_image(path, limits.max_pixels) for path in condition_paths]
+            for name, path in uploads.items():
+                if path:
+                    given[name] = read_image_input(path, name, limits)
             parameters = model.prepare(given, limits)
         except ValidationError as error:
             raise gr.Error("; ".join(describe_error(e) for e in error.errors())) from None
@@ -189,6 +245,10 @@ def build_ui(model: PanoramaModel, limits: Limits, out_dir: str | Path) -> gr.Bl
         if model.control:  # kept beside the panoramas: their metadata names the files, as the command's does
             parameters["condition"] = [str(save_condition(image, out_dir / "conditions"))
                                        for image in parameters["condition"]]
+        for name in IMAGE_UPLOADS:  # likewise, by path and SHA-256
+            if parameters.get(name) is not None:
+                path, sha256 = save_image_input(parameters[name], out_dir / "images")
+                parameters[name] = {"path": str(path), "sha256": sha256}
         total = parameters["num_inference_steps"]
         progress((0, total), desc="starting", unit="steps")
 
@@ -207,7 +267,8 @@ def build_ui(model: PanoramaModel, limits: Limits, out_dir: str | Path) -> gr.Bl
         faithful = "" if parameters["fast_modes"] else ", faithful"
         summary = (f"{image.width} × {image.height}, seed {parameters['seed']}, {total} steps{faithful}, "
                    f"{seconds:.1f} s" + (", 360°" if parameters["loop_closure"] else "")
-                   + (", following the condition" if model.control else "") + f" — saved as `{path}`")
+                   + (", following the condition" if model.control else "")
+                   + (", from the image" if parameters.get("image") is not None else "") + f" — saved as `{path}`")
         loop = bool(parameters["loop_closure"])
         outputs = (str(path), gr.update(value=str(path), visible=True), summary, parameters["seed"],
                    gr.update(value=viewer.viewer_source(image) if loop else "", visible=loop))
@@ -216,7 +277,7 @@ def build_ui(model: PanoramaModel, limits: Limits, out_dir: str | Path) -> gr.Bl
         return outputs
 
     def fit_canvas(path, width_now, height_now):
-        """The canvas follows an uploaded condition's size, when the sliders can show it."""
+        """The canvas follows an uploaded condition's (or image's) size, when the sliders can show it."""
         try:
             size = load_condition_image(path, limits.max_pixels).size if path else None
         except ValueError:
@@ -266,6 +327,20 @@ def build_ui(model: PanoramaModel, limits: Limits, out_dir: str | Path) -> gr.Bl
                             add("canny_high")
                         add("controlnet_conditioning_scale")
                         add("resize_condition")
+                image_uploads = []
+                if not model.control:
+                    with gr.Accordion("an image to start from: img2img, inpainting (with a mask), extending, upscaling",
+                                      open=False, elem_id="image-settings"):
+                        with gr.Row():
+                            image_uploads = [
+                                gr.Image(label="image: the canvas takes its size", type="filepath", image_mode=None,
+                                         sources=["upload"], height=160, elem_id="image"),
+                                gr.Image(label="mask_image (optional): white is repainted, black kept",
+                                         type="filepath", image_mode=None, sources=["upload"], height=160,
+                                         elem_id="mask_image")]
+                        add("strength")
+                        add("image_at")
+                        add("resize_image")
                 with gr.Row():
                     add("width")
                     add("height", info=f"at most {limits.max_pixels:,} pixels in all")
@@ -310,7 +385,7 @@ def build_ui(model: PanoramaModel, limits: Limits, out_dir: str | Path) -> gr.Bl
             raise RuntimeError(f"the page has no input for {', '.join(sorted(missing))}")
         preset.change(apply_preset, preset, [inputs[name] for name in PRESET_NAMES])
         dice.click(lambda: (settings.draw_seed(), False), None, [inputs["seed"], randomize])
-        run_inputs = [inputs[name] for name in names] + [randomize, *conditions, *lora_sliders]
+        run_inputs = [inputs[name] for name in names] + [randomize, *conditions, *image_uploads, *lora_sliders]
         outputs = [panorama, download, summary, inputs["seed"], look_around,
                    *([control_view] if model.control else [])]
         run.click(generate, run_inputs, outputs)
@@ -318,6 +393,11 @@ def build_ui(model: PanoramaModel, limits: Limits, out_dir: str | Path) -> gr.Bl
         if model.geometry.window_multiple:  # a window that may be chosen makes its own canvas
             canvas_inputs = [inputs[name] for name in ("width", "height", "stride")]
             inputs["window"].change(canvas_of_window, [inputs["window"], *canvas_inputs], canvas_inputs)
+        if image_uploads:
+            image_upload, mask_upload = image_uploads
+            image_upload.change(fit_canvas, [image_upload, inputs["width"], inputs["height"]],
+                                [inputs["width"], inputs["height"]])
+            mask_upload.change(strength_for_mask, [mask_upload, inputs["strength"]], inputs["strength"])
         if model.control:
             conditions[0].change(fit_canvas, [conditions[0], inputs["width"], inputs["height"]],
                                  [inputs["width"], inputs["height"]])

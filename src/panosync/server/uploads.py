@@ -1,7 +1,9 @@
-"""Condition images sent to a server (ControlSync): read from base64 or a data URL, and kept as PNG
-files named by their content, so that a queued job survives a restart, the same edge map sent for
-many seeds is stored once, and a panorama's metadata can name its condition as the `control`
-command's does (`panosync control --from-png` then finds it on this machine)."""
+"""Images sent to a server: ControlSync's condition images, and the image inputs of the plain
+pipelines (`image`, `mask_image`: img2img, inpainting, extending). Read from base64 or a data URL,
+checked with one sentence naming the field, and kept as PNG files named by their content, so that a
+queued job survives a restart, the same picture sent for many seeds is stored once, and a
+panorama's metadata can name its inputs as the commands' does (`panosync control --from-png` and
+`panosync generate --from-png` then find them on this machine)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ import PIL.Image
 
 from .. import files
 from ..conditions import read_condition_image, rgb_image
-from .schema import FieldError
+from ..image_input import mask_pixels
+from .schema import IMAGE_UPLOADS, FieldError
 
 # data:[<media type>][;<parameter>=<value>]*;base64,<data>
 DATA_URL = re.compile(r"data:(?:[\w.+-]+/[\w.+-]+)?(?:;[\w.+-]+=[\w.+-]+)*;base64,", re.IGNORECASE)
@@ -24,19 +27,49 @@ DATA_URL = re.compile(r"data:(?:[\w.+-]+/[\w.+-]+)?(?:;[\w.+-]+=[\w.+-]+)*;base6
 def decode_condition(text: str, name: str, max_pixels: int) -> PIL.Image.Image:
     """The image a request's condition field holds: base64 of an image file, bare or as a data URL.
     A FieldError naming `name` when it is neither, or not an image, or larger than `max_pixels`."""
+    return _decode(text, name, "condition", max_pixels, "condition image")
+
+
+def decode_image_input(text: str, field: str, max_pixels: int) -> PIL.Image.Image:
+    """The image a request's `image` or `mask_image` field holds (base64 or a data URL), checked as
+    `checked_image_input` checks it: RGB for an image, one channel (L) for a mask. A FieldError
+    naming the field when it is not an image, is larger than `max_pixels`, or is not one the
+    pipeline can take (an image with transparency; a mask with colours, or all black)."""
+    image = _decode(text, field, field, max_pixels, IMAGE_UPLOADS[field])
+    return checked_image_input(image, field, f"sent as {field}")
+
+
+def checked_image_input(image: PIL.Image.Image, field: str, source: str) -> PIL.Image.Image:
+    """An image input (`field`: image or mask_image) as it is kept and given to the pipeline: an
+    image as RGB, a mask as one 8-bit channel (the same pixels: a grey RGB mask's channels are
+    equal). A FieldError naming the field for one the pipeline would refuse; `source` says where it
+    came from ("sent as image", "uploaded")."""
+    if field == "image":
+        try:
+            return rgb_image(image, f"image {source}")
+        except ValueError as error:
+            raise FieldError("image", str(error)) from None
+    try:
+        mask_pixels(image)  # one channel, no transparency, not all black
+    except ValueError as error:
+        raise FieldError("mask_image", str(error)) from None
+    return image.convert("L") if image.mode in ("1", "L") else image.convert("RGB").convert("L")
+
+
+def _decode(text: str, name: str, field: str, max_pixels: int, what: str) -> PIL.Image.Image:
     match = DATA_URL.match(text)
     if match is None and text.startswith("data:"):
-        raise FieldError("condition", f"{name} is a data URL but not a base64 one: send data:image/png;base64,… .")
+        raise FieldError(field, f"{name} is a data URL but not a base64 one: send data:image/png;base64,… .")
     payload = "".join(text[match.end():].split() if match else text.split())  # line breaks are allowed in base64
     try:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
-        raise FieldError("condition", f"{name} is neither base64 nor a data URL: send the image file's bytes in "
-                                      f"base64, or data:image/png;base64,… .") from None
+        raise FieldError(field, f"{name} is neither base64 nor a data URL: send the image file's bytes in "
+                                f"base64, or data:image/png;base64,… .") from None
     try:
-        return read_condition_image(data, f"sent as {name}", max_pixels)
+        return read_condition_image(data, f"sent as {name}", max_pixels, what)
     except ValueError as error:
-        raise FieldError("condition", str(error)) from None
+        raise FieldError(field, str(error)) from None
 
 
 def save_condition(image: PIL.Image.Image, folder: str | Path) -> Path:
@@ -51,14 +84,31 @@ def save_condition(image: PIL.Image.Image, folder: str | Path) -> Path:
     return files.write_atomically(path, lambda file: rgb.save(file, format="PNG"))
 
 
+def save_image_input(image: PIL.Image.Image, folder: str | Path) -> tuple[Path, str]:
+    """An image input (RGB, or a mask's L, as `checked_image_input` gives it) as a PNG in `folder`,
+    named by its pixels, written atomically, once; and the SHA-256 of the file, which the PNG's
+    metadata records with its path (as `panosync generate` records its --image)."""
+    path = condition_path(image, folder)
+    if not path.is_file():
+        files.write_atomically(path, lambda file: image.save(file, format="PNG"))
+    return path, file_sha256(path)
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def condition_path(rgb: PIL.Image.Image, folder: str | Path) -> Path:
-    """Where save_condition keeps the RGB image `rgb`: `folder`/ the first 32 hex digits of the
-    SHA-256 of its size and pixels .png, absolute (the metadata names it for use elsewhere)."""
-    digest = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode() + rgb.tobytes()).hexdigest()
+    """Where save_condition keeps the RGB image `rgb` (save_image_input an image or a mask):
+    `folder`/ the first 32 hex digits of the SHA-256 of its size and pixels (and mode, but RGB's)
+    .png, absolute (the metadata names it for use elsewhere)."""
+    mode = "" if rgb.mode == "RGB" else f"{rgb.mode}:"
+    digest = hashlib.sha256(f"{mode}{rgb.width}x{rgb.height}:".encode() + rgb.tobytes()).hexdigest()
     return Path(folder).expanduser().resolve() / f"{digest[:32]}.png"
 
 
 def write_temporary(rgb: PIL.Image.Image, path: Path) -> Path:
-    """`rgb` encoded as PNG into a new temporary file beside `path` (a dot file ending .tmp, which a
-    server's start sweeps away if it is left), to be moved to `path`; its folder is made if missing."""
+    """`rgb` (or a mask's L image) encoded as PNG into a new temporary file beside `path` (a dot file
+    ending .tmp, which a server's start sweeps away if it is left), to be moved to `path`; its
+    folder is made if missing."""
     return files.write_temporary(path, lambda file: rgb.save(file, format="PNG"))
