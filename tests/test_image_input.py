@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from panosync.backbones.flux import unpack
-from panosync.image_input import (NEVER, anchor_holding_most, feathered_alpha, first_step_flow, first_step_unet,
-                                  inward_ramp, place, release_steps)
+from panosync.image_input import NEVER, anchor_holding_most, feathered_alpha, inward_ramp, place, release_steps
+from panosync.schedulers import first_step_flow, first_step_unet
 from panosync.settings import SettingError
 from panosync.tiny import tiny_random_components
 from panosync.pipeline import SyncDiffusionPipeline
@@ -252,3 +252,36 @@ def test_resize_image_fits_the_canvas_keeping_the_aspect_ratio():
     assert placement.box == (16, 0, 32, 32) and placement.holds  # scaled to the height, centred, the rest painted
     with pytest.raises(SettingError, match="larger than the 16x16 canvas"):
         place(random_image(), None, 16, 16, None, None, False)
+
+
+def inpainting_components() -> dict:
+    """Tiny SD components whose UNet is an inpainting one: 9 input channels (latents, mask, masked image)."""
+    components = tiny_random_components(window=16, vae_factor=2)
+    torch.manual_seed(1)
+    components["unet"] = diffusers.UNet2DConditionModel.from_config({**components["unet"].config, "in_channels": 9})
+    return components
+
+
+@pytest.mark.parametrize("strength", [0.6, 1.0])
+def test_a_9_channel_inpainting_unet_equals_diffusers_inpainting_pipeline(strength):
+    pipe = SyncDiffusionPipeline(**inpainting_components())
+    pipe.set_progress_bar_config(disable=True)
+    theirs = diffusers.StableDiffusionInpaintPipeline(**inpainting_components(), safety_checker=None,
+                                                      feature_extractor=None, requires_safety_checker=False)
+    theirs.set_progress_bar_config(disable=True)
+    image, mask = random_image(), right_half_mask()
+    options = dict(image=image, mask_image=mask, strength=strength, num_inference_steps=STEPS, output_type="latent")
+    mine = pipe("a land", generator=torch.Generator().manual_seed(4), **options).images
+    their = theirs("a land", generator=torch.Generator().manual_seed(4), height=WINDOW, width=WINDOW,
+                   **options).images
+    assert mine.shape == (1, 4, 16, 16) and torch.equal(mine, their)
+    # the mask reaches the UNet: another mask, another result
+    other = pipe("a land", generator=torch.Generator().manual_seed(4),
+                 **{**options, "mask_image": PIL.Image.new("L", (WINDOW, WINDOW), 255)}).images
+    assert (other - mine).abs().max() > 0.01
+    # a panorama of three views: each view reads its own crop of the mask
+    wide = pipe("a land", image=random_image(), mask_image=right_half_mask(), width=2 * WINDOW, image_at=(0, 0),
+                num_inference_steps=2, seed=1, stride=8, sync_weight=0.0, output_type="latent").images
+    assert wide.shape == (1, 4, 16, 32) and torch.isfinite(wide).all()
+    with pytest.raises(ValueError, match="This is an inpainting model"):
+        pipe("a land", num_inference_steps=2)

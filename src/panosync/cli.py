@@ -257,7 +257,8 @@ def check_image_placement(request: dict, family: str | None) -> None:
     """An image input placed on the request's canvas (image_input.place: its size, the mask's, the
     corner, the strength), so that a mistake is one sentence before any model loads."""
     from .families import FLUX, SD3
-    from .image_input import first_step_flow, first_step_unet, place, release_steps
+    from .image_input import place, release_steps
+    from .schedulers import first_step_flow, first_step_unet
 
     if request.get("image") is None:
         return

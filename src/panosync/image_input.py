@@ -43,17 +43,6 @@ WRAP_STRENGTH = 0.6
 NEVER = 10**6  # the release step of a kept pixel: held after every step
 
 
-def first_step_unet(steps: int, strength: float) -> int:
-    """The index of the first of `steps` steps that a strength runs (diffusers' img2img for the
-    UNet families: int(steps · strength) steps, the last ones)."""
-    return steps - min(int(steps * strength), steps)
-
-
-def first_step_flow(steps: int, strength: float) -> int:
-    """The same for the flow-matching families, as their diffusers img2img pipelines count it."""
-    return int(max(steps - steps * strength, 0))
-
-
 @dataclass
 class Placement:
     """The image on the canvas, in pixels (no model work): `pixels` (1, 3, H, W) in [0, 1] (grey
@@ -77,7 +66,8 @@ class ImageStart:
     (panoramas, C, h, w), the `noise` they are noised with, each pixel's `release` step (1, 1, h,
     w), the loop's `first_step`, whether it starts from pure noise (`from_noise`: diffusers'
     inpainting at strength 1), and for the paste-back the canvas `pixels` and their `alpha`
-    (1 where the user's pixels are kept, falling off over the feather; None: nothing kept)."""
+    (1 where the user's pixels are kept, falling off over the feather; None: nothing kept); for an
+    inpainting UNet (9 channels), the mask and masked image's latent it reads (`inpainting`)."""
 
     clean: torch.Tensor
     noise: torch.Tensor
@@ -86,6 +76,7 @@ class ImageStart:
     from_noise: bool
     pixels: torch.Tensor
     alpha: torch.Tensor | None
+    inpainting: torch.Tensor | None = None  # an inpainting UNet's mask and masked image latent (panoramas, 1 + C, h, w)
 
     def start_latents(self, sampler) -> torch.Tensor:
         """The latents the loop starts from: pure noise, or the image's latent noised to the first step."""

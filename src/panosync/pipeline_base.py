@@ -10,6 +10,7 @@ loop.py's, the sync step sync.py's.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -369,6 +370,9 @@ class PanoramaPipelineBase(DiffusionPipeline):
         image = values.pop("image", None)
         image_options = {name: values.pop(name, None) for name in ("mask_image", "mask_feather", "paste_back")}
         image_options.update({name: values.get(name) for name in ("strength", "image_at", "resize_image")})
+        if image is None and self.backbone.reads_inpainting_channels:
+            raise settings.SettingError("image", "This is an inpainting model (its UNet reads a mask and a masked "
+                                                 "image beside the latents): give image and mask_image.")
         if image is None and image_options["mask_image"] is not None:
             raise settings.SettingError("mask_image", "Give image with mask_image: the mask says which of the image's "
                                                       "pixels are repainted.")
@@ -440,18 +444,32 @@ class PanoramaPipelineBase(DiffusionPipeline):
         if generator is None and latents is None:
             seed = settings.draw_seed() if values["seed"] is None else values["seed"]
             generator = torch.Generator("cpu").manual_seed(seed)
-        clean = self.encode_image(placement.pixels * 2 - 1, panoramas, generator, layout.window)
-        noise, _ = self.prepare_latents(panoramas, values, generator, latents)
         release = values["release"]
         first = int(release.min())
+        images = placement.pixels * 2 - 1
+        inpainting_unet = self.backbone.reads_inpainting_channels
+        from_noise = first == 0 and placement.holds
+        # an inpainting UNet starting from pure noise needs no latent of the image (diffusers draws none)
+        clean = None if inpainting_unet and from_noise else self.encode_image(images, panoramas, generator,
+                                                                               layout.window)
+        noise, _ = self.prepare_latents(panoramas, values, generator, latents)
+        inpainting = None
+        if inpainting_unet:
+            # it reads the mask and the masked image's latent (drawn after the noise, as diffusers does),
+            # and repaints the mask's white itself: nothing is held
+            mask = latent_map(placement.painted, *noise.shape[-2:]).to(self._execution_device, self.compute_dtype)
+            masked = self.encode_image(images * (placement.painted < 0.5), panoramas, generator, layout.window)
+            inpainting = torch.cat([mask.repeat(panoramas, 1, 1, 1), masked], dim=1)
+            release = torch.full_like(release, first)
+            clean = masked if clean is None else clean
         kept = 1 - placement.painted
         # the feather reaches into painted pixels of the image only (outside it there is nothing of the
         # user's to blend with), and into the image from its border on a larger canvas
         feather, loop_closure = values["mask_feather"], values["loop_closure"]
         alpha = feathered_alpha(kept, feather, loop_closure) * placement.present * \
             inward_ramp(placement.present, feather, loop_closure) if kept.any() else None
-        start = ImageStart(clean=clean, noise=noise, release=release, first_step=first,
-                           from_noise=first == 0 and placement.holds, pixels=placement.pixels, alpha=alpha)
+        start = ImageStart(clean=clean, noise=noise, release=release, first_step=first, from_noise=from_noise,
+                           pixels=placement.pixels, alpha=alpha, inpainting=inpainting)
         return noise, seed, start
 
     def encode_image(self, images: torch.Tensor, panoramas: int, generator, window: int) -> torch.Tensor:
@@ -511,6 +529,8 @@ class PanoramaPipelineBase(DiffusionPipeline):
         if image_start is None:
             latents = noise.to(device, self.compute_dtype) * sampler.init_noise_sigma
         else:
+            if image_start.inpainting is not None:
+                conditioning = dataclasses.replace(conditioning, inpainting=image_start.inpainting)
             sampler.skip(image_start.first_step)
             image_start.noise = noise.to(device, self.compute_dtype)
             latents = image_start.start_latents(sampler).to(self.compute_dtype)

@@ -15,6 +15,17 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 SUPPORTED = (DDIMScheduler, DPMSolverMultistepScheduler)
 
 
+def first_step_unet(steps: int, strength: float) -> int:
+    """The index of the first of `steps` steps that a strength runs (diffusers' img2img for the
+    UNet families: int(steps · strength) steps, the last ones)."""
+    return steps - min(int(steps * strength), steps)
+
+
+def first_step_flow(steps: int, strength: float) -> int:
+    """The same for the flow-matching families, as their diffusers img2img pipelines count it."""
+    return int(max(steps - steps * strength, 0))
+
+
 def steps_fit(scheduler, steps: int) -> bool:
     """Whether `steps` denoising steps all land inside the scheduler's training schedule (Stable
     Diffusion's DDIM, with steps_offset 1, puts the 1000th step past its end)."""

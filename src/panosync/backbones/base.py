@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 
 from ..geometry import MAX_STEPS, Geometry
-from ..image_input import first_step_unet
+from ..schedulers import first_step_unet
 
 if TYPE_CHECKING:
     from ..views import View
@@ -106,6 +106,8 @@ class Backbone(ABC):
 
     # whether loading switches the model's own scheduler to DDIM (the UNet families: the paper's sampler)
     switches_to_ddim = False
+    # whether the network reads a mask and a masked image's latent beside the latents (an inpainting UNet)
+    reads_inpainting_channels = False
 
     def geometry(self, vae_factor: int) -> Geometry:
         """What the request checks need of this model (geometry.Geometry): the default window, the

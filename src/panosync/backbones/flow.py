@@ -24,7 +24,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from ..geometry import MAX_STEPS, Geometry
-from ..image_input import first_step_flow
+from ..schedulers import first_step_flow
 from .base import Backbone
 
 # dpm_solver is a multistep solver of the UNets' DDPM schedule; these models step with their own

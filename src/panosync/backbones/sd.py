@@ -18,6 +18,7 @@ class TextConditioning(PromptConditioning):
 
     embeddings: torch.Tensor
     image_embeds: list[torch.Tensor] | None = None
+    inpainting: torch.Tensor | None = None  # an inpainting UNet's mask and masked image latent (UNetBackbone)
 
 
 class StableDiffusionBackbone(UNetBackbone):

@@ -29,6 +29,7 @@ class XLConditioning(PromptConditioning):
     pooled: torch.Tensor
     time_ids: torch.Tensor
     image_embeds: list[torch.Tensor] | None = None
+    inpainting: torch.Tensor | None = None  # an inpainting UNet's mask and masked image latent (UNetBackbone)
 
 
 def size_conditioning(window_pixels: int, original_size=None, crops_coords_top_left=(0, 0),

@@ -11,6 +11,7 @@ import torch
 
 from ..schedulers import SUPPORTED, ViewSchedulers, most_steps, multistep_like
 from ..geometry import MAX_STEPS, window_of
+from ..views import crop
 from .base import Backbone, PromptConditioning, ViewConditioning, both_branches
 
 
@@ -25,7 +26,15 @@ class UNetBackbone(Backbone):
 
     @property
     def latent_channels(self) -> int:
-        return self.pipe.unet.config.in_channels
+        # what the UNet predicts: an inpainting UNet reads more (the mask and the masked image's latent)
+        return self.pipe.unet.config.out_channels
+
+    @property
+    def reads_inpainting_channels(self) -> bool:
+        """Whether the UNet is an inpainting one (Stable Diffusion's 9 channels: the latents, the
+        mask, the masked image's latent)."""
+        config = self.pipe.unet.config
+        return config.in_channels == 2 * config.out_channels + 1
 
     switches_to_ddim = True
 
@@ -55,6 +64,12 @@ class UNetBackbone(Backbone):
         if image_embeds is not None:  # an IP-Adapter's image prompt, the same for every view
             added = inputs.setdefault("added_cond_kwargs", {})
             added["image_embeds"] = [both_branches(embeds, count).to(unet.dtype) for embeds in image_embeds]
+        inpainting = getattr(conditioning, "inpainting", None)
+        if inpainting is not None:  # each item's crop of the mask and the masked image's latent, both branches
+            panoramas = inpainting.shape[0]
+            crops = torch.cat([crop(inpainting[k % panoramas : k % panoramas + 1], view)
+                               for k, view in enumerate(views)])
+            model_input = torch.cat([model_input, torch.cat([crops, crops]).to(model_input.dtype)], dim=1)
         if extras is not None:
             inputs |= extras.network_inputs(model_input, t, inputs, views)
         prediction = unet(model_input, t, **inputs, cross_attention_kwargs=attention_kwargs).sample
