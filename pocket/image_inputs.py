@@ -176,13 +176,54 @@ def measure_wrap(pipe, cache: Cache, seeds: list[int], settings: dict, strength:
                                         after=float(np.mean([row["after"] for row in rows]))))
 
 
+def labelled(image: PIL.Image.Image, text: str, zoom: int = 2) -> PIL.Image.Image:
+    """`image` enlarged `zoom` times (nearest: pocket's pixels stay pixels) under a line of text."""
+    from PIL import ImageDraw
+
+    big = image.resize((image.width * zoom, image.height * zoom), PIL.Image.NEAREST)
+    sheet = PIL.Image.new("RGB", (big.width, big.height + 16), "white")
+    sheet.paste(big, (0, 16))
+    ImageDraw.Draw(sheet).text((2, 2), text, fill="black")
+    return sheet
+
+
+def stacked(images: list[PIL.Image.Image], gap: int = 6) -> PIL.Image.Image:
+    sheet = PIL.Image.new("RGB", (max(i.width for i in images), sum(i.height for i in images) + gap * len(images)),
+                          "white")
+    top = 0
+    for image in images:
+        sheet.paste(image, (0, top))
+        top += image.height + gap
+    return sheet
+
+
+def pictures(cache: Cache, extend_seeds: list[int], upscale_seed: int) -> None:
+    """docs/images-extend.png (the given window where it was placed, then its extensions, synced and
+    with MultiDiffusion) and docs/images-upscale.png (a panorama, and its x2 upscale), from the run's images."""
+    rows = []
+    for seed in extend_seeds:
+        given = PIL.Image.open(cache.folder / f"window-{seed}.png").convert("RGB")
+        placed = PIL.Image.new("RGB", (WIDTH, WINDOW), "white")
+        placed.paste(given, ((WIDTH - WINDOW) // 2, 0))
+        prompt = PROMPTS[seed % len(PROMPTS)]
+        rows += [labelled(placed, f'the given window (seed {seed}); prompt "{prompt}"'),
+                 labelled(PIL.Image.open(cache.folder / f"extend-sync-{seed}.png"), "extended, SyncDiffusion"),
+                 labelled(PIL.Image.open(cache.folder / f"extend-multidiffusion-{seed}.png"), "extended, MultiDiffusion")]
+    stacked(rows).save(ROOT / "docs" / "images-extend.png")
+    original = PIL.Image.open(cache.folder / f"pano-{upscale_seed}.png").convert("RGB")
+    upscaled = PIL.Image.open(cache.folder / f"upscale-sync-0.3-{upscale_seed}.png").convert("RGB")
+    stacked([labelled(original, f"512 x 64 panorama (seed {upscale_seed}), shown x2 (nearest)"),
+             labelled(upscaled, "panosync upscale --scale 2 --strength 0.3: 1024 x 128, shown x1", zoom=1)]
+            ).save(ROOT / "docs" / "images-upscale.png")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", default="runs/image-inputs")
     parser.add_argument("--extend-seeds", type=int, default=12)
     parser.add_argument("--upscale-seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=JUDGING_SEEDS_FROM)
-    parser.add_argument("--parts", default="extend,upscale,wrap")
+    parser.add_argument("--parts", default="extend,upscale,wrap,pictures")
     parser.add_argument("--out", default=str(ROOT / "docs" / "images.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -206,6 +247,8 @@ def main(argv=None) -> None:
         print(json.dumps(results["wrap"]["summary"], indent=1))
     results["settings"] = settings
     write_atomically(Path(args.out), json.dumps(results, indent=1))
+    if "pictures" in parts:
+        pictures(cache, list(range(first, first + 3)), first + 100)
 
 
 if __name__ == "__main__":

@@ -115,6 +115,8 @@ class SyncDiffusionFluxPipeline(PanoramaPipelineBase, FluxLoraLoaderMixin, FromS
         texts; `joint_attention_kwargs` (its "scale": the LoRAs'); `max_sequence_length` (T5's
         tokens, diffusers' 512); `ip_adapter_image` / `ip_adapter_image_embeds` (an IP-Adapter's
         image prompt for every view) and, with true CFG, `negative_ip_adapter_image` / `_embeds`.
+        An image to start from (`image`, `mask_image`, `strength`, `image_at`, `resize_image`,
+        `mask_feather`, `paste_back`): as SyncDiffusionPipeline's, docs/images.md.
         """
         # 1. Check inputs (a ValueError that says what to change, before any model work)
         values = self.check_inputs(

@@ -94,7 +94,14 @@ class SyncDiffusionPipeline(PanoramaPipelineBase, TextualInversionLoaderMixin, S
         for the texts. `ip_adapter_image` (one image, or one per IP-Adapter loaded) or
         `ip_adapter_image_embeds`: an image prompt that conditions every view (load_ip_adapter first).
         `cross_attention_kwargs={"scale": s}` scales the LoRAs loaded, in the text encoder and in
-        every UNet call, the sync gradient's included. `callback_on_step_end(pipe, step, timestep, kwargs)` runs after every step
+        every UNet call, the sync gradient's included. An image to start from (docs/images.md): `image`
+        is repainted (img2img, `strength` 0.8 by default, as StableDiffusionImg2ImgPipeline), inpainted
+        where `mask_image` is white (strength 1, as StableDiffusionInpaintPipeline; a 9-channel
+        inpainting UNet reads the mask itself), or extended where it is smaller than the canvas, at
+        `image_at` (its top-left corner in pixels; default centred) or fitted with `resize_image`; the
+        canvas is the image's size unless width/height are given, the anchor the view holding most
+        of the kept pixels, which are pasted back after decoding over a `mask_feather` (pixels,
+        default the VAE factor) unless `paste_back` is False. `callback_on_step_end(pipe, step, timestep, kwargs)` runs after every step
         with the tensors `callback_on_step_end_tensor_inputs` names and the step's "sync_weight";
         a returned "latents" replaces the latents.
 

@@ -106,6 +106,8 @@ class SyncDiffusion3Pipeline(PanoramaPipelineBase, SD3LoraLoaderMixin, FromSingl
         `ip_adapter_image_embeds` (an IP-Adapter's image prompt for every view). `guidance_scale`
         defaults to 7 (families.py); at 1 or less the negative branch is not run, as in diffusers'
         StableDiffusion3Pipeline.
+        An image to start from (`image`, `mask_image`, `strength`, `image_at`, `resize_image`,
+        `mask_feather`, `paste_back`): as SyncDiffusionPipeline's, docs/images.md.
         """
         # 1. Check inputs (a ValueError that says what to change, before any model work)
         values = self.check_inputs(

@@ -108,6 +108,8 @@ class SyncDiffusionXLPipeline(PanoramaPipelineBase, FromSingleFileMixin, StableD
         diffusers gives one image of the window's size, so that each view is conditioned as the
         model's own image. `guidance_scale` defaults to 5 (families.py). `ip_adapter_image` /
         `ip_adapter_image_embeds`: an IP-Adapter's image prompt for every view.
+        An image to start from (`image`, `mask_image`, `strength`, `image_at`, `resize_image`,
+        `mask_feather`, `paste_back`): as SyncDiffusionPipeline's, docs/images.md.
         """
         # 1. Check inputs (a ValueError that says what to change, before any model work)
         values = self.check_inputs(
