@@ -20,6 +20,16 @@ from .views import View, add_view, crop, views_for_canvas
 # Tiling is used by default when the latent is larger than this many windows (in area): above
 # the paper's 512 x 3072 (6 windows) for Stable Diffusion, so its sizes decode in one piece.
 AUTO_TILING_WINDOWS = 6
+# The smallest side of a VAE tile, in latent pixels: a VAE's mid-block attention sees its whole
+# tile, and a tile of a small model's window (pocket's 16) holding only sky decodes as a scene of
+# its own (measured: a 1024 x 128 pocket picture through 16-latent tiles, MSE 0.148 against 0.003
+# whole; through 32-latent tiles 0.003). Stable Diffusion's windows (64) are diffusers' own tile.
+SMALLEST_VAE_TILE = 32
+
+
+def vae_tile(window: int) -> int:
+    """The side of the tiles a VAE encodes and decodes in (latent pixels): the window, or SMALLEST_VAE_TILE."""
+    return max(window, SMALLEST_VAE_TILE)
 
 
 def should_tile(latent_height: int, latent_width: int, window: int) -> bool:

@@ -28,7 +28,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from . import settings
 from .backbones.base import Backbone, PromptConditioning, ViewConditioning
 from .chunks import ViewChunks, default_view_batch_size
-from .decode import decode_tiled, encode_tiled, should_tile
+from .decode import decode_tiled, encode_tiled, should_tile, vae_tile
 from .fast import FastModes, check_sync_decoder, downscale, load_sync_decoder
 from .geometry import Geometry, vae_factor_of
 from .image_input import (NEVER, ImageStart, anchor_holding_most, canvas_of_image, feathered_alpha, image_pixels,
@@ -244,8 +244,8 @@ class PanoramaPipelineBase(DiffusionPipeline):
         return self
 
     def enable_vae_tiling(self):
-        """Decode every panorama in overlapping window-sized tiles (decode.py): the memory of one
-        tile, whatever the panorama's size. A call's `tiled_decode` overrides it."""
+        """Decode every panorama in overlapping tiles of the window, at least 32 latent pixels
+        (decode.py): the memory of one tile, whatever the panorama's size. A call's `tiled_decode` overrides it."""
         self.vae_tiling = True
 
     def disable_vae_tiling(self):
@@ -303,7 +303,7 @@ class PanoramaPipelineBase(DiffusionPipeline):
     def decode_panorama(self, latents: torch.Tensor, loop_closure: bool, tiled: bool | None = None,
                         tiles_per_call: int = 1, window: int | None = None) -> torch.Tensor:
         """Decode the whole panorama to [0, 1], in one piece or, when `tiled` (None: as
-        enable_vae_tiling chose, else when it is large), in overlapping tiles of the `window`
+        enable_vae_tiling chose, else when it is large), in overlapping tiles of the `window` (at least 32)
         (latent pixels; None: the default) blended together (decode.py), which bounds the memory.
 
         A loop-closed panorama decoded in one piece is padded circularly first, so the decoder sees
@@ -315,7 +315,8 @@ class PanoramaPipelineBase(DiffusionPipeline):
         decode = functools.partial(self.decode_to_unit, check_finite=True)
         factor = self.vae_scale_factor
         if tiled:
-            return decode_tiled(decode, latents, factor, tile=window, overlap=max(1, window // 4),
+            tile = vae_tile(window)
+            return decode_tiled(decode, latents, factor, tile=tile, overlap=max(1, tile // 4),
                                 loop_closure=loop_closure, tiles_per_call=tiles_per_call)
         if not loop_closure:
             return decode(latents)
@@ -480,8 +481,9 @@ class PanoramaPipelineBase(DiffusionPipeline):
         images = images.to(device)
         latent_height, latent_width = (side // self.vae_scale_factor for side in images.shape[-2:])
         if should_tile(latent_height, latent_width, window):
-            mean, std = encode_tiled(self.backbone.latent_moments, images, self.vae_scale_factor, window,
-                                     max(1, window // 4))
+            tile = vae_tile(window)
+            mean, std = encode_tiled(self.backbone.latent_moments, images, self.vae_scale_factor, tile,
+                                     max(1, tile // 4))
         else:
             mean, std = self.backbone.latent_moments(images)
         if generator is None:
