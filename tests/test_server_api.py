@@ -239,13 +239,16 @@ def test_a_token_guards_the_jobs(model, tmp_path):
         assert client.get("/health").json()["model"] == "tiny-test"
 
 
-def test_a_large_body_is_refused(client):
-    big = b'{"prompt": "' + b"x" * 20_000 + b'"}'
-    response = client.post("/predictions", content=big, headers={"content-type": "application/json"})
-    assert response.status_code == 413 and "16384 bytes" in response.json()["message"]
-    chunked = client.post("/predictions", content=iter([big[:10_000], big[10_000:]]),
-                          headers={"content-type": "application/json"})  # no Content-Length
-    assert chunked.status_code == 413
+def test_a_large_body_is_refused(model, tmp_path):
+    # 16 KiB of fields and room for an image input and its mask of max_pixels each, uncompressed, in base64
+    with client_for(model, tmp_path / "state", max_pixels=64 * 32) as client:
+        assert client.get("/health").json()["max_body_bytes"] == 16 * 1024 + 2 * 4 * 64 * 32 == 32768
+        big = b'{"prompt": "' + b"x" * 40_000 + b'"}'
+        response = client.post("/predictions", content=big, headers={"content-type": "application/json"})
+        assert response.status_code == 413 and "32768 bytes" in response.json()["message"]
+        chunked = client.post("/predictions", content=iter([big[:20_000], big[20_000:]]),
+                              headers={"content-type": "application/json"})  # no Content-Length
+        assert chunked.status_code == 413
 
 
 def free_port() -> int:

@@ -451,7 +451,7 @@ class PanoramaPipelineBase(DiffusionPipeline):
         inpainting_unet = self.backbone.reads_inpainting_channels
         from_noise = first == 0 and placement.holds
         # an inpainting UNet starting from pure noise needs no latent of the image (diffusers draws none)
-        clean = None if inpainting_unet and from_noise else self.encode_image(images, panoramas, generator,
+        clean = None if inpainting_unet and from_noise else self.encode_canvas(images, panoramas, generator,
                                                                                layout.window)
         noise, _ = self.prepare_latents(panoramas, values, generator, latents)
         inpainting = None
@@ -459,7 +459,7 @@ class PanoramaPipelineBase(DiffusionPipeline):
             # it reads the mask and the masked image's latent (drawn after the noise, as diffusers does),
             # and repaints the mask's white itself: nothing is held
             mask = latent_map(placement.painted, *noise.shape[-2:]).to(self._execution_device, self.compute_dtype)
-            masked = self.encode_image(images * (placement.painted < 0.5), panoramas, generator, layout.window)
+            masked = self.encode_canvas(images * (placement.painted < 0.5), panoramas, generator, layout.window)
             inpainting = torch.cat([mask.repeat(panoramas, 1, 1, 1), masked], dim=1)
             release = torch.full_like(release, first)
             clean = masked if clean is None else clean
@@ -473,7 +473,7 @@ class PanoramaPipelineBase(DiffusionPipeline):
                            pixels=placement.pixels, alpha=alpha, inpainting=inpainting)
         return noise, seed, start
 
-    def encode_image(self, images: torch.Tensor, panoramas: int, generator, window: int) -> torch.Tensor:
+    def encode_canvas(self, images: torch.Tensor, panoramas: int, generator, window: int) -> torch.Tensor:
         """The latents (panoramas, C, h, w) of a canvas image in [-1, 1]: the VAE's distribution, in
         overlapping tiles of the window where the image is large (encode_tiled), sampled with each
         generator (one generator: one sample, repeated; none: the mean), in the compute dtype."""

@@ -1,16 +1,24 @@
 """A batch's jobs: one JSON object a line, with the HTTP API's fields and an optional `name`, each
 checked against settings.py and the model's geometry before anything runs; and what the output
 folder holds for a job (a rerun keeps its PNG when its parameters match and its pixels are the ones
-panosync wrote; a file panosync did not write is not replaced)."""
+panosync wrote; a file panosync did not write is not replaced).
+
+A line's `image` and `mask_image` are image files, as `panosync generate`'s --image and --mask: a
+relative path is read from the jobs file's folder (so a folder of jobs and pictures can be moved
+as one), read whole, checked and hashed with the lines, before any model loads; the PNG records
+each as {"path": its absolute path, "sha256": its file's}, so that a changed picture makes the job
+again on a rerun, and `panosync generate --from-png` finds it."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import settings
+from ..input_images import ImageFile, read_image_file
 
 # The fields a line may set: the HTTP API's (settings' served parameters), but not ControlSync's
 # (a batch makes SyncDiffusion panoramas), and the PNG's name.
@@ -18,6 +26,11 @@ FIELDS = tuple(p.name for p in settings.PARAMETERS if p.served and not p.control
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # fullmatch: "$" would let a final newline through
 WINDOWS_DEVICES = re.compile(r"CON|PRN|AUX|NUL|COM[0-9]|LPT[0-9]", re.IGNORECASE)  # reserved, with any extension
 NULL_MEANS_SOMETHING = settings.NULL_MEANS_SOMETHING  # as in the HTTP API
+# A line's image input files, and the sentence for a mask without its image.
+IMAGE_INPUTS = ("image", "mask_image")
+MASK_WITHOUT_IMAGE = "mask_image says which of an image's pixels are repainted: give image too."
+# A PNG made before panosync took image inputs records none of their settings: it was made with these.
+IMAGE_DEFAULTS = {name: settings.BY_NAME[name].default for name in settings.IMAGE_NAMES}
 # Keys of a PNG's metadata that do not change the picture, or say where it was made: not compared.
 NOT_COMPARED = ("device", "dtype", "view_batch_size")
 # The model's keys that a PNG carries only when they were given: one given then and not now differs too.
@@ -48,6 +61,33 @@ class BatchJob:
     def file(self) -> str:
         return f"{self.name}.png"
 
+    def check_placement(self, pictures: dict | None = None, family: str | None = None) -> None:
+        """The job's image input placed on its canvas (image_input.place: the image's size, the mask's,
+        the corner, the strength), and whether its strength runs a step, as `panosync generate`
+        checks them (the model's `family` counts the steps; None: not known before the model loads,
+        and the pipeline counts them); `pictures` the image and mask as read, else read again from
+        their files. A ValueError that says what to change."""
+        if self.parameters.get("image") is None:
+            return
+        from ..families import FLUX, SD3
+        from ..image_input import place, release_steps
+        from ..schedulers import first_step_flow, first_step_unet
+
+        if pictures is None:
+            pictures = {name: self.parameters[name].load() for name in IMAGE_INPUTS
+                        if self.parameters.get(name) is not None}
+        parameters = self.parameters
+        placement = place(pictures["image"], pictures.get("mask_image"), parameters["width"], parameters["height"],
+                          parameters["strength"], parameters["image_at"], parameters["resize_image"])
+        if family is None:
+            return
+        steps = parameters["num_inference_steps"]
+        first_step = first_step_flow if family in (SD3, FLUX) else first_step_unet
+        # at latent resolution 1, as the command counts them (the pipeline counts again, per latent pixel)
+        if int(release_steps(placement, 1, 1, steps, first_step, False, 1).min()) >= steps and not placement.holds:
+            raise ValueError(f"strength {placement.strength:g} runs no step of {steps}: raise strength or "
+                             f"num_inference_steps.")
+
 
 def read_jobs(path: str | Path, model: dict, source, view_batch_size: int | None = None,
               loras: tuple = ()) -> list[BatchJob]:
@@ -70,12 +110,14 @@ def read_jobs(path: str | Path, model: dict, source, view_batch_size: int | None
     except UnicodeDecodeError as error:
         raise ValueError(f"{path} is not UTF-8 text (byte {error.start}): write the jobs as JSON lines.") from None
     recommended = settings.recommended_of(source)
+    family = getattr(source, "family", None)
     jobs, names, bad = [], {}, []  # names: the name casefolded (one file on macOS and Windows) -> its job
     for number, text in enumerate(lines, start=1):
         if not text.strip():
             continue
         try:
-            job = _read_job(number, text, recommended, source.geometry, model, view_batch_size, loras)
+            job = _read_job(number, text, recommended, source.geometry, model, view_batch_size, loras, path.parent,
+                            family)
         except ValueError as error:
             bad.append(f"line {number}: {error}")
             continue
@@ -103,7 +145,8 @@ def read_jobs(path: str | Path, model: dict, source, view_batch_size: int | None
 
 
 def _read_job(number: int, text: str, recommended: dict, geometry, model: dict,
-              view_batch_size: int | None, loras: tuple = ()) -> BatchJob:
+              view_batch_size: int | None, loras: tuple = (), folder: Path = Path("."),
+              family: str | None = None) -> BatchJob:
     from ..loras import check_lora_scales, weights_metadata
 
     try:
@@ -135,18 +178,53 @@ def _read_job(number: int, text: str, recommended: dict, geometry, model: dict,
     for key in NULL_MEANS_SOMETHING:  # an explicit null wins over a recommended value
         if key in given and given[key] is None:
             values[key] = None
-    values = {key: value for key, value in values.items() if key in settings.PIPELINE_NAMES}
+    # the image input's settings too, none or not, as `panosync generate` records them
+    values = {key: value for key, value in values.items() if key in settings.PIPELINE_NAMES + settings.IMAGE_NAMES}
     values["view_batch_size"] = view_batch_size
+    files, pictures = _image_files(values, folder)
+    if pictures:  # the canvas is the image's unless given, as on the command
+        from ..image_input import canvas_of_image
+
+        values["width"], values["height"] = canvas_of_image(pictures["image"].size, values["width"],
+                                                            values["height"], values["resize_image"] is True)
     if geometry is not None:
         values = settings.fill_canvas(values, geometry)
     settings.check(values, geometry)
+    values.update(files)
     seed_given = values["seed"] is not None
     if not seed_given:
         values["seed"] = settings.draw_seed()
-    metadata = {**values, **model, **weights_metadata(loras, (), lora_scales)}
+    metadata = {**values, **{name: file.metadata() for name, file in files.items()}, **model,
+                **weights_metadata(loras, (), lora_scales)}
     if lora_scales:  # for the maker, which sets them for this panorama only
         values["lora_scales"] = lora_scales
-    return BatchJob(number, name or f"line-{number}", values, metadata, seed_given)
+    job = BatchJob(number, name or f"line-{number}", values, metadata, seed_given)
+    if values.get("width") is not None and values.get("height") is not None:  # else once the model has loaded
+        job.check_placement(pictures, family)  # and the canvas is known (settle_canvas)
+    return job
+
+
+def _image_files(values: dict, folder: Path) -> tuple[dict, dict]:
+    """The line's image and mask files (input_images.ImageFile: read whole, checked, hashed), by
+    their absolute paths, a relative one read from `folder` (the jobs file's); and the pictures."""
+    from ..image_input import mask_pixels
+
+    if values.get("mask_image") is not None and values.get("image") is None:
+        raise ValueError(MASK_WITHOUT_IMAGE)
+    files, pictures = {}, {}
+    for name in IMAGE_INPUTS:
+        given = values.get(name)
+        if given is None:
+            continue
+        if not isinstance(given, str) or not given.strip():
+            raise ValueError(f"{name} must name an image file (a path; a relative one is read from the jobs file's "
+                             f"folder), got {settings.shown(given)}.")
+        path = os.path.abspath(folder / Path(given).expanduser())
+        pictures[name], sha256 = read_image_file(path, name)
+        files[name] = ImageFile(name, path, sha256)
+    if "mask_image" in pictures:
+        mask_pixels(pictures["mask_image"])  # one channel, not all black: before any model loads, whatever the canvas
+    return files, pictures
 
 
 def settle_canvas(jobs: list[BatchJob], geometry, path: str | Path) -> None:
@@ -157,6 +235,7 @@ def settle_canvas(jobs: list[BatchJob], geometry, path: str | Path) -> None:
         job.metadata.update({key: job.parameters[key] for key in CANVAS})
         try:
             settings.check(job.parameters, geometry)
+            job.check_placement()
         except ValueError as error:
             raise ValueError(f"{path} line {job.line}: {error}") from None
 
@@ -168,7 +247,7 @@ KEEP, MAKE = "kept", "make"
 CUT_SHORT = "cut short or damaged"
 UNVERIFIED = "without a digest of their pixels to verify them by (written by an older panosync)"
 EDITED = "whose pixels changed after panosync wrote them"
-REPLACED = "made before with other parameters (another jobs file, or lines changed since)"
+REPLACED = "made before with other parameters (another jobs file, lines changed since, or an image input changed)"
 FOREIGN = "not written by panosync"
 
 
@@ -194,7 +273,7 @@ def examine(job: BatchJob, folder: Path) -> str:
     for key, wanted in job.metadata.items():
         if key in NOT_COMPARED or (key == "seed" and not job.seed_given) or (wanted is None and key in CANVAS):
             continue
-        if stored.get(key) != wanted:
+        if stored.get(key, IMAGE_DEFAULTS.get(key)) != wanted:
             return REPLACED
     try:
         with PIL.Image.open(path) as image:

@@ -4,9 +4,10 @@
     limits.py           what a server accepts beyond each field's range: canvas, queue, body, waiters
     schema.py           what a request may hold: settings.py's served parameters, as a pydantic model
     generation.py       the model, loaded once: checking a request against it and making one panorama
-    uploads.py          ControlSync's condition images: read from base64, kept by content in the state folder
+    uploads.py          images sent: ControlSync's conditions and the image inputs (image, mask_image), read
+                        from base64 and checked, kept by content in the state folder
     jobs.py             durable jobs: the SQLite store of job rows, composing the two below, and retention
-    condition_files.py  condition images kept while a job refers to them or a request holds them
+    condition_files.py  conditions and image inputs kept while a job refers to them or a request holds them
     folder_health.py    whether the state folder can be written and has its reserve of free space
     state_files.py      removing, sizing and listing the state folder's files; a crash's leftovers
     worker.py           the thread that runs the queued jobs in order, through any fault

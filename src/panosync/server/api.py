@@ -404,8 +404,11 @@ def create_app(model: PanoramaModel, state_dir: str | Path, limits: Limits = Lim
             store.close()
 
     controlnets = model.controlnets or []
-    control = (f" ControlSync with {', '.join(controlnets)}: every request needs a condition." if model.control else
-               " This server has no ControlNet: the ControlSync fields (condition …) are refused.")
+    control = (f" ControlSync with {', '.join(controlnets)}: every request needs a condition, and image inputs are "
+               f"refused." if model.control else
+               " This server has no ControlNet: the ControlSync fields (condition …) are refused. An image input "
+               "(image, mask_image: base64 or data URLs) is repainted, inpainted or extended; the canvas is its size "
+               "unless given.")
     app = FastAPI(title="panosync", version=__version__, lifespan=lifespan,
                   description="SyncDiffusion panoramas. The fields are those of the public SyncDiffusion API; "
                               f"the model is {model.name} (window {model.window * model.vae_factor} pixels, "

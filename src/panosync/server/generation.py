@@ -102,7 +102,8 @@ class PanoramaModel:
             defaults = settings.fill_canvas(defaults, self.geometry)
         else:
             defaults["stride"] = settings.fill_canvas(defaults, self.geometry)["stride"]
-        names = settings.PIPELINE_NAMES + (CONTROL_FIELDS if self.control else ())
+        # the image input's too (none), so that every PNG records them as `panosync generate`'s does
+        names = settings.PIPELINE_NAMES + (CONTROL_FIELDS if self.control else IMAGE_FIELDS)
         self.defaults = {name: defaults[name] for name in names}
         if view_batch_size is not None:
             self.defaults["view_batch_size"] = view_batch_size
@@ -147,6 +148,11 @@ class PanoramaModel:
         return {lora.adapter_name: lora.scale for lora in self.loras}
 
     @property
+    def inpainting_model(self) -> bool:
+        """Whether the model repaints only under a mask (a 9-channel inpainting UNet): every request needs an image."""
+        return bool(getattr(self.pipe.backbone, "reads_inpainting_channels", False))
+
+    @property
     def control(self) -> bool:
         """Whether this is a ControlSync model, whose requests need a condition."""
         return self.controlnets is not None
@@ -164,7 +170,9 @@ class PanoramaModel:
         """Every parameter of the panorama `given` asks for, defaults and seed filled in; a
         FieldError naming the field and what it may be when the model or the server cannot make it.
         Costs no model work. A ControlSync request's `condition` is a list of images (PIL), one per
-        ControlNet; they stay in the parameters, for the caller to keep and replace by their paths."""
+        ControlNet; a plain request's `image` and `mask_image` are images (PIL) likewise, checked on
+        their canvas. They stay in the parameters, for the caller to keep and replace by their files
+        (paths; for an image input {"path", "sha256"})."""
         sent = [name for name in CONTROL_FIELDS if name in given]
         if self.control:
             images = [name for name in IMAGE_FIELDS if name in given]
@@ -185,6 +193,9 @@ class PanoramaModel:
                                           f"leave it out, or start the server with --controlnet ID_OR_PATH.")
             if given.get("image") is not None or given.get("mask_image") is not None:
                 return self._prepare_image(given, limits)
+            if self.inpainting_model:
+                raise FieldError("image", "This is an inpainting model (its UNet reads a mask and a masked image "
+                                          "beside the latents): give image and mask_image.")
             return self._prepare_panorama(given, limits)
         return self._prepare_control(given, limits)
 
@@ -201,15 +212,13 @@ class PanoramaModel:
                     check(given[name])
                 except ValueError as error:  # transparent, a mask with colours or all black …
                     raise FieldError(name, str(error)) from None
-        defaults = settings.paper_defaults()
-        given = {**{name: defaults[name] for name in IMAGE_FIELDS}, **given}
         width, height = canvas_of_image(image.size, given.get("width"), given.get("height"),
-                                        given["resize_image"] is True)
+                                        given.get("resize_image", self.defaults["resize_image"]) is True)
         parameters = self._prepare_panorama({**given, "width": width, "height": height}, limits)
         placement = place(image, mask, parameters["width"], parameters["height"], parameters["strength"],
                           parameters["image_at"], parameters["resize_image"])
-        first_step = getattr(getattr(self.pipe, "backbone", None), "first_step", None)
-        if first_step is not None:  # the pipeline's own check, before the job is queued (Ray's models: on a worker)
+        first_step = self.first_step()
+        if first_step is not None:  # the pipeline's own check, before the job is queued
             factor, steps = self.vae_factor, parameters["num_inference_steps"]
             release = release_steps(placement, parameters["height"] // factor, parameters["width"] // factor, steps,
                                     first_step, parameters["loop_closure"], parameters["window"] // factor)
@@ -217,6 +226,10 @@ class PanoramaModel:
                 raise FieldError("strength", f"strength {placement.strength:g} runs no step of {steps}: raise "
                                              f"strength or num_inference_steps.")
         return parameters
+
+    def first_step(self):
+        """The model's first_step(steps, strength): the first of the steps an image's strength runs."""
+        return self.pipe.backbone.first_step
 
     def _prepare_control(self, given: dict, limits: Limits) -> dict:
         """A ControlSync request: the conditions, one per ControlNet, decide the canvas unless it is

@@ -46,6 +46,7 @@ class WorkersModel(PanoramaModel):
         self.threads = None  # each picture says its workers' (Made.threads)
         self.loras, self.textual_inversions = tuple(loras), tuple(textual_inversions)  # the workers loaded them
         self._device, self._dtype = engine.runs_on()
+        self._family = source.family  # None: a hub model's, known only to the workers
         self._describe(engine.geometry(), name, defaults, model_config, view_batch_size, None)
 
     @property
@@ -55,6 +56,19 @@ class WorkersModel(PanoramaModel):
     @property
     def dtype(self) -> str:
         return self._dtype
+
+    @property
+    def inpainting_model(self) -> bool:
+        return False  # an inpainting model's requests without an image fail on the worker, with its sentence
+
+    def first_step(self):
+        """The family's first_step (None where only the workers know the family: they check it)."""
+        from ..families import FLUX, SD3
+        from ..schedulers import first_step_flow, first_step_unet
+
+        if self._family is None:
+            return None
+        return first_step_flow if self._family in (SD3, FLUX) else first_step_unet
 
     def generate(self, parameters: dict, on_step=None):
         raise TypeError("The Ray workers make this model's panoramas: hand the job to the engine (RayWorker).")
