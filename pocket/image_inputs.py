@@ -126,9 +126,9 @@ def measure_extend(pipe, cache: Cache, seeds: list[int], settings: dict) -> dict
 
 
 def measure_upscale(pipe, cache: Cache, seeds: list[int], settings: dict, strengths=(0.2, 0.3)) -> dict:
-    import lpips as lpips_package
+    from panosync.lpips import load_lpips
 
-    distance = lpips_package.LPIPS(net="alex", verbose=False)
+    distance = load_lpips("alex")  # the weights panosync finds offline
 
     def to_tensor(image):
         return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
@@ -211,9 +211,9 @@ def pictures(cache: Cache, extend_seeds: list[int], upscale_seed: int) -> None:
                  labelled(PIL.Image.open(cache.folder / f"extend-multidiffusion-{seed}.png"), "extended, MultiDiffusion")]
     stacked(rows).save(ROOT / "docs" / "images-extend.png")
     original = PIL.Image.open(cache.folder / f"pano-{upscale_seed}.png").convert("RGB")
-    upscaled = PIL.Image.open(cache.folder / f"upscale-sync-0.3-{upscale_seed}.png").convert("RGB")
+    upscaled = PIL.Image.open(cache.folder / f"upscale-sync-0.2-{upscale_seed}.png").convert("RGB")
     stacked([labelled(original, f"512 x 64 panorama (seed {upscale_seed}), shown x2 (nearest)"),
-             labelled(upscaled, "panosync upscale --scale 2 --strength 0.3: 1024 x 128, shown x1", zoom=1)]
+             labelled(upscaled, "panosync upscale (--scale 2, strength 0.2): 1024 x 128, shown x1", zoom=1)]
             ).save(ROOT / "docs" / "images-upscale.png")
 
 

@@ -82,7 +82,7 @@ def test_upscale_doubles_a_panorama_with_its_own_prompt(sd_folder, tmp_path, cap
     parameters = read_parameters(big)
     assert PIL.Image.open(big).size == (128, 64)
     assert parameters["prompt"] == "a land at dusk" and parameters["model"] == str(sd_folder)
-    assert parameters["resize_image"] is True and parameters["strength"] == 0.3
+    assert parameters["resize_image"] is True and parameters["strength"] == 0.2
     # a picture panosync did not make needs a prompt
     plain = random_picture(tmp_path, "plain.png")
     assert main(["upscale", plain, "--model", str(sd_folder), "--quiet"]) == 2
