@@ -32,7 +32,7 @@ def random_picture(tmp_path, name="photo.png", width=32, height=32, seed=0) -> s
     return write(tmp_path, name, rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
-def test_extend_a_picture_records_it_and_from_png_makes_it_again(sd_folder, tmp_path, capsys):
+def test_extend_a_picture_records_it_and_from_png_makes_it_again(sd_folder, tmp_path, capsys, monkeypatch):
     photo = random_picture(tmp_path)
     out = tmp_path / "extended.png"
     assert main(["generate", "a land", "--model", str(sd_folder), "--image", photo, "--width", "96",
@@ -45,6 +45,14 @@ def test_extend_a_picture_records_it_and_from_png_makes_it_again(sd_folder, tmp_
     digest = hashlib.sha256(open(photo, "rb").read()).hexdigest()
     assert parameters["image"] == {"path": photo, "sha256": digest} and parameters["mask_image"] is None
     assert parameters["width"] == 96 and parameters["height"] == 32 and parameters["strength"] is None
+    # recorded by its absolute path, so that --from-png finds it from any folder
+    (tmp_path / "elsewhere").mkdir()
+    relative = tmp_path / "relative.png"
+    monkeypatch.chdir(tmp_path)
+    assert main(["generate", "a land", "--model", str(sd_folder), "--image", "photo.png", "--width", "96",
+                 "--out", str(relative), *CANVAS]) == 0
+    assert read_parameters(relative)["image"]["path"] == photo
+    monkeypatch.chdir(tmp_path / "elsewhere")
     again = tmp_path / "again.png"
     assert main(["generate", "--from-png", str(out), "--out", str(again), "--quiet"]) == 0
     assert np.array_equal(np.asarray(PIL.Image.open(again)), made)
@@ -114,7 +122,9 @@ BAD = [
     (lambda p: ["--image", random_picture(p), "--width", "64", "--image-at", "40,0"], "runs past the 64x32 canvas"),
     (lambda p: ["--image", random_picture(p), "--image-at", "1"], "--image-at must be two whole numbers"),
     (lambda p: ["--image", random_picture(p), "--strength", "0"], "strength must be more than 0 and at most 1"),
-    (lambda p: ["--image", random_picture(p, width=33)], "width must be a multiple of 2 pixels"),
+    (lambda p: ["--image", random_picture(p, width=33)], "The image is 33x32 pixels, and the canvas takes its width"),
+    (lambda p: ["--strength", "0.5"], "strength is an image input's setting: give image (--image) too"),
+    (lambda p: ["--resize-image"], "resize_image is an image input's setting"),
     (lambda p: ["--image", random_picture(p), "--strength", "0.1", "--steps", "5"], "strength 0.1 runs no step"),
 ]
 

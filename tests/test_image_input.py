@@ -250,6 +250,11 @@ def test_bad_images_and_masks_are_one_sentence_before_any_model_work(change, mes
 def test_resize_image_fits_the_canvas_keeping_the_aspect_ratio():
     placement = place(random_image(size=16), None, 64, 32, None, None, True)
     assert placement.box == (16, 0, 32, 32) and placement.holds  # scaled to the height, centred, the rest painted
+    # a border of two latent pixels or less is not worth painting: stretched (an upscale rounded to the factor)
+    wide = PIL.Image.new("RGB", (256, 64))
+    assert place(wide, None, 360, 88, 0.2, None, True, vae_factor=4).box == (0, 0, 360, 88)
+    assert not place(wide, None, 360, 88, 0.2, None, True, vae_factor=4).holds
+    assert place(wide, None, 360, 88, 0.2, None, True, vae_factor=2).box == (4, 0, 352, 88)
     with pytest.raises(SettingError, match="larger than the 16x16 canvas"):
         place(random_image(), None, 16, 16, None, None, False)
 
@@ -285,3 +290,59 @@ def test_a_9_channel_inpainting_unet_equals_diffusers_inpainting_pipeline(streng
     assert wide.shape == (1, 4, 16, 32) and torch.isfinite(wide).all()
     with pytest.raises(ValueError, match="This is an inpainting model"):
         pipe("a land", num_inference_steps=2)
+
+
+class ArithmeticSampler:
+    """timesteps 0, 100, ... 900 (one per step); a latent noised to t is t itself."""
+
+    timesteps = torch.arange(10) * 100
+    init_noise_sigma = 1.0
+
+    def noised(self, clean, noise, t):
+        return torch.full_like(clean, float(t))
+
+
+def test_a_pixel_let_go_at_step_r_enters_step_r_noised_to_its_timestep():
+    from panosync.image_input import ImageStart
+
+    start = ImageStart(clean=torch.zeros(1, 1, 1, 3), noise=torch.zeros(1, 1, 1, 3),
+                       release=torch.tensor([[[[0, 5, NEVER]]]]), first_step=0, from_noise=False, pixels=None, alpha=None)
+    sampler = ArithmeticSampler()
+    latents = start.start_latents(sampler)
+    entering = []
+    for i in range(10):
+        entering.append(latents[0, 0, 0].tolist())
+        latents = start.hold(torch.full_like(latents, -1.0), i, sampler)  # -1: what a denoising step made
+    assert entering[5] == [-1, 500, 500] and entering[4] == [-1, 400, 400] and entering[6] == [-1, -1, 600]
+    assert latents[0, 0, 0].tolist() == [-1, -1, 0]  # after the last step, the kept pixel is the clean latent
+
+
+def test_the_sync_schedule_counts_the_steps_an_image_input_skips():
+    """strength 0.5 of 10 steps runs steps 5 to 9: sync_threshold 3 syncs none of them, and the weight
+    decays from step 5's."""
+    pipe = SyncDiffusionPipeline(**tiny_random_components(window=16, vae_factor=2))
+    pipe.set_progress_bar_config(disable=True)
+    weights = []
+
+    def record(pipe, i, t, kwargs):
+        weights.append(kwargs["sync_weight"])
+
+    options = dict(image=PIL.Image.new("RGB", (64, 32), (90, 120, 150)), strength=0.5, num_inference_steps=10,
+                   stride=8, seed=1, output_type="latent", callback_on_step_end=record)
+    pipe("a land", sync_threshold=3, **options)
+    assert weights == [0.0] * 5
+    weights.clear()
+    pipe("a land", sync_weight=10.0, sync_threshold=6, sync_decay_rate=0.5, **options)
+    assert weights == [10.0 * 0.5 ** 5, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_a_mask_that_paints_no_latent_pixel_is_one_sentence():
+    pipe = SyncDiffusionPipeline(**tiny_random_components(window=16, vae_factor=2))
+    stripes = np.zeros((WINDOW, WINDOW), np.uint8)
+    stripes[:, 1::2] = 255  # one-pixel stripes, between the latent grid's samples
+    with pytest.raises(ValueError, match="Nothing is painted at the model's resolution"):
+        pipe("a", image=random_image(), mask_image=PIL.Image.fromarray(stripes), num_inference_steps=3)
+    with pytest.raises(ValueError, match="strength is an image input's setting: give image"):
+        pipe("a", strength=0.5, num_inference_steps=3)
+    with pytest.raises(ValueError, match="image_at is an image input's setting"):
+        pipe("a", image_at=(0, 0), num_inference_steps=3)

@@ -244,34 +244,46 @@ def generate(args: argparse.Namespace) -> int:
     if request["image"] is not None:  # the canvas is the image's unless given
         from .image_input import canvas_of_image
 
-        request["width"], request["height"] = canvas_of_image(request["image"].load().size, request["width"],
-                                                              request["height"], request["resize_image"])
+        size = request["image"].load().size
+        request["width"], request["height"] = canvas_of_image(size, request["width"], request["height"],
+                                                              request["resize_image"])
+        if source.vae_factor is not None:
+            check_canvas_of_image(request, size, source.vae_factor)
     if source.geometry is not None:
         request.update(settings.fill_canvas(request, source.geometry))
         settings.check(request, source.geometry)
-        check_image_placement(request, source.family)
+        check_image_placement(request, source.family, source.vae_factor)
     out = output_path(args, request)
     return make_panorama(args, request, source, out)
 
 
-def check_image_placement(request: dict, family: str | None) -> None:
+def check_image_placement(request: dict, family: str | None, vae_factor: int) -> None:
     """An image input placed on the request's canvas (image_input.place: its size, the mask's, the
-    corner, the strength), so that a mistake is one sentence before any model loads."""
+    corner, the strength) and whether the loop runs a step (checked_release, counted as the
+    family's pipeline counts them), so that a mistake is one sentence before any model loads."""
     from .families import FLUX, SD3
-    from .image_input import place, release_steps
+    from .image_input import checked_release, place
     from .schedulers import first_step_flow, first_step_unet
 
     if request.get("image") is None:
         return
     mask = request["mask_image"].load() if request.get("mask_image") is not None else None
     placement = place(request["image"].load(), mask, request["width"], request["height"], request["strength"],
-                      request["image_at"], request["resize_image"])
+                      request["image_at"], request["resize_image"], vae_factor)
     first_step = first_step_flow if family in (SD3, FLUX) else first_step_unet
-    steps = request["num_inference_steps"]
-    # at latent resolution 1: whether any pixel runs a step needs no model (the pipeline counts again)
-    release = release_steps(placement, 1, 1, steps, first_step, False, 1)
-    if int(release.min()) >= steps and not placement.holds:
-        raise ValueError(f"strength {placement.strength:g} runs no step of {steps}: raise --strength or --steps.")
+    checked_release(placement, request["width"], request["height"], vae_factor, request["num_inference_steps"],
+                    first_step, request["loop_closure"], request["window"])
+
+
+def check_canvas_of_image(request: dict, size: tuple[int, int], vae_factor: int) -> None:
+    """A canvas taken from the image's size must be a multiple of the VAE factor: one sentence that
+    says so (not "width must be a multiple", which the user did not give)."""
+    for side, value, given in (("width", size[0], request["width"]), ("height", size[1], request["height"])):
+        if given == value and value % vae_factor:
+            raise ValueError(f"The image is {size[0]}x{size[1]} pixels, and the canvas takes its {side} unless "
+                             f"--{side} is given: a {side} must be a multiple of {vae_factor} pixels (the VAE "
+                             f"factor); give --{side} (a larger canvas extends the image), or --resize-image with "
+                             f"--{side}.")
 
 
 def output_path(args: argparse.Namespace, request: dict) -> str:
@@ -388,7 +400,7 @@ def make_panorama(args: argparse.Namespace, request: dict, source: ModelSource, 
     generation = {name: request[name] for name in settings.PIPELINE_NAMES}
     if request.get("image") is not None:
         if source.geometry is None:
-            check_image_placement(request, pipe.family)
+            check_image_placement(request, pipe.family, pipe.vae_scale_factor)
         files = {name: request[name] for name in ("image", "mask_image") if request.get(name) is not None}
         generation.update({name: request[name] for name in settings.IMAGE_NAMES},
                           **{name: file.load() for name, file in files.items()})

@@ -87,8 +87,9 @@ class ImageStart:
     def hold(self, latents: torch.Tensor, i: int, sampler) -> torch.Tensor:
         """`latents` after step `i` of the loop (0: its first step) with every pixel not yet let go
         set to the image's latent noised to the next timestep (its clean latent after the last)."""
-        absolute = self.first_step + i
-        held = self.release > absolute + 1
+        # a pixel let go at step r must enter step r as the image noised to t_r: it is held after every
+        # step before r (and a kept pixel, never let go, after every step)
+        held = self.release > self.first_step + i
         if not bool(held.any()):
             return latents
         timesteps = sampler.timesteps
@@ -116,11 +117,13 @@ def image_pixels(image, what: str = "image") -> torch.Tensor:
         array = np.asarray(rgb_image(image, what), dtype=np.float32) / 255
         return torch.from_numpy(array).permute(2, 0, 1)[None].contiguous()
     if isinstance(image, np.ndarray):
+        check_numbers(image, what)
         if image.ndim != 3 or image.shape[-1] != 3:
             raise ValueError(f"The {what} must be an RGB image: an (H, W, 3) array, got shape {image.shape}.")
         tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
         tensor = tensor.float() / 255 if image.dtype == np.uint8 else tensor.float()
     elif isinstance(image, torch.Tensor):
+        check_numbers(image, what)
         tensor = image[None] if image.ndim == 3 else image
         if tensor.ndim != 4 or tensor.shape[:2] != (1, 3):
             raise ValueError(f"The {what} must be one RGB image: a (3, H, W) or (1, 3, H, W) tensor, got shape "
@@ -128,9 +131,22 @@ def image_pixels(image, what: str = "image") -> torch.Tensor:
         tensor = tensor.detach().float().cpu()
     else:
         raise ValueError(f"The {what} must be a PIL image, an array or a tensor, got {type(image).__name__}.")
+    if tensor.numel() == 0:
+        raise ValueError(f"The {what} is empty (shape {tuple(tensor.shape)}): give an image of at least one pixel.")
     if not torch.isfinite(tensor).all() or tensor.min() < 0 or tensor.max() > 1:
         raise ValueError(f"The {what}'s values must lie in [0, 1].")
     return tensor
+
+
+def check_numbers(values, what: str) -> None:
+    """A ValueError unless an array's or a tensor's values are real numbers (not objects, text or complex)."""
+    if isinstance(values, np.ndarray):
+        real = np.issubdtype(values.dtype, np.integer) or np.issubdtype(values.dtype, np.floating) or \
+            values.dtype == np.bool_
+    else:
+        real = not values.is_complex()
+    if not real:
+        raise ValueError(f"The {what}'s values must be real numbers, got an array of {values.dtype}.")
 
 
 def mask_pixels(mask) -> torch.Tensor:
@@ -153,7 +169,14 @@ def mask_pixels(mask) -> torch.Tensor:
             raise ValueError(f"The mask has mode {mask.mode}: give an 8-bit black-and-white image.")
         tensor = torch.from_numpy(values)[None]
     elif isinstance(mask, (np.ndarray, torch.Tensor)):
-        tensor = torch.as_tensor(np.asarray(mask) if isinstance(mask, np.ndarray) else mask.detach().cpu()).float()
+        check_numbers(mask, "mask")
+        if isinstance(mask, np.ndarray):
+            array = np.ascontiguousarray(mask)
+            tensor = torch.from_numpy(array).float() / (255 if array.dtype == np.uint8 else 1)
+        else:
+            tensor = mask.detach().cpu().float()
+        if tensor.numel() == 0:
+            raise ValueError(f"The mask is empty (shape {tuple(mask.shape)}): give a mask of the image's size.")
         while tensor.ndim < 4:
             tensor = tensor[None]
         if tensor.ndim != 4 or tensor.shape[:2] != (1, 1):
@@ -183,14 +206,15 @@ def canvas_of_image(image_size: tuple[int, int], width: int | None, height: int 
     return (image_width if width is None else width), (image_height if height is None else height)
 
 
-def fitted_size(image_size: tuple[int, int], width: int, height: int) -> tuple[int, int]:
+def fitted_size(image_size: tuple[int, int], width: int, height: int, vae_factor: int = 8) -> tuple[int, int]:
     """The largest size of the image's aspect ratio that fits the canvas (resize_image); the
-    canvas itself where that is within 1 % of it on both sides (an upscale whose size was rounded
-    to the VAE factor is stretched that little rather than given a border to paint)."""
+    canvas itself where that misses it by at most 1 % or two latent pixels (`vae_factor` pixels
+    each) on both sides: a border that thin is not worth painting, and an upscale whose sides were
+    rounded to the VAE factor is stretched that little instead."""
     image_width, image_height = image_size
     scale = min(width / image_width, height / image_height)
     fitted = max(1, min(width, round(image_width * scale))), max(1, min(height, round(image_height * scale)))
-    if abs(fitted[0] - width) <= 0.01 * width and abs(fitted[1] - height) <= 0.01 * height:
+    if all(side - fit <= max(0.01 * side, 2 * vae_factor) for side, fit in zip((width, height), fitted)):
         return width, height
     return fitted
 
@@ -205,10 +229,11 @@ def edges_meet(pixels: torch.Tensor) -> bool:
 
 
 def place(image, mask, width: int, height: int, strength: float | None, image_at: tuple[int, int] | None,
-          resize_image: bool) -> Placement:
+          resize_image: bool, vae_factor: int = 8) -> Placement:
     """The image (and mask, of the image's size) on a width × height canvas, at `image_at` (its
     top-left corner in pixels; None: centred), resized to fit the canvas where `resize_image`
-    (keeping its aspect ratio); checked, with a SettingError that names what to change."""
+    (keeping its aspect ratio; fitted_size, with the model's `vae_factor`); checked, with a
+    SettingError that names what to change."""
     pixels = image_pixels(image)
     image_height, image_width = pixels.shape[-2:]
     painted_in_image = None
@@ -219,7 +244,7 @@ def place(image, mask, width: int, height: int, strength: float | None, image_at
                                              f"pixels but the image is {image_width}x{image_height}: give a mask of the "
                                              f"image's size.")
     if resize_image and (image_width, image_height) != (width, height):
-        new_width, new_height = fitted_size((image_width, image_height), width, height)
+        new_width, new_height = fitted_size((image_width, image_height), width, height, vae_factor)
         pixels = resize(pixels, new_width, new_height)
         if painted_in_image is not None:
             painted_in_image = (resize(painted_in_image, new_width, new_height) >= 0.5).float()
@@ -313,6 +338,24 @@ def release_steps(placement: Placement, latent_height: int, latent_width: int, s
     for value in strength.unique().tolist():
         release[strength == value] = first_step(steps, value)
     return torch.where(painted, release, torch.full_like(release, NEVER))
+
+
+def checked_release(placement: Placement, width: int, height: int, vae_factor: int, steps: int, first_step,
+                    loop_closure: bool, window_pixels: int) -> torch.Tensor:
+    """release_steps at the model's latent size (`first_step`: the family's count), and a
+    SettingError when the loop would run no step: nothing painted at the latent size (a mask's
+    white, or the canvas around the image, thinner than a latent pixel), or a strength too low."""
+    release = release_steps(placement, height // vae_factor, width // vae_factor, steps, first_step, loop_closure,
+                            window_pixels // vae_factor)
+    if bool((release >= NEVER).all()):
+        raise SettingError("mask_image", f"Nothing is painted at the model's resolution: the mask's white areas (and "
+                                         f"the canvas around the image) are thinner than one latent pixel, "
+                                         f"{vae_factor} × {vae_factor} pixels; paint larger areas, or give a canvas at "
+                                         f"least {vae_factor} pixels larger than the image.")
+    if int(release.min()) >= steps:
+        raise SettingError("strength", f"strength {placement.strength:g} runs no step of {steps} (it runs the last "
+                                       f"steps · strength, rounded down): raise strength or num_inference_steps.")
+    return release
 
 
 def feathered_alpha(kept: torch.Tensor, feather: int, loop_closure: bool) -> torch.Tensor:

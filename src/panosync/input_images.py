@@ -5,6 +5,7 @@ and found again unchanged by --from-png."""
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,8 +52,9 @@ def read_image_file(path: str, name: str) -> tuple[PIL.Image.Image, str]:
 
 
 def image_file(path: str, name: str) -> ImageFile:
+    """The checked file, by its absolute path (a PNG's record then reads it from any folder)."""
     _, sha256 = read_image_file(path, name)
-    return ImageFile(name, path, sha256)
+    return ImageFile(name, os.path.abspath(os.path.expanduser(path)), sha256)
 
 
 def image_file_of_png(stored, name: str) -> ImageFile:

@@ -45,13 +45,16 @@ def denoise_panorama(
     precision_name: str = "float32",
     after_step: Callable[[int, object, torch.Tensor, float], torch.Tensor] | None = None,
     progress=None,
+    first_step: int = 0,
 ) -> torch.Tensor:
     """Denoise `latents` (B, C, H, W: B panoramas, already scaled to the first timestep) over the
     sampler's timesteps and return the clean latents.
 
     `foresee(x̂₀)` is the image in [0, 1] the sync loss compares; `perceptual()` the LPIPS model
     (called only when a step syncs, so its weights load only then); `after_step(i, t, latents,
-    weight)` may replace the latents after each step; `progress` a tqdm bar. Of the fast modes
+    weight)` may replace the latents after each step; `progress` a tqdm bar; `first_step` the
+    schedule's index of the sampler's first timestep (an image input's strength skips the steps
+    before it: the sync weight, its decay and threshold count steps of the whole schedule). Of the fast modes
     (`fast`), reuse_noise and no_unet_backward act here; the others are in `foresee` and the sampler."""
     panoramas = latents.shape[0]
     view_counts = coverage(*latents.shape[-2:], views).to(latents.device)
@@ -63,7 +66,7 @@ def denoise_panorama(
     shown_status = None
     for i, t in enumerate(sampler.timesteps):
         # a lone view has no one to agree with: its anchor pass would change nothing
-        weight = schedule.weight_at(i) if len(views) > 1 else 0.0
+        weight = schedule.weight_at(first_step + i) if len(views) > 1 else 0.0
         if progress is not None:
             status = f"sync w={weight:.3g}" if weight else "no sync"
             # drawn at once when it changes: tqdm skips redraws closer together than its mininterval

@@ -102,7 +102,8 @@ class SyncDiffusionPipeline(PanoramaPipelineBase, TextualInversionLoaderMixin, S
         canvas is the image's size unless width/height are given, the anchor the view holding most
         of the kept pixels, which are pasted back after decoding over a `mask_feather` (pixels,
         default the VAE factor) unless `paste_back` is False. `callback_on_step_end(pipe, step, timestep, kwargs)` runs after every step
-        with the tensors `callback_on_step_end_tensor_inputs` names and the step's "sync_weight";
+        with the tensors `callback_on_step_end_tensor_inputs` names, the step's "sync_weight" and
+        "first_step" (the schedule's index of the loop's first step: an image's strength skips those before);
         a returned "latents" replaces the latents.
 
         SyncDiffusion's: `sync_weight` w (0: MultiDiffusion), `sync_decay_rate` (the weight at step

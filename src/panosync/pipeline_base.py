@@ -31,8 +31,8 @@ from .chunks import ViewChunks, default_view_batch_size
 from .decode import decode_tiled, encode_tiled, should_tile, vae_tile
 from .fast import FastModes, check_sync_decoder, downscale, load_sync_decoder
 from .geometry import Geometry, vae_factor_of
-from .image_input import (NEVER, ImageStart, anchor_holding_most, canvas_of_image, feathered_alpha, image_pixels,
-                          inward_ramp, latent_map, place, release_steps)
+from .image_input import (NEVER, ImageStart, anchor_holding_most, canvas_of_image, checked_release, feathered_alpha,
+                          image_pixels, inward_ramp, latent_map, place)
 from .loop import denoise_panorama
 from .precision import NonFiniteError, Precision, is_half
 from .sync import LossScale
@@ -368,6 +368,7 @@ class PanoramaPipelineBase(DiffusionPipeline):
         values = {**values, "fast_modes": settings.fast_modes(fast_modes),
                   "sync_decoder": None if decoder is None or loaded_decoder else str(decoder)}
         geometry = self.geometry
+        settings.check({name: values.get(name) for name in ("image", "strength", "image_at", "resize_image")})
         image = values.pop("image", None)
         image_options = {name: values.pop(name, None) for name in ("mask_image", "mask_feather", "paste_back")}
         image_options.update({name: values.get(name) for name in ("strength", "image_at", "resize_image")})
@@ -386,13 +387,11 @@ class PanoramaPipelineBase(DiffusionPipeline):
         self.backbone.check_scheduler(self.scheduler)
         if image is not None:
             placement = place(image, image_options["mask_image"], values["width"], values["height"],
-                              image_options["strength"], image_options["image_at"], bool(image_options["resize_image"]))
-            factor, steps = self.vae_scale_factor, values["num_inference_steps"]
-            release = release_steps(placement, values["height"] // factor, values["width"] // factor, steps,
-                                    self.backbone.first_step, values["loop_closure"], values["window"] // factor)
-            if int(release.min()) >= steps:
-                raise settings.SettingError("strength", f"strength {placement.strength:g} runs no step of {steps}: "
-                                                        f"raise strength or num_inference_steps.")
+                              image_options["strength"], image_options["image_at"], bool(image_options["resize_image"]),
+                              self.vae_scale_factor)
+            release = checked_release(placement, values["width"], values["height"], self.vae_scale_factor,
+                                      values["num_inference_steps"], self.backbone.first_step, values["loop_closure"],
+                                      values["window"])
             values.update(placement=placement, release=release)
             feather = image_options["mask_feather"]
             if feather is not None and (isinstance(feather, bool) or not isinstance(feather, int) or feather < 0):
@@ -551,6 +550,7 @@ class PanoramaPipelineBase(DiffusionPipeline):
                                                    view_conditioning, network_kwargs)
 
         sync_pixels = round(window_pixels * fast.image_scale) ** 2
+        first_step = 0 if image_start is None else image_start.first_step  # of the whole schedule
 
         def after_step(i, t, latents, weight):
             if image_start is not None:
@@ -558,7 +558,7 @@ class PanoramaPipelineBase(DiffusionPipeline):
             if callback_on_step_end is None:
                 return latents
             given = {name: latents for name in callback_on_step_end_tensor_inputs or () if name == "latents"}
-            changes = callback_on_step_end(self, i, t, {**given, "sync_weight": weight})
+            changes = callback_on_step_end(self, i, t, {**given, "sync_weight": weight, "first_step": first_step})
             return (changes or {}).get("latents", latents)
 
         with self.progress_bar(total=len(sampler.timesteps)) as progress, self.loop_models_resident(), \
@@ -569,7 +569,8 @@ class PanoramaPipelineBase(DiffusionPipeline):
                 foresee=functools.partial(self.foreseen_image, fast=fast), perceptual=self.perceptual_distance,
                 schedule=settings.sync_schedule(values), chunks=chunks,
                 loss_scale=LossScale(sync_pixels, self.computes_in_half), fast=fast,
-                precision_name=self.precision.name, after_step=after_step, progress=progress)
+                precision_name=self.precision.name, after_step=after_step, progress=progress,
+                first_step=first_step)
         return latents, chunks.size
 
     def decode_latents(self, latents: torch.Tensor, values: dict, layout: Layout, output_type: str,

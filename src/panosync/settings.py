@@ -398,6 +398,11 @@ def check(values: dict, geometry: Geometry | None = None) -> None:
     if "canny_low" in values and "canny_high" in values and values["canny_low"] > values["canny_high"]:
         raise SettingError("canny_low", f"canny_low ({shown(values['canny_low'])}) must not exceed canny_high "
                                         f"({shown(values['canny_high'])}).")
+    if "image" in values and values["image"] is None:  # an image input's settings without the image
+        for name in ("strength", "image_at", "resize_image"):
+            if values.get(name) not in (None, False):
+                raise SettingError(name, f"{name} is an image input's setting: give image (--image) too, or leave "
+                                         f"{name} out.")
     image_at = values.get("image_at")
     if image_at is not None and len(image_at) != 2:
         raise SettingError("image_at", f"image_at must be two whole numbers X,Y (the image's top-left corner in "

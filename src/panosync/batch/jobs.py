@@ -61,7 +61,8 @@ class BatchJob:
     def file(self) -> str:
         return f"{self.name}.png"
 
-    def check_placement(self, pictures: dict | None = None, family: str | None = None) -> None:
+    def check_placement(self, pictures: dict | None = None, family: str | None = None,
+                        vae_factor: int | None = None) -> None:
         """The job's image input placed on its canvas (image_input.place: the image's size, the mask's,
         the corner, the strength), and whether its strength runs a step, as `panosync generate`
         checks them (the model's `family` counts the steps; None: not known before the model loads,
@@ -70,7 +71,7 @@ class BatchJob:
         if self.parameters.get("image") is None:
             return
         from ..families import FLUX, SD3
-        from ..image_input import place, release_steps
+        from ..image_input import checked_release, place
         from ..schedulers import first_step_flow, first_step_unet
 
         if pictures is None:
@@ -78,15 +79,14 @@ class BatchJob:
                         if self.parameters.get(name) is not None}
         parameters = self.parameters
         placement = place(pictures["image"], pictures.get("mask_image"), parameters["width"], parameters["height"],
-                          parameters["strength"], parameters["image_at"], parameters["resize_image"])
-        if family is None:
+                          parameters["strength"], parameters["image_at"], parameters["resize_image"],
+                          vae_factor or 8)  # 8 until the model says (the pipeline places it again)
+        if family is None or vae_factor is None:
             return
-        steps = parameters["num_inference_steps"]
         first_step = first_step_flow if family in (SD3, FLUX) else first_step_unet
-        # at latent resolution 1, as the command counts them (the pipeline counts again, per latent pixel)
-        if int(release_steps(placement, 1, 1, steps, first_step, False, 1).min()) >= steps and not placement.holds:
-            raise ValueError(f"strength {placement.strength:g} runs no step of {steps}: raise strength or "
-                             f"num_inference_steps.")
+        checked_release(placement, parameters["width"], parameters["height"], vae_factor,
+                        parameters["num_inference_steps"], first_step, parameters["loop_closure"],
+                        parameters["window"])
 
 
 def read_jobs(path: str | Path, model: dict, source, view_batch_size: int | None = None,
@@ -200,7 +200,7 @@ def _read_job(number: int, text: str, recommended: dict, geometry, model: dict,
         values["lora_scales"] = lora_scales
     job = BatchJob(number, name or f"line-{number}", values, metadata, seed_given)
     if values.get("width") is not None and values.get("height") is not None:  # else once the model has loaded
-        job.check_placement(pictures, family)  # and the canvas is known (settle_canvas)
+        job.check_placement(pictures, family, geometry.vae_factor if geometry is not None else None)
     return job
 
 

@@ -29,7 +29,7 @@ from .. import settings
 from ..conditions import load_condition_image, prepare_condition
 from ..control import ControlSyncMixin, check_condition_canvas
 from ..geometry import Geometry
-from ..image_input import canvas_of_image, image_pixels, mask_pixels, place, release_steps
+from ..image_input import canvas_of_image, checked_release, image_pixels, mask_pixels, place
 from ..input_images import ImageFile
 from ..loras import LoraSpec, apply_lora_scales, check_lora_scales, load_loras, load_textual_inversions
 from ..loras import weights_metadata
@@ -216,15 +216,15 @@ class PanoramaModel:
                                         given.get("resize_image", self.defaults["resize_image"]) is True)
         parameters = self._prepare_panorama({**given, "width": width, "height": height}, limits)
         placement = place(image, mask, parameters["width"], parameters["height"], parameters["strength"],
-                          parameters["image_at"], parameters["resize_image"])
+                          parameters["image_at"], parameters["resize_image"], self.vae_factor)
         first_step = self.first_step()
         if first_step is not None:  # the pipeline's own check, before the job is queued
-            factor, steps = self.vae_factor, parameters["num_inference_steps"]
-            release = release_steps(placement, parameters["height"] // factor, parameters["width"] // factor, steps,
-                                    first_step, parameters["loop_closure"], parameters["window"] // factor)
-            if int(release.min()) >= steps:
-                raise FieldError("strength", f"strength {placement.strength:g} runs no step of {steps}: raise "
-                                             f"strength or num_inference_steps.")
+            try:
+                checked_release(placement, parameters["width"], parameters["height"], self.vae_factor,
+                                parameters["num_inference_steps"], first_step, parameters["loop_closure"],
+                                parameters["window"])
+            except settings.SettingError as error:
+                raise FieldError(error.field or "strength", str(error)) from None
         return parameters
 
     def first_step(self):
@@ -297,8 +297,8 @@ class PanoramaModel:
         run there (how a job is cancelled)."""
 
         def after_step(pipe, step, timestep, values):
-            if on_step is not None:
-                on_step(step + 1, float(values["sync_weight"]))
+            if on_step is not None:  # counted on the whole schedule: an image input's strength skips its first steps
+                on_step(values.get("first_step", 0) + step + 1, float(values["sync_weight"]))
 
         pipeline_parameters = {name: parameters[name] for name in settings.PIPELINE_NAMES}
         pipeline_parameters.update(image_inputs(parameters))
