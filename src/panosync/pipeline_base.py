@@ -368,7 +368,8 @@ class PanoramaPipelineBase(DiffusionPipeline):
         values = {**values, "fast_modes": settings.fast_modes(fast_modes),
                   "sync_decoder": None if decoder is None or loaded_decoder else str(decoder)}
         geometry = self.geometry
-        settings.check({name: values.get(name) for name in ("image", "strength", "image_at", "resize_image")})
+        settings.check({name: values[name] for name in ("image", "strength", "image_at", "resize_image")
+                        if name in values})  # ControlSync's calls have none of them
         image = values.pop("image", None)
         image_options = {name: values.pop(name, None) for name in ("mask_image", "mask_feather", "paste_back")}
         image_options.update({name: values.get(name) for name in ("strength", "image_at", "resize_image")})
