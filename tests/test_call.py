@@ -113,7 +113,7 @@ def test_callback_gets_the_tensors_it_names_and_may_replace_the_latents(small_pi
 
     images = small_pipe("a", width=32, height=16, stride=4, num_inference_steps=2, seed=0, output_type="latent",
                         callback_on_step_end=callback, callback_on_step_end_tensor_inputs=["latents"]).images
-    assert seen == [["latents", "sync_weight"]] * 2
+    assert seen == [["first_step", "latents", "sync_weight"]] * 2
     assert torch.count_nonzero(images) == 0
     with pytest.raises(ValueError, match="callback_on_step_end_tensor_inputs may name latents"):
         small_pipe("a", width=32, height=16, callback_on_step_end_tensor_inputs=["prompt_embeds"])
