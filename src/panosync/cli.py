@@ -261,18 +261,16 @@ def check_image_placement(request: dict, family: str | None, vae_factor: int) ->
     """An image input placed on the request's canvas (image_input.place: its size, the mask's, the
     corner, the strength) and whether the loop runs a step (checked_release, counted as the
     family's pipeline counts them), so that a mistake is one sentence before any model loads."""
-    from .families import FLUX, SD3
     from .image_input import checked_release, place
-    from .schedulers import first_step_flow, first_step_unet
+    from .schedulers import first_step_of_family
 
     if request.get("image") is None:
         return
     mask = request["mask_image"].load() if request.get("mask_image") is not None else None
     placement = place(request["image"].load(), mask, request["width"], request["height"], request["strength"],
                       request["image_at"], request["resize_image"], vae_factor)
-    first_step = first_step_flow if family in (SD3, FLUX) else first_step_unet
     checked_release(placement, request["width"], request["height"], vae_factor, request["num_inference_steps"],
-                    first_step, request["loop_closure"], request["window"])
+                    first_step_of_family(family), request["loop_closure"], request["window"])
 
 
 def check_canvas_of_image(request: dict, size: tuple[int, int], vae_factor: int) -> None:

@@ -31,7 +31,7 @@ from .chunks import ViewChunks, default_view_batch_size
 from .decode import decode_tiled, encode_tiled, should_tile, vae_tile
 from .fast import FastModes, check_sync_decoder, downscale, load_sync_decoder
 from .geometry import Geometry, vae_factor_of
-from .image_input import (NEVER, ImageStart, anchor_holding_most, canvas_of_image, checked_release, feathered_alpha,
+from .image_input import (ImageStart, anchor_holding_most, canvas_of_image, checked_release, feathered_alpha,
                           image_pixels, inward_ramp, latent_map, place)
 from .loop import denoise_panorama
 from .precision import NonFiniteError, Precision, is_half
@@ -425,10 +425,8 @@ class PanoramaPipelineBase(DiffusionPipeline):
         views = views_for_canvas(values["height"] // factor, values["width"] // factor, window, values["stride"],
                                  values["loop_closure"])
         anchor = values["anchor"]
-        placement = values.get("placement")
-        if anchor is None and placement is not None:  # the view holding most of the user's kept pixels
-            kept = latent_map(1 - placement.painted, values["height"] // factor, values["width"] // factor) >= 0.5
-            anchor = anchor_holding_most(views, torch.where(kept, NEVER, 0))
+        if anchor is None and values.get("release") is not None:  # the view holding most of the user's kept pixels
+            anchor = anchor_holding_most(views, values["release"])
         return Layout(window, views, len(views) // 2 if anchor is None else anchor)
 
     def prepare_start(self, panoramas: int, values: dict, generator, latents,
@@ -441,10 +439,7 @@ class PanoramaPipelineBase(DiffusionPipeline):
         placement = values.get("placement")
         if placement is None:
             return (*self.prepare_latents(panoramas, values, generator, latents), None)
-        seed = None
-        if generator is None and latents is None:
-            seed = settings.draw_seed() if values["seed"] is None else values["seed"]
-            generator = torch.Generator("cpu").manual_seed(seed)
+        generator, seed = self.seeded_generator(values, generator, latents)
         release = values["release"]
         first = int(release.min())
         images = placement.pixels * 2 - 1
@@ -469,8 +464,9 @@ class PanoramaPipelineBase(DiffusionPipeline):
         feather, loop_closure = values["mask_feather"], values["loop_closure"]
         alpha = feathered_alpha(kept, feather, loop_closure) * placement.present * \
             inward_ramp(placement.present, feather, loop_closure) if kept.any() else None
-        start = ImageStart(clean=clean, noise=noise, release=release, first_step=first, from_noise=from_noise,
-                           pixels=placement.pixels, alpha=alpha, inpainting=inpainting)
+        start = ImageStart(clean=clean, noise=noise.to(self._execution_device, self.compute_dtype), release=release,
+                           first_step=first, from_noise=from_noise, pixels=placement.pixels, alpha=alpha,
+                           inpainting=inpainting)
         return noise, seed, start
 
     def encode_canvas(self, images: torch.Tensor, panoramas: int, generator, window: int) -> torch.Tensor:
@@ -495,6 +491,15 @@ class PanoramaPipelineBase(DiffusionPipeline):
         latents = torch.cat([self.backbone.encoder_output(sample) for sample in samples])
         return latents.repeat(panoramas // latents.shape[0], 1, 1, 1).to(device, self.compute_dtype)
 
+    @staticmethod
+    def seeded_generator(values: dict, generator, latents) -> tuple:
+        """The call's generator and its seed: a CPU generator seeded with `seed` (drawn at random
+        when unset) where neither `generator` nor `latents` is given, else `generator` and no seed."""
+        if generator is not None or latents is not None:
+            return generator, None
+        seed = settings.draw_seed() if values["seed"] is None else values["seed"]
+        return torch.Generator("cpu").manual_seed(seed), seed
+
     def prepare_latents(self, panoramas: int, values: dict, generator, latents) -> tuple[torch.Tensor, int | None]:
         """Step 3b: the initial noise of `panoramas` panoramas and its seed. The draw is the
         reference's: torch.randn on the CPU in float32 from a generator seeded with `seed`, so a
@@ -506,10 +511,7 @@ class PanoramaPipelineBase(DiffusionPipeline):
             if tuple(latents.shape) != shape:
                 raise ValueError(f"latents must have shape {shape} for this canvas, got {tuple(latents.shape)}.")
             return latents.float(), None
-        seed = None
-        if generator is None:
-            seed = settings.draw_seed() if values["seed"] is None else values["seed"]
-            generator = torch.Generator("cpu").manual_seed(seed)
+        generator, seed = self.seeded_generator(values, generator, latents)
         if isinstance(generator, list) and len(generator) != panoramas:
             raise ValueError(f"generator must be one generator or a list of one per panorama ({panoramas}), got "
                              f"{len(generator)}.")
@@ -534,7 +536,6 @@ class PanoramaPipelineBase(DiffusionPipeline):
             if image_start.inpainting is not None:
                 conditioning = dataclasses.replace(conditioning, inpainting=image_start.inpainting)
             sampler.skip(image_start.first_step)
-            image_start.noise = noise.to(device, self.compute_dtype)
             latents = image_start.start_latents(sampler).to(self.compute_dtype)
         window_pixels = layout.window * self.vae_scale_factor
         chunks = ViewChunks(values["view_batch_size"] or default_view_batch_size(device, window_pixels,

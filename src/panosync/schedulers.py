@@ -26,6 +26,13 @@ def first_step_flow(steps: int, strength: float) -> int:
     return int(max(steps - steps * strength, 0))
 
 
+def first_step_of_family(family: str | None):
+    """The first_step count of a family's pipelines (the flow-matching ones count their own way)."""
+    from .families import FLUX, SD3  # a leaf: no cycle
+
+    return first_step_flow if family in (SD3, FLUX) else first_step_unet
+
+
 def steps_fit(scheduler, steps: int) -> bool:
     """Whether `steps` denoising steps all land inside the scheduler's training schedule (Stable
     Diffusion's DDIM, with steps_offset 1, puts the 1000th step past its end)."""

@@ -70,9 +70,8 @@ class BatchJob:
         their files. A ValueError that says what to change."""
         if self.parameters.get("image") is None:
             return
-        from ..families import FLUX, SD3
         from ..image_input import checked_release, place
-        from ..schedulers import first_step_flow, first_step_unet
+        from ..schedulers import first_step_of_family
 
         if pictures is None:
             pictures = {name: self.parameters[name].load() for name in IMAGE_INPUTS
@@ -83,9 +82,8 @@ class BatchJob:
                           vae_factor or 8)  # 8 until the model says (the pipeline places it again)
         if family is None or vae_factor is None:
             return
-        first_step = first_step_flow if family in (SD3, FLUX) else first_step_unet
         checked_release(placement, parameters["width"], parameters["height"], vae_factor,
-                        parameters["num_inference_steps"], first_step, parameters["loop_closure"],
+                        parameters["num_inference_steps"], first_step_of_family(family), parameters["loop_closure"],
                         parameters["window"])
 
 

@@ -63,12 +63,9 @@ class WorkersModel(PanoramaModel):
 
     def first_step(self):
         """The family's first_step (None where only the workers know the family: they check it)."""
-        from ..families import FLUX, SD3
-        from ..schedulers import first_step_flow, first_step_unet
+        from ..schedulers import first_step_of_family
 
-        if self._family is None:
-            return None
-        return first_step_flow if self._family in (SD3, FLUX) else first_step_unet
+        return None if self._family is None else first_step_of_family(self._family)
 
     def generate(self, parameters: dict, on_step=None):
         raise TypeError("The Ray workers make this model's panoramas: hand the job to the engine (RayWorker).")
