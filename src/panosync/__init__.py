@@ -9,7 +9,7 @@ _HOMES = {
     "SyncDiffusionFluxPipeline": "flux",
     "ControlSyncPipeline": "control", "ControlSyncXLPipeline": "control", "ControlSync3Pipeline": "control_sd3",
     "ControlSyncFluxPipeline": "control_flux",
-    "AutoSyncDiffusionPipeline": "registry", "SyncDiffusionOutput": "pipeline_base",
+    "AutoSyncDiffusionPipeline": "registry", "SyncDiffusionOutput": "pipeline_base", "Region": "regions",
 }
 
 __all__ = [*_HOMES, "__version__"]

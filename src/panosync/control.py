@@ -199,6 +199,7 @@ class ControlSyncPipeline(ControlSyncMixin, SyncDiffusionPipeline):
         sync_image_scale: float = 1.0,
         sync_decoder=None,
         tiled_decode: bool | None = None,
+        regions: list | None = None,
         window: int | None = None,
     ):
         """Generate one panorama per prompt and image that follows `image`, the condition: a PIL
@@ -224,7 +225,7 @@ class ControlSyncPipeline(ControlSyncMixin, SyncDiffusionPipeline):
                  num_inference_steps=num_inference_steps, stride=stride, seed=seed, loop_closure=loop_closure,
                  anchor=anchor, view_batch_size=view_batch_size, fast_modes=fast_modes,
                  sync_image_scale=sync_image_scale, sync_decoder=sync_decoder, tiled_decode=tiled_decode,
-                 window=window))
+                 regions=regions, window=window))
         self.check_image_prompt(ip_adapter_image, ip_adapter_image_embeds)
         fast = self.fast_modes(values["fast_modes"], sync_image_scale, sync_decoder)
         count = self.prompt_count(prompt, prompt_embeds)
@@ -243,6 +244,9 @@ class ControlSyncPipeline(ControlSyncMixin, SyncDiffusionPipeline):
             with self.text_encoder_lora_scale(cross_attention_kwargs):
                 conditioning = self.backbone.encode_prompt(prompts, negative_prompts, device, num_images_per_prompt,
                                                            prompt_embeds, negative_prompt_embeds)
+                conditioning = self.with_region_prompts(
+                    conditioning, values, count * num_images_per_prompt, negative_prompts,
+                    lambda texts, negatives: self.backbone.encode_prompt(texts, negatives, device))
             conditioning = self.with_image_prompt(conditioning, ip_adapter_image, ip_adapter_image_embeds, device,
                                                   count * num_images_per_prompt)
 
@@ -320,6 +324,7 @@ class ControlSyncXLPipeline(ControlSyncMixin, SyncDiffusionXLPipeline):
         sync_image_scale: float = 1.0,
         sync_decoder=None,
         tiled_decode: bool | None = None,
+        regions: list | None = None,
         window: int | None = None,
     ):
         """Generate one panorama per prompt and image that follows `image`, the condition: a PIL
@@ -345,7 +350,7 @@ class ControlSyncXLPipeline(ControlSyncMixin, SyncDiffusionXLPipeline):
                  num_inference_steps=num_inference_steps, stride=stride, seed=seed, loop_closure=loop_closure,
                  anchor=anchor, view_batch_size=view_batch_size, fast_modes=fast_modes,
                  sync_image_scale=sync_image_scale, sync_decoder=sync_decoder, tiled_decode=tiled_decode,
-                 window=window))
+                 regions=regions, window=window))
         check_pooled(prompt_embeds, pooled_prompt_embeds, negative_prompt_embeds, negative_pooled_prompt_embeds)
         self.check_image_prompt(ip_adapter_image, ip_adapter_image_embeds)
         fast = self.fast_modes(values["fast_modes"], sync_image_scale, sync_decoder)
@@ -367,6 +372,11 @@ class ControlSyncXLPipeline(ControlSyncMixin, SyncDiffusionXLPipeline):
                     prompts, negative_prompts, device, num_images_per_prompt, prompt_embeds, negative_prompt_embeds,
                     pooled_prompt_embeds, negative_pooled_prompt_embeds,
                     original_size, crops_coords_top_left, target_size)
+                conditioning = self.with_region_prompts(
+                    conditioning, values, count * num_images_per_prompt, negative_prompts,
+                    lambda texts, negatives: self.backbone.encode_prompt(
+                        texts, negatives, device, original_size=original_size,
+                        crops_coords_top_left=crops_coords_top_left, target_size=target_size))
             conditioning = self.with_image_prompt(conditioning, ip_adapter_image, ip_adapter_image_embeds, device,
                                                   count * num_images_per_prompt)
 

@@ -105,6 +105,7 @@ class ControlSyncFluxPipeline(ControlSyncMixin, SyncDiffusionFluxPipeline):
         sync_image_scale: float = 1.0,
         sync_decoder=None,
         tiled_decode: bool | None = None,
+        regions: list | None = None,
         window: int | None = None,
     ):
         """Generate one panorama per prompt and image that follows `image`, the condition: a PIL
@@ -132,7 +133,7 @@ class ControlSyncFluxPipeline(ControlSyncMixin, SyncDiffusionFluxPipeline):
                  num_inference_steps=num_inference_steps, stride=stride, seed=seed, loop_closure=loop_closure,
                  anchor=anchor, view_batch_size=view_batch_size, fast_modes=fast_modes,
                  sync_image_scale=sync_image_scale, sync_decoder=sync_decoder, tiled_decode=tiled_decode,
-                 window=window))
+                 regions=regions, window=window))
         check_pooled(prompt_embeds, pooled_prompt_embeds, negative_prompt_embeds, negative_pooled_prompt_embeds)
         fast = self.fast_modes(values["fast_modes"], sync_image_scale, sync_decoder)
         count = self.prompt_count(prompt, prompt_embeds)
@@ -152,6 +153,9 @@ class ControlSyncFluxPipeline(ControlSyncMixin, SyncDiffusionFluxPipeline):
                     prompts, negative_prompts, device, num_images_per_prompt, prompt_embeds, negative_prompt_embeds,
                     pooled_prompt_embeds, negative_pooled_prompt_embeds,
                     max_sequence_length, true_cfg_scale)
+                conditioning = self.with_region_prompts(
+                    conditioning, values, count * num_images_per_prompt, negative_prompts,
+                    lambda texts, negatives: self.backbone.encode_prompt(texts, negatives, device, max_sequence_length=max_sequence_length, true_cfg_scale=true_cfg_scale))
 
             # 4. The joint denoising loop: sync, denoise and merge the views at every step
             latents, chunk_size = self.denoise(noise, conditioning, layout, values, fast, view_conditioning,

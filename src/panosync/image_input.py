@@ -149,10 +149,14 @@ def check_numbers(values, what: str) -> None:
         raise ValueError(f"The {what}'s values must be real numbers, got an array of {values.dtype}.")
 
 
-def mask_pixels(mask) -> torch.Tensor:
+ALL_BLACK = ("The mask is all black: it keeps the whole image and paints nothing; paint white where the panorama "
+             "should change.")
+
+
+def mask_pixels(mask, all_black: str = ALL_BLACK) -> torch.Tensor:
     """A mask (white: paint, black: keep) as a (1, 1, H, W) tensor of 0 and 1 (binarized at a
     half, as diffusers' mask processor does); a ValueError for one that is not a single channel,
-    is transparent or paints nothing."""
+    is transparent or has no white (the sentence `all_black`)."""
     if isinstance(mask, PIL.Image.Image):
         if mask.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in mask.info:
             raise ValueError(f"The mask has transparency (mode {mask.mode}): give a black-and-white image, white "
@@ -188,8 +192,7 @@ def mask_pixels(mask) -> torch.Tensor:
         raise ValueError(f"The mask must be a PIL image, an array or a tensor, got {type(mask).__name__}.")
     binary = (tensor >= 0.5).float()
     if not binary.any():
-        raise ValueError("The mask is all black: it keeps the whole image and paints nothing; paint white where the "
-                         "panorama should change.")
+        raise ValueError(all_black)
     return binary
 
 

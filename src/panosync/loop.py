@@ -46,6 +46,7 @@ def denoise_panorama(
     after_step: Callable[[int, object, torch.Tensor, float], torch.Tensor] | None = None,
     progress=None,
     first_step: int = 0,
+    sync_pixel_weights: Callable[[list[View], int], torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
     """Denoise `latents` (B, C, H, W: B panoramas, already scaled to the first timestep) over the
     sampler's timesteps and return the clean latents.
@@ -54,7 +55,9 @@ def denoise_panorama(
     (called only when a step syncs, so its weights load only then); `after_step(i, t, latents,
     weight)` may replace the latents after each step; `progress` a tqdm bar; `first_step` the
     schedule's index of the sampler's first timestep (an image input's strength skips the steps
-    before it: the sync weight, its decay and threshold count steps of the whole schedule). Of the fast modes
+    before it: the sync weight, its decay and threshold count steps of the whole schedule);
+    `sync_pixel_weights(views, side)` each view's pixel weights in the sync loss for images of
+    `side` pixels (regions.py; None: every pixel counts). Of the fast modes
     (`fast`), reuse_noise and no_unet_backward act here; the others are in `foresee` and the sampler."""
     panoramas = latents.shape[0]
     view_counts = coverage(*latents.shape[-2:], views).to(latents.device)
@@ -97,7 +100,9 @@ def denoise_panorama(
                     models = SyncModels(predict=lambda z: predict(z, t, item_views),
                                         predicted_original=lambda z, p: sampler.predicted_original(z, p, t),
                                         decode=foresee,
-                                        distance_to_anchor=lambda images: lpips(images * 2 - 1, targets))
+                                        distance_to_anchor=lambda images: lpips(
+                                            images * 2 - 1, targets, pixel_weights=None if sync_pixel_weights is None
+                                            else sync_pixel_weights(item_views, images.shape[-1])))
                     move = sync_step(x, weight, models, prediction_is_constant=fast.no_unet_backward,
                                      loss_scale=loss_scale.scale)
                     loss_scale.settle(move.loss_scale)

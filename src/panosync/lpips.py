@@ -39,6 +39,7 @@ import lpips
 import numpy as np
 import safetensors.torch
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["load_lpips", "find_backbone_weights", "PerceptualDistance"]
@@ -242,18 +243,23 @@ class PerceptualDistance(nn.Module):
         feats = self.lpips.net(self.lpips.scaling_layer(target.to(self.dtype)))
         return [self._normalize(f) for f in feats]
 
-    def forward(self, images: Tensor, target_features: list[Tensor]) -> Tensor:
+    def forward(self, images: Tensor, target_features: list[Tensor], pixel_weights: Tensor | None = None) -> Tensor:
         """LPIPS distance of each of ``images`` (N,3,H,W in [-1, 1]) to the target, shape (N,).
 
         A target batch of 1 is broadcast against all N images; otherwise the
         batches are compared pairwise. The distance is float32 for half-precision modules, so
-        that a sum of distances (the sync loss) does not round.
+        that a sum of distances (the sync loss) does not round. ``pixel_weights`` (N,1,H,W in
+        [0, 1]) weigh each pixel's share of the spatial average (area-resized to each layer's
+        features): a pixel of weight 0 adds nothing, and weights of 1 everywhere are LPIPS itself.
         """
         feats = self.target_features(images)
         summed = torch.promote_types(self.dtype, torch.float32)
         total = 0
         for lin, feat, target in zip(self.lpips.lins, feats, target_features):
-            total = total + lpips.spatial_average(lin((feat - target) ** 2).to(summed), keepdim=True)
+            distance = lin((feat - target) ** 2).to(summed)
+            if pixel_weights is not None:
+                distance = distance * F.interpolate(pixel_weights.to(summed), size=distance.shape[-2:], mode="area")
+            total = total + lpips.spatial_average(distance, keepdim=True)
         return total.reshape(-1)
 
     @staticmethod

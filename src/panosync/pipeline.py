@@ -79,6 +79,7 @@ class SyncDiffusionPipeline(PanoramaPipelineBase, TextualInversionLoaderMixin, S
         sync_image_scale: float = 1.0,
         sync_decoder=None,
         tiled_decode: bool | None = None,
+        regions: list | None = None,
         window: int | None = None,
         image_at: tuple[int, int] | None = None,
         resize_image: bool = False,
@@ -101,7 +102,11 @@ class SyncDiffusionPipeline(PanoramaPipelineBase, TextualInversionLoaderMixin, S
         `image_at` (its top-left corner in pixels; default centred) or fitted with `resize_image`; the
         canvas is the image's size unless width/height are given, the anchor the view holding most
         of the kept pixels, which are pasted back after decoding over a `mask_feather` (pixels,
-        default the VAE factor) unless `paste_back` is False. `callback_on_step_end(pipe, step, timestep, kwargs)` runs after every step
+        default the VAE factor) unless `paste_back` is False. `regions` (docs/regions.md): prompts
+        of their own for parts of the canvas, each a dict (or panosync.Region) with "box" (x0, y0,
+        x1, y1 in pixels) or "mask" (an image of the canvas's size, white inside), "prompt", and
+        optionally "negative_prompt" (default the call's) and "weight" (1); the prompt covers the
+        rest, and the anchor defaults to the view with the most of it. `callback_on_step_end(pipe, step, timestep, kwargs)` runs after every step
         with the tensors `callback_on_step_end_tensor_inputs` names, the step's "sync_weight" and
         "first_step" (the schedule's index of the loop's first step: an image's strength skips those before);
         a returned "latents" replaces the latents.
@@ -128,7 +133,7 @@ class SyncDiffusionPipeline(PanoramaPipelineBase, TextualInversionLoaderMixin, S
                  num_inference_steps=num_inference_steps, stride=stride, seed=seed, loop_closure=loop_closure,
                  anchor=anchor, view_batch_size=view_batch_size, fast_modes=fast_modes,
                  sync_image_scale=sync_image_scale, sync_decoder=sync_decoder, tiled_decode=tiled_decode,
-                 window=window, image=image, mask_image=mask_image, strength=strength, image_at=image_at,
+                 regions=regions, window=window, image=image, mask_image=mask_image, strength=strength, image_at=image_at,
                  resize_image=resize_image, mask_feather=mask_feather, paste_back=paste_back))
         self.check_image_prompt(ip_adapter_image, ip_adapter_image_embeds)
         fast = self.fast_modes(values["fast_modes"], sync_image_scale, sync_decoder)
@@ -147,6 +152,9 @@ class SyncDiffusionPipeline(PanoramaPipelineBase, TextualInversionLoaderMixin, S
             with self.text_encoder_lora_scale(cross_attention_kwargs):
                 conditioning = self.backbone.encode_prompt(prompts, negative_prompts, device, num_images_per_prompt,
                                                            prompt_embeds, negative_prompt_embeds)
+                conditioning = self.with_region_prompts(
+                    conditioning, values, count * num_images_per_prompt, negative_prompts,
+                    lambda texts, negatives: self.backbone.encode_prompt(texts, negatives, device))
             conditioning = self.with_image_prompt(conditioning, ip_adapter_image, ip_adapter_image_embeds, device,
                                                   count * num_images_per_prompt)
 

@@ -26,7 +26,7 @@ from diffusers.utils import USE_PEFT_BACKEND, BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from . import settings
-from .backbones.base import Backbone, PromptConditioning, ViewConditioning
+from .backbones.base import Backbone, PromptConditioning, ViewConditioning, joined_prompts, prompt_rows
 from .chunks import ViewChunks, default_view_batch_size
 from .decode import decode_tiled, encode_tiled, should_tile, vae_tile
 from .fast import FastModes, check_sync_decoder, downscale, load_sync_decoder
@@ -35,6 +35,8 @@ from .image_input import (ImageStart, anchor_holding_most, canvas_of_image, chec
                           image_pixels, inward_ramp, latent_map, place)
 from .loop import denoise_panorama
 from .precision import NonFiniteError, Precision, is_half
+from .regions import (BOOTSTRAP_SHARE, DEFAULT_SYNC_MODE, Bootstrap, RegionalPrediction, RegionPlan, main_prompt,
+                      plan_regions, region_anchor, sync_pixel_weights)
 from .sync import LossScale
 from .views import View, views_for_canvas
 
@@ -112,6 +114,8 @@ class PanoramaPipelineBase(DiffusionPipeline):
         self._sync_decoders: dict[str, torch.nn.Module] = {}  # loaded from folders, by folder
         self.autocast_dtype: torch.dtype | None = None  # set by enable_autocast
         self.vae_tiling: bool | None = None  # set by enable_vae_tiling; None: tiled when large
+        # how the sync step meets region prompts (regions.SYNC_MODES; the alternatives are measured in docs/regions.md)
+        self.region_sync = DEFAULT_SYNC_MODE
 
     # ----------------------------------------------------------------------------------- loading
 
@@ -400,6 +404,9 @@ class PanoramaPipelineBase(DiffusionPipeline):
                                                             f"more, got {feather!r}.")
             values["mask_feather"] = self.vae_scale_factor if feather is None else feather
             values["paste_back"] = image_options["paste_back"] is not False
+        values["region_plan"] = plan_regions(values.get("regions"), values["width"], values["height"],
+                                             self.vae_scale_factor, values["window"] // self.vae_scale_factor,
+                                             values["loop_closure"])
         return values
 
     @staticmethod
@@ -417,6 +424,19 @@ class PanoramaPipelineBase(DiffusionPipeline):
             return prompts, [text or "" for text in negative_prompt]
         return prompts, [negative_prompt or ""] * count
 
+    @staticmethod
+    def with_region_prompts(conditioning: PromptConditioning, values: dict, panoramas: int,
+                            negative_prompts: list[str], encode: Callable) -> PromptConditioning:
+        """Step 3, with region prompts: the regions' prompts encoded by `encode(texts, negative_texts)`
+        (the family's encode_prompt, one row each) after the `panoramas` rows of the call's own. A
+        region without a negative prompt takes the call's (none where the call has one per prompt)."""
+        plan: RegionPlan | None = values.get("region_plan")
+        if plan is None:
+            return conditioning
+        shared = negative_prompts[0] if len(set(negative_prompts)) == 1 else ""
+        negatives = [shared if text is None else text for text in plan.negative_prompts]
+        return joined_prompts(conditioning, panoramas, encode(list(plan.prompts), negatives), len(plan.prompts))
+
     def prepare_layout(self, values: dict) -> Layout:
         """Step 3a: the views of the canvas `values` describe (checked) and the anchor (default: the
         centre view, as the reference)."""
@@ -427,6 +447,8 @@ class PanoramaPipelineBase(DiffusionPipeline):
         anchor = values["anchor"]
         if anchor is None and values.get("release") is not None:  # the view holding most of the user's kept pixels
             anchor = anchor_holding_most(views, values["release"])
+        if anchor is None and values.get("region_plan") is not None:  # the view with the most background
+            anchor = region_anchor(views, values["region_plan"])
         return Layout(window, views, len(views) // 2 if anchor is None else anchor)
 
     def prepare_start(self, panoramas: int, values: dict, generator, latents,
@@ -553,6 +575,14 @@ class PanoramaPipelineBase(DiffusionPipeline):
 
         sync_pixels = round(window_pixels * fast.image_scale) ** 2
         first_step = 0 if image_start is None else image_start.first_step  # of the whole schedule
+        plan: RegionPlan | None = values.get("region_plan")
+        pixel_weights = None
+        if plan is not None:
+            plan = plan.to(device)
+            predict = self.regional_prediction(plan, conditioning, noise, sampler, values, first_step,
+                                               view_conditioning, network_kwargs)
+            mode, anchor_prompt = self.region_sync, main_prompt(plan, layout.views[layout.anchor])
+            pixel_weights = lambda views, side: sync_pixel_weights(plan, views, side, mode, anchor_prompt)  # noqa: E731
 
         def after_step(i, t, latents, weight):
             if image_start is not None:
@@ -572,8 +602,40 @@ class PanoramaPipelineBase(DiffusionPipeline):
                 schedule=settings.sync_schedule(values), chunks=chunks,
                 loss_scale=LossScale(sync_pixels, self.computes_in_half), fast=fast,
                 precision_name=self.precision.name, after_step=after_step, progress=progress,
-                first_step=first_step)
+                first_step=first_step, sync_pixel_weights=pixel_weights)
         return latents, chunks.size
+
+    def regional_prediction(self, plan: RegionPlan, conditioning: PromptConditioning, noise: torch.Tensor, sampler,
+                            values: dict, first_step: int, view_conditioning, network_kwargs) -> RegionalPrediction:
+        """The loop's prediction on a canvas with region prompts (regions.py): every (view, prompt)
+        pair a batch needs in one network call, reading its row of `conditioning` (the panoramas'
+        prompts, then the regions', with_region_prompts), and the regions bootstrapped against flat
+        colours in the first BOOTSTRAP_SHARE of the schedule's steps."""
+        device = self._execution_device
+        panoramas = noise.shape[0]
+        prompt_count = panoramas + len(plan.prompts)
+
+        def predict_rows(x, t, views, rows):
+            return self.backbone.guided_prediction(x, t, prompt_rows(conditioning, rows, prompt_count),
+                                                   values["guidance_scale"], views, view_conditioning, network_kwargs)
+
+        bootstrapped = round(BOOTSTRAP_SHARE * values["num_inference_steps"]) - first_step
+        bootstrap = None
+        if bootstrapped > 0:
+            bootstrap = Bootstrap(plan.masks, self.flat_colour_latents(bootstrapped, len(plan.prompts)),
+                                  noise.to(device, self.compute_dtype), sampler.timesteps[:bootstrapped],
+                                  sampler.noised)
+        return RegionalPrediction(plan, predict_rows, panoramas, bootstrap)
+
+    def flat_colour_latents(self, steps: int, regions: int) -> torch.Tensor:
+        """(steps, regions, C): the latent of a flat random colour for each region at each
+        bootstrapped step (MultiDiffusion's bootstrapping backgrounds), the same for every call."""
+        colours = torch.rand(steps * regions, 3, 1, 1, generator=torch.Generator().manual_seed(0))
+        side = 8 * self.vae_scale_factor
+        images = (colours * 2 - 1).expand(-1, 3, side, side).to(self._execution_device)
+        mean, _ = self.backbone.latent_moments(images)
+        latents = self.backbone.encoder_output(mean.float()).mean(dim=(-2, -1))
+        return latents.reshape(steps, regions, -1).to(self._execution_device, self.compute_dtype)
 
     def decode_latents(self, latents: torch.Tensor, values: dict, layout: Layout, output_type: str,
                        tiles_per_call: int = 1, image_start: ImageStart | None = None):

@@ -139,6 +139,9 @@ PARAMETERS: tuple[Parameter, ...] = (
     P("sync_decoder", str, None, "diffusers AutoencoderTiny folder (e.g. TAESD) that decodes the sync loss's images "
       "(fast mode)", unset="the model's VAE", served=False),  # a folder on the server's disk: not the client's to name
     P("tiled_decode", bool, None, "decode in overlapping tiles, bounding memory", unset="when larger than 6 windows"),
+    P("regions", list, None, "prompts of their own for parts of the canvas: each a box (x0, y0, x1, y1 in pixels) or "
+      "a mask of the canvas's size (white inside), a prompt, and optionally a negative prompt and a weight; the "
+      "prompt covers the rest", unset="none: the prompt everywhere", item=object),  # files on the command
     # ControlSync
     P("condition", list, None, "the image the panorama follows, of its size; one per ControlNet",
       unset="none: required", item=object, control=True),  # files on the command, images on a server

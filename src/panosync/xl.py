@@ -93,6 +93,7 @@ class SyncDiffusionXLPipeline(PanoramaPipelineBase, FromSingleFileMixin, StableD
         sync_image_scale: float = 1.0,
         sync_decoder=None,
         tiled_decode: bool | None = None,
+        regions: list | None = None,
         window: int | None = None,
         image_at: tuple[int, int] | None = None,
         resize_image: bool = False,
@@ -120,7 +121,7 @@ class SyncDiffusionXLPipeline(PanoramaPipelineBase, FromSingleFileMixin, StableD
                  num_inference_steps=num_inference_steps, stride=stride, seed=seed, loop_closure=loop_closure,
                  anchor=anchor, view_batch_size=view_batch_size, fast_modes=fast_modes,
                  sync_image_scale=sync_image_scale, sync_decoder=sync_decoder, tiled_decode=tiled_decode,
-                 window=window, image=image, mask_image=mask_image, strength=strength, image_at=image_at,
+                 regions=regions, window=window, image=image, mask_image=mask_image, strength=strength, image_at=image_at,
                  resize_image=resize_image, mask_feather=mask_feather, paste_back=paste_back))
         check_pooled(prompt_embeds, pooled_prompt_embeds, negative_prompt_embeds, negative_pooled_prompt_embeds)
         self.check_image_prompt(ip_adapter_image, ip_adapter_image_embeds)
@@ -142,6 +143,11 @@ class SyncDiffusionXLPipeline(PanoramaPipelineBase, FromSingleFileMixin, StableD
                     prompts, negative_prompts, device, num_images_per_prompt, prompt_embeds, negative_prompt_embeds,
                     pooled_prompt_embeds, negative_pooled_prompt_embeds,
                     original_size, crops_coords_top_left, target_size)
+                conditioning = self.with_region_prompts(
+                    conditioning, values, count * num_images_per_prompt, negative_prompts,
+                    lambda texts, negatives: self.backbone.encode_prompt(
+                        texts, negatives, device, original_size=original_size,
+                        crops_coords_top_left=crops_coords_top_left, target_size=target_size))
             conditioning = self.with_image_prompt(conditioning, ip_adapter_image, ip_adapter_image_embeds, device,
                                                   count * num_images_per_prompt)
 

@@ -15,6 +15,7 @@ precision, and moving a VAE that overflows float16 to float32 where its config a
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from abc import ABC, abstractmethod
 from contextlib import nullcontext
@@ -47,6 +48,43 @@ def both_branches(stacked: torch.Tensor, count: int) -> torch.Tensor:
     """The negative branch's rows, then the prompt's (stacked as encode_prompt gives them), each
     for a batch of `count` view latents (per_item)."""
     return torch.cat([per_item(branch, count) for branch in stacked.chunk(2)])
+
+
+def prompt_rows(conditioning: PromptConditioning, rows: list[int], prompt_count: int) -> PromptConditioning:
+    """The conditioning of `prompt_count` prompts (rows) narrowed, in every guidance branch, to
+    `rows`, one per item of a batch: the same dataclass, its per-prompt tensors (those with one row
+    per prompt in each branch) indexed, the rest (shared by every prompt) unchanged."""
+    branches = conditioning.embeddings.shape[0] // prompt_count
+    index = torch.tensor(rows, device=conditioning.embeddings.device)
+
+    def take(value):
+        if isinstance(value, list):
+            return [take(item) for item in value]
+        if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == branches * prompt_count:
+            return torch.cat([branch[index.to(value.device)] for branch in value.chunk(branches)])
+        return value
+
+    return dataclasses.replace(conditioning, **{field.name: take(getattr(conditioning, field.name))
+                                                for field in dataclasses.fields(conditioning)})
+
+
+def joined_prompts(first: PromptConditioning, first_count: int, second: PromptConditioning,
+                   second_count: int) -> PromptConditioning:
+    """One conditioning of the prompts of `first` (first_count rows per branch), then those of
+    `second`: their per-prompt tensors joined branch by branch; what is not per prompt (an image
+    prompt, an inpainting UNet's inputs, SDXL's size ids, FLUX's true CFG scale) is first's."""
+    branches = first.embeddings.shape[0] // first_count
+
+    def join(name: str, value):
+        other = getattr(second, name)
+        if isinstance(value, torch.Tensor) and isinstance(other, torch.Tensor) and value.ndim and \
+                value.shape[0] == branches * first_count and other.shape[0] == branches * second_count:
+            return torch.cat([part for pair in zip(value.chunk(branches), other.to(value).chunk(branches))
+                              for part in pair])
+        return value
+
+    return dataclasses.replace(first, **{field.name: join(field.name, getattr(first, field.name))
+                                         for field in dataclasses.fields(first)})
 
 
 class ViewConditioning:
