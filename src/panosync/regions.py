@@ -107,15 +107,15 @@ def check_box(box, width: int, height: int, number: int) -> tuple[int, int, int,
     return x0, y0, x1, y1
 
 
-def pixel_mask(region: Region, width: int, height: int, number: int) -> torch.Tensor:
-    """The region's (1, 1, height, width) mask of 0 and 1 in image pixels."""
+def latent_mask(region: Region, width: int, height: int, vae_factor: int, number: int) -> torch.Tensor:
+    """The region's (h, w) mask at latent resolution: the share of each latent pixel's
+    `vae_factor`² image pixels that lie in the region (a mask binarized at a half first)."""
     if (region.box is None) == (region.mask is None):
         raise SettingError("regions", f"Region {number} needs a box or a mask (one of them) to say where it lies.")
     if region.box is not None:
         x0, y0, x1, y1 = check_box(region.box, width, height, number)
-        mask = torch.zeros(1, 1, height, width)
-        mask[..., y0:y1, x0:x1] = 1
-        return mask
+        return torch.outer(covered(y0, y1, height // vae_factor, vae_factor),
+                           covered(x0, x1, width // vae_factor, vae_factor))
     try:
         mask = mask_pixels(region.mask, all_black="The mask is all black: paint the region white.")
     except ValueError as error:
@@ -123,7 +123,14 @@ def pixel_mask(region: Region, width: int, height: int, number: int) -> torch.Te
     if tuple(mask.shape[-2:]) != (height, width):
         raise SettingError("regions", f"Region {number}'s mask is {mask.shape[-1]}×{mask.shape[-2]} pixels: it must be "
                                       f"the canvas's size, {width}×{height}.")
-    return mask
+    return F.avg_pool2d(mask, vae_factor)[0, 0]
+
+
+def covered(start: int, end: int, length: int, vae_factor: int) -> torch.Tensor:
+    """(length,): the share of each latent pixel's `vae_factor` image pixels within [start, end)."""
+    edges = torch.arange(length + 1, dtype=torch.float64) * vae_factor
+    overlap = (torch.minimum(edges[1:], torch.tensor(float(end))) - torch.maximum(edges[:-1], torch.tensor(float(start))))
+    return (overlap.clamp(min=0) / vae_factor).float()
 
 
 def feather(masks: torch.Tensor, radius: int, loop_closure: bool) -> torch.Tensor:
@@ -180,7 +187,7 @@ def plan_regions(regions, width: int, height: int, vae_factor: int, window: int,
         raise SettingError("regions", f"{len(regions)} regions are more than {MAX_REGIONS}: merge some, or give one "
                                       f"region a mask of several parts.")
     checked = [as_region(value, number) for number, value in enumerate(regions, 1)]
-    pixel_masks = []
+    latent_masks = []
     for number, region in enumerate(checked, 1):
         check_text(region.prompt, "prompt", number, required=True)
         check_text(region.negative_prompt, "negative prompt", number, required=False)
@@ -189,10 +196,9 @@ def plan_regions(regions, width: int, height: int, vae_factor: int, window: int,
                 not 0 <= weight <= MAX_WEIGHT:
             raise SettingError("regions", f"Region {number}'s weight must be a number from 0 to {MAX_WEIGHT:g}, got "
                                           f"{shown(weight)}.")
-        pixel_masks.append(pixel_mask(region, width, height, number))
-    # each latent pixel's share of the region (area), then a ramp across its edge a window/8 wide
-    latent = F.avg_pool2d(torch.cat(pixel_masks), vae_factor)[:, 0]
-    masks = feather(latent, max(1, window // 8), loop_closure)
+        latent_masks.append(latent_mask(region, width, height, vae_factor, number))
+    # a ramp across each region's edge, a window/8 wide
+    masks = feather(torch.stack(latent_masks), max(1, window // 8), loop_closure)
     background = (1 - masks.sum(0)).clamp(min=0)
     region_weights = torch.tensor([float(region.weight) for region in checked])[:, None, None] * masks
     weights = torch.cat([background[None], region_weights])
