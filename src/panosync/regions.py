@@ -42,8 +42,9 @@ BOOTSTRAP_SHARE = 0.4
 #   same_prompt  the LPIPS distance counts each pixel by the share the anchor's main prompt (the
 #                background, unless a region covers most of the anchor) has there: the other
 #                prompts' pixels are not pulled
+#   half         as same_prompt, but the other prompts' pixels count half
 #   outside      only views wholly of the anchor's main prompt are synced
-SYNC_MODES = ("whole", "same_prompt", "outside")
+SYNC_MODES = ("whole", "same_prompt", "half", "outside")
 DEFAULT_SYNC_MODE = "same_prompt"
 
 
@@ -232,6 +233,8 @@ def sync_pixel_weights(plan: RegionPlan, views: list[View], side: int, mode: str
     if mode == "whole":
         return None
     shares = torch.stack([crop(plan.share(prompt), view) for view in views])[:, None]
+    if mode == "half":
+        shares = 0.5 + 0.5 * shares
     if mode == "outside":
         shares = (shares >= 1).all(dim=(1, 2, 3), keepdim=True).to(shares.dtype).expand_as(shares)
     return F.interpolate(shares, size=(side, side), mode="bilinear", align_corners=False)
