@@ -4,6 +4,7 @@
     panosync generate --from-png range.png          # the same panorama again
     panosync generate "a beach" --ip-adapter ./ip-adapter-sd15:0.6 --ip-adapter-image photo.jpg
     panosync generate "snowy mountains" --image photo.png --width 2048 --loop-closure   # extend a photo
+    panosync generate "a coast" --width 2048 --region "0,0,1024,512=a calm sea" --region-mask city.png=a city
     panosync upscale range.png --scale 2            # twice the size, the prompt from its metadata
     panosync control "a city skyline at dusk" --condition skyline.png --preprocess canny
     panosync serve --model pocket                   # HTTP API on 127.0.0.1:8000
@@ -66,7 +67,8 @@ def add_panorama_arguments(command: argparse.ArgumentParser, default_model: str,
 UPSCALE_SCALE, UPSCALE_STRENGTH = 2.0, 0.2
 # what an upscale takes from a panosync PNG it is given, unless the options say otherwise
 UPSCALE_FROM_PNG = ("prompt", "negative_prompt", "loop_closure", "guidance_scale")
-NOT_UPSCALE_OPTIONS = ("prompt", "width", "height", "image", "mask_image", "image_at", "resize_image")
+# regions: boxes and masks of the upscaled canvas, which the user does not choose (--scale does)
+NOT_UPSCALE_OPTIONS = ("prompt", "width", "height", "image", "mask_image", "image_at", "resize_image", "regions")
 
 
 def add_upscale_arguments(command: argparse.ArgumentParser) -> None:
@@ -189,7 +191,7 @@ def panorama_request(args: argparse.Namespace, control: bool = False) -> tuple[d
     """Every parameter of the panorama (settings.resolve: the options given, the PNG of --from-png,
     the model's recommended settings, the paper's), with the model and the seed, checked as far as
     the model's configs allow (all of it for a folder or a bundled model). Loads no weights."""
-    from .input_images import image_files_of_request
+    from .input_images import image_files_of_request, region_of_record
     from .ip_adapters import check_family_takes_image_prompt, ip_adapter_of_options
     from .loras import weights_of_options
     from .metadata import read_parameters
@@ -200,13 +202,22 @@ def panorama_request(args: argparse.Namespace, control: bool = False) -> tuple[d
     given = given_options(args)
     if given.get("prompt") is None and stored.get("prompt") is None:
         raise ValueError("Give a prompt, or --from-png with a PNG that panosync wrote.")
+    # the region options (all of them replace the PNG's regions), their mask files read, checked and
+    # hashed now; else the PNG's, its mask files found again unchanged
+    if given.get("regions") is not None:
+        regions = regions_of_options(given.pop("regions"))
+    else:
+        regions = [region_of_record(record, number) for number, record in enumerate(stored.get("regions") or [], 1)]
     default_model = settings.DEFAULT_CONTROL_MODEL if control else settings.DEFAULT_MODEL
     model = _text(args.model or stored.get("model") or default_model, "model")
     model_config = args.model_config or stored.get("model_config")
     vae = getattr(args, "vae", None) or stored.get("vae")
     source = resolve_model(model)
-    warn_unknown_words(source, given.get("prompt") or stored.get("prompt"), model)  # pocket knows ~20 words
+    prompts = [given.get("prompt") or stored.get("prompt"), *(region.get("prompt") for region in regions
+                                                               if isinstance(region, dict))]
+    warn_unknown_words(source, prompts, model)  # pocket knows ~20 words
     values = settings.resolve(given, stored, settings.recommended_of(source), control)
+    values["regions"] = regions or None
     values["controlnet"] = getattr(args, "controlnet", None) or stored.get("controlnet")
     if control:
         values["controlnet"] = values["controlnet"] or [settings.DEFAULT_CONTROLNET]
@@ -233,6 +244,22 @@ def panorama_request(args: argparse.Namespace, control: bool = False) -> tuple[d
     return request, source
 
 
+def regions_of_options(options: list[tuple[str, str]]) -> list[dict]:
+    """The regions of --region and --region-mask, in the command line's order (command_options.
+    RegionOption): a box parsed, a mask's file read, checked and hashed (input_images.ImageFile)."""
+    from .input_images import image_file
+    from .regions import parse_region_option, region_of_mask_option
+
+    regions = []
+    for kind, text in options:
+        if kind == "box":
+            regions.append(parse_region_option(text))
+        else:
+            path, prompt, weight = region_of_mask_option(text)
+            regions.append(dict(mask=image_file(path, "region_mask"), prompt=prompt, weight=weight))
+    return regions
+
+
 def _text(value, name: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{name} must be text, got {value!r} (from the PNG's metadata).")
@@ -240,6 +267,8 @@ def _text(value, name: str) -> str:
 
 
 def generate(args: argparse.Namespace) -> int:
+    from .input_images import check_regions_on_canvas
+
     request, source = panorama_request(args)
     if request["image"] is not None:  # the canvas is the image's unless given
         from .image_input import canvas_of_image
@@ -253,6 +282,7 @@ def generate(args: argparse.Namespace) -> int:
         request.update(settings.fill_canvas(request, source.geometry))
         settings.check(request, source.geometry)
         check_image_placement(request, source.family, source.vae_factor)
+        check_regions_on_canvas(request, source.vae_factor)
     out = output_path(args, request)
     return make_panorama(args, request, source, out)
 
@@ -306,6 +336,7 @@ def control(args: argparse.Namespace) -> int:
     ControlNets, all before any weights load, then make the panorama as `generate` does."""
     from .conditions import load_condition_image, prepare_condition
     from .control import check_condition_canvas
+    from .input_images import check_regions_on_canvas
     from .models import check_controlnet_fits, load_control_pipeline, resolve_controlnet
 
     request, source = panorama_request(args, control=True)
@@ -330,6 +361,8 @@ def control(args: argparse.Namespace) -> int:
     if source.geometry is not None:
         request.update(settings.fill_canvas(request, source.geometry))
     settings.check(request, source.geometry)
+    if source.geometry is not None:
+        check_regions_on_canvas(request, source.vae_factor)
     conditions = [prepare_condition(image, width, height, request["resize_condition"], request["preprocess"],
                                     request["canny_low"], request["canny_high"]) for image in sources]
     out = output_path(args, request)
@@ -350,6 +383,7 @@ def make_panorama(args: argparse.Namespace, request: dict, source: ModelSource, 
     image prompt and `inputs`, write the PNG with the request. On a CPU the panorama is made on
     --threads threads, else the --from-png PNG's count, else torch's now, and the PNG records it
     (the picture depends on it there: runner.maker.computing_threads)."""
+    from .input_images import loaded_regions, regions_metadata
     from .ip_adapters import ip_adapter_metadata, load_ip_adapter
     from .loras import load_loras, load_textual_inversions, weights_metadata
     from .metadata import read_parameters, save_png
@@ -396,6 +430,9 @@ def make_panorama(args: argparse.Namespace, request: dict, source: ModelSource, 
         explicit = set(given_options(args)) | set(stored)
         request.update(family_defaults_after_loading(pipe, explicit))
     generation = {name: request[name] for name in settings.PIPELINE_NAMES}
+    # the mask files read again, found unchanged; the PNG records each by its path and SHA-256
+    generation["regions"] = loaded_regions(request["regions"])
+    request["regions"] = regions_metadata(request["regions"])
     if request.get("image") is not None:
         if source.geometry is None:
             check_image_placement(request, pipe.family, pipe.vae_scale_factor)

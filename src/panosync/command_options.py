@@ -29,6 +29,8 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, names
             modes = _fast_mode_help()
             parser.add_argument("--fast", dest=name, action="append", choices=list(modes), default=None,
                                 help=text + ": " + "; ".join(f"{mode}: {words}" for mode, words in modes.items()))
+        elif name == "regions":  # a box or a mask file each: two options, one list
+            add_region_options(parser)
         elif name == "image_at":
             parser.add_argument(*flags, dest=name, type=xy_pair, default=None, metavar="X,Y", help=text)
         elif parameter.kind is object:  # an image on the command: its file
@@ -40,6 +42,29 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, names
         else:
             # no argparse choices: settings.check refuses another value with one sentence, not a usage text
             parser.add_argument(*flags, dest=name, type=parameter.kind, default=None, help=text)
+
+
+class RegionOption(argparse.Action):
+    """--region and --region-mask: each appends (its kind, "box" or "mask", and its text) to the one
+    list `regions`, so that the regions keep the command line's order (region numbers in sentences,
+    and which prompt is drawn over which)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or []), (self.const, values)])
+
+
+def add_region_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--region and --region-mask, the command's form of the `regions` parameter (the command
+    parses and reads them: regions.parse_region_option, input_images)."""
+    parser.add_argument("--region", dest="regions", action=RegionOption, const="box", default=None,
+                        metavar="X0,Y0,X1,Y1=PROMPT[:WEIGHT]",
+                        help="a region prompt: PROMPT in the box from X0,Y0 to X1,Y1 (pixels, X1 and Y1 excluded), "
+                             "with its weight where it meets other prompts after a colon (0 to 10, default 1); the "
+                             "prompt covers the rest; repeatable, with --region-mask")
+    parser.add_argument("--region-mask", dest="regions", action=RegionOption, const="mask", default=None,
+                        metavar="MASK.png=PROMPT[:WEIGHT]",
+                        help="a region prompt where MASK.png, an image of the canvas's size, is white; its weight "
+                             "after a colon as --region's; repeatable, with --region")
 
 
 def xy_pair(text: str) -> list[int]:

@@ -1,5 +1,5 @@
 """Region prompts: "a calm sea on the left, a city skyline on the right", one scene (docs/regions.md;
-docs/algorithm.md, section 11).
+docs/algorithm.md, section 7).
 
 MultiDiffusion's region-based generation, in the synced loop. Each region is a box or a mask of
 the canvas with a prompt of its own (and optionally a negative prompt and a weight); the call's

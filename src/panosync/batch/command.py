@@ -5,13 +5,14 @@ the model loaded once, or on a Ray cluster with --ray (one worker per GPU, each 
     {"prompt": "a city skyline at dusk", "width": 3072, "loop_closure": true}
     {"prompt": "the same valley in autumn", "image": "valley.png", "strength": 0.6}
     {"prompt": "a wide valley", "image": "valley.png", "width": 2048, "mask_image": "sky.png"}
+    {"prompt": "coast", "regions": [{"box": [0, 0, 512, 512], "prompt": "sea"}, {"mask": "city.png", "prompt": "city"}]}
 
 Every line holds the HTTP API's fields (and `name`, the PNG's name; else line-N.png) and is checked
-before anything runs; `image` and `mask_image` name files (a relative path from the jobs file's
-folder), read, checked and hashed then too (a changed picture makes its job again on a rerun). A
-rerun keeps the PNGs made with the same parameters whose pixels are the ones written (a digest in
-their metadata), and makes the others; a file panosync did not write is not replaced without
---overwrite. One batch at a time writes a folder (a lock file in it). SIGTERM
+before anything runs; `image` and `mask_image`, and a region's `mask`, name files (a relative path
+from the jobs file's folder), read, checked and hashed then too (a changed picture makes its job
+again on a rerun). A rerun keeps the PNGs made with the same parameters whose pixels are the ones
+written (a digest in their metadata), and makes the others; a file panosync did not write is not
+replaced without --overwrite. One batch at a time writes a folder (a lock file in it). SIGTERM
 ends a batch as Ctrl-C does: the finished PNGs are kept and the summary written.
 With --ip-adapter and --ip-adapter-image, the one image prompt conditions every panorama.
 DIR/summary.json says what ran, where, and how long.

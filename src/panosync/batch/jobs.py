@@ -7,7 +7,13 @@ A line's `image` and `mask_image` are image files, as `panosync generate`'s --im
 relative path is read from the jobs file's folder (so a folder of jobs and pictures can be moved
 as one), read whole, checked and hashed with the lines, before any model loads; the PNG records
 each as {"path": its absolute path, "sha256": its file's}, so that a changed picture makes the job
-again on a rerun, and `panosync generate --from-png` finds it."""
+again on a rerun, and `panosync generate --from-png` finds it.
+
+A line's `regions` (regions.py; batch/command.py shows a line) are boxes and masks, each with a
+prompt; a region's `mask` names an image file, read from the jobs file's folder when relative, and
+read, checked and hashed as an image is. Every region is checked on the canvas (regions.plan_regions)
+before any model loads when the model's geometry is known then (else once it has loaded), and the
+PNG records them as `panosync generate` does."""
 
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import settings
-from ..input_images import ImageFile, read_image_file
+from ..input_images import ImageFile, check_regions_on_canvas, read_image_file, regions_metadata
 
 # The fields a line may set: the HTTP API's (settings' served parameters), but not ControlSync's
 # (a batch makes SyncDiffusion panoramas), and the PNG's name.
@@ -60,6 +66,11 @@ class BatchJob:
     @property
     def file(self) -> str:
         return f"{self.name}.png"
+
+    def check_regions(self, vae_factor: int) -> None:
+        """The job's regions on its canvas (filled in), as `panosync generate` checks them: a
+        SettingError with one sentence for a region that cannot be used."""
+        check_regions_on_canvas(self.parameters, vae_factor)
 
     def check_placement(self, pictures: dict | None = None, family: str | None = None,
                         vae_factor: int | None = None) -> None:
@@ -189,16 +200,19 @@ def _read_job(number: int, text: str, recommended: dict, geometry, model: dict,
         values = settings.fill_canvas(values, geometry)
     settings.check(values, geometry)
     values.update(files)
+    values["regions"] = _region_files(values.get("regions"), folder)
     seed_given = values["seed"] is not None
     if not seed_given:
         values["seed"] = settings.draw_seed()
-    metadata = {**values, **{name: file.metadata() for name, file in files.items()}, **model,
-                **weights_metadata(loras, (), lora_scales)}
+    metadata = {**values, **{name: file.metadata() for name, file in files.items()},
+                "regions": regions_metadata(values["regions"]), **model, **weights_metadata(loras, (), lora_scales)}
     if lora_scales:  # for the maker, which sets them for this panorama only
         values["lora_scales"] = lora_scales
     job = BatchJob(number, name or f"line-{number}", values, metadata, seed_given)
     if values.get("width") is not None and values.get("height") is not None:  # else once the model has loaded
         job.check_placement(pictures, family, geometry.vae_factor if geometry is not None else None)
+    if geometry is not None:  # else once the model has loaded (the window, the VAE factor)
+        job.check_regions(geometry.vae_factor)
     return job
 
 
@@ -225,6 +239,29 @@ def _image_files(values: dict, folder: Path) -> tuple[dict, dict]:
     return files, pictures
 
 
+def _region_files(regions, folder: Path) -> list | None:
+    """The line's regions (a list, settings.check saw), each a region's keys with a prompt
+    (regions.as_region), its mask an image file (input_images.ImageFile: read whole, checked, hashed)
+    by its absolute path, a relative one read from `folder` (the jobs file's)."""
+    from ..regions import as_region
+
+    if not regions:
+        return None
+    files = []
+    for number, region in enumerate(regions, 1):
+        as_region(region, number)
+        mask = region.get("mask")
+        if mask is not None:
+            if not isinstance(mask, str) or not mask.strip():
+                raise settings.SettingError("regions", f"Region {number}'s mask must name an image file (a path; a "
+                                                       f"relative one is read from the jobs file's folder), got "
+                                                       f"{settings.shown(mask)}.")
+            path = os.path.abspath(folder / Path(mask).expanduser())
+            region = {**region, "mask": ImageFile("region_mask", path, read_image_file(path, "region_mask")[1])}
+        files.append(region)
+    return files
+
+
 def settle_canvas(jobs: list[BatchJob], geometry, path: str | Path) -> None:
     """Fill in and check each job's canvas once the model's geometry is known (a model whose configs
     could not be read before it loaded); a ValueError naming the line as `read_jobs` does."""
@@ -234,6 +271,7 @@ def settle_canvas(jobs: list[BatchJob], geometry, path: str | Path) -> None:
         try:
             settings.check(job.parameters, geometry)
             job.check_placement()
+            job.check_regions(geometry.vae_factor)
         except ValueError as error:
             raise ValueError(f"{path} line {job.line}: {error}") from None
 

@@ -40,7 +40,9 @@ METHODS = ("multidiffusion", "syncdiffusion")
 # left out takes the model's recommended setting, else the paper's.
 SYNC_PARAMETERS = ("sync_weight", "sync_decay_rate", "sync_freq", "sync_threshold", "anchor", "fast_modes",
                    "sync_image_scale", "sync_decoder")
-NOT_EVALUATED = ("prompt", "seed", "view_batch_size")  # each image's own; evaluate has its own --view-batch-size
+# each image's own (prompt, seed); evaluate's own option (--view-batch-size); outside the paper's metrics,
+# which measure panoramas of one prompt (regions)
+NOT_EVALUATED = ("prompt", "seed", "view_batch_size", "regions")
 SHARED_PARAMETERS = tuple(name for name in settings.PIPELINE_NAMES if name not in SYNC_PARAMETERS + NOT_EVALUATED)
 # Recorded in a panorama's PNG only when they differ from the paper's, so that the records of runs
 # made before they existed still match a rerun.

@@ -12,7 +12,7 @@ from typing import Callable
 import PIL.Image
 
 from ..geometry import Geometry
-from ..input_images import ImageFile
+from ..input_images import ImageFile, loaded_regions
 from ..ip_adapters import IpAdapterImageSpec, IpAdapterSpec
 from ..loras import LoraSpec, TextualInversionSpec
 
@@ -160,10 +160,10 @@ class PanoramaMaker:
     def make(self, call: dict, on_step: StepCallback | None = None) -> Made:
         """The panorama of `call` (SyncDiffusionPipeline's parameters, and optionally `lora_scales`,
         {adapter_name: scale}: the LoRAs' weights for this panorama only), with the spec's image prompt.
-        An image input's `image` and `mask_image` may be PIL images, or files (input_images.ImageFile,
-        a path and its SHA-256, as a batch's lines name them), read here, on the worker, and found
-        unchanged (else a ValueError that says so), as the spec's image prompt is. Errors are the
-        pipeline's."""
+        An image input's `image` and `mask_image`, and a region's `mask`, may be PIL images, or files
+        (input_images.ImageFile, a path and its SHA-256, as a batch's lines name them), read here, on
+        the worker, and found unchanged (else a ValueError that says so), as the spec's image prompt
+        is. Errors are the pipeline's."""
         from ..loras import apply_lora_scales
 
         def after_step(pipe, step, timestep, values):
@@ -174,6 +174,8 @@ class PanoramaMaker:
         for name, value in call.items():
             if isinstance(value, ImageFile):
                 call[name] = value.load()
+        if call.get("regions"):
+            call["regions"] = loaded_regions(call["regions"])
         scales = call.pop("lora_scales", None) or {}
         if self.image_prompt is not None:
             call["ip_adapter_image"] = self.image_prompt
