@@ -94,10 +94,8 @@ def with_box(image: PIL.Image.Image) -> PIL.Image.Image:
 def pictures(cache: Cache, seeds: list[int], out: Path) -> None:
     rows = []
     for seed in seeds:
-        for method in ("multidiffusion", "sync-same_prompt", "sync-whole", "sync-no-regions"):
-            image = cache.get(f"{method}-{seed}", lambda: None)
-            shown = with_box(image) if method != "sync-no-regions" else image
-            rows.append(labelled(shown, f"{method}, seed {seed}"))
+        for method in ("multidiffusion", "sync-whole", "sync-same_prompt"):
+            rows.append(labelled(with_box(cache.get(f"{method}-{seed}", lambda: None)), f"{method}, seed {seed}"))
     stacked(rows).save(out)
 
 
@@ -109,7 +107,7 @@ def main(argv=None) -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--out", default=str(ROOT / "docs" / "regions.json"))
     parser.add_argument("--picture", default=str(ROOT / "docs" / "regions.png"))
-    parser.add_argument("--picture-seeds", type=int, default=3)
+    parser.add_argument("--picture-seeds", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     pipe = load_pipe()

@@ -12,9 +12,10 @@ pairs in one network call. In the first steps (bootstrapping, MultiDiffusion's 2
 prediction is made with everything outside its mask replaced by a random flat colour at the same
 noise level, so that its content is drawn to fit the mask rather than spread over the window.
 
-With sync, each view is pulled towards the anchor's image over the pixels of the anchor's prompt only
-(the background, by default: `SYNC_MODES`, measured in docs/regions.md), so a region keeps its own
-content while its light and style follow the scene around it through the views that overlap both.
+With sync, every view is pulled towards the anchor's image over all its pixels, as without regions
+(`SYNC_MODES`: the other ways measured in docs/regions.md keep the regions no better and the time
+of day worse): a region's content comes from its own prompt's prediction, which the pull does not
+erase, while its light follows the anchor's scene.
 
 Pure tensor code and sentences; the pipeline (pipeline_base.py) encodes the prompts and runs the loop.
 """
@@ -45,7 +46,7 @@ BOOTSTRAP_SHARE = 0.4
 #   half         as same_prompt, but the other prompts' pixels count half
 #   outside      only views wholly of the anchor's main prompt are synced
 SYNC_MODES = ("whole", "same_prompt", "half", "outside")
-DEFAULT_SYNC_MODE = "same_prompt"
+DEFAULT_SYNC_MODE = "whole"
 
 
 @dataclass(frozen=True)

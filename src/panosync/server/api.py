@@ -58,6 +58,13 @@ than the canvas, a corner that runs it past the canvas: a 422 naming the field);
 kept in the state folder by their content while a job refers to them, and the PNG's metadata names
 each as {"path", "sha256"}. A ControlSync server refuses these fields.
 
+Every server takes region prompts, `regions`: a list of {"box": [x0, y0, x1, y1]} or {"mask":
+base64 or a data URL}, each with a "prompt" and optionally a "negative_prompt" and a "weight". Each
+is checked against the request's canvas before the job is queued (regions.plan_regions: a 422 whose
+sentence names the region); a mask is read and checked like an image input, kept in the state
+folder by its content beside them, and named in the job's parameters and the PNG's metadata as
+{"path", "sha256"}; the job's input names it by its file.
+
 Beside this module: the token and body-size middlewares (middleware.py), the waiting clients
 (waiting.py), the schema's description of this server (openapi.py).
 """
@@ -91,7 +98,7 @@ from .middleware import BearerToken, BodySizeLimit
 from .openapi import describe_server, error_answers
 from .limits import Limits
 from .schema import IMAGE_UPLOADS, UPLOADS, FieldError, PredictionRequest, describe_error
-from .uploads import decode_condition, decode_image_input, file_sha256
+from .uploads import decode_condition, decode_image_input, decode_regions, file_sha256
 from .waiting import DEFAULT_WAIT_SECONDS, MAX_WAIT_SECONDS, WAIT_HEADER, JobWaiters, wait_seconds
 
 __all__ = ["create_app", "printable", "wait_seconds", "WAIT_HEADER"]
@@ -260,19 +267,19 @@ class Service:
         except Exception:
             log.exception("removing the image inputs of a refused request")
 
-    def save_images(self, images: dict) -> dict:
-        """Keep a request's image inputs ({field: image}); held by the store until its job is queued
-        or refused. Each as {"path", "sha256"}: its file and the SHA-256 of its bytes."""
-        saved, paths = {}, []
+    def save_images(self, images: list) -> list[dict]:
+        """Keep a request's image inputs and region masks (`images`: (what a sentence calls it,
+        image) pairs); held by the store until its job is queued or refused. Each as {"path",
+        "sha256"}: its file and the SHA-256 of its bytes. When one cannot be kept, none is."""
+        saved, paths = [], []
         try:
-            for name, image in images.items():
+            for what, image in images:
                 paths.append(self.store.save_image(image))
-                saved[name] = {"path": str(paths[-1]), "sha256": file_sha256(paths[-1])}
+                saved.append({"path": str(paths[-1]), "sha256": file_sha256(paths[-1])})
         except OSError as error:
             self.discard_images(paths)
-            raise StoreFault(f"The state folder cannot keep the {IMAGE_UPLOADS[name]} "
-                             f"({error.strerror or error}): free space in {self.store.state_dir}, or start the server "
-                             f"with another --state-dir.") from None
+            raise StoreFault(f"The state folder cannot keep the {what} ({error.strerror or error}): free space in "
+                             f"{self.store.state_dir}, or start the server with another --state-dir.") from None
         return saved
 
     def save_conditions(self, images: list) -> list[Path]:
@@ -289,9 +296,9 @@ class Service:
         return paths
 
     def accept(self, given: dict) -> tuple[dict, dict]:
-        """The job's input (as sent, a condition or an image input by the name of its file) and
-        parameters; the condition images or image inputs read, checked and kept in the state folder.
-        A FieldError otherwise."""
+        """The job's input (as sent, a condition, an image input or a region's mask by the name of
+        its file) and parameters; the condition images, image inputs and region masks read, checked
+        and kept in the state folder. A FieldError otherwise."""
         model, limits = self.model, self.limits
         parameters_given, input = dict(given), dict(given)
         if model.control and given.get("condition"):
@@ -303,17 +310,32 @@ class Service:
             for name in IMAGE_UPLOADS:
                 if given.get(name) is not None:
                     parameters_given[name] = decode_image_input(given[name], name, limits.max_pixels)
+        if given.get("regions"):
+            parameters_given["regions"] = decode_regions(given["regions"], limits.max_pixels)
         parameters = model.prepare(parameters_given, limits)
         # saved last: a request refused by its fields leaves no file behind
+        uploads = [name for name in IMAGE_UPLOADS if parameters.get(name) is not None]
+        masked = [number for number, region in enumerate(parameters.get("regions") or [])
+                  if region.get("mask") is not None]
+        saved = self.save_images([(IMAGE_UPLOADS[name], parameters[name]) for name in uploads]
+                                 + [(f"mask of region {number + 1}", parameters["regions"][number]["mask"])
+                                    for number in masked])
+        for name, record in zip(uploads, saved):
+            parameters[name] = record
+            input[name] = Path(record["path"]).name
+        if masked:
+            parameters["regions"], input["regions"] = list(parameters["regions"]), list(given["regions"])
+            for number, record in zip(masked, saved[len(uploads):]):
+                parameters["regions"][number] = {**parameters["regions"][number], "mask": record}
+                input["regions"][number] = {**given["regions"][number], "mask": Path(record["path"]).name}
         if model.control:
-            paths = self.save_conditions(parameters["condition"])
+            try:
+                paths = self.save_conditions(parameters["condition"])
+            except BaseException:
+                self.discard_images([record["path"] for record in saved])
+                raise
             parameters["condition"] = [str(path) for path in paths]
             input["condition"] = [path.name for path in paths]
-        else:
-            saved = self.save_images({name: parameters[name] for name in IMAGE_UPLOADS
-                                      if parameters.get(name) is not None})
-            parameters.update(saved)
-            input.update({name: Path(record["path"]).name for name, record in saved.items()})
         return input, parameters
 
     def queue(self, input: dict, parameters: dict) -> Job:

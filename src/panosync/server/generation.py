@@ -14,6 +14,11 @@ Without ControlNets a request may give an image input (`image`, `mask_image`, `s
 generate` checks it (image_input.place) before any model work; the canvas is the image's size
 unless width or height is given. The caller keeps the images and names them in the parameters as
 {"path", "sha256"}, which the PNG's metadata records as the command's does.
+
+Every model takes region prompts (`regions`: boxes or masks, each with a prompt), checked against
+the request's canvas as the pipeline checks them (regions.plan_regions) before any model work. A
+region's mask is a PIL image when checked; the caller keeps it too and names it likewise
+({"mask": {"path", "sha256"}, ...}), and the job reads it back from that file.
 """
 
 from __future__ import annotations
@@ -36,8 +41,10 @@ from ..loras import weights_metadata
 from ..models import load_control_pipeline, load_pipeline, pick_device, resolve_controlnet, resolve_model
 from ..pipeline import SyncDiffusionPipeline
 from ..precision import pick_precision
+from ..regions import plan_regions
 from ..registry import family_of_pipeline, variant_of_pipeline
 from ..runner.maker import check_threads, computing_threads, default_threads
+from ..settings import lone_surrogate
 from .limits import Limits
 from .schema import CONTROL_FIELDS, IMAGE_FIELDS, IMAGE_UPLOADS, FieldError, field_of
 
@@ -62,6 +69,30 @@ def image_inputs(parameters: dict) -> dict:
             value = ImageFile(name, value["path"], value["sha256"]).load()
         inputs[name] = value
     return inputs
+
+
+def region_inputs(regions: list | None) -> list | None:
+    """A job's `regions` as the pipeline takes them: each mask a PIL image, read from the file its
+    record names ({"path", "sha256"}, found with that SHA-256, else a ValueError that says so) or as
+    it is when already an image; boxes as they are."""
+    if not regions:
+        return regions
+    return [{**region, "mask": ImageFile("region_mask", region["mask"]["path"], region["mask"]["sha256"]).load()}
+            if isinstance(region.get("mask"), dict) else region for region in regions]
+
+
+def check_region_texts(regions: list | None) -> None:
+    """A FieldError naming the region whose prompt or negative prompt holds a lone surrogate (JSON
+    lets a client send half a UTF-16 pair), which no tokenizer or PNG can take; the rest of a
+    region's checks are regions.plan_regions'."""
+    for number, region in enumerate(regions or [], 1):
+        for key in ("prompt", "negative_prompt"):
+            text = region.get(key) if isinstance(region, dict) else None
+            index = lone_surrogate(text) if isinstance(text, str) else None
+            if index is not None:
+                raise FieldError("regions", f"Region {number}'s {key.replace('_', ' ')} is not text: it holds a lone "
+                                            f"surrogate (U+{ord(text[index]):04X} at character {index}): send valid "
+                                            f"UTF-8.")
 
 
 class PanoramaModel:
@@ -290,6 +321,10 @@ class PanoramaModel:
                              f"width × height must be at most {limits.max_pixels:,} pixels on this server, got "
                              f"{width} × {height} = {width * height:,}: ask for a smaller panorama.")
         settings.check(parameters, self.geometry)  # a SettingError is a FieldError
+        if parameters.get("regions"):  # on the canvas now decided, as the pipeline will check them
+            check_region_texts(parameters["regions"])
+            plan_regions(parameters["regions"], parameters["width"], parameters["height"], self.vae_factor,
+                         self.geometry.with_window(parameters.get("window")).window, bool(parameters["loop_closure"]))
         return parameters
 
     def generate(self, parameters: dict, on_step: StepCallback | None = None) -> PIL.Image.Image:
@@ -301,7 +336,7 @@ class PanoramaModel:
                 on_step(values.get("first_step", 0) + step + 1, float(values["sync_weight"]))
 
         pipeline_parameters = {name: parameters[name] for name in settings.PIPELINE_NAMES}
-        pipeline_parameters.update(image_inputs(parameters))
+        pipeline_parameters.update(image_inputs(parameters), regions=region_inputs(parameters.get("regions")))
         control = {}
         if self.control:
             scales = parameters["controlnet_conditioning_scale"]

@@ -42,7 +42,8 @@ log = logging.getLogger("panosync.server")
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED = "queued", "running", "succeeded", "failed", "canceled"
 FINISHED = (SUCCEEDED, FAILED, CANCELED)
 KEPT = (QUEUED, RUNNING, SUCCEEDED)  # the jobs whose condition images and image inputs are kept
-# The parameters that name an image input's file: {"path", "sha256"} (as `panosync generate` records them)
+# The parameters that name an image input's file: {"path", "sha256"} (as `panosync generate` records them);
+# a region's mask is named likewise, inside `regions`
 IMAGE_INPUTS = ("image", "mask_image")
 INTERRUPTED = "interrupted: the server stopped while this job ran; submit it again"
 
@@ -151,21 +152,23 @@ class Job:
 
     @property
     def images(self) -> list[str]:
-        """The paths of the image inputs this job refers to (its image and mask), else []."""
+        """The paths of the image inputs this job refers to (its image and mask, its regions' masks), else []."""
         return image_paths(self.parameters)
 
 
 def image_paths(parameters: dict) -> list[str]:
-    """The paths of the image inputs that a job's `parameters` name."""
+    """The paths of the image inputs that a job's `parameters` name: its image and mask, and its
+    regions' masks."""
     kept = [parameters.get(name) for name in IMAGE_INPUTS]
+    kept += [region.get("mask") for region in parameters.get("regions") or [] if isinstance(region, dict)]
     return [record["path"] for record in kept if isinstance(record, dict) and isinstance(record.get("path"), str)]
 
 
 class JobStore:
     """The jobs of one state folder: `jobs.sqlite3`, `outputs/`, `conditions/` (ControlSync's
     condition images, named by content and kept by `condition_files`) and `images/` (the image
-    inputs, images and masks, likewise kept by `image_files`). One server at a time may use a folder
-    (a lock file says so); every method is safe to call from any thread.
+    inputs, images and masks, and the regions' masks, likewise kept by `image_files`). One server at
+    a time may use a folder (a lock file says so); every method is safe to call from any thread.
 
     `retention` says which finished jobs `apply_retention` deletes; below `min_free_bytes` of free
     space, `health()` (`folder_health`) reports the folder degraded."""
@@ -495,6 +498,10 @@ class JobStore:
     def _images_of(self, statuses: tuple[str, ...], excluding: str | None = None) -> set[str]:
         """The file names of the image inputs that jobs in `statuses` (but `excluding`) refer to."""
         paths = ", ".join(f"json_extract(parameters, '$.{name}.path')" for name in IMAGE_INPUTS)
-        rows = self._rows(f"SELECT {paths} FROM jobs WHERE status IN ({', '.join('?' * len(statuses))}) AND id IS NOT ?",
-                          (*statuses, excluding))
+        which = f"jobs.status IN ({', '.join('?' * len(statuses))}) AND jobs.id IS NOT ?"
+        rows = self._rows(f"SELECT {paths} FROM jobs WHERE {which}", (*statuses, excluding))
+        # and the masks of their regions (a region is an object; one with a box has no mask)
+        rows += self._rows(f"SELECT json_extract(json_each.value, '$.mask.path') FROM jobs, "
+                           f"json_each(jobs.parameters, '$.regions') WHERE json_each.type = 'object' AND {which}",
+                           (*statuses, excluding))
         return {Path(str(path)).name for row in rows for path in row if path is not None}

@@ -3,8 +3,8 @@ as many at once as there are (one per GPU), instead of running them in this proc
 
 The SQLite store stays the truth, as with one worker: a job is claimed (running) when it is handed
 out, recorded when its picture comes back, and written here by the server (the outputs folder
-need not be shared with the Ray workers: a job's image input is read here, from the state folder,
-and handed to the worker as pictures). A stop cancels the running jobs after their current step
+need not be shared with the Ray workers: a job's image input and its regions' masks are read here,
+from the state folder, and handed to the worker as pictures). A stop cancels the running jobs after their current step
 and fails them as interrupted; queued jobs stay queued for the next start, which fails any job a
 crash left running (JobStore.open), as today.
 """
@@ -18,7 +18,7 @@ import torch
 from .. import settings
 from ..metadata import save_png
 from ..runner import Done, TaskFailed
-from .generation import PanoramaModel, image_inputs
+from .generation import PanoramaModel, image_inputs, region_inputs
 from .jobs import CANCELED, FAILED, INTERRUPTED, SUCCEEDED, Job, JobStore, failure_reason
 from .worker import DEGRADED_PAUSE_SECONDS, RETENTION_DEGRADED_SECONDS, RETENTION_IDLE_SECONDS, Worker
 
@@ -126,8 +126,8 @@ class RayWorker(Worker):
             call = {name: job.parameters[name] for name in settings.PIPELINE_NAMES}
             if job.parameters.get("lora_scales"):  # the maker sets them for this panorama only
                 call["lora_scales"] = job.parameters["lora_scales"]
-            try:  # the image input's pictures, read from the state folder (which the workers need not see)
-                call.update(image_inputs(job.parameters))
+            try:  # the image input's and regions' pictures, from the state folder (which the workers need not see)
+                call.update(image_inputs(job.parameters), regions=region_inputs(job.parameters.get("regions")))
             except Exception as error:  # gone or changed since it was checked: this job fails, the next runs
                 log.error("job %s failed: %s", job.id, error)
                 self._record(job, FAILED, dict(error=failure_reason(error, self.store.state_dir)))

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import types
-from typing import Annotated, Literal, Optional, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, create_model
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, create_model
 from pydantic_core import PydanticCustomError
 
 from .. import settings
 from ..geometry import MAX_STEPS  # noqa: F401 (the API's name for it)
+from ..regions import MAX_REGIONS, MAX_WEIGHT
 from ..settings import MAX_PROMPT_CHARACTERS, UINT32_MAX  # noqa: F401 (the API's names for them)
 from ..settings import lone_surrogate
 from ..settings import SettingError as FieldError  # noqa: F401 (a request's field out of range: 422)
@@ -28,8 +29,8 @@ CONTROL_FIELDS = tuple(parameter.name for parameter in SERVED if parameter.contr
 IMAGE_FIELDS = tuple(parameter.name for parameter in SERVED if parameter.from_image)
 # The image fields that hold an image (base64 or a data URL), and what each is called in sentences.
 IMAGE_UPLOADS = {"image": "image", "mask_image": "mask"}
-# Fields whose value a refusal does not echo back: megabytes of base64.
-UPLOADS = ("condition", *IMAGE_UPLOADS)
+# Fields whose value a refusal does not echo back: megabytes of base64 (a region may hold a mask).
+UPLOADS = ("condition", *IMAGE_UPLOADS, "regions")
 NULL_MEANS_SOMETHING = settings.NULL_MEANS_SOMETHING
 # The LoRAs' weights, for a server started with --lora: not a parameter of settings.py, as the LoRAs
 # themselves are the server's (no request names a file).
@@ -67,6 +68,34 @@ IMAGE_HELPS = {
                   "black where it is kept (one channel; not all black)",
 }
 
+REGIONS_HELP = (f"region prompts: up to {MAX_REGIONS} parts of the canvas with a prompt of their own, the prompt "
+                f"covering the rest (none: the prompt everywhere). Each is an object with a box [x0, y0, x1, y1] in "
+                f"pixels (x1 and y1 excluded) or a mask (base64 or a data URL of a black-and-white image of the "
+                f"canvas's size, white inside), a prompt, and optionally a negative_prompt (default: the request's) "
+                f"and a weight (0 to {MAX_WEIGHT:g}, default 1: how strongly it wins where it overlaps other prompts). "
+                f"Every region is checked against the canvas before the job is queued")
+# What one region may hold, for the schema's readers; the checks are regions.plan_regions', whose
+# sentences name the region ("Region 2's box …"), so the request takes any list and leaves them to it.
+_TEXT = {"type": "string", "minLength": 1, "maxLength": MAX_PROMPT_CHARACTERS}
+REGION_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "box": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 4, "maxItems": 4,
+                "description": "x0, y0, x1, y1 in pixels, within the canvas; x1 and y1 excluded"},
+        "mask": {"type": "string", "description": "base64 (PNG, JPEG, WebP…) or a data URL: one channel of the "
+                                                  "canvas's size, white inside the region; not all black"},
+        "prompt": {**_TEXT, "description": "what the region shows"},
+        "negative_prompt": {**_TEXT, "minLength": 0, "description": "what it should not show (default: the "
+                                                                    "request's negative_prompt)"},
+        "weight": {"type": "number", "minimum": 0, "maximum": MAX_WEIGHT, "default": 1.0,
+                   "description": "its prediction's weight where it overlaps other prompts (the background's is 1)"},
+    },
+    "required": ["prompt"],
+    "oneOf": [{"required": ["box"]}, {"required": ["mask"]}],
+    "additionalProperties": False,
+}
+RegionList = Annotated[list[Any], WithJsonSchema({"type": "array", "items": REGION_SCHEMA, "maxItems": MAX_REGIONS})]
+
 
 class _Request(BaseModel):
     """A panorama to make. Leave a field out for the model's recommended setting or the paper's."""
@@ -102,6 +131,8 @@ def _field(parameter: settings.Parameter):
         return ConditionList, Field(None, min_length=1, description=description)
     if parameter.name in IMAGE_UPLOADS:
         return Optional[Text], Field(None, description=IMAGE_HELPS[parameter.name])
+    if parameter.name == "regions":
+        return Optional[RegionList], Field(None, description=REGIONS_HELP)
     if parameter.kind is list and parameter.item is float:
         return ScaleList, Field(None, min_length=1, description=description)
     if parameter.kind is list and parameter.item is int:  # image_at: its length is settings.check's (one sentence)

@@ -12,6 +12,10 @@ Without, it takes an image to start from (img2img; extending it onto a larger ca
 with resize_image), an optional mask (inpainting), the strength and the image's corner; the canvas
 follows an uploaded image's size. The images are kept beside the panoramas (images/), and the PNG's
 metadata names them as the command's does.
+
+Region prompts are a small table of boxes (x0, y0, x1, y1, a prompt, a weight; empty rows are
+skipped), drawn over the canvas's outline as they are typed; the request's `regions`, checked as
+the API checks them. The page takes no region masks (the API and the command do).
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import PIL.Image
+import PIL.ImageColor
+import PIL.ImageDraw
+import PIL.ImageFont
 import torch
 from pydantic import ValidationError
 
@@ -53,6 +60,13 @@ SLIDER_SPANS = {"sync_weight": (0, 100, 0.5), "sync_freq": (1, 50, 1), "num_infe
 PRESET_INFO = ("Each sets the sync and diffusion settings and the approximations of the sync step: paper is the "
                "paper's gradient (faithful); the quicker one takes 20 steps and syncs in the first 5.")
 TILED = {"auto": None, "on": True, "off": False}  # tiled_decode's three states, as the page shows them
+# The region table: its columns, and the rows it starts with (more may be added; the checks count them).
+REGION_COLUMNS = ("x0", "y0", "x1", "y1", "prompt", "weight")
+REGION_ROWS = 4
+PREVIEW_SIZE = (768, 256)  # the region preview fits the canvas in this box
+# The boxes' colours in the preview, in turn (matplotlib's tab10).
+REGION_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                  "#bcbd22", "#17becf")
 
 
 def condition_picture(conditions: list[torch.Tensor]) -> PIL.Image.Image:
@@ -87,6 +101,8 @@ def parameter_input(name: str, value, model: PanoramaModel, limits: Limits, **op
         return gr.CheckboxGroup(list(parameter.choices), value=list(value or []), **common)
     if name == "tiled_decode":
         return gr.Radio(list(TILED), value=next(k for k, v in TILED.items() if v == value), **common)
+    if name == "regions":
+        return region_table(value, elem_id=name, **{key: value for key, value in options.items() if key != "info"})
     if parameter.choices:
         return gr.Radio(list(parameter.choices), value=value, **common)
     if parameter.kind is bool:
@@ -130,6 +146,8 @@ def page_values(names: tuple[str, ...], values) -> dict:
         fields["controlnet_conditioning_scale"] = [fields["controlnet_conditioning_scale"]]
     if "image_at" in fields:
         fields["image_at"] = corner(fields["image_at"])
+    if "regions" in fields:
+        fields["regions"] = table_regions(fields["regions"])
     for name, value in fields.items():
         if settings.BY_NAME[name].kind is int and isinstance(value, float) and value.is_integer():
             fields[name] = int(value)  # a slider's whole number comes as a float
@@ -146,6 +164,86 @@ def corner(text):
         return None
     parts = [part.strip() for part in text.split(",")]
     return [int(part) if part.lstrip("-").isdigit() else part for part in parts]
+
+
+def region_table(regions, **options) -> gr.Dataframe:
+    """The table of region boxes, one row each (x0, y0, x1, y1, prompt, weight), filled with
+    `regions`' boxes and then empty rows, REGION_ROWS at least."""
+    rows = [[*region["box"], region["prompt"], region.get("weight", 1.0)] for region in regions or []
+            if "box" in region]
+    rows += [[None, None, None, None, "", None] for _ in range(REGION_ROWS - len(rows))]
+    return gr.Dataframe(rows, headers=list(REGION_COLUMNS), datatype=["number"] * 4 + ["str", "number"],
+                        type="array", column_count=len(REGION_COLUMNS),
+                        label="regions: a prompt of its own in a box of the canvas, x0, y0, x1, y1 in pixels (x1 "
+                              "and y1 excluded), and a weight (empty: 1); the prompt covers the rest", **options)
+
+
+def table_cell(cell):
+    """A cell of the region table as a request takes it: None when empty, whole numbers as int,
+    numbers typed as text as numbers, anything else as typed (for the checks to refuse)."""
+    if isinstance(cell, str):
+        cell = cell.strip()
+        try:
+            cell = float(cell) if cell else None
+        except ValueError:
+            return cell
+    if isinstance(cell, float):
+        if math.isnan(cell):
+            return None
+        return int(cell) if cell.is_integer() else cell
+    return cell
+
+
+def table_regions(table) -> list[dict] | None:
+    """The region table's rows as a request's `regions`: {"box", "prompt"} and the weight when one
+    is typed. A row without a box and a prompt is skipped (a weight alone says nothing); None when
+    every row is. A prompt is kept as typed; the rest of a row as table_cell reads it. `table` is
+    its rows, as the page's event gives them, or the table's own value ({"headers", "data"})."""
+    if isinstance(table, dict):
+        table = table.get("data")
+    regions = []
+    for row in table or []:
+        row = list(row) + [None] * (len(REGION_COLUMNS) - len(row))
+        *box, prompt, weight = row[:len(REGION_COLUMNS)]
+        box, weight = [table_cell(side) for side in box], table_cell(weight)
+        prompt = "" if prompt is None or (isinstance(prompt, float) and math.isnan(prompt)) else prompt
+        if all(side is None for side in box) and not str(prompt).strip():
+            continue
+        regions.append({"box": box, "prompt": prompt, **({} if weight is None else {"weight": weight})})
+    return regions or None
+
+
+def regions_preview(width, height, table) -> PIL.Image.Image | None:
+    """The canvas's outline, fitted in PREVIEW_SIZE, with the table's boxes drawn over it and
+    numbered as the checks count the regions; a row that is no box of four whole numbers yet is
+    counted but not drawn. None while the canvas has no size."""
+    try:
+        width, height = int(width), int(height)
+    except (TypeError, ValueError):
+        return None
+    if width < 1 or height < 1:
+        return None
+    scale = min(PREVIEW_SIZE[0] / width, PREVIEW_SIZE[1] / height)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    picture = PIL.Image.new("RGBA", size, "#e8e8e8")
+    boxes = []
+    for number, region in enumerate(table_regions(table) or [], 1):
+        box = region["box"]
+        if len(box) == 4 and all(isinstance(side, int) for side in box) and box[2] > box[0] and box[3] > box[1]:
+            colour = REGION_COLOURS[(number - 1) % len(REGION_COLOURS)]
+            corners = [round(box[0] * scale), round(box[1] * scale), round(box[2] * scale) - 1,
+                       round(box[3] * scale) - 1]
+            tint = PIL.Image.new("RGBA", size, (0, 0, 0, 0))  # one at a time: where boxes overlap, both show
+            PIL.ImageDraw.Draw(tint).rectangle(corners, fill=PIL.ImageColor.getrgb(colour) + (80,))
+            picture.alpha_composite(tint)
+            boxes.append((number, colour, corners))
+    lines = PIL.ImageDraw.Draw(picture)
+    font = PIL.ImageFont.load_default(size=14)
+    for number, colour, corners in boxes:  # the outlines and numbers over every tint
+        lines.rectangle(corners, outline=colour, width=2)
+        lines.text((corners[0] + 5, corners[1] + 3), str(number), fill=colour, font=font)
+    lines.rectangle([0, 0, size[0] - 1, size[1] - 1], outline="#444444", width=1)  # the canvas's edge
+    return picture.convert("RGB")
 
 
 def strength_for_mask(mask_path, strength_now):
@@ -345,6 +443,12 @@ def build_ui(model: PanoramaModel, limits: Limits, out_dir: str | Path) -> gr.Bl
                     add("width")
                     add("height", info=f"at most {limits.max_pixels:,} pixels in all")
                 add("loop_closure")
+                with gr.Accordion("regions: prompts of their own for parts of the canvas", open=False,
+                                  elem_id="region-settings"):
+                    add("regions")
+                    region_view = gr.Image(regions_preview(canvas["width"], canvas["height"], None), type="pil",
+                                           format="png", interactive=False, height=140, elem_id="regions_preview",
+                                           label="where the regions lie on the canvas")
                 lora_sliders = []
                 if model.loras:
                     with gr.Accordion("LoRAs: the weight of each", open=True, elem_id="lora-settings"):
@@ -390,6 +494,11 @@ def build_ui(model: PanoramaModel, limits: Limits, out_dir: str | Path) -> gr.Bl
                    *([control_view] if model.control else [])]
         run.click(generate, run_inputs, outputs)
         inputs["prompt"].submit(generate, run_inputs, outputs)
+        region_sources = [inputs[name] for name in ("width", "height", "regions")]
+        for source in region_sources:  # the preview follows the canvas and the boxes as they change; a
+            # drawing of a few milliseconds, outside the queue, so that it never waits behind a panorama
+            source.change(regions_preview, region_sources, region_view, queue=False, show_progress="hidden",
+                          trigger_mode="always_last")
         if model.geometry.window_multiple:  # a window that may be chosen makes its own canvas
             canvas_inputs = [inputs[name] for name in ("width", "height", "stride")]
             inputs["window"].change(canvas_of_window, [inputs["window"], *canvas_inputs], canvas_inputs)

@@ -1,9 +1,10 @@
-"""Images sent to a server: ControlSync's condition images, and the image inputs of the plain
-pipelines (`image`, `mask_image`: img2img, inpainting, extending). Read from base64 or a data URL,
-checked with one sentence naming the field, and kept as PNG files named by their content, so that a
-queued job survives a restart, the same picture sent for many seeds is stored once, and a
-panorama's metadata can name its inputs as the commands' does (`panosync control --from-png` and
-`panosync generate --from-png` then find them on this machine)."""
+"""Images sent to a server: ControlSync's condition images, the image inputs of the plain
+pipelines (`image`, `mask_image`: img2img, inpainting, extending), and the masks of region prompts
+(`regions`). Read from base64 or a data URL, checked with one sentence naming the field (a region's
+mask: the region), and kept as PNG files named by their content, so that a queued job survives a
+restart, the same picture sent for many seeds is stored once, and a panorama's metadata can name
+its inputs as the commands' does (`panosync control --from-png` and `panosync generate --from-png`
+then find them on this machine)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import PIL.Image
 
 from .. import files
 from ..conditions import read_condition_image, rgb_image
+from ..errors import shown
 from ..image_input import mask_pixels
 from .schema import IMAGE_UPLOADS, FieldError
 
@@ -56,20 +58,56 @@ def checked_image_input(image: PIL.Image.Image, field: str, source: str) -> PIL.
     return image.convert("L") if image.mode in ("1", "L") else image.convert("RGB").convert("L")
 
 
+def decode_regions(regions: list, max_pixels: int) -> list:
+    """A request's `regions` with each mask (base64 or a data URL) read as an image, checked and
+    turned into the one 8-bit channel it is kept as (`decode_region_mask`). Anything else in them is
+    left as sent, for regions.plan_regions to check with its sentences."""
+    return [{**region, "mask": decode_region_mask(region["mask"], number, max_pixels)}
+            if isinstance(region, dict) and region.get("mask") is not None else region
+            for number, region in enumerate(regions, 1)]
+
+
+def decode_region_mask(text, number: int, max_pixels: int) -> PIL.Image.Image:
+    """Region `number`'s mask (from 1, as regions.py counts them) as one 8-bit channel (L): a
+    FieldError of `regions` that names the region when it is not base64 text of an image, is larger
+    than `max_pixels`, has transparency or colours, or is all black. Its size is checked against the
+    canvas later, with the other regions (regions.plan_regions)."""
+    name = f"Region {number}'s mask"
+    if not isinstance(text, str):
+        raise FieldError("regions", f"{name} must be an image as base64 text or a data URL, got {shown(text)}.")
+    data = _bytes_of(text, name, "regions")
+    try:  # these sentences name the region: "The mask of region 2 is animated …"
+        mask = read_condition_image(data, f"of region {number}", max_pixels, "mask")
+    except ValueError as error:
+        raise FieldError("regions", str(error)) from None
+    try:  # before it becomes one channel, which would hide a transparency or colours
+        mask_pixels(mask, all_black="The mask is all black: paint the region white.")
+    except ValueError as error:  # as regions.latent_mask words them
+        raise FieldError("regions", f"{name}: {error}") from None
+    # kept as a mask input is (the same pixels: a grey RGB mask's channels are equal)
+    return mask.convert("L") if mask.mode in ("1", "L") else mask.convert("RGB").convert("L")
+
+
 def _decode(text: str, name: str, field: str, max_pixels: int, what: str) -> PIL.Image.Image:
+    data = _bytes_of(text, name, field)
+    try:
+        return read_condition_image(data, f"sent as {name}", max_pixels, what)
+    except ValueError as error:
+        raise FieldError(field, str(error)) from None
+
+
+def _bytes_of(text: str, name: str, field: str) -> bytes:
+    """The bytes of an image sent as base64 or a data URL; a FieldError of `field` saying what to
+    send otherwise (`name` is how the sentence names it)."""
     match = DATA_URL.match(text)
     if match is None and text.startswith("data:"):
         raise FieldError(field, f"{name} is a data URL but not a base64 one: send data:image/png;base64,… .")
     payload = "".join(text[match.end():].split() if match else text.split())  # line breaks are allowed in base64
     try:
-        data = base64.b64decode(payload, validate=True)
+        return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise FieldError(field, f"{name} is neither base64 nor a data URL: send the image file's bytes in "
                                 f"base64, or data:image/png;base64,… .") from None
-    try:
-        return read_condition_image(data, f"sent as {name}", max_pixels, what)
-    except ValueError as error:
-        raise FieldError(field, str(error)) from None
 
 
 def save_condition(image: PIL.Image.Image, folder: str | Path) -> Path:
