@@ -8,6 +8,9 @@ hills", 512 x 64. Methods, each on the same seeds:
 * multidiffusion      -- the regions with sync_weight 0 (MultiDiffusion's region-based generation)
 * sync-<mode>         -- the regions, synced, for each of regions.SYNC_MODES (whole, same_prompt, outside)
 * sync-no-regions     -- the background prompt alone, synced (what the regions change)
+* *-no-bootstrap      -- multidiffusion and sync-whole without bootstrapping (regions.BOOTSTRAP_SHARE 0)
+* *-base              -- multidiffusion and sync-whole with the background prompt given a BASE share
+  of the region's weight (the region_base parameter: Regional Prompter's base prompt)
 
 Measured on 64-px crops at stride 32 (pocket's classifier, pocket/classify.py):
 * region adherence   -- of the crops wholly inside the region, the share whose ground reads green
@@ -31,7 +34,7 @@ import PIL.ImageDraw
 import torch
 
 from panosync.files import write_atomically
-from panosync.regions import SYNC_MODES
+from panosync.regions import BOOTSTRAP_SHARE, DEFAULT_SYNC_MODE, SYNC_MODES
 
 from .classify import classify
 from .image_inputs import Cache, labelled, load_pipe, recommended, stacked
@@ -42,12 +45,21 @@ WIDTH, HEIGHT, WINDOW, CROP_STRIDE = 512, 64, 64, 32
 BACKGROUND = "snowy mountains by day"
 REGION_PROMPT = "green hills"
 REGION_BOX = [WIDTH * 2 // 3, 0, WIDTH, HEIGHT]
-METHODS = ("multidiffusion", *(f"sync-{mode}" for mode in SYNC_MODES), "sync-no-regions")
+METHODS = ("multidiffusion", *(f"sync-{mode}" for mode in SYNC_MODES), "sync-no-regions",
+           "multidiffusion-no-bootstrap", "sync-whole-no-bootstrap", "multidiffusion-base", "sync-whole-base")
+BASE = 0.3  # the background prompt's share inside the region in the -base methods
 
 
 def make(pipe, method: str, seed: int, settings: dict) -> PIL.Image.Image:
     options = dict(settings)
     regions = [dict(box=REGION_BOX, prompt=REGION_PROMPT)]
+    pipe.region_sync, pipe.region_bootstrap = DEFAULT_SYNC_MODE, BOOTSTRAP_SHARE
+    if method.endswith("-base"):
+        options["region_base"] = BASE
+        method = method.removesuffix("-base")
+    if method.endswith("-no-bootstrap"):
+        pipe.region_bootstrap = 0.0
+        method = method.removesuffix("-no-bootstrap")
     if method == "multidiffusion":
         options["sync_weight"] = 0.0
     elif method == "sync-no-regions":

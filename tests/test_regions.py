@@ -262,3 +262,21 @@ def test_the_region_option_reads_box_prompt_and_weight():
     for bad in ("0,0,512=a sea", "a sea", "0,0,1,1=", "x,0,1,1=a"):
         with pytest.raises(SettingError):
             parse_region_option(bad)
+
+
+def test_region_base_gives_the_prompt_a_share_inside_the_regions(sync_pipe):
+    """region_base 1 is the prompt's panorama, 0 the region's alone; between, both prompts run."""
+    settings = dict(width=64, height=32, num_inference_steps=STEPS, seed=3, output_type="np", sync_weight=0.0)
+    whole = [{"box": [0, 0, 64, 32], "prompt": "a city"}]
+    prompt_alone = sync_pipe("hills", **settings).images
+    region_alone = sync_pipe("a city", **settings).images
+    assert np.array_equal(sync_pipe("hills", regions=whole, region_base=1.0, **settings).images, prompt_alone)
+    assert np.array_equal(sync_pipe("hills", regions=whole, region_base=0.0, **settings).images, region_alone)
+    mixed = sync_pipe("hills", regions=whole, region_base=0.3, **settings).images
+    assert np.abs(mixed - prompt_alone).max() > 1e-3 and np.abs(mixed - region_alone).max() > 1e-3
+    plan = plan_regions([{"box": [0, 0, 16, 16], "prompt": "a", "weight": 2.0}], 32, 16, 2, 8, False)
+    based = plan.with_base(0.25)
+    assert torch.allclose(based.weights[1], plan.weights[1] * 0.75)
+    assert torch.allclose(based.weights.sum(0), plan.weights.sum(0))  # the same total: only shares move
+    with pytest.raises(SettingError, match="region_base must be from 0 to 1"):
+        sync_pipe("hills", regions=whole, region_base=1.5, **settings)

@@ -68,7 +68,8 @@ UPSCALE_SCALE, UPSCALE_STRENGTH = 2.0, 0.2
 # what an upscale takes from a panosync PNG it is given, unless the options say otherwise
 UPSCALE_FROM_PNG = ("prompt", "negative_prompt", "loop_closure", "guidance_scale")
 # regions: boxes and masks of the upscaled canvas, which the user does not choose (--scale does)
-NOT_UPSCALE_OPTIONS = ("prompt", "width", "height", "image", "mask_image", "image_at", "resize_image", "regions")
+NOT_UPSCALE_OPTIONS = ("prompt", "width", "height", "image", "mask_image", "image_at", "resize_image", "regions",
+                       "region_base")
 
 
 def add_upscale_arguments(command: argparse.ArgumentParser) -> None:

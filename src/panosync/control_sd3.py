@@ -106,6 +106,7 @@ class ControlSync3Pipeline(ControlSyncMixin, SyncDiffusion3Pipeline):
         sync_decoder=None,
         tiled_decode: bool | None = None,
         regions: list | None = None,
+        region_base: float = 0.0,
         window: int | None = None,
     ):
         """Generate one panorama per prompt and image that follows `image`, the condition: a PIL
@@ -132,7 +133,7 @@ class ControlSync3Pipeline(ControlSyncMixin, SyncDiffusion3Pipeline):
                  num_inference_steps=num_inference_steps, stride=stride, seed=seed, loop_closure=loop_closure,
                  anchor=anchor, view_batch_size=view_batch_size, fast_modes=fast_modes,
                  sync_image_scale=sync_image_scale, sync_decoder=sync_decoder, tiled_decode=tiled_decode,
-                 regions=regions, window=window))
+                 regions=regions, region_base=region_base, window=window))
         check_pooled(prompt_embeds, pooled_prompt_embeds, negative_prompt_embeds, negative_pooled_prompt_embeds)
         fast = self.fast_modes(values["fast_modes"], sync_image_scale, sync_decoder)
         count = self.prompt_count(prompt, prompt_embeds)

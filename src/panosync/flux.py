@@ -100,6 +100,7 @@ class SyncDiffusionFluxPipeline(PanoramaPipelineBase, FluxLoraLoaderMixin, FromS
         sync_decoder=None,
         tiled_decode: bool | None = None,
         regions: list | None = None,
+        region_base: float = 0.0,
         window: int | None = None,
         image_at: tuple[int, int] | None = None,
         resize_image: bool = False,
@@ -128,7 +129,7 @@ class SyncDiffusionFluxPipeline(PanoramaPipelineBase, FluxLoraLoaderMixin, FromS
                  num_inference_steps=num_inference_steps, stride=stride, seed=seed, loop_closure=loop_closure,
                  anchor=anchor, view_batch_size=view_batch_size, fast_modes=fast_modes,
                  sync_image_scale=sync_image_scale, sync_decoder=sync_decoder, tiled_decode=tiled_decode,
-                 regions=regions, window=window, image=image, mask_image=mask_image, strength=strength, image_at=image_at,
+                 regions=regions, region_base=region_base, window=window, image=image, mask_image=mask_image, strength=strength, image_at=image_at,
                  resize_image=resize_image, mask_feather=mask_feather, paste_back=paste_back))
         check_true_cfg_scale(true_cfg_scale)
         check_max_sequence_length(max_sequence_length)

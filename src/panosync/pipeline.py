@@ -80,6 +80,7 @@ class SyncDiffusionPipeline(PanoramaPipelineBase, TextualInversionLoaderMixin, S
         sync_decoder=None,
         tiled_decode: bool | None = None,
         regions: list | None = None,
+        region_base: float = 0.0,
         window: int | None = None,
         image_at: tuple[int, int] | None = None,
         resize_image: bool = False,
@@ -106,7 +107,8 @@ class SyncDiffusionPipeline(PanoramaPipelineBase, TextualInversionLoaderMixin, S
         of their own for parts of the canvas, each a dict (or panosync.Region) with "box" (x0, y0,
         x1, y1 in pixels) or "mask" (an image of the canvas's size, white inside), "prompt", and
         optionally "negative_prompt" (default the call's) and "weight" (1); the prompt covers the
-        rest, and the anchor defaults to the view with the most of it. `callback_on_step_end(pipe, step, timestep, kwargs)` runs after every step
+        rest, and the anchor defaults to the view with the most of it. `region_base`: the prompt's
+        share of the prediction inside the regions (0: each region's prompt alone). `callback_on_step_end(pipe, step, timestep, kwargs)` runs after every step
         with the tensors `callback_on_step_end_tensor_inputs` names, the step's "sync_weight" and
         "first_step" (the schedule's index of the loop's first step: an image's strength skips those before);
         a returned "latents" replaces the latents.
@@ -133,7 +135,7 @@ class SyncDiffusionPipeline(PanoramaPipelineBase, TextualInversionLoaderMixin, S
                  num_inference_steps=num_inference_steps, stride=stride, seed=seed, loop_closure=loop_closure,
                  anchor=anchor, view_batch_size=view_batch_size, fast_modes=fast_modes,
                  sync_image_scale=sync_image_scale, sync_decoder=sync_decoder, tiled_decode=tiled_decode,
-                 regions=regions, window=window, image=image, mask_image=mask_image, strength=strength, image_at=image_at,
+                 regions=regions, region_base=region_base, window=window, image=image, mask_image=mask_image, strength=strength, image_at=image_at,
                  resize_image=resize_image, mask_feather=mask_feather, paste_back=paste_back))
         self.check_image_prompt(ip_adapter_image, ip_adapter_image_embeds)
         fast = self.fast_modes(values["fast_modes"], sync_image_scale, sync_decoder)

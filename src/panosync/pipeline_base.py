@@ -114,8 +114,10 @@ class PanoramaPipelineBase(DiffusionPipeline):
         self._sync_decoders: dict[str, torch.nn.Module] = {}  # loaded from folders, by folder
         self.autocast_dtype: torch.dtype | None = None  # set by enable_autocast
         self.vae_tiling: bool | None = None  # set by enable_vae_tiling; None: tiled when large
-        # how the sync step meets region prompts (regions.SYNC_MODES; the alternatives are measured in docs/regions.md)
+        # how the sync step meets region prompts (regions.SYNC_MODES) and the share of the steps that bootstrap
+        # them: the alternatives are measured in docs/regions.md
         self.region_sync = DEFAULT_SYNC_MODE
+        self.region_bootstrap = BOOTSTRAP_SHARE
 
     # ----------------------------------------------------------------------------------- loading
 
@@ -578,7 +580,7 @@ class PanoramaPipelineBase(DiffusionPipeline):
         plan: RegionPlan | None = values.get("region_plan")
         pixel_weights = None
         if plan is not None:
-            plan = plan.to(device)
+            plan = plan.with_base(values["region_base"]).to(device)
             predict = self.regional_prediction(plan, conditioning, noise, sampler, values, first_step,
                                                view_conditioning, network_kwargs)
             mode, anchor_prompt = self.region_sync, main_prompt(plan, layout.views[layout.anchor])
@@ -610,7 +612,7 @@ class PanoramaPipelineBase(DiffusionPipeline):
         """The loop's prediction on a canvas with region prompts (regions.py): every (view, prompt)
         pair a batch needs in one network call, reading its row of `conditioning` (the panoramas'
         prompts, then the regions', with_region_prompts), and the regions bootstrapped against flat
-        colours in the first BOOTSTRAP_SHARE of the schedule's steps."""
+        colours in the first `region_bootstrap` share of the schedule's steps (BOOTSTRAP_SHARE)."""
         device = self._execution_device
         panoramas = noise.shape[0]
         prompt_count = panoramas + len(plan.prompts)
@@ -619,7 +621,7 @@ class PanoramaPipelineBase(DiffusionPipeline):
             return self.backbone.guided_prediction(x, t, prompt_rows(conditioning, rows, prompt_count),
                                                    values["guidance_scale"], views, view_conditioning, network_kwargs)
 
-        bootstrapped = round(BOOTSTRAP_SHARE * values["num_inference_steps"]) - first_step
+        bootstrapped = round(self.region_bootstrap * values["num_inference_steps"]) - first_step
         bootstrap = None
         if bootstrapped > 0:
             bootstrap = Bootstrap(plan.masks, self.flat_colour_latents(bootstrapped, len(plan.prompts)),

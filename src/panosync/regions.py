@@ -170,6 +170,16 @@ class RegionPlan:
         reach = crop(self.weights, view).flatten(1).amax(1)
         return tuple(int(k) for k in torch.nonzero(reach > 0).flatten())
 
+    def with_base(self, base: float) -> RegionPlan:
+        """The plan with the background's prompt given a `base` share of every region's weight
+        (Regional Prompter's base prompt): where a region's prompt had weight W, it keeps (1 − base)·W
+        and the background gains base·W, so the call's prompt reaches every view."""
+        if not base:
+            return self
+        regions = self.weights[1:] * (1 - base)
+        background = self.weights[0] + base * self.weights[1:].sum(0)
+        return RegionPlan(self.prompts, self.negative_prompts, self.masks, torch.cat([background[None], regions]))
+
     def to(self, device) -> RegionPlan:
         return RegionPlan(self.prompts, self.negative_prompts, self.masks.to(device), self.weights.to(device))
 

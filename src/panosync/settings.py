@@ -142,6 +142,9 @@ PARAMETERS: tuple[Parameter, ...] = (
     P("regions", list, None, "prompts of their own for parts of the canvas: each a box (x0, y0, x1, y1 in pixels) or "
       "a mask of the canvas's size (white inside), a prompt, and optionally a negative prompt and a weight; the "
       "prompt covers the rest", unset="none: the prompt everywhere", item=object),  # files on the command
+    P("region_base", float, 0.0, "the prompt's share of the prediction inside the regions (Regional Prompter's base "
+      "prompt): 0 gives each region its own prompt alone; 0.3 carries the prompt's light and time of day into them",
+      minimum=0, maximum=1),
     # ControlSync
     P("condition", list, None, "the image the panorama follows, of its size; one per ControlNet",
       unset="none: required", item=object, control=True),  # files on the command, images on a server

@@ -42,7 +42,7 @@ SYNC_PARAMETERS = ("sync_weight", "sync_decay_rate", "sync_freq", "sync_threshol
                    "sync_image_scale", "sync_decoder")
 # each image's own (prompt, seed); evaluate's own option (--view-batch-size); outside the paper's metrics,
 # which measure panoramas of one prompt (regions)
-NOT_EVALUATED = ("prompt", "seed", "view_batch_size", "regions")
+NOT_EVALUATED = ("prompt", "seed", "view_batch_size", "regions", "region_base")
 SHARED_PARAMETERS = tuple(name for name in settings.PIPELINE_NAMES if name not in SYNC_PARAMETERS + NOT_EVALUATED)
 # Recorded in a panorama's PNG only when they differ from the paper's, so that the records of runs
 # made before they existed still match a rerun.
