@@ -106,7 +106,7 @@ BAD_REGION_LINES = [
                                         "read from the jobs file's folder), got 5."),
     ([{"mask": "masks/small.png", "prompt": "a city"}], "line 2: Region 1's mask is 64×64 pixels: it must be the "
                                                          "canvas's size, 128×64."),
-    ([{"mask": "masks/black.png", "prompt": "a city"}], "line 2: Region 1's mask: The mask is all black"),
+    ([{"mask": "masks/black.png", "prompt": "a city"}], "line 2: Region 1: The mask is all black"),
     ([{"box": [0, 0, 128, 64], "prompt": "a sea", "weight": 0}], "line 2: The regions' weights add up to 0"),
     ([{"box": [0, 0, 8, 8], "prompt": "a sea", "weight": "heavy"}], "line 2: Region 1's weight must be a number"),
     ("a sea", "line 2: regions must be a list, got 'a sea'."),

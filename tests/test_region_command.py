@@ -104,13 +104,14 @@ BAD = [
     (lambda p: ["--region", "0,0,8,8=a", "--region", "10,0,10,32=a sea"], "Region 2's box 10,0,10,32 is empty"),
     (lambda p: ["--region-mask", f"{write_mask(p, width=32, left=16)}=a city"],
      "Region 1's mask is 32×32 pixels: it must be the canvas's size, 64×32."),
-    (lambda p: ["--region-mask", f"{black(p)}=a city"], "Region 1's mask: The mask is all black: paint the region "
+    (lambda p: ["--region-mask", f"{black(p)}=a city"], "Region 1: The mask is all black: paint the region "
                                                          "white."),
-    (lambda p: ["--region-mask", f"{coloured(p)}=a city"], "Region 1's mask: The mask has colours"),
+    (lambda p: ["--region-mask", f"{coloured(p)}=a city"], "Region 1: The mask has colours"),
     (lambda p: ["--region-mask", f"{p / 'missing.png'}=a city"], "No such region mask: "),
     (lambda p: ["--region-mask", str(p)], "is not MASK.png=PROMPT"),
     (lambda p: ["--region", "0,0,64,32=a sea:0"], "The regions' weights add up to 0 around pixel (0, 0)"),
-    (lambda p: ["--region", "0,0,32,32=a sea:11"], "Region 1's weight must be a number from 0 to 10, got 11.0."),
+    (lambda p: ["--region", "0,0,32,32=a sea:11"], "the number after the last ':' (11) is read as the region's weight, "
+                                                   "from 0 to 10"),
     (lambda p: ["--region", "0,0,32=a sea"], "the box before '=' must be four whole pixels X0,Y0,X1,Y1"),
     (lambda p: ["--region", "a sea"], "'a sea' is not X0,Y0,X1,Y1=PROMPT"),
     (lambda p: ["--region", "0,0,32,32= "], "is not X0,Y0,X1,Y1=PROMPT"),

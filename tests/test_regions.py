@@ -280,3 +280,26 @@ def test_region_base_gives_the_prompt_a_share_inside_the_regions(sync_pipe):
     assert torch.allclose(based.weights.sum(0), plan.weights.sum(0))  # the same total: only shares move
     with pytest.raises(SettingError, match="region_base must be from 0 to 1"):
         sync_pipe("hills", regions=whole, region_base=1.5, **settings)
+
+
+def test_a_region_takes_the_calls_negative_prompt_only_where_it_is_one_text(sync_pipe):
+    settings = dict(width=64, height=32, num_inference_steps=1, seed=3, output_type="latent", sync_weight=0.0)
+    region = [{"box": [32, 0, 64, 32], "prompt": "a city"}]
+    for negatives in (dict(negative_prompt=["fog", "rain"]),
+                      dict(negative_prompt_embeds=torch.zeros(2, 77, 32, dtype=torch.float64))):
+        with pytest.raises(SettingError, match="give every region its negative_prompt"):
+            sync_pipe(["hills", "sea"], regions=region, **negatives, **settings)
+    own = [{**region[0], "negative_prompt": "smoke"}]
+    noise = torch.randn(2, 4, 16, 32, generator=torch.Generator().manual_seed(0))
+    both = sync_pipe(["hills", "sea"], negative_prompt=["fog", "rain"], regions=own, latents=noise,
+                     **settings).images
+    alone = sync_pipe("sea", negative_prompt="rain", regions=own, latents=noise[1:], **settings).images
+    assert torch.allclose(both[1:], alone, atol=1e-12)
+
+
+def test_the_region_option_keeps_a_prompts_colon_unless_a_plain_number_follows():
+    assert parse_region_option("0,0,8,8=a clock at 12:30:1") == dict(box=[0, 0, 8, 8], prompt="a clock at 12:30",
+                                                                      weight=1.0)
+    assert parse_region_option("0,0,8,8=ratio 1:inf")["prompt"] == "ratio 1:inf"
+    with pytest.raises(SettingError, match=r"add ':1' after it"):
+        parse_region_option("0,0,8,8=a clock at 12:30")

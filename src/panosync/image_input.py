@@ -153,21 +153,24 @@ ALL_BLACK = ("The mask is all black: it keeps the whole image and paints nothing
              "should change.")
 
 
-def mask_pixels(mask, all_black: str = ALL_BLACK) -> torch.Tensor:
+MASK_MEANING = "white where the panorama is painted and black where the image is kept"
+
+
+def mask_pixels(mask, all_black: str = ALL_BLACK, meaning: str = MASK_MEANING) -> torch.Tensor:
     """A mask (white: paint, black: keep) as a (1, 1, H, W) tensor of 0 and 1 (binarized at a
     half, as diffusers' mask processor does); a ValueError for one that is not a single channel,
-    is transparent or has no white (the sentence `all_black`)."""
+    is transparent or has no white (the sentence `all_black`); `meaning` says in the sentences
+    what its white and black are."""
     if isinstance(mask, PIL.Image.Image):
         if mask.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in mask.info:
-            raise ValueError(f"The mask has transparency (mode {mask.mode}): give a black-and-white image, white "
-                             f"where the panorama is painted.")
+            raise ValueError(f"The mask has transparency (mode {mask.mode}): give a black-and-white image, "
+                             f"{meaning}.")
         if mask.mode in ("L", "1"):
             values = np.asarray(mask.convert("L"), dtype=np.float32)[None] / 255
         elif mask.mode in ("RGB", "P"):
             rgb = np.asarray(mask.convert("RGB"), dtype=np.float32)
             if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
-                raise ValueError("The mask has colours: it must be one channel, white where the panorama is painted "
-                                 "and black where the image is kept.")
+                raise ValueError(f"The mask has colours: it must be one channel, {meaning}.")
             values = rgb[None, ..., 0] / 255
         else:
             raise ValueError(f"The mask has mode {mask.mode}: give an 8-bit black-and-white image.")

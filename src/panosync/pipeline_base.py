@@ -406,9 +406,15 @@ class PanoramaPipelineBase(DiffusionPipeline):
                                                             f"more, got {feather!r}.")
             values["mask_feather"] = self.vae_scale_factor if feather is None else feather
             values["paste_back"] = image_options["paste_back"] is not False
-        values["region_plan"] = plan_regions(values.get("regions"), values["width"], values["height"],
-                                             self.vae_scale_factor, values["window"] // self.vae_scale_factor,
-                                             values["loop_closure"])
+        values["region_plan"] = plan = plan_regions(values.get("regions"), values["width"], values["height"],
+                                                    self.vae_scale_factor, values["window"] // self.vae_scale_factor,
+                                                    values["loop_closure"])
+        several_negatives = negative_prompt_embeds is not None or \
+            (isinstance(negative_prompt, list) and len({text or "" for text in negative_prompt}) > 1)
+        if plan is not None and None in plan.negative_prompts and several_negatives:
+            raise settings.SettingError("regions", "A region without a negative_prompt takes the call's, which must "
+                                                   "then be one text: give every region its negative_prompt, or "
+                                                   "one negative_prompt for all prompts.")
         return values
 
     @staticmethod
@@ -431,12 +437,11 @@ class PanoramaPipelineBase(DiffusionPipeline):
                             negative_prompts: list[str], encode: Callable) -> PromptConditioning:
         """Step 3, with region prompts: the regions' prompts encoded by `encode(texts, negative_texts)`
         (the family's encode_prompt, one row each) after the `panoramas` rows of the call's own. A
-        region without a negative prompt takes the call's (none where the call has one per prompt)."""
+        region without a negative prompt takes the call's (one text for all prompts: check_inputs)."""
         plan: RegionPlan | None = values.get("region_plan")
         if plan is None:
             return conditioning
-        shared = negative_prompts[0] if len(set(negative_prompts)) == 1 else ""
-        negatives = [shared if text is None else text for text in plan.negative_prompts]
+        negatives = [negative_prompts[0] if text is None else text for text in plan.negative_prompts]
         return joined_prompts(conditioning, panoramas, encode(list(plan.prompts), negatives), len(plan.prompts))
 
     def prepare_layout(self, values: dict) -> Layout:

@@ -23,6 +23,8 @@ Pure tensor code and sentences; the pipeline (pipeline_base.py) encodes the prom
 from __future__ import annotations
 
 import math
+import numbers
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -35,6 +37,8 @@ from .views import View, crop
 
 MAX_REGIONS = 16
 MAX_WEIGHT = 10.0
+# the least total weight a latent pixel may have: the weighted mean divides by it, in any precision
+SMALLEST_TOTAL = 1e-3
 REGION_KEYS = ("box", "mask", "prompt", "negative_prompt", "weight")
 # MultiDiffusion's region generation bootstraps 20 of its 50 steps
 BOOTSTRAP_SHARE = 0.4
@@ -81,13 +85,28 @@ def as_region(value, number: int) -> Region:
                   negative_prompt=value.get("negative_prompt"), weight=1.0 if weight is None else weight)
 
 
+def checked_list(regions) -> list[Region]:
+    """The regions as Regions, once the list itself is checked: a list (None: none) of at most
+    MAX_REGIONS dicts or Regions with known keys. Cheap, so a server runs it before it decodes any
+    mask a request holds."""
+    if regions is None:
+        return []
+    if not isinstance(regions, (list, tuple)):
+        raise SettingError("regions", f"regions must be a list of regions, got {shown(regions)}.")
+    if len(regions) > MAX_REGIONS:
+        raise SettingError("regions", f"{len(regions)} regions are more than {MAX_REGIONS}: merge some, or give one "
+                                      f"region a mask of several parts.")
+    return [as_region(value, number) for number, value in enumerate(regions, 1)]
+
+
 def check_text(text, what: str, number: int, required: bool) -> None:
     from .settings import MAX_PROMPT_CHARACTERS  # settings imports this module's constants
 
     if text is None and not required:
         return
     if not isinstance(text, str) or (required and not text.strip()):
-        raise SettingError("regions", f"Region {number}'s {what} must be a non-empty text, got {shown(text)}.")
+        kind = "a non-empty text" if required else "a text"
+        raise SettingError("regions", f"Region {number}'s {what} must be {kind}, got {shown(text)}.")
     if len(text) > MAX_PROMPT_CHARACTERS:
         raise SettingError("regions", f"Region {number}'s {what} is {len(text):,} characters long: keep it to "
                                       f"{MAX_PROMPT_CHARACTERS:,}.")
@@ -96,10 +115,10 @@ def check_text(text, what: str, number: int, required: bool) -> None:
 def check_box(box, width: int, height: int, number: int) -> tuple[int, int, int, int]:
     """The box as four whole pixels inside the canvas, with room in it; a SettingError otherwise."""
     if not isinstance(box, (list, tuple)) or len(box) != 4 or \
-            any(isinstance(side, bool) or not isinstance(side, int) for side in box):
+            any(isinstance(side, bool) or not isinstance(side, numbers.Integral) for side in box):
         raise SettingError("regions", f"Region {number}'s box must be four whole pixels x0, y0, x1, y1, got "
                                       f"{shown(box)}.")
-    x0, y0, x1, y1 = box
+    x0, y0, x1, y1 = (int(side) for side in box)
     if x1 <= x0 or y1 <= y0:
         raise SettingError("regions", f"Region {number}'s box {x0},{y0},{x1},{y1} is empty: x1 must be right of x0 "
                                       f"and y1 below y0.")
@@ -119,9 +138,10 @@ def latent_mask(region: Region, width: int, height: int, vae_factor: int, number
         return torch.outer(covered(y0, y1, height // vae_factor, vae_factor),
                            covered(x0, x1, width // vae_factor, vae_factor))
     try:
-        mask = mask_pixels(region.mask, all_black="The mask is all black: paint the region white.")
+        mask = mask_pixels(region.mask, all_black="The mask is all black: paint the region white.",
+                           meaning="white inside the region and black outside")
     except ValueError as error:
-        raise SettingError("regions", f"Region {number}'s mask: {error}") from None
+        raise SettingError("regions", f"Region {number}: {error}") from None
     if tuple(mask.shape[-2:]) != (height, width):
         raise SettingError("regions", f"Region {number}'s mask is {mask.shape[-1]}×{mask.shape[-2]} pixels: it must be "
                                       f"the canvas's size, {width}×{height}.")
@@ -137,7 +157,7 @@ def covered(start: int, end: int, length: int, vae_factor: int) -> torch.Tensor:
 
 def feather(masks: torch.Tensor, radius: int, loop_closure: bool) -> torch.Tensor:
     """(K, h, w) masks blurred by two box filters of `radius` latent pixels (a tent): a region's
-    edge becomes a ramp across it, while the canvas's own edges are continued (wrapped round the
+    edge becomes a ramp reaching 2·radius on either side of it, while the canvas's own edges are continued (wrapped round the
     seam with loop closure) so a region that reaches an edge stays whole there."""
     blurred = masks[:, None]
     size = 2 * radius + 1
@@ -189,37 +209,31 @@ def plan_regions(regions, width: int, height: int, vae_factor: int, window: int,
     """The regions of a call checked against its canvas (`width` × `height` pixels; `window` in
     latent pixels) and laid out at latent resolution; None for no regions. A SettingError that
     names the region and says what to change for any that cannot be used."""
-    if regions is None:
-        return None
-    if not isinstance(regions, (list, tuple)):
-        raise SettingError("regions", f"regions must be a list of regions, got {shown(regions)}.")
     if not regions:
+        checked_list(regions)
         return None
-    if len(regions) > MAX_REGIONS:
-        raise SettingError("regions", f"{len(regions)} regions are more than {MAX_REGIONS}: merge some, or give one "
-                                      f"region a mask of several parts.")
-    checked = [as_region(value, number) for number, value in enumerate(regions, 1)]
+    checked = checked_list(regions)
     latent_masks = []
     for number, region in enumerate(checked, 1):
         check_text(region.prompt, "prompt", number, required=True)
         check_text(region.negative_prompt, "negative prompt", number, required=False)
         weight = region.weight
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or \
+        if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight) or \
                 not 0 <= weight <= MAX_WEIGHT:
             raise SettingError("regions", f"Region {number}'s weight must be a number from 0 to {MAX_WEIGHT:g}, got "
                                           f"{shown(weight)}.")
         latent_masks.append(latent_mask(region, width, height, vae_factor, number))
-    # a ramp across each region's edge, a window/8 wide
+    # a ramp across each region's edge, reaching a window/4 on either side
     masks = feather(torch.stack(latent_masks), max(1, window // 8), loop_closure)
     background = (1 - masks.sum(0)).clamp(min=0)
     region_weights = torch.tensor([float(region.weight) for region in checked])[:, None, None] * masks
     weights = torch.cat([background[None], region_weights])
     total = weights.sum(0)
-    if not (total > 0).all():
-        row, column = (int(i) for i in torch.nonzero(total <= 0)[0])
+    if not (total >= SMALLEST_TOTAL).all():
+        row, column = (int(i) for i in torch.nonzero(total < SMALLEST_TOTAL)[0])
         raise SettingError("regions", f"The regions' weights add up to 0 around pixel ({column * vae_factor}, "
                                       f"{row * vae_factor}), where no other prompt reaches: give a region there a "
-                                      f"weight above 0.")
+                                      f"weight of {SMALLEST_TOTAL:g} or more.")
     return RegionPlan(tuple(region.prompt for region in checked),
                       tuple(region.negative_prompt for region in checked), masks, weights)
 
@@ -318,6 +332,9 @@ class RegionalPrediction:
         return combined / total
 
 
+WEIGHT_TEXT = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")  # a plain decimal: no sign, exponent, inf or nan
+
+
 def parse_region_option(text: str) -> dict:
     """The command's --region "X0,Y0,X1,Y1=PROMPT[:WEIGHT]" as a region dict (box, prompt, weight)."""
     box_text, prompt, weight = split_region_option(text, "X0,Y0,X1,Y1")
@@ -340,13 +357,12 @@ def split_region_option(text: str, place: str) -> tuple[str, str, float]:
                                       f"it shows, optionally ':WEIGHT' after.")
     weight = 1.0
     head, colon, tail = prompt.rpartition(":")
-    if colon:
-        try:
-            weight = float(tail)
-        except ValueError:
-            pass
-        else:
-            prompt = head
+    if colon and WEIGHT_TEXT.fullmatch(tail.strip()):
+        weight, prompt = float(tail), head
+        if weight > MAX_WEIGHT:
+            raise SettingError("regions", f"{text!r}: the number after the last ':' ({tail.strip()}) is read as the "
+                                          f"region's weight, from 0 to {MAX_WEIGHT:g}: to keep a prompt that ends in "
+                                          f"':NUMBER', add ':1' after it.")
     return where.strip(), prompt.strip(), weight
 
 

@@ -409,6 +409,9 @@ def check(values: dict, geometry: Geometry | None = None) -> None:
             if values.get(name) not in (None, False):
                 raise SettingError(name, f"{name} is an image input's setting: give image (--image) too, or leave "
                                          f"{name} out.")
+    if "regions" in values and not values["regions"] and values.get("region_base"):  # it shares out the regions'
+        raise SettingError("region_base", "region_base is the prompt's share inside the regions: give regions "
+                                          "(--region, --region-mask) too, or leave region_base out.")
     image_at = values.get("image_at")
     if image_at is not None and len(image_at) != 2:
         raise SettingError("image_at", f"image_at must be two whole numbers X,Y (the image's top-left corner in "

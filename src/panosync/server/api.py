@@ -174,9 +174,15 @@ def output_response(file: BinaryIO, filename: str) -> StreamingResponse:
 def add_error_handlers(app: FastAPI) -> None:
     """Every refusal as {"message": one sentence, "detail": the same or the invalid fields}."""
 
+    def _is_upload(location) -> bool:
+        return len(location) > 1 and location[0] == "body" and location[1] in UPLOADS
+
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError):
-        errors = _finite(jsonable_encoder(error.errors()))
+        # an upload's field is never echoed back: it may be megabytes of base64
+        errors = _finite(jsonable_encoder([{key: value for key, value in e.items()
+                                            if key != "input" or not _is_upload(e.get("loc", ()))}
+                                           for e in error.errors()]))
         message = "; ".join(describe_error(e) for e in error.errors())  # the values as sent: NaN, not "nan"
         return JSONResponse(printable({"detail": errors, "message": message}), status_code=422)
 

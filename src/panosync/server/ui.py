@@ -56,7 +56,7 @@ SLIDER_SPANS = {"sync_weight": (0, 100, 0.5), "sync_freq": (1, 50, 1), "num_infe
                 "guidance_scale": (0, 30, 0.5), "sync_decay_rate": (0.01, 1, 0.01),
                 "sync_image_scale": (0.05, 1, 0.05), "controlnet_conditioning_scale": (0, 2, 0.05),
                 "canny_low": (0, settings.CANNY_MAX, 1), "canny_high": (0, settings.CANNY_MAX, 1),
-                "strength": (0.01, 1, 0.01)}
+                "strength": (0.01, 1, 0.01), "region_base": (0, 1, 0.05)}
 PRESET_INFO = ("Each sets the sync and diffusion settings and the approximations of the sync step: paper is the "
                "paper's gradient (faithful); the quicker one takes 20 steps and syncs in the first 5.")
 TILED = {"auto": None, "on": True, "off": False}  # tiled_decode's three states, as the page shows them
@@ -446,6 +446,7 @@ def build_ui(model: PanoramaModel, limits: Limits, out_dir: str | Path) -> gr.Bl
                 with gr.Accordion("regions: prompts of their own for parts of the canvas", open=False,
                                   elem_id="region-settings"):
                     add("regions")
+                    add("region_base")
                     region_view = gr.Image(regions_preview(canvas["width"], canvas["height"], None), type="pil",
                                            format="png", interactive=False, height=140, elem_id="regions_preview",
                                            label="where the regions lie on the canvas")

@@ -18,8 +18,9 @@ import PIL.Image
 
 from .. import files
 from ..conditions import read_condition_image, rgb_image
-from ..errors import shown
+from ..errors import SettingError, shown
 from ..image_input import mask_pixels
+from ..regions import checked_list
 from .schema import IMAGE_UPLOADS, FieldError
 
 # data:[<media type>][;<parameter>=<value>]*;base64,<data>
@@ -61,7 +62,12 @@ def checked_image_input(image: PIL.Image.Image, field: str, source: str) -> PIL.
 def decode_regions(regions: list, max_pixels: int) -> list:
     """A request's `regions` with each mask (base64 or a data URL) read as an image, checked and
     turned into the one 8-bit channel it is kept as (`decode_region_mask`). Anything else in them is
-    left as sent, for regions.plan_regions to check with its sentences."""
+    left as sent, for regions.plan_regions to check with its sentences. The list itself (its length,
+    each region a dict of known keys) is checked first, before any mask is decoded."""
+    try:
+        checked_list(regions)
+    except SettingError as error:
+        raise FieldError("regions", str(error)) from None
     return [{**region, "mask": decode_region_mask(region["mask"], number, max_pixels)}
             if isinstance(region, dict) and region.get("mask") is not None else region
             for number, region in enumerate(regions, 1)]
@@ -81,9 +87,10 @@ def decode_region_mask(text, number: int, max_pixels: int) -> PIL.Image.Image:
     except ValueError as error:
         raise FieldError("regions", str(error)) from None
     try:  # before it becomes one channel, which would hide a transparency or colours
-        mask_pixels(mask, all_black="The mask is all black: paint the region white.")
+        mask_pixels(mask, all_black="The mask is all black: paint the region white.",
+                    meaning="white inside the region and black outside")
     except ValueError as error:  # as regions.latent_mask words them
-        raise FieldError("regions", f"{name}: {error}") from None
+        raise FieldError("regions", f"Region {number}: {error}") from None
     # kept as a mask input is (the same pixels: a grey RGB mask's channels are equal)
     return mask.convert("L") if mask.mode in ("1", "L") else mask.convert("RGB").convert("L")
 
