@@ -36,9 +36,10 @@ def options(pipe, **extra):
 
 @pytest.mark.parametrize("sync_weight", [0.0, 5.0])
 def test_a_region_over_the_whole_canvas_is_its_prompts_panorama(family, sync_weight):
+    """With region_base 0 (each region's prompt alone): the prompt is nowhere."""
     name, pipe = family
     plain = pipe("snowy mountains", **options(pipe, sync_weight=sync_weight)).images
-    region = pipe("a city at night", regions=[{"box": [0, 0, 64, 32], "prompt": "snowy mountains"}],
+    region = pipe("a city at night", regions=[{"box": [0, 0, 64, 32], "prompt": "snowy mountains"}], region_base=0.0,
                   **options(pipe, sync_weight=sync_weight)).images
     if sync_weight == 0:
         assert np.array_equal(plain, region)
@@ -46,6 +47,9 @@ def test_a_region_over_the_whole_canvas_is_its_prompts_panorama(family, sync_wei
         assert np.abs(plain - region).max() < 1e-9
     other = pipe("a city at night", **options(pipe, sync_weight=sync_weight)).images
     assert np.abs(other - region).max() > 1e-3  # the background's prompt is nowhere
+    based = pipe("a city at night", regions=[{"box": [0, 0, 64, 32], "prompt": "snowy mountains"}],
+                 **options(pipe, sync_weight=sync_weight)).images
+    assert np.abs(based - region).max() > 1e-3  # by default (region_base 0.3) it reaches into the region
 
 
 def test_no_regions_is_the_panorama_of_today(family):
@@ -93,7 +97,7 @@ def test_each_batch_runs_the_prompts_its_views_need_in_one_network_call(sync_pip
         sync_pipe("hills", regions=regions, **settings)
     finally:
         calls.close()
-    plan = plan_regions(regions, 128, 32, 2, 16, False)
+    plan = plan_regions(regions, 128, 32, 2, 16, False).with_base(0.3)  # the default region_base
     views = views_for_canvas(16, 64, 16, 4)
     pairs = sum(len(plan.prompts_of(view)) for view in views)
     assert len(views) < pairs < 3 * len(views)
@@ -198,7 +202,8 @@ def test_controlsync_takes_regions(sync_pipe):
     settings = dict(image=condition, width=64, height=32, num_inference_steps=STEPS, seed=3, output_type="np",
                     sync_weight=0.0)
     plain = pipe("snowy mountains", **settings).images
-    region = pipe("a city", regions=[{"box": [0, 0, 64, 32], "prompt": "snowy mountains"}], **settings).images
+    region = pipe("a city", regions=[{"box": [0, 0, 64, 32], "prompt": "snowy mountains"}], region_base=0.0,
+                  **settings).images
     assert np.array_equal(plain, region)
 
 

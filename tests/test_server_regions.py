@@ -110,7 +110,7 @@ def test_a_box_and_a_mask_region_reach_the_pipeline_and_the_png_records_them(cli
 
 
 def test_a_region_over_the_whole_canvas_is_its_prompts_panorama(client):
-    region = client.post("/predictions", json={"prompt": "a city at night", **TINY, "regions": [
+    region = client.post("/predictions", json={"prompt": "a city at night", **TINY, "region_base": 0, "regions": [
         {"box": [0, 0, 64, 32], "prompt": "snowy mountains"}]}, headers=WAIT).json()
     plain = client.post("/predictions", json={"prompt": "snowy mountains", **TINY}, headers=WAIT).json()
     assert region["status"] == plain["status"] == "succeeded"

@@ -80,7 +80,7 @@ class SyncDiffusionPipeline(PanoramaPipelineBase, TextualInversionLoaderMixin, S
         sync_decoder=None,
         tiled_decode: bool | None = None,
         regions: list | None = None,
-        region_base: float = 0.0,
+        region_base: float = 0.3,
         window: int | None = None,
         image_at: tuple[int, int] | None = None,
         resize_image: bool = False,
@@ -108,7 +108,8 @@ class SyncDiffusionPipeline(PanoramaPipelineBase, TextualInversionLoaderMixin, S
         x1, y1 in pixels) or "mask" (an image of the canvas's size, white inside), "prompt", and
         optionally "negative_prompt" (default the call's) and "weight" (1); the prompt covers the
         rest, and the anchor defaults to the view with the most of it. `region_base`: the prompt's
-        share of the prediction inside the regions (0: each region's prompt alone). `callback_on_step_end(pipe, step, timestep, kwargs)` runs after every step
+        share of the prediction inside the regions, which carries its light and time of day into
+        them (0: each region's prompt alone). `callback_on_step_end(pipe, step, timestep, kwargs)` runs after every step
         with the tensors `callback_on_step_end_tensor_inputs` names, the step's "sync_weight" and
         "first_step" (the schedule's index of the loop's first step: an image's strength skips those before);
         a returned "latents" replaces the latents.

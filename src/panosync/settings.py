@@ -142,9 +142,9 @@ PARAMETERS: tuple[Parameter, ...] = (
     P("regions", list, None, "prompts of their own for parts of the canvas: each a box (x0, y0, x1, y1 in pixels) or "
       "a mask of the canvas's size (white inside), a prompt, and optionally a negative prompt and a weight; the "
       "prompt covers the rest", unset="none: the prompt everywhere", item=object),  # files on the command
-    P("region_base", float, 0.0, "the prompt's share of the prediction inside the regions (Regional Prompter's base "
-      "prompt): 0 gives each region its own prompt alone; 0.3 carries the prompt's light and time of day into them",
-      minimum=0, maximum=1),
+    P("region_base", float, 0.3, "the prompt's share of the prediction inside the regions (Regional Prompter's base "
+      "prompt), which carries its light and time of day into them; 0: each region's prompt alone", minimum=0,
+      maximum=1),
     # ControlSync
     P("condition", list, None, "the image the panorama follows, of its size; one per ControlNet",
       unset="none: required", item=object, control=True),  # files on the command, images on a server
@@ -409,9 +409,6 @@ def check(values: dict, geometry: Geometry | None = None) -> None:
             if values.get(name) not in (None, False):
                 raise SettingError(name, f"{name} is an image input's setting: give image (--image) too, or leave "
                                          f"{name} out.")
-    if "regions" in values and not values["regions"] and values.get("region_base"):  # it shares out the regions'
-        raise SettingError("region_base", "region_base is the prompt's share inside the regions: give regions "
-                                          "(--region, --region-mask) too, or leave region_base out.")
     image_at = values.get("image_at")
     if image_at is not None and len(image_at) != 2:
         raise SettingError("image_at", f"image_at must be two whole numbers X,Y (the image's top-left corner in "
