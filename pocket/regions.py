@@ -9,12 +9,14 @@ hills", 512 x 64. Methods, each on the same seeds:
 * sync-<mode>         -- the regions, synced, for each of regions.SYNC_MODES (whole, same_prompt, outside)
 * sync-no-regions     -- the background prompt alone, synced (what the regions change)
 * *-no-bootstrap      -- multidiffusion and sync-whole without bootstrapping (regions.BOOTSTRAP_SHARE 0)
-* *-base              -- multidiffusion and sync-whole with the background prompt given a BASE share
-  of the region's weight (the region_base parameter: Regional Prompter's base prompt)
+* *-base, *-base15    -- multidiffusion and sync-whole with the background prompt given a share of
+  the region's weight (the region_base parameter, Regional Prompter's base prompt: BASE, or 0.15)
 
 Measured on 64-px crops at stride 32 (pocket's classifier, pocket/classify.py):
 * region adherence   -- of the crops wholly inside the region, the share whose ground reads green
 * background adherence -- of the crops wholly outside it, the share whose ground reads snow
+* snow in the region -- of the region's ground (its lower 40 %), the share of white or blue pixels:
+  the background's prompt leaking into it
 * one time of day    -- the share of each panorama's crops showing its most common time, and the
   panoramas whose crops all show one time
 Every image made is kept under the run folder, so a second run resumes. Seeds: judging 9200 on,
@@ -46,17 +48,21 @@ BACKGROUND = "snowy mountains by day"
 REGION_PROMPT = "green hills"
 REGION_BOX = [WIDTH * 2 // 3, 0, WIDTH, HEIGHT]
 METHODS = ("multidiffusion", *(f"sync-{mode}" for mode in SYNC_MODES), "sync-no-regions",
-           "multidiffusion-no-bootstrap", "sync-whole-no-bootstrap", "multidiffusion-base", "sync-whole-base")
+           "multidiffusion-no-bootstrap", "sync-whole-no-bootstrap", "multidiffusion-base", "sync-whole-base",
+           "multidiffusion-base15", "sync-whole-base15")
 BASE = 0.3  # the background prompt's share inside the region in the -base methods
+PICTURED = {"multidiffusion": "MultiDiffusion, region_base 0", "sync-whole": "synced, region_base 0",
+            "sync-whole-base15": "synced, region_base 0.15 (the default)", "sync-whole-base": f"synced, region_base {BASE}"}
 
 
 def make(pipe, method: str, seed: int, settings: dict) -> PIL.Image.Image:
     options = dict(settings)
     regions = [dict(box=REGION_BOX, prompt=REGION_PROMPT)]
     pipe.region_sync, pipe.region_bootstrap = DEFAULT_SYNC_MODE, BOOTSTRAP_SHARE
-    if method.endswith("-base"):
-        options["region_base"] = BASE
-        method = method.removesuffix("-base")
+    options["region_base"] = 0.0  # each region's prompt alone, unless the method says -base (-base15: 0.15)
+    method, based, percent = method.partition("-base")
+    if based:
+        options["region_base"] = int(percent) / 100 if percent else BASE
     if method.endswith("-no-bootstrap"):
         pipe.region_bootstrap = 0.0
         method = method.removesuffix("-no-bootstrap")
@@ -80,9 +86,13 @@ def measure(image: PIL.Image.Image) -> dict:
     outside = [labels[left] for left in labels if left + WINDOW <= x0]
     times = [label["time"] for label in labels.values()]
     most_common_share = collections.Counter(times).most_common(1)[0][1] / len(times)
+    # the background's snow leaking into the region: its ground's pixels (the lower 40 %) that are
+    # white or blue (blue at least green, bright) rather than green
+    ground = np.asarray(image, dtype=np.float64)[int(HEIGHT * 0.6):, x0:x1]
+    snowlike = (ground[..., 2] >= ground[..., 1]) & (ground.mean(axis=-1) > 120)
     return dict(region_green=float(np.mean([label["ground"] == "green" for label in inside])),
                 background_snow=float(np.mean([label["ground"] == "snow" for label in outside])),
-                one_time_share=most_common_share, times=times)
+                region_snowlike_pixels=float(snowlike.mean()), one_time_share=most_common_share, times=times)
 
 
 def summary(rows: list[dict], method: str, cache: Cache) -> dict:
@@ -90,6 +100,7 @@ def summary(rows: list[dict], method: str, cache: Cache) -> dict:
     seconds = [cache.seconds.get(f"{method}-{row['seed']}") for row in rows]
     return dict(region_green=float(np.mean([v["region_green"] for v in values])),
                 background_snow=float(np.mean([v["background_snow"] for v in values])),
+                region_snowlike_pixels=float(np.mean([v["region_snowlike_pixels"] for v in values])),
                 one_time_share=float(np.mean([v["one_time_share"] for v in values])),
                 panoramas_one_time=sum(v["one_time_share"] == 1 for v in values),
                 seconds=float(np.mean([s for s in seconds if s is not None])) if any(seconds) else None)
@@ -106,8 +117,8 @@ def with_box(image: PIL.Image.Image) -> PIL.Image.Image:
 def pictures(cache: Cache, seeds: list[int], out: Path) -> None:
     rows = []
     for seed in seeds:
-        for method in ("multidiffusion", "sync-whole", "sync-same_prompt"):
-            rows.append(labelled(with_box(cache.get(f"{method}-{seed}", lambda: None)), f"{method}, seed {seed}"))
+        for method, label in PICTURED.items():
+            rows.append(labelled(with_box(cache.get(f"{method}-{seed}", lambda: None)), f"{label}, seed {seed}"))
     stacked(rows).save(out)
 
 

@@ -49,14 +49,16 @@ def test_a_region_over_the_whole_canvas_is_its_prompts_panorama(family, sync_wei
     assert np.abs(other - region).max() > 1e-3  # the background's prompt is nowhere
     based = pipe("a city at night", regions=[{"box": [0, 0, 64, 32], "prompt": "snowy mountains"}],
                  **options(pipe, sync_weight=sync_weight)).images
-    assert np.abs(based - region).max() > 1e-3  # by default (region_base 0.3) it reaches into the region
+    assert np.abs(based - region).max() > 1e-3  # by default (region_base 0.15) it reaches into the region
 
 
-def test_no_regions_is_the_panorama_of_today(family):
-    _, pipe = family
-    today = pipe("snowy mountains", **options(pipe, sync_weight=5.0)).images
-    assert np.array_equal(today, pipe("snowy mountains", regions=[], **options(pipe, sync_weight=5.0)).images)
-    assert np.array_equal(today, pipe("snowy mountains", regions=None, **options(pipe, sync_weight=5.0)).images)
+def test_no_regions_is_the_panorama_of_today(sync_pipe):
+    """No regions runs the plain prediction (the families' own tests pin it to diffusers'), whatever
+    region_base says."""
+    settings = dict(width=64, height=32, num_inference_steps=STEPS, seed=3, output_type="np", sync_weight=5.0)
+    today = sync_pipe("snowy mountains", **settings).images
+    for empty in ([], None):
+        assert np.array_equal(today, sync_pipe("snowy mountains", regions=empty, region_base=0.7, **settings).images)
 
 
 def test_a_region_changes_only_the_views_it_reaches_into(sync_pipe):
@@ -97,7 +99,7 @@ def test_each_batch_runs_the_prompts_its_views_need_in_one_network_call(sync_pip
         sync_pipe("hills", regions=regions, **settings)
     finally:
         calls.close()
-    plan = plan_regions(regions, 128, 32, 2, 16, False).with_base(0.3)  # the default region_base
+    plan = plan_regions(regions, 128, 32, 2, 16, False).with_base(0.15)  # the default region_base
     views = views_for_canvas(16, 64, 16, 4)
     pairs = sum(len(plan.prompts_of(view)) for view in views)
     assert len(views) < pairs < 3 * len(views)

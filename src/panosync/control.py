@@ -200,7 +200,7 @@ class ControlSyncPipeline(ControlSyncMixin, SyncDiffusionPipeline):
         sync_decoder=None,
         tiled_decode: bool | None = None,
         regions: list | None = None,
-        region_base: float = 0.3,
+        region_base: float = 0.15,
         window: int | None = None,
     ):
         """Generate one panorama per prompt and image that follows `image`, the condition: a PIL
@@ -326,7 +326,7 @@ class ControlSyncXLPipeline(ControlSyncMixin, SyncDiffusionXLPipeline):
         sync_decoder=None,
         tiled_decode: bool | None = None,
         regions: list | None = None,
-        region_base: float = 0.3,
+        region_base: float = 0.15,
         window: int | None = None,
     ):
         """Generate one panorama per prompt and image that follows `image`, the condition: a PIL

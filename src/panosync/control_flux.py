@@ -106,7 +106,7 @@ class ControlSyncFluxPipeline(ControlSyncMixin, SyncDiffusionFluxPipeline):
         sync_decoder=None,
         tiled_decode: bool | None = None,
         regions: list | None = None,
-        region_base: float = 0.3,
+        region_base: float = 0.15,
         window: int | None = None,
     ):
         """Generate one panorama per prompt and image that follows `image`, the condition: a PIL

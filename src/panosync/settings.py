@@ -142,7 +142,7 @@ PARAMETERS: tuple[Parameter, ...] = (
     P("regions", list, None, "prompts of their own for parts of the canvas: each a box (x0, y0, x1, y1 in pixels) or "
       "a mask of the canvas's size (white inside), a prompt, and optionally a negative prompt and a weight; the "
       "prompt covers the rest", unset="none: the prompt everywhere", item=object),  # files on the command
-    P("region_base", float, 0.3, "the prompt's share of the prediction inside the regions (Regional Prompter's base "
+    P("region_base", float, 0.15, "the prompt's share of the prediction inside the regions (Regional Prompter's base "
       "prompt), which carries its light and time of day into them; 0: each region's prompt alone", minimum=0,
       maximum=1),
     # ControlSync

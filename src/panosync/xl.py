@@ -94,7 +94,7 @@ class SyncDiffusionXLPipeline(PanoramaPipelineBase, FromSingleFileMixin, StableD
         sync_decoder=None,
         tiled_decode: bool | None = None,
         regions: list | None = None,
-        region_base: float = 0.3,
+        region_base: float = 0.15,
         window: int | None = None,
         image_at: tuple[int, int] | None = None,
         resize_image: bool = False,
