@@ -215,8 +215,8 @@ def test_a_picture_changed_after_the_lines_were_read_fails_its_job_with_a_senten
 @pytest.mark.slow
 @pytest.mark.ray
 def test_ray_workers_read_the_pictures_of_the_lines(pictures, tmp_path):
-    """The workers get each line's picture by path and SHA-256 and read it themselves (as the image
-    prompt): the same PNGs as here."""
+    """The workers get each line's picture and region mask by path and SHA-256 and read them
+    themselves: the same PNGs as here. (One job holds both, a Ray batch being the slow part.)"""
     import logging
 
     ray = pytest.importorskip("ray")
@@ -224,7 +224,8 @@ def test_ray_workers_read_the_pictures_of_the_lines(pictures, tmp_path):
 
     jobs = write_jobs(pictures / "jobs.jsonl",
                       {"prompt": "a valley", "seed": 6, "name": "inpainted", "image": "pictures/valley.png",
-                       "mask_image": "pictures/sky.png", **STEPS})
+                       "mask_image": "pictures/sky.png", "regions": [{"mask": "pictures/sky.png", "prompt": "a red sky"}],
+                       **STEPS})
     src = str(Path(__file__).parents[1] / "src")
     path = os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))
     import torch

@@ -3,7 +3,7 @@ masks, a mask an image file (a relative path from the jobs file's folder) read, 
 with the lines before any model loads; every region is checked on the canvas then (once the model
 has loaded, for a model whose geometry is known only then); the PNG records the regions as
 `panosync generate` does, and is the panorama generate makes; a changed mask makes its job again on
-a rerun; a bad region is one sentence naming its line; the Ray workers read the masks too."""
+a rerun; a bad region is one sentence naming its line. (The Ray workers reading the masks: test_batch_image.py.)"""
 
 import dataclasses
 import hashlib
@@ -169,32 +169,3 @@ def test_a_mask_changed_after_the_lines_were_read_fails_its_job_with_a_sentence(
     assert entries["fine"]["status"] == "made" and entries["changed"]["status"] == "failed"
     assert "The region mask" in entries["changed"]["error"]
     assert "changed after it was checked (its SHA-256 differs)" in entries["changed"]["error"]
-
-
-@pytest.mark.slow
-@pytest.mark.ray
-def test_ray_workers_read_the_region_masks_of_the_lines(project, tmp_path):
-    """The workers get each region's mask by path and SHA-256 and read it themselves: the same PNGs
-    as here."""
-    import logging
-
-    ray = pytest.importorskip("ray")
-    import torch
-
-    from panosync.runner.cluster import LOCAL_OBJECT_STORE_BYTES
-
-    jobs = write_jobs(project / "jobs.jsonl",
-                      {"prompt": "a valley", "seed": 6, "name": "regions", "width": 128, "regions": REGIONS, **STEPS})
-    src = str(Path(__file__).parents[1] / "src")
-    path = os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as a Ray worker of one CPU computes (test_ray.py's local_ray says why)
-    ray.init(num_cpus=1, include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES, log_to_driver=False,
-             logging_level=logging.WARNING, runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"}})
-    try:
-        assert batch(jobs, tmp_path / "here-1", "--threads", "1") == 0
-        assert batch(jobs, tmp_path / "ray", "--ray", "local", "--workers", "1", "--threads", "1") == 0
-    finally:
-        ray.shutdown()
-        torch.set_num_threads(threads)
-    assert (tmp_path / "ray" / "regions.png").read_bytes() == (tmp_path / "here-1" / "regions.png").read_bytes()

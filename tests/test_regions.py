@@ -45,11 +45,12 @@ def test_a_region_over_the_whole_canvas_is_its_prompts_panorama(family, sync_wei
         assert np.array_equal(plain, region)
     else:
         assert np.abs(plain - region).max() < 1e-9
-    other = pipe("a city at night", **options(pipe, sync_weight=sync_weight)).images
-    assert np.abs(other - region).max() > 1e-3  # the background's prompt is nowhere
-    based = pipe("a city at night", regions=[{"box": [0, 0, 64, 32], "prompt": "snowy mountains"}],
-                 **options(pipe, sync_weight=sync_weight)).images
-    assert np.abs(based - region).max() > 1e-3  # by default (region_base 0.15) it reaches into the region
+    if sync_weight == 0:  # what the prompt changes, once
+        other = pipe("a city at night", **options(pipe, sync_weight=sync_weight)).images
+        assert np.abs(other - region).max() > 1e-3  # the background's prompt is nowhere
+        based = pipe("a city at night", regions=[{"box": [0, 0, 64, 32], "prompt": "snowy mountains"}],
+                     **options(pipe, sync_weight=sync_weight)).images
+        assert np.abs(based - region).max() > 1e-3  # by default (region_base 0.15) it reaches into the region
 
 
 def test_no_regions_is_the_panorama_of_today(sync_pipe):
