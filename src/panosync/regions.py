@@ -12,10 +12,12 @@ pairs in one network call. In the first steps (bootstrapping, MultiDiffusion's 2
 prediction is made with everything outside its mask replaced by a random flat colour at the same
 noise level, so that its content is drawn to fit the mask rather than spread over the window.
 
-With sync, every view is pulled towards the anchor's image over all its pixels, as without regions
-(`SYNC_MODES`: the other ways measured in docs/regions.md keep the regions no better and the time
-of day worse): a region's content comes from its own prompt's prediction, which the pull does not
-erase, while its light follows the anchor's scene.
+With `region_base` above 0 (RegionPlan.with_base) the call's prompt also has a share of the
+prediction inside the regions, which carries its light and time of day into them: measured on
+pocket (docs/regions.md), it is what keeps one time of day over the regions. With sync, every view
+is pulled towards the anchor's image over all its pixels, as without regions (`SYNC_MODES`: the
+other ways measured keep the regions no better and one time of day less often); the pull does not
+erase a region, whose content comes from its own prompt's prediction.
 
 Pure tensor code and sentences; the pipeline (pipeline_base.py) encodes the prompts and runs the loop.
 """
