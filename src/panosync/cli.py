@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from . import settings
 from .command_options import add_ip_adapter_options, add_model_options, add_options, given_options
+from .photosphere import gpano_fields, vertical_degrees
 from .precision import NonFiniteError
 from .runner.maker import TaskFailed
 
@@ -449,7 +450,19 @@ def make_panorama(args: argparse.Namespace, request: dict, source: ModelSource, 
                           **({"threads": threads} if device.type == "cpu" else {})})
     seconds = time.perf_counter() - started
     print(f"wrote {out} ({image.width}x{image.height}, seed {request['seed']}, {seconds:.1f} s)")
+    if request.get("loop_closure"):
+        print(sphere_words(image.width, image.height))
     return 0
+
+
+def sphere_words(width: int, height: int) -> str:
+    """What a loop-closed panorama covers of the sphere, and whether its file says so (GPano)."""
+    degrees = vertical_degrees(width, height)
+    if gpano_fields(width, height) is None:
+        return (f"a 360° panorama {degrees:.0f}° high: taller than the sphere's 180°, so it carries no Photo Sphere "
+                f"metadata (make it at most {width // 2} high)")
+    whole = " (the full sphere)" if 2 * height == width else f" (±{degrees / 2:g}° about the horizon)"
+    return f"a 360° panorama {degrees:g}° high{whole}, with Photo Sphere metadata (GPano) for 360° viewers"
 
 
 # The packages of each extra (pyproject.toml), by the name they are imported as.

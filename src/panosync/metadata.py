@@ -1,5 +1,5 @@
-"""Panorama PNGs that carry everything needed to make them again, and a digest of their pixels
-(what a resumed batch checks before it keeps one), written atomically."""
+"""Panorama PNGs that carry everything needed to make them again, a digest of their pixels (what a
+resumed batch checks before it keeps one) and, when loop-closed, Photo Sphere XMP; written atomically."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import PIL.PngImagePlugin
 
 from . import __version__
 from .files import write_atomically
+from .photosphere import XMP_KEYWORD, gpano_fields, xmp_packet
 from .settings import json_kind
 
 KEY = "panosync"
@@ -28,7 +29,8 @@ def pixels_digest(image: PIL.Image.Image) -> str:
 
 def save_png(image: PIL.Image.Image, path: str | Path, parameters: dict) -> Path:
     """Write `image` to `path` with `parameters` as JSON in the PNG's text chunk "panosync", with
-    the digest of its pixels (pixels_digest).
+    the digest of its pixels (pixels_digest); a loop-closed panorama (`parameters`' loop_closure)
+    also carries Photo Sphere XMP (photosphere.py), so that viewers show it as a 360° image.
 
     The file appears whole or not at all: it is written beside its destination and renamed. Its
     mode follows the process's umask, like any file the user writes.
@@ -37,6 +39,9 @@ def save_png(image: PIL.Image.Image, path: str | Path, parameters: dict) -> Path
     stored = {**parameters, "panosync_version": __version__, DIGEST: pixels_digest(image)}
     info.add_text(KEY, json.dumps(stored, sort_keys=True))
     info.add_text("Software", f"panosync {__version__}")
+    fields = gpano_fields(image.width, image.height) if parameters.get("loop_closure") else None
+    if fields is not None:  # uncompressed, before the pixels: where viewers look for it
+        info.add_itxt(XMP_KEYWORD, xmp_packet(fields), zip=False)
     return write_atomically(Path(path), lambda file: image.save(file, format="PNG", pnginfo=info))
 
 
