@@ -6,13 +6,9 @@ has loaded, for a model whose geometry is known only then); the PNG records the 
 a rerun; a bad region is one sentence naming its line. (The Ray workers reading the masks: test_batch_image.py.)"""
 
 import dataclasses
-import hashlib
-import json
-import os
 from pathlib import Path
 
 import numpy as np
-import PIL.Image
 import pytest
 
 from panosync.batch.jobs import read_jobs
@@ -22,34 +18,10 @@ from panosync.metadata import read_parameters
 from panosync.models import resolve_model
 from panosync.runner import LocalEngine, ModelSpec
 
-# pocket: 64-pixel windows, VAE factor 4; three steps without the sync gradient: a fraction of a second a panorama
-STEPS = dict(num_inference_steps=3, sync_weight=0)
+from test_batch_image import STEPS, batch, mask, pixels, record, write_jobs
+
 REGIONS = [{"box": [0, 0, 48, 64], "prompt": "a sea"}, {"mask": "masks/city.png", "prompt": "a city", "weight": 2}]
-
-
-def write_jobs(path: Path, *jobs) -> Path:
-    path.write_text("".join(json.dumps(job) + "\n" for job in jobs))
-    return path
-
-
-def batch(jobs_file, out, *options):
-    return main(["batch", str(jobs_file), "--model", "pocket", "--out", str(out), "--quiet", *options])
-
-
-def mask(width=128, height=64, left=80) -> PIL.Image.Image:
-    """White from column `left` on: the region."""
-    pixels = np.zeros((height, width), dtype=np.uint8)
-    pixels[:, left:] = 255
-    return PIL.Image.fromarray(pixels)
-
-
-def pixels(path) -> np.ndarray:
-    with PIL.Image.open(path) as image:
-        return np.asarray(image)
-
-
-def record(path: Path) -> dict:
-    return {"path": os.path.abspath(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+CITY_FROM = 80  # the column the city's mask is white from
 
 
 @pytest.fixture
@@ -57,7 +29,7 @@ def project(tmp_path):
     """A folder of jobs and their masks, the jobs naming them relative to it."""
     folder = tmp_path / "project"
     (folder / "masks").mkdir(parents=True)
-    mask().save(folder / "masks" / "city.png")
+    mask(left=CITY_FROM).save(folder / "masks" / "city.png")
     return folder
 
 

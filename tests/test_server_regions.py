@@ -7,8 +7,6 @@ anything is queued or kept; a ControlSync server takes regions too; the Ray work
 to its workers as pictures; the page's region table reaches the panorama and its preview."""
 
 import base64
-import hashlib
-import io
 import json
 import time
 
@@ -26,17 +24,12 @@ from panosync.server.generation import PanoramaModel, region_inputs
 from panosync.server.limits import Limits
 from panosync.server.ray_worker import WorkersModel
 
-from test_server_image import PictureEngine
+from test_server_image import (PictureEngine, as_uint8, client, folders, model,  # noqa: F401 (fixtures)
+                               png_base64, served, sha256)
 
 # sync_pipe: 16-latent windows, VAE factor 2, so 32-pixel windows; a 64 × 32 canvas, views at stride 8.
 TINY = dict(width=64, height=32, stride=8, num_inference_steps=2, sync_weight=0, seed=3)
 WAIT = {"Prefer": "wait=120"}
-
-
-def png_base64(image: PIL.Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def mask(width=64, height=32, box=(32, 0, 64, 32)) -> PIL.Image.Image:
@@ -46,36 +39,6 @@ def mask(width=64, height=32, box=(32, 0, 64, 32)) -> PIL.Image.Image:
         x0, y0, x1, y1 = box
         pixels[y0:y1, x0:x1] = 255
     return PIL.Image.fromarray(pixels)
-
-
-def sha256(path) -> str:
-    return hashlib.sha256(open(path, "rb").read()).hexdigest()
-
-
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory, sync_pipe):
-    root = tmp_path_factory.mktemp("region-server")
-    sync_pipe.save_pretrained(root / "model")
-    return root
-
-
-@pytest.fixture(scope="module")
-def model(folders):
-    return PanoramaModel.load(str(folders / "model"), "cpu", "float32")
-
-
-@pytest.fixture
-def client(model, tmp_path):
-    with TestClient(create_app(model, tmp_path / "state")) as client:
-        yield client
-
-
-def served(client, job) -> np.ndarray:
-    return np.asarray(PIL.Image.open(io.BytesIO(client.get(job["urls"]["output"]).content)))
-
-
-def as_uint8(images) -> np.ndarray:
-    return (images[0] * 255).round().astype(np.uint8)
 
 
 def direct(model, job, regions) -> np.ndarray:

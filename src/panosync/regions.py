@@ -139,15 +139,21 @@ def latent_mask(region: Region, width: int, height: int, vae_factor: int, number
         x0, y0, x1, y1 = check_box(region.box, width, height, number)
         return torch.outer(covered(y0, y1, height // vae_factor, vae_factor),
                            covered(x0, x1, width // vae_factor, vae_factor))
-    try:
-        mask = mask_pixels(region.mask, all_black="The mask is all black: paint the region white.",
-                           meaning="white inside the region and black outside")
-    except ValueError as error:
-        raise SettingError("regions", f"Region {number}: {error}") from None
+    mask = region_mask_pixels(region.mask, number)
     if tuple(mask.shape[-2:]) != (height, width):
         raise SettingError("regions", f"Region {number}'s mask is {mask.shape[-1]}×{mask.shape[-2]} pixels: it must be "
                                       f"the canvas's size, {width}×{height}.")
     return F.avg_pool2d(mask, vae_factor)[0, 0]
+
+
+def region_mask_pixels(mask, number: int) -> torch.Tensor:
+    """Region `number`'s mask as image_input.mask_pixels reads a mask (one channel, no
+    transparency, binarized), with its sentences about a region's white and black."""
+    try:
+        return mask_pixels(mask, all_black="The mask is all black: paint the region white.",
+                           meaning="white inside the region and black outside")
+    except ValueError as error:
+        raise SettingError("regions", f"Region {number}: {error}") from None
 
 
 def covered(start: int, end: int, length: int, vae_factor: int) -> torch.Tensor:

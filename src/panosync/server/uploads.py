@@ -20,7 +20,7 @@ from .. import files
 from ..conditions import read_condition_image, rgb_image
 from ..errors import SettingError, shown
 from ..image_input import mask_pixels
-from ..regions import checked_list
+from ..regions import checked_list, region_mask_pixels
 from .schema import IMAGE_UPLOADS, FieldError
 
 # data:[<media type>][;<parameter>=<value>]*;base64,<data>
@@ -87,10 +87,9 @@ def decode_region_mask(text, number: int, max_pixels: int) -> PIL.Image.Image:
     except ValueError as error:
         raise FieldError("regions", str(error)) from None
     try:  # before it becomes one channel, which would hide a transparency or colours
-        mask_pixels(mask, all_black="The mask is all black: paint the region white.",
-                    meaning="white inside the region and black outside")
-    except ValueError as error:  # as regions.latent_mask words them
-        raise FieldError("regions", f"Region {number}: {error}") from None
+        region_mask_pixels(mask, number)
+    except SettingError as error:
+        raise FieldError("regions", str(error)) from None
     # kept as a mask input is (the same pixels: a grey RGB mask's channels are equal)
     return mask.convert("L") if mask.mode in ("1", "L") else mask.convert("RGB").convert("L")
 
