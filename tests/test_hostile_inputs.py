@@ -149,13 +149,15 @@ def test_long_names_and_values_are_cut_short_in_settings_sentences():
     assert settings.listed(["a"] * 9) == "a, a, a, a, a and 4 more"
 
 
-def test_out_with_another_extension_than_png_is_refused(tmp_path, capsys):
-    with pytest.raises(ValueError, match=r"--out .*x.jpg: panosync writes PNG files .* name it x.png"):
-        output_path(argparse.Namespace(out=str(tmp_path / "x.jpg")), {"seed": 1})
-    assert output_path(argparse.Namespace(out=str(tmp_path / "x.PNG")), {"seed": 1}).endswith("x.PNG")
-    assert main(["generate", "a landscape", "--model", "tiny-random", "--out", str(tmp_path / "x.webp")]) == 2
+def test_out_with_an_extension_of_no_format_panosync_writes_is_refused(tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"--out .*x.tiff: panosync writes .png, .jpg, .jpeg, .webp files .* name "
+                                         r"it x.png"):
+        output_path(argparse.Namespace(out=str(tmp_path / "x.tiff"), quality=None), {"seed": 1})
+    for name in ("x.PNG", "x.jpeg", "x.WebP"):
+        assert output_path(argparse.Namespace(out=str(tmp_path / name), quality=None), {"seed": 1}).endswith(name)
+    assert main(["generate", "a landscape", "--model", "tiny-random", "--out", str(tmp_path / "x.gif")]) == 2
     error = capsys.readouterr().err
-    assert "writes PNG files" in error and error.count("\n") == 1
+    assert "writes .png, .jpg, .jpeg, .webp files" in error and error.count("\n") == 1
 
 
 def test_pocket_warns_of_the_words_it_does_not_know():

@@ -1,7 +1,7 @@
 """The `panosync` command.
 
     panosync generate "a photo of a mountain range at twilight" --width 3072 --seed 7 --out range.png
-    panosync generate --from-png range.png          # the same panorama again
+    panosync generate --from range.png              # the same panorama again
     panosync generate "a beach" --ip-adapter ./ip-adapter-sd15:0.6 --ip-adapter-image photo.jpg
     panosync generate "snowy mountains" --image photo.png --width 2048 --loop-closure   # extend a photo
     panosync generate "a coast" --width 2048 --region "0,0,1024,512=a calm sea" --region-mask city.png=a city
@@ -25,10 +25,12 @@ import contextlib
 import re
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import settings
 from .command_options import add_ip_adapter_options, add_model_options, add_options, given_options
+from .metadata import DEFAULT_QUALITY
 from .photosphere import gpano_fields, vertical_degrees
 from .precision import NonFiniteError
 from .runner.maker import TaskFailed
@@ -46,7 +48,7 @@ CONTROL_HELPS = dict(
 
 def add_panorama_arguments(command: argparse.ArgumentParser, default_model: str, control: bool = False) -> None:
     """The options of a panorama command: every parameter, the model, the output, the device."""
-    command.epilog = ("An option left out takes the value of --from-png's PNG, else the model's recommended.json, "
+    command.epilog = ("An option left out takes the value of --from's file, else the model's recommended.json, "
                       "else the default shown (the paper's).")
     names = [name for name in settings.PIPELINE_NAMES]
     if control:
@@ -57,10 +59,20 @@ def add_panorama_arguments(command: argparse.ArgumentParser, default_model: str,
     add_model_options(command, default_model, control)
     add_ip_adapter_options(command, None if not control else
                            "the image prompt the IP-Adapter conditions the panorama on (SD and SDXL ControlSync only)")
-    command.add_argument("--out", default=None, help="PNG to write (default: panosync-SEED.png)")
-    command.add_argument("--from-png", default=None, metavar="FILE",
-                         help="take every parameter from a PNG panosync wrote; options given here override")
+    add_output_options(command, "panosync-SEED.png")
+    command.add_argument("--from", "--from-png", dest="from_file", default=None, metavar="FILE",
+                         help="take every parameter from a PNG, JPEG or WebP panosync wrote; options given here "
+                              "override")
     command.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_output_options(command: argparse.ArgumentParser, default: str) -> None:
+    """--out (its extension picks the format: metadata.FORMATS) and --quality."""
+    command.add_argument("--out", default=None,
+                         help=f"the file to write: .png, .jpg/.jpeg or .webp, each with the parameters in its metadata "
+                              f"(default: {default})")
+    command.add_argument("--quality", type=int, default=None,
+                         help=f"JPEG or WebP quality, 1-100 (default {DEFAULT_QUALITY})")
 
 
 # upscale's defaults: twice the size, denoised lightly (pocket keeps its picture at 0.2: 29 dB after
@@ -84,7 +96,7 @@ def add_upscale_arguments(command: argparse.ArgumentParser) -> None:
                                               f"(default {UPSCALE_STRENGTH:g}: details, not a new picture)"))
     add_model_options(command, settings.DEFAULT_MODEL)
     add_ip_adapter_options(command)
-    command.add_argument("--out", default=None, help="PNG to write (default: IMAGE's name with -x2 and .png)")
+    add_output_options(command, "IMAGE's name with -x2 and .png")
     command.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -120,7 +132,7 @@ def upscale(args: argparse.Namespace) -> int:
         args.strength = UPSCALE_STRENGTH
     if args.out is None:
         args.out = str(Path(args.input).with_name(f"{Path(args.input).stem}-x{args.scale:g}.png"))
-    args.from_png = None
+    args.from_file = None
     return generate(args)
 
 
@@ -190,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def panorama_request(args: argparse.Namespace, control: bool = False) -> tuple[dict, ModelSource]:
-    """Every parameter of the panorama (settings.resolve: the options given, the PNG of --from-png,
+    """Every parameter of the panorama (settings.resolve: the options given, the file of --from,
     the model's recommended settings, the paper's), with the model and the seed, checked as far as
     the model's configs allow (all of it for a folder or a bundled model). Loads no weights."""
     from .input_images import image_files_of_request, region_of_record
@@ -200,10 +212,10 @@ def panorama_request(args: argparse.Namespace, control: bool = False) -> tuple[d
     from .models import resolve_model
     from .vocabulary import warn_unknown_words
 
-    stored = settings.stored_parameters(read_parameters(args.from_png)) if args.from_png else {}
+    stored = settings.stored_parameters(read_parameters(args.from_file)) if args.from_file else {}
     given = given_options(args)
     if given.get("prompt") is None and stored.get("prompt") is None:
-        raise ValueError("Give a prompt, or --from-png with a PNG that panosync wrote.")
+        raise ValueError("Give a prompt, or --from with a file that panosync wrote.")
     # the region options (all of them replace the PNG's regions), their mask files read, checked and
     # hashed now; else the PNG's, its mask files found again unchanged
     if given.get("regions") is not None:
@@ -317,18 +329,18 @@ def check_canvas_of_image(request: dict, size: tuple[int, int], vae_factor: int)
 
 
 def output_path(args: argparse.Namespace, request: dict) -> str:
-    """Where the PNG goes, checked before any model work: a panorama made for a place that cannot
-    take it would be lost."""
-    from pathlib import Path
-
+    """Where the panorama goes, in the format of its extension (PNG without one), checked before any
+    model work with its quality and whether the parameters fit its metadata: a panorama made for a
+    place that cannot take it would be lost."""
     from .files import check_writable
+    from .metadata import check_fits, check_quality, image_format
 
     out = args.out or f"panosync-{request['seed']}.png"
-    suffix = Path(out).suffix
-    if suffix and suffix.lower() != ".png":  # PNG bytes under a .jpg name would mislead every viewer
-        name = settings.cut(Path(out).with_suffix(".png").name)
-        raise ValueError(f"--out {settings.cut(out)}: panosync writes PNG files (their metadata holds the "
-                         f"parameters), not {settings.cut(suffix)}: name it {name}.")
+    if not Path(out).suffix:  # a name without an extension: a PNG, named so
+        out = f"{out}.png"
+    image_format(out)
+    check_quality(args.quality, out)
+    check_fits(request, out)
     check_writable(out, "--out")
     return out
 
@@ -383,12 +395,12 @@ def make_panorama(args: argparse.Namespace, request: dict, source: ModelSource, 
     """Load the pipeline (`load(device, precision)`; default: SyncDiffusion's) and the request's
     LoRAs, embeddings and IP-Adapter, make the panorama with the request's pipeline parameters, its
     image prompt and `inputs`, write the PNG with the request. On a CPU the panorama is made on
-    --threads threads, else the --from-png PNG's count, else torch's now, and the PNG records it
+    --threads threads, else the --from file's count, else torch's now, and the PNG records it
     (the picture depends on it there: runner.maker.computing_threads)."""
     from .input_images import loaded_regions, regions_metadata
     from .ip_adapters import ip_adapter_metadata, load_ip_adapter
     from .loras import load_loras, load_textual_inversions, weights_metadata
-    from .metadata import read_parameters, save_png
+    from .metadata import read_parameters, save_panorama
     from .models import load_pipeline, pick_device
     from .precision import pick_precision
     from .registry import family_defaults_after_loading
@@ -396,7 +408,7 @@ def make_panorama(args: argparse.Namespace, request: dict, source: ModelSource, 
 
     device = pick_device(args.device)
     precision = pick_precision(args.dtype, device, source.family)
-    stored = settings.stored_parameters(read_parameters(args.from_png)) if args.from_png else {}
+    stored = settings.stored_parameters(read_parameters(args.from_file)) if args.from_file else {}
     if getattr(args, "threads", None) is not None:
         threads = check_threads(args.threads)
     elif stored.get("threads") is not None:  # a CPU PNG: made again on as many threads
@@ -446,8 +458,8 @@ def make_panorama(args: argparse.Namespace, request: dict, source: ModelSource, 
         result = pipe(**generation, **(inputs or {}))
     image = result.images[0]
     request.update(width=image.width, height=image.height)
-    save_png(image, out, {**request, "device": device.type, "dtype": precision.name,
-                          **({"threads": threads} if device.type == "cpu" else {})})
+    save_panorama(image, out, {**request, "device": device.type, "dtype": precision.name,
+                               **({"threads": threads} if device.type == "cpu" else {})}, args.quality)
     seconds = time.perf_counter() - started
     print(f"wrote {out} ({image.width}x{image.height}, seed {request['seed']}, {seconds:.1f} s)")
     if request.get("loop_closure"):

@@ -114,7 +114,7 @@ def add_model_options(parser: argparse.ArgumentParser, default_model: str, contr
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 …")
     parser.add_argument("--dtype", default="auto", help=DTYPE_HELP)
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch's threads on a CPU (default: as many as torch uses now, or the --from-png PNG's): "
+                        help="torch's threads on a CPU (default: as many as torch uses now, or the --from PNG's): "
                              "on a CPU the picture depends on the count, so a CPU PNG records it, and Ray workers "
                              "use the same; no matter on a GPU")
 

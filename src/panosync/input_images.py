@@ -1,6 +1,6 @@
 """An image input's files on the command and in batch (image_input.py does the rest): read whole
 and checked before any model loads, hashed, recorded in the PNG's metadata by path and SHA-256,
-and found again unchanged by --from-png. A region prompt's mask (regions.py) is such a file too:
+and found again unchanged by --from. A region prompt's mask (regions.py) is such a file too:
 a region on the command and in batch holds its mask as an ImageFile, which the PNG records as it
 records an image, and the pipeline gets as a picture (loaded_regions)."""
 
@@ -83,7 +83,7 @@ def image_file_of_png(stored, name: str) -> ImageFile:
 
 
 def image_files_of_request(given: dict, stored: dict) -> dict:
-    """The image and mask files of a request: the options given, else the PNG's records (--from-png)."""
+    """The image and mask files of a request: the options given, else the PNG's records (--from)."""
     files = {}
     for name in WHAT:
         if given.get(name) is not None:

@@ -10,7 +10,7 @@ As with LoRAs (loras.py, whose checks these are), a user's files are never trust
 must be a safetensors file whose header parses and whose keys are an IP-Adapter's, the image
 encoder a folder with its config and safetensors weights, the image a picture read whole within
 the pixel limit (conditions.py's checks). The adapter's and the image's SHA-256 are recorded, so
-that a PNG names the exact files it was made with and `--from-png` refuses one that changed since.
+that a PNG names the exact files it was made with and `--from` refuses one that changed since.
 Every refusal is a ValueError of one sentence.
 """
 
@@ -190,7 +190,7 @@ def _read_image(path: str):
 def ip_adapter_of_options(ip_adapter: str | None, weight_name: str | None = None, image_encoder: str | None = None,
                           image: str | None = None, stored: dict | None = None
                           ) -> tuple[IpAdapterSpec | None, IpAdapterImageSpec | None]:
-    """The IP-Adapter and image prompt of the command's options, else (for --from-png) of the PNG's
+    """The IP-Adapter and image prompt of the command's options, else (for --from) of the PNG's
     `stored` metadata, found again unchanged; an option given overrides the PNG's record (an encoder
     given alone, the encoder of the PNG's adapter). Both or neither: one without the other is one
     sentence."""

@@ -8,7 +8,7 @@ loaded onto a pipeline.
 A user's file is never trusted: only safetensors are read (a .bin, .pt or .ckpt is a pickle, which
 can run code when loaded), its header is parsed with bounds checks before anything else reads it,
 and its SHA-256 is recorded, so that a PNG's metadata names the exact weights it was made with and
-`--from-png` refuses a file that changed since. Every refusal is a ValueError of one sentence.
+`--from` refuses a file that changed since. Every refusal is a ValueError of one sentence.
 """
 
 from __future__ import annotations
@@ -523,7 +523,7 @@ def load_textual_inversions(pipe, specs) -> None:
 
 def weights_of_options(loras: list[str] | None, weight_names: list[str] | None, inversions: list[str] | None,
                        stored: dict | None = None) -> tuple[tuple[LoraSpec, ...], tuple[TextualInversionSpec, ...]]:
-    """The LoRAs and embeddings of the command's options, else (for --from-png) of the PNG's
+    """The LoRAs and embeddings of the command's options, else (for --from) of the PNG's
     `stored` metadata, found again unchanged; an option given overrides the PNG's record."""
     stored = stored or {}
     if loras or weight_names:

@@ -1,10 +1,17 @@
-"""Panorama PNGs that carry everything needed to make them again, a digest of their pixels (what a
-resumed batch checks before it keeps one) and, when loop-closed, Photo Sphere XMP; written atomically."""
+"""Panorama files (PNG, JPEG, WebP) that carry everything needed to make them again, a digest of
+their pixels (what a resumed batch checks before it keeps one) and, when loop-closed, Photo Sphere
+XMP; written atomically.
+
+A PNG keeps the parameters as JSON in a text chunk; a JPEG or WebP in its XMP packet, as the text of
+a `panosync:parameters` element beside the GPano properties (their only metadata place that every
+tool keeps and that holds more than a line). The format follows the file's extension (FORMATS)."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import xml.sax.saxutils
 from pathlib import Path
 
 import PIL.Image
@@ -12,11 +19,19 @@ import PIL.PngImagePlugin
 
 from . import __version__
 from .files import write_atomically
-from .photosphere import XMP_KEYWORD, gpano_fields, xmp_packet
-from .settings import json_kind
+from .photosphere import XMP_KEYWORD, gpano_fields, xmp_packet, xmp_root
+from .settings import cut, json_kind
 
 KEY = "panosync"
 DIGEST = "pixels_sha256"  # a key of the metadata, beside the parameters: not one of them
+# The formats a panorama is written in, by the file's extension (lower case).
+FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+LOSSY = ("JPEG", "WEBP")
+DEFAULT_QUALITY = 95  # JPEG and WebP: 1-100; 95 keeps fine texture (a panorama is looked at closely)
+# JPEG holds XMP in one APP1 segment: 65,535 bytes less its length and the 29-byte namespace header
+MAX_JPEG_XMP_BYTES = 65_504
+MAX_XMP_BYTES = 1 << 20  # a packet read back larger than this is not one panosync wrote
+PANOSYNC_XMP = "urn:panosync:metadata:1.0#"  # the namespace of panosync:parameters
 
 
 def pixels_digest(image: PIL.Image.Image) -> str:
@@ -25,6 +40,75 @@ def pixels_digest(image: PIL.Image.Image) -> str:
     digest = hashlib.sha256(f"{image.width}x{image.height}:".encode())
     digest.update(image.convert("RGB").tobytes())
     return digest.hexdigest()
+
+
+def image_format(path: str | Path, option: str = "--out") -> str:
+    """The format a panorama at `path` is written in (FORMATS, by its extension); a ValueError
+    that names the extensions for any other."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        known = ", ".join(FORMATS)
+        raise ValueError(f"{option} {cut(str(path))}: panosync writes {known} files (their metadata holds the "
+                         f"parameters), not {cut(suffix) or 'a file without an extension'}: name it "
+                         f"{cut(Path(path).with_suffix('.png').name)} or another of those.")
+    return FORMATS[suffix]
+
+
+def check_quality(quality: int | None, path: str | Path, option: str = "--quality") -> None:
+    """A quality applies to JPEG and WebP only, from 1 to 100: a ValueError that says what to change."""
+    if quality is None:
+        return
+    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+        raise ValueError(f"{option} must be a whole number from 1 to 100, got {cut(repr(quality))}.")
+    if image_format(path) not in LOSSY:
+        raise ValueError(f"{option} applies to JPEG and WebP files, and {cut(str(path))} is a PNG (lossless): "
+                         f"leave {option} out, or write a .jpg or .webp.")
+
+
+def check_fits(parameters: dict, path: str | Path) -> None:
+    """Whether `parameters` fit the metadata of the format `path` names (a JPEG's XMP segment holds
+    64 KB, with room kept for what is added after the panorama is made): a ValueError that says
+    what to change, so that it is known before any model work."""
+    if image_format(path) != "JPEG":
+        return
+    room = MAX_JPEG_XMP_BYTES - 1024  # the device, precision, size, threads and digest, added on writing
+    size = len(xmp_description(parameters).encode("utf-8")) + len(xmp_packet(gpano_fields(2, 1)).encode("utf-8"))
+    if size > room:
+        raise ValueError(f"The parameters take {size:,} bytes, more than a JPEG's metadata holds ({room:,}): "
+                         f"write a .png or .webp, or shorten the prompts.")
+
+
+def xmp_description(parameters: dict) -> str:
+    """The rdf:Description holding `parameters` as the JSON text of panosync:parameters."""
+    text = xml.sax.saxutils.escape(json.dumps(parameters, sort_keys=True, ensure_ascii=False))
+    return (f'<rdf:Description rdf:about="" xmlns:panosync="{PANOSYNC_XMP}">'
+            f"<panosync:parameters>{text}</panosync:parameters></rdf:Description>")
+
+
+def save_panorama(image: PIL.Image.Image, path: str | Path, parameters: dict, quality: int | None = None) -> Path:
+    """Write `image` to `path` in the format of its extension (image_format) with `parameters` and
+    the digest of its pixels (as decoded from the file, for JPEG and WebP), and Photo Sphere XMP
+    when loop-closed: save_png for a PNG; for JPEG and WebP at `quality` (DEFAULT_QUALITY), all in
+    one XMP packet. Written whole or not at all."""
+    kind = image_format(path)
+    if kind == "PNG":
+        return save_png(image, path, parameters)
+    check_quality(quality, path, "quality")
+    options = {"quality": DEFAULT_QUALITY if quality is None else quality}
+    if kind == "JPEG":
+        options["subsampling"] = 0  # full-resolution colour: 4:2:0 smears a panorama's thin horizon lines
+    rgb = image.convert("RGB")
+    pixels = io.BytesIO()  # the lossy pixels as a reader will decode them: encoding is deterministic
+    rgb.save(pixels, format=kind, **options)
+    with PIL.Image.open(pixels) as decoded:
+        digest = pixels_digest(decoded)
+    stored = {**parameters, "panosync_version": __version__, DIGEST: digest}
+    fields = gpano_fields(image.width, image.height) if parameters.get("loop_closure") else None
+    packet = xmp_packet(fields, (xmp_description(stored),)).encode("utf-8")
+    if kind == "JPEG" and len(packet) > MAX_JPEG_XMP_BYTES:
+        raise ValueError(f"The parameters take {len(packet):,} bytes, more than a JPEG's metadata holds "
+                         f"({MAX_JPEG_XMP_BYTES:,}): write a .png or .webp.")
+    return write_atomically(Path(path), lambda file: rgb.save(file, format=kind, xmp=packet, **options))
 
 
 def save_png(image: PIL.Image.Image, path: str | Path, parameters: dict) -> Path:
@@ -46,24 +130,27 @@ def save_png(image: PIL.Image.Image, path: str | Path, parameters: dict) -> Path
 
 
 def read_parameters(path: str | Path) -> dict:
-    """The parameters a panosync PNG was made with; a ValueError if it carries none."""
+    """The parameters a panosync PNG, JPEG or WebP was made with; a ValueError if it carries none."""
     parameters = read_metadata(path)
     parameters.pop(DIGEST, None)
     return parameters
 
 
 def read_metadata(path: str | Path) -> dict:
-    """A panosync PNG's metadata: its parameters, and the digest of its pixels under DIGEST when it
-    was written by a panosync that stores one; a ValueError if it carries none."""
+    """A panosync file's metadata (PNG, JPEG or WebP): its parameters, and the digest of its pixels
+    under DIGEST when it was written by a panosync that stores one; a ValueError if it carries none."""
     try:
-        with PIL.Image.open(path) as image:
-            # info: the chunks before the pixels, where save_png writes; text would decode every pixel
-            # to look after them too (and fail on a PNG cut short, whose metadata is whole)
-            text = image.info.get(KEY)
-            if text is None and hasattr(image, "text"):
-                text = image.text.get(KEY)
-    except (OSError, PIL.UnidentifiedImageError) as error:
-        raise ValueError(f"Cannot read {path} as a PNG: {error}.") from None
+        with PIL.Image.open(path, formats=tuple(set(FORMATS.values()))) as image:
+            if image.format == "PNG":
+                # info: the chunks before the pixels, where save_png writes; text would decode every
+                # pixel to look after them too (and fail on a PNG cut short, whose metadata is whole)
+                text = image.info.get(KEY)
+                if text is None and hasattr(image, "text"):
+                    text = image.text.get(KEY)
+            else:
+                text = xmp_parameters(image.info.get("xmp"))
+    except (OSError, PIL.UnidentifiedImageError, ValueError) as error:
+        raise ValueError(f"Cannot read {path} as a PNG, JPEG or WebP: {error}.") from None
     if text is None:
         raise ValueError(f"{path} carries no panosync parameters: it was not written by panosync generate.")
     try:
@@ -76,3 +163,16 @@ def read_metadata(path: str | Path) -> dict:
                          f"object: it was changed after panosync wrote it.")
     parameters.pop("panosync_version", None)
     return parameters
+
+
+def xmp_parameters(packet: bytes | str | None) -> str | None:
+    """The text of panosync:parameters in an XMP packet; None where there is none."""
+    if isinstance(packet, bytes):
+        if len(packet) > MAX_XMP_BYTES:
+            return None
+        packet = packet.decode("utf-8", errors="replace")
+    root = xmp_root(packet) if isinstance(packet, str) and len(packet) <= MAX_XMP_BYTES else None
+    if root is None:
+        return None
+    element = root.find(f".//{{{PANOSYNC_XMP}}}parameters")
+    return None if element is None else (element.text or "")

@@ -7,7 +7,8 @@ horizon: H/W × 360° high (512 × 2048: 90°, ±45°). GPano says so: the full 
 image the part of it from (0, (W/2 − H)/2). A band taller than the sphere (H > W/2) is none, and
 gets no GPano.
 
-Pure code: the packet (an XMP string) and reading one back; metadata.py writes it into PNGs.
+Pure code: the packet (an XMP string) and reading one back; metadata.py writes it into PNG, JPEG
+and WebP files.
 """
 
 from __future__ import annotations
@@ -38,29 +39,44 @@ def vertical_degrees(width: int, height: int) -> float:
     return 360.0 * height / width
 
 
-def xmp_packet(fields: dict[str, object]) -> str:
-    """An XMP packet holding `fields` as GPano properties (attributes of one rdf:Description)."""
+def xmp_packet(fields: dict[str, object] | None, descriptions: tuple[str, ...] = ()) -> str:
+    """An XMP packet holding `fields` as GPano properties (attributes of one rdf:Description; none
+    when None), then `descriptions`: more rdf:Description elements, as XML text."""
     def text(value) -> str:
         return ("True" if value else "False") if isinstance(value, bool) else str(value)
 
-    properties = "".join(f'\n   GPano:{name}="{text(value)}"' for name, value in fields.items())
+    gpano = ()
+    if fields is not None:
+        properties = "".join(f'\n   GPano:{name}="{text(value)}"' for name, value in fields.items())
+        gpano = (f'<rdf:Description rdf:about="" xmlns:GPano="{GPANO}"{properties}/>',)
+    body = "".join(f"  {description}\n" for description in (*gpano, *descriptions))
     return ('<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
             '<x:xmpmeta xmlns:x="adobe:ns:meta/">\n'
             f' <rdf:RDF xmlns:rdf="{RDF}">\n'
-            f'  <rdf:Description rdf:about="" xmlns:GPano="{GPANO}"{properties}/>\n'
+            f'{body}'
             ' </rdf:RDF>\n'
             '</x:xmpmeta>\n'
             '<?xpacket end="w"?>')
 
 
-def read_gpano(packet: str) -> dict[str, str]:
-    """The GPano properties of an XMP packet, as text (attributes or elements of its
-    rdf:Descriptions); empty where it has none. For packets panosync wrote: no entity expansion is
-    needed, and ElementTree performs none beyond XML's own five."""
+def xmp_root(packet: str) -> ElementTree.Element | None:
+    """The x:xmpmeta element of an XMP packet; None where it has none or is not XML. Expat (2.4.1
+    on) refuses the entity expansions that could blow up, and ElementTree reads no external file."""
     start, end = packet.find("<x:xmpmeta"), packet.rfind("</x:xmpmeta>")
     if start < 0 or end < 0:
+        return None
+    try:
+        return ElementTree.fromstring(packet[start:end + len("</x:xmpmeta>")])
+    except ElementTree.ParseError:
+        return None
+
+
+def read_gpano(packet: str) -> dict[str, str]:
+    """The GPano properties of an XMP packet, as text (attributes or elements of its
+    rdf:Descriptions); empty where it has none or is not XML."""
+    root = xmp_root(packet)
+    if root is None:
         return {}
-    root = ElementTree.fromstring(packet[start:end + len("</x:xmpmeta>")])
     found = {}
     for description in root.iter(f"{{{RDF}}}Description"):
         for name, value in description.attrib.items():

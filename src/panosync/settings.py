@@ -8,7 +8,7 @@ evaluate's), the HTTP API's request schema (server/schema.py), the web page's in
 value is refused with the same sentence wherever it comes from. A new parameter is one more
 `Parameter` here.
 
-Precedence, highest first: the values given (options, fields), the PNG of --from-png, the model's
+Precedence, highest first: the values given (options, fields), the PNG of --from, the model's
 recommended.json, its family's and variant's defaults (families.defaults_of), the paper's
 (`paper_defaults`).
 """
@@ -227,7 +227,7 @@ def model_defaults(source, control: bool = False) -> dict:
 
 def resolve(given: dict, stored: dict | None = None, recommended: dict | None = None, control: bool = False) -> dict:
     """Every parameter of a panorama, each from the first source that has it: `given` (None there
-    means not given), `stored` (the PNG of --from-png), `recommended` (the model's), the paper's."""
+    means not given), `stored` (the PNG of --from), `recommended` (the model's), the paper's."""
     values = {**paper_defaults(control), **(recommended or {})}
     values.update({name: value for name, value in (stored or {}).items() if name in values})
     values.update({name: value for name, value in given.items() if name in values and value is not None})

@@ -7,7 +7,7 @@ A line's `image` and `mask_image` are image files, as `panosync generate`'s --im
 relative path is read from the jobs file's folder (so a folder of jobs and pictures can be moved
 as one), read whole, checked and hashed with the lines, before any model loads; the PNG records
 each as {"path": its absolute path, "sha256": its file's}, so that a changed picture makes the job
-again on a rerun, and `panosync generate --from-png` finds it.
+again on a rerun, and `panosync generate --from` finds it.
 
 A line's `regions` (regions.py; batch/command.py shows a line) are boxes and masks, each with a
 prompt; a region's `mask` names an image file, read from the jobs file's folder when relative, and

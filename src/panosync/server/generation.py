@@ -1,6 +1,6 @@
 """The model a server loads once, and the three things the API and the web page do with it: check a
 request against the model's geometry and the server's limits, make one panorama, and describe it
-in the PNG's metadata exactly as `panosync generate` does (so `--from-png` reproduces it).
+in the PNG's metadata exactly as `panosync generate` does (so `--from` reproduces it).
 
 With ControlNets (`--controlnet`) the model is a ControlSyncPipeline: every request then has a
 condition, checked like the `control` command checks it, and the PNG's metadata is that command's.
@@ -353,8 +353,8 @@ class PanoramaModel:
                 apply_lora_scales(self.pipe, {}, self.lora_scales)
 
     def metadata(self, parameters: dict, image: PIL.Image.Image) -> dict:
-        """What the PNG carries: the command's keys, so `panosync generate --from-png` (or `panosync
-        control --from-png`, for ControlSync) makes it again."""
+        """What the PNG carries: the command's keys, so `panosync generate --from` (or `panosync
+        control --from`, for ControlSync) makes it again."""
         model = {"model": self.name, **({"model_config": self.model_config} if self.model_config else {})}
         parameters_scales = parameters.get("lora_scales")
         if self.control:

@@ -100,7 +100,7 @@ RegionList = Annotated[list[Any], WithJsonSchema({"type": "array", "items": REGI
 class _Request(BaseModel):
     """A panorama to make. Leave a field out for the model's recommended setting or the paper's."""
 
-    # strict: "128", 128.0 and "yes" are not a width or a flag, as the command, batch and --from-png
+    # strict: "128", 128.0 and "yes" are not a width or a flag, as the command, batch and --from
     # refuse them (pydantic's lax mode would convert them); a whole number is still a number
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 

@@ -3,7 +3,7 @@ pipelines (`image`, `mask_image`: img2img, inpainting, extending), and the masks
 (`regions`). Read from base64 or a data URL, checked with one sentence naming the field (a region's
 mask: the region), and kept as PNG files named by their content, so that a queued job survives a
 restart, the same picture sent for many seeds is stored once, and a panorama's metadata can name
-its inputs as the commands' does (`panosync control --from-png` and `panosync generate --from-png`
+its inputs as the commands' does (`panosync control --from` and `panosync generate --from`
 then find them on this machine)."""
 
 from __future__ import annotations

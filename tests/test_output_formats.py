@@ -1,0 +1,145 @@
+"""Panoramas as PNG, JPEG or WebP (metadata.save_panorama, issue 30): `--out`'s extension picks the
+format; each carries the parameters (PNG text, JPEG/WebP XMP) and the digest of its pixels as
+decoded; a loop-closed one carries GPano in every format, read alike by our reader and by PIL's;
+`--from` (and its old name `--from-png`) reads any of them back; bad names and qualities are one
+sentence before any model loads."""
+
+import json
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from panosync.cli import main
+from panosync.metadata import (DIGEST, MAX_JPEG_XMP_BYTES, check_fits, pixels_digest, read_metadata,
+                               read_parameters, save_panorama)
+from panosync.photosphere import read_gpano
+
+CANVAS = ["--width", "64", "--height", "32", "--stride", "8", "--steps", "2", "--seed", "5", "--quiet",
+          "--threads", "1"]
+FORMATS = {"png": "PNG", "jpg": "JPEG", "JPEG": "JPEG", "webp": "WEBP"}
+
+
+def noise_image(width=512, height=64, seed=0) -> PIL.Image.Image:
+    return PIL.Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def xmp_of(path) -> str:
+    with PIL.Image.open(path) as image:
+        packet = image.info.get("xmp", image.info.get("XML:com.adobe.xmp"))
+    return packet.decode("utf-8") if isinstance(packet, bytes) else packet
+
+
+@pytest.mark.parametrize("extension", FORMATS)
+def test_every_format_round_trips_its_parameters_and_the_digest_of_its_decoded_pixels(tmp_path, extension):
+    parameters = {"prompt": 'a <sea> & "cliffs" — über', "seed": 7, "loop_closure": False,
+                  "regions": [{"box": [0, 0, 8, 8], "prompt": "x</panosync:parameters>"}]}
+    path = save_panorama(noise_image(), tmp_path / f"pano.{extension}", parameters)
+    with PIL.Image.open(path) as image:
+        assert image.format == FORMATS[extension]
+        decoded = pixels_digest(image)
+    stored = read_metadata(path)
+    assert stored.pop(DIGEST) == decoded
+    assert stored == parameters
+    assert read_parameters(path) == parameters
+    assert not read_gpano(xmp_of(path) or "")  # not loop-closed: no GPano
+
+
+@pytest.mark.parametrize("extension", ["jpg", "webp"])
+@pytest.mark.parametrize("width, height, top", [(2048, 512, 256), (512, 256, 0), (512, 64, 96)])
+def test_a_loop_closed_jpeg_or_webp_carries_gpano(tmp_path, extension, width, height, top):
+    path = save_panorama(PIL.Image.new("RGB", (width, height), (40, 90, 160)), tmp_path / f"pano.{extension}",
+                         {"prompt": "a sea", "loop_closure": True})
+    expected = {"ProjectionType": "equirectangular", "UsePanoramaViewer": "True",
+                "FullPanoWidthPixels": str(width), "FullPanoHeightPixels": str(width // 2),
+                "CroppedAreaImageWidthPixels": str(width), "CroppedAreaImageHeightPixels": str(height),
+                "CroppedAreaLeftPixels": "0", "CroppedAreaTopPixels": str(top), "PoseHeadingDegrees": "0.0"}
+    assert read_gpano(xmp_of(path)) == expected
+    with PIL.Image.open(path) as image:  # another reader: PIL's (defusedxml)
+        descriptions = image.getxmp()["xmpmeta"]["RDF"]["Description"]
+    gpano = next(description for description in descriptions if "ProjectionType" in description)
+    assert {name: value for name, value in gpano.items() if name in expected} == expected
+    panosync = next(description for description in descriptions if "parameters" in description)
+    assert json.loads(panosync["parameters"])["prompt"] == "a sea"
+
+
+def test_quality_sets_the_jpeg_and_webp_compression(tmp_path):
+    # a smooth picture, as a panorama's sky is: the default quality keeps it within a grey level or two
+    x, y = np.meshgrid(np.linspace(0, 1, 512), np.linspace(0, 1, 64))
+    smooth = PIL.Image.fromarray((np.stack([x, y, (x + y) / 2], -1) * 255).astype(np.uint8))
+    for extension in ("jpg", "webp"):
+        low = save_panorama(noise_image(), tmp_path / f"low.{extension}", {"seed": 1}, quality=30)
+        high = save_panorama(noise_image(), tmp_path / f"high.{extension}", {"seed": 1}, quality=95)
+        assert low.stat().st_size < high.stat().st_size * 0.6
+        kept = np.asarray(PIL.Image.open(save_panorama(smooth, tmp_path / f"smooth.{extension}", {})), dtype=float)
+        assert np.abs(kept - np.asarray(smooth, dtype=float)).mean() < 1.5
+
+
+def test_parameters_too_long_for_a_jpeg_are_refused_before_and_on_writing(tmp_path):
+    long = {"prompt": "é" * 2000, "regions": [{"prompt": "ü" * 2000, "negative_prompt": "ö" * 2000}] * 16}
+    with pytest.raises(ValueError, match="more than a JPEG's metadata holds .* write a .png or .webp"):
+        check_fits(long, tmp_path / "x.jpg")
+    check_fits(long, tmp_path / "x.webp")
+    with pytest.raises(ValueError, match="more than a JPEG's metadata holds"):
+        save_panorama(noise_image(64, 32), tmp_path / "x.jpg", long)
+    assert not (tmp_path / "x.jpg").exists()
+    stored = save_panorama(noise_image(64, 32), tmp_path / "x.webp", long)  # WebP's XMP chunk has no such limit
+    assert read_parameters(stored) == long
+    assert MAX_JPEG_XMP_BYTES < 65_536
+
+
+@pytest.mark.slow
+def test_the_command_writes_each_format_and_from_reads_each_back(sd_folder, tmp_path, capsys):
+    first = tmp_path / "first.png"
+    assert main(["generate", "a land", "--model", str(sd_folder), *CANVAS, "--loop-closure", "--out",
+                 str(first)]) == 0
+    made = {"png": first}
+    for extension, quality in (("jpg", ["--quality", "90"]), ("webp", [])):
+        made[extension] = tmp_path / f"again.{extension}"
+        # --from-png: the old name of --from, kept
+        option = "--from" if extension == "jpg" else "--from-png"
+        assert main(["generate", option, str(first), "--out", str(made[extension]), *quality, "--quiet"]) == 0
+        with PIL.Image.open(made[extension]) as image:
+            assert image.format == FORMATS[extension] and image.size == (64, 32)
+        assert read_parameters(made[extension]) == read_parameters(first)
+        assert read_gpano(xmp_of(made[extension]))["FullPanoWidthPixels"] == "64"
+        # and back: the JPEG's or WebP's parameters make the PNG again, bit for bit
+        again = tmp_path / f"from-{extension}.png"
+        assert main(["generate", "--from", str(made[extension]), "--out", str(again), "--quiet"]) == 0
+        assert np.array_equal(np.asarray(PIL.Image.open(again)), np.asarray(PIL.Image.open(first)))
+    assert "Photo Sphere metadata" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--out", "X/pano.gif"], "--out X/pano.gif: panosync writes .png, .jpg, .jpeg, .webp files (their metadata "
+                              "holds the parameters), not .gif: name it pano.png or another of those."),
+    (["--out", "X/pano.png", "--quality", "80"], "--quality applies to JPEG and WebP files, and X/pano.png is a PNG "
+                                                 "(lossless): leave --quality out, or write a .jpg or .webp."),
+    (["--out", "X/pano.jpg", "--quality", "0"], "--quality must be a whole number from 1 to 100, got 0."),
+    (["--out", "X/pano.webp", "--quality", "101"], "--quality must be a whole number from 1 to 100, got 101."),
+    (["--from", "X/damaged.jpg"], "Cannot read X/damaged.jpg as a PNG, JPEG or WebP"),
+    (["--from", "X/plain.webp"], "X/plain.webp carries no panosync parameters"),
+])
+def test_bad_outputs_and_sources_are_one_sentence_before_any_model_loads(sd_folder, tmp_path, capsys, monkeypatch,
+                                                                         options, message):
+    from panosync import models
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(models, "load_pipeline", no_loading)
+    (tmp_path / "damaged.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg at all")
+    PIL.Image.new("RGB", (8, 8)).save(tmp_path / "plain.webp")
+    options = [option.replace("X/", f"{tmp_path}/") for option in options]
+    prompt = [] if "--from" in options else ["a land"]
+    assert main(["generate", *prompt, "--model", str(sd_folder), *CANVAS, *options]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"panosync: error: {message.replace('X/', f'{tmp_path}/')}"), error
+    assert error.count("\n") == 1 and "Traceback" not in error
+    assert not list(tmp_path.glob("pano.*"))
+
+
+def test_an_out_without_extension_is_a_png(sd_folder, tmp_path):
+    assert main(["generate", "a land", "--model", str(sd_folder), *CANVAS, "--out", str(tmp_path / "pano")]) == 0
+    with PIL.Image.open(tmp_path / "pano.png") as image:
+        assert image.format == "PNG"
