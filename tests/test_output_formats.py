@@ -143,3 +143,67 @@ def test_an_out_without_extension_is_a_png(sd_folder, tmp_path):
     assert main(["generate", "a land", "--model", str(sd_folder), *CANVAS, "--out", str(tmp_path / "pano")]) == 0
     with PIL.Image.open(tmp_path / "pano.png") as image:
         assert image.format == "PNG"
+
+
+def test_the_server_gives_the_output_as_jpeg_or_webp_with_the_pngs_metadata(sync_pipe, tmp_path):
+    import io
+
+    from test_server_api import TINY, client_for, finished, wait_for
+    from panosync.server.generation import PanoramaModel
+    from panosync.settings import model_defaults
+    from panosync.models import resolve_model
+
+    served = PanoramaModel(sync_pipe, "tiny-test", model_defaults(resolve_model("tiny-random")))
+    with client_for(served, tmp_path / "state") as client:
+        job = client.post("/predictions", json={"prompt": "a land", **TINY, "seed": 3, "loop_closure": True}).json()
+        job = wait_for(client, job["id"], finished)
+        url = job["urls"]["output"]
+        png = client.get(url)
+        stored = read_parameters(io.BytesIO(png.content))
+        answers = {"jpg": client.get(url, params={"format": "jpg", "quality": 80}),
+                   "webp": client.get(url.replace("output.png", "output.webp")),
+                   "jpeg": client.get(url.replace("output.png", "output.jpeg"))}
+        for extension, answer in answers.items():
+            assert answer.status_code == 200, answer.text
+            kind = "webp" if extension == "webp" else "jpeg"
+            assert answer.headers["content-type"] == f"image/{kind}"
+            assert f'filename="panosync-{job["id"]}.{extension}"' in answer.headers["content-disposition"]
+            with PIL.Image.open(io.BytesIO(answer.content)) as image:
+                assert image.format == kind.upper() and image.size == (64, 32)
+                assert read_gpano(image.info["xmp"].decode())["FullPanoHeightPixels"] == "32"
+                digest = pixels_digest(image)
+            again = read_metadata(io.BytesIO(answer.content))
+            assert again.pop(DIGEST) == digest and again == stored
+        # the quality is the JPEG's: a lower one is a smaller file
+        assert len(client.get(url, params={"format": "jpg", "quality": 20}).content) < len(answers["jpg"].content)
+        refused = {"png with a quality": client.get(url, params={"quality": 80}),
+                   "a gif": client.get(url, params={"format": "gif"}),
+                   "quality 0": client.get(url, params={"format": "jpg", "quality": 0}),
+                   "output.gif": client.get(url.replace("output.png", "output.gif"))}
+        for what, answer in refused.items():
+            assert answer.status_code in (404, 422) and "message" in answer.json(), what
+        assert "a PNG is lossless" in refused["png with a quality"].json()["message"]
+
+
+@pytest.mark.slow
+def test_batch_writes_jpeg_or_webp_that_a_rerun_keeps(tmp_path, capsys):
+    from test_batch_image import STEPS, batch, write_jobs
+
+    jobs = write_jobs(tmp_path / "jobs.jsonl", {"prompt": "snowy mountains", "width": 128, "seed": 1, **STEPS},
+                      {"prompt": "a desert", "width": 128, "seed": 2, "name": "desert", "loop_closure": True,
+                       **STEPS})
+    for extension, options in (("jpg", ["--quality", "85"]), ("webp", [])):
+        out = tmp_path / extension
+        assert batch(jobs, out, "--format", extension, *options) == 0
+        assert sorted(path.name for path in out.iterdir() if path.suffix == f".{extension}") == [
+            f"desert.{extension}", f"line-1.{extension}"]
+        assert read_parameters(out / f"line-1.{extension}")["prompt"] == "snowy mountains"
+        assert read_gpano(xmp_of(out / f"desert.{extension}"))["FullPanoWidthPixels"] == "128"
+        capsys.readouterr()
+        assert batch(jobs, out, "--format", extension, *options) == 0  # a rerun verifies the pixels and keeps them
+        assert "0 made, 2 kept" in capsys.readouterr().out
+    assert batch(jobs, tmp_path / "png", "--quality", "85") == 2
+    assert capsys.readouterr().err.strip() == ("panosync: error: --quality applies to JPEG and WebP files, and "
+                                               "line-1.png is a PNG (lossless): leave --quality out, or write a .jpg "
+                                               "or .webp.")
+    assert not (tmp_path / "png").exists() or not list((tmp_path / "png").iterdir())

@@ -94,6 +94,14 @@ def save_panorama(image: PIL.Image.Image, path: str | Path, parameters: dict, qu
     if kind == "PNG":
         return save_png(image, path, parameters)
     check_quality(quality, path, "quality")
+    data = lossy_file(image, kind, parameters, quality)
+    return write_atomically(Path(path), data)
+
+
+def lossy_file(image: PIL.Image.Image, kind: str, parameters: dict, quality: int | None = None) -> bytes:
+    """The bytes of a JPEG or WebP (`kind`: "JPEG", "WEBP") of `image` at `quality` (DEFAULT_QUALITY),
+    its XMP holding `parameters`, the digest of its pixels as decoded, and GPano when loop-closed; a
+    ValueError when the XMP would not fit a JPEG."""
     options = {"quality": DEFAULT_QUALITY if quality is None else quality}
     if kind == "JPEG":
         options["subsampling"] = 0  # full-resolution colour: 4:2:0 smears a panorama's thin horizon lines
@@ -108,7 +116,9 @@ def save_panorama(image: PIL.Image.Image, path: str | Path, parameters: dict, qu
     if kind == "JPEG" and len(packet) > MAX_JPEG_XMP_BYTES:
         raise ValueError(f"The parameters take {len(packet):,} bytes, more than a JPEG's metadata holds "
                          f"({MAX_JPEG_XMP_BYTES:,}): write a .png or .webp.")
-    return write_atomically(Path(path), lambda file: rgb.save(file, format=kind, xmp=packet, **options))
+    written = io.BytesIO()
+    rgb.save(written, format=kind, xmp=packet, **options)
+    return written.getvalue()
 
 
 def save_png(image: PIL.Image.Image, path: str | Path, parameters: dict) -> Path:

@@ -7,7 +7,7 @@ the model loaded once, or on a Ray cluster with --ray (one worker per GPU, each 
     {"prompt": "a wide valley", "image": "valley.png", "width": 2048, "mask_image": "sky.png"}
     {"prompt": "coast", "regions": [{"box": [0, 0, 512, 512], "prompt": "sea"}, {"mask": "city.png", "prompt": "city"}]}
 
-Every line holds the HTTP API's fields (and `name`, the PNG's name; else line-N.png) and is checked
+Every line holds the HTTP API's fields (and `name`, the file's name; else line-N) and is checked
 before anything runs; `image` and `mask_image`, and a region's `mask`, name files (a relative path
 from the jobs file's folder), read, checked and hashed then too (a changed picture makes its job
 again on a rerun). A rerun keeps the PNGs made with the same parameters whose pixels are the ones
@@ -15,7 +15,8 @@ written (a digest in their metadata), and makes the others; a file panosync did 
 replaced without --overwrite. One batch at a time writes a folder (a lock file in it). SIGTERM
 ends a batch as Ctrl-C does: the finished PNGs are kept and the summary written.
 With --ip-adapter and --ip-adapter-image, the one image prompt conditions every panorama.
-DIR/summary.json says what ran, where, and how long.
+DIR/summary.json says what ran, where, and how long. `--format jpg` or `webp` writes those instead
+of PNGs (`--quality`), with the same metadata.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 
 from .. import settings
 from ..command_options import add_ip_adapter_options, add_model_options
+from ..metadata import DEFAULT_QUALITY
 from ..runner.cluster import add_cluster_options, check_cluster_options
 
 
@@ -42,6 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_ip_adapter_options(parser, "the image prompt the IP-Adapter conditions every panorama of the batch on")
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="folder of the PNGs and summary.json; rerunning with the same folder resumes")
+    parser.add_argument("--format", choices=("png", "jpg", "webp"), default="png",
+                        help="the files' format, each with its parameters in its metadata (default png)")
+    parser.add_argument("--quality", type=int, default=None,
+                        help=f"JPEG or WebP quality, 1-100 (default {DEFAULT_QUALITY})")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace files in DIR that panosync did not write where a PNG or the summary goes "
                              "(else refused)")
@@ -79,6 +85,7 @@ def _batch(args: argparse.Namespace) -> int:
     from ..files import check_folder
     from ..ip_adapters import ip_adapter_metadata, ip_adapter_of_options
     from ..loras import weights_metadata, weights_of_options
+    from ..metadata import check_fits, check_quality
     from ..models import pick_device, resolve_model
     from ..precision import pick_precision
     from ..runner import ModelSpec, open_engine
@@ -99,6 +106,13 @@ def _batch(args: argparse.Namespace) -> int:
     keys = {"model": model, **({"model_config": args.model_config} if args.model_config else {}),
             **({"vae": args.vae} if args.vae else {}), **weights_metadata((), inversions), **image_prompting}
     jobs = read_jobs(args.jobs, keys, source, args.view_batch_size, loras)
+    for job in jobs:  # the format's limits known before any model loads
+        job.extension = args.format
+        check_quality(args.quality, job.file)
+        try:
+            check_fits(job.metadata, job.file)
+        except ValueError as error:
+            raise ValueError(f"{args.jobs}, line {job.line}: {error}") from None
     spec = ModelSpec(model, args.model_config, args.vae, args.device, args.dtype, args.gradient_checkpointing,
                      loras, inversions, adapter, image_prompt, threads=args.threads)
 
@@ -112,7 +126,7 @@ def _batch(args: argparse.Namespace) -> int:
         summary = run_batch(jobs, Path(out), opened, args.jobs,
                             {"kind": "ray", "address": args.ray} if args.ray else {"kind": "local"}, quiet=args.quiet,
                             weights={**weights_metadata(loras, inversions), **image_prompting},
-                            overwrite=args.overwrite)
+                            overwrite=args.overwrite, quality=args.quality)
     except BatchFault as fault:
         print(f"panosync: error: {fault}", file=sys.stderr)
         return 1

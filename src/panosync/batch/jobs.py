@@ -58,14 +58,15 @@ def cut(text: str, characters: int = SHOWN_CHARACTERS) -> str:
 @dataclass
 class BatchJob:
     line: int  # in the file, from 1
-    name: str  # the PNG's name, without .png: the line's `name`, else line-N
+    name: str  # the file's name, without its extension: the line's `name`, else line-N
     parameters: dict  # every pipeline parameter, defaults filled in, the seed drawn when not given
     metadata: dict  # what the PNG carries, but for the device and precision it is made in
     seed_given: bool
+    extension: str = "png"  # the file's format (metadata.FORMATS): the batch's --format
 
     @property
     def file(self) -> str:
-        return f"{self.name}.png"
+        return f"{self.name}.{self.extension}"
 
     def check_regions(self, vae_factor: int) -> None:
         """The job's regions on its canvas (filled in), as `panosync generate` checks them: a

@@ -30,8 +30,9 @@ class BatchFault(Exception):
 
 def run_batch(jobs: list[BatchJob], out: Path, open_engine: Callable, jobs_file: str | Path, engine_words: dict,
               quiet: bool = False, on_step: Callable | None = None, weights: dict | None = None,
-              overwrite: bool = False) -> dict:
-    """Make every job's PNG in `out` that is not there yet; return the summary (also written to
+              overwrite: bool = False, quality: int | None = None) -> dict:
+    """Make every job's file (a PNG, or the JPEG or WebP its extension names, at `quality`) in `out`
+    that is not there yet; return the summary (also written to
     out/summary.json, even when interrupted). `open_engine(on_step)` gives the engine (opened only
     when something is to be made); `on_step(key, step, sync_weight, worker)` is called with the
     progress of every running job besides the progress bar; `weights` (loras.weights_metadata: the
@@ -43,10 +44,12 @@ def run_batch(jobs: list[BatchJob], out: Path, open_engine: Callable, jobs_file:
     `overwrite`), before anything is made. A BatchFault when the disk fills (the batch stops) or the
     summary cannot be written."""
     with FolderLock(out):
-        return _run_batch(jobs, out, open_engine, jobs_file, engine_words, quiet, on_step, weights, overwrite)
+        return _run_batch(jobs, out, open_engine, jobs_file, engine_words, quiet, on_step, weights, overwrite,
+                          quality)
 
 
-def _run_batch(jobs, out, open_engine, jobs_file, engine_words, quiet, on_step, weights, overwrite) -> dict:
+def _run_batch(jobs, out, open_engine, jobs_file, engine_words, quiet, on_step, weights, overwrite,
+               quality) -> dict:
     from tqdm.auto import tqdm
 
     started, clock = datetime.datetime.now(datetime.timezone.utc), time.perf_counter()
@@ -78,7 +81,7 @@ def _run_batch(jobs, out, open_engine, jobs_file, engine_words, quiet, on_step, 
             on_step(key, step, sync_weight, worker)
 
     def finished(done: Done) -> None:
-        from ..metadata import save_png
+        from ..metadata import save_panorama
 
         job, entry = by_line[done.key], entries[done.key]
         steps.pop(done.key, None)
@@ -87,12 +90,12 @@ def _run_batch(jobs, out, open_engine, jobs_file, engine_words, quiet, on_step, 
         if error is None:
             made = done.made
             try:
-                save_png(made.image, out / job.file, {**job.metadata, "width": made.image.width,
-                                                      "height": made.image.height, "device": made.device,
-                                                      "dtype": made.dtype,
-                                                      # as generate records them (runner.maker.Made.threads)
-                                                      **({"threads": made.threads}
-                                                         if getattr(made, "threads", None) is not None else {})})
+                save_panorama(made.image, out / job.file,
+                              {**job.metadata, "width": made.image.width, "height": made.image.height,
+                               "device": made.device, "dtype": made.dtype,
+                               # as generate records them (runner.maker.Made.threads)
+                               **({"threads": made.threads} if getattr(made, "threads", None) is not None else {})},
+                              quality)
                 entry.update(status=MADE, seconds=round(made.seconds, 3), worker=made.worker)
             except OSError as failure:  # a folder in the way: this job fails, the others go on
                 error = f"its PNG could not be written to {out / job.file}: {failure.strerror or failure}"

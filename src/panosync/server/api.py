@@ -3,7 +3,9 @@
     POST   /predictions                  queue a job (201); `Prefer: wait` or `wait=N` answers when it is done
     GET    /predictions                  jobs, newest first
     GET    /predictions/{id}             status, progress, parameters, and when done the output's URL
-    GET    /predictions/{id}/output.png  the panorama, with the same PNG metadata as `panosync generate`
+    GET    /predictions/{id}/output.png  the panorama, with the same PNG metadata as `panosync generate`;
+                                         `?format=jpg|webp` (or output.jpg, output.webp) and `quality`
+                                         (1-100): a JPEG or WebP of it, its metadata in XMP
     POST   /predictions/{id}/cancel      cancel a queued or running job
     DELETE /predictions/{id}             forget a finished job and its output (204)
     GET    /health                       the model (and its LoRAs), the queue and the state folder, without a token
@@ -73,6 +75,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import logging
 import math
 import os
@@ -83,6 +86,7 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import BinaryIO, Literal, Optional
 
+import PIL.Image
 from fastapi import FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -91,6 +95,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
+from ..metadata import FORMATS, lossy_file, read_parameters
 from .generation import PanoramaModel
 from .jobs import SUCCEEDED, Job, JobNotFinished, JobStore, QueueFull, StoreFault, image_paths
 from .worker import Worker
@@ -108,6 +113,8 @@ log = logging.getLogger("panosync.server")
 OPEN_PATHS = ("/health",)
 DOCS_PATHS = ("/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
 OUTPUT_CHUNK_BYTES = 64 * 1024
+OutputFormat = Literal["png", "jpg", "jpeg", "webp"]
+MEDIA_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
 def _time(seconds: float | None) -> str | None:
@@ -169,6 +176,18 @@ def output_response(file: BinaryIO, filename: str) -> StreamingResponse:
     return StreamingResponse(chunks(), media_type="image/png", headers={
         "content-disposition": f'inline; filename="{filename}"', "content-length": str(status.st_size),
         "last-modified": formatdate(status.st_mtime, usegmt=True), "etag": f'"{etag}"'})
+
+
+def converted_output(file: BinaryIO, extension: str, quality: int | None, filename: str) -> Response:
+    """The PNG in `file`, already open, as a JPEG or WebP (`extension`) with its metadata
+    (metadata.lossy_file), closed when read."""
+    with file:
+        png = file.read()
+    parameters = read_parameters(io.BytesIO(png))
+    with PIL.Image.open(io.BytesIO(png), formats=("PNG",)) as image:
+        data = lossy_file(image, FORMATS[f".{extension}"], parameters, quality)
+    return Response(data, media_type=MEDIA_TYPES[extension],
+                    headers={"content-disposition": f'inline; filename="{filename}"'})
 
 
 def add_error_handlers(app: FastAPI) -> None:
@@ -510,13 +529,32 @@ def create_app(model: PanoramaModel, state_dir: str | Path, limits: Limits = Lim
     def get_prediction(job_id: str, request: Request) -> dict:
         return service.job_json(service.find(job_id), request)
 
-    @app.get("/predictions/{job_id}/output.png", response_class=FileResponse,
-             responses={200: {"content": {"image/png": {}}}, **error_answers(*guarded, 404, 409, 410, 422)})
-    def get_output(job_id: str):
+    output_answers = {200: {"content": {media: {} for media in MEDIA_TYPES.values()}},
+                      **error_answers(*guarded, 404, 409, 410, 422)}
+
+    @app.get("/predictions/{job_id}/output.png", response_class=FileResponse, responses=output_answers)
+    def get_output(job_id: str, format: OutputFormat = Query("png", description="png (the file kept), jpg, jpeg or webp"),
+                   quality: Optional[int] = Query(None, ge=1, le=100, description="JPEG and WebP: 1-100")):
+        """The panorama: the PNG kept, or (`format`) a JPEG or WebP of it carrying the same metadata."""
+        return output_in_format(job_id, format, quality)
+
+    @app.get("/predictions/{job_id}/output.{extension}", response_class=FileResponse, responses=output_answers)
+    def get_output_as(job_id: str, extension: Literal["jpg", "jpeg", "webp"],
+                      quality: Optional[int] = Query(None, ge=1, le=100, description="1-100")):
+        """The panorama as a JPEG or WebP carrying the PNG's metadata (its extension: its format)."""
+        return output_in_format(job_id, extension, quality)
+
+    def output_in_format(job_id: str, extension: str, quality: int | None):
         job = service.find(job_id)
         if job.status != SUCCEEDED:
             raise HTTPException(409, f"Job {job_id} is {job.status}: only a succeeded job has an output.")
-        return output_response(service.open_output(job), filename=f"panosync-{job_id}.png")
+        if extension == "png" and quality is not None:
+            raise HTTPException(422, "quality applies to JPEG and WebP, and a PNG is lossless: leave quality out, or "
+                                     "ask for format=jpg or webp.")
+        file = service.open_output(job)
+        if extension == "png":
+            return output_response(file, filename=f"panosync-{job_id}.png")
+        return converted_output(file, extension, quality, filename=f"panosync-{job_id}.{extension}")
 
     @app.post("/predictions/{job_id}/cancel", responses=error_answers(*guarded, 404, 409, 422, 507))
     def cancel_prediction(job_id: str, request: Request) -> dict:
