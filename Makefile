@@ -68,5 +68,11 @@ gpu-bundle: setup
 gpu-check:
 	bash benchmarks/gpu_check.sh
 
+# The web page's 360° viewer (Photo Sphere Viewer and three.js), vendored from npm at pinned versions
+# into src/panosync/server/static/photo-sphere-viewer/ (docs/viewer.md). Needs npm and the registry.
+.PHONY: viewer-assets
+viewer-assets:
+	bash scripts/vendor-viewer.sh
+
 clean:
 	rm -rf $(VENV) panorama.png

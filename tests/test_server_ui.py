@@ -48,6 +48,17 @@ def set_number(page, elem_id, value):
     field.press("Enter")
 
 
+def at_rest(page, element, state):
+    """`state` (a JS function of `element`) once two readings 100 ms apart agree: after PSV's inertia."""
+    readings = [element.evaluate(state)]
+    for _ in range(50):
+        page.wait_for_timeout(100)
+        readings.append(element.evaluate(state))
+        if readings[-1] == readings[-2]:
+            return readings[-1]
+    raise AssertionError(f"the 360° view is still moving after 5 s: {readings[-1]}")
+
+
 def test_page_generates_a_panorama_and_looks_around_it(page_url, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
@@ -92,20 +103,31 @@ def test_page_generates_a_panorama_and_looks_around_it(page_url, tmp_path):
             assert parameters["model"] == "tiny-test" and parameters["seed"] == seed
             assert PIL.Image.open(png).size == (48, 16)
 
-            # the 360° view turns when dragged
-            canvas = page.locator("#viewer canvas")
-            expect(canvas).to_be_visible()
-            page.wait_for_function("() => { const c = document.querySelector('#viewer canvas');"
-                                   " return c && c.width > 0 && c.getContext('2d').getImageData(c.width / 2,"
-                                   " c.height / 2, 1, 1).data[3] === 255; }")
-            before = canvas.evaluate("c => c.toDataURL()")
-            box = canvas.bounding_box()
+            # the 360° view (Photo Sphere Viewer) shows the panorama as the band of a sphere its GPano
+            # says it is, turns when dragged or with the arrow keys, and zooms when scrolled
+            view = page.locator("#viewer .pano360-view")
+            expect(view.locator("canvas")).to_be_visible()
+            page.wait_for_function("() => document.querySelector('#viewer .pano360-view')"
+                                   ".photoSphereViewer?.state.textureData?.panoData", timeout=30_000)
+            state = ("v => { const psv = v.photoSphereViewer; return { ...psv.getPosition(),"
+                     " zoom: psv.getZoomLevel(), pano: psv.state.textureData.panoData }; }")
+            before = view.evaluate(state)
+            assert {key: before["pano"][key] for key in ("fullWidth", "fullHeight", "croppedWidth", "croppedHeight",
+                                                         "croppedX", "croppedY")} == dict(
+                fullWidth=48, fullHeight=24, croppedWidth=48, croppedHeight=16, croppedX=0, croppedY=4)
+            box = view.bounding_box()
             page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
             page.mouse.down()
             page.mouse.move(box["x"] + box["width"] / 2 - 150, box["y"] + box["height"] / 2, steps=5)
             page.mouse.up()
-            after = canvas.evaluate("c => c.toDataURL()")
-            assert after != before
+            dragged = at_rest(page, view, state)
+            assert dragged["yaw"] != before["yaw"]
+            page.keyboard.down("ArrowRight")  # the view has the focus since it was dragged
+            page.wait_for_timeout(200)
+            page.keyboard.up("ArrowRight")
+            assert at_rest(page, view, state)["yaw"] != dragged["yaw"]
+            page.mouse.wheel(0, -300)
+            assert at_rest(page, view, state)["zoom"] > before["zoom"]
 
             assert elsewhere == []
 

@@ -1,117 +1,126 @@
-"""A 360° look-around view of a loop-closed panorama, for the web page: a canvas that shows the
-panorama as seen from the centre of a cylinder, turned by dragging (or the arrow keys) and zoomed
-by scrolling. Self-contained HTML and JavaScript: nothing is loaded from elsewhere, so it works
-offline.
+"""The web page's 360° look-around view of a loop-closed panorama: Photo Sphere Viewer (PSV, the npm
+package @photo-sphere-viewer/core, on three.js), vendored in static/photo-sphere-viewer/ by
+scripts/vendor-viewer.sh and served by the page itself, so it works offline (docs/viewer.md).
 
-A loop-closed panorama covers 360° across its width, so it is the inside of a cylinder whose
-circumference is the image's width. Every column of the canvas looks along one direction; it
-shows the panorama's column at that angle, stretched by the distance to the cylinder there, as
-a pinhole camera would see it.
+The page hands the viewer a JPEG (a data URL) that carries the Photo Sphere XMP (GPano) of its own
+size; PSV reads that XMP from the file to place the image on the sphere: a W × H panorama is the
+band of a W × W/2 equirectangular sphere centred on the horizon (photosphere.py). Dragging or the
+arrow keys (once the view has the focus) turn it, scrolling or the navbar zooms. It opens as tall
+as the band (up to 90°) and never looks above or below it; zoomed out further, the band is seen
+round the sphere, centred.
+
+For a `gr.HTML(value, html_template=TEMPLATE, css_template=CSS, js_on_load=JS_ON_LOAD, head=HEAD,
+apply_default_css=False)` (Gradio's default CSS would colour PSV's buttons as text), with ASSETS
+among the page's allowed paths (ui.launch).
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import json
+import urllib.parse
+from pathlib import Path
 
 import PIL.Image
 
-MAX_VIEWER_WIDTH = 4096  # the browser receives a JPEG at most this wide; the PNG download keeps every pixel
+from ..photosphere import gpano_fields, xmp_packet
 
-TEMPLATE = """<div class="pano360" data-src="${value}">
-  <canvas tabindex="0" aria-label="360 degree view: drag or use the arrow keys to look around"></canvas>
-  <div class="pano360-hint">360° view: drag or use ← → to look around, scroll to zoom</div>
+MAX_VIEWER_WIDTH = 4096  # the browser receives a JPEG at most this wide; the PNG download keeps every pixel
+ASSETS = (Path(__file__).parent / "static" / "photo-sphere-viewer").resolve()  # PSV and three.js, as vendored
+# Gradio serves a file of an allowed path at gradio_api/file=<its absolute path>; relative to the page
+ASSETS_URL = "gradio_api/file=" + urllib.parse.quote(ASSETS.as_posix(), safe="/:")
+
+HEAD = f'<link rel="stylesheet" href="{ASSETS_URL}/core/index.css">'
+
+# No ${value} here: gr.HTML redraws its template's elements when the rendered text changes, and
+# that would take away the elements PSV adds to its container. The value reaches JS_ON_LOAD instead.
+TEMPLATE = """<div class="pano360">
+  <div class="pano360-view" tabindex="0" aria-label="360 degree view: drag or use the arrow keys to look around"></div>
+  <div class="pano360-hint">360° view: drag or use the arrow keys to look around, scroll to zoom</div>
 </div>"""
 
 CSS = """
-.pano360 canvas { width: 100%; height: 320px; display: block; background: #111; cursor: grab; border-radius: 6px; }
-.pano360 canvas:active { cursor: grabbing; }
+.pano360-view { width: 100%; height: 320px; border-radius: 6px; overflow: hidden; }
 .pano360-hint { font-size: 0.85em; opacity: 0.7; margin-top: 4px; }
 """
 
-# `element`, `props` and `watch` are given by gr.HTML. The template re-renders (a new canvas) when
-# the value changes, so the canvas is looked up on every draw and events are caught on `element`.
+# `element`, `props` and `watch` are given by gr.HTML; props.value is the JPEG's data URL. (The
+# assets' URL is written in, not a prop: a gr.HTML shown by an update gets only the update's props.)
+# Keys move the view only while it has the focus: PSV would otherwise take the arrow keys from the
+# whole page.
 JS_ON_LOAD = """
-const view = { image: null, yaw: 0, zoom: 1, dragX: null };
+const container = element.querySelector('.pano360-view');
+const psv = import(new URL(ASSETS_URL + '/core/index.module.js', document.baseURI).href);
+let viewer = null;
 
-function canvas() { return element.querySelector('.pano360 canvas'); }
-
-function draw() {
-  const target = canvas();
-  if (!target) return;
-  const width = Math.max(160, Math.round(target.clientWidth || 640));
-  const height = Math.max(120, Math.round(target.clientHeight || 320));
-  if (target.width !== width || target.height !== height) { target.width = width; target.height = height; }
-  const context = target.getContext('2d');
-  context.fillStyle = '#111';
-  context.fillRect(0, 0, width, height);
-  const image = view.image;
-  if (!image) return;
-  const W = image.naturalWidth, H = image.naturalHeight;
-  const radius = W / (2 * Math.PI);
-  // at zoom 1 the panorama's height fills the canvas's height straight ahead
-  const focal = view.zoom * height * radius / H;
-  for (let x = 0; x < width; x++) {
-    const angle = Math.atan((x + 0.5 - width / 2) / focal);
-    const column = Math.floor(((view.yaw + angle) / (2 * Math.PI)) * W);
-    const source = ((column % W) + W) % W;
-    const tall = H * focal / (radius * Math.cos(angle));
-    context.drawImage(image, source, 0, 1, H, x, (height - tall) / 2, 1, tall);
-  }
+// The latitudes (degrees) the image covers, from the GPano XMP PSV read from the file.
+function band() {
+  const data = viewer.state.textureData?.panoData;
+  if (!data) return null;
+  const top = 90 - 180 * data.croppedY / data.fullHeight;
+  return { top, bottom: top - 180 * data.croppedHeight / data.fullHeight };
 }
 
-function load() {
-  const holder = element.querySelector('.pano360');
-  const source = holder ? holder.dataset.src : '';
-  if (!source) { view.image = null; draw(); return; }
-  const image = new Image();
-  image.onload = () => { view.image = image; view.yaw = 0; view.zoom = 1; draw(); };
-  image.src = source;
+// Open as tall as the band (PSV's widest view is 90° tall): zoom in to half that, out to 90°.
+function fitZoom() {
+  const latitudes = band();
+  if (!latitudes) return;
+  const tall = Math.min(viewer.config.maxFov, latitudes.top - latitudes.bottom);
+  viewer.setOption('minFov', Math.min(30, tall / 2));
+  viewer.zoom(100 * (viewer.config.maxFov - tall) / (viewer.config.maxFov - viewer.config.minFov));
 }
 
-function turn(pixels) {
-  const target = canvas();
-  if (!view.image || !target) return;
-  const radius = view.image.naturalWidth / (2 * Math.PI);
-  const focal = view.zoom * target.height * radius / view.image.naturalHeight;
-  view.yaw += pixels / focal;
-  draw();
+// Keep the view's top and bottom inside the band; a view taller than the band looks at its middle.
+function keepInBand() {
+  const latitudes = band();
+  if (!latitudes) return;
+  const { top, bottom } = latitudes;
+  const half = viewer.state.vFov / 2;
+  const lowest = bottom + half, highest = top - half;
+  const pitch = viewer.getPosition().pitch * 180 / Math.PI;
+  const kept = lowest > highest ? (top + bottom) / 2 : Math.min(highest, Math.max(lowest, pitch));
+  if (Math.abs(kept - pitch) > 1e-3) viewer.rotate({ yaw: viewer.getPosition().yaw, pitch: kept * Math.PI / 180 });
 }
 
-element.addEventListener('pointerdown', (event) => {
-  if (event.target !== canvas()) return;
-  view.dragX = event.clientX;
-  event.target.setPointerCapture(event.pointerId);
-});
-element.addEventListener('pointermove', (event) => {
-  if (view.dragX === null) return;
-  turn(view.dragX - event.clientX);  // drag the scene: it moves with the pointer
-  view.dragX = event.clientX;
-});
-element.addEventListener('pointerup', () => { view.dragX = null; });
-element.addEventListener('pointercancel', () => { view.dragX = null; });
-element.addEventListener('keydown', (event) => {
-  if (event.target !== canvas()) return;
-  if (event.key === 'ArrowLeft') { turn(-40); event.preventDefault(); }
-  if (event.key === 'ArrowRight') { turn(40); event.preventDefault(); }
-});
-element.addEventListener('wheel', (event) => {
-  if (event.target !== canvas() || !view.image) return;
-  view.zoom = Math.min(4, Math.max(0.5, view.zoom * Math.exp(-event.deltaY / 500)));
-  draw();
-  event.preventDefault();
-}, { passive: false });
-window.addEventListener('resize', draw);
-watch('value', load);
-load();
-"""
+// Show props.value; none (the page hides the view) lets the viewer go: its WebGL context and its
+// listeners on the window, as gr.HTML takes the element away when hidden and makes a new one.
+function show() {
+  psv.then(({ Viewer }) => {
+    const source = props.value;
+    if (!source) {
+      viewer?.destroy();
+      viewer = null;
+    } else if (viewer) {
+      viewer.setPanorama(source, { transition: false, position: { yaw: 0, pitch: 0 } });
+    } else {
+      viewer = new Viewer({ container, panorama: source, navbar: ['zoom', 'move', 'fullscreen'], keyboard: false });
+      viewer.addEventListener('panorama-loaded', fitZoom);
+      viewer.addEventListener('position-updated', keepInBand);
+      viewer.addEventListener('zoom-updated', keepInBand);
+    }
+  });
+}
+
+container.addEventListener('focusin', () => viewer?.startKeyboardControl());
+container.addEventListener('focusout', () => viewer?.stopKeyboardControl());
+container.addEventListener('pointerdown', () => container.focus());
+watch('value', show);
+show();
+""".replace("ASSETS_URL", json.dumps(ASSETS_URL))
 
 
 def viewer_source(image: PIL.Image.Image) -> str:
-    """The panorama as a data URL the viewer can load without a request of its own."""
+    """A loop-closed panorama as the viewer loads it: a JPEG data URL (no request of its own),
+    at most MAX_VIEWER_WIDTH wide, carrying the GPano XMP of that JPEG's own size. A panorama taller
+    than the sphere (H > W/2) is cut to its middle W/2 rows: all of the sphere there is."""
     if image.width > MAX_VIEWER_WIDTH:
         image = image.resize((MAX_VIEWER_WIDTH, max(1, round(image.height * MAX_VIEWER_WIDTH / image.width))),
                              PIL.Image.Resampling.LANCZOS)
+    if image.height > image.width // 2:
+        top = (image.height - image.width // 2) // 2
+        image = image.crop((0, top, image.width, top + image.width // 2))
+    packet = xmp_packet(gpano_fields(image.width, image.height))
     buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="JPEG", quality=90)
+    image.convert("RGB").save(buffer, format="JPEG", quality=90, xmp=packet.encode("utf-8"))
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
