@@ -198,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
         "batch", help="many panoramas from a JSONL file of jobs, here or on a Ray cluster (--ray)",
         description="Make one panorama per line of a JSONL file (the HTTP API's fields, and an optional name), "
                     "with the model loaded once, here or on Ray workers (resumable)."))
+    from .export_command import add_parser as add_export_parser
+
+    add_export_parser(commands)
     return parser
 
 
@@ -462,8 +465,11 @@ def make_panorama(args: argparse.Namespace, request: dict, source: ModelSource, 
                                **({"threads": threads} if device.type == "cpu" else {})}, args.quality)
     seconds = time.perf_counter() - started
     print(f"wrote {out} ({image.width}x{image.height}, seed {request['seed']}, {seconds:.1f} s)")
-    if request.get("loop_closure"):
+    columns, rows = settings.wrapped_axes(request.get("loop_closure"), request.get("tile"))
+    if columns and not rows:
         print(sphere_words(image.width, image.height))
+    elif rows:
+        print(f"a texture that tiles {'on both axes' if columns else 'top to bottom'}: no Photo Sphere metadata")
     return 0
 
 
@@ -552,6 +558,10 @@ def _run(args: argparse.Namespace) -> int:
             from .batch.command import batch
 
             return batch(args)
+        if args.command == "export":
+            from .export_command import export
+
+            return export(args)
     except ValueError as error:
         print(f"panosync: error: {error}", file=sys.stderr)
         return 2

@@ -193,6 +193,7 @@ class ControlSyncPipeline(ControlSyncMixin, SyncDiffusionPipeline):
         stride: int | None = None,
         seed: int | None = None,
         loop_closure: bool = False,
+        tile: str | None = None,
         anchor: int | None = None,
         view_batch_size: int | None = None,
         fast_modes: Iterable[str] = (),
@@ -223,7 +224,7 @@ class ControlSyncPipeline(ControlSyncMixin, SyncDiffusionPipeline):
             callback_on_step_end_tensor_inputs,
             dict(width=width, height=height, guidance_scale=guidance_scale, sync_weight=sync_weight,
                  sync_decay_rate=sync_decay_rate, sync_freq=sync_freq, sync_threshold=sync_threshold,
-                 num_inference_steps=num_inference_steps, stride=stride, seed=seed, loop_closure=loop_closure,
+                 num_inference_steps=num_inference_steps, stride=stride, seed=seed, loop_closure=loop_closure, tile=tile,
                  anchor=anchor, view_batch_size=view_batch_size, fast_modes=fast_modes,
                  sync_image_scale=sync_image_scale, sync_decoder=sync_decoder, tiled_decode=tiled_decode,
                  regions=regions, region_base=region_base, window=window))
@@ -319,6 +320,7 @@ class ControlSyncXLPipeline(ControlSyncMixin, SyncDiffusionXLPipeline):
         stride: int | None = None,
         seed: int | None = None,
         loop_closure: bool = False,
+        tile: str | None = None,
         anchor: int | None = None,
         view_batch_size: int | None = None,
         fast_modes: Iterable[str] = (),
@@ -349,7 +351,7 @@ class ControlSyncXLPipeline(ControlSyncMixin, SyncDiffusionXLPipeline):
             callback_on_step_end_tensor_inputs,
             dict(width=width, height=height, guidance_scale=guidance_scale, sync_weight=sync_weight,
                  sync_decay_rate=sync_decay_rate, sync_freq=sync_freq, sync_threshold=sync_threshold,
-                 num_inference_steps=num_inference_steps, stride=stride, seed=seed, loop_closure=loop_closure,
+                 num_inference_steps=num_inference_steps, stride=stride, seed=seed, loop_closure=loop_closure, tile=tile,
                  anchor=anchor, view_batch_size=view_batch_size, fast_modes=fast_modes,
                  sync_image_scale=sync_image_scale, sync_decoder=sync_decoder, tiled_decode=tiled_decode,
                  regions=regions, region_base=region_base, window=window))

@@ -3,7 +3,8 @@ memory the VAE needs is that of one tile, whatever the panorama's size.
 
 Tiles are laid out like the views of the joint diffusion (`views.views_for_canvas`): a grid of
 square latent tiles that overlap, with a last tile flush with each open edge, and on a loop-closed
-canvas tiles all the way round, those past the right edge wrapping to the left. Each tile is
+canvas tiles all the way round, those past the right edge wrapping to the left (and on a canvas
+that wraps vertically, those past the bottom wrapping to the top). Each tile is
 decoded on its own; where tiles overlap their images are blended with weights that fall linearly
 towards the tile's inner borders, where the decoder saw the least context, so no tile border shows.
 On a loop-closed canvas every place, the seam included, is blended alike: the seam is no seam.
@@ -37,15 +38,17 @@ def should_tile(latent_height: int, latent_width: int, window: int) -> bool:
     return latent_height * latent_width > AUTO_TILING_WINDOWS * window * window
 
 
-def tile_layout(latent_height: int, latent_width: int, tile: int, overlap: int, loop_closure: bool) -> list[View]:
+def tile_layout(latent_height: int, latent_width: int, tile: int, overlap: int, loop_closure: bool,
+                wrap_rows: bool = False) -> list[View]:
     """The tiles of a latent canvas: `tile` latent pixels square (less when the canvas is smaller),
     neighbours overlapping by at least `overlap` latent pixels."""
     tile = min(tile, latent_height, latent_width)
     overlap = max(0, min(overlap, tile - 1))
-    return views_for_canvas(latent_height, latent_width, tile, tile - overlap, loop_closure)
+    return views_for_canvas(latent_height, latent_width, tile, tile - overlap, loop_closure, wrap_rows)
 
 
-def blend_weight(tile: View, canvas_height: int, canvas_width: int, ramp: int, loop_closure: bool) -> torch.Tensor:
+def blend_weight(tile: View, canvas_height: int, canvas_width: int, ramp: int, loop_closure: bool,
+                 wrap_rows: bool = False) -> torch.Tensor:
     """(tile.height, tile.width) blending weights of a tile, in whatever unit the sizes are given.
 
     The weight rises linearly over `ramp` pixels from each border that another tile overlaps, and
@@ -60,7 +63,7 @@ def blend_weight(tile: View, canvas_height: int, canvas_width: int, ramp: int, l
             weight = torch.minimum(weight, (length - position - 0.5) / ramp)
         return weight
 
-    rows = ramp_along(tile.height, tile.top > 0, tile.bottom < canvas_height)
+    rows = ramp_along(tile.height, wrap_rows or tile.top > 0, wrap_rows or tile.bottom < canvas_height)
     columns = ramp_along(tile.width, loop_closure or tile.left > 0, loop_closure or tile.right < canvas_width)
     return rows[:, None] * columns[None, :]
 
@@ -73,14 +76,16 @@ def decode_tiled(
     overlap: int,
     loop_closure: bool = False,
     tiles_per_call: int = 1,
+    wrap_rows: bool = False,
 ) -> torch.Tensor:
     """Decode a (1, C, h, w) latent with `decode` (latents to (N, 3, h·factor, w·factor) images)
     tile by tile, `tiles_per_call` tiles at a time, and blend the tiles into one (1, 3, H, W) image.
 
     `tile` and `overlap` are in latent pixels. With `loop_closure` the tiles wrap round the right
-    edge, so the image's left and right edges are decoded as the neighbours they are."""
+    edge, so the image's left and right edges are decoded as the neighbours they are; with
+    `wrap_rows` round the bottom edge likewise."""
     latent_height, latent_width = latents.shape[-2:]
-    tiles = tile_layout(latent_height, latent_width, tile, overlap, loop_closure)
+    tiles = tile_layout(latent_height, latent_width, tile, overlap, loop_closure, wrap_rows)
     height, width = latent_height * factor, latent_width * factor
     ramp = max(0, min(overlap, tiles[0].width - 1)) * factor
     image, total = None, torch.zeros(height, width, device=latents.device)
@@ -91,7 +96,7 @@ def decode_tiled(
             image = torch.zeros(1, decoded.shape[1], height, width, device=decoded.device, dtype=decoded.dtype)
         for view, tile_image in zip(chunk, decoded):
             in_pixels = View(view.top * factor, view.left * factor, view.height * factor, view.width * factor)
-            weight = blend_weight(in_pixels, height, width, ramp, loop_closure).to(tile_image.device)
+            weight = blend_weight(in_pixels, height, width, ramp, loop_closure, wrap_rows).to(tile_image.device)
             add_view(image, in_pixels, (tile_image * weight)[None].to(image.dtype))
             add_view(total, in_pixels, weight)
     return image / total.to(image.dtype)

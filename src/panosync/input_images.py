@@ -129,10 +129,11 @@ def check_regions_on_canvas(values: dict, vae_factor: int) -> None:
     """The regions of `values` (their masks read) on its canvas, as the pipeline will check them
     (regions.plan_regions: each box inside it with room, each mask of its size and not all black,
     some weight everywhere): a SettingError with one sentence before any model loads. `values`
-    holds the canvas filled in (width, height, window in pixels, loop_closure)."""
+    holds the canvas filled in (width, height, window in pixels, loop_closure, tile)."""
     from .regions import plan_regions
+    from .settings import wrapped_axes
 
     if not values.get("regions"):
         return
     plan_regions(loaded_regions(values["regions"]), values["width"], values["height"], vae_factor,
-                 values["window"] // vae_factor, bool(values["loop_closure"]))
+                 values["window"] // vae_factor, *wrapped_axes(values.get("loop_closure"), values.get("tile")))

@@ -20,7 +20,7 @@ import PIL.PngImagePlugin
 from . import __version__
 from .files import write_atomically
 from .photosphere import XMP_KEYWORD, gpano_fields, xmp_packet, xmp_root
-from .settings import cut, json_kind
+from .settings import cut, json_kind, wrapped_axes
 
 KEY = "panosync"
 DIGEST = "pixels_sha256"  # a key of the metadata, beside the parameters: not one of them
@@ -111,7 +111,7 @@ def lossy_file(image: PIL.Image.Image, kind: str, parameters: dict, quality: int
     with PIL.Image.open(pixels) as decoded:
         digest = pixels_digest(decoded)
     stored = {**parameters, "panosync_version": __version__, DIGEST: digest}
-    fields = gpano_fields(image.width, image.height) if parameters.get("loop_closure") else None
+    fields = sphere_fields(image, parameters)
     packet = xmp_packet(fields, (xmp_description(stored),)).encode("utf-8")
     if kind == "JPEG" and len(packet) > MAX_JPEG_XMP_BYTES:
         raise ValueError(f"The parameters take {len(packet):,} bytes, more than a JPEG's metadata holds "
@@ -119,6 +119,14 @@ def lossy_file(image: PIL.Image.Image, kind: str, parameters: dict, quality: int
     written = io.BytesIO()
     rgb.save(written, format=kind, xmp=packet, **options)
     return written.getvalue()
+
+
+def sphere_fields(image: PIL.Image.Image, parameters: dict) -> dict | None:
+    """The GPano fields of a panorama made with `parameters` (photosphere.gpano_fields): a band of
+    the sphere when its left and right edges meet (loop_closure, tile x) and only those; none for a
+    texture that tiles vertically, which is no sphere."""
+    columns, rows = wrapped_axes(parameters.get("loop_closure"), parameters.get("tile"))
+    return gpano_fields(image.width, image.height) if columns and not rows else None
 
 
 def save_png(image: PIL.Image.Image, path: str | Path, parameters: dict) -> Path:
@@ -133,7 +141,7 @@ def save_png(image: PIL.Image.Image, path: str | Path, parameters: dict) -> Path
     stored = {**parameters, "panosync_version": __version__, DIGEST: pixels_digest(image)}
     info.add_text(KEY, json.dumps(stored, sort_keys=True))
     info.add_text("Software", f"panosync {__version__}")
-    fields = gpano_fields(image.width, image.height) if parameters.get("loop_closure") else None
+    fields = sphere_fields(image, parameters)
     if fields is not None:  # uncompressed, before the pixels: where viewers look for it
         info.add_itxt(XMP_KEYWORD, xmp_packet(fields), zip=False)
     return write_atomically(Path(path), lambda file: image.save(file, format="PNG", pnginfo=info))

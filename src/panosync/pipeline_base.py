@@ -20,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import PIL.Image
 import torch
+import torch.nn.functional as F
 from diffusers import DDIMScheduler, DiffusionPipeline
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import USE_PEFT_BACKEND, BaseOutput
@@ -307,14 +308,14 @@ class PanoramaPipelineBase(DiffusionPipeline):
         return downscale(self.decode_to_unit(predicted_original, fast.decoder), fast.image_scale)
 
     def decode_panorama(self, latents: torch.Tensor, loop_closure: bool, tiled: bool | None = None,
-                        tiles_per_call: int = 1, window: int | None = None) -> torch.Tensor:
+                        tiles_per_call: int = 1, window: int | None = None, wrap_rows: bool = False) -> torch.Tensor:
         """Decode the whole panorama to [0, 1], in one piece or, when `tiled` (None: as
         enable_vae_tiling chose, else when it is large), in overlapping tiles of the `window` (at least 32)
         (latent pixels; None: the default) blended together (decode.py), which bounds the memory.
 
         A loop-closed panorama decoded in one piece is padded circularly first, so the decoder sees
         the left edge continue into the right and leaves no seam, and the padding is cropped; tiles
-        wrap round the seam instead."""
+        wrap round the seam instead. With `wrap_rows` the top and bottom edges likewise."""
         window = window or self.backbone.window
         if tiled is None:
             tiled = self.vae_tiling if self.vae_tiling is not None else should_tile(*latents.shape[-2:], window)
@@ -323,13 +324,16 @@ class PanoramaPipelineBase(DiffusionPipeline):
         if tiled:
             tile = vae_tile(window)
             return decode_tiled(decode, latents, factor, tile=tile, overlap=max(1, tile // 4),
-                                loop_closure=loop_closure, tiles_per_call=tiles_per_call)
-        if not loop_closure:
+                                loop_closure=loop_closure, tiles_per_call=tiles_per_call, wrap_rows=wrap_rows)
+        pads = [min(side, max(8, window // 4)) if wraps else 0
+                for side, wraps in zip(latents.shape[-2:], (wrap_rows, loop_closure))]
+        if not any(pads):
             return decode(latents)
-        pad = min(latents.shape[-1], max(8, window // 4))
-        padded = torch.cat([latents[..., -pad:], latents, latents[..., :pad]], dim=-1)
-        margin = pad * factor
-        return decode(padded)[..., margin:-margin]
+        # F.pad pads the last axes first: columns (left, right), then rows (top, bottom)
+        padded = F.pad(latents, (pads[1], pads[1], pads[0], pads[0]), mode="circular")
+        image = decode(padded)
+        rows, columns = (pad * factor for pad in pads)
+        return image[..., rows:image.shape[-2] - rows, columns:image.shape[-1] - columns]
 
     # ------------------------------------------------------------------- the steps of a call
 
@@ -392,6 +396,10 @@ class PanoramaPipelineBase(DiffusionPipeline):
         values = settings.fill_canvas(values, geometry)
         settings.check(values, geometry)
         self.backbone.check_scheduler(self.scheduler)
+        # tile x is loop closure; from here on the loop reads which edges meet from these two
+        values["loop_closure"], values["wrap_rows"] = settings.wrapped_axes(values["loop_closure"], values.get("tile"))
+        if image is not None and values["wrap_rows"]:
+            raise settings.image_with_rows_wrapped(values["tile"])
         if image is not None:
             placement = place(image, image_options["mask_image"], values["width"], values["height"],
                               image_options["strength"], image_options["image_at"], bool(image_options["resize_image"]),
@@ -408,7 +416,7 @@ class PanoramaPipelineBase(DiffusionPipeline):
             values["paste_back"] = image_options["paste_back"] is not False
         values["region_plan"] = plan = plan_regions(values.get("regions"), values["width"], values["height"],
                                                     self.vae_scale_factor, values["window"] // self.vae_scale_factor,
-                                                    values["loop_closure"])
+                                                    values["loop_closure"], values["wrap_rows"])
         several_negatives = negative_prompt_embeds is not None or \
             (isinstance(negative_prompt, list) and len({text or "" for text in negative_prompt}) > 1)
         if plan is not None and None in plan.negative_prompts and several_negatives:
@@ -450,7 +458,7 @@ class PanoramaPipelineBase(DiffusionPipeline):
         factor = self.vae_scale_factor
         window = values["window"] // factor  # in pixels, filled in and checked by check_inputs
         views = views_for_canvas(values["height"] // factor, values["width"] // factor, window, values["stride"],
-                                 values["loop_closure"])
+                                 values["loop_closure"], values["wrap_rows"])
         anchor = values["anchor"]
         if anchor is None and values.get("release") is not None:  # the view holding most of the user's kept pixels
             anchor = anchor_holding_most(views, values["release"])
@@ -651,7 +659,7 @@ class PanoramaPipelineBase(DiffusionPipeline):
         if output_type == "latent":
             return latents
         images = self.decode_panorama(latents, values["loop_closure"], values["tiled_decode"], tiles_per_call,
-                                      layout.window)
+                                      layout.window, values["wrap_rows"])
         if image_start is not None and values.get("paste_back", True):
             images = image_start.paste_back(images)
         # decode_panorama's images are in [0, 1] already

@@ -163,15 +163,16 @@ def covered(start: int, end: int, length: int, vae_factor: int) -> torch.Tensor:
     return (overlap.clamp(min=0) / vae_factor).float()
 
 
-def feather(masks: torch.Tensor, radius: int, loop_closure: bool) -> torch.Tensor:
+def feather(masks: torch.Tensor, radius: int, loop_closure: bool, wrap_rows: bool = False) -> torch.Tensor:
     """(K, h, w) masks blurred by two box filters of `radius` latent pixels (a tent): a region's
-    edge becomes a ramp reaching 2·radius on either side of it, while the canvas's own edges are continued (wrapped round the
-    seam with loop closure) so a region that reaches an edge stays whole there."""
+    edge becomes a ramp reaching 2·radius on either side of it, while the canvas's own edges are
+    continued (wrapped round the seam with loop closure, and round the top and bottom with
+    `wrap_rows`) so a region that reaches an edge stays whole there."""
     blurred = masks[:, None]
     size = 2 * radius + 1
     for _ in range(2):
         blurred = F.pad(blurred, (radius, radius, 0, 0), mode="circular" if loop_closure else "replicate")
-        blurred = F.pad(blurred, (0, 0, radius, radius), mode="replicate")
+        blurred = F.pad(blurred, (0, 0, radius, radius), mode="circular" if wrap_rows else "replicate")
         blurred = F.avg_pool2d(blurred, size, stride=1)
     return blurred[:, 0].clamp(0, 1)
 
@@ -213,7 +214,7 @@ class RegionPlan:
 
 
 def plan_regions(regions, width: int, height: int, vae_factor: int, window: int,
-                 loop_closure: bool) -> RegionPlan | None:
+                 loop_closure: bool, wrap_rows: bool = False) -> RegionPlan | None:
     """The regions of a call checked against its canvas (`width` × `height` pixels; `window` in
     latent pixels) and laid out at latent resolution; None for no regions. A SettingError that
     names the region and says what to change for any that cannot be used."""
@@ -232,7 +233,7 @@ def plan_regions(regions, width: int, height: int, vae_factor: int, window: int,
                                           f"{shown(weight)}.")
         latent_masks.append(latent_mask(region, width, height, vae_factor, number))
     # a ramp across each region's edge, reaching a window/4 on either side
-    masks = feather(torch.stack(latent_masks), max(1, window // 8), loop_closure)
+    masks = feather(torch.stack(latent_masks), max(1, window // 8), loop_closure, wrap_rows)
     background = (1 - masks.sum(0)).clamp(min=0)
     region_weights = torch.tensor([float(region.weight) for region in checked])[:, None, None] * masks
     weights = torch.cat([background[None], region_weights])

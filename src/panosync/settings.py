@@ -108,6 +108,16 @@ def _number(value) -> str | None:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+TILE_AXES = ("x", "y", "xy")
+
+
+def wrapped_axes(loop_closure, tile) -> tuple[bool, bool]:
+    """(columns, rows): whether the canvas's left and right edges meet (loop_closure, or tile x or
+    xy) and whether its top and bottom do (tile y or xy)."""
+    tile = tile if isinstance(tile, str) else ""
+    return bool(loop_closure) or "x" in tile, "y" in tile
+
+
 P = Parameter
 PARAMETERS: tuple[Parameter, ...] = (
     P("prompt", str, None, "what the panorama shows", minimum=1, maximum=MAX_PROMPT_CHARACTERS),
@@ -128,7 +138,9 @@ PARAMETERS: tuple[Parameter, ...] = (
     P("stride", int, None, "view stride in latent pixels, 1 to the window", unset="a quarter window", minimum=1),
     P("seed", int, None, "seed of the initial noise", unset="a random one, reported with the result", minimum=0,
       maximum=UINT32_MAX),
-    P("loop_closure", bool, False, "a 360° panorama whose left and right edges meet"),
+    P("loop_closure", bool, False, "a 360° panorama whose left and right edges meet (tile x)"),
+    P("tile", str, None, "the edges that meet: x (left and right, as loop_closure), y (top and bottom), xy (both: "
+      "a texture that tiles)", unset="loop_closure's", choices=TILE_AXES),
     P("anchor", int, None, "index of the view the others are pulled towards", unset="the centre view", minimum=0),
     P("view_batch_size", int, None, "views per network call: the same result but for rounding",
       unset="chosen for the device", minimum=1, served=False),  # a server's: its own --view-batch-size
@@ -381,6 +393,12 @@ def refusal(name: str, value, item: bool = False) -> str | None:
     return None
 
 
+def image_with_rows_wrapped(tile: str) -> SettingError:
+    """The refusal of an image input on a canvas whose top and bottom edges meet."""
+    return SettingError("tile", f"tile {tile} makes the top and bottom edges meet, which an image input does not "
+                                f"continue: leave tile out, or give tile x (left and right only) with an image.")
+
+
 def check(values: dict, geometry: Geometry | None = None) -> None:
     """Raise a SettingError that names the parameter and says what to change, for any of `values`
     out of its type or range; with the model's `geometry`, also for what depends on the model
@@ -404,6 +422,8 @@ def check(values: dict, geometry: Geometry | None = None) -> None:
     if "canny_low" in values and "canny_high" in values and values["canny_low"] > values["canny_high"]:
         raise SettingError("canny_low", f"canny_low ({shown(values['canny_low'])}) must not exceed canny_high "
                                         f"({shown(values['canny_high'])}).")
+    if values.get("image") is not None and wrapped_axes(values.get("loop_closure"), values.get("tile"))[1]:
+        raise image_with_rows_wrapped(values["tile"])
     if "image" in values and values["image"] is None:  # an image input's settings without the image
         for name in ("strength", "image_at", "resize_image"):
             if values.get(name) not in (None, False):
@@ -462,7 +482,7 @@ def _check_geometry(values: dict, geometry: Geometry) -> None:
     anchor = values.get("anchor")
     if anchor is not None and None not in (width, height, stride):
         count = len(views_for_canvas(height // factor, width // factor, window, stride,
-                                     bool(values.get("loop_closure"))))
+                                     *wrapped_axes(values.get("loop_closure"), values.get("tile"))))
         if anchor >= count:
             raise SettingError("anchor", f"anchor must be a view index from 0 to {count - 1} (this canvas has {count} "
                                          f"views), got {anchor}.")

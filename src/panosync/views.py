@@ -2,7 +2,8 @@
 
 Pure code, no models. Every size here is in latent pixels (image pixels divided by the VAE
 factor). A view is a `window x window` crop; on a loop-closed canvas a view may run past the
-right edge and continue at the left, so its columns are taken modulo the canvas width.
+right edge and continue at the left, so its columns are taken modulo the canvas width; on a canvas
+that wraps vertically too (tile "y" or "xy", a texture that tiles), its rows likewise.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ class View:
     """One window of the panorama latent: rows [top, top + height), columns [left, left + width).
 
     `left + width` may exceed the canvas width only on a loop-closed canvas, where the columns
-    past the right edge wrap around to the left.
+    past the right edge wrap around to the left; `top + height` the canvas height only on one that
+    wraps vertically.
     """
 
     top: int
@@ -79,15 +81,16 @@ def check_canvas(latent_height: int, latent_width: int, window: int, stride: int
 
 
 def views_for_canvas(
-    latent_height: int, latent_width: int, window: int, stride: int, loop_closure: bool = False
+    latent_height: int, latent_width: int, window: int, stride: int, loop_closure: bool = False,
+    wrap_rows: bool = False,
 ) -> list[View]:
     """All views of a canvas, in row-major order (top to bottom, then left to right).
 
-    Rows form an open grid. Columns form an open grid too, or, with `loop_closure`, a circle: views
-    start all the way round and those near the right edge wrap to the left.
+    Columns form an open grid, or, with `loop_closure`, a circle: views start all the way round and
+    those near the right edge wrap to the left. Rows likewise, a circle with `wrap_rows`.
     """
     check_canvas(latent_height, latent_width, window, stride)
-    rows = grid_positions(latent_height, window, stride)
+    rows = loop_positions(latent_height, stride) if wrap_rows else grid_positions(latent_height, window, stride)
     if loop_closure:
         columns = loop_positions(latent_width, stride)
     else:
@@ -104,22 +107,28 @@ def coverage(latent_height: int, latent_width: int, views: list[View]) -> torch.
 
 
 def crop(latent: torch.Tensor, view: View) -> torch.Tensor:
-    """The view's crop of a (..., H, W) tensor, wrapping columns past the right edge."""
-    rows = latent[..., view.top : view.bottom, :]
-    canvas_width = latent.shape[-1]
-    if not view.wraps(canvas_width):
+    """The view's crop of a (..., H, W) tensor, wrapping rows past the bottom and columns past the
+    right edge."""
+    if view.bottom <= latent.shape[-2]:
+        rows = latent[..., view.top : view.bottom, :]
+    else:  # rolling brings the view's first row to position 0, so the wrapped view is one slice
+        rows = torch.roll(latent, shifts=-view.top, dims=-2)[..., : view.height, :]
+    if not view.wraps(latent.shape[-1]):
         return rows[..., view.left : view.right]
-    # Rolling brings the view's first column to position 0, so the wrapped view is one slice.
     return torch.roll(rows, shifts=-view.left, dims=-1)[..., : view.width]
+
+
+def _pieces(start: int, length: int, size: int) -> list[tuple[slice, slice]]:
+    """(canvas, view) slices of a span `length` long from `start` on an axis of `size`, cut where it
+    wraps."""
+    if start + length <= size:
+        return [(slice(start, start + length), slice(0, length))]
+    inside = size - start
+    return [(slice(start, size), slice(0, inside)), (slice(0, length - inside), slice(inside, length))]
 
 
 def add_view(buffer: torch.Tensor, view: View, values: torch.Tensor) -> None:
     """Add `values` (..., h, w) into `buffer` (..., H, W) at the view's place, in place, wrapping."""
-    canvas_width = buffer.shape[-1]
-    rows = buffer[..., view.top : view.bottom, :]
-    if not view.wraps(canvas_width):
-        rows[..., view.left : view.right] += values
-        return
-    inside = canvas_width - view.left
-    rows[..., view.left :] += values[..., :inside]
-    rows[..., : view.width - inside] += values[..., inside:]
+    for canvas_rows, view_rows in _pieces(view.top, view.height, buffer.shape[-2]):
+        for canvas_columns, view_columns in _pieces(view.left, view.width, buffer.shape[-1]):
+            buffer[..., canvas_rows, canvas_columns] += values[..., view_rows, view_columns]

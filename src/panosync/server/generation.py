@@ -324,7 +324,8 @@ class PanoramaModel:
         if parameters.get("regions"):  # on the canvas now decided, as the pipeline will check them
             check_region_texts(parameters["regions"])
             plan_regions(parameters["regions"], parameters["width"], parameters["height"], self.vae_factor,
-                         self.geometry.with_window(parameters.get("window")).window, bool(parameters["loop_closure"]))
+                         self.geometry.with_window(parameters.get("window")).window,
+                         *settings.wrapped_axes(parameters["loop_closure"], parameters.get("tile")))
         return parameters
 
     def generate(self, parameters: dict, on_step: StepCallback | None = None) -> PIL.Image.Image:

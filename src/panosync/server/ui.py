@@ -60,6 +60,7 @@ SLIDER_SPANS = {"sync_weight": (0, 100, 0.5), "sync_freq": (1, 50, 1), "num_infe
 PRESET_INFO = ("Each sets the sync and diffusion settings and the approximations of the sync step: paper is the "
                "paper's gradient (faithful); the quicker one takes 20 steps and syncs in the first 5.")
 TILED = {"auto": None, "on": True, "off": False}  # tiled_decode's three states, as the page shows them
+NO_TILE = "none"  # tile's choice on the page for no edges meeting but loop_closure's
 # The region table: its columns, and the rows it starts with (more may be added; the checks count them).
 REGION_COLUMNS = ("x0", "y0", "x1", "y1", "prompt", "weight")
 REGION_ROWS = 4
@@ -101,6 +102,8 @@ def parameter_input(name: str, value, model: PanoramaModel, limits: Limits, **op
         return gr.CheckboxGroup(list(parameter.choices), value=list(value or []), **common)
     if name == "tiled_decode":
         return gr.Radio(list(TILED), value=next(k for k, v in TILED.items() if v == value), **common)
+    if name == "tile":
+        return gr.Radio([NO_TILE, *parameter.choices], value=value or NO_TILE, **common)
     if name == "regions":
         return region_table(value, elem_id=name, **{key: value for key, value in options.items() if key != "info"})
     if parameter.choices:
@@ -142,6 +145,8 @@ def page_values(names: tuple[str, ...], values) -> dict:
     fields = dict(zip(names, values))
     if "tiled_decode" in fields:
         fields["tiled_decode"] = TILED[fields["tiled_decode"]]
+    if fields.get("tile") == NO_TILE:
+        fields["tile"] = None
     if "controlnet_conditioning_scale" in fields:
         fields["controlnet_conditioning_scale"] = [fields["controlnet_conditioning_scale"]]
     if "image_at" in fields:
@@ -363,11 +368,13 @@ def build_ui(model: PanoramaModel, limits: Limits, out_dir: str | Path) -> gr.Bl
         path = out_dir / f"panosync-{parameters['seed']}-{uuid.uuid4().hex[:8]}.png"
         save_png(image, path, model.metadata(parameters, image))
         faithful = "" if parameters["fast_modes"] else ", faithful"
+        columns, rows = settings.wrapped_axes(parameters["loop_closure"], parameters.get("tile"))
+        loop = columns and not rows  # a band of the sphere; a texture that tiles is none
+        wrap = ", 360°" if loop else ", tiles on both axes" if columns else ", tiles top to bottom" if rows else ""
         summary = (f"{image.width} × {image.height}, seed {parameters['seed']}, {total} steps{faithful}, "
-                   f"{seconds:.1f} s" + (", 360°" if parameters["loop_closure"] else "")
+                   f"{seconds:.1f} s" + wrap
                    + (", following the condition" if model.control else "")
                    + (", from the image" if parameters.get("image") is not None else "") + f" — saved as `{path}`")
-        loop = bool(parameters["loop_closure"])
         outputs = (str(path), gr.update(value=str(path), visible=True), summary, parameters["seed"],
                    gr.update(value=viewer.viewer_source(image) if loop else "", visible=loop))
         if model.control:
@@ -442,7 +449,9 @@ def build_ui(model: PanoramaModel, limits: Limits, out_dir: str | Path) -> gr.Bl
                 with gr.Row():
                     add("width")
                     add("height", info=f"at most {limits.max_pixels:,} pixels in all")
-                add("loop_closure")
+                with gr.Row():
+                    add("loop_closure")
+                    add("tile")
                 with gr.Accordion("regions: prompts of their own for parts of the canvas", open=False,
                                   elem_id="region-settings"):
                     add("regions")
@@ -479,7 +488,8 @@ def build_ui(model: PanoramaModel, limits: Limits, out_dir: str | Path) -> gr.Bl
                 download = gr.DownloadButton("Download PNG", visible=False, elem_id="download")
                 summary = gr.Markdown(elem_id="summary")
                 look_around = gr.HTML("", html_template=viewer.TEMPLATE, css_template=viewer.CSS,
-                                      js_on_load=viewer.JS_ON_LOAD, visible=False, elem_id="viewer")
+                                      js_on_load=viewer.JS_ON_LOAD, head=viewer.HEAD,
+                                      apply_default_css=False, visible=False, elem_id="viewer")
                 control_view = None
                 if model.control:
                     control_view = gr.Image(label="the condition the ControlNet sees", type="pil", format="png",
@@ -525,5 +535,6 @@ def theme() -> gr.themes.Theme:
 
 
 def launch(page: gr.Blocks, out_dir: str | Path, host: str, port: int, block: bool = True):
-    return page.launch(server_name=host, server_port=port, theme=theme(), allowed_paths=[str(out_dir)],
+    allowed = [str(out_dir), str(viewer.ASSETS)]  # the panoramas; the 360° view's vendored scripts
+    return page.launch(server_name=host, server_port=port, theme=theme(), allowed_paths=allowed,
                        prevent_thread_lock=not block, show_error=True, share=False)
