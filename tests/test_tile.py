@@ -107,3 +107,49 @@ def test_the_tile_measurement_finds_a_seam_where_top_meets_bottom_and_none_on_a_
     assert clean["rows"]["ratio"] == clean["columns"]["ratio"] == 1.0
     assert seamed["rows"]["ratio"] > 10 and seamed["rows"]["percentile"] == 1.0
     assert seamed["columns"]["ratio"] == 1.0  # the columns never see the rows' ramp
+
+
+@pytest.mark.parametrize("name", ["sdxl", "sd3", "flux"])
+def test_every_family_tiles_on_both_axes(name):
+    # the views wrap the same way whatever the network: on SDXL's UNet and on SD3's and FLUX's
+    # transformers (FLUX packs each view's latents after the crop), turning the noise turns the texture
+    from test_call import KINDS, canvas
+
+    ours, _, components = KINDS[name]
+    pipe = ours(**components())
+    pipe.set_progress_bar_config(disable=True)
+    size = canvas(pipe)
+    window = size["height"]  # 32 pixels, 16 latents: the canvas is 2 × 2 windows, 32 latents a side
+    kwargs = {**size, "width": 2 * window, "height": 2 * window, "stride": 8, "num_inference_steps": 2,
+              "sync_weight": 0.0, "output_type": "latent", "tile": "xy"}
+    latent_side = 2 * window // pipe.vae_scale_factor
+    noise = torch.randn(1, pipe.backbone.latent_channels, latent_side, latent_side,
+                        generator=torch.Generator().manual_seed(1))
+    result = pipe("a", latents=noise, **kwargs).images
+    turned = pipe("a", latents=noise.roll((8, 8), dims=(-2, -1)), **kwargs).images
+    torch.testing.assert_close(turned, result.roll((8, 8), dims=(-2, -1)), rtol=0, atol=2e-4)
+
+
+def test_the_api_takes_tile_and_the_png_records_it_without_gpano(sync_pipe, tmp_path):
+    import io
+
+    import PIL.Image
+
+    from panosync.metadata import read_parameters
+    from panosync.models import resolve_model
+    from panosync.server.generation import PanoramaModel
+    from panosync.settings import model_defaults
+    from test_server_api import TINY, client_for, finished, wait_for
+
+    served = PanoramaModel(sync_pipe, "tiny-test", model_defaults(resolve_model("tiny-random")))
+    with client_for(served, tmp_path / "state") as client:
+        job = client.post("/predictions", json={"prompt": "a", **TINY, "seed": 2, "tile": "xy"}).json()
+        job = wait_for(client, job["id"], finished)
+        assert job["status"] == "succeeded" and job["parameters"]["tile"] == "xy"
+        png = client.get(job["urls"]["output"]).content
+        assert read_parameters(io.BytesIO(png))["tile"] == "xy"
+        with PIL.Image.open(io.BytesIO(png)) as image:
+            assert "XML:com.adobe.xmp" not in image.info  # a texture is no band of a sphere
+        for bad in ("z", 1):
+            answer = client.post("/predictions", json={"prompt": "a", **TINY, "tile": bad})
+            assert answer.status_code == 422 and "tile" in answer.json()["message"]

@@ -1,7 +1,9 @@
 """The `panosync` command.
 
     panosync generate "a photo of a mountain range at twilight" --width 3072 --seed 7 --out range.png
-    panosync generate --from range.png              # the same panorama again
+    panosync generate --from range.png --out range.jpg   # the same panorama again, as a JPEG
+    panosync generate "mossy cobblestones" --width 1024 --height 1024 --tile xy   # a texture that tiles
+    panosync export sphere.png --cubemap faces/     # a full-sphere panorama's six cube faces (and --equirect)
     panosync generate "a beach" --ip-adapter ./ip-adapter-sd15:0.6 --ip-adapter-image photo.jpg
     panosync generate "snowy mountains" --image photo.png --width 2048 --loop-closure   # extend a photo
     panosync generate "a coast" --width 2048 --region "0,0,1024,512=a calm sea" --region-mask city.png=a city

@@ -15,7 +15,7 @@
     middleware.py       the bearer token and the body size limit, checked before a body is read
     waiting.py          clients waiting for their jobs (Prefer: wait), without holding a thread
     openapi.py          the schema made to describe one server: its bounds, fields, errors, token
-    viewer.py           the 360° look-around view (self-contained HTML and JavaScript)
+    viewer.py           the 360° view: Photo Sphere Viewer (vendored in static/, served with the page)
     ui.py               the Gradio app
     command.py          the `serve` and `ui` subcommands
 """
