@@ -75,9 +75,9 @@ def smoke_plan(deadline_s: float) -> Plan:
     window apart, few steps. float16 and autocast are left out and the speed parts run in float32: a
     CPU's float16 kernels are 20-40 times slower than its float32 ones (LPIPS-VGG's forward and
     backward at 128 pixels: 14 s against 0.3 s on this project's 2-core machines); bfloat16's are not."""
-    return Plan(smoke=True, device="cpu", height=128, speed_widths=(192, 256), stride=8, steps=3, synced_steps=2,
+    return Plan(smoke=True, device="cpu", height=128, speed_widths=(192,), stride=8, steps=3, synced_steps=2,
                 chunks=(4, 1), correctness_width=192, correctness_steps=3, correctness_synced=2,
                 precisions=("bfloat16",), speed_precision="float32",
-                memory_canvases=((128, 256), (192, 192)), deadline_s=deadline_s, synced_view_s=1.0, plain_view_s=0.05,
+                memory_canvases=((128, 256),), deadline_s=deadline_s, synced_view_s=1.0, plain_view_s=0.05,
                 backbones=(Backbone("SDXL (tiny)", sdxl_pipeline, "float32", ((128, 256), (192, 192)), stride=8,
                                     synced_cost=1.0, plain_cost=1.0),))
