@@ -279,3 +279,24 @@ def test_options_of_the_other_direction_and_a_missing_extra_are_refused(faces_di
     monkeypatch.setitem(__import__("sys").modules, "py360convert", None)  # as if the extra were not installed
     one_sentence(capsys, main(["export", str(sphere_png), "--cubemap", str(tmp_path / "f")]),
                  "sphere extra", "pip install 'panosync[sphere]'")
+
+
+def test_a_disk_that_fills_while_the_faces_are_written_leaves_the_old_faces_whole(faces_dir, sphere_png, capsys,
+                                                                                  monkeypatch):
+    before = {path.name: path.read_bytes() for path in faces_dir.iterdir()}
+    save, calls = PIL.Image.Image.save, []
+
+    def filling(image, file, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # the third face finds the disk full
+            raise OSError(28, "No space left on device")
+        return save(image, file, *args, **kwargs)
+
+    other = sphere_png.with_name("other.png")
+    PIL.Image.open(sphere_png).transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT).save(other)  # other faces
+    monkeypatch.setattr(PIL.Image.Image, "save", filling)
+    assert main(["export", str(other), "--cubemap", str(faces_dir), "--overwrite"]) == 1
+    error = capsys.readouterr().err
+    assert "could not take the faces (No space left on device): nothing was written" in error
+    assert error.count("\n") == 1 and "Traceback" not in error
+    assert {path.name: path.read_bytes() for path in faces_dir.iterdir()} == before  # no new face, no leftover

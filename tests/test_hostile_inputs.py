@@ -199,7 +199,7 @@ def test_a_pngs_stored_parameters_are_as_strictly_typed_as_recommended_json(tmp_
     capsys.readouterr()
     code = main(["generate", "--from-png", str(tmp_path / "edited.png"), "--out", str(tmp_path / "x.png"), "--quiet"])
     err = capsys.readouterr().err
-    assert code == 2 and "The PNG's metadata: fast_modes must be a list" in err and "Traceback" not in err
+    assert code == 2 and "The file's metadata: fast_modes must be a list" in err and "Traceback" not in err
     assert not (tmp_path / "x.png").exists()
 
 

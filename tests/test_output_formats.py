@@ -202,8 +202,105 @@ def test_batch_writes_jpeg_or_webp_that_a_rerun_keeps(tmp_path, capsys):
         capsys.readouterr()
         assert batch(jobs, out, "--format", extension, *options) == 0  # a rerun verifies the pixels and keeps them
         assert "0 made, 2 kept" in capsys.readouterr().out
+    # PNG bytes under the .jpg name (a panosync PNG of the same job, renamed): made again as a JPEG
+    assert batch(jobs, tmp_path / "png") == 0
+    (tmp_path / "png" / "line-1.png").replace(tmp_path / "jpg" / "line-1.jpg")
+    assert batch(jobs, tmp_path / "jpg", "--format", "jpg") == 0
+    assert "1 made, 1 kept" in capsys.readouterr().out
+    with PIL.Image.open(tmp_path / "jpg" / "line-1.jpg") as image:
+        assert image.format == "JPEG"
+    # a pipe where a file goes is not the batch's to replace
+    import os
+    (tmp_path / "webp" / "desert.webp").unlink()
+    os.mkfifo(tmp_path / "webp" / "desert.webp")
+    assert batch(jobs, tmp_path / "webp", "--format", "webp") == 2
+    assert "desert.webp" in capsys.readouterr().err
     assert batch(jobs, tmp_path / "png", "--quality", "85") == 2
     assert capsys.readouterr().err.strip() == ("panosync: error: --quality applies to JPEG and WebP files, and "
                                                "line-1.png is a PNG (lossless): leave --quality out, or write a .jpg "
                                                "or .webp.")
-    assert not (tmp_path / "png").exists() or not list((tmp_path / "png").iterdir())
+
+
+def test_the_server_answers_a_format_the_panorama_does_not_fit_or_a_damaged_output_with_a_4xx(sync_pipe, tmp_path):
+    from test_server_api import TINY, client_for, finished, wait_for
+    from panosync.server.generation import PanoramaModel
+    from panosync.settings import model_defaults
+    from panosync.models import resolve_model
+
+    served = PanoramaModel(sync_pipe, "tiny-test", model_defaults(resolve_model("tiny-random")))
+    with client_for(served, tmp_path / "state") as client:
+        long = {"prompt": "&" * 2000, "negative_prompt": "&" * 2000,
+                "regions": [{"box": [0, 0, 64, 32], "prompt": "&" * 2000, "weight": 0.5}] * 16}
+        job = wait_for(client, client.post("/predictions", json={**long, **TINY, "seed": 1}).json()["id"], finished)
+        assert job["status"] == "succeeded", job["error"]
+        answer = client.get(job["urls"]["output"].replace("output.png", "output.jpg"))
+        assert answer.status_code == 422 and "more than a JPEG's metadata holds" in answer.json()["message"]
+        assert client.get(job["urls"]["output"].replace("output.png", "output.webp")).status_code == 200
+        # the PNG kept, damaged on the server's disk: a 410 that says so, not a 500
+        other = wait_for(client, client.post("/predictions", json={"prompt": "a", **TINY}).json()["id"], finished)
+        kept = tmp_path / "state" / "outputs" / f"{other['id']}.png"
+        kept.write_bytes(kept.read_bytes()[:200])
+        answer = client.get(other["urls"]["output"], params={"format": "jpg"})
+        assert answer.status_code == 410 and "damaged" in answer.json()["message"], answer.text
+
+
+def test_damaged_pipes_and_bombs_given_to_from_are_one_sentence(tmp_path, capsys):
+    import os
+    import zlib
+
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    # a PNG whose header claims 60000 × 60000 pixels, carrying panosync parameters
+    def chunk(kind, data):
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", (60000).to_bytes(4, "big") * 2 + b"\x01\x00\x00\x00\x00")
+                     + chunk(b"tEXt", b'panosync\x00{"prompt": "a"}') + chunk(b"IEND", b""))
+    edited = tmp_path / "edited.jpg"
+    save_panorama(noise_image(64, 32), edited, {"prompt": "a sea"})
+    edited.write_bytes(edited.read_bytes().replace(b"a sea", b"\xff\xfe sea"))
+    for path, words in ((fifo, "is a folder, device, pipe or socket, not a panorama file"),
+                        (bomb, "has more pixels than any panorama panosync makes"),
+                        (edited, "carries panosync parameters that are not UTF-8 text")):
+        assert main(["generate", "--from", str(path)]) == 2
+        error = capsys.readouterr().err
+        assert words in error and error.count("\n") == 1 and "Traceback" not in error, error
+
+
+def test_out_does_not_replace_a_file_panosync_did_not_write_unless_asked(sd_folder, tmp_path, capsys):
+    precious = tmp_path / "precious.jpg"
+    precious.write_bytes(b"the user's own file")
+    assert main(["generate", "a land", "--model", str(sd_folder), *CANVAS, "--out", str(precious)]) == 2
+    assert "exists and was not written by panosync: give --overwrite" in capsys.readouterr().err
+    assert precious.read_bytes() == b"the user's own file"
+    assert main(["generate", "a land", "--model", str(sd_folder), *CANVAS, "--out", str(precious),
+                 "--overwrite"]) == 0
+    assert read_parameters(precious)["prompt"] == "a land"
+    # a panorama panosync wrote is replaced, as a make again replaces what it made
+    assert main(["generate", "a lake", "--model", str(sd_folder), *CANVAS, "--out", str(precious)]) == 0
+    assert read_parameters(precious)["prompt"] == "a lake"
+    for name in ("trailing.", ".jpg"):
+        assert main(["generate", "a land", "--model", str(sd_folder), *CANVAS, "--out", str(tmp_path / name)]) == 2
+        assert "has no name before its extension" in capsys.readouterr().err
+
+
+def test_a_webp_wider_than_webp_allows_is_refused_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="A WebP is at most 16,383 pixels a side"):
+        check_fits({"width": 16384, "height": 512}, tmp_path / "wide.webp")
+    check_fits({"width": 16384, "height": 512}, tmp_path / "wide.jpg")
+
+
+def test_a_jpeg_records_an_image_input_and_a_region_mask_as_files(sd_folder, tmp_path):
+    picture, mask = tmp_path / "picture.png", tmp_path / "mask.png"
+    noise_image(64, 32).save(picture)
+    PIL.Image.new("L", (64, 32), 255).save(mask)
+    out = tmp_path / "from-image.jpg"
+    assert main(["generate", "a land", "--model", str(sd_folder), *CANVAS, "--image", str(picture),
+                 "--region-mask", f"{mask}=a sea", "--out", str(out)]) == 0
+    stored = read_parameters(out)
+    assert stored["image"]["path"] == str(picture) and stored["regions"][0]["mask"]["path"] == str(mask)
+    again = tmp_path / "again.png"
+    assert main(["upscale", str(out), "--model", str(sd_folder), "--scale", "1.5", "--steps", "5", "--quiet",
+                 "--out", str(tmp_path / "up.jpg")]) == 0
+    assert read_parameters(tmp_path / "up.jpg")["width"] == 96
+    assert main(["generate", "--from", str(out), "--out", str(again), "--quiet"]) == 0

@@ -82,7 +82,7 @@ def test_a_bad_recorded_thread_count_is_one_sentence(sd_folder, tmp_path, capsys
     save_png(PIL.Image.open(made), tampered, {**read_parameters(made), "threads": "many"})
     capsys.readouterr()
     assert main(["generate", "--from-png", str(tampered), "--out", str(tmp_path / "x.png"), "--quiet"]) == 2
-    assert capsys.readouterr().err.strip() == ("panosync: error: threads in the PNG's metadata must be a whole number "
+    assert capsys.readouterr().err.strip() == ("panosync: error: threads in the file's metadata must be a whole number "
                                                "from 1 to 1024, got 'many'.")
 
 

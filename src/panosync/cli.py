@@ -75,6 +75,9 @@ def add_output_options(command: argparse.ArgumentParser, default: str) -> None:
                               f"(default: {default})")
     command.add_argument("--quality", type=int, default=None,
                          help=f"JPEG or WebP quality, 1-100 (default {DEFAULT_QUALITY})")
+    command.add_argument("--overwrite", action="store_true",
+                         help="replace --out even when it is a file panosync did not write (else refused; a "
+                              "panosync file is replaced)")
 
 
 # upscale's defaults: twice the size, denoised lightly (pocket keeps its picture at 0.2: 29 dB after
@@ -281,7 +284,7 @@ def regions_of_options(options: list[tuple[str, str]]) -> list[dict]:
 
 def _text(value, name: str) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"{name} must be text, got {value!r} (from the PNG's metadata).")
+        raise ValueError(f"{name} must be text, got {value!r} (from the file's metadata).")
     return value
 
 
@@ -340,13 +343,25 @@ def output_path(args: argparse.Namespace, request: dict) -> str:
     from .files import check_writable
     from .metadata import check_fits, check_quality, image_format
 
+    from .metadata import read_metadata
+
     out = args.out or f"panosync-{request['seed']}.png"
-    if not Path(out).suffix:  # a name without an extension: a PNG, named so
+    name = Path(out).name
+    if name.endswith(".") or (name.startswith(".") and not Path(out).suffix):
+        raise ValueError(f"--out {settings.cut(out)} has no name before its extension, or none after its dot: "
+                         f"name the file, e.g. panorama.png or panorama.jpg.")
+    if not Path(out).suffix and not Path(out).is_dir():  # a name without an extension: a PNG, named so
         out = f"{out}.png"
+    check_writable(out, "--out")
     image_format(out)
     check_quality(args.quality, out)
     check_fits(request, out)
-    check_writable(out, "--out")
+    if Path(out).is_file() and not getattr(args, "overwrite", False):
+        try:
+            read_metadata(out)
+        except ValueError:  # not a panorama panosync wrote: the user's, not to be lost unasked
+            raise ValueError(f"--out {settings.cut(out)} exists and was not written by panosync: give --overwrite "
+                             f"to replace it, or another name.") from None
     return out
 
 
@@ -417,7 +432,7 @@ def make_panorama(args: argparse.Namespace, request: dict, source: ModelSource, 
     if getattr(args, "threads", None) is not None:
         threads = check_threads(args.threads)
     elif stored.get("threads") is not None:  # a CPU PNG: made again on as many threads
-        threads = check_threads(stored["threads"], "threads in the PNG's metadata")
+        threads = check_threads(stored["threads"], "threads in the file's metadata")
     else:
         threads = default_threads()
     request.pop("threads", None)
@@ -463,16 +478,40 @@ def make_panorama(args: argparse.Namespace, request: dict, source: ModelSource, 
         result = pipe(**generation, **(inputs or {}))
     image = result.images[0]
     request.update(width=image.width, height=image.height)
-    save_panorama(image, out, {**request, "device": device.type, "dtype": precision.name,
-                               **({"threads": threads} if device.type == "cpu" else {})}, args.quality)
+    written = saved_somewhere(image, out, {**request, "device": device.type, "dtype": precision.name,
+                                           **({"threads": threads} if device.type == "cpu" else {})}, args.quality)
     seconds = time.perf_counter() - started
-    print(f"wrote {out} ({image.width}x{image.height}, seed {request['seed']}, {seconds:.1f} s)")
+    print(f"wrote {written} ({image.width}x{image.height}, seed {request['seed']}, {seconds:.1f} s)")
     columns, rows = settings.wrapped_axes(request.get("loop_closure"), request.get("tile"))
     if columns and not rows:
         print(sphere_words(image.width, image.height))
     elif rows:
         print(f"a texture that tiles {'on both axes' if columns else 'top to bottom'}: no Photo Sphere metadata")
-    return 0
+    return 0 if written == out else 1  # kept elsewhere: a failure all the same
+
+
+def saved_somewhere(image, out: str, metadata: dict, quality: int | None) -> str:
+    """Write the panorama to `out`; when that fails (a full disk, a folder gone read-only), to the
+    temporary folder instead, saying so, so that a panorama made is not lost to a full disk; an
+    OSError (exit 1) only when neither can be written."""
+    import tempfile
+
+    from .metadata import save_panorama
+
+    try:
+        save_panorama(image, out, metadata, quality)
+        return out
+    except OSError as failure:
+        kept = Path(tempfile.mkdtemp(prefix="panosync-")) / Path(out).name
+        try:
+            save_panorama(image, kept, metadata, quality)
+        except OSError:
+            raise OSError(f"{out} could not be written ({failure.strerror or failure}), nor a copy in "
+                          f"{kept.parent}: free some space and make it again (same seed: "
+                          f"{metadata.get('seed')}).") from None
+        print(f"panosync: error: {out} could not be written ({failure.strerror or failure}); the panorama is "
+              f"kept at {kept}.", file=sys.stderr)
+        return str(kept)
 
 
 def sphere_words(width: int, height: int) -> str:
@@ -576,6 +615,10 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     except (NonFiniteError, TaskFailed) as error:  # not the input's fault (the arithmetic overflowed …)
         print(f"panosync: error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # the machine's, not the input's: a full disk, a folder gone read-only
+        words = f"{error.filename}: {error.strerror}" if error.filename and error.strerror else error
+        print(f"panosync: error: {words}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("panosync: interrupted", file=sys.stderr)

@@ -13,6 +13,7 @@ resampled or written. A refusal is a ValueError whose sentence says what to chan
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ import PIL.PngImagePlugin
 
 from . import __version__, cubemap
 from .conditions import load_condition_image, rgb_image
-from .files import check_folder, check_writable, write_atomically
+from .files import check_folder, check_writable, write_atomically, write_temporary
 from .photosphere import XMP_KEYWORD, gpano_fields, xmp_packet
 from .settings import MAX_PIXELS
 
@@ -77,9 +78,20 @@ def write_faces(args: argparse.Namespace) -> int:
         check_new(path, "--cubemap", args.overwrite)
     faces = cubemap.faces_of_equirect(np.asarray(image), size)
     folder.mkdir(parents=True, exist_ok=True)
-    for name, path in zip(cubemap.FACES, paths):
-        face = PIL.Image.fromarray(faces[name])
-        write_atomically(path, lambda file, face=face: face.save(file, format="PNG"))
+    # all six written beside their places first, then renamed: a full disk leaves the folder as it
+    # was, never a cube of some new faces and some old
+    written = []
+    try:
+        for name, path in zip(cubemap.FACES, paths):
+            face = PIL.Image.fromarray(faces[name])
+            written.append(write_temporary(path, lambda file, face=face: face.save(file, format="PNG")))
+    except OSError as failure:
+        for temporary in written:
+            temporary.unlink(missing_ok=True)
+        raise OSError(f"{folder} could not take the faces ({failure.strerror or failure}): nothing was written "
+                      f"there; free some space and export again.") from None
+    for temporary, path in zip(written, paths):
+        os.replace(temporary, path)
     print(f"wrote {folder}: six faces {size}x{size}, {' '.join(cubemap.FACES)}.png (OpenGL cube-map order and "
           f"orientation; pz faces the panorama's centre)")
     return 0

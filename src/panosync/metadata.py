@@ -11,6 +11,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import stat
+import warnings
 import xml.sax.saxutils
 from pathlib import Path
 
@@ -31,6 +34,7 @@ DEFAULT_QUALITY = 95  # JPEG and WebP: 1-100; 95 keeps fine texture (a panorama 
 # JPEG holds XMP in one APP1 segment: 65,535 bytes less its length and the 29-byte namespace header
 MAX_JPEG_XMP_BYTES = 65_504
 MAX_XMP_BYTES = 1 << 20  # a packet read back larger than this is not one panosync wrote
+MAX_WEBP_SIDE = 16383  # libwebp's largest width or height
 PANOSYNC_XMP = "urn:panosync:metadata:1.0#"  # the namespace of panosync:parameters
 
 
@@ -66,10 +70,17 @@ def check_quality(quality: int | None, path: str | Path, option: str = "--qualit
 
 
 def check_fits(parameters: dict, path: str | Path) -> None:
-    """Whether `parameters` fit the metadata of the format `path` names (a JPEG's XMP segment holds
-    64 KB, with room kept for what is added after the panorama is made): a ValueError that says
-    what to change, so that it is known before any model work."""
-    if image_format(path) != "JPEG":
+    """Whether a panorama made with `parameters` fits the format `path` names: a WebP's sides are at
+    most MAX_WEBP_SIDE, a JPEG's XMP segment holds 64 KB (with room kept for what is added after the
+    panorama is made). A ValueError that says what to change, so that it is known before any model
+    work. `parameters` as a request holds them (files as panosync's file records, or their
+    metadata() when loaded)."""
+    kind = image_format(path)
+    sides = [side for side in (parameters.get("width"), parameters.get("height")) if isinstance(side, int)]
+    if kind == "WEBP" and sides and max(sides) > MAX_WEBP_SIDE:
+        raise ValueError(f"A WebP is at most {MAX_WEBP_SIDE:,} pixels a side and this panorama is "
+                         f"{parameters.get('width')} × {parameters.get('height')}: write a .png or .jpg.")
+    if kind != "JPEG":
         return
     room = MAX_JPEG_XMP_BYTES - 1024  # the device, precision, size, threads and digest, added on writing
     size = len(xmp_description(parameters).encode("utf-8")) + len(xmp_packet(gpano_fields(2, 1)).encode("utf-8"))
@@ -79,8 +90,9 @@ def check_fits(parameters: dict, path: str | Path) -> None:
 
 
 def xmp_description(parameters: dict) -> str:
-    """The rdf:Description holding `parameters` as the JSON text of panosync:parameters."""
-    text = xml.sax.saxutils.escape(json.dumps(parameters, sort_keys=True, ensure_ascii=False))
+    """The rdf:Description holding `parameters` as the JSON text of panosync:parameters (a file a
+    request holds as its metadata(), as the file will record it)."""
+    text = xml.sax.saxutils.escape(json.dumps(parameters, sort_keys=True, ensure_ascii=False, default=_recorded))
     return (f'<rdf:Description rdf:about="" xmlns:panosync="{PANOSYNC_XMP}">'
             f"<panosync:parameters>{text}</panosync:parameters></rdf:Description>")
 
@@ -98,6 +110,13 @@ def save_panorama(image: PIL.Image.Image, path: str | Path, parameters: dict, qu
     return write_atomically(Path(path), data)
 
 
+def _recorded(value):
+    """How json.dumps writes a value a request holds that is not JSON: a file by its record."""
+    if hasattr(value, "metadata"):
+        return value.metadata()
+    raise TypeError(f"{type(value).__name__} is not recorded in a panorama's metadata")
+
+
 def lossy_file(image: PIL.Image.Image, kind: str, parameters: dict, quality: int | None = None) -> bytes:
     """The bytes of a JPEG or WebP (`kind`: "JPEG", "WEBP") of `image` at `quality` (DEFAULT_QUALITY),
     its XMP holding `parameters`, the digest of its pixels as decoded, and GPano when loop-closed; a
@@ -105,6 +124,9 @@ def lossy_file(image: PIL.Image.Image, kind: str, parameters: dict, quality: int
     options = {"quality": DEFAULT_QUALITY if quality is None else quality}
     if kind == "JPEG":
         options["subsampling"] = 0  # full-resolution colour: 4:2:0 smears a panorama's thin horizon lines
+    if kind == "WEBP" and max(image.size) > MAX_WEBP_SIDE:
+        raise ValueError(f"A WebP is at most {MAX_WEBP_SIDE:,} pixels a side and this panorama is "
+                         f"{image.width} × {image.height}: write a .png or .jpg.")
     rgb = image.convert("RGB")
     pixels = io.BytesIO()  # the lossy pixels as a reader will decode them: encoding is deterministic
     rgb.save(pixels, format=kind, **options)
@@ -156,9 +178,21 @@ def read_parameters(path: str | Path) -> dict:
 
 def read_metadata(path: str | Path) -> dict:
     """A panosync file's metadata (PNG, JPEG or WebP): its parameters, and the digest of its pixels
-    under DIGEST when it was written by a panosync that stores one; a ValueError if it carries none."""
+    under DIGEST when it was written by a panosync that stores one; a ValueError if it carries none,
+    or is no regular file (a pipe would hang the reading), or is larger than any panorama."""
+    if isinstance(path, (str, Path)):
+        try:
+            mode = os.stat(path).st_mode
+        except OSError as error:
+            raise ValueError(f"Cannot read {path}: {error.strerror or error}.") from None
+        if not stat.S_ISREG(mode):
+            raise ValueError(f"{path} is a folder, device, pipe or socket, not a panorama file.")
     try:
-        with PIL.Image.open(path, formats=tuple(set(FORMATS.values()))) as image:
+        # PIL warns of an image over ~89 million pixels, more than panosync makes (settings.MAX_PIXELS)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
+            image = PIL.Image.open(path, formats=tuple(set(FORMATS.values())))
+        with image:
             if image.format == "PNG":
                 # info: the chunks before the pixels, where save_png writes; text would decode every
                 # pixel to look after them too (and fail on a PNG cut short, whose metadata is whole)
@@ -167,6 +201,12 @@ def read_metadata(path: str | Path) -> dict:
                     text = image.text.get(KEY)
             else:
                 text = xmp_parameters(image.info.get("xmp"))
+    except (PIL.Image.DecompressionBombWarning, PIL.Image.DecompressionBombError):
+        raise ValueError(f"{path} has more pixels than any panorama panosync makes: it was not written by "
+                         f"panosync.") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} carries panosync parameters that are not UTF-8 text: it was changed after "
+                         f"panosync wrote it.") from None
     except (OSError, PIL.UnidentifiedImageError, ValueError) as error:
         raise ValueError(f"Cannot read {path} as a PNG, JPEG or WebP: {error}.") from None
     if text is None:
@@ -188,7 +228,7 @@ def xmp_parameters(packet: bytes | str | None) -> str | None:
     if isinstance(packet, bytes):
         if len(packet) > MAX_XMP_BYTES:
             return None
-        packet = packet.decode("utf-8", errors="replace")
+        packet = packet.decode("utf-8")  # strictly: a changed byte is a changed file, not a changed prompt
     root = xmp_root(packet) if isinstance(packet, str) and len(packet) <= MAX_XMP_BYTES else None
     if root is None:
         return None

@@ -262,7 +262,7 @@ def stored_parameters(metadata) -> dict:
     """The parameters of a PNG's metadata (panosync's JSON), renamed to today's names; a
     SettingError when it is not a JSON object (tampered with, or another program's)."""
     if not isinstance(metadata, dict):
-        raise SettingError(None, f"The PNG's panosync metadata is a JSON {json_kind(metadata)}, not an object of "
+        raise SettingError(None, f"The file's panosync metadata is a JSON {json_kind(metadata)}, not an object of "
                                  f"parameters: it was changed after panosync wrote it.")
     stored = {RENAMED.get(name, name): value for name, value in metadata.items()}
     for name, value in stored.items():  # as strict as recommended.json: a PNG's types are the ones panosync wrote
@@ -271,7 +271,7 @@ def stored_parameters(metadata) -> dict:
             try:
                 _check_one(parameter, value)
             except SettingError as error:
-                raise SettingError(name, f"The PNG's metadata: {str(error).rstrip('.')}; it was changed after "
+                raise SettingError(name, f"The file's metadata: {str(error).rstrip('.')}; it was changed after "
                                          f"panosync wrote it.") from None
     return stored
 

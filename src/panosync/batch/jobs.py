@@ -289,18 +289,21 @@ FOREIGN = "not written by panosync"
 
 
 def examine(job: BatchJob, folder: Path) -> str:
-    """What `folder` holds for the job: KEEP when its PNG was made with the job's parameters (a seed
+    """What `folder` holds for the job: KEEP when its file was made with the job's parameters (a seed
     the line left to chance matches any) and its pixels are the ones panosync wrote (the digest in its
     metadata); MAKE when there is none; REPLACED when it was made with other parameters; CUT_SHORT, UNVERIFIED
     (written before panosync stored a digest) or EDITED for a PNG to make again, saying so; FOREIGN
-    for a file that carries no panosync metadata, which is not replaced unasked."""
-    from ..metadata import DIGEST, pixels_digest, read_metadata
+    for a file that carries no panosync metadata, or a pipe, device or link, not replaced unasked;
+    a panosync file in another format than its name says is REPLACED."""
+    from ..metadata import DIGEST, FORMATS, pixels_digest, read_metadata
 
     import PIL.Image
 
     path = folder / job.file
     if not path.is_file():
-        return FOREIGN if path.is_symlink() else MAKE  # a link to nothing: os.replace would replace the link
+        # a link to nothing (os.replace would replace the link), a pipe, a device: not ours to replace (a
+        # folder fails its job when the file is written, and the others are made)
+        return FOREIGN if path.is_symlink() or (path.exists() and not path.is_dir()) else MAKE
     try:
         stored = settings.stored_parameters(read_metadata(path))
     except ValueError:
@@ -314,6 +317,8 @@ def examine(job: BatchJob, folder: Path) -> str:
             return REPLACED
     try:
         with PIL.Image.open(path) as image:
+            if image.format != FORMATS.get(path.suffix.lower()):  # PNG bytes under a .jpg name
+                return REPLACED
             digest = pixels_digest(image)  # decodes every pixel: a PNG cut short (a crash mid-copy) fails here
     except (ValueError, OSError, SyntaxError, PIL.Image.DecompressionBombError):
         return CUT_SHORT

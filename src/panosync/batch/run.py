@@ -61,6 +61,12 @@ def _run_batch(jobs, out, open_engine, jobs_file, engine_words, quiet, on_step, 
     for reason in (REPLACED, CUT_SHORT, UNVERIFIED, EDITED):
         _say_remade([job for job in jobs if verdicts[job.line] == reason], reason)
     todo = [job for job in jobs if verdicts[job.line] != KEEP]
+    kept = len(jobs) - len(todo)
+    if quality is not None and kept and jobs[0].extension != "png" and not quiet:
+        # the quality is how a file is written, not what it shows: a kept file keeps its own
+        print(f"panosync: note: {kept:,} file{'s' if kept > 1 else ''} kept as written, at the quality of their "
+              f"run; --quality applies to the files made now (delete the others to write them again).",
+              file=sys.stderr)
     for job in jobs:
         if verdicts[job.line] == KEEP:
             adopt_seed(job, out)
@@ -98,7 +104,8 @@ def _run_batch(jobs, out, open_engine, jobs_file, engine_words, quiet, on_step, 
                               quality)
                 entry.update(status=MADE, seconds=round(made.seconds, 3), worker=made.worker)
             except OSError as failure:  # a folder in the way: this job fails, the others go on
-                error = f"its PNG could not be written to {out / job.file}: {failure.strerror or failure}"
+                noun = "PNG" if job.extension == "png" else "file"
+                error = f"its {noun} could not be written to {out / job.file}: {failure.strerror or failure}"
                 full = failure if failure.errno in OUT_OF_SPACE else None
         if error is not None:
             entry.update(status=FAILED, error=error)
@@ -182,7 +189,8 @@ def _say_remade(jobs: list[BatchJob], reason: str) -> None:
     if jobs:
         names = ", ".join(job.file for job in jobs[:SHOWN_BAD_LINES])
         more = f" and {len(jobs) - SHOWN_BAD_LINES:,} more" if len(jobs) > SHOWN_BAD_LINES else ""
-        print(f"panosync: making again {len(jobs):,} PNG{'s' if len(jobs) > 1 else ''} {reason}: {names}{more}.",
+        noun = "PNG" if jobs[0].extension == "png" else "file"
+        print(f"panosync: making again {len(jobs):,} {noun}{'s' if len(jobs) > 1 else ''} {reason}: {names}{more}.",
               file=sys.stderr)
 
 

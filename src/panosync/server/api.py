@@ -178,14 +178,25 @@ def output_response(file: BinaryIO, filename: str) -> StreamingResponse:
         "last-modified": formatdate(status.st_mtime, usegmt=True), "etag": f'"{etag}"'})
 
 
-def converted_output(file: BinaryIO, extension: str, quality: int | None, filename: str) -> Response:
+def converted_output(file: BinaryIO, extension: str, quality: int | None, filename: str, job_id: str) -> Response:
     """The PNG in `file`, already open, as a JPEG or WebP (`extension`) with its metadata
-    (metadata.lossy_file), closed when read."""
+    (metadata.lossy_file), closed when read: 410 when the PNG kept is damaged, 422 when the
+    panorama does not fit the format (a WebP's sides, a JPEG's metadata)."""
     with file:
         png = file.read()
-    parameters = read_parameters(io.BytesIO(png))
-    with PIL.Image.open(io.BytesIO(png), formats=("PNG",)) as image:
-        data = lossy_file(image, FORMATS[f".{extension}"], parameters, quality)
+    try:
+        parameters = read_parameters(io.BytesIO(png))
+        image = PIL.Image.open(io.BytesIO(png), formats=("PNG",))
+        image.load()
+    except (ValueError, OSError, PIL.UnidentifiedImageError):
+        raise HTTPException(410, f"The output of job {job_id} on this server's disk is damaged or is no panosync "
+                                 f"PNG: submit the job's parameters again to make it again.") from None
+    with image:
+        try:
+            data = lossy_file(image, FORMATS[f".{extension}"], parameters, quality)
+        except ValueError as error:
+            raise HTTPException(422, f"{str(error).rstrip('.')}: here, ask for format=png or another "
+                                     f"format.") from None
     return Response(data, media_type=MEDIA_TYPES[extension],
                     headers={"content-disposition": f'inline; filename="{filename}"'})
 
@@ -554,7 +565,7 @@ def create_app(model: PanoramaModel, state_dir: str | Path, limits: Limits = Lim
         file = service.open_output(job)
         if extension == "png":
             return output_response(file, filename=f"panosync-{job_id}.png")
-        return converted_output(file, extension, quality, filename=f"panosync-{job_id}.{extension}")
+        return converted_output(file, extension, quality, f"panosync-{job_id}.{extension}", job_id)
 
     @app.post("/predictions/{job_id}/cancel", responses=error_answers(*guarded, 404, 409, 422, 507))
     def cancel_prediction(job_id: str, request: Request) -> dict:
