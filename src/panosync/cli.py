@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import re
 import sys
 import time
@@ -350,7 +351,7 @@ def output_path(args: argparse.Namespace, request: dict) -> str:
     if name.endswith(".") or (name.startswith(".") and not Path(out).suffix):
         raise ValueError(f"--out {settings.cut(out)} has no name before its extension, or none after its dot: "
                          f"name the file, e.g. panorama.png or panorama.jpg.")
-    if not Path(out).suffix and not Path(out).is_dir():  # a name without an extension: a PNG, named so
+    if not Path(out).suffix and not os.path.lexists(out):  # a new name without an extension: a PNG, named so
         out = f"{out}.png"
     check_writable(out, "--out")
     image_format(out)
