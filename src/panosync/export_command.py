@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
-import PIL.PngImagePlugin
 
-from . import __version__, cubemap
+from . import cubemap
 from .conditions import load_condition_image, rgb_image
-from .files import check_folder, check_writable, write_atomically, write_temporary
-from .photosphere import XMP_KEYWORD, gpano_fields, xmp_packet
+from .files import check_folder, check_writable, write_temporary
+from .metadata import write_png
+from .photosphere import gpano_fields
 from .settings import MAX_PIXELS
 
 # what --equirect reads as a face, by file name: one file per face, whichever of these it ends in
@@ -159,10 +159,6 @@ def read_faces(folder: Path) -> dict[str, np.ndarray]:
 
 
 def write_sphere_png(image: PIL.Image.Image, path: Path) -> Path:
-    """`image`, the whole sphere, as a PNG carrying Photo Sphere XMP (GPano) for 360° viewers,
-    uncompressed before the pixels where viewers look for it (as metadata.save_png writes it);
-    written beside `path` and renamed, so it appears whole or not at all."""
-    info = PIL.PngImagePlugin.PngInfo()
-    info.add_text("Software", f"panosync {__version__}")
-    info.add_itxt(XMP_KEYWORD, xmp_packet(gpano_fields(image.width, image.height)), zip=False)
-    return write_atomically(path, lambda file: image.save(file, format="PNG", pnginfo=info))
+    """`image`, the whole sphere, as a PNG carrying Photo Sphere XMP (GPano) for 360° viewers, as a
+    loop-closed panorama's (metadata.write_png); whole or not at all."""
+    return write_png(image, path, gpano_fields(image.width, image.height))

@@ -159,13 +159,20 @@ def save_png(image: PIL.Image.Image, path: str | Path, parameters: dict) -> Path
     The file appears whole or not at all: it is written beside its destination and renamed. Its
     mode follows the process's umask, like any file the user writes.
     """
-    info = PIL.PngImagePlugin.PngInfo()
     stored = {**parameters, "panosync_version": __version__, DIGEST: pixels_digest(image)}
-    info.add_text(KEY, json.dumps(stored, sort_keys=True))
+    return write_png(image, path, sphere_fields(image, parameters), json.dumps(stored, sort_keys=True))
+
+
+def write_png(image: PIL.Image.Image, path: str | Path, gpano: dict | None, parameters_json: str | None = None) -> Path:
+    """Write `image` to `path` as a PNG naming panosync as its software, with the GPano fields
+    `gpano` as Photo Sphere XMP (uncompressed, before the pixels: where viewers look for it) and
+    `parameters_json` as the text chunk "panosync", each where given; whole or not at all."""
+    info = PIL.PngImagePlugin.PngInfo()
+    if parameters_json is not None:
+        info.add_text(KEY, parameters_json)
     info.add_text("Software", f"panosync {__version__}")
-    fields = sphere_fields(image, parameters)
-    if fields is not None:  # uncompressed, before the pixels: where viewers look for it
-        info.add_itxt(XMP_KEYWORD, xmp_packet(fields), zip=False)
+    if gpano is not None:
+        info.add_itxt(XMP_KEYWORD, xmp_packet(gpano), zip=False)
     return write_atomically(Path(path), lambda file: image.save(file, format="PNG", pnginfo=info))
 
 
