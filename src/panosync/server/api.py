@@ -544,7 +544,8 @@ def create_app(model: PanoramaModel, state_dir: str | Path, limits: Limits = Lim
                       **error_answers(*guarded, 404, 409, 410, 422)}
 
     @app.get("/predictions/{job_id}/output.png", response_class=FileResponse, responses=output_answers)
-    def get_output(job_id: str, format: OutputFormat = Query("png", description="png (the file kept), jpg, jpeg or webp"),
+    def get_output(job_id: str,
+                   format: OutputFormat = Query("png", description="png (the file kept), jpg, jpeg or webp"),
                    quality: Optional[int] = Query(None, ge=1, le=100, description="JPEG and WebP: 1-100")):
         """The panorama: the PNG kept, or (`format`) a JPEG or WebP of it carrying the same metadata."""
         return output_in_format(job_id, format, quality)
