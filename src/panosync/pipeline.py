@@ -120,7 +120,8 @@ class SyncDiffusionPipeline(PanoramaPipelineBase, TextualInversionLoaderMixin, S
         paper's; n: the first n steps only, where the layout is decided: cheaper). `stride` is in
         latent pixels (default a quarter window, the paper's). `anchor`: the index of the view the
         others are pulled towards (default the centre view). `seed`: of the initial noise, reported
-        with the result. `loop_closure`: a 360° panorama whose edges meet. `view_batch_size` views
+        with the result. `loop_closure`: a 360° panorama whose edges meet; `tile` ("x", "y", "xy"): which
+        edges meet ("x" is loop_closure; "xy" a texture that tiles). `view_batch_size` views
         go through the networks together (default chosen for the device, halved where memory runs
         out). Fast modes (fast.py; all off is faithful): `fast_modes` (reuse_noise,
         no_unet_backward, dpm_solver), `sync_image_scale` < 1, `sync_decoder` (an AutoencoderTiny
