@@ -76,10 +76,8 @@ def check_fits(parameters: dict, path: str | Path) -> None:
     work. `parameters` as a request holds them (files as panosync's file records, or their
     metadata() when loaded)."""
     kind = image_format(path)
-    sides = [side for side in (parameters.get("width"), parameters.get("height")) if isinstance(side, int)]
-    if kind == "WEBP" and sides and max(sides) > MAX_WEBP_SIDE:
-        raise ValueError(f"A WebP is at most {MAX_WEBP_SIDE:,} pixels a side and this panorama is "
-                         f"{parameters.get('width')} × {parameters.get('height')}: write a .png or .jpg.")
+    if kind == "WEBP":  # the sides given so far (a hub model's canvas is known once it loads)
+        check_webp_size(parameters.get("width"), parameters.get("height"))
     if kind != "JPEG":
         return
     room = MAX_JPEG_XMP_BYTES - 1024  # the device, precision, size, threads and digest, added on writing
@@ -87,6 +85,14 @@ def check_fits(parameters: dict, path: str | Path) -> None:
     if size > room:
         raise ValueError(f"The parameters take {size:,} bytes, more than a JPEG's metadata holds ({room:,}): "
                          f"write a .png or .webp, or shorten the prompts.")
+
+
+def check_webp_size(width: int | None, height: int | None) -> None:
+    """A WebP's sides are at most MAX_WEBP_SIDE: a ValueError that says what to write instead (a side
+    not known yet, None, passes)."""
+    if max((side for side in (width, height) if isinstance(side, int)), default=0) > MAX_WEBP_SIDE:
+        raise ValueError(f"A WebP is at most {MAX_WEBP_SIDE:,} pixels a side and this panorama is {width} × "
+                         f"{height}: write a .png or .jpg.")
 
 
 def xmp_description(parameters: dict) -> str:
@@ -124,9 +130,8 @@ def lossy_file(image: PIL.Image.Image, kind: str, parameters: dict, quality: int
     options = {"quality": DEFAULT_QUALITY if quality is None else quality}
     if kind == "JPEG":
         options["subsampling"] = 0  # full-resolution colour: 4:2:0 smears a panorama's thin horizon lines
-    if kind == "WEBP" and max(image.size) > MAX_WEBP_SIDE:
-        raise ValueError(f"A WebP is at most {MAX_WEBP_SIDE:,} pixels a side and this panorama is "
-                         f"{image.width} × {image.height}: write a .png or .jpg.")
+    if kind == "WEBP":
+        check_webp_size(image.width, image.height)
     rgb = image.convert("RGB")
     pixels = io.BytesIO()  # the lossy pixels as a reader will decode them: encoding is deterministic
     rgb.save(pixels, format=kind, **options)
