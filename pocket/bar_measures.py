@@ -185,7 +185,7 @@ def check_fresh_seeds(seeds) -> None:
 
 
 def panorama(pipe, prompt: str, seed: int, width: int, settings: dict, sync: dict) -> np.ndarray:
-    image = pipe(prompt, width=width, height=pipe.window * pipe.vae_factor, seed=seed,
+    image = pipe(prompt, width=width, height=pipe.window * pipe.vae_scale_factor, seed=seed,
                  num_inference_steps=settings.get("num_inference_steps", 50),
                  guidance_scale=settings.get("guidance_scale", 7.5), stride=settings.get("stride"),
                  view_batch_size=32, output_type="np", **sync).images[0]
@@ -202,7 +202,7 @@ def classifier_check(pipe, settings: dict, windows_wide: int, seeds: int) -> dic
     """The classifier on panorama crops, per attribute value: on crops of wide renders (known answers),
     on MultiDiffusion crops and on single windows of a prompt naming the value; and whether it is
     judgeable."""
-    size = pipe.window * pipe.vae_factor
+    size = pipe.window * pipe.vae_scale_factor
     generator = generator_crop_accuracy(60, windows_wide, size)
     check = {}
     for (attribute, value), prompt in CHECK_PROMPTS.items():
@@ -294,7 +294,7 @@ def measure_method(pipe, prompts, seeds, width, settings, sync, references, refe
                    name) -> tuple[dict, dict]:
     """One method's summary, and its panoramas by prompt (for the picture). Its crops are counted for
     every value the prompt names; the bars use the judgeable ones only."""
-    size = pipe.window * pipe.vae_factor
+    size = pipe.window * pipe.vae_scale_factor
     started, panoramas, per_panorama = time.time(), {}, []
     for prompt in prompts:
         for seed in seeds:

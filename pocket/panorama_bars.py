@@ -44,11 +44,15 @@ DEFAULT_PROMPTS = ("a landscape", "snowy mountains", "green hills at sunset")
 
 
 def sync_methods(settings: dict) -> dict[str, dict]:
-    """MultiDiffusion, SyncDiffusion with the model's settings, and the paper's gradient at the same."""
+    """MultiDiffusion, SyncDiffusion with the model's settings, and faithful mode (the paper's sync
+    step in every step, presets.py) at the same weight where the model's settings approximate it."""
+    from panosync.presets import preset_changes
+
     synced = {k: v for k, v in settings.items() if k.startswith("sync_") or k == "fast_modes"}
     methods = {BASELINE: {"sync_weight": 0.0}, "SyncDiffusion": synced}
-    if synced.get("fast_modes"):
-        methods[FAITHFUL] = {**synced, "fast_modes": []}
+    faithful = {**synced, **{k: v for k, v in preset_changes("faithful", settings).items() if k in synced}}
+    if faithful != synced:
+        methods[FAITHFUL] = faithful
     return methods
 
 
@@ -116,7 +120,7 @@ def main(argv=None):
     started = time.time()
     pipe, settings = load_for_measurement(args.model)
     settings = shared_settings(settings, stride=args.stride, guidance=args.guidance)
-    size = pipe.window * pipe.vae_factor
+    size = pipe.window * pipe.vae_scale_factor
     lpips, inception = load_lpips("vgg"), load_inception()
 
     check = classifier_check(pipe, settings, args.windows, args.check_seeds)

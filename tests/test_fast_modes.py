@@ -17,6 +17,7 @@ FAST_OPTIONS = {
     "no_unet_backward": dict(fast_modes=["no_unet_backward"]),
     "both": dict(fast_modes="reuse_noise,no_unet_backward"),
     "image_scale": dict(sync_image_scale=0.5),
+    "lpips_alex": dict(fast_modes=["lpips_alex"]),
 }
 
 
@@ -60,7 +61,7 @@ def test_fast_modes_at_their_neutral_settings_are_faithful(sync_pipe, faithful):
     assert torch.equal(same, faithful)
 
 
-@pytest.mark.parametrize("name", ["no_unet_backward", "image_scale"])
+@pytest.mark.parametrize("name", ["no_unet_backward", "image_scale", "lpips_alex"])
 def test_approximate_gradients_still_pull_views_towards_the_anchor(sync_pipe, name):
     # The faithful distance (full-size images, gradient through the UNet) falls along each fast
     # mode's gradient: the approximation keeps the direction that matters.
@@ -73,7 +74,7 @@ def test_approximate_gradients_still_pull_views_towards_the_anchor(sync_pipe, na
     embeddings = pipe.backbone.encode_prompt(["a land"], [""], "cpu")
     pipe.scheduler.set_timesteps(20)
     t = pipe.scheduler.timesteps[0]
-    perceptual = pipe.perceptual_distance()
+    perceptual, fast_perceptual = pipe.perceptual_distance(), pipe.perceptual_distance(fast.lpips_net)
 
     def predict(x):
         return pipe.backbone.guided_prediction(x, t, embeddings, 7.5)
@@ -87,10 +88,10 @@ def test_approximate_gradients_still_pull_views_towards_the_anchor(sync_pipe, na
     with torch.no_grad():
         anchor_latent = crop(noise, views[anchor])
         faithful_target = perceptual.target_features(foreseen(anchor_latent, FastModes()) * 2 - 1)
-        fast_target = perceptual.target_features(foreseen(anchor_latent, fast) * 2 - 1)
+        fast_target = fast_perceptual.target_features(foreseen(anchor_latent, fast) * 2 - 1)
     others = torch.cat([crop(noise, v) for j, v in enumerate(views) if j != anchor])
     models = SyncModels(predict, original, lambda x0: pipe.foreseen_image(x0, fast),
-                        lambda images: perceptual(images * 2 - 1, fast_target))
+                        lambda images: fast_perceptual(images * 2 - 1, fast_target))
     moved = sync_step(others, 20.0, models, prediction_is_constant=fast.no_unet_backward).latents
 
     def faithful_distance(x):
@@ -141,6 +142,20 @@ def test_image_scale_shrinks_what_lpips_sees(sync_pipe):
     assert sizes and set(sizes) == {window_pixels // 2}
 
 
+def test_lpips_alex_compares_with_alexnet_and_not_vgg(sync_pipe):
+    calls = {"vgg": 0, "alex": 0}
+    handles = [sync_pipe.perceptual_distance(net).lpips.net.register_forward_pre_hook(
+        lambda module, args, net=net: calls.__setitem__(net, calls[net] + 1)) for net in calls]
+    try:
+        sync_pipe("a land", fast_modes=["lpips_alex"], **{**CASE, "num_inference_steps": 1})
+        assert calls["alex"] > 0 and calls["vgg"] == 0
+        sync_pipe("a land", **{**CASE, "num_inference_steps": 1})
+        assert calls["vgg"] > 0
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 @pytest.mark.slow
 def test_a_sync_decoder_loads_from_its_folder_and_is_checked(sync_pipe, faithful, tmp_path):
     decoder = tiny_decoder(sync_pipe.vae_scale_factor, seed=1)
@@ -161,6 +176,9 @@ BAD_FAST_OPTIONS = [
     (dict(sync_image_scale=1.5), "sync_image_scale must be more than 0 and at most 1"),
     (dict(sync_image_scale=0.25), "shrinks the 32-pixel views below 16 pixels, too small for LPIPS-VGG: use 0.5"),
     (dict(sync_decoder=42), "sync_decoder must be a diffusers autoencoder"),
+    (dict(fast_modes=["lpips_alex"], sync_image_scale=0.5),
+     "lpips_alex compares images of 32 pixels or more, and this call's sync loss compares 16: leave lpips_alex out "
+     "or raise sync_image_scale"),
 ]
 
 

@@ -96,6 +96,12 @@ def test_tuning_seeds_are_refused_and_the_faithful_gradient_is_measured_beside_f
     assert methods == {"MultiDiffusion": {"sync_weight": 0.0},
                        "SyncDiffusion": {"sync_weight": 40.0, "fast_modes": ["no_unet_backward"]},
                        FAITHFUL: {"sync_weight": 40.0, "fast_modes": []}}
+    # a model synced in its first steps only: faithful mode is every step synced, the paper's way
+    methods = sync_methods({"num_inference_steps": 30, "sync_weight": 14.0, "sync_threshold": 8,
+                            "fast_modes": ["reuse_noise", "lpips_alex"]})
+    assert methods[FAITHFUL] == {"sync_weight": 14.0, "sync_threshold": None, "fast_modes": []}
+    assert sync_methods({"sync_weight": 14.0, "sync_threshold": None, "fast_modes": []}).keys() == {
+        "MultiDiffusion", "SyncDiffusion"}
 
 
 def test_sweep_methods_come_after_multidiffusion_and_bad_json_is_one_sentence():

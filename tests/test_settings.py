@@ -342,20 +342,70 @@ def test_serve_and_ui_refuse_bad_options_before_loading(tmp_path, capsys, monkey
 
 
 def test_presets_set_the_fast_modes(tmp_path, sync_pipe):
-    """On a model that recommends a fast mode, "paper" is the paper's gradient."""
+    """On a model that recommends a fast mode, "faithful" and "paper" are the paper's gradient in
+    every step, and "fast" syncs the first quarter of the steps with reuse_noise and lpips_alex."""
     from panosync.models import resolve_model
-    from panosync.server.presets import PRESET_NAMES, presets as presets_of
+    from panosync.presets import PRESET_NAMES, presets as presets_of
 
     folder = tmp_path / "model"
     sync_pipe.save_pretrained(folder)
-    (folder / "recommended.json").write_text(json.dumps({"sync_weight": 40.0, "fast_modes": ["no_unet_backward"]}))
+    (folder / "recommended.json").write_text(json.dumps({"sync_weight": 40.0, "num_inference_steps": 30,
+                                                          "fast_modes": ["no_unet_backward"]}))
     source = resolve_model(str(folder))
     presets = presets_of(settings.model_defaults(source), source.geometry)
-    assert list(presets) == ["recommended", "paper", "fast"]
+    assert list(presets) == ["recommended", "fast", "faithful", "paper"]
     assert presets["recommended"]["fast_modes"] == ["no_unet_backward"]
-    assert presets["paper"]["fast_modes"] == [] and presets["fast"]["fast_modes"] == []
+    assert presets["paper"]["fast_modes"] == [] and presets["faithful"]["fast_modes"] == []
+    assert presets["faithful"]["sync_threshold"] is None and presets["faithful"]["sync_weight"] == 40.0
+    assert presets["fast"]["fast_modes"] == ["reuse_noise", "lpips_alex"]
+    assert presets["fast"]["sync_threshold"] == 8 and presets["fast"]["sync_weight"] == 40.0  # 30 steps: the first 8
     assert presets["paper"]["sync_weight"] == 20.0 and presets["paper"]["stride"] == source.geometry.window // 4
-    assert set(presets["paper"]) == set(PRESET_NAMES)
+    assert all(set(values) == set(PRESET_NAMES) for values in presets.values())
+
+
+def test_a_model_without_recommended_settings_has_fast_and_paper_presets():
+    from panosync.models import resolve_model
+    from panosync.presets import presets as presets_of
+
+    source = resolve_model("tiny-random")
+    presets = presets_of(settings.model_defaults(source), source.geometry)
+    assert list(presets) == ["fast", "paper"]  # recommended and faithful would be the paper's
+    assert presets["fast"]["sync_threshold"] == 13  # a quarter of 50 steps, rounded up
+    # LPIPS-AlexNet cannot see views under 32 pixels: the fast preset leaves it out there
+    assert presets["fast"]["fast_modes"] == (["reuse_noise", "lpips_alex"] if source.geometry.window_pixels >= 32
+                                             else ["reuse_noise"])
+
+
+def test_the_commands_preset_sets_the_sync_settings_under_the_options_given(tmp_path, sync_pipe, monkeypatch):
+    folder = tmp_path / "model"
+    sync_pipe.save_pretrained(folder)
+    (folder / "recommended.json").write_text(json.dumps({"sync_weight": 14.0, "num_inference_steps": 30,
+                                                          "sync_threshold": 8, "fast_modes": ["reuse_noise"]}))
+    seen = {}
+
+    def make_panorama(args, request, source, out, load=None, inputs=None):
+        seen.clear()
+        seen.update(request)
+        return 0
+
+    monkeypatch.setattr("panosync.cli.make_panorama", make_panorama)
+    common = ["generate", "a", "--model", str(folder), "--out", str(tmp_path / "a.png")]
+    sync_keys = ("sync_weight", "num_inference_steps", "sync_threshold", "fast_modes")
+
+    def run(*options):
+        assert main([*common, *options]) == 0
+        return tuple(seen[key] for key in sync_keys)
+
+    assert run() == (14.0, 30, 8, ["reuse_noise"])
+    assert run("--preset", "faithful") == (14.0, 30, None, [])
+    assert run("--preset", "fast") == (14.0, 30, 8, ["reuse_noise", "lpips_alex"])
+    assert run("--preset", "fast", "--steps", "40") == (14.0, 40, 10, ["reuse_noise", "lpips_alex"])
+    assert run("--preset", "fast", "--sync-threshold", "3") == (14.0, 30, 3, ["reuse_noise", "lpips_alex"])
+    assert run("--preset", "paper") == (20.0, 50, None, [])
+    assert run("--preset", "paper", "--sync-weight", "5") == (5.0, 50, None, [])
+    with pytest.raises(SystemExit) as refused:
+        main([*common, "--preset", "turbo"])
+    assert refused.value.code == 2
 
 
 @pytest.mark.slow

@@ -36,6 +36,7 @@ from .command_options import add_ip_adapter_options, add_model_options, add_opti
 from .metadata import DEFAULT_QUALITY
 from .photosphere import gpano_fields, vertical_degrees
 from .precision import NonFiniteError
+from .presets import PRESETS, preset_changes
 from .runner.maker import TaskFailed
 
 if TYPE_CHECKING:
@@ -66,6 +67,11 @@ def add_panorama_arguments(command: argparse.ArgumentParser, default_model: str,
     command.add_argument("--from", "--from-png", dest="from_file", default=None, metavar="FILE",
                          help="take every parameter from a PNG, JPEG or WebP panosync wrote; options given here "
                               "override")
+    command.add_argument("--preset", choices=PRESETS, default=None,
+                         help="a named set of the sync settings over the model's (options given here override): "
+                              "fast syncs the first quarter of the steps with reuse_noise and lpips_alex; faithful "
+                              "is the paper's sync step in every step; paper the paper's settings; recommended the "
+                              "model's own (docs/usage.md#presets)")
     command.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -240,6 +246,10 @@ def panorama_request(args: argparse.Namespace, control: bool = False) -> tuple[d
                                                                if isinstance(region, dict))]
     warn_unknown_words(source, prompts, model)  # pocket knows ~20 words
     values = settings.resolve(given, stored, settings.recommended_of(source), control)
+    if args.preset:  # over the file's and the model's values, under the options given
+        window_pixels = values.get("window") or (source.geometry.window_pixels if source.geometry else None)
+        values.update({name: value for name, value in preset_changes(args.preset, values, control,
+                                                                    window_pixels).items() if name not in given})
     values["regions"] = regions or None
     values["controlnet"] = getattr(args, "controlnet", None) or stored.get("controlnet")
     if control:

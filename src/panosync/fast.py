@@ -14,6 +14,10 @@ no_unet_backward  The sync gradient treats ε̂ as a constant: ∂x̂₀/∂x = 
 sync_image_scale  LPIPS compares the view's and the anchor's foreseen images downscaled by this
                   factor (area averaging): the loss sees coarser structure, and LPIPS-VGG, the
                   costliest network of the step on small models, runs on scale² of the pixels.
+lpips_alex        The sync loss is LPIPS on AlexNet's features (LPIPS's own "alex" variant, with its
+                  learned weights) instead of VGG-16's, the paper's: the same kind of distance, at a
+                  small part of the work, forward and backward. Its gradient has another scale, so a
+                  weight tuned for VGG is not the one for AlexNet.
 sync_decoder      The foreseen images of the loss (the anchor's and the views') come from another,
                   cheaper decoder, e.g. diffusers' AutoencoderTiny (TAESD), instead of the model's
                   VAE. The final panorama is always decoded by the model's own VAE.
@@ -49,6 +53,7 @@ class FastModes:
     image_scale: float = 1.0
     decoder: torch.nn.Module | None = None
     multistep: bool = False
+    lpips_net: str = "vgg"
 
 
 def decoder_factor(decoder) -> int:

@@ -111,7 +111,7 @@ class PanoramaPipelineBase(DiffusionPipeline):
             model.requires_grad_(False)
         self.backbone = self.backbone_class(self)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
-        self._perceptual = None
+        self._perceptual: dict = {}  # LPIPS by its network, loaded on first use
         self._sync_decoders: dict[str, torch.nn.Module] = {}  # loaded from folders, by folder
         self.autocast_dtype: torch.dtype | None = None  # set by enable_autocast
         self.vae_tiling: bool | None = None  # set by enable_vae_tiling; None: tiled when large
@@ -261,16 +261,16 @@ class PanoramaPipelineBase(DiffusionPipeline):
 
     # --------------------------------------------------------------------------- model pieces
 
-    def perceptual_distance(self):
-        """LPIPS-VGG, loaded on first use, on the execution device, in the network's dtype (the
+    def perceptual_distance(self, net: str = "vgg"):
+        """LPIPS on `net`'s features ("vgg", the paper's, or "alex"), loaded on first use, on the execution device, in the network's dtype (the
         pipeline's weights' dtype: half precision where the pipeline is; the VAE may be upcast).
         The execution device, not the VAE's: offload hooks (enable_model_cpu_offload) keep the VAE
         on the CPU between its calls while the images it decodes are on the accelerator."""
         from .lpips import PerceptualDistance, load_lpips  # LPIPS weights load only when syncing
 
-        if self._perceptual is None:
-            self._perceptual = PerceptualDistance(load_lpips("vgg"))
-        return self._perceptual.to(device=self._execution_device, dtype=self.backbone.network.dtype)
+        if net not in self._perceptual:
+            self._perceptual[net] = PerceptualDistance(load_lpips(net))
+        return self._perceptual[net].to(device=self._execution_device, dtype=self.backbone.network.dtype)
 
     def fast_modes(self, names, sync_image_scale: float = 1.0, sync_decoder=None) -> FastModes:
         """The fast modes `names` ask for, with the sync loss's image scale and decoder (an
@@ -290,7 +290,7 @@ class PanoramaPipelineBase(DiffusionPipeline):
             if (sync_decoder.device, sync_decoder.dtype) != (device, weights):
                 sync_decoder = sync_decoder.to(device=device, dtype=weights)
         return FastModes("reuse_noise" in modes, "no_unet_backward" in modes, float(sync_image_scale), sync_decoder,
-                         "dpm_solver" in modes)
+                         "dpm_solver" in modes, "alex" if "lpips_alex" in modes else "vgg")
 
     def decode_to_unit(self, latents: torch.Tensor, decoder=None, check_finite: bool = False) -> torch.Tensor:
         """Decode to images in [0, 1] (clamped, as the reference: saturated pixels pass no gradient),
@@ -613,7 +613,8 @@ class PanoramaPipelineBase(DiffusionPipeline):
             latents = denoise_panorama(
                 latents, views=layout.views, anchor=layout.anchor, sampler=sampler,
                 predict=predict,
-                foresee=functools.partial(self.foreseen_image, fast=fast), perceptual=self.perceptual_distance,
+                foresee=functools.partial(self.foreseen_image, fast=fast),
+                perceptual=functools.partial(self.perceptual_distance, fast.lpips_net),
                 schedule=settings.sync_schedule(values), chunks=chunks,
                 loss_scale=LossScale(sync_pixels, self.computes_in_half), fast=fast,
                 precision_name=self.precision.name, after_step=after_step, progress=progress,

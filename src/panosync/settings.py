@@ -4,7 +4,7 @@ only the model's geometry (geometry.py; read from its configs before any weights
 
 Every front end is made from this table: the command's options (command_options.py, also
 evaluate's), the HTTP API's request schema (server/schema.py), the web page's inputs and presets
-(server/ui.py, server/presets.py), and the pipeline checks its own call with `check` too, so that a
+(server/ui.py, presets.py), and the pipeline checks its own call with `check` too, so that a
 value is refused with the same sentence wherever it comes from. A new parameter is one more
 `Parameter` here.
 
@@ -44,6 +44,7 @@ FAST_MODES = {
     "reuse_noise": "denoise with the gradient pass's noise prediction (made before the sync move): "
                    "no second UNet pass",
     "no_unet_backward": "treat the noise prediction as constant in the sync gradient: no backward through the UNet",
+    "lpips_alex": "LPIPS on AlexNet's features instead of VGG's in the sync loss: a small part of its work",
     "dpm_solver": "DPM-Solver++ (2nd order, multistep) instead of DDIM, for fewer steps; each view keeps its own "
                   "solver history",
 }
@@ -52,6 +53,8 @@ PREPROCESSORS = ("none", "canny")
 CANNY_MAX = 255 * 4  # the largest gradient OpenCV's Sobel can give an 8-bit image
 # LPIPS-VGG pools four times before its last stage: smaller images have no features left there.
 SMALLEST_LPIPS_SIDE = 16
+# LPIPS-AlexNet's first convolution strides by 4 and two poolings follow: 31 pixels is its least.
+SMALLEST_ALEX_SIDE = 32
 
 
 @dataclass(frozen=True)
@@ -479,6 +482,12 @@ def _check_geometry(values: dict, geometry: Geometry) -> None:
         raise SettingError("sync_image_scale", f"sync_image_scale {scale:g} shrinks the {geometry.window_pixels}-pixel "
                                                f"views below {SMALLEST_LPIPS_SIDE} pixels, too small for LPIPS-VGG: "
                                                f"use {smallest:g} or more.")
+    if "lpips_alex" in (values.get("fast_modes") or ()):
+        compared = round(geometry.window_pixels * (scale or 1.0))
+        if compared < SMALLEST_ALEX_SIDE:
+            raise SettingError("fast_modes", f"lpips_alex compares images of {SMALLEST_ALEX_SIDE} pixels or more, "
+                                             f"and this call's sync loss compares {compared}: leave lpips_alex out"
+                                             + (" or raise sync_image_scale." if (scale or 1.0) < 1 else "."))
     anchor = values.get("anchor")
     if anchor is not None and None not in (width, height, stride):
         count = len(views_for_canvas(height // factor, width // factor, window, stride,

@@ -41,7 +41,7 @@ from ..loras import MAX_SCALE, MIN_SCALE
 from ..metadata import save_png
 from ..precision import NonFiniteError
 from . import viewer
-from .presets import PRESET_NAMES, presets
+from ..presets import PRESET_NAMES, presets
 from .generation import PanoramaModel
 from .limits import Limits
 from .schema import CONTROL_FIELDS, FIELDS, IMAGE_FIELDS, IMAGE_UPLOADS, FieldError, PredictionRequest, describe_error
@@ -57,8 +57,9 @@ SLIDER_SPANS = {"sync_weight": (0, 100, 0.5), "sync_freq": (1, 50, 1), "num_infe
                 "sync_image_scale": (0.05, 1, 0.05), "controlnet_conditioning_scale": (0, 2, 0.05),
                 "canny_low": (0, settings.CANNY_MAX, 1), "canny_high": (0, settings.CANNY_MAX, 1),
                 "strength": (0.01, 1, 0.01), "region_base": (0, 1, 0.05)}
-PRESET_INFO = ("Each sets the sync and diffusion settings and the approximations of the sync step: paper is the "
-               "paper's gradient (faithful); the quicker one takes 20 steps and syncs in the first 5.")
+PRESET_INFO = ("Each sets the sync and diffusion settings and the approximations of the sync step: fast syncs the "
+               "first quarter of the steps with two approximations (about twice MultiDiffusion's time); faithful "
+               "is the paper's sync step in every step; paper the paper's settings.")
 TILED = {"auto": None, "on": True, "off": False}  # tiled_decode's three states, as the page shows them
 NO_TILE = "none"  # tile's choice on the page for no edges meeting but loop_closure's
 # The region table: its columns, and the rows it starts with (more may be added; the checks count them).
@@ -465,7 +466,8 @@ def build_ui(model: PanoramaModel, limits: Limits, out_dir: str | Path) -> gr.Bl
                         lora_sliders = [gr.Slider(MIN_SCALE, MAX_SCALE, value=lora.scale, step=0.05,
                                                   label=lora.adapter_name, info=lora.source,
                                                   elem_id=f"lora-{lora.adapter_name}") for lora in model.loras]
-                preset = gr.Radio(list(presets), value=next(iter(presets)), label="preset", elem_id="preset",
+                preset = gr.Radio(list(presets), value="recommended" if "recommended" in presets else "paper",
+                                  label="preset", elem_id="preset",
                                   info=PRESET_INFO + (" The model's own settings come first." if "recommended"
                                                       in presets else ""))
                 with gr.Accordion("synchronization", open=False, elem_id="sync-settings"):
