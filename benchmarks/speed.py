@@ -88,6 +88,8 @@ def modes(fast_decoder: bool = True) -> list[Mode]:
         Mode("fast: reuse_noise + no_unet_backward", "pipeline", dict(fast_modes=["reuse_noise", "no_unet_backward"]),
              "reuse_noise+no_unet_backward"),
         Mode("fast: sync_image_scale 0.5", "pipeline", dict(sync_image_scale=0.5), "scale"),
+        Mode("fast: reuse_noise + lpips_alex (the fast preset's synced step)", "pipeline",
+             dict(fast_modes=["reuse_noise", "lpips_alex"]), "reuse_noise+lpips_alex"),
     ]
     if fast_decoder:
         fast.append(Mode("fast: sync_decoder (TAESD-shaped, random weights)", "pipeline",
@@ -392,12 +394,13 @@ def count_flops(setup: Setup) -> dict:
 
     def anchor_pass(fast):
         with torch.no_grad():
-            return perceptual.target_features(pipe.foreseen_image(original(x, noise_of(x)), fast) * 2 - 1)
+            return pipe.perceptual_distance(fast.lpips_net).target_features(
+                pipe.foreseen_image(original(x, noise_of(x)), fast) * 2 - 1)
 
     def gradient_pass(fast):
         target = anchor_pass(fast)
         models = SyncModels(noise_of, original, lambda x0: pipe.foreseen_image(x0, fast),
-                            lambda images: perceptual(images * 2 - 1, target))
+                            lambda images: pipe.perceptual_distance(fast.lpips_net)(images * 2 - 1, target))
         return lambda: sync_step(x, 1.0, models, prediction_is_constant=fast.no_unet_backward)
 
     decoder = on_device(taesd_shaped_decoder(factor), setup)
@@ -407,6 +410,7 @@ def count_flops(setup: Setup) -> dict:
         "scale": FastModes(image_scale=0.5),
         "decoder": FastModes(decoder=decoder),
         "nub_scale": FastModes(no_unet_backward=True, image_scale=0.5),
+        "alex": FastModes(lpips_net="alex"),
     }
     with torch.no_grad():
         unet = flops(lambda: noise_of(x))
@@ -437,6 +441,7 @@ def count_flops(setup: Setup) -> dict:
         "faithful": total("faithful", True),
         "multidiffusion": setup.steps * views * unet + final_decode,
         "reuse_noise": total("faithful", False),
+        "reuse_noise+lpips_alex": total("alex", False),
         "no_unet_backward": total("no_unet_backward", True),
         "reuse_noise+no_unet_backward": total("no_unet_backward", False),
         "scale": total("scale", True),

@@ -1,5 +1,6 @@
-"""The README's picture: `make demo`'s panorama and one more prompt, MultiDiffusion above SyncDiffusion
-(the model's recommended settings), the same seed, on the bundled pocket model.
+"""The README's picture: `make demo`'s panorama and two more prompts, each by MultiDiffusion, by
+SyncDiffusion at the model's recommended settings (its default path: the fast preset) and in faithful
+mode (presets.py), the same seed, on the bundled pocket model.
 
     python -m pocket.demo_picture --out docs/demo.png
 """
@@ -12,6 +13,7 @@ import PIL.Image
 from panosync.bundled import bundled_model_folder, recommended_settings
 from panosync.files import write_atomically
 from panosync.models import load_pipeline
+from panosync.presets import preset_changes
 from .bar_report import labelled
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -24,7 +26,8 @@ pipe.set_progress_bar_config(disable=True)
 settings = recommended_settings(bundled_model_folder("pocket"))
 rows = []
 for prompt, seed in [("snowy mountains", 100), ("a landscape", 101), ("green hills at sunset", 100)]:
-    for name, overrides in [("MultiDiffusion", {"sync_weight": 0.0}), ("SyncDiffusion", {})]:
+    for name, overrides in [("MultiDiffusion", {"sync_weight": 0.0}), ("SyncDiffusion, default", {}),
+                            ("SyncDiffusion, faithful", preset_changes("faithful", settings))]:
         image = pipe(prompt, width=512, height=64, seed=seed, output_type="np", **{**settings, **overrides}).images[0]
         image = (image * 255).round().astype(np.uint8).repeat(args.scale, 0).repeat(args.scale, 1)
         rows.append(labelled(image, f"{name}\n“{prompt}”, seed {seed}", margin=170))

@@ -177,7 +177,7 @@ BAD_FAST_OPTIONS = [
     (dict(sync_image_scale=0.25), "shrinks the 32-pixel views below 16 pixels, too small for LPIPS-VGG: use 0.5"),
     (dict(sync_decoder=42), "sync_decoder must be a diffusers autoencoder"),
     (dict(fast_modes=["lpips_alex"], sync_image_scale=0.5),
-     "lpips_alex compares images of 32 pixels or more, and this call's sync loss compares 16: leave lpips_alex out "
+     "lpips_alex compares images of 31 pixels or more, and this call's sync loss compares 16: leave lpips_alex out "
      "or raise sync_image_scale"),
 ]
 

@@ -62,10 +62,14 @@ def test_smoke_run_measures_every_part(tmp_path):
         runs = data["parts"][name]["runs"]
         assert sum(bool(run.get("best_chunk")) for run in runs) == 1
         modes = {run["mode"] for run in runs}
-        assert {"faithful", "reference", "multidiffusion", "diffusers", "fast: reuse_noise"} <= modes
-        assert all(run["synced_step_s"] > 0 and run["total_first_10_s"] > 0 for run in runs if run["syncs"])
+        assert {"faithful", "reference", "multidiffusion", "diffusers", "fast: reuse_noise",
+                "fast: reuse_noise + lpips_alex (the fast preset's synced step)"} <= modes
+        assert all(run["synced_step_s"] > 0 and run["total_first_10_s"] > 0 and run["total_fast_share_s"] > 0
+                   for run in runs if run["syncs"])
     backbones = [run for run in data["parts"]["backbones"]["runs"] if run["what"] == "panorama"]
-    assert [run["canvas"] for run in backbones] == [f"{h}x{w}" for h, w in plan.backbones[0].canvases]
+    canvases = [f"{h}x{w}" for h, w in plan.backbones[0].canvases]
+    assert [(run["canvas"], run["mode"]) for run in backbones] == [
+        *((canvas, "faithful") for canvas in canvases), (canvases[0], "fast preset")]
     assert all(run["synced_step_s"] > 0 and run["plain_step_s"] > 0 and run["peak_bytes"] > 0 for run in backbones)
     offload = {run["offload"]: run for run in data["parts"]["offload"]["runs"]}
     assert offload["enable_model_cpu_offload"]["max_abs_difference_to_on_device"] == 0  # the hooks change nothing
@@ -89,6 +93,7 @@ def test_totals_for_50_steps_are_derived_from_the_step_times():
     row = dict(synced_step_s=2.0, plain_step_s=0.5, decode_s=1.0)
     totals = tables.derived_totals(row, syncs=True, step_fraction=1.0)
     assert totals["total_every_step_s"] == 50 * 2.0 + 1 and totals["total_first_10_s"] == 10 * 2.0 + 40 * 0.5 + 1
+    assert totals["total_fast_share_s"] == 13 * 2.0 + 37 * 0.5 + 1  # the fast preset: the first quarter, 13 of 50
     half = tables.derived_totals(row, syncs=True, step_fraction=0.5)  # dpm_solver: 25 steps, 5 synced
     assert half["total_every_step_s"] == 25 * 2.0 + 1 and half["total_first_10_s"] == 5 * 2.0 + 20 * 0.5 + 1
     plain = tables.derived_totals(dict(plain_step_s=0.5, decode_s=1.0), syncs=False, step_fraction=1.0)

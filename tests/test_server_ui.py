@@ -76,9 +76,10 @@ def test_page_generates_a_panorama_and_looks_around_it(page_url, tmp_path):
             page.locator("#loop_closure input[type=checkbox]").check()
             page.locator("#diffusion-settings button.label-wrap").click()  # open the accordions
             page.locator("#sync-settings button.label-wrap").click()
-            page.locator("#preset").get_by_text("fast").click()
-            expect(page.locator("#num_inference_steps input[type=number]")).to_have_value("20")
-            expect(page.locator("#sync_threshold input")).to_have_value("5")
+            page.locator("#preset").get_by_text("fast", exact=True).click()
+            # the fast preset: the paper's 50 steps, synced in the first quarter (13)
+            expect(page.locator("#num_inference_steps input[type=number]")).to_have_value("50")
+            expect(page.locator("#sync_threshold input")).to_have_value("13")
             set_number(page, "num_inference_steps", 3)
             page.locator("#sync_threshold input").fill("1")  # one synced step: quick, and still SyncDiffusion
             page.locator("#dice").click()  # a new seed, kept for this run

@@ -357,7 +357,7 @@ def test_presets_set_the_fast_modes(tmp_path, sync_pipe):
     assert presets["recommended"]["fast_modes"] == ["no_unet_backward"]
     assert presets["paper"]["fast_modes"] == [] and presets["faithful"]["fast_modes"] == []
     assert presets["faithful"]["sync_threshold"] is None and presets["faithful"]["sync_weight"] == 40.0
-    assert presets["fast"]["fast_modes"] == ["reuse_noise", "lpips_alex"]
+    assert presets["fast"]["fast_modes"] == ["lpips_alex", "reuse_noise"]
     assert presets["fast"]["sync_threshold"] == 8 and presets["fast"]["sync_weight"] == 40.0  # 30 steps: the first 8
     assert presets["paper"]["sync_weight"] == 20.0 and presets["paper"]["stride"] == source.geometry.window // 4
     assert all(set(values) == set(PRESET_NAMES) for values in presets.values())
@@ -371,9 +371,18 @@ def test_a_model_without_recommended_settings_has_fast_and_paper_presets():
     presets = presets_of(settings.model_defaults(source), source.geometry)
     assert list(presets) == ["fast", "paper"]  # recommended and faithful would be the paper's
     assert presets["fast"]["sync_threshold"] == 13  # a quarter of 50 steps, rounded up
-    # LPIPS-AlexNet cannot see views under 32 pixels: the fast preset leaves it out there
-    assert presets["fast"]["fast_modes"] == (["reuse_noise", "lpips_alex"] if source.geometry.window_pixels >= 32
-                                             else ["reuse_noise"])
+    control = presets_of(settings.model_defaults(source, control=True), source.geometry, control=True)
+    # ControlSync's paper syncs its first 10 of 50: fast syncs no more than that
+    assert control["paper"]["sync_threshold"] == 10 and control["fast"]["sync_threshold"] == 10
+
+
+def test_the_fast_preset_leaves_lpips_alex_out_where_alexnet_cannot_see_the_views():
+    from panosync.presets import fast_preset_modes, fast_threshold
+
+    assert fast_preset_modes(64) == fast_preset_modes(31) == ["lpips_alex", "reuse_noise"]
+    assert fast_preset_modes(30) == fast_preset_modes(16) == ["reuse_noise"]
+    assert fast_preset_modes(None) == ["lpips_alex", "reuse_noise"]
+    assert (fast_threshold(30), fast_threshold(50), fast_threshold(3), fast_threshold(50, 10)) == (8, 13, 1, 10)
 
 
 def test_the_commands_preset_sets_the_sync_settings_under_the_options_given(tmp_path, sync_pipe, monkeypatch):
@@ -391,21 +400,50 @@ def test_the_commands_preset_sets_the_sync_settings_under_the_options_given(tmp_
     monkeypatch.setattr("panosync.cli.make_panorama", make_panorama)
     common = ["generate", "a", "--model", str(folder), "--out", str(tmp_path / "a.png")]
     sync_keys = ("sync_weight", "num_inference_steps", "sync_threshold", "fast_modes")
+    fast = ["lpips_alex", "reuse_noise"]
 
-    def run(*options):
-        assert main([*common, *options]) == 0
+    def run(*options, argv=common):
+        assert main([*argv, *options]) == 0
         return tuple(seen[key] for key in sync_keys)
 
     assert run() == (14.0, 30, 8, ["reuse_noise"])
     assert run("--preset", "faithful") == (14.0, 30, None, [])
-    assert run("--preset", "fast") == (14.0, 30, 8, ["reuse_noise", "lpips_alex"])
-    assert run("--preset", "fast", "--steps", "40") == (14.0, 40, 10, ["reuse_noise", "lpips_alex"])
-    assert run("--preset", "fast", "--sync-threshold", "3") == (14.0, 30, 3, ["reuse_noise", "lpips_alex"])
+    assert run("--preset", "fast") == (14.0, 30, 8, fast)
+    assert run("--preset", "fast", "--steps", "40") == (14.0, 40, 8, fast)  # the model's 8 is fewer than 10
+    assert run("--preset", "fast", "--sync-threshold", "3") == (14.0, 30, 3, fast)
+    # a scale the given leaves the loss's images too small for AlexNet (32 px × 0.5): lpips_alex left out
+    assert run("--preset", "fast", "--sync-image-scale", "0.5")[3] == ["reuse_noise"]
     assert run("--preset", "paper") == (20.0, 50, None, [])
     assert run("--preset", "paper", "--sync-weight", "5") == (5.0, 50, None, [])
+    # over a file's values: fast and faithful change the sync step only, recommended brings the model's back
+    png = tmp_path / "stored.png"
+    save_png(PIL.Image.new("RGB", (4, 4)), png, {"prompt": "b", "model": str(folder), "sync_weight": 7.0,
+                                                  "num_inference_steps": 20, "fast_modes": []})
+    from_file = ["generate", "--from", str(png), "--out", str(tmp_path / "b.png")]
+    assert run(argv=from_file) == (7.0, 20, 8, [])
+    assert run("--preset", "fast", argv=from_file) == (7.0, 20, 5, fast)  # a quarter of 20
+    assert run("--preset", "faithful", argv=from_file) == (7.0, 20, None, [])
+    assert run("--preset", "recommended", argv=from_file) == (14.0, 30, 8, ["reuse_noise"])
     with pytest.raises(SystemExit) as refused:
         main([*common, "--preset", "turbo"])
     assert refused.value.code == 2
+
+
+def test_controlsyncs_presets_keep_its_papers_threshold(tmp_path, monkeypatch):
+    seen = {}
+
+    def make_panorama(args, request, source, out, load=None, inputs=None):
+        seen.update(request)
+        return 0
+
+    monkeypatch.setattr("panosync.cli.make_panorama", make_panorama)
+    condition = tmp_path / "edges.png"
+    PIL.Image.new("RGB", (1024, 512)).save(condition)
+    for preset, threshold in (("faithful", 10), ("paper", 10), ("fast", 10)):
+        seen.clear()
+        assert main(["control", "a", "--model", "tiny-random", "--controlnet", "tiny-random", "--condition",
+                     str(condition), "--preset", preset, "--out", str(tmp_path / "c.png")]) == 0
+        assert seen["sync_threshold"] == threshold, preset
 
 
 @pytest.mark.slow

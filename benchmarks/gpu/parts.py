@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from panosync.presets import FAST_PRESET_MODES
 from speed import (
     PROMPT, diffusers_panorama, modes, peak_memory, reset_peak_memory, sd2_base_components, taesd_shaped_decoder,
 )
@@ -60,7 +61,7 @@ def build_pipelines(plan: Plan, dtypes: tuple[torch.dtype, ...]) -> dict:
         own = components if dtype == torch.float32 else {name: copy.deepcopy(part) for name, part in components.items()}
         pipe = SyncDiffusionPipeline(**own).to(plan.device, dtype)
         pipe.set_progress_bar_config(disable=True)
-        pipe.perceptual_distance()  # LPIPS loaded now, not in the first timed run
+        pipe.perceptual_distance(), pipe.perceptual_distance("alex")  # LPIPS loaded now, not in a timed run
         pipelines[dtype] = pipe
     return pipelines
 
@@ -548,7 +549,7 @@ class Check(Harness):
             started = time.perf_counter()
             pipe = built_on(plan.device, lambda: family.build(plan.smoke)).to(plan.device, weights)
             pipe.set_progress_bar_config(disable=True)
-            pipe.perceptual_distance()
+            pipe.perceptual_distance(), pipe.perceptual_distance("alex")
             built["pipe"] = pipe
             return dict(seconds=time.perf_counter() - started, finite=True,
                         unet_parameters=sum(p.numel() for p in pipe.unet.parameters()))
@@ -563,10 +564,11 @@ class Check(Harness):
             f"stride {family.stride}; each panorama {steps} DDIM steps synced in the first {synced}, faithful mode at "
             f"the device's view batch size; peak = the whole panorama's, its weights included")
 
-        def panorama(height: int, width: int) -> Callable[[], dict]:
+        def panorama(height: int, width: int, **options) -> Callable[[], dict]:
             def work() -> dict:
                 held = reset_peak_memory(plan.device)
-                row, _ = run_pipeline(pipe, plan, height, width, steps, synced, autocast, stride=family.stride)
+                row, _ = run_pipeline(pipe, plan, height, width, steps, synced, autocast, stride=family.stride,
+                                      **options)
                 return dict(row, peak_bytes=peak_memory(plan.device), held_before_bytes=held)
 
             return work
@@ -577,7 +579,16 @@ class Check(Harness):
                                 + (steps - synced) * family.plain_cost * self.costs.plain_view_s) + 10
             self.attempt(f"{family.name} {height}×{width}, {views} views", expected, panorama(height, width),
                          family=family.name, what="panorama", canvas=f"{height}x{width}", views=views,
-                         precision=family.precision)
+                         precision=family.precision, mode="faithful")
+        # the fast preset's synced step (reuse_noise, lpips_alex) on the first canvas, after every faithful one
+        height, width = family.canvases[0]
+        views = view_count(pipe, height, width, family.stride)
+        expected = views * (synced * family.synced_cost * self.costs.synced_view_s
+                            + (steps - synced) * family.plain_cost * self.costs.plain_view_s) + 10
+        self.attempt(f"{family.name} {height}×{width}, {views} views, the fast preset's step", expected,
+                     panorama(height, width, fast_modes=list(FAST_PRESET_MODES)), family=family.name,
+                     what="panorama", canvas=f"{height}x{width}", views=views, precision=family.precision,
+                     mode="fast preset")
 
 
 def largest_chunk_within(runs: list[dict], limit: int) -> dict | None:

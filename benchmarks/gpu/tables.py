@@ -14,18 +14,25 @@ TARGET_SPEEDUP = 3.0  # faithful mode (best chunk) against the reference order, 
 
 
 def derived_totals(row: dict, syncs: bool, step_fraction: float, sync_first: int = 10, steps: int = 50) -> dict:
-    """Seconds of a whole panorama of `steps` steps (× step_fraction), synced in every step and in the
-    first `sync_first`, derived from the measured per-step and decode times (prompt encoding left out)."""
+    """Seconds of a whole panorama of `steps` steps (× step_fraction), synced in every step, in the
+    first `sync_first` and in the fast preset's first quarter (presets.fast_threshold), derived from
+    the measured per-step and decode times (prompt encoding left out)."""
+    from panosync.presets import fast_threshold
+
     steps, sync_first = round(steps * step_fraction), round(sync_first * step_fraction)
     synced_s, plain_s, decode_s = row.get("synced_step_s"), row.get("plain_step_s"), row.get("decode_s") or 0.0
     if not syncs:
         total = None if plain_s is None else steps * plain_s + decode_s
-        return dict(total_every_step_s=total, total_first_10_s=total, derived_steps=steps)
+        return dict(total_every_step_s=total, total_first_10_s=total, total_fast_share_s=total, derived_steps=steps)
     every = None if synced_s is None else steps * synced_s + decode_s
-    first = None
-    if synced_s is not None and plain_s is not None:
-        first = sync_first * synced_s + (steps - sync_first) * plain_s + decode_s
-    return dict(total_every_step_s=every, total_first_10_s=first, derived_steps=steps)
+
+    def first(synced_steps: int) -> float | None:
+        if synced_s is None or plain_s is None:
+            return None
+        return synced_steps * synced_s + (steps - synced_steps) * plain_s + decode_s
+
+    return dict(total_every_step_s=every, total_first_10_s=first(sync_first),
+                total_fast_share_s=first(fast_threshold(steps)), derived_steps=steps)
 
 
 def derive_speed_figures(runs: list[dict]) -> None:
@@ -195,8 +202,9 @@ def gradient_table(runs: list[dict]) -> list[str]:
 
 def speed_table(runs: list[dict], part: dict) -> list[str]:
     lines = ["| mode | views per call | s / synced step | s / plain step | final decode s | 50 steps, sync in every "
-             "step (derived) s | 50 steps, sync in the first 10 (derived) s | synced step × faster than the reference "
-             "order | finite |", "|---|---|---|---|---|---|---|---|---|"]
+             "step (derived) s | 50 steps, sync in the first 10 (derived) s | 50 steps, sync in the first 13, the fast "
+             "preset's share (derived) s | synced step × faster than the reference order | finite |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in runs:
         if row.get("error"):
             continue
@@ -206,6 +214,7 @@ def speed_table(runs: list[dict], part: dict) -> list[str]:
                      f"{seconds_text(row.get('synced_step_s'))} | {seconds_text(row.get('plain_step_s'))} | "
                      f"{seconds_text(row.get('decode_s'))} | {seconds_text(row.get('total_every_step_s'))}{steps} | "
                      f"{seconds_text(row.get('total_first_10_s'))}{steps} | "
+                     f"{seconds_text(row.get('total_fast_share_s'))}{steps} | "
                      f"{'–' if speedup is None else f'{speedup:.2f}'} | {row.get('finite')} |")
     return lines + [""]
 
@@ -235,16 +244,30 @@ def offload_table(runs: list[dict]) -> list[str]:
 
 
 def backbones_table(runs: list[dict]) -> list[str]:
-    lines = ["| family | canvas | views | synced step (s) | plain step (s) | final decode (s) | peak memory |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| family | canvas | views | mode | synced step (s) | plain step (s) | final decode (s) | peak memory | "
+             "50 steps × MultiDiffusion (derived: every step synced; the fast preset: its first 13) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in runs:
         if row.get("what") != "panorama" or row.get("error"):
             continue
         peak = f"{row['peak_bytes'] / GIB:.1f} GiB" if row.get("peak_bytes") is not None else "?"
         lines.append(f"| {row['family']}, {row['precision']} | {row['canvas']} | {row['views']} | "
-                     f"{seconds_text(row.get('synced_step_s'))} | {seconds_text(row.get('plain_step_s'))} | "
-                     f"{seconds_text(row.get('decode_s'))} | {peak} |")
+                     f"{row.get('mode', 'faithful')} | {seconds_text(row.get('synced_step_s'))} | "
+                     f"{seconds_text(row.get('plain_step_s'))} | {seconds_text(row.get('decode_s'))} | {peak} | "
+                     f"{times_multidiffusion(row)} |")
     return lines + [""]
+
+
+def times_multidiffusion(row: dict, steps: int = 50) -> str:
+    """A backbone panorama's 50 steps against MultiDiffusion's (its plain step every step), derived:
+    faithful mode synced in every step, the fast preset in its first quarter; decode left out."""
+    from panosync.presets import fast_threshold
+
+    synced_s, plain_s = row.get("synced_step_s"), row.get("plain_step_s")
+    if not synced_s or not plain_s:
+        return "–"
+    synced_steps = fast_threshold(steps) if row.get("mode") == "fast preset" else steps
+    return f"{(synced_steps * synced_s + (steps - synced_steps) * plain_s) / (steps * plain_s):.2f}×"
 
 
 def notes(precision: str) -> list[str]:
@@ -255,7 +278,8 @@ NOTES = [
     "## Notes", "",
     "- Per-step times are medians of steps timed one by one (the device synchronised at the end of each step), the "
     "first step of every run left out (prompt encoding, first-call warm-up). The 50-step totals are DERIVED from them: "
-    "50 × synced step + decode, and 10 × synced + 40 × plain + decode (dpm_solver rows: 25 steps, 5 synced); the "
+    "50 × synced step + decode, 10 × synced + 40 × plain + decode (dpm_solver rows: 25 steps, 5 synced), and "
+    "13 × synced + 37 × plain + decode, the fast preset's share (its own step is the reuse_noise + lpips_alex row); the "
     "prompt encoding is left out.",
     "- The reference order is tests/reference_loop.py, run on the {precision} pipeline (networks in {precision}, "
     "arithmetic between them in float32): one view at a time, the anchor's gradient computed and discarded, LPIPS's "

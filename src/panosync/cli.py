@@ -68,10 +68,10 @@ def add_panorama_arguments(command: argparse.ArgumentParser, default_model: str,
                          help="take every parameter from a PNG, JPEG or WebP panosync wrote; options given here "
                               "override")
     command.add_argument("--preset", choices=PRESETS, default=None,
-                         help="a named set of the sync settings over the model's (options given here override): "
-                              "fast syncs the first quarter of the steps with reuse_noise and lpips_alex; faithful "
-                              "is the paper's sync step in every step; paper the paper's settings; recommended the "
-                              "model's own (docs/usage.md#presets)")
+                         help="a named set of the sync settings over the model's and --from's (options given here "
+                              "override): fast syncs the first quarter of the steps with reuse_noise and lpips_alex; "
+                              "faithful is the paper's sync step exactly; paper the paper's settings; recommended "
+                              "the model's own (docs/usage.md#presets)")
     command.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -247,9 +247,8 @@ def panorama_request(args: argparse.Namespace, control: bool = False) -> tuple[d
     warn_unknown_words(source, prompts, model)  # pocket knows ~20 words
     values = settings.resolve(given, stored, settings.recommended_of(source), control)
     if args.preset:  # over the file's and the model's values, under the options given
-        window_pixels = values.get("window") or (source.geometry.window_pixels if source.geometry else None)
-        values.update({name: value for name, value in preset_changes(args.preset, values, control,
-                                                                    window_pixels).items() if name not in given})
+        values.update({name: value for name, value in preset_of_command(args.preset, values, given, source,
+                                                                       control).items() if name not in given})
     values["regions"] = regions or None
     values["controlnet"] = getattr(args, "controlnet", None) or stored.get("controlnet")
     if control:
@@ -275,6 +274,16 @@ def panorama_request(args: argparse.Namespace, control: bool = False) -> tuple[d
         check_family_takes_image_prompt(source.family, control)
         request.update(ip_adapter=adapter, ip_adapter_image=image_prompt)
     return request, source
+
+
+def preset_of_command(name: str, values: dict, given: dict, source: ModelSource, control: bool) -> dict:
+    """What `--preset name` sets over the resolved `values` (presets.preset_changes): the fast
+    preset's modes for the images its loss compares (the window at the scale given, else 1), the
+    recommended preset's from the model's own settings."""
+    window_pixels = values.get("window") or (source.geometry.window_pixels if source.geometry else None)
+    compared = None if window_pixels is None else round(window_pixels * given.get("sync_image_scale", 1.0))
+    model_values = settings.resolve({}, {}, settings.recommended_of(source), control)
+    return preset_changes(name, values, control, compared, model_values)
 
 
 def regions_of_options(options: list[tuple[str, str]]) -> list[dict]:

@@ -84,7 +84,8 @@ def _help(parameter: Parameter) -> str:
 
 
 def _fast_mode_help() -> dict:
-    return {**FAST_MODES, NO_FAST_MODE: "none of them, even those the model recommends (faithful mode)"}
+    return {**FAST_MODES, NO_FAST_MODE: "none of them, even those the model recommends (with every step synced: "
+                                        "faithful mode, --preset faithful)"}
 
 
 def given_options(args: argparse.Namespace) -> dict:

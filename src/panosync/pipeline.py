@@ -123,9 +123,9 @@ class SyncDiffusionPipeline(PanoramaPipelineBase, TextualInversionLoaderMixin, S
         with the result. `loop_closure`: a 360° panorama whose edges meet; `tile` ("x", "y", "xy"): which
         edges meet ("x" is loop_closure; "xy" a texture that tiles). `view_batch_size` views
         go through the networks together (default chosen for the device, halved where memory runs
-        out). Fast modes (fast.py; all off is faithful): `fast_modes` (reuse_noise,
-        no_unet_backward, dpm_solver), `sync_image_scale` < 1, `sync_decoder` (an AutoencoderTiny
-        or its folder). `tiled_decode`: decode in overlapping tiles (default: as enable_vae_tiling
+        out). Fast modes (fast.py; all off, with every step synced, is faithful): `fast_modes`
+        (reuse_noise, no_unet_backward, lpips_alex, dpm_solver), `sync_image_scale` < 1,
+        `sync_decoder` (an AutoencoderTiny or its folder). `tiled_decode`: decode in overlapping tiles (default: as enable_vae_tiling
         chose, else when larger than 6 windows). `window`: a view's side in pixels (a UNet takes
         only its native size).
         """

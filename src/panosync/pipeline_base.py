@@ -262,8 +262,9 @@ class PanoramaPipelineBase(DiffusionPipeline):
     # --------------------------------------------------------------------------- model pieces
 
     def perceptual_distance(self, net: str = "vgg"):
-        """LPIPS on `net`'s features ("vgg", the paper's, or "alex"), loaded on first use, on the execution device, in the network's dtype (the
-        pipeline's weights' dtype: half precision where the pipeline is; the VAE may be upcast).
+        """LPIPS on `net`'s features ("vgg", the paper's, or "alex"), loaded on first use, on the
+        execution device, in the network's dtype (the pipeline's weights' dtype: half precision
+        where the pipeline is; the VAE may be upcast).
         The execution device, not the VAE's: offload hooks (enable_model_cpu_offload) keep the VAE
         on the CPU between its calls while the images it decodes are on the accelerator."""
         from .lpips import PerceptualDistance, load_lpips  # LPIPS weights load only when syncing

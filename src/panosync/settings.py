@@ -48,13 +48,13 @@ FAST_MODES = {
     "dpm_solver": "DPM-Solver++ (2nd order, multistep) instead of DDIM, for fewer steps; each view keeps its own "
                   "solver history",
 }
-NO_FAST_MODE = "none"  # names no mode: faithful even where the model recommends one
+NO_FAST_MODE = "none"  # names no mode: the paper's sync step even where the model recommends a mode
 PREPROCESSORS = ("none", "canny")
 CANNY_MAX = 255 * 4  # the largest gradient OpenCV's Sobel can give an 8-bit image
 # LPIPS-VGG pools four times before its last stage: smaller images have no features left there.
 SMALLEST_LPIPS_SIDE = 16
 # LPIPS-AlexNet's first convolution strides by 4 and two poolings follow: 31 pixels is its least.
-SMALLEST_ALEX_SIDE = 32
+SMALLEST_ALEX_SIDE = 31
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ PARAMETERS: tuple[Parameter, ...] = (
     P("anchor", int, None, "index of the view the others are pulled towards", unset="the centre view", minimum=0),
     P("view_batch_size", int, None, "views per network call: the same result but for rounding",
       unset="chosen for the device", minimum=1, served=False),  # a server's: its own --view-batch-size
-    P("fast_modes", list, [], "fast modes, each an approximation of the sync step; none: faithful",
+    P("fast_modes", list, [], "fast modes, each an approximation of the sync step; none: the paper's sync step",
       choices=tuple(FAST_MODES)),
     P("sync_image_scale", float, 1.0, "compare images downscaled by this factor in the sync loss (fast mode; "
       "1: faithful)", minimum=0, maximum=1, above=True),

@@ -92,7 +92,7 @@ def preview_condition(path: str | None, preprocess: str, canny_low, canny_high) 
 
 
 def presets_for(model: PanoramaModel) -> dict[str, dict]:
-    return presets(model.defaults, model.geometry)
+    return presets(model.defaults, model.geometry, model.control)
 
 
 def parameter_input(name: str, value, model: PanoramaModel, limits: Limits, **options):
