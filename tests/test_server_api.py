@@ -314,7 +314,7 @@ def test_a_killed_server_keeps_its_results_on_restart(model_folder, tmp_path):
 
 @pytest.mark.slow
 def test_the_api_runs_pocket_in_its_recommended_mode_faithful_and_fast(tmp_path):
-    """No `fast_modes` runs the model's recommended settings (pocket's: the paper's gradient), `[]`
+    """No `fast_modes` runs the model's recommended settings (pocket's: reuse_noise and lpips_alex), `[]`
     asks for the paper's gradient and a list for those fast modes; the job's parameters say which ran."""
     from panosync.bundled import bundled_model_folder, recommended_settings
 
@@ -342,7 +342,7 @@ def test_the_api_runs_pocket_in_its_recommended_mode_faithful_and_fast(tmp_path)
 # the parameters the API took after the public ones: (body, field, words of the message)
 NEW_FIELDS_OUT_OF_RANGE = [
     ({"fast_modes": ["turbo"]}, "fast_modes", "fast_modes: every value must be one of reuse_noise, no_unet_backward, "
-                                              "dpm_solver, got 'turbo'."),
+                                              "lpips_alex, dpm_solver, got 'turbo'."),
     ({"fast_modes": "reuse_noise"}, "fast_modes", "fast_modes must be a list, got 'reuse_noise'."),
     ({"sync_image_scale": 0}, "sync_image_scale", "sync_image_scale must be more than 0"),
     ({"sync_image_scale": 0.1}, "sync_image_scale", "shrinks the 32-pixel views below 16 pixels"),
