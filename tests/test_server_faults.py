@@ -567,9 +567,10 @@ def test_retention_while_degraded_runs_at_most_every_few_seconds(model, tmp_path
 def test_an_idle_worker_applies_retention_by_age(model, tmp_path, quick_retention):
     # Broke: an idle worker waiting for a job without a timeout (the old job stayed).
     with opened(tmp_path / "state", retention=parse_keep("1h"), min_free_bytes=0) as store:
+        # finished before the worker starts, so that the worker cannot claim it before the test does
+        job = finished_with_output(store, 10)
         with running(store, model):
-            time.sleep(0.1)  # idle, after the retention at the start
-            job = finished_with_output(store, 10)
+            time.sleep(0.1)  # idle, after the retention at the start (the job was young then)
             age(store, job.id, 7200)
             until(lambda: store.get(job.id) is None, 5, "retention on an idle worker")
 
