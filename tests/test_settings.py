@@ -424,6 +424,12 @@ def test_the_commands_preset_sets_the_sync_settings_under_the_options_given(tmp_
     assert run("--preset", "fast", argv=from_file) == (7.0, 20, 5, fast)  # a quarter of 20
     assert run("--preset", "faithful", argv=from_file) == (7.0, 20, None, [])
     assert run("--preset", "recommended", argv=from_file) == (14.0, 30, 8, ["reuse_noise"])
+    # upscale takes it too (it runs generate's request)
+    wide = tmp_path / "wide.png"
+    save_png(PIL.Image.new("RGB", (64, 32)), wide, {"prompt": "b", "model": str(folder)})
+    upscale = ["upscale", str(wide), "--out", str(tmp_path / "up.png")]
+    assert run("--preset", "faithful", argv=upscale) == (14.0, 30, None, [])
+    assert run(argv=upscale) == (14.0, 30, 8, ["reuse_noise"])
     with pytest.raises(SystemExit) as refused:
         main([*common, "--preset", "turbo"])
     assert refused.value.code == 2

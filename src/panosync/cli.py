@@ -67,12 +67,17 @@ def add_panorama_arguments(command: argparse.ArgumentParser, default_model: str,
     command.add_argument("--from", "--from-png", dest="from_file", default=None, metavar="FILE",
                          help="take every parameter from a PNG, JPEG or WebP panosync wrote; options given here "
                               "override")
+    add_preset_option(command)
+    command.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_preset_option(command: argparse.ArgumentParser) -> None:
+    """--preset: presets.py's named sets of the sync settings."""
     command.add_argument("--preset", choices=PRESETS, default=None,
                          help="a named set of the sync settings over the model's and --from's (options given here "
                               "override): fast syncs the first quarter of the steps with reuse_noise and lpips_alex; "
                               "faithful is the paper's sync step exactly; paper the paper's settings; recommended "
                               "the model's own (docs/usage.md#presets)")
-    command.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def add_output_options(command: argparse.ArgumentParser, default: str) -> None:
@@ -109,6 +114,7 @@ def add_upscale_arguments(command: argparse.ArgumentParser) -> None:
     add_model_options(command, settings.DEFAULT_MODEL)
     add_ip_adapter_options(command)
     add_output_options(command, "IMAGE's name with -x2 and .png")
+    add_preset_option(command)
     command.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
