@@ -287,9 +287,25 @@ def test_more_steps_than_the_schedule_holds_are_refused(small_pipe):
     assert small_pipe.scheduler.config.steps_offset == 1
     with pytest.raises(ValueError, match="num_inference_steps must be at most 999"):
         small_pipe("a", width=32, height=16, stride=4, num_inference_steps=1000)
-    latents = small_pipe("a", width=16, height=16, num_inference_steps=999, sync_weight=0, seed=0,
-                         output_type="latent").images
-    assert torch.isfinite(latents).all()
+    # 999 steps run: the first steps (the noisiest timestep, where 1000 would overflow) through the
+    # pipeline, stopped after two; the last step (to the clean end) through the scheduler it steps with
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(pipe, step, timestep, tensors):
+        assert torch.isfinite(tensors["latents"]).all()
+        if step == 1:
+            raise Stop
+        return {}
+
+    with pytest.raises(Stop):
+        small_pipe("a", width=16, height=16, num_inference_steps=999, sync_weight=0, seed=0, output_type="latent",
+                   callback_on_step_end=stop_after_two)
+    scheduler = small_pipe.scheduler
+    scheduler.set_timesteps(999)
+    assert int(scheduler.timesteps[0]) == 999 and int(scheduler.timesteps[-1]) == 1
+    latent = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(scheduler.step(torch.zeros_like(latent), scheduler.timesteps[-1], latent).prev_sample).all()
 
 
 def test_default_canvas_and_stride_follow_the_window(small_pipe):

@@ -79,5 +79,5 @@ def smoke_plan(deadline_s: float) -> Plan:
                 chunks=(4, 1), correctness_width=192, correctness_steps=3, correctness_synced=2,
                 precisions=("bfloat16",), speed_precision="float32",
                 memory_canvases=((128, 256),), deadline_s=deadline_s, synced_view_s=1.0, plain_view_s=0.05,
-                backbones=(Backbone("SDXL (tiny)", sdxl_pipeline, "float32", ((128, 256), (192, 192)), stride=8,
+                backbones=(Backbone("SDXL (tiny)", sdxl_pipeline, "float32", ((128, 256),), stride=8,
                                     synced_cost=1.0, plain_cost=1.0),))
