@@ -176,6 +176,9 @@ def test_control_page_follows_an_uploaded_condition(control_page_url, tmp_path):
             page = browser.new_page(viewport={"width": 1280, "height": 1100})
             page.goto(control_page_url)
             page.locator("#prompt textarea").fill("a city at dusk")
+            # the steps first: set long before generating, so that the page has taken the new value by then
+            page.locator("#diffusion-settings button.label-wrap").click()
+            set_number(page, "num_inference_steps", 2)
             page.locator("#condition input[type=file]").set_input_files(str(tmp_path / "photo.png"))
             expect(page.locator("#width input[type=number]")).to_have_value("48", timeout=30_000)
             expect(page.locator("#height input[type=number]")).to_have_value("16")
@@ -188,8 +191,7 @@ def test_control_page_follows_an_uploaded_condition(control_page_url, tmp_path):
                                    " return img && img.naturalWidth === 48 && img.naturalHeight === 16; }",
                                    timeout=30_000)
             set_number(page, "controlnet_conditioning_scale", 0.5)
-            page.locator("#diffusion-settings button.label-wrap").click()
-            set_number(page, "num_inference_steps", 2)
+            expect(page.locator("#num_inference_steps input[type=number]")).to_have_value("2")
             page.locator("#generate").click()
 
             expect(page.locator("#panorama img")).to_be_visible(timeout=120_000)
