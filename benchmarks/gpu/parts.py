@@ -573,19 +573,20 @@ class Check(Harness):
 
             return work
 
+        def expected_seconds(views: int) -> float:
+            return views * (synced * family.synced_cost * self.costs.synced_view_s
+                            + (steps - synced) * family.plain_cost * self.costs.plain_view_s) + 10
+
         for height, width in family.canvases:
             views = view_count(pipe, height, width, family.stride)
-            expected = views * (synced * family.synced_cost * self.costs.synced_view_s
-                                + (steps - synced) * family.plain_cost * self.costs.plain_view_s) + 10
-            self.attempt(f"{family.name} {height}×{width}, {views} views", expected, panorama(height, width),
+            self.attempt(f"{family.name} {height}×{width}, {views} views", expected_seconds(views),
+                         panorama(height, width),
                          family=family.name, what="panorama", canvas=f"{height}x{width}", views=views,
                          precision=family.precision, mode="faithful")
         # the fast preset's synced step (reuse_noise, lpips_alex) on the first canvas, after every faithful one
         height, width = family.canvases[0]
         views = view_count(pipe, height, width, family.stride)
-        expected = views * (synced * family.synced_cost * self.costs.synced_view_s
-                            + (steps - synced) * family.plain_cost * self.costs.plain_view_s) + 10
-        self.attempt(f"{family.name} {height}×{width}, {views} views, the fast preset's step", expected,
+        self.attempt(f"{family.name} {height}×{width}, {views} views, the fast preset's step", expected_seconds(views),
                      panorama(height, width, fast_modes=list(FAST_PRESET_MODES)), family=family.name,
                      what="panorama", canvas=f"{height}x{width}", views=views, precision=family.precision,
                      mode="fast preset")

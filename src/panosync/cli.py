@@ -251,10 +251,12 @@ def panorama_request(args: argparse.Namespace, control: bool = False) -> tuple[d
     prompts = [given.get("prompt") or stored.get("prompt"), *(region.get("prompt") for region in regions
                                                                if isinstance(region, dict))]
     warn_unknown_words(source, prompts, model)  # pocket knows ~20 words
-    values = settings.resolve(given, stored, settings.recommended_of(source), control)
+    recommended = settings.recommended_of(source)
+    values = settings.resolve(given, stored, recommended, control)
     if args.preset:  # over the file's and the model's values, under the options given
         values.update({name: value for name, value in preset_of_command(args.preset, values, given, source,
-                                                                       control).items() if name not in given})
+                                                                       recommended, control).items()
+                       if name not in given})
     values["regions"] = regions or None
     values["controlnet"] = getattr(args, "controlnet", None) or stored.get("controlnet")
     if control:
@@ -282,13 +284,14 @@ def panorama_request(args: argparse.Namespace, control: bool = False) -> tuple[d
     return request, source
 
 
-def preset_of_command(name: str, values: dict, given: dict, source: ModelSource, control: bool) -> dict:
+def preset_of_command(name: str, values: dict, given: dict, source: ModelSource, recommended: dict,
+                      control: bool) -> dict:
     """What `--preset name` sets over the resolved `values` (presets.preset_changes): the fast
     preset's modes for the images its loss compares (the window at the scale given, else 1), the
-    recommended preset's from the model's own settings."""
+    recommended preset's from the model's own settings (`recommended`, its recommended.json's)."""
     window_pixels = values.get("window") or (source.geometry.window_pixels if source.geometry else None)
     compared = None if window_pixels is None else round(window_pixels * given.get("sync_image_scale", 1.0))
-    model_values = settings.resolve({}, {}, settings.recommended_of(source), control)
+    model_values = settings.resolve({}, {}, recommended, control)
     return preset_changes(name, values, control, compared, model_values)
 
 
